@@ -1,0 +1,208 @@
+"""The ``rescorer`` command line: thin wrappers over the package's functions."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+
+
+def _load_yaml(path):
+    import yaml
+
+    if path is None:
+        return {}
+    d = yaml.safe_load(Path(path).read_text()) or {}
+    if not isinstance(d, dict):
+        raise click.BadParameter(f"{path} must hold a mapping of options")
+    return d
+
+
+@click.group()
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+def main(verbose: bool) -> None:
+    """Lattice rescoring with acoustic word embeddings."""
+    _setup_logging(verbose)
+
+
+# ------------------------------------------------------------------ prepare
+
+
+@main.group()
+def prepare() -> None:
+    """Make lhotse manifests (recordings, supervisions with word alignments, cuts)."""
+
+
+@prepare.command("synthetic")
+@click.argument("output_dir", type=click.Path(file_okay=False))
+@click.option("--config", type=click.Path(exists=True, dir_okay=False), help="YAML with SyntheticConfig fields.")
+@click.option("--train-utterances", type=int)
+@click.option("--dev-utterances", type=int)
+@click.option("--test-utterances", type=int)
+@click.option("--engines", help="Comma-separated engines (espeak,flite,festival).")
+@click.option("--engine-weights", help="Comma-separated sampling weights, one per engine.")
+@click.option("--held-out-words", type=int, help="Word types reserved for dev/test (never in train).")
+@click.option("--oov-token-rate", type=float, help="Share of dev/test tokens unseen in train.")
+@click.option("--augment-prob", type=float)
+@click.option("--seed", type=int)
+@click.option("-j", "--num-jobs", type=int, default=2, show_default=True)
+def prepare_synthetic_cmd(output_dir, config, num_jobs, **opts):
+    """Generate the synthetic word-aligned corpus into OUTPUT_DIR (resumable)."""
+    from rescorer.corpora.synthetic import SyntheticConfig, prepare_synthetic
+
+    d = _load_yaml(config)
+    d = d.get("synthetic", d)
+    for k, v in opts.items():
+        if v is None:
+            continue
+        if k in ("engines", "engine_weights"):
+            v = [x.strip() for x in v.split(",")]
+            if k == "engine_weights":
+                v = [float(x) for x in v]
+        d[k] = v
+    cfg = SyntheticConfig.from_dict(d)
+    m = prepare_synthetic(output_dir, cfg, num_jobs=num_jobs)
+    for split in ("train", "dev", "test"):
+        c = m[split]["cuts"]
+        click.echo(f"{split}: {len(c)} utterances, {sum(x.duration for x in c) / 3600:.2f} h")
+
+
+@prepare.command("speechocean762")
+@click.argument("corpus_dir", type=click.Path(exists=True, file_okay=False))
+@click.argument("output_dir", type=click.Path(file_okay=False))
+@click.option("--dev-speaker-fraction", type=float, default=0.2, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+def prepare_speechocean762_cmd(corpus_dir, output_dir, dev_speaker_fraction, seed):
+    """Read the speechocean762 Kaldi directory + words.ctm into manifests (speaker-disjoint train/dev)."""
+    from rescorer.corpora.speechocean762 import prepare_speechocean762
+
+    m = prepare_speechocean762(corpus_dir, output_dir, dev_speaker_fraction=dev_speaker_fraction, seed=seed)
+    for split in ("train", "dev"):
+        click.echo(f"{split}: {len(m[split]['cuts'])} utterances")
+    click.echo(f"utterances without word alignment (kept for ASR): {m['meta']['unaligned_utterances']}")
+
+
+@prepare.command("librispeech")
+@click.argument("corpus_dir", type=click.Path(exists=True, file_okay=False))
+@click.argument("output_dir", type=click.Path(file_okay=False))
+@click.option("--alignments-dir", type=click.Path(exists=True, file_okay=False), help="Word alignments (default: CORPUS_DIR).")
+@click.option("--parts", default="auto", show_default=True, help="Comma-separated parts, e.g. dev-clean,test-clean.")
+@click.option("-j", "--num-jobs", type=int, default=2, show_default=True)
+def prepare_librispeech_cmd(corpus_dir, output_dir, alignments_dir, parts, num_jobs):
+    """LibriSpeech + its public word alignments, via lhotse's recipe."""
+    from rescorer.corpora.librispeech import prepare_librispeech
+
+    parts = parts if parts == "auto" else [p.strip() for p in parts.split(",")]
+    m = prepare_librispeech(corpus_dir, alignments_dir, output_dir, dataset_parts=parts, num_jobs=num_jobs)
+    for part, d in m.items():
+        click.echo(f"{part}: {len(d['cuts'])} utterances")
+
+
+# ------------------------------------------------------------------ features / segments
+
+
+@main.command("segments")
+@click.argument("data_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--corpus", required=True, help="Manifest prefix, e.g. synthetic, speechocean762.")
+@click.option("--splits", default=None, help="Comma-separated splits (default: all found).")
+@click.option("--max-frames", type=int, default=200, show_default=True)
+@click.option("--min-frames", type=int, default=3, show_default=True)
+@click.option("-j", "--num-jobs", type=int, default=2, show_default=True)
+def segments_cmd(data_dir, corpus, splits, max_frames, min_frames, num_jobs):
+    """Fbank features for every cut, then word segments exported as plain torch files.
+
+    Writes DATA_DIR/manifests/{corpus}_cuts_{split}_fbank.jsonl.gz, DATA_DIR/segments/{split}.pt
+    (+ .stats.json and word-level cuts). Each split is skipped when its outputs exist.
+    """
+    from lhotse import CutSet
+
+    from rescorer.corpora.report import corpus_splits
+    from rescorer.segments import compute_features, export_word_segments, extract_word_segments, word_segment_cuts
+    from rescorer.utils import atomic_path, atomic_write_text
+
+    data = Path(data_dir)
+    todo = splits.split(",") if splits else corpus_splits(data, corpus)
+    if not todo:
+        raise click.ClickException(f"no {corpus} manifests in {data / 'manifests'}")
+    for split in todo:
+        src = data / "manifests" / f"{corpus}_cuts_{split}.jsonl.gz"
+        if not src.exists():
+            raise click.ClickException(f"missing manifest {src}")
+        pt = data / "segments" / f"{split}.pt"
+        stats_path = data / "segments" / f"{split}.stats.json"
+        if pt.exists() and stats_path.exists():
+            click.echo(f"{split}: word segments already exported ({pt})")
+            continue
+        click.echo(f"{split}: features")
+        cuts = compute_features(
+            CutSet.from_file(src), data / "fbank", data / "manifests" / f"{corpus}_cuts_{split}_fbank.jsonl.gz", num_jobs
+        )
+        segs = extract_word_segments(cuts, max_frames=max_frames, min_frames=min_frames)
+        with atomic_path(data / "segments" / f"word_cuts_{split}.jsonl.gz") as tmp:
+            word_segment_cuts(cuts, max_frames, min_frames).to_file(str(tmp))
+        export_word_segments(segs, pt)
+        st = segs.stats
+        atomic_write_text(
+            stats_path,
+            json.dumps(
+                {"word_segments": st.word_segments, "too_long": st.too_long, "too_short": st.too_short,
+                 "unaligned_utterances": st.unaligned_utterances, "max_frames": max_frames, "min_frames": min_frames},
+                indent=1,
+            ),
+        )
+        click.echo(f"{split}: {st.word_segments} word segments, dropped {st.segments_dropped} "
+                   f"({st.too_long} > {max_frames} frames, {st.too_short} < {min_frames})")
+
+
+# ------------------------------------------------------------------ report
+
+
+@main.group()
+def report() -> None:
+    """Reports over prepared data and results."""
+
+
+@report.command("corpora")
+@click.argument("entries", nargs=-1, required=True)
+@click.option("--out", type=click.Path(dir_okay=False), help="Write/merge the JSON report here.")
+@click.option("--command", "command_line", default=None, help="Command line to record (default: this one).")
+def report_corpora_cmd(entries, out, command_line):
+    """Corpus statistics. ENTRIES are CORPUS=DATA_DIR pairs, e.g. synthetic=data/synthetic."""
+    import datetime
+    import platform
+
+    from rescorer.corpora.report import corpus_report, format_report
+
+    reports = {}
+    for e in entries:
+        if "=" not in e:
+            raise click.BadParameter(f"expected CORPUS=DATA_DIR, got {e!r}")
+        corpus, d = e.split("=", 1)
+        reports[corpus] = corpus_report(d, corpus)
+    click.echo(format_report(reports))
+    if out:
+        from rescorer.utils import atomic_write_text
+
+        path = Path(out)
+        doc = json.loads(path.read_text()) if path.exists() else {}
+        doc.setdefault("corpora", {}).update(reports)
+        doc["command"] = command_line or " ".join(["rescorer"] + sys.argv[1:])
+        doc["machine"] = f"{platform.machine()}, {__import__('os').cpu_count()} cores, {platform.system()}"
+        doc["date"] = datetime.date.today().isoformat()
+        atomic_write_text(path, json.dumps(doc, indent=2, sort_keys=True) + "\n")
+        click.echo(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Corpora as lhotse manifests with word alignments: one ``prepare_x()`` per corpus."""

@@ -1,0 +1,19 @@
+"""Embedding models: audio of one word and the spelling of a word map to the same space.
+
+- ``AcousticWordEncoder``: log-mel frames of one word segment -> unit vector.
+- ``LetterNgramEncoder``: a spelling (any string of letters, OOV included) -> unit vector.
+
+Cosine similarity between the two scores how well a segment matches a spelling.
+"""
+
+from rescorer.models.acoustic import AcousticWordEncoder, center_crop, pad_segments
+from rescorer.models.letters import LetterNgramEncoder, ngram_bucket, tokenize_words
+
+__all__ = [
+    "AcousticWordEncoder",
+    "LetterNgramEncoder",
+    "center_crop",
+    "ngram_bucket",
+    "pad_segments",
+    "tokenize_words",
+]

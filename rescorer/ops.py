@@ -1,0 +1,404 @@
+"""Similarity kernels for rescoring: per-arc similarity and top-k nearest spellings.
+
+Two operations, each with a CUDA kernel (``kernels/``, loaded through ctypes by
+``rescorer._kernels_loader``) and a torch reference implementation:
+
+``arc_similarity(acoustic, spelling, arcs, metric)``
+    ``acoustic`` [N x D] (one embedding per span), ``spelling`` [V x D] (one per word),
+    ``arcs`` integer [M x 2] rows ``(span i, word j)``. Returns float32 [M]:
+    ``cosine``: ``dot(a, w) / (|a| |w|)``; ``sqeuclidean``: ``sum((a - w)^2)``.
+
+``topk_nearest(queries, vocab, k, metric)``
+    For every query row, the ``k`` best vocabulary rows. Returns ``(values, indices)``:
+    float32 [N x k] and int64 [N x k], best first. ``cosine``: similarity, descending;
+    ``sqeuclidean``: squared distance, ascending. The N x V score matrix is never
+    materialised: the kernel tiles over V with fused selection and the reference works
+    through V (and, for large N, Q) in chunks, keeping a running top-k.
+
+Dispatch: CUDA tensors use the kernel when ``librescorer_kernels.so`` is built
+(``kernels/build.sh``) and loadable, otherwise the reference runs (with a one-time
+warning). CPU tensors always use the reference. The reference is also used on CUDA for
+``k > 128``, for float64 inputs and, in ``arc_similarity``, when an input requires grad (the
+reference is differentiable; the kernels are inference only).
+
+Semantics shared by kernel and reference (the tests hold both to them):
+
+* dtypes: float32, float16, bfloat16 (both inputs the same dtype); products are
+  accumulated in float32. float64 is accepted by the reference path only (computed in
+  float64, returned as float32).
+* cosine normalises inside (inputs need not be unit vectors). A zero vector has
+  similarity 0 with everything.
+* NaN: a NaN anywhere in a row makes its scores NaN. ``arc_similarity`` returns the NaN;
+  ``topk_nearest`` ranks NaN scores after every number (after -inf similarities and +inf
+  distances), among themselves by index, and returns them with value NaN. Rows holding
+  +-inf give NaN cosine (inf/inf) and usually NaN squared distance (inf - inf in the
+  expansion ``|q|^2 + |w|^2 - 2 q.w``).
+* Ties (equal float32 scores): the smaller vocabulary index comes first. -0.0 and +0.0
+  are equal.
+* ``k > V``: the V real results, then padding with index -1 and value -inf (cosine) or
+  +inf (sqeuclidean). ``N == 0`` gives [0 x k] results, ``M == 0`` an empty vector.
+* ``sqeuclidean`` in ``topk_nearest`` uses the expansion above (clamped at 0), so its
+  absolute error scales with ``|q|^2 + |w|^2``; ``arc_similarity`` sums ``(a - w)^2``
+  directly.
+
+Tolerances of the kernels against the float64 result (``TOLERANCES``; relative to the
+magnitude of the score, for sqeuclidean to ``|q|^2 + |w|^2``): float32 ~1e-5, float16
+~1e-2, bfloat16 ~3e-2 (half-precision inputs are exact in float32, so the error comes from
+accumulation order, not from rounding products). Top-k indices agree with the reference up
+to near-ties within those tolerances.
+"""
+
+from __future__ import annotations
+
+import warnings
+import operator
+from typing import Optional, Tuple
+
+import torch
+
+from . import _kernels_loader as _kl
+
+__all__ = [
+    "arc_similarity",
+    "arc_similarity_reference",
+    "topk_nearest",
+    "topk_nearest_reference",
+    "kernels_available",
+    "InvalidDTypeError",
+    "METRICS",
+    "MAX_KERNEL_K",
+    "TOLERANCES",
+]
+
+METRICS = ("cosine", "sqeuclidean")
+MAX_KERNEL_K = 128
+#: (rtol, atol) per input dtype for kernel-vs-float64 comparisons of normalised scores.
+TOLERANCES = {
+    torch.float32: (1e-5, 1e-5),
+    torch.float16: (1e-2, 1e-2),
+    torch.bfloat16: (3e-2, 3e-2),
+    torch.float64: (1e-6, 1e-6),
+}
+
+_KERNEL_DTYPES = {torch.float32: _kl.DTYPE_F32, torch.float16: _kl.DTYPE_F16, torch.bfloat16: _kl.DTYPE_BF16}
+_REFERENCE_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+_METRIC_CODES = {"cosine": _kl.METRIC_COSINE, "sqeuclidean": _kl.METRIC_SQEUCLIDEAN}
+_MAX_VOCAB_KERNEL = 0xFFFFFFFF - 1  # indices are packed into 32 bits
+_KERNEL_QUERY_CHUNK = 65536  # bounds the kernel's per-split workspace (N x splits x k x 8 bytes)
+_REFERENCE_BUDGET = 1 << 24  # scores per reference chunk (~200 MB with the packed keys)
+
+_warned: set = set()
+
+
+class InvalidDTypeError(TypeError, ValueError):
+    """Unsupported or mismatched dtype (both a TypeError and a ValueError)."""
+
+
+def _warn_once(key: str, message: str) -> None:
+    if key not in _warned:
+        _warned.add(key)
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+
+def kernels_available() -> bool:
+    """True when CUDA is usable and the kernel library is built and loadable."""
+    if not torch.cuda.is_available():
+        return False
+    return _kl.load() is not None
+
+
+# ------------------------------------------------------------------ validation
+
+def _check_metric(metric: str) -> str:
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+    return metric
+
+
+def _check_matrix(name: str, t) -> torch.Tensor:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dim() != 2:
+        raise ValueError(f"{name} must be 2-D [rows x D], got shape {tuple(t.shape)}")
+    if t.dtype not in _REFERENCE_DTYPES:
+        raise InvalidDTypeError(
+            f"{name} has dtype {t.dtype}; supported: float32, float16, bfloat16 (float64 on the reference path)")
+    return t
+
+
+def _check_pair(name_a: str, a: torch.Tensor, name_b: str, b: torch.Tensor) -> None:
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(f"embedding size mismatch: {name_a} has D={a.shape[1]}, {name_b} has D={b.shape[1]}")
+    if a.dtype != b.dtype:
+        raise InvalidDTypeError(f"{name_a} ({a.dtype}) and {name_b} ({b.dtype}) must have the same dtype")
+    if a.device != b.device:
+        raise ValueError(f"{name_a} is on {a.device} but {name_b} is on {b.device}")
+    if a.shape[1] == 0:
+        raise ValueError(f"embedding size D must be at least 1, got shape {tuple(a.shape)}")
+
+
+def _check_arcs(arcs, n_spans: int, n_words: int, device: torch.device) -> torch.Tensor:
+    if not isinstance(arcs, torch.Tensor):
+        arcs = torch.as_tensor(arcs, dtype=torch.int64)
+    if arcs.numel() == 0:
+        return torch.empty((0, 2), dtype=torch.int64, device=device)
+    if arcs.dtype.is_floating_point or arcs.dtype.is_complex or arcs.dtype == torch.bool:
+        raise InvalidDTypeError(f"arcs must be an integer tensor, got {arcs.dtype}")
+    if arcs.dim() != 2 or arcs.shape[1] != 2:
+        raise ValueError(f"arcs must have shape [M x 2] (span, word), got {tuple(arcs.shape)}")
+    arcs = arcs.to(device=device, dtype=torch.int64)
+    i, j = arcs[:, 0], arcs[:, 1]
+    bad = (i < 0) | (i >= n_spans) | (j < 0) | (j >= n_words)
+    if bool(bad.any()):
+        row = int(torch.nonzero(bad)[0, 0])
+        si, sj = int(arcs[row, 0]), int(arcs[row, 1])
+        raise ValueError(
+            f"arc row {row} = (span {si}, word {sj}) is out of range: "
+            f"there are {n_spans} acoustic spans and {n_words} spelling rows")
+    return arcs
+
+
+def _check_k(k) -> int:
+    if isinstance(k, bool):
+        raise TypeError("k must be an int, got bool")
+    try:
+        k = operator.index(k)
+    except TypeError:
+        raise TypeError(f"k must be an int, got {type(k).__name__}") from None
+    if k <= 0:
+        raise ValueError(f"k must be positive, got {k}")
+    return k
+
+
+# ------------------------------------------------------------------ shared numerics
+
+def _inv_norm(sq: torch.Tensor) -> torch.Tensor:
+    """1/sqrt(sq) where sq > 0, else 0 (zero, NaN and +inf norms); safe under autograd."""
+    pos = sq > 0
+    safe = torch.where(pos, sq, torch.ones_like(sq))
+    return torch.where(pos, torch.rsqrt(safe), torch.zeros_like(sq))
+
+
+def _factor(x: torch.Tensor, metric: str) -> torch.Tensor:
+    sq = (x * x).sum(dim=1)
+    return _inv_norm(sq) if metric == "cosine" else sq
+
+
+_TWO31 = 1 << 31
+_TWO32 = 1 << 32
+_MASK32 = 0xFFFFFFFF
+_PAD = -(1 << 63)  # packed padding entry: worst possible key
+
+
+def _pack(key: torch.Tensor, offset: int) -> torch.Tensor:
+    """float32 keys [n x C] (larger = better) of columns offset.. -> int64 keys with the same
+    order, ties broken by smaller column, NaN below every number; distinct per column.
+    Same encoding as the kernel (there unsigned; here shifted by 2^63 to stay signed)."""
+    key = key.contiguous()
+    b = key.view(torch.int32).to(torch.int64) & _MASK32
+    b = b.masked_fill(b == _TWO31, 0)  # -0.0 -> +0.0
+    u = torch.where(b >= _TWO31, _MASK32 - b, b + _TWO31)
+    u = u.masked_fill(torch.isnan(key), 0)
+    idx = torch.arange(offset, offset + key.shape[1], dtype=torch.int64, device=key.device)
+    return (u - _TWO31) * _TWO32 + (_MASK32 - idx).unsqueeze(0)
+
+
+def _unpack(packed: torch.Tensor, metric: str) -> Tuple[torch.Tensor, torch.Tensor]:
+    hi = torch.div(packed, _TWO32, rounding_mode="floor") + _TWO31
+    lo = packed - (hi - _TWO31) * _TWO32
+    indices = _MASK32 - lo
+    bits = torch.where(hi >= _TWO31, hi - _TWO31, _MASK32 - hi)
+    bits = torch.where(bits >= _TWO31, bits - _TWO32, bits).to(torch.int32).contiguous()
+    values = bits.view(torch.float32).clone()
+    values = values.masked_fill(hi == 0, float("nan"))
+    if metric == "sqeuclidean":
+        values = 0.0 - values  # key = -distance; 0 - (+0) = +0
+    pad = packed == _PAD
+    values = values.masked_fill(pad, float("-inf") if metric == "cosine" else float("inf"))
+    indices = indices.masked_fill(pad, -1)
+    return values, indices
+
+
+# ------------------------------------------------------------------ arc similarity
+
+def arc_similarity_reference(acoustic: torch.Tensor, spelling: torch.Tensor, arcs,
+                             metric: str = "cosine", *, chunk: Optional[int] = None) -> torch.Tensor:
+    """Torch reference of :func:`arc_similarity` (any device; differentiable)."""
+    _check_metric(metric)
+    _check_matrix("acoustic", acoustic)
+    _check_matrix("spelling", spelling)
+    _check_pair("acoustic", acoustic, "spelling", spelling)
+    arcs = _check_arcs(arcs, acoustic.shape[0], spelling.shape[0], acoustic.device)
+    return _arc_reference(acoustic, spelling, arcs, metric, chunk)
+
+
+def _arc_reference(acoustic, spelling, arcs, metric, chunk=None) -> torch.Tensor:
+    m, d = arcs.shape[0], acoustic.shape[1]
+    cdt = torch.float64 if acoustic.dtype == torch.float64 else torch.float32
+    if chunk is None:
+        chunk = max(1, _REFERENCE_BUDGET // d)
+    outs = []
+    for s in range(0, m, chunk):
+        part = arcs[s:s + chunk]
+        a = acoustic.index_select(0, part[:, 0]).to(cdt)
+        w = spelling.index_select(0, part[:, 1]).to(cdt)
+        if metric == "cosine":
+            dot = (a * w).sum(dim=1)
+            out = dot * _inv_norm((a * a).sum(dim=1)) * _inv_norm((w * w).sum(dim=1))
+        else:
+            out = ((a - w) ** 2).sum(dim=1)
+        outs.append(out.to(torch.float32))
+    if not outs:
+        return torch.empty(0, dtype=torch.float32, device=acoustic.device)
+    return torch.cat(outs)
+
+
+def arc_similarity(acoustic: torch.Tensor, spelling: torch.Tensor, arcs,
+                   metric: str = "cosine") -> torch.Tensor:
+    """Similarity of every lattice arc: float32 [M].
+
+    acoustic: [N x D] span embeddings; spelling: [V x D] word embeddings (same dtype);
+    arcs: integer [M x 2] (span index, word index). Raises ValueError naming the first
+    arc row whose indices are out of range (this check synchronises with the GPU).
+    """
+    _check_metric(metric)
+    _check_matrix("acoustic", acoustic)
+    _check_matrix("spelling", spelling)
+    _check_pair("acoustic", acoustic, "spelling", spelling)
+    arcs = _check_arcs(arcs, acoustic.shape[0], spelling.shape[0], acoustic.device)
+    m = arcs.shape[0]
+    if m == 0:
+        return torch.empty(0, dtype=torch.float32, device=acoustic.device)
+    needs_grad = torch.is_grad_enabled() and (acoustic.requires_grad or spelling.requires_grad)
+    if acoustic.is_cuda and acoustic.dtype in _KERNEL_DTYPES and not needs_grad:
+        lib = _kernel_lib()
+        if lib is not None:
+            return _arc_kernel(lib, acoustic, spelling, arcs, metric)
+    return _arc_reference(acoustic, spelling, arcs, metric)
+
+
+def _kernel_lib():
+    lib = _kl.load()
+    if lib is None:
+        _warn_once("nolib", "rescorer CUDA kernels unavailable, using the torch reference: "
+                   f"{_kl.load_error()}")
+    return lib
+
+
+def _arc_kernel(lib, acoustic, spelling, arcs, metric) -> torch.Tensor:
+    a = acoustic.contiguous()
+    w = spelling.contiguous()
+    pairs = arcs.contiguous()
+    out = torch.empty(pairs.shape[0], dtype=torch.float32, device=a.device)
+    with torch.cuda.device(a.device):
+        stream = torch.cuda.current_stream(a.device).cuda_stream
+        st = lib.rk_arc_similarity(a.data_ptr(), w.data_ptr(), pairs.data_ptr(), a.shape[0], w.shape[0],
+                                   pairs.shape[0], a.shape[1], _KERNEL_DTYPES[a.dtype], _METRIC_CODES[metric],
+                                   out.data_ptr(), stream)
+    _kl.check(lib, st, "rk_arc_similarity")
+    return out
+
+
+# ------------------------------------------------------------------ top-k
+
+def _empty_topk(n: int, k: int, metric: str, device) -> Tuple[torch.Tensor, torch.Tensor]:
+    pad = float("-inf") if metric == "cosine" else float("inf")
+    return (torch.full((n, k), pad, dtype=torch.float32, device=device),
+            torch.full((n, k), -1, dtype=torch.int64, device=device))
+
+
+def _validate_topk(queries, vocab, k, metric):
+    _check_metric(metric)
+    _check_matrix("queries", queries)
+    _check_matrix("vocab", vocab)
+    _check_pair("queries", queries, "vocab", vocab)
+    return _check_k(k)
+
+
+def topk_nearest_reference(queries: torch.Tensor, vocab: torch.Tensor, k: int, metric: str = "cosine",
+                           chunk: Optional[int] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Torch reference of :func:`topk_nearest`, chunked over V (and Q) so that at most
+    about ``chunk`` x (query block) scores exist at once. Any device, any k."""
+    k = _validate_topk(queries, vocab, k, metric)
+    return _topk_reference(queries, vocab, k, metric, chunk)
+
+
+def _topk_reference(queries, vocab, k, metric, chunk=None):
+    n, v = queries.shape[0], vocab.shape[0]
+    if n == 0 or v == 0:
+        return _empty_topk(n, k, metric, queries.device)
+    if chunk is None:
+        chunk = max(1024, _REFERENCE_BUDGET // max(n, 1))
+    chunk = max(1, min(int(chunk), v))
+    qblock = max(1, _REFERENCE_BUDGET // chunk)
+    cdt = torch.float64 if queries.dtype == torch.float64 else torch.float32
+    out_v, out_i = [], []
+    for qs in range(0, n, qblock):
+        q = queries[qs:qs + qblock].to(cdt)
+        qf = _factor(q, metric)
+        best = None
+        for vs in range(0, v, chunk):
+            w = vocab[vs:vs + chunk].to(cdt)
+            wf = _factor(w, metric)
+            dot = q @ w.t()
+            if metric == "cosine":
+                key = dot * qf[:, None] * wf[None, :]
+            else:
+                dist = (qf[:, None] + wf[None, :]) - 2.0 * dot
+                key = -dist.masked_fill(dist < 0, 0.0)
+            packed = _pack(key.to(torch.float32), vs)
+            top = packed.topk(min(k, packed.shape[1]), dim=1, sorted=False).values
+            if best is not None:
+                both = torch.cat([best, top], dim=1)
+                top = both.topk(min(k, both.shape[1]), dim=1, sorted=False).values
+            best = top
+        best = best.sort(dim=1, descending=True).values
+        if best.shape[1] < k:
+            best = torch.cat([best, best.new_full((best.shape[0], k - best.shape[1]), _PAD)], dim=1)
+        vals, idx = _unpack(best, metric)
+        out_v.append(vals)
+        out_i.append(idx)
+    return torch.cat(out_v), torch.cat(out_i)
+
+
+def topk_nearest(queries: torch.Tensor, vocab: torch.Tensor, k: int, metric: str = "cosine",
+                 chunk: Optional[int] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The k nearest vocabulary rows of every query: (values float32 [N x k], indices int64 [N x k]).
+
+    cosine: similarities, descending; sqeuclidean: squared distances, ascending. Ties go to
+    the smaller index; NaN scores rank last; k > V pads with index -1 and -inf / +inf.
+    ``chunk`` only affects the reference path (vocabulary rows per step).
+    """
+    k = _validate_topk(queries, vocab, k, metric)
+    n, v = queries.shape[0], vocab.shape[0]
+    if n == 0 or v == 0:
+        return _empty_topk(n, k, metric, queries.device)
+    if (queries.is_cuda and queries.dtype in _KERNEL_DTYPES and k <= MAX_KERNEL_K
+            and v <= _MAX_VOCAB_KERNEL):
+        lib = _kernel_lib()
+        if lib is not None:
+            return _topk_kernel(lib, queries, vocab, k, metric)
+    return _topk_reference(queries, vocab, k, metric, chunk)
+
+
+def _topk_kernel(lib, queries, vocab, k, metric):
+    q = queries.contiguous()
+    w = vocab.contiguous()
+    n, v, d = q.shape[0], w.shape[0], q.shape[1]
+    device = q.device
+    values = torch.empty((n, k), dtype=torch.float32, device=device)
+    indices = torch.empty((n, k), dtype=torch.int64, device=device)
+    with torch.cuda.device(device):
+        stream = torch.cuda.current_stream(device).cuda_stream
+        sms = torch.cuda.get_device_properties(device).multi_processor_count
+        for s in range(0, n, _KERNEL_QUERY_CHUNK):
+            qq = q[s:s + _KERNEL_QUERY_CHUNK]
+            nq = qq.shape[0]
+            splits = int(lib.rk_topk_num_splits(nq, v, k, sms))
+            nbytes = int(lib.rk_topk_workspace_bytes(nq, v, k, splits))
+            workspace = torch.empty(nbytes, dtype=torch.uint8, device=device)
+            st = lib.rk_topk(qq.data_ptr(), w.data_ptr(), nq, v, d, k, _KERNEL_DTYPES[q.dtype],
+                             _METRIC_CODES[metric], splits, workspace.data_ptr(), nbytes,
+                             values[s:s + nq].data_ptr(), indices[s:s + nq].data_ptr(), stream)
+            _kl.check(lib, st, "rk_topk")
+    return values, indices

@@ -1,0 +1,228 @@
+"""Word segments: fbank frames of each aligned word, stored for fast training.
+
+Pipeline: utterance cuts -> 80-bin log-mel fbank (lhotse ``Fbank``, 25 ms window,
+10 ms shift, stored with lilcom) -> one segment per aligned word -> a plain torch file
+per split (``export_word_segments``) that training reads without lhotse.
+
+Segment rule (documented, counted): a word spans frames
+``[round(start / 0.01), round(end / 0.01))`` of its utterance. Segments longer than
+``max_frames`` (200 = 2 s; nearly always alignment errors or very slow speech) and
+shorter than ``min_frames`` (3 = 30 ms; too short to carry a word) are dropped from
+the segment set and counted as ``segments_dropped`` (split into ``too_long`` and
+``too_short``). At rescoring time, spans longer than the encoder window are
+centre-cropped instead (the lattice must still get a score).
+
+Export format ``rescorer.word_segments/1`` (``torch.load``-able on torch 1.13..2.x with
+``weights_only=True``): ``feats`` float16 [T_total, 80], ``offsets`` int64 [S+1],
+``word_ids`` int64 [S] into sorted ``words``, ``speaker_ids`` int64 [S] into ``speakers``,
+``utterance_ids`` list[str], ``num_mel_bins``, ``frame_shift``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import numpy as np
+
+from rescorer.utils import atomic_path
+
+log = logging.getLogger(__name__)
+
+FRAME_SHIFT = 0.01
+NUM_MEL_BINS = 80
+MAX_FRAMES = 200
+MIN_FRAMES = 3
+SEGMENTS_FORMAT = "rescorer.word_segments/1"
+
+
+def fbank_extractor():
+    from lhotse import Fbank, FbankConfig
+
+    return Fbank(FbankConfig(num_mel_bins=NUM_MEL_BINS, frame_shift=FRAME_SHIFT))
+
+
+def compute_features(cuts, storage_dir, manifest_path, num_jobs: int = 1):
+    """Fbank features for ``cuts`` stored under ``storage_dir``; resumable per manifest.
+
+    If ``manifest_path`` exists (a previous run finished) it is loaded instead.
+    """
+    from lhotse import CutSet, LilcomChunkyWriter
+
+    manifest_path = Path(manifest_path)
+    if manifest_path.exists():
+        log.info("features already computed: %s", manifest_path)
+        return CutSet.from_file(manifest_path)
+    storage = Path(storage_dir)
+    storage.mkdir(parents=True, exist_ok=True)
+    stem = manifest_path.name.split(".")[0]
+    with_feats = cuts.compute_and_store_features(
+        extractor=fbank_extractor(),
+        storage_path=str(storage / stem),
+        num_jobs=num_jobs,
+        storage_type=LilcomChunkyWriter,
+        progress_bar=True,
+    )
+    with_feats = CutSet.from_cuts(sorted(with_feats, key=lambda c: c.id))
+    with atomic_path(manifest_path) as tmp:
+        with_feats.to_file(str(tmp))
+    return with_feats
+
+
+@dataclass
+class SegmentStats:
+    word_segments: int = 0
+    too_long: int = 0
+    too_short: int = 0
+    unaligned_utterances: int = 0
+
+    @property
+    def segments_dropped(self) -> int:
+        return self.too_long + self.too_short
+
+
+@dataclass
+class WordSegments:
+    """All word segments of one split, in memory, in the export format's layout."""
+
+    feats: "np.ndarray"  # float16 [T_total, 80]
+    offsets: "np.ndarray"  # int64 [S+1]
+    words: List[str]  # per segment spelling
+    speakers: List[str]  # per segment
+    utterance_ids: List[str]
+    starts: List[float] = field(default_factory=list)  # seconds, within the utterance
+    stats: SegmentStats = field(default_factory=SegmentStats)
+
+    def __len__(self) -> int:
+        return len(self.words)
+
+    def segment(self, i: int) -> np.ndarray:
+        return self.feats[self.offsets[i] : self.offsets[i + 1]]
+
+
+def word_frame_span(start: float, duration: float, num_frames: int) -> tuple:
+    """[first, last) frame of a word at ``start`` lasting ``duration`` seconds."""
+    a = int(round(start / FRAME_SHIFT))
+    b = int(round((start + duration) / FRAME_SHIFT))
+    return max(0, min(a, num_frames)), max(0, min(b, num_frames))
+
+
+def extract_word_segments(cuts, max_frames: int = MAX_FRAMES, min_frames: int = MIN_FRAMES, progress: bool = True) -> WordSegments:
+    """Slice each aligned word's frames out of its utterance's features (see module rule)."""
+    from tqdm import tqdm
+
+    chunks, offsets, words, speakers, utts, starts = [], [0], [], [], [], []
+    stats = SegmentStats()
+    for cut in tqdm(cuts, desc="word segments", unit="utt", disable=not progress):
+        sups = [s for s in cut.supervisions if s.alignment and s.alignment.get("word")]
+        if not sups:
+            stats.unaligned_utterances += 1
+            continue
+        if not cut.has_features:
+            raise ValueError(f"cut {cut.id} has no features: run compute_features first")
+        feats = cut.load_features()
+        for sup in sups:
+            for item in sup.alignment["word"]:
+                a, b = word_frame_span(sup.start + item.start, item.duration, feats.shape[0])
+                n = b - a
+                if n > max_frames:
+                    stats.too_long += 1
+                    continue
+                if n < min_frames:
+                    stats.too_short += 1
+                    continue
+                chunks.append(feats[a:b].astype(np.float16))
+                offsets.append(offsets[-1] + n)
+                words.append(item.symbol)
+                speakers.append(sup.speaker or cut.id)
+                utts.append(cut.id)
+                starts.append(round(sup.start + item.start, 4))
+    stats.word_segments = len(words)
+    all_feats = np.concatenate(chunks) if chunks else np.zeros((0, NUM_MEL_BINS), np.float16)
+    return WordSegments(all_feats, np.asarray(offsets, np.int64), words, speakers, utts, starts, stats)
+
+
+def export_word_segments(segs: WordSegments, path) -> Path:
+    """Write the plain-torch export (format ``rescorer.word_segments/1``) atomically."""
+    import torch
+
+    vocab = sorted(set(segs.words))
+    wid = {w: i for i, w in enumerate(vocab)}
+    spk = sorted(set(segs.speakers))
+    sid = {s: i for i, s in enumerate(spk)}
+    obj = {
+        "format": SEGMENTS_FORMAT,
+        "feats": torch.from_numpy(np.ascontiguousarray(segs.feats, dtype=np.float16)),
+        "offsets": torch.from_numpy(segs.offsets.astype(np.int64)),
+        "word_ids": torch.tensor([wid[w] for w in segs.words], dtype=torch.int64),
+        "words": vocab,
+        "speaker_ids": torch.tensor([sid[s] for s in segs.speakers], dtype=torch.int64),
+        "speakers": spk,
+        "utterance_ids": list(segs.utterance_ids),
+        "starts": torch.tensor(segs.starts, dtype=torch.float32),
+        "num_mel_bins": NUM_MEL_BINS,
+        "frame_shift": FRAME_SHIFT,
+        "stats": {
+            "word_segments": segs.stats.word_segments,
+            "too_long": segs.stats.too_long,
+            "too_short": segs.stats.too_short,
+            "unaligned_utterances": segs.stats.unaligned_utterances,
+        },
+    }
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, str(tmp))
+    return path
+
+
+def load_word_segments(path) -> Dict[str, object]:
+    """Load an export; checks the format tag so a wrong file fails clearly."""
+    import torch
+
+    import pickle
+
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except (TypeError, pickle.UnpicklingError):
+        # torch 1.13's weights-only unpickler rejects plain floats; newer torch reads it safely
+        obj = torch.load(str(path), map_location="cpu")
+    if not isinstance(obj, dict) or obj.get("format") != SEGMENTS_FORMAT:
+        raise ValueError(f"{path} is not a word-segment export ({SEGMENTS_FORMAT})")
+    return obj
+
+
+def word_segment_cuts(cuts, max_frames: int = MAX_FRAMES, min_frames: int = MIN_FRAMES):
+    """The same segments as a lazy-friendly lhotse CutSet of word-level cuts (for lhotse users)."""
+    from lhotse import CutSet, SupervisionSegment
+    from lhotse.utils import fastcopy
+
+    out = []
+    for cut in cuts:
+        for sup in cut.supervisions:
+            if not (sup.alignment and sup.alignment.get("word")):
+                continue
+            for k, item in enumerate(sup.alignment["word"]):
+                a, b = word_frame_span(sup.start + item.start, item.duration, 1 << 30)
+                if not (min_frames <= b - a <= max_frames):
+                    continue
+                start = min(a * FRAME_SHIFT, cut.duration)
+                dur = min((b - a) * FRAME_SHIFT, cut.duration - start)
+                if dur <= 0:
+                    continue
+                wc = cut.truncate(offset=start, duration=dur, keep_excessive_supervisions=False, preserve_id=False)
+                wid = f"{cut.id}_w{k:03d}"
+                out.append(
+                    fastcopy(
+                        wc,
+                        id=wid,
+                        supervisions=[
+                            SupervisionSegment(
+                                id=wid, recording_id=cut.recording_id, start=0.0, duration=dur, channel=sup.channel,
+                                text=item.symbol, speaker=sup.speaker,
+                            )
+                        ]
+                    )
+                )
+    return CutSet.from_cuts(out)

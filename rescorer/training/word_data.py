@@ -1,0 +1,312 @@
+"""Word segments exported by the corpus code: loading, batching by length, synthetic data.
+
+One file per split, written with ``torch.save`` (format "rescorer.word_segments/1"):
+all segments' float16 log-mel frames concatenated in ``feats`` [T_total, 80], segment s
+being ``feats[offsets[s]:offsets[s + 1]]`` (1-200 frames), with its word
+(``word_ids`` into the sorted, normalised spellings ``words``), speaker and utterance.
+Splits have their own word lists; code that compares splits maps words by spelling.
+
+Everything here is plain torch + numpy: the training path must not import lhotse or k2.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+from typing import Dict, Iterator, List, Sequence, Tuple
+
+import torch
+
+FORMAT = "rescorer.word_segments/1"
+_REQUIRED = ("feats", "offsets", "word_ids", "words", "speaker_ids", "speakers", "utterance_ids")
+
+
+@dataclass
+class WordSegments:
+    """One split of word segments held in memory (frames stay float16 until batched)."""
+
+    feats: torch.Tensor
+    offsets: torch.Tensor
+    word_ids: torch.Tensor
+    words: List[str]
+    speaker_ids: torch.Tensor
+    speakers: List[str]
+    utterance_ids: List[str]
+    num_mel_bins: int = 80
+    frame_shift: float = 0.01
+
+    def __post_init__(self) -> None:
+        self.offsets = self.offsets.long()
+        self.word_ids = self.word_ids.long()
+        self.speaker_ids = self.speaker_ids.long()
+        self.lengths = self.offsets[1:] - self.offsets[:-1]
+
+    def __len__(self) -> int:
+        return len(self.word_ids)
+
+    def segment(self, index: int) -> torch.Tensor:
+        """Frames [T, F] of one segment (float16 view into ``feats``)."""
+        return self.feats[int(self.offsets[index]) : int(self.offsets[index + 1])]
+
+    def segments(self) -> List[torch.Tensor]:
+        return [self.segment(i) for i in range(len(self))]
+
+    def batch(
+        self, indices: Sequence[int], max_frames: int = 200
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """float32 feats [B, T, F] (zero-padded), lengths [B], word_ids [B] of ``indices``.
+
+        One vectorised gather, no Python loop over segments. Segments longer than
+        ``max_frames`` are center-cropped, the encoder's rule.
+        """
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        lengths = self.lengths[idx]
+        start = self.offsets[idx] + (lengths - max_frames).clamp(min=0) // 2
+        lengths = lengths.clamp(max=max_frames)
+        steps = torch.arange(int(lengths.max()))
+        mask = steps[None, :] < lengths[:, None]
+        frame = (start[:, None] + steps[None, :]).clamp(max=len(self.feats) - 1)
+        feats = self.feats[frame].float() * mask[:, :, None]
+        return feats, lengths, self.word_ids[idx]
+
+    def feature_stats(self, chunk_frames: int = 1 << 20) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Per-bin mean and standard deviation over all frames (float64 accumulation)."""
+        total = torch.zeros(self.feats.shape[1], dtype=torch.float64)
+        total_sq = torch.zeros_like(total)
+        for start in range(0, len(self.feats), chunk_frames):
+            chunk = self.feats[start : start + chunk_frames].double()
+            total += chunk.sum(0)
+            total_sq += (chunk * chunk).sum(0)
+        n = max(len(self.feats), 1)
+        mean = total / n
+        var = (total_sq / n - mean * mean).clamp(min=0)
+        return mean.float(), var.sqrt().float()
+
+    def to_dict(self) -> Dict[str, object]:
+        return {
+            "format": FORMAT,
+            "feats": self.feats,
+            "offsets": self.offsets,
+            "word_ids": self.word_ids,
+            "words": list(self.words),
+            "speaker_ids": self.speaker_ids,
+            "speakers": list(self.speakers),
+            "utterance_ids": list(self.utterance_ids),
+            "num_mel_bins": self.num_mel_bins,
+            "frame_shift": self.frame_shift,
+        }
+
+
+def word_segments_from_dict(data: Dict[str, object], source: str = "<dict>") -> WordSegments:
+    """Validate an exported dict and wrap it; errors name the file and the problem."""
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        got = data.get("format") if isinstance(data, dict) else type(data).__name__
+        raise ValueError(f"{source}: not a word-segment file (format {got!r}, expected {FORMAT!r})")
+    missing = [k for k in _REQUIRED if k not in data]
+    if missing:
+        raise ValueError(f"{source}: missing fields {missing}")
+    ds = WordSegments(
+        feats=data["feats"],
+        offsets=data["offsets"],
+        word_ids=data["word_ids"],
+        words=list(data["words"]),
+        speaker_ids=data["speaker_ids"],
+        speakers=list(data["speakers"]),
+        utterance_ids=list(data["utterance_ids"]),
+        num_mel_bins=int(data.get("num_mel_bins", data["feats"].shape[1])),
+        frame_shift=float(data.get("frame_shift", 0.01)),
+    )
+    n = len(ds.word_ids)
+    if ds.feats.dim() != 2 or ds.feats.shape[1] != ds.num_mel_bins:
+        raise ValueError(f"{source}: feats must be [T_total, {ds.num_mel_bins}], got {tuple(ds.feats.shape)}")
+    if len(ds.offsets) != n + 1 or int(ds.offsets[0]) != 0 or int(ds.offsets[-1]) != len(ds.feats):
+        raise ValueError(f"{source}: offsets must have S + 1 entries from 0 to len(feats)")
+    if n == 0:
+        raise ValueError(f"{source}: no segments")
+    if bool((ds.lengths < 1).any()):
+        raise ValueError(f"{source}: a segment has no frames")
+    if int(ds.word_ids.min()) < 0 or int(ds.word_ids.max()) >= len(ds.words):
+        raise ValueError(f"{source}: word_ids out of range of words")
+    if len(ds.speaker_ids) != n or len(ds.utterance_ids) != n:
+        raise ValueError(f"{source}: speaker_ids and utterance_ids need one entry per segment")
+    return ds
+
+
+def load_word_segments(path: str) -> WordSegments:
+    """Load and validate one split written by the corpus export (or ``write_synthetic``)."""
+    return word_segments_from_dict(torch.load(path, map_location="cpu"), source=str(path))
+
+
+def word_index(words: Sequence[str]) -> Dict[str, int]:
+    """Spelling -> row, for mapping one split's words onto another's vocabulary."""
+    return {w: i for i, w in enumerate(words)}
+
+
+# ---------------------------------------------------------------- batching by length
+
+
+class LengthBucketBatchSampler:
+    """Seeded batches of similar-length segments, sharded over distributed ranks.
+
+    Each epoch: a seeded permutation of all segments is cut into pools of
+    ``batch_size * pool_batches`` segments; each pool is sorted by length and cut into
+    batches (little padding), and the batch order is shuffled. Every rank computes the
+    same list and takes every ``num_replicas``-th batch; the list is padded by repeating
+    batches from its start so all ranks run the same number of steps (DDP requires it).
+
+    The state (epoch, batches consumed) is saved in checkpoints: ``load_state_dict``
+    then iteration resumes where the run stopped.
+    """
+
+    def __init__(
+        self,
+        lengths: torch.Tensor,
+        batch_size: int,
+        seed: int = 0,
+        num_replicas: int = 1,
+        rank: int = 0,
+        pool_batches: int = 50,
+        shuffle: bool = True,
+    ):
+        if batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        if not 0 <= rank < num_replicas:
+            raise ValueError("rank must be in [0, num_replicas)")
+        self.lengths = torch.as_tensor(lengths, dtype=torch.long)
+        self.batch_size = batch_size
+        self.seed = seed
+        self.num_replicas = num_replicas
+        self.rank = rank
+        self.pool_batches = pool_batches
+        self.shuffle = shuffle
+        self.epoch = 0
+        self.position = 0  # batches of this epoch already consumed on this rank
+
+    def set_epoch(self, epoch: int) -> None:
+        if epoch != self.epoch:
+            self.position = 0
+        self.epoch = epoch
+
+    def _all_batches(self) -> List[List[int]]:
+        n = len(self.lengths)
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        order = torch.randperm(n, generator=g) if self.shuffle else torch.arange(n)
+        pool = self.batch_size * self.pool_batches
+        batches: List[List[int]] = []
+        for start in range(0, n, pool):
+            chunk = order[start : start + pool]
+            chunk = chunk[torch.sort(self.lengths[chunk], stable=True).indices]
+            batches.extend(chunk[i : i + self.batch_size].tolist() for i in range(0, len(chunk), self.batch_size))
+        if self.shuffle:
+            perm = torch.randperm(len(batches), generator=g).tolist()
+            batches = [batches[i] for i in perm]
+        short = (-len(batches)) % self.num_replicas
+        batches.extend(batches[:short])
+        return batches
+
+    def batches(self) -> List[List[int]]:
+        """This rank's batches of the current epoch (all of them, ignoring position)."""
+        return self._all_batches()[self.rank :: self.num_replicas]
+
+    def __len__(self) -> int:
+        return math.ceil(math.ceil(len(self.lengths) / self.batch_size) / self.num_replicas)
+
+    def __iter__(self) -> Iterator[List[int]]:
+        mine = self.batches()
+        while self.position < len(mine):
+            batch = mine[self.position]
+            self.position += 1
+            yield batch
+
+    def state_dict(self) -> Dict[str, int]:
+        return {"epoch": self.epoch, "position": self.position, "seed": self.seed}
+
+    def load_state_dict(self, state: Dict[str, int]) -> None:
+        if int(state.get("seed", self.seed)) != self.seed:
+            raise ValueError("sampler state was saved with a different seed")
+        self.epoch = int(state["epoch"])
+        self.position = int(state["position"])
+
+
+# ---------------------------------------------------------------- synthetic data for tests
+
+SYNTHETIC_LETTERS = "abcdefghijklmnopqrstuvwxyz"
+
+
+def random_words(
+    count: int, seed: int, min_len: int = 3, max_len: int = 7, exclude: Sequence[str] = ()
+) -> List[str]:
+    """``count`` distinct random lowercase strings (sorted), none of them in ``exclude``."""
+    rng = random.Random(seed)
+    taken = set(exclude)
+    words: List[str] = []
+    while len(words) < count:
+        w = "".join(rng.choice(SYNTHETIC_LETTERS) for _ in range(rng.randint(min_len, max_len)))
+        if w not in taken:
+            taken.add(w)
+            words.append(w)
+    return sorted(words)
+
+
+def make_synthetic_word_segments(
+    words: Sequence[str],
+    segments_per_word: int = 4,
+    seed: int = 0,
+    num_speakers: int = 3,
+    num_mel_bins: int = 80,
+    noise: float = 0.5,
+    frames_per_letter: Tuple[int, int] = (2, 5),
+    sound_seed: int = 1234,
+) -> Dict[str, object]:
+    """A word-segment dict (the export format) rendered from spellings with random data.
+
+    Each letter has a fixed random "sound" (an 80-dim frame pattern, the same in every
+    split because it depends only on ``sound_seed``); a segment of a word plays its
+    letters' sounds for 2-5 frames each, adds a per-speaker offset and Gaussian noise.
+    Audio and spelling are therefore related letter by letter, so a model trained on
+    some words can recognise unseen ones, which is what dev P@1 measures.
+    """
+    words = sorted(set(words))
+    sound_gen = torch.Generator().manual_seed(sound_seed)
+    letter_sound = {
+        c: torch.randn(num_mel_bins, generator=sound_gen) * 2.0 - 4.0 for c in SYNTHETIC_LETTERS + "'"
+    }
+    gen = torch.Generator().manual_seed(seed)
+    speaker_shift = torch.randn(num_speakers, num_mel_bins, generator=gen) * 0.3
+    lo, hi = frames_per_letter
+    chunks, word_ids, speaker_ids, utts = [], [], [], []
+    for wi, word in enumerate(words):
+        for k in range(segments_per_word):
+            spk = int(torch.randint(num_speakers, (1,), generator=gen))
+            frames = []
+            for c in word:
+                reps = int(torch.randint(lo, hi + 1, (1,), generator=gen))
+                frames.append(letter_sound[c].expand(reps, -1))
+            seg = torch.cat(frames)[:200] + speaker_shift[spk]
+            seg = seg + noise * torch.randn(seg.shape, generator=gen)
+            chunks.append(seg)
+            word_ids.append(wi)
+            speaker_ids.append(spk)
+            utts.append(f"synth-{seed}-{wi}-{k}")
+    lengths = torch.tensor([len(c) for c in chunks])
+    offsets = torch.zeros(len(chunks) + 1, dtype=torch.long)
+    offsets[1:] = torch.cumsum(lengths, 0)
+    return {
+        "format": FORMAT,
+        "feats": torch.cat(chunks).to(torch.float16),
+        "offsets": offsets,
+        "word_ids": torch.tensor(word_ids, dtype=torch.long),
+        "words": list(words),
+        "speaker_ids": torch.tensor(speaker_ids, dtype=torch.long),
+        "speakers": [f"synth-speaker-{i}" for i in range(num_speakers)],
+        "utterance_ids": utts,
+        "num_mel_bins": num_mel_bins,
+        "frame_shift": 0.01,
+    }
+
+
+def write_synthetic_word_segments(path: str, words: Sequence[str], **kwargs) -> str:
+    """Write ``make_synthetic_word_segments(words, **kwargs)`` to ``path``; returns path."""
+    torch.save(make_synthetic_word_segments(words, **kwargs), path)
+    return str(path)
