@@ -49,7 +49,7 @@ def compute_features(cuts, storage_dir, manifest_path, num_jobs: int = 1):
 
     If ``manifest_path`` exists (a previous run finished) it is loaded instead.
     """
-    from lhotse import CutSet, LilcomChunkyWriter
+    from lhotse import CutSet
 
     manifest_path = Path(manifest_path)
     if manifest_path.exists():
@@ -58,17 +58,31 @@ def compute_features(cuts, storage_dir, manifest_path, num_jobs: int = 1):
     storage = Path(storage_dir)
     storage.mkdir(parents=True, exist_ok=True)
     stem = manifest_path.name.split(".")[0]
-    with_feats = cuts.compute_and_store_features(
+    import torch
+
+    threads = torch.get_num_threads()
+    if num_jobs > 1:  # worker processes + intra-op threads can deadlock (lhotse warns about it)
+        torch.set_num_threads(1)
+    try:
+        with_feats = _compute(cuts, storage, stem, num_jobs)
+    finally:
+        torch.set_num_threads(threads)
+    with_feats = CutSet.from_cuts(sorted(with_feats, key=lambda c: c.id))
+    with atomic_path(manifest_path) as tmp:
+        with_feats.to_file(str(tmp))
+    return with_feats
+
+
+def _compute(cuts, storage: Path, stem: str, num_jobs: int):
+    from lhotse import LilcomChunkyWriter
+
+    return cuts.compute_and_store_features(
         extractor=fbank_extractor(),
         storage_path=str(storage / stem),
         num_jobs=num_jobs,
         storage_type=LilcomChunkyWriter,
         progress_bar=True,
     )
-    with_feats = CutSet.from_cuts(sorted(with_feats, key=lambda c: c.id))
-    with atomic_path(manifest_path) as tmp:
-        with_feats.to_file(str(tmp))
-    return with_feats
 
 
 @dataclass

@@ -391,6 +391,8 @@ def prepare_synthetic(
         atomic_write_text(plan_path, _plan_to_json(plan))
     audio_dir = out / "audio"
     failures = synthesize_plan(plan, audio_dir, num_jobs=num_jobs, progress=progress)
+    if not failures and (out / "failed.json").exists():
+        (out / "failed.json").unlink()  # an earlier run's failures have been made good
     if failures:
         atomic_write_text(out / "failed.json", json.dumps(failures, indent=1, sort_keys=True))
         log.warning("%d utterances failed to synthesize (listed in %s)", len(failures), out / "failed.json")

@@ -70,13 +70,24 @@ _PRELUDE = r"""
       (set! hts_engine_params
             (append rs_hts (list (list "-r" rate))))))
 
+(define (rs_has_segments w)
+  (not (string-equal (item.feat w "R:SylStructure.daughter1.daughter1.R:Segment.name") "0")))
+
+;; A token's words may include ones with no segments of their own (festival gives
+;; "woman's" the words "woman" + "'s", and the z sound belongs to "woman"): take the
+;; first and last words of the token that do have segments.
 (define (rs_token idx tok)
-  (format t "@@T %d %d %s %s %s %s\n" idx
-          (length (item.daughters tok))
-          (item.feat tok "daughter1.R:SylStructure.daughter1.daughter1.R:Segment.name")
-          (item.feat tok "daughtern.R:SylStructure.daughtern.daughtern.R:Segment.name")
-          (item.feat tok "daughter1.R:SylStructure.daughter1.daughter1.R:Segment.segment_start")
-          (item.feat tok "daughtern.R:SylStructure.daughtern.daughtern.R:Segment.end")))
+  (let ((first nil) (last nil))
+    (mapcar (lambda (w) (if (rs_has_segments w) (begin (if (not first) (set! first w)) (set! last w))))
+            (item.daughters tok))
+    (if first
+        (format t "@@T %d %d %s %s %s %s\n" idx
+                (length (item.daughters tok))
+                (item.feat first "R:SylStructure.daughter1.daughter1.R:Segment.name")
+                (item.feat last "R:SylStructure.daughtern.daughtern.R:Segment.name")
+                (item.feat first "R:SylStructure.daughter1.daughter1.R:Segment.segment_start")
+                (item.feat last "R:SylStructure.daughtern.daughtern.R:Segment.end"))
+        (format t "@@T %d %d 0 0 0 0\n" idx (length (item.daughters tok))))))
 
 (define (rs_synth idx text wavfile)
   (format t "@@BEGIN %d\n" idx)
