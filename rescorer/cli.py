@@ -165,6 +165,114 @@ def segments_cmd(data_dir, corpus, splits, max_frames, min_frames, num_jobs):
                    f"({st.too_long} > {max_frames} frames, {st.too_short} < {min_frames})")
 
 
+@main.command("export-asr")
+@click.argument("data_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--corpus", required=True, help="Manifest prefix, e.g. synthetic, speechocean762.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Directory for <split>.pt files.")
+@click.option("--splits", default=None, help="Comma-separated splits (default: all with features).")
+def export_asr_cmd(data_dir, corpus, out, splits):
+    """Export utterance features + transcripts (rescorer.utterances/1) for ASR training and rescoring.
+
+    Reads DATA_DIR/manifests/{corpus}_cuts_{split}_fbank.jsonl.gz (made by `rescorer segments`);
+    a split whose output exists is skipped.
+    """
+    from lhotse import CutSet
+
+    from rescorer.corpora.report import corpus_splits
+    from rescorer.training.asr_data import export_utterances
+
+    data, outdir = Path(data_dir), Path(out)
+    todo = splits.split(",") if splits else corpus_splits(data, corpus)
+    for split in todo:
+        src = data / "manifests" / f"{corpus}_cuts_{split}_fbank.jsonl.gz"
+        dst = outdir / f"{split}.pt"
+        if dst.exists():
+            click.echo(f"{split}: already exported ({dst})")
+            continue
+        if not src.exists():
+            raise click.ClickException(f"missing {src}: run `rescorer segments {data} --corpus {corpus}` first")
+        export_utterances(CutSet.from_file(src), dst)
+        click.echo(f"{split}: wrote {dst}")
+
+
+# ------------------------------------------------------------------ rescore
+
+
+@main.command("rescore")
+@click.option("--model-dir", required=True, type=click.Path(exists=True), help="Trained embedder (+ rescorer.json scales).")
+@click.option("--lattices", required=True, type=click.Path(exists=True, dir_okay=False), help="Word-lattice shard (rescorer.word_lattices/1).")
+@click.option("--features", required=True, type=click.Path(exists=True, dir_okay=False), help="Utterance features (rescorer.utterances/1).")
+@click.option("--out", required=True, type=click.Path(file_okay=False))
+@click.option("--recover-oov/--no-recover-oov", default=False, show_default=True, help="Propose words from a large word list.")
+@click.option("--word-list-size", type=int, default=200000, show_default=True)
+@click.option("--device", default=None, help="cpu or cuda (default: cuda if available).")
+def rescore_cmd(model_dir, lattices, features, out, recover_oov, word_list_size, device):
+    """Rescore lattices with word embeddings; writes rescored lattices and 1-best texts.
+
+    Runs sharded under torchrun (each rank takes every WORLD_SIZE-th utterance and writes
+    its own part; rank 0 then merges the texts). Utterances already in an output part are skipped.
+    """
+    import os
+
+    from tqdm import tqdm
+
+    from rescorer.lattice.word_lattice import load_word_lattices, save_word_lattices
+    from rescorer.rescore import Rescorer
+    from rescorer.training.asr_data import load_utterances
+    from rescorer.utils import atomic_write_text
+
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    outdir = Path(out)
+    outdir.mkdir(parents=True, exist_ok=True)
+    lats = load_word_lattices(lattices)
+    utts = load_utterances(features, max_frames=None)
+    feats = {utts.utterance_id(i): utts.features(i).float() for i in range(len(utts))}
+    rescorer = Rescorer.from_dir(model_dir, device=device)
+    if recover_oov:
+        from rescorer.corpora.text_sources import large_word_list
+
+        rescorer.set_vocabulary(large_word_list(word_list_size))
+    part_txt = outdir / f"hyps.{rank}.txt"
+    done = {}
+    if part_txt.exists():
+        done = dict(line.split("\t", 1) for line in part_txt.read_text().splitlines() if "\t" in line)
+    mine = [u for k, u in enumerate(sorted(lats)) if k % world == rank]
+    rescored, errors = [], {}
+    for uid in tqdm(mine, desc=f"rescoring (rank {rank})", disable=rank != 0):
+        if uid in done:
+            continue
+        if uid not in feats:
+            errors[uid] = "no features for this utterance"
+            continue
+        try:
+            res = rescorer.rescore(lats[uid], feats[uid], recover=recover_oov)
+        except ValueError as e:  # a bad lattice costs that utterance only
+            errors[uid] = str(e)
+            continue
+        rescored.append(res.lattice)
+        done[uid] = res.hypothesis.text
+        atomic_write_text(part_txt, "".join(f"{u}\t{t}\n" for u, t in sorted(done.items())))
+    if rescored:
+        save_word_lattices(outdir / f"rescored.{rank}.pt", rescored)
+    if errors:
+        atomic_write_text(outdir / f"errors.{rank}.json", json.dumps(errors, indent=1))
+        click.echo(f"rank {rank}: {len(errors)} utterances not rescored (see errors.{rank}.json)", err=True)
+    if world > 1:
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group("gloo")
+        dist.barrier()
+    if rank == 0:
+        lines = []
+        for r in range(world):
+            p = outdir / f"hyps.{r}.txt"
+            if p.exists():
+                lines += p.read_text().splitlines()
+        atomic_write_text(outdir / "hyps.txt", "\n".join(sorted(lines)) + "\n")
+        click.echo(f"wrote {outdir / 'hyps.txt'} ({len(lines)} utterances)")
+
+
 # ------------------------------------------------------------------ report
 
 

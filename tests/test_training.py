@@ -1,9 +1,6 @@
 """Word-segment data, batching, the ranking loss and the training entry point (CPU, tiny)."""
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -19,28 +16,12 @@ from rescorer.training.word_data import (
     write_synthetic_word_segments,
 )
 from rescorer.models import AcousticWordEncoder, LetterNgramEncoder
+from conftest import TINY_EMBEDDER, lhotse_or_k2_imported_by, run_torchrun
 
-TINY = dict(
-    dim=32,
-    channels=40,
-    num_blocks=2,
-    num_buckets=4096,
-    ngram_dim=32,
-    letter_hidden=64,
-    batch_size=32,
-    lr=5e-3,
-    progress=False,
-    device="cpu",
-)
+TINY = TINY_EMBEDDER
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models on a shared 2-core machine: one intra-op thread is ~10x faster than two."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -172,17 +153,22 @@ def test_hard_negative_mining_excludes_the_true_word():
     assert mine_hard_negatives(audio, torch.tensor([10, 12]), pool, torch.tensor([10, 11, 12, 13]), k=9).shape == (2, 3)
 
 
-def test_joint_model_step_reaches_both_encoders_and_aux(data_dir):
-    ds = load_word_segments(str(data_dir / "small.pt"))
+def _tiny_joint_model(words, **kwargs):
+    """A seeded 16-dimensional joint model with 3 hard negatives and the auxiliary loss."""
     torch.manual_seed(0)
-    model = JointEmbeddingModel(
+    return JointEmbeddingModel(
         AcousticWordEncoder(dim=16, channels=24, num_blocks=2),
         LetterNgramEncoder(dim=16, num_buckets=1024, ngram_dim=16, hidden=32),
-        ds.words,
+        words,
         hard_negatives=3,
-        mining_pool=10,
         aux_weight=0.5,
+        **kwargs,
     )
+
+
+def test_joint_model_step_reaches_both_encoders_and_aux(data_dir):
+    ds = load_word_segments(str(data_dir / "small.pt"))
+    model = _tiny_joint_model(ds.words, mining_pool=10)
     feats, lengths, word_ids = ds.batch(list(range(12)))
     out = model(feats, lengths, word_ids, mining_seed=1)
     out["loss"].backward()
@@ -268,36 +254,23 @@ def test_cli_arguments_map_to_config():
     )
 
 
-_IMPORT_CHECK = """
-import sys
-import rescorer.training.train_embeddings, rescorer.training.ranking, rescorer.training.word_data
-import rescorer.models, rescorer.metrics
-bad = sorted(m for m in sys.modules if m.split(".")[0] in ("lhotse", "k2", "_k2"))
-print(",".join(bad))
-"""
-
-
 def test_training_path_imports_neither_lhotse_nor_k2():
-    out = subprocess.run([sys.executable, "-c", _IMPORT_CHECK], capture_output=True, text=True, check=True, timeout=120)
-    assert out.stdout.strip() == "", f"imported: {out.stdout}"
+    bad = lhotse_or_k2_imported_by(
+        "rescorer.training.train_embeddings", "rescorer.training.ranking", "rescorer.training.word_data",
+        "rescorer.models", "rescorer.metrics",
+    )  # fmt: skip
+    assert bad == "", f"imported: {bad}"
 
 
 def test_torchrun_two_processes_on_gloo(data_dir, tmp_path):
     out = tmp_path / "ddp"
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2"]
-    if int(torch.__version__.split(".")[0]) < 2:
-        # torch 1.13's torchrun cannot parse its default "--redirects 0 --tee 0" on Python 3.11
-        # (Flag enums no longer iterate their zero member); any non-zero value works.
-        launcher += ["--redirects", "2", "--tee", "2"]
-    cmd = launcher + [
+    proc = run_torchrun([
         "-m", "rescorer.training.train_embeddings",
         "--train", str(data_dir / "small.pt"), "--dev", str(data_dir / "dev.pt"), "--out", str(out),
         "--epochs", "2", "--batch-size", "16", "--dim", "16", "--channels", "24", "--num-blocks", "2",
         "--num-buckets", "1024", "--ngram-dim", "16", "--letter-hidden", "32", "--hard-negatives", "2",
         "--device", "cpu", "--no-progress",
-    ]  # fmt: skip
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240)
+    ])  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in log] == [1, 2]  # rank 0 alone writes
@@ -311,14 +284,7 @@ def test_torchrun_two_processes_on_gloo(data_dir, tmp_path):
 def test_mixed_precision_forward_backward_is_finite(data_dir):
     """The autocast code paths (CUDA float16 in training), exercised with CPU bfloat16."""
     ds = load_word_segments(str(data_dir / "small.pt"))
-    torch.manual_seed(0)
-    model = JointEmbeddingModel(
-        AcousticWordEncoder(dim=16, channels=24, num_blocks=2),
-        LetterNgramEncoder(dim=16, num_buckets=1024, ngram_dim=16, hidden=32),
-        ds.words,
-        hard_negatives=3,
-        aux_weight=0.5,
-    )
+    model = _tiny_joint_model(ds.words)
     feats, lengths, word_ids = ds.batch(list(range(16)))
     with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
         out = model(feats, lengths, word_ids)

@@ -112,6 +112,22 @@ class LetterNgramEncoder(nn.Module):
         """(ids, offsets) of ``words`` with this encoder's hashing; see ``tokenize_words``."""
         return tokenize_words(words, self.num_buckets, self.n_min, self.n_max, normalize)
 
+    @torch.no_grad()
+    def zero_untrained_buckets_(self, words: Sequence[str]) -> int:
+        """Zero the table rows that no n-gram of ``words`` (the training vocabulary) hashes to.
+
+        Training only ever embeds training-vocabulary spellings, so the other rows keep
+        their random initialisation and add pure noise to the spelling of an unseen word
+        (on the synthetic dev split this noise cost a third of the OOV P@1). Zeroed, an
+        unknown n-gram contributes nothing. Training is unaffected by the call (those rows
+        get no gradient). Returns the number of rows kept.
+        """
+        ids, _ = self.tokenize(list(words))
+        used = torch.zeros(self.num_buckets, dtype=torch.bool, device=self.ngrams.weight.device)
+        used[ids.to(used.device)] = True
+        self.ngrams.weight[~used] = 0
+        return int(used.sum())
+
     def forward(self, ids: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
         """Bags given as flat ids [N] and offsets [V + 1] (last = N) -> [V, dim] unit vectors."""
         device = self.ngrams.weight.device

@@ -14,9 +14,11 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass
-from typing import Dict, Iterator, List, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import torch
+
+from rescorer.training.common import ShardedBucketSampler, feature_stats, gather_padded
 
 FORMAT = "rescorer.word_segments/1"
 _REQUIRED = ("feats", "offsets", "word_ids", "words", "speaker_ids", "speakers", "utterance_ids")
@@ -64,24 +66,11 @@ class WordSegments:
         lengths = self.lengths[idx]
         start = self.offsets[idx] + (lengths - max_frames).clamp(min=0) // 2
         lengths = lengths.clamp(max=max_frames)
-        steps = torch.arange(int(lengths.max()))
-        mask = steps[None, :] < lengths[:, None]
-        frame = (start[:, None] + steps[None, :]).clamp(max=len(self.feats) - 1)
-        feats = self.feats[frame].float() * mask[:, :, None]
-        return feats, lengths, self.word_ids[idx]
+        return gather_padded(self.feats, start, lengths), lengths, self.word_ids[idx]
 
     def feature_stats(self, chunk_frames: int = 1 << 20) -> Tuple[torch.Tensor, torch.Tensor]:
         """Per-bin mean and standard deviation over all frames (float64 accumulation)."""
-        total = torch.zeros(self.feats.shape[1], dtype=torch.float64)
-        total_sq = torch.zeros_like(total)
-        for start in range(0, len(self.feats), chunk_frames):
-            chunk = self.feats[start : start + chunk_frames].double()
-            total += chunk.sum(0)
-            total_sq += (chunk * chunk).sum(0)
-        n = max(len(self.feats), 1)
-        mean = total / n
-        var = (total_sq / n - mean * mean).clamp(min=0)
-        return mean.float(), var.sqrt().float()
+        return feature_stats(self.feats, chunk_frames)
 
     def to_dict(self) -> Dict[str, object]:
         return {
@@ -146,7 +135,7 @@ def word_index(words: Sequence[str]) -> Dict[str, int]:
 # ---------------------------------------------------------------- batching by length
 
 
-class LengthBucketBatchSampler:
+class LengthBucketBatchSampler(ShardedBucketSampler):
     """Seeded batches of similar-length segments, sharded over distributed ranks.
 
     Each epoch: a seeded permutation of all segments is cut into pools of
@@ -156,7 +145,8 @@ class LengthBucketBatchSampler:
     batches from its start so all ranks run the same number of steps (DDP requires it).
 
     The state (epoch, batches consumed) is saved in checkpoints: ``load_state_dict``
-    then iteration resumes where the run stopped.
+    then iteration resumes where the run stopped. (Shared logic:
+    ``rescorer.training.common.ShardedBucketSampler``.)
     """
 
     def __init__(
@@ -171,62 +161,18 @@ class LengthBucketBatchSampler:
     ):
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
-        if not 0 <= rank < num_replicas:
-            raise ValueError("rank must be in [0, num_replicas)")
-        self.lengths = torch.as_tensor(lengths, dtype=torch.long)
+        super().__init__(lengths, seed, num_replicas, rank, shuffle)
         self.batch_size = batch_size
-        self.seed = seed
-        self.num_replicas = num_replicas
-        self.rank = rank
         self.pool_batches = pool_batches
-        self.shuffle = shuffle
-        self.epoch = 0
-        self.position = 0  # batches of this epoch already consumed on this rank
 
-    def set_epoch(self, epoch: int) -> None:
-        if epoch != self.epoch:
-            self.position = 0
-        self.epoch = epoch
+    def _pool_len(self) -> int:
+        return self.batch_size * self.pool_batches
 
-    def _all_batches(self) -> List[List[int]]:
-        n = len(self.lengths)
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        order = torch.randperm(n, generator=g) if self.shuffle else torch.arange(n)
-        pool = self.batch_size * self.pool_batches
-        batches: List[List[int]] = []
-        for start in range(0, n, pool):
-            chunk = order[start : start + pool]
-            chunk = chunk[torch.sort(self.lengths[chunk], stable=True).indices]
-            batches.extend(chunk[i : i + self.batch_size].tolist() for i in range(0, len(chunk), self.batch_size))
-        if self.shuffle:
-            perm = torch.randperm(len(batches), generator=g).tolist()
-            batches = [batches[i] for i in perm]
-        short = (-len(batches)) % self.num_replicas
-        batches.extend(batches[:short])
-        return batches
-
-    def batches(self) -> List[List[int]]:
-        """This rank's batches of the current epoch (all of them, ignoring position)."""
-        return self._all_batches()[self.rank :: self.num_replicas]
+    def _cut_pool(self, chunk: torch.Tensor) -> List[List[int]]:
+        return [chunk[i : i + self.batch_size].tolist() for i in range(0, len(chunk), self.batch_size)]
 
     def __len__(self) -> int:
         return math.ceil(math.ceil(len(self.lengths) / self.batch_size) / self.num_replicas)
-
-    def __iter__(self) -> Iterator[List[int]]:
-        mine = self.batches()
-        while self.position < len(mine):
-            batch = mine[self.position]
-            self.position += 1
-            yield batch
-
-    def state_dict(self) -> Dict[str, int]:
-        return {"epoch": self.epoch, "position": self.position, "seed": self.seed}
-
-    def load_state_dict(self, state: Dict[str, int]) -> None:
-        if int(state.get("seed", self.seed)) != self.seed:
-            raise ValueError("sampler state was saved with a different seed")
-        self.epoch = int(state["epoch"])
-        self.position = int(state["position"])
 
 
 # ---------------------------------------------------------------- synthetic data for tests

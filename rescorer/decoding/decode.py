@@ -1,0 +1,781 @@
+"""k2 decoding of CTC/attention ASR outputs: greedy, HLG lattices, n-best, rescoring, oracle.
+
+Methods (``--methods``, comma separated):
+
+- ``ctc_greedy``: per-frame argmax, merge repeats, drop blanks, split at ``|``.
+- ``hlg_1best``: best path of the HLG lattice (``k2.intersect_dense_pruned``).
+- ``attention_beam``: the attention model's own beam search (``beam_search_encoded``, else
+  ``beam_search``; no lattice, no LM).
+- ``hlg_attention_rescore``: icefall's attention-decoder rescoring: n-best from the
+  lattice, each hypothesis's tokens scored by ``model.score_token_sequences`` (the
+  utterance's encoder output [T', C] against all its hypotheses), total =
+  am + ngram_lm_scale * lm + attention_scale * attention, best total wins.
+- ``lattice_oracle``: the lattice path with the fewest word errors (exact, see
+  ``lattice_oracle``).
+
+Lattices (one ``k2.Fsa`` per utterance) carry per-arc attributes: ``aux_labels`` (word
+ids, ragged: 0, 1 or 2 words on an arc), ``tokens`` (the CTC token emitted on the arc,
+0 when none), ``frames`` (int32: the subsampled frame at which the arc is taken; the
+final arc, label -1, has frame T), ``lm_scores`` (graph score: LM log-prob in nats plus
+``<unk>`` penalties) and ``am_scores`` (= scores - lm_scores, the CTC log-probs).
+
+Hypotheses: words, and per word its frame span ``[start, end)`` on the lattice frame axis
+(start = frame of the word's first letter token, end = frame of its ``|`` token + 1) and
+its letters as heard (for ``<unk>``: the letters the letter loop took). Word labels may
+sit on a different arc than the word's letters after determinization, so spans come
+from the token sequence, matched to the words in order (each word ends with one ``|``).
+
+Word lattices: ``word_lattice_arcs`` turns a token lattice into word arcs with spans and
+am/lm scores (input of rescorer.lattice.word_lattice.build_word_lattice); its best path
+equals the token lattice's 1-best (tested).
+
+N-best: ``num_paths`` paths drawn by ``k2.random_paths`` on the lattice with scores x
+``nbest_scale``, plus the 1-best path; distinct word sequences are kept, each with its
+highest-scoring drawn path, sorted by total score (the 1-best first).
+
+CLI::
+
+    python -m rescorer.decoding.decode --model-dir exp/ctc --data exp/asr_data/test.pt \\
+        --lang-dir exp/lang --out exp/decode_test \\
+        [--methods ctc_greedy,hlg_1best,attention_beam,hlg_attention_rescore,lattice_oracle] \\
+        [--train-data exp/asr_data/train.pt]
+
+writes ``hyp_<method>.txt`` (``utt_id words``), ``lattices.pt`` (rescorer.decoding.lattice_io;
+token lattices), with ``--word-lattices`` also ``word_lattices.pt`` (the same lattices as
+word lattices with spans, rescorer.lattice.word_lattice format, via ``word_lattice_arcs``),
+``metrics.json`` (per method ``wer``, ``iv_wer``, ``oov_wer``, S/D/I, ``rtf``; the LM's
+OOV rate on the test words; skipped utterances) and, with lattices, ``nbest.jsonl``: per
+utterance the ``--save-nbest`` best distinct hypotheses (words, frame spans, heard
+letters, tokens, am/lm scores; the rescorer's n-best input).
+
+RTF per method = (model forward time, shared by all methods, + that method's decoding
+time, lattice generation included for the lattice methods) / audio seconds (feature
+frames x 0.01 s), on the CPU it runs on. Utterances that cannot be decoded (empty
+audio, shorter than 7 frames, longer than ``--max-frames``) are skipped with a logged
+message, listed in ``metrics.json`` and scored with an empty hypothesis (deletions).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from rescorer.text import NotAWordError, split_words
+from rescorer.tokens import BOUNDARY_ID, TOKENS, ctc_greedy_collapse, token_ids_to_words
+
+log = logging.getLogger(__name__)
+
+METHODS = ("ctc_greedy", "hlg_1best", "attention_beam", "hlg_attention_rescore", "lattice_oracle")
+FEATURE_FRAME_SHIFT = 0.01
+DEFAULT_SUBSAMPLING = 4
+UNK = "<unk>"
+
+
+class DecodeInputError(ValueError):
+    """Bad decoding input (message names the utterance or file)."""
+
+
+# ---------------------------------------------------------------- greedy
+
+
+def ctc_greedy_decode(log_probs: torch.Tensor, lens: torch.Tensor) -> List[List[str]]:
+    """Words per utterance from [B, T, V] CTC log-probs."""
+    best = log_probs.argmax(dim=-1).cpu()
+    return [token_ids_to_words(ctc_greedy_collapse(best[i, : int(lens[i])].tolist())) for i in range(best.shape[0])]
+
+
+# ---------------------------------------------------------------- lattices
+
+
+def attach_frames(lattice) -> None:
+    """Set ``lattice.frames`` (int32 per arc): the source state's distance from the start.
+
+    In a CTC lattice every arc consumes one frame, so this is the frame index; raises
+    ValueError when two paths reach a state at different depths (not a CTC lattice).
+    """
+    arcs = lattice.arcs.values()[:, :2].numpy()
+    n_states = int(lattice.shape[0])
+    depth = [-1] * n_states
+    if n_states:
+        depth[0] = 0
+    src, dst = arcs[:, 0].tolist(), arcs[:, 1].tolist()
+    for a in np.argsort(arcs[:, 0], kind="stable").tolist():
+        s, d = src[a], dst[a]
+        if depth[s] < 0:
+            raise ValueError(f"lattice state {s} is not reachable in topological order")
+        v = depth[s] + 1
+        if depth[d] < 0:
+            depth[d] = v
+        elif depth[d] != v:
+            raise ValueError(f"state {d} is reached at frames {depth[d]} and {v}: not a CTC lattice")
+    lattice.frames = torch.tensor([depth[s] for s in src], dtype=torch.int32)
+
+
+def get_lattices(
+    log_probs: torch.Tensor,
+    lens: torch.Tensor,
+    HLG,
+    search_beam: float = 20.0,
+    output_beam: float = 8.0,
+    min_active_states: int = 30,
+    max_active_states: int = 10000,
+) -> List:
+    """One lattice (k2.Fsa with frames / am_scores / lm_scores) per utterance, input order."""
+    import k2
+
+    if not hasattr(HLG, "lm_scores"):
+        HLG.lm_scores = HLG.scores.clone()
+    lens = lens.to(torch.int32).cpu()
+    if (lens <= 0).any():
+        raise DecodeInputError("an utterance has no output frames (empty audio?)")
+    order = torch.argsort(lens, descending=True)
+    segs = torch.stack([order.to(torch.int32), torch.zeros_like(order, dtype=torch.int32), lens[order]], dim=1)
+    dense = k2.DenseFsaVec(log_probs.float().cpu(), segs)
+    lat = k2.intersect_dense_pruned(
+        HLG, dense, search_beam=search_beam, output_beam=output_beam,
+        min_active_states=min_active_states, max_active_states=max_active_states,
+    )
+    out: List = [None] * len(lens)
+    for k, u in enumerate(order.tolist()):
+        f = lat[k]
+        f.am_scores = f.scores - f.lm_scores
+        attach_frames(f)
+        out[u] = f
+    return out
+
+
+# ---------------------------------------------------------------- paths and hypotheses
+
+
+@dataclass
+class Hypothesis:
+    words: List[str]
+    spans: List[Tuple[int, int]] = field(default_factory=list)  # [start, end) lattice frames per word
+    letters: List[str] = field(default_factory=list)  # spelling heard per word
+    tokens: List[int] = field(default_factory=list)  # CTC tokens (letters and |)
+    am_score: float = 0.0
+    lm_score: float = 0.0
+    score: float = 0.0  # lattice total (am + lm) or the rescored total
+    extra: Dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["spans"] = [list(s) for s in self.spans]
+        return d
+
+
+class _LatInfo:
+    """Per-arc numpy views of one lattice, for fast path extraction."""
+
+    def __init__(self, lattice, id2word: Dict[int, str]):
+        self.lattice = lattice
+        self.id2word = id2word
+        self.scores = lattice.scores.detach().double().numpy()
+        self.lm = lattice.lm_scores.detach().double().numpy() if hasattr(lattice, "lm_scores") else np.zeros_like(self.scores)
+        self.tokens = lattice.tokens.numpy() if hasattr(lattice, "tokens") else np.zeros(len(self.scores), dtype=np.int32)
+        if not hasattr(lattice, "frames"):
+            raise ValueError("lattice has no 'frames' attribute (no frame information): run attach_frames")
+        self.frames = lattice.frames.numpy()
+        aux = lattice.aux_labels
+        if isinstance(aux, torch.Tensor):
+            a = aux.numpy()
+            self.aux_rs = np.arange(len(a) + 1)
+            self.aux_vals = a
+        else:
+            self.aux_rs = aux.shape.row_splits(1).numpy()
+            self.aux_vals = aux.values.numpy()
+
+    def hypothesis(self, arc_ids: Sequence[int]) -> Hypothesis:
+        word_ids: List[int] = []
+        toks: List[Tuple[int, int]] = []
+        am = lm = 0.0
+        for a in arc_ids:
+            word_ids += [int(w) for w in self.aux_vals[self.aux_rs[a] : self.aux_rs[a + 1]] if w > 0]
+            t = int(self.tokens[a])
+            if t > 0:
+                toks.append((t, int(self.frames[a])))
+            lm += self.lm[a]
+            am += self.scores[a] - self.lm[a]
+        words = [self.id2word.get(w, f"<id:{w}>") for w in word_ids]
+        spans, letters, cur, start = [], [], [], None
+        for t, fr in toks:
+            if t == BOUNDARY_ID:
+                if cur:
+                    spans.append((start, fr + 1))
+                    letters.append("".join(cur))
+                cur, start = [], None
+            else:
+                if start is None:
+                    start = fr
+                cur.append(TOKENS[t])
+        if len(spans) != len(words):  # cannot happen with a rescorer lexicon; keep words, drop spans
+            spans, letters = [], []
+        return Hypothesis(words, spans, letters, [t for t, _ in toks], am, lm, am + lm)
+
+
+def one_best(lattice, id2word: Dict[int, str]) -> Hypothesis:
+    import k2
+
+    return _LatInfo(lattice, id2word).hypothesis(_best_arc_ids(lattice))
+
+
+def _bare(lattice):
+    """The lattice's arcs and scores only, with ``arc_index`` = arc ids (to map paths back)."""
+    import k2
+
+    f = k2.Fsa(lattice.arcs.clone() if hasattr(lattice.arcs, "clone") else lattice.arcs)
+    f.scores = lattice.scores.detach().clone()
+    f.arc_index = torch.arange(lattice.num_arcs, dtype=torch.int32)
+    return f
+
+
+def _best_arc_ids(lattice) -> List[int]:
+    import k2
+
+    if lattice.num_arcs == 0:
+        return []
+    return k2.shortest_path(k2.create_fsa_vec([_bare(lattice)]), use_double_scores=True).arc_index.tolist()
+
+
+def nbest(lattice, id2word: Dict[int, str], num_paths: int = 100, nbest_scale: float = 0.5) -> List[Hypothesis]:
+    """Distinct word sequences of the lattice, best first (module doc)."""
+    import k2
+
+    info = _LatInfo(lattice, id2word)
+    best_ids = _best_arc_ids(lattice)
+    paths: List[List[int]] = [best_ids]
+    if num_paths > 0 and lattice.num_arcs > 0:
+        vec = k2.create_fsa_vec([_bare(lattice)])
+        vec.scores = vec.scores * nbest_scale
+        rp = k2.random_paths(vec, use_double_scores=True, num_paths=num_paths)
+        paths += [p for p in rp.tolist()[0] if p]
+    seen: Dict[Tuple[str, ...], Hypothesis] = {}
+    for p in paths:
+        h = info.hypothesis(p)
+        key = tuple(h.words)
+        if key not in seen or h.score > seen[key].score:
+            seen[key] = h
+    first = seen[tuple(info.hypothesis(best_ids).words)]
+    rest = sorted((h for k, h in seen.items() if h is not first), key=lambda h: -h.score)
+    return [first] + rest
+
+
+def attention_rescore(
+    nbests: Sequence[Sequence[Hypothesis]],
+    scorer: Callable[[int, List[List[int]]], torch.Tensor],
+    ngram_lm_scale: float = 1.0,
+    attention_scale: float = 1.0,
+) -> List[Hypothesis]:
+    """icefall-style attention-decoder rescoring of n-best lists.
+
+    ``scorer(utt_index, token_seqs)`` returns the attention log-likelihood of each token
+    sequence (letters and ``|``). Total = am + ngram_lm_scale * lm + attention_scale *
+    attention; the hypothesis with the best total is returned per utterance.
+    """
+    out: List[Hypothesis] = []
+    for u, hyps in enumerate(nbests):
+        if not hyps:
+            out.append(Hypothesis([]))
+            continue
+        att = scorer(u, [list(h.tokens) for h in hyps])
+        att = torch.as_tensor(att, dtype=torch.float64).reshape(-1)
+        if att.numel() != len(hyps):
+            raise ValueError(f"attention scorer returned {att.numel()} scores for {len(hyps)} hypotheses")
+        tot = [h.am_score + ngram_lm_scale * h.lm_score + attention_scale * float(a) for h, a in zip(hyps, att)]
+        k = int(np.argmax(tot))
+        h = hyps[k]
+        out.append(Hypothesis(h.words, h.spans, h.letters, h.tokens, h.am_score, h.lm_score, tot[k], {"attention": float(att[k])}))
+    return out
+
+
+# ---------------------------------------------------------------- token lattice -> word arcs
+
+
+class WordArcError(ValueError):
+    pass
+
+
+def word_lattice_arcs(lattice, id2word: Dict[int, str]):
+    """Word-level arcs of a CTC token lattice, for a word lattice with spans.
+
+    Returns ``(arcs, final_states)``: ``arcs`` = tuples ``(src, dst, word, start_frame,
+    end_frame, am, lm)`` and ``final_states`` = {state: (am, lm)} — the input of
+    ``rescorer.lattice.word_lattice.build_word_lattice`` (with frame_shift = 0.04).
+
+    Word-lattice states are token-lattice states: the start state and every state
+    entered by a ``|`` (word boundary) arc. A word arc is a token sub-path from one
+    boundary state through exactly one ``|`` arc: its word is the one word label on it
+    (HLG puts each word's label within its own letters, see rescorer.decoding.lexicon),
+    its span ``[frame of the first letter, frame of the | + 1)``, its am/lm the sums over
+    the sub-path (leading blanks included). Sub-paths with the same (src, dst, word,
+    start frame) are merged keeping the best (max) am + lm, i.e. a Viterbi segment
+    score. Trailing arcs after the last ``|`` (blanks and the final arc) give the final
+    state's (am, lm), again the best.
+    """
+    info = _LatInfo(lattice, id2word)
+    av = lattice.arcs.values()
+    src = av[:, 0].tolist()
+    dst = av[:, 1].tolist()
+    labels = av[:, 2].tolist()
+    n_states = int(lattice.shape[0])
+    out_arcs: List[List[int]] = [[] for _ in range(n_states)]
+    for a, s in enumerate(src):
+        out_arcs[s].append(a)
+    tokens = info.tokens.tolist()
+    frames = info.frames.tolist()
+    am = (info.scores - info.lm).tolist()
+    lm = info.lm.tolist()
+    rs, vals = info.aux_rs.tolist(), info.aux_vals.tolist()
+    boundary = {0} | {dst[a] for a in range(len(src)) if tokens[a] == BOUNDARY_ID}
+    best_arc: Dict[Tuple[int, int, int, int], Tuple[float, float]] = {}
+    finals: Dict[int, Tuple[float, float]] = {}
+    for B in sorted(boundary):
+        # partial sub-paths: (state, word or 0, first-letter frame or -1) -> (am, lm)
+        layer: Dict[Tuple[int, int, int], Tuple[float, float]] = {(B, 0, -1): (0.0, 0.0)}
+        while layer:
+            nxt: Dict[Tuple[int, int, int], Tuple[float, float]] = {}
+            for (s, w, f), (pa, pl) in layer.items():
+                for a in out_arcs[s]:
+                    na, nl = pa + am[a], pl + lm[a]
+                    ws = [x for x in vals[rs[a] : rs[a + 1]] if x > 0]
+                    nw = w
+                    for x in ws:
+                        if nw:
+                            raise WordArcError(f"two word labels ({id2word.get(nw)}, {id2word.get(x)}) inside one word's tokens at arc {a}")
+                        nw = x
+                    t = tokens[a]
+                    nf = frames[a] if (f < 0 and t > BOUNDARY_ID) else f
+                    if labels[a] == -1:
+                        if nw or nf >= 0:
+                            raise WordArcError(f"path reaches the final state inside a word at arc {a}")
+                        old = finals.get(B)
+                        if old is None or na + nl > old[0] + old[1]:
+                            finals[B] = (na, nl)
+                        continue
+                    if t == BOUNDARY_ID:
+                        if not nw or nf < 0:
+                            raise WordArcError(f"word boundary at arc {a} without a word label or letters")
+                        key = (B, dst[a], nw, nf)
+                        old = best_arc.get(key)
+                        if old is None or na + nl > old[0] + old[1]:
+                            best_arc[key] = (na, nl, frames[a] + 1)
+                        continue
+                    k = (dst[a], nw, nf)
+                    old = nxt.get(k)
+                    if old is None or na + nl > old[0] + old[1]:
+                        nxt[k] = (na, nl)
+            layer = nxt
+    arcs = [(b, d, id2word.get(w, f"<id:{w}>"), f, v[2], v[0], v[1]) for (b, d, w, f), v in best_arc.items()]
+    arcs.sort(key=lambda x: (x[0], x[3], x[1]))
+    return arcs, finals
+
+
+# ---------------------------------------------------------------- lattice oracle
+
+
+def lattice_oracle(lattice, ref: Sequence[str], id2word: Dict[int, str]) -> Dict[str, object]:
+    """Exact oracle: the lattice word sequence with the fewest edits to ``ref``.
+
+    A dynamic programme over lattice states x reference positions (unit costs for
+    substitution, insertion, deletion; ``<unk>`` never matches), run frame by frame:
+    all arcs of a CTC lattice leaving frame t enter frame t + 1, so each frame is one
+    vectorised step (a scatter-min of packed (cost, arc, origin) keys). Scores are
+    ignored: every path of the (pruned) lattice counts. Returns ``{"errors", "hyp"}``.
+    """
+    R = len(ref)
+    n_states = int(lattice.shape[0])
+    if n_states == 0 or lattice.num_arcs == 0:
+        return {"errors": R, "hyp": []}
+    info = _LatInfo(lattice, id2word)
+    word2id = {w: i for i, w in id2word.items()}
+    ref_ids = np.array([word2id.get(w, -1) if w != UNK else -1 for w in ref], dtype=np.int64)
+    av = lattice.arcs.values()
+    src, dst = av[:, 0].numpy().astype(np.int64), av[:, 1].numpy().astype(np.int64)
+    frames = info.frames.astype(np.int64)
+    n_arcs = len(src)
+    J = R + 1
+    M = (n_arcs + 1) * J  # key = cost * M + arc * J + origin_j ; arc n_arcs = start sentinel
+    BIG = np.iinfo(np.int64).max
+    key = np.full((n_states, J), BIG, dtype=np.int64)
+    key[0] = np.arange(J) * M + n_arcs * J + np.arange(J)
+    cost = np.full((n_states, J), 1 << 20, dtype=np.int64)
+    cost[0] = np.arange(J)
+    n_words = (info.aux_rs[1:] - info.aux_rs[:-1]).astype(np.int64)
+    words_of = {a: [int(w) for w in info.aux_vals[info.aux_rs[a] : info.aux_rs[a + 1]] if w > 0] for a in np.nonzero(n_words)[0].tolist()}
+    order = np.argsort(frames, kind="stable")
+    bounds = np.searchsorted(frames[order], np.arange(frames.max() + 2))
+    jj = np.arange(J)
+    for t in range(len(bounds) - 1):
+        A = order[bounds[t] : bounds[t + 1]]
+        if len(A) == 0:
+            continue
+        vals = cost[src[A]].copy()
+        orig = np.broadcast_to(jj, vals.shape).copy()
+        wrows = [i for i, a in enumerate(A.tolist()) if a in words_of]
+        for i in wrows:
+            for w in words_of[int(A[i])]:
+                v, o = vals[i], orig[i]
+                nv, no = v + 1, o.copy()  # insertion
+                if R:
+                    sub = v[:-1] + (ref_ids != w)  # ref_ids never equal <unk> / unknown words
+                    take = sub < nv[1:]
+                    nv[1:][take], no[1:][take] = sub[take], o[:-1][take]
+                    for j in range(1, J):  # deletions
+                        if nv[j - 1] + 1 < nv[j]:
+                            nv[j], no[j] = nv[j - 1] + 1, no[j - 1]
+                vals[i], orig[i] = nv, no
+        k = vals * M + (A[:, None] * J) + orig
+        np.minimum.at(key, (np.broadcast_to(dst[A][:, None], k.shape), np.broadcast_to(jj, k.shape)), k)
+        touched = np.unique(dst[A])
+        cost[touched] = key[touched] // M
+    final = n_states - 1
+    if key[final, R] == BIG:
+        return {"errors": R, "hyp": []}
+    errors = int(key[final, R] // M)
+    hyp: List[str] = []
+    s, j = final, R
+    for _ in range(n_arcs + 1):
+        kv = int(key[s, j]) % M
+        a, oj = kv // J, kv % J
+        if a == n_arcs:
+            break
+        hyp += [id2word.get(w, f"<id:{w}>") for w in reversed(words_of.get(a, []))]
+        s, j = int(src[a]), oj
+    return {"errors": errors, "hyp": hyp[::-1]}
+
+
+# ---------------------------------------------------------------- data
+
+
+def load_utterance_data(path) -> dict:
+    """Read a ``rescorer.utterances/1`` file (see rescorer.training.asr_data)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DecodeInputError(f"{path}: no such data file")
+    d = torch.load(path, map_location="cpu")
+    if not isinstance(d, dict) or d.get("format") != "rescorer.utterances/1":
+        raise DecodeInputError(f"{path}: not a rescorer.utterances/1 file (format {d.get('format') if isinstance(d, dict) else type(d).__name__!r})")
+    for k in ("feats", "offsets", "texts", "utterance_ids"):
+        if k not in d:
+            raise DecodeInputError(f"{path}: missing field {k!r}")
+    return d
+
+
+def reference_words(texts: Sequence[str], utterance_ids: Sequence[str]) -> List[List[str]]:
+    """Normalised reference words; a transcript with characters outside the token set is
+    an error naming the utterance."""
+    out = []
+    bad = []
+    for uid, t in zip(utterance_ids, texts):
+        try:
+            out.append(split_words(t) if t.strip() else [])
+        except NotAWordError as e:
+            bad.append(f"{uid}: {e}")
+            out.append([])
+    if bad:
+        raise DecodeInputError(
+            f"{len(bad)} transcript(s) have characters outside the token set (a-z and apostrophe):\n  " + "\n  ".join(bad[:10])
+        )
+    return out
+
+
+def check_utterance(num_frames: int, utt_id: str, max_frames: int, min_frames: int = 7) -> Optional[str]:
+    """None when decodable, else the reason (empty audio, too short, too long)."""
+    if num_frames <= 0:
+        return f"utterance {utt_id}: empty audio (0 feature frames)"
+    if num_frames < min_frames:
+        return f"utterance {utt_id}: {num_frames} frames is shorter than the {min_frames} the x4 subsampling needs"
+    if max_frames and num_frames > max_frames:
+        return f"utterance {utt_id}: {num_frames} frames ({num_frames * FEATURE_FRAME_SHIFT:.1f} s) is longer than the model handles (max {max_frames} frames); skipped"
+    return None
+
+
+def lm_coverage_message(cov: Dict[str, object], lang_dir, max_type_oov: float = 0.5) -> Optional[str]:
+    """A warning when the LM lacks test words (always when it lacks more than half)."""
+    rate = float(cov["type_oov_rate"])
+    if rate == 0:
+        return None
+    ex = ", ".join(cov["missing_examples"][:5])
+    if rate > max_type_oov:
+        return (
+            f"the LM in {lang_dir} lacks {100 * rate:.0f}% of the test word types (e.g. {ex}): was it built from the "
+            "right text? Those words can only come out as <unk>."
+        )
+    return f"LM OOV rate on the test vocabulary: {100 * rate:.1f}% of types, {100 * float(cov['token_oov_rate']):.1f}% of tokens (e.g. {ex})"
+
+
+def train_vocabulary(train_data: Optional[str], data_path: str) -> Optional[set]:
+    """Words of the training transcripts: ``train_data`` (a rescorer.utterances/1 file or a
+    whitespace-separated word list .txt), else ``train.pt`` beside the decoded data."""
+    cands = ([Path(train_data)] if train_data else []) + [Path(data_path).with_name("train.pt")]
+    p = next((c for c in cands if c.is_file()), None)
+    if p is None:
+        return None
+    log.info("training vocabulary (IV/OOV split) from %s", p)
+    if p.suffix == ".txt":
+        return set(p.read_text(encoding="utf-8").split())
+    d = torch.load(p, map_location="cpu")
+    return {w for t in d["texts"] for w in t.split()}
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def _model_output(model, feats: torch.Tensor, lens: torch.Tensor):
+    """The ASR interface: model(feats [B,T,80], lens) -> (ctc_log_probs [B,T',29], out_lens)."""
+    out = model(feats, lens)
+    lp, out_lens = out[0], out[1]
+    if lp.shape[-1] != len(TOKENS):
+        raise DecodeInputError(f"the model outputs {lp.shape[-1]} classes, the token set has {len(TOKENS)}")
+    return lp.float(), out_lens.cpu()
+
+
+def _best_beam_tokens(r) -> List[int]:
+    """Token ids of the best hypothesis of one utterance's beam-search result: a list of
+    (tokens, score) best first (rescorer.models.attention), or a plain token list."""
+    if not r:
+        return []
+    first = r[0]
+    if isinstance(first, tuple) and len(first) == 2 and isinstance(first[0], (list, tuple)):
+        first = first[0]
+    elif not isinstance(first, (list, tuple)):
+        first = r
+    return [int(t) for t in first]
+
+
+def decode_main(a) -> dict:
+    from rescorer.decoding import lattice_io
+    from rescorer.decoding.lm import lm_oov_rate
+    from rescorer.wer import compute_wer, real_time_factor
+
+    methods = [m.strip() for m in a.methods.split(",") if m.strip()]
+    for m in methods:
+        if m not in METHODS:
+            raise DecodeInputError(f"unknown method {m!r}; choose from {', '.join(METHODS)}")
+    data = load_utterance_data(a.data)
+    ids = list(data["utterance_ids"])
+    refs = reference_words(data["texts"], ids)
+    from rescorer.training.train_asr import load_asr_model  # the ASR worker's loader
+
+    device = torch.device(a.device)
+    loaded = load_asr_model(a.model_dir)
+    model, train_cfg = (loaded[0], loaded[1]) if isinstance(loaded, tuple) else (loaded, {})
+    model.to(device).eval()
+    sub = int(getattr(model, "subsampling_factor", DEFAULT_SUBSAMPLING))
+    model_max = getattr(model, "max_input_frames", None)
+    max_frames = min(a.max_frames, int(model_max)) if model_max else a.max_frames
+    if "attention_beam" in methods or "hlg_attention_rescore" in methods:
+        if not hasattr(model, "score_token_sequences"):
+            raise DecodeInputError(f"{a.model_dir}: a CTC-only model cannot run attention_beam / hlg_attention_rescore")
+    offsets = data["offsets"].tolist()
+    feats_all = data["feats"]
+    skipped: Dict[str, str] = {}
+    keep = []
+    for u, uid in enumerate(ids):
+        why = check_utterance(offsets[u + 1] - offsets[u], uid, max_frames)
+        if why:
+            log.warning(why)
+            skipped[uid] = why
+        else:
+            keep.append(u)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    metrics: Dict[str, object] = {"data": str(a.data), "model_dir": str(a.model_dir), "utterances": len(ids), "skipped": skipped}
+
+    need_lattice = any(m in methods for m in ("hlg_1best", "hlg_attention_rescore", "lattice_oracle"))
+    lang = None
+    if need_lattice:
+        from rescorer.decoding.graphs import load_lang_dir
+
+        lang = load_lang_dir(a.lang_dir)
+        test_words = [w for r in refs for w in r]
+        cov = lm_oov_rate(lang.real_words(), test_words)
+        metrics["lm_oov"] = cov
+        msg = lm_coverage_message(cov, a.lang_dir)
+        if msg:
+            log.warning(msg)
+    if a.train_data and not Path(a.train_data).is_file():
+        raise DecodeInputError(f"--train-data {a.train_data}: no such file")
+    vocab = train_vocabulary(a.train_data or (train_cfg or {}).get("train") or None, a.data)
+    if vocab is None:
+        log.warning("no training vocabulary (--train-data): iv_wer/oov_wer are not computed")
+
+    audio_seconds = sum(offsets[u + 1] - offsets[u] for u in keep) * FEATURE_FRAME_SHIFT
+    timing = {m: 0.0 for m in methods}
+    hyps: Dict[str, Dict[str, List[str]]] = {m: {} for m in methods}
+    lattices: Dict[str, object] = {}
+    nbest_rows = []
+    forward_seconds = 0.0
+    id2word = lang.id2word if lang else {}
+    keep_sorted = sorted(keep, key=lambda u: offsets[u + 1] - offsets[u])
+    batches, cur = [], []
+    for u in keep_sorted:
+        n = offsets[u + 1] - offsets[u]
+        if cur and (len(cur) + 1) * n > a.max_batch_frames:
+            batches.append(cur)
+            cur = []
+        cur.append(u)
+    if cur:
+        batches.append(cur)
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(keep_sorted), desc="decoding", unit="utt")
+    with torch.no_grad():
+        for b in batches:
+            bar.update(len(b))
+            lens = torch.tensor([offsets[u + 1] - offsets[u] for u in b])
+            feats = torch.zeros(len(b), int(lens.max()), feats_all.shape[1])
+            for i, u in enumerate(b):
+                feats[i, : lens[i]] = feats_all[offsets[u] : offsets[u + 1]].float()
+            feats, lens = feats.to(device), lens.to(device)
+            t0 = time.perf_counter()
+            lp, out_lens = _model_output(model, feats, lens)
+            lp = lp.cpu()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            enc = None
+            forward_seconds += time.perf_counter() - t0
+            if "ctc_greedy" in methods:
+                t0 = time.perf_counter()
+                for u, h in zip(b, ctc_greedy_decode(lp, out_lens)):
+                    hyps["ctc_greedy"][ids[u]] = h
+                timing["ctc_greedy"] += time.perf_counter() - t0
+            if "attention_beam" in methods:
+                t0 = time.perf_counter()
+                if hasattr(model, "beam_search_encoded"):
+                    enc, enc_lens = model.encode(feats, lens)
+                    res = model.beam_search_encoded(enc, enc_lens, beam=a.beam_size)
+                else:
+                    res = model.beam_search(feats, lens, beam=a.beam_size)
+                for u, r in zip(b, res):
+                    hyps["attention_beam"][ids[u]] = token_ids_to_words(_best_beam_tokens(r))
+                timing["attention_beam"] += time.perf_counter() - t0
+            if need_lattice:
+                t0 = time.perf_counter()
+                lats = get_lattices(lp, out_lens, lang.HLG, a.search_beam, a.output_beam, a.min_active_states, a.max_active_states)
+                t_lat = time.perf_counter() - t0
+                for m in ("hlg_1best", "hlg_attention_rescore", "lattice_oracle"):
+                    if m in methods:
+                        timing[m] += t_lat
+                for u, lat in zip(b, lats):
+                    lattices[ids[u]] = lat
+                if "hlg_1best" in methods:
+                    t0 = time.perf_counter()
+                    for u, lat in zip(b, lats):
+                        hyps["hlg_1best"][ids[u]] = one_best(lat, id2word).words
+                    timing["hlg_1best"] += time.perf_counter() - t0
+                if "hlg_attention_rescore" in methods:
+                    t0 = time.perf_counter()
+                    if enc is None:
+                        enc, enc_lens = model.encode(feats, lens)
+                    nbs = [nbest(lat, id2word, a.num_paths, a.nbest_scale) for lat in lats]
+
+                    def scorer(i, seqs, enc=enc, enc_lens=enc_lens):
+                        return torch.as_tensor(model.score_token_sequences(enc[i, : int(enc_lens[i])], seqs)).detach().cpu()
+
+                    for u, h, nb in zip(b, attention_rescore(nbs, scorer, a.ngram_lm_scale, a.attention_scale), nbs):
+                        hyps["hlg_attention_rescore"][ids[u]] = h.words
+                        nbest_rows.append({"utterance_id": ids[u], "nbest": [x.to_dict() for x in nb[: a.save_nbest]]})
+                    timing["hlg_attention_rescore"] += time.perf_counter() - t0
+                if "hlg_attention_rescore" not in methods and a.save_nbest > 0:  # for the rescorer; not timed
+                    for u, lat in zip(b, lats):
+                        nb = nbest(lat, id2word, a.num_paths, a.nbest_scale)
+                        nbest_rows.append({"utterance_id": ids[u], "nbest": [x.to_dict() for x in nb[: a.save_nbest]]})
+                if "lattice_oracle" in methods:
+                    t0 = time.perf_counter()
+                    for u, lat in zip(b, lats):
+                        hyps["lattice_oracle"][ids[u]] = lattice_oracle(lat, refs[u], id2word)["hyp"]
+                    timing["lattice_oracle"] += time.perf_counter() - t0
+    bar.close()
+    metrics["audio_seconds"] = audio_seconds
+    metrics["forward_seconds"] = forward_seconds
+    metrics["subsampling_factor"] = sub
+    metrics["methods"] = {}
+    for m in methods:
+        hy = [hyps[m].get(uid, []) for uid in ids]  # skipped utterances: empty hypotheses (all deletions)
+        r = compute_wer(refs, hy, vocab)
+        r["rtf"] = real_time_factor(forward_seconds + timing[m], audio_seconds)
+        r["decode_seconds"] = timing[m]
+        metrics["methods"][m] = r
+        with open(out / f"hyp_{m}.txt", "w", encoding="utf-8") as f:
+            for uid, h in zip(ids, hy):
+                f.write(f"{uid} {' '.join(h)}\n".rstrip() + "\n")
+    if lattices:
+        order = [uid for uid in ids if uid in lattices]
+        lattice_io.save_lattices(
+            out / "lattices.pt", order, [lattices[u] for u in order], lang.dir / "words.txt",
+            frame_shift=FEATURE_FRAME_SHIFT * sub, subsampling_factor=sub,
+        )
+    if lattices and a.word_lattices:
+        import k2
+
+        from rescorer.lattice.word_lattice import build_word_lattice, save_word_lattices
+
+        table = k2.SymbolTable.from_file(str(lang.dir / "words.txt"))
+        wls = []
+        for uid in [u for u in ids if u in lattices]:
+            arcs, finals = word_lattice_arcs(lattices[uid], id2word)
+            wls.append(build_word_lattice(
+                arcs, table, frame_shift=FEATURE_FRAME_SHIFT * sub, final_states=finals, utterance_id=uid,
+                meta={"source": "rescorer.decoding HLG lattice", "lang_dir": str(lang.dir)},
+            ))
+        save_word_lattices(out / "word_lattices.pt", wls)
+    if nbest_rows:
+        pos = {uid: i for i, uid in enumerate(ids)}
+        nbest_rows.sort(key=lambda r: pos[r["utterance_id"]])
+        with open(out / "nbest.jsonl", "w") as f:
+            for row in nbest_rows:
+                f.write(json.dumps(row) + "\n")
+    metrics["settings"] = {k: v for k, v in vars(a).items() if isinstance(v, (int, float, str)) or v is None}
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    return metrics
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m rescorer.decoding.decode", description="Decode an ASR model with k2 (greedy, HLG lattices, n-best, attention rescoring, oracle).")
+    ap.add_argument("--model-dir", required=True)
+    ap.add_argument("--data", required=True, help="rescorer.utterances/1 file (exp/asr_data/test.pt)")
+    ap.add_argument("--lang-dir", default="exp/lang")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--methods", default="ctc_greedy,hlg_1best,lattice_oracle")
+    ap.add_argument("--train-data", default=None, help="training utterances (.pt) or a word list (.txt) for IV/OOV WER; default: train.pt beside --data")
+    ap.add_argument("--max-frames", type=int, default=3000, help="longer utterances are skipped (counted as deletions); the model's max_input_frames, if it has one, lowers it")
+    ap.add_argument("--device", default="cpu", help="device for the model forward pass (k2 decoding runs on CPU)")
+    ap.add_argument("--max-batch-frames", type=int, default=20000)
+    ap.add_argument("--search-beam", type=float, default=20.0)
+    ap.add_argument("--output-beam", type=float, default=8.0)
+    ap.add_argument("--min-active-states", type=int, default=30)
+    ap.add_argument("--max-active-states", type=int, default=10000)
+    ap.add_argument("--num-paths", type=int, default=100)
+    ap.add_argument("--nbest-scale", type=float, default=0.5)
+    ap.add_argument("--ngram-lm-scale", type=float, default=1.0)
+    ap.add_argument("--attention-scale", type=float, default=1.0)
+    ap.add_argument("--beam-size", type=int, default=8)
+    ap.add_argument("--word-lattices", action="store_true", help="also write word_lattices.pt (rescorer.word_lattices/1, the rescorer's input) via word_lattice_arcs")
+    ap.add_argument("--save-nbest", type=int, default=10, help="hypotheses per utterance in nbest.jsonl (0: none)")
+    return ap
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    a = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        m = decode_main(a)
+    except (DecodeInputError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(json.dumps({k: {kk: v.get(kk) for kk in ("wer", "iv_wer", "oov_wer", "rtf")} for k, v in m["methods"].items()}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Evaluation of the trained models (``embeddings``: word identification, AP, figures)."""

@@ -1,0 +1,161 @@
+"""Rescoring a whole split: tuning the scales on dev, evaluating on test, WER accounting.
+
+The expensive part (span and spelling embeddings, OOV candidate search) is done once
+per lattice; a grid over (awe_scale, lm_scale, word_insertion_penalty) then only
+recombines per-arc scores and re-runs the best path, so tuning is cheap. Tuning uses the
+dev split only; the chosen scales are written to the model's ``rescorer.json`` and the
+whole curve is returned for plotting and committing.
+
+Accounting beyond WER (``rescorer.wer``): ``oov_tokens_recovered`` counts reference
+tokens whose word is absent from the acoustic training transcripts and that the method
+gets right while the decoder's own 1-best did not; ``iv_tokens_broken`` counts
+in-vocabulary reference tokens the 1-best had right and the method gets wrong (the
+false alarms the method causes).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from dataclasses import asdict, replace
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+import torch
+
+log = logging.getLogger(__name__)
+
+
+def correct_ref_positions(ref: Sequence[str], hyp: Sequence[str]) -> List[bool]:
+    """For each reference token, whether the alignment pairs it with an identical word."""
+    from rescorer.wer import align
+
+    out = []
+    for r, h in align(list(ref), list(hyp)):
+        if r is not None:
+            out.append(h == r)
+    return out
+
+
+def recovery_counts(refs, base_hyps, new_hyps, train_vocab) -> Dict[str, int]:
+    rec = broken = oov_total = 0
+    for ref, b, n in zip(refs, base_hyps, new_hyps):
+        cb, cn = correct_ref_positions(ref, b), correct_ref_positions(ref, n)
+        for w, x, y in zip(ref, cb, cn):
+            if w not in train_vocab:
+                oov_total += 1
+                rec += int(y and not x)
+            else:
+                broken += int(x and not y)
+    return {"oov_tokens_recovered": rec, "iv_tokens_broken": broken, "oov_tokens": oov_total}
+
+
+def _hyp_words(hyp) -> List[str]:
+    return [w.word for w in hyp.words]
+
+
+class PreparedLattice:
+    """A lattice with its embedding scores computed once (and, optionally, OOV arcs added)."""
+
+    def __init__(self, rescorer, lat, feats, recover: bool):
+        t0 = time.perf_counter()
+        self.recovered = []
+        if recover:
+            lat, self.recovered = rescorer.recover_oov(lat, feats)
+        self.lattice = lat
+        self.awe = rescorer.awe_scores(lat, feats)
+        self.seconds = time.perf_counter() - t0
+
+    def decode(self, rescorer, config) -> List[str]:
+        from rescorer.lattice.word_lattice import best_path_hypothesis
+
+        return _hyp_words(best_path_hypothesis(rescorer.apply_scores(self.lattice, self.awe, config)))
+
+
+def prepare_all(rescorer, lattices: Dict[str, object], feats: Dict[str, torch.Tensor], recover: bool, progress: bool = True):
+    from tqdm import tqdm
+
+    out = {}
+    missing = [u for u in lattices if u not in feats]
+    if missing:
+        raise KeyError(f"no features for {len(missing)} lattices, e.g. {missing[:3]}")
+    for uid in tqdm(sorted(lattices), desc="embedding scores" + (" + OOV recovery" if recover else ""), disable=not progress):
+        out[uid] = PreparedLattice(rescorer, lattices[uid], feats[uid], recover)
+    return out
+
+
+def decode_all(rescorer, prepared: Dict[str, PreparedLattice], config) -> Dict[str, List[str]]:
+    return {u: p.decode(rescorer, config) for u, p in prepared.items()}
+
+
+def tune(
+    rescorer,
+    prepared: Dict[str, PreparedLattice],
+    refs: Dict[str, List[str]],
+    awe_scales: Iterable[float],
+    lm_scales: Iterable[float],
+    word_insertion_penalties: Iterable[float],
+    train_vocab: Optional[set] = None,
+) -> Tuple[object, List[dict]]:
+    """Grid search on dev; returns (best RescoreConfig, curve rows {awe_scale, lm_scale, wip, wer})."""
+    from rescorer.wer import compute_wer
+
+    uids = sorted(prepared)
+    curve, best = [], None
+    for a, l, w in itertools.product(list(awe_scales), list(lm_scales), list(word_insertion_penalties)):
+        cfg = replace(rescorer.config, awe_scale=float(a), lm_scale=float(l), word_insertion_penalty=float(w))
+        hyps = decode_all(rescorer, prepared, cfg)
+        m = compute_wer([refs[u] for u in uids], [hyps[u] for u in uids], train_vocab)
+        row = {"awe_scale": a, "lm_scale": l, "word_insertion_penalty": w, "wer": m["wer"],
+               "iv_wer": m.get("iv_wer"), "oov_wer": m.get("oov_wer")}
+        curve.append(row)
+        if best is None or m["wer"] < best[0] - 1e-12:
+            best = (m["wer"], cfg)
+    return best[1], curve
+
+
+def evaluate(
+    rescorer,
+    prepared: Dict[str, PreparedLattice],
+    refs: Dict[str, List[str]],
+    base_hyps: Dict[str, List[str]],
+    train_vocab: set,
+    config=None,
+    decode_seconds: Optional[float] = None,
+) -> dict:
+    """WER (+IV/OOV), recovery counts and cost of rescoring relative to decoding."""
+    from rescorer.wer import compute_wer
+
+    uids = sorted(prepared)
+    t0 = time.perf_counter()
+    hyps = decode_all(rescorer, prepared, config or rescorer.config)
+    seconds = sum(p.seconds for p in prepared.values()) + (time.perf_counter() - t0)
+    m = compute_wer([refs[u] for u in uids], [hyps[u] for u in uids], train_vocab)
+    m.update(recovery_counts([refs[u] for u in uids], [base_hyps[u] for u in uids], [hyps[u] for u in uids], train_vocab))
+    m["rescoring_seconds"] = round(seconds, 3)
+    if decode_seconds:
+        m["rescoring_seconds_per_decode_second"] = round(seconds / decode_seconds, 4)
+    m["hypotheses"] = {u: " ".join(hyps[u]) for u in uids}
+    return m
+
+
+def plot_tuning_curve(curve: List[dict], path, title: str) -> None:
+    """WER against awe_scale (at the best lm_scale/wip for each awe_scale)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    by_a: Dict[float, float] = {}
+    for r in curve:
+        by_a[r["awe_scale"]] = min(by_a.get(r["awe_scale"], 1e9), r["wer"])
+    xs = sorted(by_a)
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ax.plot(xs, [100 * by_a[x] for x in xs], marker="o")
+    ax.set_xlabel("embedding weight (awe_scale)")
+    ax.set_ylabel("dev WER (%)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,460 @@
+"""Utterance-level ASR data: export from lhotse cuts, loading, batching, SpecAugment.
+
+Export format ``rescorer.utterances/1`` (one plain ``torch.save`` file per split, read by
+training without lhotse):
+
+- ``feats`` float16 [T_total, 80]: every utterance's 80-bin log-mel fbank (10 ms shift),
+  concatenated; utterance u is ``feats[offsets[u]:offsets[u + 1]]``;
+- ``offsets`` int64 [U + 1];
+- ``texts`` list[str]: normalised words (``rescorer.text.split_words``) joined by spaces;
+- ``utterance_ids``, ``speakers`` list[str]; ``num_mel_bins`` 80; ``frame_shift`` 0.01.
+
+Bad input, by rule:
+
+- an utterance with no frames (empty audio) -> ``ValueError`` naming the utterance
+  (at export and at load);
+- an utterance shorter than ``MIN_FRAMES`` (7 frames = 70 ms; the x4 subsampling needs
+  7 frames for one output frame) -> ``ValueError`` naming it, at load;
+- a transcript with characters outside the token set (digits, symbols) ->
+  ``rescorer.tokens.TokenError`` naming the utterance and the character;
+- an utterance longer than ``max_frames`` (default 3000 = 30 s) is, at load, skipped
+  and counted (``Utterances.skipped_too_long``, logged) with ``too_long="skip"``
+  (the default), or rejected with a ``ValueError`` naming it with ``too_long="error"``.
+
+Only ``export_utterances`` touches lhotse (lazily, through the cuts it is given);
+everything else is plain torch, for training machines without lhotse or k2.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import unicodedata
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+import torch
+
+from rescorer.text import LETTERS, NotAWordError, split_words
+from rescorer.tokens import TokenError, words_to_token_ids
+from rescorer.training.common import ShardedBucketSampler, feature_stats, gather_padded
+
+log = logging.getLogger(__name__)
+
+FORMAT = "rescorer.utterances/1"
+NUM_MEL_BINS = 80
+FRAME_SHIFT = 0.01
+MIN_FRAMES = 7  # ((T - 1) // 2 - 1) // 2 >= 1
+DEFAULT_MAX_FRAMES = 3000
+_REQUIRED = ("feats", "offsets", "texts", "utterance_ids", "speakers")
+
+
+# ---------------------------------------------------------------- text
+
+
+def _offending_character(text: str) -> Optional[str]:
+    """First character of ``text`` that normalisation cannot turn into a-z / apostrophe."""
+    for ch in text:
+        if ch.isspace() or ch in ".,;:!?\"()[]{}-\u2013\u2014/\u2019\u2018\u02bc`":
+            continue
+        folded = unicodedata.normalize("NFKD", ch.casefold())
+        folded = "".join(c for c in folded if not unicodedata.combining(c))
+        if not folded or any(c not in LETTERS for c in folded):
+            return ch
+    return None
+
+
+def normalize_transcript(text: str, utterance_id: str) -> str:
+    """Normalised words joined by spaces; ``TokenError`` names the utterance and character."""
+    try:
+        words = split_words(text or "")
+    except NotAWordError as e:
+        bad = _offending_character(text or "")
+        if bad is None:
+            raise TokenError(f"utterance {utterance_id}: transcript {text!r} has no words ({e})") from e
+        raise TokenError(
+            f"utterance {utterance_id}: character {bad!r} in transcript {text!r} is not in the token set "
+            f"(a-z and apostrophe)"
+        ) from e
+    return " ".join(words)
+
+
+def transcript_token_ids(text: str, utterance_id: str) -> List[int]:
+    """Token ids (letters + word boundaries) of a normalised transcript, errors naming the utterance."""
+    try:
+        return words_to_token_ids(text.split())
+    except TokenError as e:
+        bad = _offending_character(text)
+        raise TokenError(f"utterance {utterance_id}: {e}" + (f" (character {bad!r})" if bad else "")) from e
+
+
+# ---------------------------------------------------------------- export (lhotse bridge)
+
+
+def export_utterances(cuts: Iterable, path, progress: bool = True) -> Path:
+    """Write cuts with features to the plain-torch format ``rescorer.utterances/1`` (atomically).
+
+    ``cuts``: lhotse cuts with computed features (or anything with ``id``, ``supervisions``
+    and ``load_features()``). The transcript is all supervisions' texts joined, normalised.
+    """
+    import numpy as np
+    from tqdm import tqdm
+
+    from rescorer.utils import atomic_path
+
+    chunks, offsets, texts, ids, speakers = [], [0], [], [], []
+    for cut in tqdm(cuts, desc="utterances", unit="utt", disable=not progress):
+        if not getattr(cut, "has_features", True):
+            raise ValueError(f"utterance {cut.id}: no features (compute fbank first)")
+        raw = " ".join(s.text or "" for s in cut.supervisions)
+        text = normalize_transcript(raw, cut.id)
+        feats = np.asarray(cut.load_features(), dtype=np.float32)
+        if feats.ndim != 2 or feats.shape[0] == 0:
+            raise ValueError(f"utterance {cut.id}: empty audio (0 feature frames)")
+        if feats.shape[1] != NUM_MEL_BINS:
+            raise ValueError(f"utterance {cut.id}: {feats.shape[1]} feature bins, expected {NUM_MEL_BINS}")
+        chunks.append(feats.astype(np.float16))
+        offsets.append(offsets[-1] + feats.shape[0])
+        texts.append(text)
+        ids.append(cut.id)
+        sup_speakers = [s.speaker for s in cut.supervisions if getattr(s, "speaker", None)]
+        speakers.append(sup_speakers[0] if sup_speakers else cut.id)
+    if not ids:
+        raise ValueError(f"export_utterances({path}): no cuts")
+    obj = {
+        "format": FORMAT,
+        "feats": torch.from_numpy(np.concatenate(chunks)),
+        "offsets": torch.tensor(offsets, dtype=torch.int64),
+        "texts": texts,
+        "utterance_ids": ids,
+        "speakers": speakers,
+        "num_mel_bins": NUM_MEL_BINS,
+        "frame_shift": FRAME_SHIFT,
+    }
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, str(tmp))
+    log.info("exported %d utterances (%.2f h) to %s", len(ids), offsets[-1] * FRAME_SHIFT / 3600, path)
+    return path
+
+
+# ---------------------------------------------------------------- loading
+
+
+@dataclass
+class Utterances:
+    """One split in memory. Indices 0..len-1 address the kept utterances (too-long ones skipped)."""
+
+    feats: torch.Tensor  # float16 [T_total, 80]
+    offsets: torch.Tensor  # int64 [U + 1], all utterances of the file
+    texts: List[str]
+    utterance_ids: List[str]
+    speakers: List[str]
+    token_ids: List[List[int]]  # per kept utterance
+    keep: torch.Tensor  # int64 [N]: file index of each kept utterance
+    skipped_too_long: List[str] = field(default_factory=list)
+    frame_shift: float = FRAME_SHIFT
+
+    def __post_init__(self) -> None:
+        all_lengths = self.offsets[1:] - self.offsets[:-1]
+        self.lengths = all_lengths[self.keep]
+        self.starts = self.offsets[:-1][self.keep]
+        self.num_tokens = torch.tensor([len(t) for t in self.token_ids], dtype=torch.long)
+
+    def __len__(self) -> int:
+        return len(self.keep)
+
+    def utterance_id(self, i: int) -> str:
+        return self.utterance_ids[int(self.keep[i])]
+
+    def text(self, i: int) -> str:
+        return self.texts[int(self.keep[i])]
+
+    def features(self, i: int) -> torch.Tensor:
+        j = int(self.keep[i])
+        return self.feats[int(self.offsets[j]) : int(self.offsets[j + 1])]
+
+    @property
+    def hours(self) -> float:
+        return float(self.lengths.sum()) * self.frame_shift / 3600
+
+    def batch(self, indices: Sequence[int]) -> Tuple[torch.Tensor, torch.Tensor, List[List[int]]]:
+        """float32 feats [B, T, 80] (zero padding), lengths [B], token id lists of ``indices``."""
+        idx = torch.as_tensor(list(indices), dtype=torch.long)
+        lengths = self.lengths[idx]
+        feats = gather_padded(self.feats, self.starts[idx], lengths)
+        return feats, lengths, [self.token_ids[int(i)] for i in idx]
+
+    def feature_stats(self, chunk_frames: int = 1 << 20) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Per-bin mean and standard deviation over all frames of the file (float64 sums)."""
+        return feature_stats(self.feats, chunk_frames)
+
+    def ctc_infeasible(self, subsampling_factor: int = 4) -> int:
+        """Utterances whose token sequence (plus repeats) cannot fit the subsampled frames."""
+        out_lens = ((self.lengths - 1) // 2 - 1) // 2 if subsampling_factor == 4 else self.lengths
+        need = []
+        for toks in self.token_ids:
+            need.append(len(toks) + sum(1 for a, b in zip(toks, toks[1:]) if a == b))
+        return int((torch.tensor(need, dtype=torch.long) > out_lens).sum())
+
+
+def utterances_from_dict(
+    data: Dict[str, object],
+    source: str = "<dict>",
+    max_frames: Optional[int] = DEFAULT_MAX_FRAMES,
+    too_long: str = "skip",
+) -> Utterances:
+    """Validate an export and wrap it; every error names the file and the utterance."""
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        got = data.get("format") if isinstance(data, dict) else type(data).__name__
+        raise ValueError(f"{source}: not an utterance file (format {got!r}, expected {FORMAT!r})")
+    missing = [k for k in _REQUIRED if k not in data]
+    if missing:
+        raise ValueError(f"{source}: missing fields {missing}")
+    if too_long not in ("skip", "error"):
+        raise ValueError(f"too_long must be 'skip' or 'error', got {too_long!r}")
+    feats, offsets = data["feats"], torch.as_tensor(data["offsets"]).long()
+    ids, texts, speakers = list(data["utterance_ids"]), list(data["texts"]), list(data["speakers"])
+    n = len(ids)
+    if feats.dim() != 2 or feats.shape[1] != NUM_MEL_BINS:
+        raise ValueError(f"{source}: feats must be [T_total, {NUM_MEL_BINS}], got {tuple(feats.shape)}")
+    if len(offsets) != n + 1 or int(offsets[0]) != 0 or int(offsets[-1]) != len(feats):
+        raise ValueError(f"{source}: offsets must have U + 1 entries from 0 to len(feats)")
+    if len(texts) != n or len(speakers) != n:
+        raise ValueError(f"{source}: texts and speakers need one entry per utterance")
+    if n == 0:
+        raise ValueError(f"{source}: no utterances")
+    lengths = offsets[1:] - offsets[:-1]
+    keep, skipped, token_ids = [], [], []
+    for i in range(n):
+        length = int(lengths[i])
+        if length <= 0:
+            raise ValueError(f"{source}: utterance {ids[i]} has empty audio (0 frames)")
+        if length < MIN_FRAMES:
+            raise ValueError(
+                f"{source}: utterance {ids[i]} has {length} frames; at least {MIN_FRAMES} "
+                f"({MIN_FRAMES * 10} ms) are needed"
+            )
+        toks = transcript_token_ids(texts[i], ids[i])
+        if not toks:
+            raise ValueError(f"{source}: utterance {ids[i]} has an empty transcript")
+        if max_frames is not None and length > max_frames:
+            if too_long == "error":
+                raise ValueError(
+                    f"{source}: utterance {ids[i]} has {length} frames, more than max_frames={max_frames}"
+                )
+            skipped.append(ids[i])
+            continue
+        keep.append(i)
+        token_ids.append(toks)
+    if not keep:
+        raise ValueError(f"{source}: every utterance is longer than max_frames={max_frames}")
+    if skipped:
+        log.warning("%s: skipped %d utterances longer than %d frames", source, len(skipped), max_frames)
+    return Utterances(
+        feats=feats,
+        offsets=offsets,
+        texts=texts,
+        utterance_ids=ids,
+        speakers=speakers,
+        token_ids=token_ids,
+        keep=torch.tensor(keep, dtype=torch.long),
+        skipped_too_long=skipped,
+        frame_shift=float(data.get("frame_shift", FRAME_SHIFT)),
+    )
+
+
+def load_utterances(path, max_frames: Optional[int] = DEFAULT_MAX_FRAMES, too_long: str = "skip") -> Utterances:
+    """Load and validate one exported split (see the module doc for the bad-input rules)."""
+    import pickle
+
+    try:
+        data = torch.load(str(path), map_location="cpu", weights_only=True)
+    except (TypeError, pickle.UnpicklingError, RuntimeError):
+        data = torch.load(str(path), map_location="cpu")  # torch 1.13: weights-only rejects floats
+    return utterances_from_dict(data, source=str(path), max_frames=max_frames, too_long=too_long)
+
+
+# ---------------------------------------------------------------- batching by total frames
+
+
+class FrameBatchSampler(ShardedBucketSampler):
+    """Seeded batches of similar-length utterances holding at most ``batch_frames`` padded frames.
+
+    Each epoch: a seeded permutation is cut into pools of ``pool_size`` utterances; each
+    pool is sorted by length and cut greedily into batches with
+    ``batch_size * longest <= batch_frames`` (a longer single utterance forms its own
+    batch); batch order is shuffled. Every rank computes the same list and takes every
+    ``num_replicas``-th batch; the list is padded by repeating batches from its start so
+    all ranks run the same number of steps (DDP). ``state_dict`` (epoch, position) makes
+    iteration resumable mid-epoch. (Shared logic: ``rescorer.training.common.ShardedBucketSampler``.)
+    """
+
+    def __init__(
+        self,
+        lengths: torch.Tensor,
+        batch_frames: int,
+        seed: int = 0,
+        num_replicas: int = 1,
+        rank: int = 0,
+        pool_size: int = 1000,
+        shuffle: bool = True,
+        max_batch_size: Optional[int] = None,
+    ):
+        if batch_frames < 1:
+            raise ValueError("batch_frames must be >= 1")
+        super().__init__(lengths, seed, num_replicas, rank, shuffle)
+        self.batch_frames = batch_frames
+        self.pool_size = pool_size
+        self.max_batch_size = max_batch_size
+        self._cache: Optional[Tuple[int, List[List[int]]]] = None
+
+    def _pool_len(self) -> int:
+        return self.pool_size
+
+    def _cut_pool(self, chunk: torch.Tensor) -> List[List[int]]:
+        batches: List[List[int]] = []
+        cur: List[int] = []
+        longest = 0
+        for i in chunk.tolist():
+            length = int(self.lengths[i])
+            new_longest = max(longest, length)
+            too_many = self.max_batch_size is not None and len(cur) >= self.max_batch_size
+            if cur and (new_longest * (len(cur) + 1) > self.batch_frames or too_many):
+                batches.append(cur)
+                cur, new_longest = [], length
+            cur.append(i)
+            longest = new_longest
+        if cur:
+            batches.append(cur)
+        return batches
+
+    def _all_batches(self) -> List[List[int]]:
+        if self._cache is not None and self._cache[0] == self.epoch:
+            return self._cache[1]
+        batches = super()._all_batches()
+        self._cache = (self.epoch, batches)
+        return batches
+
+
+def pad_token_ids(seqs: Sequence[Sequence[int]], pad: int = 0) -> Tuple[torch.Tensor, torch.Tensor]:
+    """[B, L_max] int64 (``pad`` beyond each length) and lengths [B]."""
+    lengths = torch.tensor([len(s) for s in seqs], dtype=torch.long)
+    out = torch.full((len(seqs), max(1, int(lengths.max()) if len(seqs) else 1)), pad, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        if len(s):
+            out[i, : len(s)] = torch.as_tensor(list(s), dtype=torch.long)
+    return out, lengths
+
+
+# ---------------------------------------------------------------- SpecAugment
+
+
+def spec_augment(
+    feats: torch.Tensor,
+    lengths: torch.Tensor,
+    generator: torch.Generator,
+    fill: Optional[torch.Tensor] = None,
+    num_freq_masks: int = 2,
+    max_freq_width: int = 15,
+    time_masks_per_second: float = 0.5,
+    max_time_masks: int = 10,
+    max_time_width: int = 40,
+    max_time_fraction: float = 0.2,
+) -> torch.Tensor:
+    """Time and frequency masking (Park et al. 2019) of a padded batch, on a copy.
+
+    Masked bins/frames get ``fill`` (per-bin [F], e.g. the feature mean, so that they
+    are zero after normalisation; default 0). Time masks stay inside each utterance:
+    ``ceil(time_masks_per_second * seconds)`` masks (at most ``max_time_masks``), each
+    at most ``min(max_time_width, max_time_fraction * length)`` frames. Frequency masks:
+    ``num_freq_masks`` bands of up to ``max_freq_width`` bins. Seeded by ``generator``
+    (CPU); runs on the tensors' device.
+    """
+    B, T, F = feats.shape
+    out = feats.clone()
+    device = feats.device
+    fill_v = torch.zeros(F, dtype=feats.dtype, device=device) if fill is None else fill.to(device, feats.dtype)
+    bins = torch.arange(F)
+    frames = torch.arange(T)
+    fmask = torch.zeros(B, F, dtype=torch.bool)
+    tmask = torch.zeros(B, T, dtype=torch.bool)
+    for b in range(B):
+        for _ in range(num_freq_masks):
+            w = int(torch.randint(0, max_freq_width + 1, (1,), generator=generator))
+            if w == 0:
+                continue
+            f0 = int(torch.randint(0, max(1, F - w + 1), (1,), generator=generator))
+            fmask[b] |= (bins >= f0) & (bins < f0 + w)
+        length = int(lengths[b])
+        n_masks = min(max_time_masks, math.ceil(time_masks_per_second * length / 100))
+        width_cap = min(max_time_width, int(max_time_fraction * length))
+        for _ in range(n_masks):
+            if width_cap < 1:
+                break
+            w = int(torch.randint(0, width_cap + 1, (1,), generator=generator))
+            if w == 0:
+                continue
+            t0 = int(torch.randint(0, max(1, length - w + 1), (1,), generator=generator))
+            tmask[b] |= (frames >= t0) & (frames < t0 + w)
+    mask = fmask.to(device)[:, None, :] | tmask.to(device)[:, :, None]
+    return torch.where(mask, fill_v.expand(B, T, F), out)
+
+
+# ---------------------------------------------------------------- synthetic data for tests
+
+
+def make_synthetic_utterances(
+    texts: Sequence[str],
+    seed: int = 0,
+    frames_per_letter: Tuple[int, int] = (4, 7),
+    gap_frames: Tuple[int, int] = (2, 5),
+    noise: float = 0.3,
+    speakers: Optional[Sequence[str]] = None,
+) -> Dict[str, object]:
+    """An export-format dict whose audio spells the texts: each letter is a fixed random
+    80-bin pattern held for a few frames (plus noise), words separated by silence-like gaps.
+    """
+    rng = random.Random(seed)
+    g = torch.Generator().manual_seed(12345)  # the letter patterns are the same for every seed
+    patterns = torch.randn(27, NUM_MEL_BINS, generator=g) * 2.0
+    silence = torch.full((NUM_MEL_BINS,), -1.0)
+    noise_g = torch.Generator().manual_seed(seed)
+    chunks, offsets = [], [0]
+    for text in texts:
+        frames = []
+        for _ in range(rng.randint(*gap_frames)):
+            frames.append(silence)
+        for word in text.split():
+            for ch in word:
+                k = 26 if ch == "'" else ord(ch) - ord("a")
+                frames.extend([patterns[k]] * rng.randint(*frames_per_letter))
+            frames.extend([silence] * rng.randint(*gap_frames))
+        x = torch.stack(frames)
+        x = x + noise * torch.randn(x.shape, generator=noise_g)
+        chunks.append(x.half())
+        offsets.append(offsets[-1] + len(x))
+    return {
+        "format": FORMAT,
+        "feats": torch.cat(chunks),
+        "offsets": torch.tensor(offsets, dtype=torch.long),
+        "texts": list(texts),
+        "utterance_ids": [f"utt{i:04d}" for i in range(len(texts))],
+        "speakers": list(speakers) if speakers is not None else [f"spk{i % 3}" for i in range(len(texts))],
+        "num_mel_bins": NUM_MEL_BINS,
+        "frame_shift": FRAME_SHIFT,
+    }
+
+
+def random_sentences(count: int, seed: int, vocabulary: Sequence[str], min_words: int = 2, max_words: int = 5) -> List[str]:
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(vocabulary) for _ in range(rng.randint(min_words, max_words))) for _ in range(count)]
+
+
+def write_synthetic_utterances(path, texts: Sequence[str], seed: int = 0, **kwargs) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(make_synthetic_utterances(texts, seed=seed, **kwargs), str(path))
+    return path

@@ -1,0 +1,300 @@
+"""Pieces shared by the training entry points (plain torch; no lhotse, no k2).
+
+Atomic checkpoint writes, the AdamW parameter groups, the warmup + cosine LR factor,
+``torchrun`` / DDP set-up, cross-rank sums, mixed-precision helpers across torch
+1.13-2.x, gradient clipping that accepts sparse gradients, the resume-compatibility check,
+feature statistics and padded batch gathering, the seeded length-bucketed batch sampler
+sharded over ranks (base of the word-segment and utterance samplers), and a small edit
+distance for WER/CER.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+
+import torch
+import torch.distributed as dist
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    """torch.save to a temporary file in the same directory, fsync, then os.replace."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def grad_scaler(enabled: bool):
+    """GradScaler for CUDA float16 training, across torch 1.13 (torch.cuda.amp) and 2.x (torch.amp)."""
+    amp_scaler = getattr(getattr(torch, "amp", None), "GradScaler", None)
+    if amp_scaler is not None:
+        return amp_scaler("cuda", enabled=enabled)
+    return torch.cuda.amp.GradScaler(enabled=enabled)
+
+
+def autocast_context(enabled: bool) -> Callable[[], Any]:
+    """Factory of the CUDA float16 autocast context (or a null context)."""
+    if enabled:
+        return lambda: torch.autocast(device_type="cuda", dtype=torch.float16)
+    return contextlib.nullcontext
+
+
+def warmup_cosine(total_steps: int, warmup_steps: int, min_ratio: float) -> Callable[[int], float]:
+    """LR factor: linear warmup over ``warmup_steps``, then cosine decay to ``min_ratio``."""
+    warmup = max(1, int(warmup_steps))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def lr_lambda(total_steps: int, warmup_fraction: float, min_ratio: float) -> Callable[[int], float]:
+    """Warmup over ``warmup_fraction`` of the steps, then cosine (train_embeddings' schedule)."""
+    return warmup_cosine(total_steps, max(1, int(round(total_steps * warmup_fraction))), min_ratio)
+
+
+def param_groups(
+    model: torch.nn.Module, weight_decay: float, no_decay_names: Iterable[str] = ()
+) -> List[Dict[str, Any]]:
+    """No weight decay on biases, norms (1-D parameters) and parameters named in ``no_decay_names``."""
+    decay, no_decay = [], []
+    suffixes = tuple(no_decay_names)
+    for name, p in model.named_parameters():
+        if p.ndim < 2 or (suffixes and name.endswith(suffixes)):
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def setup_distributed(device_pref: Optional[str]) -> Tuple[int, int, torch.device]:
+    """(rank, world size, device); initialises the process group under torchrun.
+
+    ``device_pref``: None (this rank's GPU if CUDA is available, else CPU), "cpu",
+    "cuda" or "cuda:N". Backend: nccl on CUDA, gloo on CPU.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        use_cuda = torch.cuda.is_available() and device_pref != "cpu"
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    if device_pref is not None:
+        device = torch.device(device_pref)
+    elif torch.cuda.is_available():
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    else:
+        device = torch.device("cpu")
+    if device.type == "cuda":
+        if device.index is None:
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    return rank, world, device
+
+
+def teardown_distributed() -> None:
+    if dist.is_initialized() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        dist.destroy_process_group()
+
+
+def all_reduce_sum(values: List[float], device: torch.device) -> List[float]:
+    """Element-wise sum over ranks (identity without a process group)."""
+    if not dist.is_initialized():
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def check_resumable(
+    saved: Dict[str, Any],
+    now: Dict[str, Any],
+    may_change: Iterable[str],
+    defaults: Optional[Dict[str, Any]] = None,
+) -> None:
+    """Refuse to resume when a field outside ``may_change`` differs from the checkpoint's config.
+
+    ``defaults``: values for fields missing from ``saved`` (a field added after the
+    checkpoint was written counts as its default); without it a missing field is None.
+    """
+    allowed = set(may_change)
+    defaults = defaults or {}
+    diff = {
+        k: (saved.get(k, defaults.get(k)), v)
+        for k, v in now.items()
+        if k not in allowed and saved.get(k, defaults.get(k)) != v
+    }
+    if diff:
+        raise ValueError(f"--resume: configuration differs from the checkpoint's: {diff}")
+
+
+def clip_grad_norm(params: Sequence[torch.nn.Parameter], max_norm: float) -> torch.Tensor:
+    """``clip_grad_norm_`` (L2) that also accepts sparse gradients (torch 2.x's does not)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return torch.tensor(0.0)
+    norms = []
+    for g in grads:
+        if g.is_sparse:
+            g = g.coalesce()._values()
+        norms.append(torch.linalg.vector_norm(g.float(), 2))
+    total = torch.linalg.vector_norm(torch.stack(norms), 2)
+    coef = (max_norm / (total + 1e-6)).clamp(max=1.0)
+    for p in params:
+        if p.grad is None:
+            continue
+        if p.grad.is_sparse:
+            p.grad = p.grad.coalesce() * coef.to(p.grad.dtype)
+        else:
+            p.grad.mul_(coef.to(p.grad.device, p.grad.dtype))
+    return total
+
+
+def torch_load(path, map_location="cpu") -> Any:
+    """torch.load of our own checkpoints (full unpickling; torch >= 2.6 defaults to weights_only)."""
+    try:
+        return torch.load(str(path), map_location=map_location, weights_only=False)
+    except TypeError:  # torch < 1.13 has no weights_only
+        return torch.load(str(path), map_location=map_location)
+
+
+# ---------------------------------------------------------------- features and batch sampling
+
+
+def feature_stats(feats: torch.Tensor, chunk_frames: int = 1 << 20) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Per-bin mean and standard deviation over all frames of ``feats`` [N, F] (float64 sums)."""
+    total = torch.zeros(feats.shape[1], dtype=torch.float64)
+    total_sq = torch.zeros_like(total)
+    for start in range(0, len(feats), chunk_frames):
+        chunk = feats[start : start + chunk_frames].double()
+        total += chunk.sum(0)
+        total_sq += (chunk * chunk).sum(0)
+    n = max(len(feats), 1)
+    mean = total / n
+    var = (total_sq / n - mean * mean).clamp(min=0)
+    return mean.float(), var.sqrt().float()
+
+
+def gather_padded(feats: torch.Tensor, starts: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """float32 [B, max(lengths), F]: rows ``starts[b] .. starts[b] + lengths[b]`` of ``feats``, zero-padded.
+
+    One vectorised gather, no Python loop over items.
+    """
+    steps = torch.arange(int(lengths.max()))
+    mask = steps[None, :] < lengths[:, None]
+    frame = (starts[:, None] + steps[None, :]).clamp(max=len(feats) - 1)
+    return feats[frame].float() * mask[:, :, None]
+
+
+class ShardedBucketSampler:
+    """Base of the seeded, length-bucketed batch samplers, sharded over distributed ranks.
+
+    Each epoch: a seeded permutation of all items (``torch.Generator`` seeded with
+    ``seed * 1_000_003 + epoch``; identity order without ``shuffle``) is cut into pools
+    of ``_pool_len()`` items; each pool is sorted by length (stable) and cut into batches by
+    the subclass's ``_cut_pool``; the batch order is shuffled with the same generator.
+    Every rank computes the same list and takes every ``num_replicas``-th batch; the list
+    is padded by repeating batches from its start so all ranks run the same number of
+    steps (DDP requires it). ``state_dict`` (epoch, position, seed) makes iteration
+    resumable mid-epoch.
+    """
+
+    def __init__(self, lengths: torch.Tensor, seed: int, num_replicas: int, rank: int, shuffle: bool):
+        if not 0 <= rank < num_replicas:
+            raise ValueError("rank must be in [0, num_replicas)")
+        self.lengths = torch.as_tensor(lengths, dtype=torch.long)
+        self.seed = seed
+        self.num_replicas = num_replicas
+        self.rank = rank
+        self.shuffle = shuffle
+        self.epoch = 0
+        self.position = 0  # batches of this epoch already consumed on this rank
+
+    def _pool_len(self) -> int:
+        """Items per pool."""
+        raise NotImplementedError
+
+    def _cut_pool(self, chunk: torch.Tensor) -> List[List[int]]:
+        """Batches from one pool's indices, sorted by length."""
+        raise NotImplementedError
+
+    def set_epoch(self, epoch: int) -> None:
+        if epoch != self.epoch:
+            self.position = 0
+        self.epoch = epoch
+
+    def _all_batches(self) -> List[List[int]]:
+        n = len(self.lengths)
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        order = torch.randperm(n, generator=g) if self.shuffle else torch.arange(n)
+        pool = self._pool_len()
+        batches: List[List[int]] = []
+        for start in range(0, n, pool):
+            chunk = order[start : start + pool]
+            batches.extend(self._cut_pool(chunk[torch.sort(self.lengths[chunk], stable=True).indices]))
+        if self.shuffle:
+            perm = torch.randperm(len(batches), generator=g).tolist()
+            batches = [batches[i] for i in perm]
+        short = (-len(batches)) % self.num_replicas
+        batches.extend(batches[:short])
+        return batches
+
+    def batches(self) -> List[List[int]]:
+        """This rank's batches of the current epoch (all of them, ignoring position)."""
+        return self._all_batches()[self.rank :: self.num_replicas]
+
+    def __len__(self) -> int:
+        return len(self.batches())
+
+    def __iter__(self) -> Iterator[List[int]]:
+        mine = self.batches()
+        while self.position < len(mine):
+            batch = mine[self.position]
+            self.position += 1
+            yield batch
+
+    def state_dict(self) -> Dict[str, int]:
+        return {"epoch": self.epoch, "position": self.position, "seed": self.seed}
+
+    def load_state_dict(self, state: Dict[str, int]) -> None:
+        if int(state.get("seed", self.seed)) != self.seed:
+            raise ValueError("sampler state was saved with a different seed")
+        self.epoch = int(state["epoch"])
+        self.position = int(state["position"])
+
+
+# ---------------------------------------------------------------- error rates
+
+
+def edit_distance(ref: Sequence[Any], hyp: Sequence[Any]) -> int:
+    """Levenshtein distance (substitutions, insertions, deletions all cost 1)."""
+    if len(ref) < len(hyp):
+        ref, hyp = hyp, ref
+    prev = list(range(len(hyp) + 1))
+    for i, r in enumerate(ref, 1):
+        cur = [i] + [0] * len(hyp)
+        for j, h in enumerate(hyp, 1):
+            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (r != h))
+        prev = cur
+    return prev[-1]
+
+
+def error_counts(refs: Sequence[Sequence[Any]], hyps: Sequence[Sequence[Any]]) -> Tuple[int, int]:
+    """(total edit distance, total reference length) over pairs."""
+    errors = sum(edit_distance(r, h) for r, h in zip(refs, hyps))
+    return errors, sum(len(r) for r in refs)
