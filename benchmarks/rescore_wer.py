@@ -119,7 +119,10 @@ def run(args) -> dict:
     decode_seconds = _decode_seconds(args.decode_metrics, n_eval / total_utts if total_utts else 1.0)
 
     results, curves = {}, {}
+    wanted = args.methods.split(",")
     for method, recover in (("awe_rescore", False), ("awe_rescore_oov_recovery", True)):
+        if method not in wanted:
+            continue
         if recover:
             log.info("embedding a %d-word list for OOV recovery", args.word_list_size)
             rescorer.set_vocabulary(large_word_list(args.word_list_size))
@@ -169,7 +172,7 @@ def run(args) -> dict:
     res_dir = Path(args.out).parent
     tag = f"{args.corpus}_{args.prefix.rstrip('_') or 'lattices'}"
     (res_dir / f"rescore_tuning_{tag}.json").write_text(json.dumps(curves, indent=1))
-    plot_tuning_curve(curves["awe_rescore_fold0"], res_dir / f"rescore_tuning_{tag}.png", f"{args.corpus}: dev WER vs embedding weight")
+    plot_tuning_curve(curves[next(k for k in curves if k.endswith("fold0"))], res_dir / f"rescore_tuning_{tag}.png", f"{args.corpus}: dev WER vs embedding weight")
     # the chosen scales (fold 0, or the only fold) travel with the model
     rescorer.config = replace(rescorer.config, **{k: chosen[0][k] for k in ("awe_scale", "lm_scale", "word_insertion_penalty")})
     return results
@@ -187,6 +190,7 @@ def main(argv=None):
     p.add_argument("--cross-validate", action="store_true", help="no test split: 2-fold over dev speakers")
     p.add_argument("--decode-metrics", help="the decoder's metrics.json (for rescoring cost relative to decoding)")
     p.add_argument("--prefix", default="", help="method name prefix, e.g. pocketsphinx_")
+    p.add_argument("--methods", default="awe_rescore,awe_rescore_oov_recovery")
     p.add_argument("--awe-scales", default="0,1,2,4,8,16,32")
     p.add_argument("--lm-scales", default="0.5,1,2")
     p.add_argument("--wips", default="-2,0,2")
@@ -210,6 +214,7 @@ def main(argv=None):
         "command": "python benchmarks/rescore_wer.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores (no GPU)" if not torch.cuda.is_available() else torch.cuda.get_device_name(0),
         "date": datetime.date.today().isoformat(),
+        "cwd": os.path.relpath(os.getcwd(), Path(__file__).resolve().parents[1]),
         "wall_seconds": round(time.time() - t0, 1),
         "protocol": "2-fold cross-validation over dev speakers" if args.cross_validate else "scales tuned on dev, reported on test",
     }
