@@ -32,7 +32,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -81,6 +81,18 @@ def spans_in_feature_frames(start_frame: torch.Tensor, end_frame: torch.Tensor, 
     s = torch.round(start_frame.double() * r).long().clamp(0, num_frames)
     e = torch.round(end_frame.double() * r).long().clamp(0, num_frames)
     return s, e
+
+
+def distinct_arc_spans(lat, arcs: torch.Tensor, num_frames: int):
+    """Feature-frame spans of ``arcs`` (each at least one frame, inside the features).
+
+    Returns (distinct spans [S, 2], index of each arc's span [len(arcs)]), so every distinct
+    span is embedded once.
+    """
+    s, e = spans_in_feature_frames(lat.fsa.start_frame[arcs], lat.fsa.end_frame[arcs], lat.frame_shift, num_frames)
+    e = torch.maximum(e, torch.minimum(s + 1, torch.tensor(num_frames)))
+    s = torch.minimum(s, e - 1).clamp(min=0)
+    return torch.unique(torch.stack([s, e], 1), dim=0, return_inverse=True)
 
 
 class Rescorer:
@@ -194,11 +206,7 @@ class Rescorer:
         idx = torch.nonzero(is_word).flatten()
         if idx.numel() == 0:
             return out
-        s, e = spans_in_feature_frames(fsa.start_frame[idx], fsa.end_frame[idx], lat.frame_shift, feats.shape[0])
-        e = torch.maximum(e, torch.minimum(s + 1, torch.tensor(feats.shape[0])))  # at least one frame
-        s = torch.minimum(s, e - 1).clamp(min=0)
-        pairs = torch.stack([s, e], 1)
-        uniq_spans, span_of_arc = torch.unique(pairs, dim=0, return_inverse=True)
+        uniq_spans, span_of_arc = distinct_arc_spans(lat, idx, feats.shape[0])
         wids = labels[idx]
         uniq_words, word_of_arc = torch.unique(wids, return_inverse=True)
         words = [lat.words.get(int(w)) for w in uniq_words]
@@ -266,11 +274,7 @@ class Rescorer:
         weak = ((labels == unk) | ((labels > 0) & (post < c.oov_posterior_threshold))).nonzero().flatten()
         if weak.numel() == 0:
             return lat, []
-        s, e = spans_in_feature_frames(fsa.start_frame[weak], fsa.end_frame[weak], lat.frame_shift, feats.shape[0])
-        e = torch.maximum(e, torch.minimum(s + 1, torch.tensor(feats.shape[0])))
-        s = torch.minimum(s, e - 1).clamp(min=0)
-        pairs = torch.stack([s, e], 1)
-        uniq, inv = torch.unique(pairs, dim=0, return_inverse=True)
+        uniq, inv = distinct_arc_spans(lat, weak, feats.shape[0])
         Q = self.span_embeddings(feats, [tuple(map(int, p)) for p in uniq])
         k = min(c.oov_topk, len(vocab_words))
         vals, ids = topk_nearest(Q, vocab_emb, k, metric="cosine")

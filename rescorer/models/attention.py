@@ -32,8 +32,7 @@ from torch import nn
 
 from rescorer.models.ctc import (
     NUM_TOKENS,
-    SUBSAMPLING_FACTOR,
-    ConformerEncoder,
+    CtcModel,
     FeedForward,
     LayerNorm,
     MultiHeadAttention,
@@ -134,44 +133,19 @@ def _decoder_io(token_seqs: Sequence[Sequence[int]], device) -> Tuple[torch.Tens
     return ys_in.to(device), ys_out.to(device)
 
 
-class AttentionModel(nn.Module):
-    """Conformer encoder + CTC head + transformer attention decoder."""
+class AttentionModel(CtcModel):
+    """Conformer encoder + CTC head (inherited from CtcModel) + transformer attention decoder."""
 
-    subsampling_factor = SUBSAMPLING_FACTOR
     model_type = "attention"
 
     def __init__(self, decoder_layers: int = 2, decoder_ffn_dim: int = 576, **encoder_config):
-        super().__init__()
-        self.encoder = ConformerEncoder(**encoder_config)
-        self.config: Dict[str, object] = dict(
-            self.encoder.config, decoder_layers=decoder_layers, decoder_ffn_dim=decoder_ffn_dim
-        )
+        super().__init__(**encoder_config)
+        self.config.update(decoder_layers=decoder_layers, decoder_ffn_dim=decoder_ffn_dim)
         d = self.encoder.d_model
-        self.ctc_head = nn.Linear(d, NUM_TOKENS)
         self.decoder = TransformerDecoder(
             d, int(self.encoder.config["num_heads"]), decoder_layers, decoder_ffn_dim, float(self.encoder.config["dropout"])
         )
-        self.num_tokens = NUM_TOKENS
         self.sos_id = self.eos_id = SOS_EOS
-
-    @classmethod
-    def from_config(cls, config: Dict[str, object]) -> "AttentionModel":
-        return cls(**config)
-
-    def set_feature_stats(self, mean: torch.Tensor, std: torch.Tensor) -> None:
-        self.encoder.set_feature_stats(mean, std)
-
-    # ------------------------------------------------------------ CTC side
-
-    def encode(self, feats: torch.Tensor, feat_lens: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        return self.encoder(feats, feat_lens)
-
-    def ctc_log_probs(self, encoder_out: torch.Tensor) -> torch.Tensor:
-        return F.log_softmax(self.ctc_head(encoder_out).float(), dim=-1)
-
-    def forward(self, feats: torch.Tensor, feat_lens: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        enc, out_lens = self.encode(feats, feat_lens)
-        return self.ctc_log_probs(enc), out_lens
 
     # ------------------------------------------------------------ decoder
 
