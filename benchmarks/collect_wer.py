@@ -73,11 +73,21 @@ def main(argv=None) -> None:
             "note": "iv/oov split not applicable: pocketsphinx's acoustic model was not trained on this corpus",
         }
         entry["pocketsphinx_lattice_oracle"] = {"wer": s["oracle_wer"], "wer_unpruned_slf": s["oracle_wer_slf"]}
-    doc["collected"] = {
+        runs[f"{args.corpus}:{args.pocketsphinx}"] = {
+            "model": "pocketsphinx 5.x bundled en-us acoustic model and trigram LM",
+            "audio_seconds": s.get("audio_seconds"),
+            "decode_seconds": s.get("decode_seconds"),
+        }
+    collected = doc.get("collected")
+    if not isinstance(collected, dict) or "command" in collected:  # one provenance record per corpus
+        collected = {}
+    collected[args.corpus] = {
         "command": "python benchmarks/collect_wer.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "cwd": os.path.relpath(os.getcwd(), Path(__file__).resolve().parents[1]),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, no GPU",
         "date": datetime.date.today().isoformat(),
     }
+    doc["collected"] = collected
     out.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
     print(json.dumps(entry, indent=1)[:2000])
 

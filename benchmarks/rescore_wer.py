@@ -14,6 +14,8 @@ half, and the pooled result is reported, so no reported hypothesis was tuned on 
 
 Methods written (under ``<prefix>``): ``awe_rescore`` (embedding scores on every arc),
 ``awe_rescore_oov_recovery`` (plus nearest-spelling alternatives from a large word list),
+``awe_plus_attention`` (with ``--attention-model-dir``: the embedding-rescored lattice's
+n-best rescored by an attention decoder, ``rescorer.second_pass``; weight tuned on dev),
 each with wer, iv_wer, oov_wer, oov_tokens_recovered, iv_tokens_broken and
 rescoring_seconds_per_decode_second; and ``<prefix>baseline_tuned`` (same scales grid,
 embedding weight 0) so the gain is measured against an equally tuned decoder.
@@ -70,6 +72,21 @@ def _decode_seconds(metrics_path, n_utts_fraction=1.0):
     return None
 
 
+def _prune_all(lattices, min_posterior):
+    """Posterior-prune every lattice (word_lattice.prune); returns (lattices, seconds)."""
+    from rescorer.lattice.word_lattice import prune
+
+    if not min_posterior:
+        return lattices, 0.0
+    t0 = time.perf_counter()
+    before = sum(l.num_arcs for l in lattices.values())
+    out = {u: prune(l, min_posterior) for u, l in lattices.items()}
+    seconds = time.perf_counter() - t0
+    log.info("pruned %d lattices at posterior %g: %d -> %d arcs (%.1f s)", len(out), min_posterior, before,
+             sum(l.num_arcs for l in out.values()), seconds)
+    return out, seconds
+
+
 def _grid(args):
     return dict(
         awe_scales=[float(x) for x in args.awe_scales.split(",")],
@@ -78,7 +95,37 @@ def _grid(args):
     )
 
 
-def run(args) -> dict:
+def _attention_second_pass(rescorer, attention, awe_config, prep_tune, prep_eval, tune_feats, eval_feats, tune_refs, train_vocab, args):
+    """awe_plus_attention: n-best of the embedding-rescored lattices, rescored by the attention
+    decoder; its weight is tuned on the tuning lattices only. Returns ({"words", "seconds"}
+    for the evaluated lattices, the chosen attention_scale)."""
+    from rescorer.second_pass import nbest_hypotheses, pick_best
+    from rescorer.wer import compute_wer
+
+    def candidates(prep, feats):
+        out = {}
+        for u in sorted(prep):
+            t0 = time.perf_counter()
+            hyps = nbest_hypotheses(rescorer.apply_scores(prep[u].lattice, prep[u].awe, awe_config), n=args.attention_nbest)
+            att = attention.score(attention.encode(feats[u]), [[w.word for w in h.words] for h in hyps])
+            out[u] = (hyps, att, time.perf_counter() - t0)
+        return out
+
+    cand_tune = candidates(prep_tune, tune_feats)
+    uids = sorted(cand_tune)
+    best_scale, best_wer = 0.0, None
+    for scale in [float(x) for x in args.attention_scales.split(",")]:
+        hyps = [pick_best(cand_tune[u][0], cand_tune[u][1], scale) for u in uids]
+        w = compute_wer([tune_refs[u] for u in uids], hyps, train_vocab)["wer"]
+        if best_wer is None or w < best_wer - 1e-12:
+            best_scale, best_wer = scale, w
+    cand_eval = cand_tune if prep_eval is prep_tune else candidates(prep_eval, eval_feats)
+    words = {u: pick_best(h, a, best_scale) for u, (h, a, _) in cand_eval.items() if u in prep_eval}
+    return {"words": words, "seconds": {u: cand_eval[u][2] for u in words}}, best_scale
+
+
+def run(args):
+    """Returns (results by method, the Rescorer with the scales chosen on dev)."""
     from rescorer.corpora.text_sources import large_word_list
     from rescorer.evaluation.rescoring import evaluate, plot_tuning_curve, prepare_all, tune
     from rescorer.lattice.word_lattice import best_path_hypothesis, load_word_lattices
@@ -95,6 +142,7 @@ def run(args) -> dict:
     if args.max_utterances:
         keep = sorted(dev_lats)[: args.max_utterances]
         dev_lats = {u: dev_lats[u] for u in keep}
+    dev_lats, dev_prune_seconds = _prune_all(dev_lats, args.prune_posterior)
     if args.cross_validate:
         speakers = sorted({dev_spk[u] for u in dev_lats})
         rng = np.random.default_rng(args.seed)
@@ -110,7 +158,9 @@ def run(args) -> dict:
         if args.max_utterances:
             keep = sorted(test_lats)[: args.max_utterances]
             test_lats = {u: test_lats[u] for u in keep}
+        test_lats, test_prune_seconds = _prune_all(test_lats, args.prune_posterior)
         folds = [(dev_lats, test_lats)]
+    prune_seconds = dev_prune_seconds if args.cross_validate else test_prune_seconds  # of the evaluated lattices
     n_eval = sum(len(f[1]) for f in folds)
     total_utts = None
     if args.decode_metrics and Path(args.decode_metrics).exists():
@@ -118,16 +168,23 @@ def run(args) -> dict:
     # decoding time of the utterances that are rescored (a subset with --max-utterances)
     decode_seconds = _decode_seconds(args.decode_metrics, n_eval / total_utts if total_utts else 1.0)
 
-    results, curves = {}, {}
+    results, curves, chosen_by_method = {}, {}, {}
     wanted = args.methods.split(",")
+    attention = None
+    if "awe_plus_attention" in wanted and args.attention_model_dir:
+        from rescorer.second_pass import AttentionScorer
+
+        attention = AttentionScorer.from_dir(args.attention_model_dir, device=args.device)
     for method, recover in (("awe_rescore", False), ("awe_rescore_oov_recovery", True)):
         if method not in wanted:
             continue
         if recover:
             log.info("embedding a %d-word list for OOV recovery", args.word_list_size)
             rescorer.set_vocabulary(large_word_list(args.word_list_size))
-        pooled_refs, pooled_base, pooled_hyps, seconds, chosen = [], [], [], 0.0, []
+        pooled_refs, pooled_base, pooled_hyps, seconds, chosen = [], [], [], prune_seconds, []
         pooled_base_tuned = []
+        pooled_att, att_seconds, att_chosen = [], 0.0, []
+        with_attention = not recover and "awe_plus_attention" in wanted and args.attention_model_dir
         # embedding scores are computed once per lattice and shared by the folds
         prep_dev = prepare_all(rescorer, dev_lats, dev_feats, recover=recover)
         prep_test = prep_dev if args.cross_validate else prepare_all(rescorer, folds[0][1], test_feats, recover=recover)
@@ -143,11 +200,21 @@ def run(args) -> dict:
             m = evaluate(rescorer, prep_eval, test_refs, base, train_vocab, best)
             mb = evaluate(rescorer, prep_eval, test_refs, base, train_vocab, base_best)
             seconds += m["rescoring_seconds"]  # preparation of the evaluated lattices + their decoding
+            if with_attention:
+                t0 = time.perf_counter()
+                att_hyps, att_scale = _attention_second_pass(
+                    rescorer, attention, best, prep_tune, prep_eval, dev_feats, test_feats, dev_refs, train_vocab, args
+                )
+                att_seconds += sum(t for u, t in att_hyps["seconds"].items())
+                att_chosen.append(att_scale)
+                log.info("fold %d: attention_scale %.2f (%.1f s)", k, att_scale, time.perf_counter() - t0)
             for u in sorted(prep_eval):
                 pooled_refs.append(test_refs[u])
                 pooled_base.append(base[u])
                 pooled_hyps.append(m["hypotheses"][u].split())
                 pooled_base_tuned.append(mb["hypotheses"][u].split())
+                if with_attention:
+                    pooled_att.append(att_hyps["words"][u])
         from rescorer.evaluation.rescoring import recovery_counts
         from rescorer.wer import compute_wer
 
@@ -159,10 +226,17 @@ def run(args) -> dict:
                 out.update(extra)
             return out
 
+        chosen_by_method[method] = chosen
         extra = {"rescoring_seconds": round(seconds, 2), "scales": chosen}
         if decode_seconds:
             extra["rescoring_seconds_per_decode_second"] = round(seconds / decode_seconds, 4)
         results[args.prefix + method] = summarise(pooled_hyps, extra)
+        if with_attention:
+            extra_att = {"rescoring_seconds": round(seconds + att_seconds, 2), "scales": chosen, "attention_scales": att_chosen,
+                         "attention_model_dir": args.attention_model_dir}
+            if decode_seconds:
+                extra_att["rescoring_seconds_per_decode_second"] = round((seconds + att_seconds) / decode_seconds, 4)
+            results[args.prefix + "awe_plus_attention"] = summarise(pooled_att, extra_att)
         if not recover:
             results[args.prefix + "baseline_tuned"] = summarise(pooled_base_tuned, {"note": "decoder scores only, same grid"})
             results[args.prefix + "lattice_1best"] = summarise(pooled_base, {"note": "the lattice's own best path"})
@@ -171,11 +245,16 @@ def run(args) -> dict:
     # tuning curve: committed as JSON + a plot
     res_dir = Path(args.out).parent
     tag = f"{args.corpus}_{args.prefix.rstrip('_') or 'lattices'}"
-    (res_dir / f"rescore_tuning_{tag}.json").write_text(json.dumps(curves, indent=1))
-    plot_tuning_curve(curves[next(k for k in curves if k.endswith("fold0"))], res_dir / f"rescore_tuning_{tag}.png", f"{args.corpus}: dev WER vs embedding weight")
+    curve_path = res_dir / f"rescore_tuning_{tag}.json"
+    if curve_path.exists():  # another run's methods (e.g. OOV recovery run separately) are kept
+        curves = {**json.loads(curve_path.read_text()), **curves}
+    curve_path.write_text(json.dumps(curves, indent=1, sort_keys=True))
+    key = "awe_rescore_fold0" if "awe_rescore_fold0" in curves else next(k for k in sorted(curves) if k.endswith("fold0"))
+    plot_tuning_curve(curves[key], res_dir / f"rescore_tuning_{tag}.png", f"{args.corpus}: dev WER vs embedding weight")
     # the chosen scales (fold 0, or the only fold) travel with the model
+    chosen = chosen_by_method.get("awe_rescore") or next(iter(chosen_by_method.values()))
     rescorer.config = replace(rescorer.config, **{k: chosen[0][k] for k in ("awe_scale", "lm_scale", "word_insertion_penalty")})
-    return results
+    return results, rescorer
 
 
 def main(argv=None):
@@ -190,22 +269,29 @@ def main(argv=None):
     p.add_argument("--cross-validate", action="store_true", help="no test split: 2-fold over dev speakers")
     p.add_argument("--decode-metrics", help="the decoder's metrics.json (for rescoring cost relative to decoding)")
     p.add_argument("--prefix", default="", help="method name prefix, e.g. pocketsphinx_")
-    p.add_argument("--methods", default="awe_rescore,awe_rescore_oov_recovery")
+    p.add_argument("--methods", default="awe_rescore,awe_rescore_oov_recovery,awe_plus_attention",
+                   help="awe_plus_attention needs --attention-model-dir")
     p.add_argument("--awe-scales", default="0,1,2,4,8,16,32")
     p.add_argument("--lm-scales", default="0.5,1,2")
     p.add_argument("--wips", default="-2,0,2")
     p.add_argument("--am-scale", type=float, default=1.0)
     p.add_argument("--word-list-size", type=int, default=200000)
+    p.add_argument("--attention-model-dir", help="joint CTC/attention model for awe_plus_attention (n-best second pass)")
+    p.add_argument("--attention-scales", default="0,0.1,0.2,0.5,1,2")
+    p.add_argument("--attention-nbest", type=int, default=10)
+    p.add_argument("--prune-posterior", type=float, default=1e-4,
+                   help="drop lattice arcs below this posterior before rescoring (0: keep all; timed as rescoring)")
     p.add_argument("--max-utterances", type=int, default=0)
     p.add_argument("--device", default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="results/wer.json")
+    p.add_argument("--save-config", action="store_true", help="write the tuned scales to MODEL_DIR/rescorer.json")
     args = p.parse_args(argv)
     if not args.cross_validate and not (args.test_lattices and args.test_features):
         p.error("--test-lattices and --test-features are needed (or --cross-validate)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     t0 = time.time()
-    results = run(args)
+    results, rescorer = run(args)
     out = Path(args.out)
     doc = json.loads(out.read_text()) if out.exists() else {}
     entry = doc.setdefault("corpora", {}).setdefault(args.corpus, {})
@@ -219,7 +305,10 @@ def main(argv=None):
         "protocol": "2-fold cross-validation over dev speakers" if args.cross_validate else "scales tuned on dev, reported on test",
     }
     out.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
-    print(json.dumps(results, indent=1))
+    if args.save_config:
+        path = rescorer.save_config(args.model_dir, {"tuned_by": doc["rescoring_runs"][f"{args.corpus}:{args.prefix or 'ctc'}"]})
+        log.info("tuned scales saved to %s", path)
+    print(json.dumps({m: {k: r.get(k) for k in ("wer", "iv_wer", "oov_wer", "oov_tokens_recovered")} for m, r in results.items()}, indent=1))
 
 
 if __name__ == "__main__":

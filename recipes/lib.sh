@@ -22,3 +22,82 @@ bash "$REPO/scripts/setup.sh" >/dev/null
 PY="$REPO/.envs/k2/bin/python"
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
 rescorer() { "$PY" -m rescorer "$@"; }
+
+# ---------------------------------------------------------------- shared stages
+# Every function below is one resumable step that calls the package; the recipes only
+# choose the corpus, the splits and the config (CONFIG, one file per recipe).
+CONFIG="${CONFIG:-config.yaml}"
+
+# cfg SECTION: the config section's options as the array CFG (rescorer.recipe_config)
+cfg() {
+  local out
+  out="$("$PY" -m rescorer.recipe_config "$CONFIG" "$1")"
+  CFG=()
+  if [ -n "$out" ]; then mapfile -t CFG <<< "$out"; fi
+}
+
+# export_asr DATA CORPUS: utterance features + transcripts for ASR and rescoring -> exp/asr_data
+export_asr() {
+  rescorer export-asr "$1" --corpus "$2" --out exp/asr_data
+}
+
+# train_embedder DATA: acoustic + letter-n-gram encoders -> exp/embeddings (resumable)
+train_embedder() {
+  cfg embeddings
+  "$PY" -m rescorer.training.train_embeddings --train "$1/segments/train.pt" --dev "$1/segments/dev.pt" \
+    --out exp/embeddings --resume "${CFG[@]}"
+}
+
+# train_asr MODEL (ctc|attention): letter ASR model -> exp/MODEL (resumable)
+train_asr() {
+  cfg "$1"
+  "$PY" -m rescorer.training.train_asr --model "$1" --train exp/asr_data/train.pt --dev exp/asr_data/dev.pt \
+    --out "exp/$1" --resume "${CFG[@]}"
+}
+
+# train_models DATA: the embedder and the CTC model side by side (one core each when -j >= 2),
+# then the attention model (initialised from the CTC encoder, see the config)
+train_models() {
+  local pid=""
+  if [ ! -f exp/embeddings/.done ]; then
+    if [ "$num_jobs" -ge 2 ]; then
+      log "training the embedder in the background (log: exp/log/train_embeddings.log)"
+      ( OMP_NUM_THREADS=1 train_embedder "$1" > exp/log/train_embeddings.log 2>&1 && touch exp/embeddings/.done ) &
+      pid=$!
+    else
+      train_embedder "$1" && touch exp/embeddings/.done
+    fi
+  fi
+  if [ ! -f exp/ctc/.done ]; then
+    log "training the CTC model"
+    OMP_NUM_THREADS=$(( num_jobs >= 2 ? 1 : OMP_NUM_THREADS )) train_asr ctc && touch exp/ctc/.done
+  fi
+  if [ -n "$pid" ]; then
+    log "waiting for the embedder"
+    wait "$pid" || { log "embedder training failed: see exp/log/train_embeddings.log"; return 1; }
+  fi
+  if [ ! -f exp/attention/.done ]; then
+    log "training the attention model"
+    train_asr attention && touch exp/attention/.done
+  fi
+}
+
+# decode MODEL SPLIT METHODS [options]: k2 decoding -> exp/decode_SPLIT_MODEL (skipped when done)
+decode() {
+  local model="$1" split="$2" methods="$3"; shift 3
+  local out="exp/decode_${split}_${model}"
+  if [ -f "$out/metrics.json" ]; then log "$out exists; skipping"; return 0; fi
+  cfg decode
+  "$PY" -m rescorer.decoding.decode --model-dir "exp/$model" --data "exp/asr_data/$split.pt" --lang-dir exp/lang \
+    --out "$out.tmp" --methods "$methods" --train-data exp/asr_data/train.pt "${CFG[@]}" "$@"
+  rm -rf "$out" && mv "$out.tmp" "$out"
+}
+
+# rescore CORPUS [options]: tune the scales on dev, report on held-out data -> exp/wer.json,
+# and save the tuned scales with the embedder (exp/embeddings/rescorer.json)
+rescore() {
+  local corpus="$1"; shift
+  cfg rescore
+  "$PY" "$REPO/benchmarks/rescore_wer.py" --corpus "$corpus" --model-dir exp/embeddings \
+    --train-data exp/asr_data/train.pt --out exp/wer.json --save-config "${CFG[@]}" "$@"
+}

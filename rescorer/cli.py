@@ -312,5 +312,46 @@ def report_corpora_cmd(entries, out, command_line):
         click.echo(f"wrote {path}")
 
 
+@report.command("results")
+@click.option("--results-dir", default="results", show_default=True, type=click.Path(exists=True, file_okay=False),
+              help="Directory holding wer.json, embeddings.json, corpora.json, kernels.json, rescore_tuning_*.")
+@click.option("--out", default="RESULTS.md", show_default=True, type=click.Path(dir_okay=False))
+@click.option("--plots-dir", default="results/plots", show_default=True, type=click.Path(file_okay=False))
+def report_results_cmd(results_dir, out, plots_dir):
+    """Write RESULTS.md (tables, plots, provenance) from RESULTS_DIR/*.json."""
+    from rescorer.results_report import ResultsError, write_results_md
+
+    try:
+        path = write_results_md(results_dir, out, plots_dir)
+    except ResultsError as e:
+        raise click.ClickException(str(e)) from e
+    click.echo(f"wrote {path}")
+
+
+@report.command("wer")
+@click.argument("wer_json", type=click.Path(exists=True, dir_okay=False))
+@click.option("--corpus", "corpora", multiple=True, help="Corpus to show (repeatable; default: all).")
+def report_wer_cmd(wer_json, corpora):
+    """Print the WER table of each corpus in WER_JSON (results/wer.json) as plain text."""
+    from rescorer.results_report import ResultsError, format_wer_table, load_wer_doc, wer_rows
+
+    try:
+        doc = load_wer_doc(wer_json)
+    except ResultsError as e:
+        raise click.ClickException(str(e)) from e
+    have = sorted(doc.get("corpora", {}))
+    missing = [c for c in corpora if c not in have]
+    if missing:
+        raise click.ClickException(f"{wer_json}: no corpus {', '.join(missing)} (have: {', '.join(have) or 'none'})")
+    names = list(corpora) or have
+    if not names:
+        click.echo(f"{wer_json}: no WER results yet")
+    for i, corpus in enumerate(names):
+        if i:
+            click.echo("")
+        click.echo(corpus)
+        click.echo(format_wer_table(wer_rows(doc, corpus), markdown=False))
+
+
 if __name__ == "__main__":
     main()

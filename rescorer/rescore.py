@@ -12,11 +12,34 @@ word's spelling once (cached across lattices); the per-arc similarities come fro
 ``<unk>`` arcs have no spelling: they get ``unk_awe_score``. Filler arcs (label 0)
 and final arcs get no embedding score.
 
-OOV recovery (``recover_oov``): arcs whose word is ``<unk>`` or whose posterior is below
-``oov_posterior_threshold`` get up to ``oov_topk`` parallel arcs (same states, same span,
-same acoustic score) for the nearest spellings of their audio in a large word list
-(``ops.topk_nearest``), with LM score ``oov_lm_score`` (the cost of a word the LM does
-not know) and their embedding score; then the lattice is decoded again.
+OOV recovery (``recover_oov``) adds, next to some word arcs, up to ``oov_topk`` parallel
+arcs (same states, same span, same acoustic score) for the nearest spellings of the arc's
+audio in a large word list (``set_vocabulary``; ``ops.topk_nearest``) whose cosine is at
+least ``oov_min_similarity``; then the lattice is decoded again. A new arc's LM score is
+``oov_lm_score`` (the cost of a word the LM does not know), or the LM's ``<unk>`` score
+when it replaces a ``<unk>`` arc. Which arcs get alternatives (posteriors from the
+decoder's scores alone, ``awe_scale`` 0, scaled by ``posterior_scale``; spans are the
+distinct feature-frame spans that get embedded):
+
+- every ``<unk>`` arc: every distinct span of a ``<unk>`` arc always counts;
+- word arcs with posterior below ``oov_posterior_threshold`` ("weak" arcs), on at most
+  ``oov_max_spans`` of their distinct spans per lattice: the spans with the largest
+  *uncertain mass*, the summed posterior of the weak arcs with exactly that span (ties:
+  the earlier span), i.e. the probability the decoder gives to unsure words on that
+  segment. The spans with the *smallest* mass or total posterior are not the ones: in
+  the synthetic CTC/HLG dev lattices those are segments almost no path uses (median
+  total posterior ~4e-8 for the 32 weakest), where a candidate can never reach the best
+  path, while the 32 largest-mass spans hold nearly every unsure word of the 1-best.
+
+Duplicates are not added: a candidate equal to the arc's own word, or whose (src, dst,
+word) is already in the lattice, is dropped; when several weak arcs between the same
+states (other spans, other acoustic scores) propose one word, the proposal with the
+best score under the recovery config (am, LM and embedding parts; ties: arc order, then
+rank) becomes the one new arc. The input lattice and its symbol table are never
+modified: the result uses a table extended by the word list's missing words (one per
+input table, built once; ids of existing words unchanged). Each distinct span is
+embedded once per utterance for recovery and scoring together (``SpanCache``;
+``rescore``, ``embedding_scores`` and ``evaluation.rescoring`` do it).
 
 Usage from a decode script (a few lines)::
 
@@ -29,8 +52,7 @@ Usage from a decode script (a few lines)::
 from __future__ import annotations
 
 import json
-import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -56,6 +78,7 @@ class RescoreConfig:
     oov_topk: int = 5
     oov_lm_score: float = -10.0  # natural-log LM score of a recovered word the LM lacks
     oov_min_similarity: float = 0.3  # candidates below this cosine are not added
+    oov_max_spans: int = 32  # at most this many weak word spans per lattice get candidates (<unk> spans always)
     posterior_scale: float = 1.0
     batch_size: int = 256
 
@@ -72,7 +95,8 @@ class RescoreResult:
     lattice: object  # WordLattice with awe_scores and rescored scores
     hypothesis: object  # word_lattice.Hypothesis (words with spans)
     confidences: List[float] = field(default_factory=list)  # arc posterior of each 1-best word
-    recovered: List[Tuple[str, float, float]] = field(default_factory=list)  # OOV recovery: (word, start, end)
+    # OOV recovery: (word, start, end) of each 1-best word that recovery added (a word + span the input lattice lacks)
+    recovered: List[Tuple[str, float, float]] = field(default_factory=list)
 
 
 def spans_in_feature_frames(start_frame: torch.Tensor, end_frame: torch.Tensor, lattice_frame_shift: float, num_frames: int):
@@ -95,6 +119,117 @@ def distinct_arc_spans(lat, arcs: torch.Tensor, num_frames: int):
     return torch.unique(torch.stack([s, e], 1), dim=0, return_inverse=True)
 
 
+class SpanCache:
+    """Embeddings of one utterance's feature-frame spans ``[start, end)``, each computed once.
+
+    ``rescore`` and ``embedding_scores`` use one per call, so the spans that OOV recovery
+    embeds are not embedded again for the arc scores. Callers of ``recover_oov`` and
+    ``awe_scores`` can pass the same cache to both. A cache belongs to one utterance:
+    using it with features of another length is an error (features of another utterance
+    with the same length would get stale embeddings: make a new cache per utterance).
+    """
+
+    def __init__(self) -> None:
+        self.num_frames: Optional[int] = None
+        self.keys = torch.empty(0, dtype=torch.long)  # sorted; start * (num_frames + 1) + end
+        self.embeddings: Optional[torch.Tensor] = None  # [len(keys), D], in key order
+        self.encoded = 0  # spans embedded through this cache
+
+    def __len__(self) -> int:
+        return int(self.keys.numel())
+
+    def _find(self, keys: torch.Tensor):
+        if self.keys.numel() == 0:
+            return torch.zeros_like(keys), torch.zeros(keys.shape, dtype=torch.bool)
+        pos = torch.searchsorted(self.keys, keys).clamp(max=self.keys.numel() - 1)
+        return pos, self.keys[pos] == keys
+
+    def lookup(self, rescorer: "Rescorer", feats: torch.Tensor, spans: torch.Tensor) -> torch.Tensor:
+        """[len(spans), D] on the rescorer's device; spans not cached yet are embedded (once each)."""
+        T = int(feats.shape[0])
+        if self.num_frames is None:
+            self.num_frames = T
+        elif self.num_frames != T:
+            raise RescoreError(
+                f"this SpanCache holds spans of a {self.num_frames}-frame utterance, not of these {T}-frame "
+                "features (use one cache per utterance)"
+            )
+        if spans.numel() == 0:
+            return torch.empty(0, rescorer.acoustic.dim, device=rescorer.device)
+        keys = spans[:, 0] * (T + 1) + spans[:, 1]
+        pos, hit = self._find(keys)
+        if not bool(hit.all()):
+            new = torch.unique(keys[~hit])
+            emb = rescorer.span_embeddings(feats, list(zip((new // (T + 1)).tolist(), (new % (T + 1)).tolist())))
+            self.encoded += int(new.numel())
+            all_keys = torch.cat([self.keys, new])
+            all_emb = emb if self.embeddings is None else torch.cat([self.embeddings, emb.to(self.embeddings.device)])
+            order = torch.argsort(all_keys)
+            self.keys, self.embeddings = all_keys[order], all_emb[order.to(all_emb.device)]
+            pos, _ = self._find(keys)
+        return self.embeddings[pos.to(self.embeddings.device)]
+
+
+def select_oov_spans(post: torch.Tensor, span_of_arc: torch.Tensor, is_unk: torch.Tensor, is_weak: torch.Tensor,
+                     num_spans: int, max_spans: int) -> torch.Tensor:
+    """Which distinct spans get OOV candidates (bool [num_spans]); the rule is in the module doc.
+
+    Arguments are over the word arcs (label > 0, ``<unk>`` included): their posterior, the
+    index of their distinct span, whether the word is ``<unk>``, whether the arc is weak
+    (``<unk>`` or posterior below the threshold). Every span of a ``<unk>`` arc is chosen;
+    of the other spans with a weak arc, the ``max_spans`` with the largest uncertain mass
+    (summed posterior of their weak arcs); ties go to the earlier span.
+    """
+    chosen = torch.zeros(num_spans, dtype=torch.bool)
+    chosen[span_of_arc[is_unk]] = True
+    weak = is_weak & ~is_unk
+    mass = torch.zeros(num_spans, dtype=torch.float64).index_add_(0, span_of_arc[weak], post[weak].double())
+    has_weak = torch.zeros(num_spans, dtype=torch.bool)
+    has_weak[span_of_arc[weak]] = True
+    cand = (has_weak & ~chosen).nonzero().flatten()
+    if max_spans > 0 and cand.numel():
+        order = torch.sort(mass[cand], descending=True, stable=True).indices[:max_spans]
+        chosen[cand[order]] = True
+    return chosen
+
+
+def _new_arc_mask(old: torch.Tensor, new: torch.Tensor, num_states: int, priority: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """bool [len(new)]: the rows (src, dst, label) of ``new`` to add.
+
+    A row whose (src, dst, label) is in ``old`` is dropped; of rows that repeat one another,
+    one is kept: the one with the highest ``priority`` (ties and no priority: the earliest).
+    """
+    n = new.shape[0]
+    if n == 0:
+        return torch.zeros(0, dtype=torch.bool)
+    both = torch.cat([old, new]).long()
+    # (src, dst) -> a dense pair id (< number of arcs), so the combined key cannot overflow
+    _, pair = torch.unique(both[:, 0] * num_states + both[:, 1], return_inverse=True)
+    label = both[:, 2] + 1  # final arcs have -1
+    key = pair * (int(label.max()) + 1) + label
+    old_key, new_key = key[: old.shape[0]], key[old.shape[0]:]
+    pref = torch.arange(n) if priority is None else torch.sort(priority, descending=True, stable=True).indices
+    order = pref[torch.sort(new_key[pref], stable=True).indices]  # by key; within a key, preferred first
+    sk = new_key[order]
+    first = torch.ones(n, dtype=torch.bool)
+    first[1:] = sk[1:] != sk[:-1]
+    keep = torch.zeros(n, dtype=torch.bool)
+    keep[order[first]] = True
+    return keep & ~torch.isin(new_key, old_key)
+
+
+def _unit_rows(x: torch.Tensor) -> torch.Tensor:
+    """Rows scaled to unit length; rows of zero or non-finite norm become 0 (cosine 0, as in ``ops``)."""
+    n = x.norm(dim=1, keepdim=True)
+    ok = (n > 0) & torch.isfinite(n)
+    return torch.where(ok, x / torch.where(ok, n, torch.ones_like(n)), torch.zeros_like(x))
+
+
+def _table_size(table) -> int:
+    d = getattr(table, "_sym2id", None)
+    return len(d) if isinstance(d, dict) else len(table.symbols)
+
+
 class Rescorer:
     """A trained embedder + scales; rescoring keeps a cache of spelling embeddings."""
 
@@ -105,6 +240,7 @@ class Rescorer:
         self.config = config or RescoreConfig()
         self._spelling: Dict[str, torch.Tensor] = {}
         self._vocab: Optional[Tuple[List[str], torch.Tensor]] = None
+        self._tables: Dict[int, tuple] = {}  # id(table) -> (table, size, extended table, vocab ids)
 
     # ------------------------------------------------------------ loading / saving
 
@@ -151,6 +287,14 @@ class Rescorer:
             return torch.empty(0, self.acoustic.dim, device=self.device)
         return self.acoustic.encode_segments(segs, batch_size=self.config.batch_size, device=self.device).to(self.device)
 
+    @torch.no_grad()
+    def embed_spans(self, feats: torch.Tensor, spans: torch.Tensor, cache: Optional[SpanCache] = None) -> torch.Tensor:
+        """Embeddings [S, D] of feature-frame spans (integer [S, 2]); with ``cache``, each span once."""
+        spans = torch.as_tensor(spans).long().reshape(-1, 2)
+        if cache is None:
+            return self.span_embeddings(feats, [tuple(p) for p in spans.tolist()])
+        return cache.lookup(self, feats, spans)
+
     def set_vocabulary(self, words: Sequence[str], chunk: int = 65536) -> None:
         """The large word list that OOV recovery searches (embedded once, in chunks)."""
         from rescorer.text import NotAWordError, normalize_word
@@ -164,7 +308,75 @@ class Rescorer:
         clean = list(dict.fromkeys(clean))
         with torch.no_grad():
             emb = torch.cat([self.letters.encode_words(clean[i : i + chunk]).float() for i in range(0, len(clean), chunk)])
-        self._vocab = (clean, emb.to(self.device))
+        self._vocab = (clean, _unit_rows(emb).to(self.device))  # cosine search: unit rows
+        self._tables = {}
+
+    @torch.no_grad()
+    def _nearest_spellings(self, queries: torch.Tensor, k: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(cosine [N, k], word-list index [N, k]) of each query's k nearest spellings, best first.
+
+        On GPU: ``ops.topk_nearest`` (the CUDA kernel). On CPU: one matmul per block of the
+        unit-length word-list rows and ``torch.topk``, merged across blocks; the same
+        neighbours as ``ops.topk_nearest``'s reference (equal cosines are ordered by index;
+        an exact tie at the k-th place may keep either word) at a fraction of its cost, as
+        it skips the reference's exact-tie key packing (most of its time at 200k words).
+        """
+        from rescorer.ops import topk_nearest
+
+        _, vocab = self._vocab
+        if queries.is_cuda or queries.shape[0] == 0:
+            return topk_nearest(queries, vocab, k, metric="cosine")
+        q = _unit_rows(queries.float())
+        block = max(1024, (1 << 24) // queries.shape[0])  # at most ~16M similarities at once
+        best_v = best_i = None
+        for s in range(0, vocab.shape[0], block):
+            v, i = (q @ vocab[s : s + block].t()).topk(min(k, vocab[s : s + block].shape[0]), dim=1)
+            i = i + s
+            if best_v is not None:
+                v = torch.cat([best_v, v], 1)
+                v, j = v.topk(min(k, v.shape[1]), dim=1)
+                i = torch.cat([best_i, i], 1).gather(1, j)
+            best_v, best_i = v, i
+        best_i, o = best_i.sort(dim=1)
+        best_v = best_v.gather(1, o)
+        o = torch.sort(best_v, dim=1, descending=True, stable=True).indices
+        return best_v.gather(1, o), best_i.gather(1, o)
+
+    def _extended_table(self, base):
+        """(table, vocab_ids): ``base`` plus the word list's words it lacks, and each listed word's id.
+
+        New words are numbered after ``base``'s ids in word-list order, so the ids do not
+        depend on which lattices were recovered before. The table is built once per input
+        table (per word list) and never modified afterwards; ``base`` itself is never changed
+        (it is returned as is when it already has every listed word). Recovered lattices of
+        lattices that share a table share one table, so they can be saved in one shard.
+        """
+        import k2
+
+        size = _table_size(base)
+        hit = self._tables.get(id(base))
+        if hit is not None and hit[0] is base and hit[1] == size:
+            return hit[2], hit[3]
+        words, _ = self._vocab
+        id2sym = getattr(base, "_id2sym", None)
+        id2sym = dict(id2sym) if isinstance(id2sym, dict) else {i: base.get(i) for i in base.ids}
+        sym2id = {s: i for i, s in id2sym.items()}
+        nxt = max(max(id2sym, default=0) + 1, int(getattr(base, "_next_available_id", 0)))
+        ids = []
+        added = 0
+        for w in words:
+            i = sym2id.get(w)
+            if i is None:
+                i, nxt, added = nxt, nxt + 1, added + 1
+                sym2id[w] = i
+                id2sym[i] = w
+            ids.append(i)
+        table = k2.SymbolTable(_id2sym=id2sym, _sym2id=sym2id, _next_available_id=nxt, eps=base.eps) if added else base
+        vocab_ids = torch.tensor(ids, dtype=torch.long)
+        if len(self._tables) >= 4:  # a few tables at most (one per corpus in practice)
+            self._tables.pop(next(iter(self._tables)))
+        self._tables[id(base)] = (base, size, table, vocab_ids)
+        return table, vocab_ids
 
     # ------------------------------------------------------------ scoring
 
@@ -192,11 +404,17 @@ class Rescorer:
             )
         return feats.float()
 
-    def awe_scores(self, lat, feats: torch.Tensor) -> torch.Tensor:
-        """Per-arc embedding similarity (float32 [A]); 0 on filler/final arcs, unk_awe_score on <unk>."""
+    def awe_scores(self, lat, feats: torch.Tensor, span_cache: Optional[SpanCache] = None) -> torch.Tensor:
+        """Per-arc embedding similarity (float32 [A]); 0 on filler/final arcs, unk_awe_score on <unk>.
+
+        ``span_cache``: spans already embedded for this utterance (e.g. by ``recover_oov``)
+        are taken from it, new ones added to it.
+        """
+        return self._awe_scores(lat, self._check(lat, feats), span_cache)
+
+    def _awe_scores(self, lat, feats: torch.Tensor, cache: Optional[SpanCache]) -> torch.Tensor:
         from rescorer.ops import arc_similarity
 
-        feats = self._check(lat, feats)
         fsa = lat.fsa
         labels = fsa.labels.long()
         unk = lat.words.get("<unk>") if "<unk>" in lat.words else -100
@@ -210,7 +428,7 @@ class Rescorer:
         wids = labels[idx]
         uniq_words, word_of_arc = torch.unique(wids, return_inverse=True)
         words = [lat.words.get(int(w)) for w in uniq_words]
-        A = self.span_embeddings(feats, [tuple(map(int, p)) for p in uniq_spans])
+        A = self.embed_spans(feats, uniq_spans, cache)
         W = self.spelling_embeddings(words)
         arcs = torch.stack([span_of_arc, word_of_arc], 1).to(self.device)
         sim = arc_similarity(A, W, arcs, metric="cosine").float().cpu()
@@ -234,6 +452,23 @@ class Rescorer:
                           "awe_scale": c.awe_scale}
         return WordLattice(fsa, lat.frame_shift, lat.words, lat.utterance_id, meta)
 
+    def embedding_scores(self, lat, feats, config: Optional[RescoreConfig] = None, recover: bool = False):
+        """(lattice, awe scores [A], recovered): the work ``rescore`` does before decoding.
+
+        The lattice and features are checked once; with ``recover``, OOV arcs are added first
+        (the returned lattice is the recovered one) and every distinct span is embedded once
+        for both steps. ``apply_scores(lattice, awe, config)`` then decodes under any scales.
+        """
+        c = config or self.config
+        if recover:
+            self._need_vocabulary()
+        feats = self._check(lat, feats)
+        cache = SpanCache()
+        recovered: List[Tuple[str, float, float]] = []
+        if recover:
+            lat, recovered = self._recover(lat, feats, c, cache)
+        return lat, self._awe_scores(lat, feats, cache), recovered
+
     def rescore(self, lat, feats, config: Optional[RescoreConfig] = None, recover: bool = False) -> RescoreResult:
         """Embedding scores on every arc, combined; best path and word confidences.
 
@@ -244,98 +479,142 @@ class Rescorer:
         from rescorer.lattice.word_lattice import best_path_hypothesis, word_confidences
 
         c = config or self.config
-        recovered: List[Tuple[str, float, float]] = []
-        if recover:
-            lat, recovered = self.recover_oov(lat, feats, c)
-        awe = self.awe_scores(lat, feats)
+        given = lat
+        lat, awe, recovered = self.embedding_scores(lat, feats, c, recover)
         scored = self.apply_scores(lat, awe, c)
         hyp = best_path_hypothesis(scored)
         conf = word_confidences(scored, hyp.words, scale=c.posterior_scale) if hyp.words else []
-        best = {w.word for w in hyp.words}
-        return RescoreResult(scored, hyp, conf, [r for r in recovered if r[0] in best])
+        return RescoreResult(scored, hyp, conf, _recovered_on_path(given, hyp.words, recovered))
 
     # ------------------------------------------------------------ OOV recovery
 
-    def recover_oov(self, lat, feats, config: Optional[RescoreConfig] = None):
-        """Add nearest-spelling alternatives for <unk> and low-posterior arcs; returns (lattice, added)."""
-        from rescorer.lattice.word_lattice import WordLattice, arc_posteriors
-        from rescorer.ops import topk_nearest
-
-        c = config or self.config
+    def _need_vocabulary(self) -> None:
         if self._vocab is None:
             raise RescoreError("OOV recovery needs a word list: call set_vocabulary(words) first")
-        feats = self._check(lat, feats)
-        vocab_words, vocab_emb = self._vocab
+
+    def recover_oov(self, lat, feats, config: Optional[RescoreConfig] = None, span_cache: Optional[SpanCache] = None):
+        """Add nearest-spelling alternatives for <unk> and weak arcs (rule in the module doc).
+
+        Returns (lattice, added): a new lattice (the input and its symbol table are not
+        modified) on the extended symbol table (see ``_extended_table``), and (word,
+        start_sec, end_sec) of every added arc. ``span_cache``: share it with a following
+        ``awe_scores`` call on the returned lattice so spans are embedded once.
+        """
+        c = config or self.config
+        self._need_vocabulary()
+        return self._recover(lat, self._check(lat, feats), c, span_cache)
+
+    def _recover(self, lat, feats: torch.Tensor, c: RescoreConfig, cache: Optional[SpanCache]):
+        from rescorer.lattice.word_lattice import WordLattice, arc_posteriors
+
+        vocab_words, _ = self._vocab
+        table, vocab_ids = self._extended_table(lat.words)
+        unchanged = lat if table is lat.words else WordLattice(lat.fsa, lat.frame_shift, table, lat.utterance_id, dict(lat.meta))
+        k = min(int(c.oov_topk), len(vocab_words))
         fsa = lat.fsa
         labels = fsa.labels.long()
-        unk = lat.words.get("<unk>") if "<unk>" in lat.words else -100
-        base = self.apply_scores(lat, torch.zeros(labels.shape[0]), RescoreConfig(**{**asdict(c), "awe_scale": 0.0}))
+        if k <= 0:
+            return unchanged, []
+        unk = int(lat.words.get("<unk>")) if "<unk>" in lat.words else -100
+        base = self.apply_scores(lat, torch.zeros(labels.shape[0]), replace(c, awe_scale=0.0))
         post = arc_posteriors(base, scale=c.posterior_scale).float().cpu()
-        weak = ((labels == unk) | ((labels > 0) & (post < c.oov_posterior_threshold))).nonzero().flatten()
-        if weak.numel() == 0:
-            return lat, []
-        uniq, inv = distinct_arc_spans(lat, weak, feats.shape[0])
-        Q = self.span_embeddings(feats, [tuple(map(int, p)) for p in uniq])
-        k = min(c.oov_topk, len(vocab_words))
-        vals, ids = topk_nearest(Q, vocab_emb, k, metric="cosine")
-        vals, ids = vals.cpu(), ids.cpu()
-        # new arcs: copies of the weak arcs with candidate words
-        words_table = lat.words
-        arcs_all = fsa.arcs.values()[:, :3].long()
-        new_rows, new_attr = [], {k_: [] for k_ in ("start_frame", "end_frame", "am_scores", "lm_scores")}
-        added = []
-        existing = {(int(a), int(b), int(l)) for a, b, l in arcs_all.tolist()}
-        for j, arc in enumerate(weak.tolist()):
-            src, dst, lab = arcs_all[arc].tolist()
-            for v, i in zip(vals[inv[j]].tolist(), ids[inv[j]].tolist()):
-                if i < 0 or not math.isfinite(v) or v < c.oov_min_similarity:
-                    continue
-                w = vocab_words[i]
-                if w not in words_table:
-                    words_table.add(w)
-                wid = words_table.get(w)
-                if wid == lab or (src, dst, wid) in existing:
-                    continue
-                existing.add((src, dst, wid))
-                new_rows.append((src, dst, wid))
-                new_attr["start_frame"].append(int(fsa.start_frame[arc]))
-                new_attr["end_frame"].append(int(fsa.end_frame[arc]))
-                new_attr["am_scores"].append(float(fsa.am_scores[arc]))
-                lm = float(fsa.lm_scores[arc]) if lab == unk else c.oov_lm_score
-                new_attr["lm_scores"].append(lm)
-                added.append((w, float(fsa.start_frame[arc]) * lat.frame_shift, float(fsa.end_frame[arc]) * lat.frame_shift))
-        if not new_rows:
-            return lat, []
-        return _with_extra_arcs(lat, new_rows, new_attr, words_table), added
+        words = (labels > 0).nonzero().flatten()  # word arcs, <unk> included
+        if words.numel() == 0:
+            return unchanged, []
+        is_unk = labels[words] == unk
+        is_weak = is_unk | (post[words] < c.oov_posterior_threshold)
+        spans, span_of = distinct_arc_spans(lat, words, feats.shape[0])
+        chosen = select_oov_spans(post[words], span_of, is_unk, is_weak, spans.shape[0], int(c.oov_max_spans))
+        pick = is_weak & chosen[span_of]
+        arcs, arc_span = words[pick], span_of[pick]  # the arcs that get alternatives, in arc order
+        if arcs.numel() == 0:
+            return unchanged, []
+        qspans, qrow = torch.unique(arc_span, return_inverse=True)
+        Q = self.embed_spans(feats, spans[qspans], cache)
+        vals, ids = self._nearest_spellings(Q, k)
+        vals, ids = vals.cpu()[qrow], ids.cpu()[qrow]  # [arcs, k], best first
+        cand = vocab_ids[ids.clamp(min=0)]
+        ok = (ids >= 0) & torch.isfinite(vals) & (vals >= c.oov_min_similarity) & (cand != labels[arcs][:, None])
+        from_arc = arcs[:, None].expand_as(ids)[ok]  # row-major: arc order, then rank (as the old loop)
+        new_label, new_vocab = cand[ok], ids[ok]
+        old3 = fsa.arcs.values()[:, :3].long()
+        rows = torch.stack([old3[from_arc, 0], old3[from_arc, 1], new_label], 1)
+        am = fsa.am_scores[from_arc]
+        # a recovered <unk> keeps the LM's <unk> score; another word gets the OOV cost
+        lm = torch.where(labels[from_arc] == unk, fsa.lm_scores[from_arc], torch.full_like(am, c.oov_lm_score))
+        # several weak arcs between the same states may propose the same word (from other spans,
+        # with other acoustic scores): the proposal that scores best under this config is kept
+        score = c.am_scale * am.double() + c.lm_scale * lm.double() + c.awe_scale * vals[ok].double()
+        keep = _new_arc_mask(old3, rows, int(fsa.shape[0]), priority=score)
+        rows, from_arc, new_vocab, am, lm = rows[keep], from_arc[keep], new_vocab[keep], am[keep], lm[keep]
+        if rows.shape[0] == 0:
+            return unchanged, []
+        sf, ef = fsa.start_frame[from_arc], fsa.end_frame[from_arc]
+        attrs = {"start_frame": sf, "end_frame": ef, "am_scores": am, "lm_scores": lm}
+        fs = lat.frame_shift
+        added = [(vocab_words[i], s * fs, e * fs) for i, s, e in zip(new_vocab.tolist(), sf.tolist(), ef.tolist())]
+        return _with_extra_arcs(lat, rows, attrs, table), added
+
+
+def _recovered_on_path(lat, words, added) -> List[Tuple[str, float, float]]:
+    """The path's words that come from recovered arcs: (word, span) among ``added`` and not in ``lat``."""
+    if not added:
+        return []
+    new = set(added)
+    f = lat.fsa
+    out = []
+    for w in words:
+        if (w.word, w.start, w.end) not in new:
+            continue
+        if w.word in lat.words:
+            s, e = round(w.start / lat.frame_shift), round(w.end / lat.frame_shift)
+            if bool(((f.labels == int(lat.words[w.word])) & (f.start_frame == s) & (f.end_frame == e)).any()):
+                continue  # the input lattice had this word on this span already
+        out.append((w.word, w.start, w.end))
+    return out
+
+
+def _scales(meta) -> Tuple[float, float, float]:
+    """(am_scale, lm_scale, word_insertion_penalty) of a lattice's ``meta["scales"]`` (list or dict)."""
+    s = meta.get("scales")
+    if isinstance(s, dict):
+        return float(s.get("am_scale", 1.0)), float(s.get("lm_scale", 1.0)), float(s.get("word_insertion_penalty", 0.0))
+    if isinstance(s, (list, tuple)) and len(s) == 3:
+        return float(s[0]), float(s[1]), float(s[2])
+    return 1.0, 1.0, 0.0
 
 
 def _with_extra_arcs(lat, rows, attrs, words_table):
-    """A new lattice with extra arcs between existing states; per-arc attributes kept.
+    """A new lattice with extra arcs ``rows`` (src, dst, label) between existing states.
 
+    ``attrs``: ``start_frame``, ``end_frame``, ``am_scores``, ``lm_scores`` of the new arcs.
     States keep their numbers (so topological order and the final state are unchanged);
-    arcs are re-sorted by source state as k2 requires.
+    arcs are stably re-sorted by source state as k2 requires (each state's old arcs first).
+    Old arcs keep their ``scores``; new arcs get the combined score under the lattice's
+    ``meta["scales"]``. The Fsa is built from an int32 [A, 4] tensor (no text round trip).
     """
     import k2
 
     from rescorer.lattice.word_lattice import WordLattice
 
     fsa = lat.fsa
-    allarcs = torch.cat([fsa.arcs.values()[:, :3].long(), torch.tensor(rows, dtype=torch.long)])
+    rows = torch.as_tensor(rows, dtype=torch.long).reshape(-1, 3)
+    new = {name: torch.as_tensor(attrs[name]) for name in ("start_frame", "end_frame", "am_scores", "lm_scores")}
+    am_s, lm_s, wip = _scales(lat.meta)
+    new_scores = (am_s * new["am_scores"].double() + lm_s * new["lm_scores"].double() + wip * (rows[:, 2] > 0).double())
+    allarcs = torch.cat([fsa.arcs.values()[:, :3].long(), rows])
     order = torch.sort(allarcs[:, 0], stable=True).indices
-    allarcs = allarcs[order]
-    cols = {
-        name: torch.cat([getattr(fsa, name).to(torch.int32), torch.tensor(attrs[name], dtype=torch.int32)])[order]
-        for name in ("start_frame", "end_frame")
-    }
+    scores = torch.cat([fsa.scores.float(), new_scores.float()])[order]
+    table = torch.empty((allarcs.shape[0], 4), dtype=torch.int32)
+    table[:, :3] = allarcs[order].to(torch.int32)
+    table[:, 3] = scores.contiguous().view(torch.int32)
+    new_fsa = k2.Fsa(table)
+    for name in ("start_frame", "end_frame"):
+        setattr(new_fsa, name, torch.cat([getattr(fsa, name).to(torch.int32), new[name].to(torch.int32)])[order])
     for name in ("am_scores", "lm_scores"):
-        cols[name] = torch.cat([getattr(fsa, name).float(), torch.tensor(attrs[name], dtype=torch.float32)])[order]
-    final = int(fsa.shape[0]) - 1
-    text = "\n".join(f"{a} {b} {l} 0" for a, b, l in allarcs.tolist()) + f"\n{final}"
-    new_fsa = k2.Fsa.from_str(text)
-    for name, col in cols.items():
-        setattr(new_fsa, name, col)
+        setattr(new_fsa, name, torch.cat([getattr(fsa, name).float(), new[name].float()])[order])
     meta = dict(lat.meta)
-    meta["oov_recovery_arcs"] = meta.get("oov_recovery_arcs", 0) + len(rows)
+    meta["oov_recovery_arcs"] = meta.get("oov_recovery_arcs", 0) + int(rows.shape[0])
     return WordLattice(new_fsa, lat.frame_shift, words_table, lat.utterance_id, meta)
 
 

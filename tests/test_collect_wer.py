@@ -30,4 +30,4 @@ def test_merges_decoder_and_pocketsphinx_results_keeping_other_entries(tmp_path)
     assert c["hlg_1best"]["wer"] == 0.5 and c["hlg_1best"]["oov_wer"] == 0.9 and "hyp" not in c["hlg_1best"]
     assert c["pocketsphinx_1best"]["wer"] == 0.9 and c["pocketsphinx_lattice_oracle"]["wer"] == 0.4
     assert doc["corpora"]["other"]["x"]["wer"] == 0.1  # other corpora are kept
-    assert {"command", "machine", "date"} <= set(doc["collected"])
+    assert {"command", "machine", "date"} <= set(doc["collected"]["c"])  # provenance per corpus

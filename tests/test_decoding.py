@@ -251,7 +251,7 @@ class TestLattices:
         rc = D.main([
             "--model-dir", "m", "--data", str(tmp_path / "data" / "test.pt"), "--lang-dir", str(lang.dir),
             "--out", str(tmp_path / "out"), "--methods", ",".join(D.METHODS),
-            "--train-data", str(tmp_path / "train_words.txt"),
+            "--train-data", str(tmp_path / "train_words.txt"), "--save-nbest", "10",
         ] + (["--word-lattices"] if HAVE_WORD_LATTICE else []))
         assert rc == 0
         m = json.loads((tmp_path / "out" / "metrics.json").read_text())

@@ -157,3 +157,245 @@ def test_spans_longer_than_the_window_and_short_spans_are_scored():
     res = _rescorer().rescore(_lattice(arcs), feats)
     assert res.hypothesis.text == "cat sat"
     assert float(res.lattice.fsa.awe_scores[0]) == pytest.approx(1.0)
+
+
+# ---------------------------------------------------------------- OOV recovery: span choice, caching, the new Fsa
+
+CAP_WORDS = ["the", "cat", "cap", "sat", "mat"]  # "zebra" and "on" are not in the lattice's table
+
+
+def _cap_lattice(**kw):
+    """"the zebra on": <unk>/cat on [5,10); three weak branches on distinct spans after state 2.
+
+    Posteriors (a sausage and a fan, so they are the normalised exp-scores): the 1.0,
+    <unk> 0.6, cat 0.4 (the <unk> span), cap 0.4 on [10,15), sat 0.35 on [10,14), mat 0.25
+    on [11,15). In feature frames (x4) the <unk> span holds "zebra", the others "on".
+    """
+    import math
+
+    ln = math.log
+    arcs = [(0, 1, "the", 0, 5, 0.0, 0.0),
+            (1, 2, "<unk>", 5, 10, ln(0.6), 0.0), (1, 2, "cat", 5, 10, ln(0.4), 0.0),
+            (2, 3, "cap", 10, 15, ln(0.4), 0.0), (2, 4, "sat", 10, 14, ln(0.35), 0.0), (2, 5, "mat", 11, 15, ln(0.25), 0.0)]
+    return _lattice(arcs, words=CAP_WORDS, **kw)
+
+
+def _cap_rescorer(**cfg):
+    r = _rescorer(**{"oov_topk": 2, "oov_min_similarity": 0.5, **cfg})
+    r.set_vocabulary(VOCAB)
+    return r
+
+
+def _rows(lat):
+    return [tuple(r) for r in lat.fsa.arcs.values()[:, :3].tolist()]
+
+
+def _added_arcs(lat, rec):
+    """(src, dst, word, start_frame, end_frame, lm) of the arcs ``rec`` has beyond ``lat``."""
+    before = set(_rows(lat))
+    f = rec.fsa
+    out = []
+    for k, (s, d, l) in enumerate(_rows(rec)):
+        if (s, d, l) not in before:
+            out.append((s, d, rec.words.get(l), int(f.start_frame[k]), int(f.end_frame[k]), float(f.lm_scores[k])))
+    return sorted(out)
+
+
+@pytest.mark.parametrize(
+    "max_spans, expected",
+    [
+        (0, [(1, 2, "zebra", 5, 10)]),  # only the <unk> span
+        (1, [(1, 2, "zebra", 5, 10), (2, 3, "on", 10, 15)]),  # + the largest uncertain mass (cap, 0.4)
+        (2, [(1, 2, "zebra", 5, 10), (2, 3, "on", 10, 15), (2, 4, "on", 10, 14)]),
+        (32, [(1, 2, "zebra", 5, 10), (2, 3, "on", 10, 15), (2, 4, "on", 10, 14), (2, 5, "on", 11, 15)]),
+    ],
+)
+def test_oov_candidates_go_to_unk_spans_and_the_capped_weak_spans(max_spans, expected):
+    lat = _cap_lattice()
+    r = _cap_rescorer(oov_max_spans=max_spans, oov_lm_score=-7.0)
+    rec, added = r.recover_oov(lat, _feats(["the", "zebra", "on"]))
+    got = _added_arcs(lat, rec)
+    assert [g[:5] for g in got] == expected
+    assert r.acoustic.calls == 1 + min(max_spans, 3)  # only the chosen spans are embedded for recovery
+    assert sorted(a[0] for a in added) == sorted(e[2] for e in expected)
+    assert rec.meta["oov_recovery_arcs"] == len(expected)
+    # <unk> and cat both propose zebra on (1, 2): one arc, from the better-scoring <unk> (keeps its LM score)
+    assert got[0][5] == pytest.approx(0.0)
+    assert all(g[5] == pytest.approx(-7.0) for g in got[1:])
+    rows = _rows(rec)
+    assert len(rows) == len(set(rows))  # no duplicate (src, dst, word)
+
+
+def test_one_arc_per_proposed_word_and_state_pair_the_best_scoring_proposal():
+    # cat, cap and mat connect the same states on different spans / acoustic scores, all weak,
+    # and all hear "zebra": one zebra arc, from cap (the best acoustic score), with cap's span
+    arcs = [(0, 1, "the", 0, 5, 0.0, 0.0), (1, 2, "cat", 5, 10, -3.0, 0.0), (1, 2, "cap", 5, 9, -1.0, 0.0),
+            (1, 2, "mat", 6, 10, -1.0, 0.0)]
+    lat = _lattice(arcs, words=CAP_WORDS)
+    r = _cap_rescorer(oov_lm_score=-4.0)
+    rec, added = r.recover_oov(lat, _feats(["the", "zebra"]))
+    assert _added_arcs(lat, rec) == [(1, 2, "zebra", 5, 9, -4.0)]
+    assert added == [("zebra", pytest.approx(0.2), pytest.approx(0.36))]
+    k = _rows(rec).index((1, 2, rec.words["zebra"]))
+    assert float(rec.fsa.am_scores[k]) == -1.0
+
+
+def test_recovery_leaves_the_input_lattice_and_its_table_alone_and_shares_one_extended_table(tmp_path):
+    from rescorer.lattice.word_lattice import (
+        build_word_lattice, load_word_lattices, make_word_table, save_word_lattices, table_items,
+    )
+
+    table = make_word_table(CAP_WORDS)
+    items = table_items(table)
+    lat = build_word_lattice([(0, 1, "the", 0, 5, 0.0, 0.0), (1, 2, "<unk>", 5, 10, -1.0, -1.0)], table, frame_shift=0.04,
+                             utterance_id="a")
+    confident = build_word_lattice([(0, 1, "the", 0, 5, 0.0, 0.0), (1, 2, "cat", 5, 10, 0.0, 0.0)], table, frame_shift=0.04,
+                                   utterance_id="b")
+    snap = {n: getattr(lat.fsa, n).clone() for n in ("scores", "start_frame", "end_frame", "am_scores", "lm_scores")}
+    arcs = lat.fsa.arcs.values().clone()
+    r = _cap_rescorer()
+    rec_a, added = r.recover_oov(lat, _feats(["the", "zebra"]))
+    rec_b, none = r.recover_oov(confident, _feats(["the", "cat"]))
+    assert [a[0] for a in added] == ["zebra"] and none == []
+    # the inputs: same arcs, attributes and table (no new words)
+    assert torch.equal(lat.fsa.arcs.values(), arcs)
+    assert all(torch.equal(getattr(lat.fsa, n), v) for n, v in snap.items())
+    assert table_items(table) == items and "zebra" not in table
+    # both results use one extended table (existing ids kept), so they can be saved together
+    assert rec_a.words is rec_b.words and rec_a.words is not table
+    assert all(rec_a.words[s] == i for s, i in items)
+    assert rec_b.fsa is confident.fsa  # nothing added: the same arcs, on the shared extended table
+    save_word_lattices(tmp_path / "rec.pt", [rec_a, rec_b])
+    back = load_word_lattices(tmp_path / "rec.pt")
+    assert "zebra" in back["a"].words and back["a"].num_arcs == rec_a.num_arcs
+    # a new word's id does not depend on which lattices were recovered before
+    r2 = _cap_rescorer()
+    assert r2.recover_oov(lat, _feats(["the", "zebra"]))[0].words["zebra"] == rec_a.words["zebra"]
+
+
+@pytest.mark.parametrize("max_spans", [0, 32])
+def test_recovery_and_scoring_embed_each_distinct_span_once(max_spans):
+    from rescorer.evaluation.rescoring import prepare_all
+
+    feats = _feats(["the", "zebra", "on"])
+    r = _cap_rescorer(oov_max_spans=max_spans)
+    res = r.rescore(_cap_lattice(), feats, recover=True)
+    assert r.acoustic.calls == 5  # [0,5) [5,10) [10,15) [10,14) [11,15): each once, whichever step needs it
+    assert res.lattice.meta["oov_recovery_arcs"] >= 1
+    # the evaluation path (recover, then score every arc) too
+    r = _cap_rescorer(oov_max_spans=max_spans)
+    prepared = prepare_all(r, {"u1": _cap_lattice()}, {"u1": feats}, recover=True, progress=False)
+    assert r.acoustic.calls == 5
+    assert torch.allclose(prepared["u1"].awe, res.lattice.fsa.awe_scores)
+    # and the cached embeddings give the scores a fresh computation gives
+    fresh = _cap_rescorer(oov_max_spans=max_spans).awe_scores(prepared["u1"].lattice, feats)
+    assert torch.equal(fresh, prepared["u1"].awe)
+
+
+def test_span_cache_shared_by_recover_oov_and_awe_scores():
+    from rescorer.rescore import SpanCache
+
+    feats = _feats(["the", "zebra", "on"])
+    r = _cap_rescorer(oov_max_spans=1)
+    cache = SpanCache()
+    rec, _ = r.recover_oov(_cap_lattice(), feats, span_cache=cache)
+    assert r.acoustic.calls == 2 and len(cache) == 2
+    r.awe_scores(rec, feats, span_cache=cache)
+    assert r.acoustic.calls == 5 and cache.encoded == 5
+    r.awe_scores(rec, feats)  # without a cache: embeds again, as before
+    assert r.acoustic.calls == 10
+
+
+def test_rescore_with_recovery_validates_the_lattice_once(monkeypatch):
+    import rescorer.lattice.word_lattice as wl
+
+    lat, r, calls = _cap_lattice(), _cap_rescorer(), []
+    real = wl.validate
+    monkeypatch.setattr(wl, "validate", lambda lat: (calls.append(lat.utterance_id), real(lat))[1])
+    res = r.rescore(lat, _feats(["the", "zebra", "on"]), recover=True)
+    assert calls == ["u1"] and res.lattice.num_arcs > lat.num_arcs
+
+
+@pytest.mark.parametrize("oov_lm, wins", [(-2.0, True), (-5.0, False)])
+def test_a_recovered_word_wins_a_weak_word_arc_when_the_lm_cost_allows(oov_lm, wins):
+    # three weak words on the second span (posteriors ~0.37, 0.33, 0.30); the audio says zebra
+    arcs = [(0, 1, "the", 0, 5, 0.0, 0.0), (1, 2, "cat", 5, 10, -1.0, -1.0), (1, 2, "cap", 5, 10, -1.1, -1.0),
+            (1, 2, "mat", 5, 10, -1.2, -1.0)]
+    lat = _lattice(arcs, words=CAP_WORDS)
+    r = _cap_rescorer(awe_scale=2.0, oov_lm_score=oov_lm)
+    res = r.rescore(lat, _feats(["the", "zebra"]), recover=True)
+    # zebra: am -1 (cat's), lm oov_lm, awe 2 x 1; cat: -1 - 1 + 2 x 0 = -2
+    assert res.hypothesis.text == ("the zebra" if wins else "the cat")
+    assert [w[0] for w in res.recovered] == (["zebra"] if wins else [])
+
+
+def _reference_with_extra_arcs(lat, rows, attrs):
+    """The former construction (k2 text format), kept here to check the tensor one against."""
+    import k2
+
+    fsa = lat.fsa
+    allarcs = torch.cat([fsa.arcs.values()[:, :3].long(), torch.tensor(rows, dtype=torch.long)])
+    order = torch.sort(allarcs[:, 0], stable=True).indices
+    allarcs = allarcs[order]
+    cols = {n: torch.cat([getattr(fsa, n).to(torch.int32), torch.tensor(attrs[n], dtype=torch.int32)])[order]
+            for n in ("start_frame", "end_frame")}
+    for n in ("am_scores", "lm_scores"):
+        cols[n] = torch.cat([getattr(fsa, n).float(), torch.tensor(attrs[n], dtype=torch.float32)])[order]
+    text = "\n".join(f"{a} {b} {l} 0" for a, b, l in allarcs.tolist()) + f"\n{int(fsa.shape[0]) - 1}"
+    new = k2.Fsa.from_str(text)
+    for n, c in cols.items():
+        setattr(new, n, c)
+    return new
+
+
+def test_tensor_built_fsa_matches_the_text_built_one_and_keeps_attributes_aligned():
+    from rescorer.lattice.word_lattice import build_word_lattice, make_word_table, validate
+    from rescorer.rescore import _with_extra_arcs
+
+    table = make_word_table(VOCAB)
+    arcs = [(0, 1, "the", 0, 5, -0.5, -1.5), (1, 2, "cat", 5, 10, -1.0, -2.0), (1, 3, "cap", 5, 9, -1.5, -2.5),
+            (2, 4, "sat", 10, 15, -2.0, -3.0), (3, 4, "sat", 9, 15, -2.5, -3.5)]
+    lat = build_word_lattice(arcs, table, frame_shift=0.04, am_scale=0.5, lm_scale=2.0, word_insertion_penalty=-1.0)
+    # new arcs from late and early states, in no particular order; distinct attributes
+    rows = [(3, 4, table["mat"]), (0, 1, table["zebra"]), (1, 2, table["on"]), (1, 3, table["mat"]), (2, 4, table["on"])]
+    attrs = {"start_frame": [9, 0, 5, 5, 10], "end_frame": [15, 5, 10, 9, 15], "am_scores": [-7.0, -1.0, -3.0, -5.0, -4.0],
+             "lm_scores": [-17.0, -11.0, -13.0, -15.0, -14.0]}
+    new = _with_extra_arcs(lat, rows, attrs, table)
+    ref = _reference_with_extra_arcs(lat, rows, attrs)
+    assert torch.equal(new.fsa.arcs.values()[:, :3], ref.arcs.values()[:, :3])
+    assert new.fsa.shape == ref.shape and new.num_states == lat.num_states
+    for n in ("start_frame", "end_frame", "am_scores", "lm_scores"):
+        assert torch.equal(getattr(new.fsa, n), getattr(ref, n)), n
+    validate(new)
+    # every arc's attributes belong to it: old arcs keep theirs (and their scores), new arcs get theirs
+    def attrs_of(fsa, k):
+        return tuple(float(getattr(fsa, n)[k]) for n in ("start_frame", "end_frame", "am_scores", "lm_scores", "scores"))
+
+    expect = {row: attrs_of(lat.fsa, k) for k, row in enumerate(_rows(lat))}
+    for j, row in enumerate(rows):
+        am, lm = attrs["am_scores"][j], attrs["lm_scores"][j]
+        expect[row] = (attrs["start_frame"][j], attrs["end_frame"][j], am, lm, 0.5 * am + 2.0 * lm - 1.0)
+    g = new.fsa
+    got = {row: attrs_of(g, k) for k, row in enumerate(_rows(new))}
+    assert got.keys() == expect.keys()
+    for key, v in expect.items():
+        assert got[key] == pytest.approx(v), key
+    # arcs are sorted by source state, each state's old arcs before its new ones; the final state is the last
+    src = g.arcs.values()[:, 0]
+    assert torch.equal(src, torch.sort(src).values)
+    assert [r for r in _rows(new) if r[0] == 1] == [(1, 2, table["cat"]), (1, 3, table["cap"]), (1, 2, table["on"]),
+                                                    (1, 3, table["mat"])]
+    assert int((g.labels == -1).sum()) == 1 and int(g.arcs.values()[g.labels == -1][0, 1]) == new.num_states - 1
+
+
+def test_rescore_reports_each_recovered_word_of_the_best_path_once():
+    # "the the": the second word is <unk> in the lattice; recovery proposes "the" there. Only that
+    # one is recovered (not the first "the", nor once per added arc)
+    arcs = [(0, 1, "the", 0, 5, 0.0, 0.0), (1, 2, "<unk>", 5, 10, -1.0, -1.0), (1, 2, "cat", 5, 10, -1.5, -1.0),
+            (1, 3, "<unk>", 5, 9, -1.2, -1.0), (3, 2, None, 9, 10, 0.0, 0.0)]
+    lat = _lattice(arcs, words=CAP_WORDS)
+    r = _cap_rescorer(awe_scale=2.0)
+    res = r.rescore(lat, _feats(["the", "the"]), recover=True)
+    assert res.hypothesis.text == "the the"
+    assert res.recovered == [("the", pytest.approx(0.2), pytest.approx(0.4))]
+    assert res.lattice.meta["oov_recovery_arcs"] == 2  # on (1, 2) and (1, 3)

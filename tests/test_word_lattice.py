@@ -237,3 +237,19 @@ def test_oracle_matches_brute_force_on_random_lattices():
             assert errs == min(edit(ref, list(q)) for q in seqs), (ref, seqs)
             assert edit(ref, [w.word for w in words]) == errs
             assert tuple(w.word for w in words) in seqs
+
+
+def test_prune_drops_unlikely_arcs_and_keeps_the_best_path_and_attributes():
+    from rescorer.lattice.word_lattice import best_path_hypothesis, build_word_lattice, make_word_table, prune
+
+    arcs = [(0, 1, "the", 0, 10, -1.0, -1.0), (1, 2, "cat", 10, 20, -1.0, -1.0),
+            (1, 2, "cap", 11, 20, -1.2, -1.0), (1, 2, "mat", 10, 19, -30.0, -1.0)]
+    lat = build_word_lattice(arcs, make_word_table(["the", "cat", "cap", "mat"]), frame_shift=0.04)
+    p = prune(lat, 1e-3)
+    words = sorted(lat.words.get(int(l)) for l in p.fsa.labels.tolist() if l > 0)
+    assert words == ["cap", "cat", "the"]  # "mat" (posterior ~e-29) is gone
+    assert best_path_hypothesis(p).text == best_path_hypothesis(lat).text == "the cat"
+    cap = [i for i, l in enumerate(p.fsa.labels.tolist()) if l > 0 and lat.words.get(l) == "cap"][0]
+    assert (int(p.fsa.start_frame[cap]), int(p.fsa.end_frame[cap])) == (11, 20)
+    assert float(p.fsa.am_scores[cap]) == pytest.approx(-1.2) and float(p.fsa.scores[cap]) == pytest.approx(-2.2)
+    assert prune(lat, 0.0) is lat

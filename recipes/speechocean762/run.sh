@@ -2,10 +2,18 @@
 # speechocean762 recipe (real non-native speech; ../shared/data/speechocean762 by default).
 #   bash recipes/speechocean762/run.sh [--stage N] [--stop-stage M] [-j J]
 #   SO762_DIR=/path/to/speechocean762 bash recipes/speechocean762/run.sh
+# The corpus has train and dev only: rescoring scales are cross-validated over dev speakers
+# (tuned on one half, reported on the other, and the other way round).
 # Stages:
 #   0  manifests with word alignments, speaker-disjoint train/dev     -> data/speechocean762/manifests
-#   1  fbank features + word segments                                  -> data/speechocean762/segments
+#   1  fbank features + word segments + ASR utterance export           -> data/speechocean762/segments, exp/asr_data
 #   2  corpus report                                                    -> exp/corpora.json
+#   3  LM (fortunes + train transcripts minus dev) and HLG graph        -> exp/lang
+#   4  train the embedder and the CTC model, then the attention model  -> exp/embeddings, exp/ctc, exp/attention
+#   5  decode dev (CTC lattices; attention beam and rescoring)          -> exp/decode_dev_{ctc,attention}
+#   6  pocketsphinx lattices of dev (the external decoder)              -> exp/pocketsphinx
+#   7  rescore CTC and pocketsphinx lattices (2-fold over speakers)     -> exp/wer.json
+#   8  WER table                                                        -> exp/wer.json (printed)
 cd "$(dirname "${BASH_SOURCE[0]}")"
 source ../lib.sh
 SO762_DIR="${SO762_DIR:-$REPO/../shared/data/speechocean762}"
@@ -20,10 +28,52 @@ if run_stage 0; then
   fi
 fi
 if run_stage 1; then
-  log "stage 1: features and word segments"
+  log "stage 1: features, word segments, ASR utterances"
   rescorer segments "$DATA" --corpus speechocean762 -j "$num_jobs"
+  export_asr "$DATA" speechocean762
 fi
 if run_stage 2; then
   log "stage 2: corpus report"
   rescorer report corpora speechocean762="$DATA" --out exp/corpora.json
+fi
+if run_stage 3; then
+  log "stage 3: language model and decoding graph"
+  if [ -f exp/lang/HLG.pt ]; then log "exp/lang exists; skipping"; else
+    "$PY" -m rescorer.decoding.graphs --speechocean762 "$DATA" --out exp/lang
+  fi
+fi
+if run_stage 4; then
+  log "stage 4: training (embedder + CTC, then attention)"
+  train_models "$DATA"
+fi
+if run_stage 5; then
+  log "stage 5: decoding dev"
+  decode ctc dev ctc_greedy,hlg_1best,lattice_oracle --word-lattices
+  decode attention dev attention_beam,hlg_attention_rescore
+fi
+if run_stage 6; then
+  log "stage 6: pocketsphinx lattices of dev"
+  if [ -f exp/pocketsphinx/summary.json ]; then log "exp/pocketsphinx exists; skipping"; else
+    "$PY" -m rescorer.lattice.pocketsphinx "$DATA/manifests/speechocean762_cuts_dev.jsonl.gz" exp/pocketsphinx -j "$num_jobs"
+  fi
+fi
+if run_stage 7; then
+  log "stage 7: embedding rescoring (scales cross-validated over dev speakers)"
+  if [ ! -f exp/.rescored_ctc ]; then
+    rescore speechocean762_dev --cross-validate --dev-lattices exp/decode_dev_ctc/word_lattices.pt \
+      --dev-features exp/asr_data/dev.pt --decode-metrics exp/decode_dev_ctc/metrics.json --attention-model-dir exp/attention
+    touch exp/.rescored_ctc
+  fi
+  if [ ! -f exp/.rescored_pocketsphinx ]; then
+    rescore speechocean762_dev --cross-validate --prefix pocketsphinx_ --dev-lattices exp/pocketsphinx/word_lattices.pt \
+      --dev-features exp/asr_data/dev.pt --decode-metrics exp/pocketsphinx/summary.json --methods awe_rescore,awe_rescore_oov_recovery
+    touch exp/.rescored_pocketsphinx
+  fi
+fi
+if run_stage 8; then
+  log "stage 8: results"
+  "$PY" "$REPO/benchmarks/collect_wer.py" --corpus speechocean762_dev --out exp/wer.json \
+    --decode exp/decode_dev_ctc/metrics.json --decode exp/decode_dev_attention/metrics.json \
+    --pocketsphinx exp/pocketsphinx/summary.json > /dev/null
+  rescorer report wer exp/wer.json --corpus speechocean762_dev
 fi

@@ -1,23 +1,63 @@
 #!/usr/bin/env bash
-# Synthetic corpus recipe: every stage is resumable and can run on its own.
-#   bash recipes/synthetic/run.sh [--stage N] [--stop-stage M] [-j J]
+# Synthetic corpus recipe, end to end: every stage is resumable and can run on its own.
+#   bash recipes/synthetic/run.sh [--stage N] [--stop-stage M] [-j J]      (CONFIG=other.yaml to change sizes)
 # Stages:
 #   0  generate the word-aligned synthetic corpus (lhotse manifests)   -> data/synthetic/manifests
-#   1  fbank features + word segments (plain torch export)             -> data/synthetic/segments
+#   1  fbank features + word segments + ASR utterance export           -> data/synthetic/segments, exp/asr_data
 #   2  corpus report                                                    -> exp/corpora.json
+#   3  LM (fortunes minus dev/test sentences) and HLG decoding graph    -> exp/lang
+#   4  train the embedder and the CTC model (side by side), then the
+#      joint CTC/attention model                                        -> exp/embeddings, exp/ctc, exp/attention
+#   5  decode dev and test: CTC greedy, HLG 1-best, lattice oracle,
+#      word lattices; attention beam search and attention rescoring     -> exp/decode_{dev,test}_{ctc,attention}
+#   6  rescore the CTC lattices (scales tuned on dev, applied to test)  -> exp/wer.json, exp/embeddings/rescorer.json
+#   7  WER table                                                        -> exp/wer.json (printed)
 cd "$(dirname "${BASH_SOURCE[0]}")"
 source ../lib.sh
 DATA=data/synthetic
 
 if run_stage 0; then
   log "stage 0: synthesize the corpus ($DATA)"
-  rescorer prepare synthetic "$DATA" --config config.yaml -j "$num_jobs"
+  rescorer prepare synthetic "$DATA" --config "$CONFIG" -j "$num_jobs"
 fi
 if run_stage 1; then
-  log "stage 1: features and word segments"
+  log "stage 1: features, word segments, ASR utterances"
   rescorer segments "$DATA" --corpus synthetic -j "$num_jobs"
+  export_asr "$DATA" synthetic
 fi
 if run_stage 2; then
   log "stage 2: corpus report"
   rescorer report corpora synthetic="$DATA" --out exp/corpora.json
+fi
+if run_stage 3; then
+  log "stage 3: language model and decoding graph"
+  if [ -f exp/lang/HLG.pt ]; then log "exp/lang exists; skipping"; else
+    "$PY" -m rescorer.decoding.graphs --synthetic-plan "$DATA/plan.json" --out exp/lang
+  fi
+fi
+if run_stage 4; then
+  log "stage 4: training (embedder + CTC, then attention)"
+  train_models "$DATA"
+fi
+if run_stage 5; then
+  log "stage 5: decoding"
+  for split in dev test; do
+    decode ctc "$split" ctc_greedy,hlg_1best,lattice_oracle --word-lattices
+  done
+  decode attention test attention_beam,hlg_attention_rescore
+fi
+if run_stage 6; then
+  log "stage 6: embedding rescoring of the CTC lattices"
+  if [ -f exp/.rescored ]; then log "already rescored (rm exp/.rescored to redo)"; else
+    rescore synthetic --dev-lattices exp/decode_dev_ctc/word_lattices.pt --dev-features exp/asr_data/dev.pt \
+      --test-lattices exp/decode_test_ctc/word_lattices.pt --test-features exp/asr_data/test.pt \
+      --decode-metrics exp/decode_test_ctc/metrics.json --attention-model-dir exp/attention
+    touch exp/.rescored
+  fi
+fi
+if run_stage 7; then
+  log "stage 7: results"
+  "$PY" "$REPO/benchmarks/collect_wer.py" --corpus synthetic --out exp/wer.json \
+    --decode exp/decode_test_ctc/metrics.json --decode exp/decode_test_attention/metrics.json > /dev/null
+  rescorer report wer exp/wer.json --corpus synthetic
 fi

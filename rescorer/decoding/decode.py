@@ -316,10 +316,12 @@ def word_lattice_arcs(lattice, id2word: Dict[int, str]):
     boundary state through exactly one ``|`` arc: its word is the one word label on it
     (HLG puts each word's label within its own letters, see rescorer.decoding.lexicon),
     its span ``[frame of the first letter, frame of the | + 1)``, its am/lm the sums over
-    the sub-path (leading blanks included). Sub-paths with the same (src, dst, word,
-    start frame) are merged keeping the best (max) am + lm, i.e. a Viterbi segment
-    score. Trailing arcs after the last ``|`` (blanks and the final arc) give the final
-    state's (am, lm), again the best.
+    the sub-path (leading blanks included). Sub-paths with the same (src, dst, word) are
+    merged keeping the best (max) am + lm and that sub-path's start frame, i.e. a Viterbi
+    segment score: alternatives that differ only in how many leading blanks precede the
+    first letter would multiply the arcs (and the work) many times over for no new word
+    sequence. Trailing arcs after the last ``|`` (blanks and the final arc) give the
+    final state's (am, lm), again the best.
     """
     info = _LatInfo(lattice, id2word)
     av = lattice.arcs.values()
@@ -336,14 +338,14 @@ def word_lattice_arcs(lattice, id2word: Dict[int, str]):
     lm = info.lm.tolist()
     rs, vals = info.aux_rs.tolist(), info.aux_vals.tolist()
     boundary = {0} | {dst[a] for a in range(len(src)) if tokens[a] == BOUNDARY_ID}
-    best_arc: Dict[Tuple[int, int, int, int], Tuple[float, float]] = {}
+    best_arc: Dict[Tuple[int, int, int], Tuple[float, float, int, int]] = {}
     finals: Dict[int, Tuple[float, float]] = {}
     for B in sorted(boundary):
-        # partial sub-paths: (state, word or 0, first-letter frame or -1) -> (am, lm)
-        layer: Dict[Tuple[int, int, int], Tuple[float, float]] = {(B, 0, -1): (0.0, 0.0)}
+        # partial sub-paths: (state, word or 0) -> (am, lm, first-letter frame or -1), the best
+        layer: Dict[Tuple[int, int], Tuple[float, float, int]] = {(B, 0): (0.0, 0.0, -1)}
         while layer:
-            nxt: Dict[Tuple[int, int, int], Tuple[float, float]] = {}
-            for (s, w, f), (pa, pl) in layer.items():
+            nxt: Dict[Tuple[int, int], Tuple[float, float, int]] = {}
+            for (s, w), (pa, pl, f) in layer.items():
                 for a in out_arcs[s]:
                     na, nl = pa + am[a], pl + lm[a]
                     ws = [x for x in vals[rs[a] : rs[a + 1]] if x > 0]
@@ -364,17 +366,17 @@ def word_lattice_arcs(lattice, id2word: Dict[int, str]):
                     if t == BOUNDARY_ID:
                         if not nw or nf < 0:
                             raise WordArcError(f"word boundary at arc {a} without a word label or letters")
-                        key = (B, dst[a], nw, nf)
+                        key = (B, dst[a], nw)
                         old = best_arc.get(key)
                         if old is None or na + nl > old[0] + old[1]:
-                            best_arc[key] = (na, nl, frames[a] + 1)
+                            best_arc[key] = (na, nl, frames[a] + 1, nf)
                         continue
-                    k = (dst[a], nw, nf)
+                    k = (dst[a], nw)
                     old = nxt.get(k)
                     if old is None or na + nl > old[0] + old[1]:
-                        nxt[k] = (na, nl)
+                        nxt[k] = (na, nl, nf)
             layer = nxt
-    arcs = [(b, d, id2word.get(w, f"<id:{w}>"), f, v[2], v[0], v[1]) for (b, d, w, f), v in best_arc.items()]
+    arcs = [(b, d, id2word.get(w, f"<id:{w}>"), v[3], v[2], v[0], v[1]) for (b, d, w), v in best_arc.items()]
     arcs.sort(key=lambda x: (x[0], x[3], x[1]))
     return arcs, finals
 
@@ -580,6 +582,9 @@ def decode_main(a) -> dict:
     feats_all = data["feats"]
     skipped: Dict[str, str] = {}
     keep = []
+    limit = a.max_utterances if a.max_utterances and a.max_utterances > 0 else len(ids)
+    if limit < len(ids):  # a quick run on the first utterances; the others are left out of the WER
+        ids, refs = ids[:limit], refs[:limit]
     for u, uid in enumerate(ids):
         why = check_utterance(offsets[u + 1] - offsets[u], uid, max_frames)
         if why:
@@ -684,7 +689,8 @@ def decode_main(a) -> dict:
 
                     for u, h, nb in zip(b, attention_rescore(nbs, scorer, a.ngram_lm_scale, a.attention_scale), nbs):
                         hyps["hlg_attention_rescore"][ids[u]] = h.words
-                        nbest_rows.append({"utterance_id": ids[u], "nbest": [x.to_dict() for x in nb[: a.save_nbest]]})
+                        if a.save_nbest > 0:
+                            nbest_rows.append({"utterance_id": ids[u], "nbest": [x.to_dict() for x in nb[: a.save_nbest]]})
                     timing["hlg_attention_rescore"] += time.perf_counter() - t0
                 if "hlg_attention_rescore" not in methods and a.save_nbest > 0:  # for the rescorer; not timed
                     for u, lat in zip(b, lats):
@@ -722,12 +728,15 @@ def decode_main(a) -> dict:
 
         table = k2.SymbolTable.from_file(str(lang.dir / "words.txt"))
         wls = []
-        for uid in [u for u in ids if u in lattices]:
+        t0 = time.perf_counter()
+        for uid in tqdm([u for u in ids if u in lattices], desc="word lattices", unit="utt"):
             arcs, finals = word_lattice_arcs(lattices[uid], id2word)
             wls.append(build_word_lattice(
                 arcs, table, frame_shift=FEATURE_FRAME_SHIFT * sub, final_states=finals, utterance_id=uid,
                 meta={"source": "rescorer.decoding HLG lattice", "lang_dir": str(lang.dir)},
             ))
+        metrics["word_lattice_seconds"] = time.perf_counter() - t0
+        metrics["word_lattice_arcs"] = sum(int(w.num_arcs) for w in wls)
         save_word_lattices(out / "word_lattices.pt", wls)
     if nbest_rows:
         pos = {uid: i for i, uid in enumerate(ids)}
@@ -751,17 +760,18 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--max-frames", type=int, default=3000, help="longer utterances are skipped (counted as deletions); the model's max_input_frames, if it has one, lowers it")
     ap.add_argument("--device", default="cpu", help="device for the model forward pass (k2 decoding runs on CPU)")
     ap.add_argument("--max-batch-frames", type=int, default=20000)
-    ap.add_argument("--search-beam", type=float, default=20.0)
-    ap.add_argument("--output-beam", type=float, default=8.0)
+    ap.add_argument("--max-utterances", type=int, default=0, help="decode only the first N utterances (0: all)")
+    ap.add_argument("--search-beam", type=float, default=15.0)
+    ap.add_argument("--output-beam", type=float, default=7.0, help="lattice beam; 7 keeps word lattices at a few thousand arcs per utterance")
     ap.add_argument("--min-active-states", type=int, default=30)
-    ap.add_argument("--max-active-states", type=int, default=10000)
+    ap.add_argument("--max-active-states", type=int, default=4000)
     ap.add_argument("--num-paths", type=int, default=100)
     ap.add_argument("--nbest-scale", type=float, default=0.5)
     ap.add_argument("--ngram-lm-scale", type=float, default=1.0)
     ap.add_argument("--attention-scale", type=float, default=1.0)
     ap.add_argument("--beam-size", type=int, default=8)
     ap.add_argument("--word-lattices", action="store_true", help="also write word_lattices.pt (rescorer.word_lattices/1, the rescorer's input) via word_lattice_arcs")
-    ap.add_argument("--save-nbest", type=int, default=10, help="hypotheses per utterance in nbest.jsonl (0: none)")
+    ap.add_argument("--save-nbest", type=int, default=0, help="hypotheses per utterance in nbest.jsonl (0: none)")
     return ap
 
 

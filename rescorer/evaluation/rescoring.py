@@ -59,11 +59,8 @@ class PreparedLattice:
 
     def __init__(self, rescorer, lat, feats, recover: bool):
         t0 = time.perf_counter()
-        self.recovered = []
-        if recover:
-            lat, self.recovered = rescorer.recover_oov(lat, feats)
-        self.lattice = lat
-        self.awe = rescorer.awe_scores(lat, feats)
+        # one check of the lattice, each distinct span embedded once for recovery and scoring
+        self.lattice, self.awe, self.recovered = rescorer.embedding_scores(lat, feats, recover=recover)
         self.seconds = time.perf_counter() - t0
 
     def decode(self, rescorer, config) -> List[str]:

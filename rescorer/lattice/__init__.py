@@ -1,5 +1,7 @@
 """Word lattices: the k2 word-lattice representation (word_lattice), HTK SLF import (slf),
-pocketsphinx lattices (pocketsphinx) and word spans from k2 token lattices (spans).
+pocketsphinx lattices (pocketsphinx). Word lattices of k2 token (HLG) lattices come from
+``rescorer.decoding.decode.word_lattice_arcs`` (spans by traversal; its best path equals
+the token lattice's 1-best, tested).
 
 k2 is imported lazily inside functions, so ``rescorer.lattice.slf`` parsing works without it.
 """

@@ -426,6 +426,31 @@ def rescale(lat: WordLattice, am_scale: float = 1.0, lm_scale: float = 1.0, word
     return WordLattice(f, lat.frame_shift, lat.words, lat.utterance_id, meta)
 
 
+def prune(lat: WordLattice, min_posterior: float = 1e-4, scale: float = 1.0) -> WordLattice:
+    """Drop arcs whose posterior (scores x ``scale``) is below ``min_posterior``.
+
+    Large decoder lattices (tens of thousands of arcs) hold many word hypotheses that no
+    rescoring weight could bring back; removing them first cuts the spans to embed. The
+    best path always survives (its arcs have the highest posteriors on their frames).
+    Attributes (spans, am/lm scores) are kept; unreachable states are removed.
+    """
+    import k2
+
+    if lat.num_arcs == 0 or min_posterior <= 0:
+        return lat
+    vec = k2.create_fsa_vec([lat.fsa])
+    vec.unscaled_scores = vec.scores.clone()  # an attribute, so it follows the kept arcs
+    vec.scores = vec.scores * scale
+    f = k2.connect(k2.prune_on_arc_post(vec, float(min_posterior), True))[0]
+    f.scores = f.unscaled_scores
+    del f.unscaled_scores
+    meta = dict(lat.meta)
+    meta["pruned_min_posterior"] = float(min_posterior)
+    out = WordLattice(f, lat.frame_shift, lat.words, lat.utterance_id, meta)
+    validate(out)
+    return out
+
+
 def _path_to_hyp(lat: WordLattice, path) -> Hypothesis:
     """Hypothesis from a linear path fsa carrying the lattice attributes."""
     labels = path.labels.tolist()
@@ -647,8 +672,29 @@ def save_word_lattices(path: Union[str, Path], lattices: Iterable[WordLattice], 
 
 
 def load_word_lattices(path: Union[str, Path], words=None) -> Dict[str, WordLattice]:
-    """Read a shard -> {utterance_id: WordLattice}. With ``words``, the stored table must equal it."""
+    """Read a shard -> {utterance_id: WordLattice}. With ``words``, the stored table must equal it.
+
+    ``path`` may also be a directory of shards (``*.pt``, e.g. one per utterance as
+    rescorer.lattice.pocketsphinx writes them); shards without a table then use the
+    directory's ``words.txt`` unless ``words`` is given.
+    """
     path = Path(path)
+    if path.is_dir():
+        import k2
+
+        shards = sorted(path.glob("*.pt"))
+        if not shards:
+            raise WordLatticeError(f"{path}: no word-lattice shards (*.pt) in this directory")
+        if words is None and (path / "words.txt").exists():
+            words = k2.SymbolTable.from_file(str(path / "words.txt"))
+        out: Dict[str, WordLattice] = {}
+        for shard in shards:
+            part = load_word_lattices(shard, words)
+            dup = set(part) & set(out)
+            if dup:
+                raise WordLatticeError(f"{shard}: utterance {sorted(dup)[0]!r} is also in another shard of {path}")
+            out.update(part)
+        return out
     try:
         obj = torch.load(path, map_location="cpu")
     except Exception as e:  # noqa: BLE001 - report the file

@@ -1,0 +1,216 @@
+"""RESULTS.md and the WER tables from results/*.json (no k2, no torch needed)."""
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from rescorer.cli import main
+from rescorer.results_report import format_wer_table, wer_rows, write_results_md
+
+pytest.importorskip("matplotlib")
+
+WER_DOC = {
+    "collected": {"command": "python benchmarks/collect_wer.py --corpus toy", "machine": "x86_64, 2 cores, no GPU",
+                  "date": "2026-01-02"},
+    "rescoring_runs": {"toy:ctc": {"command": "python benchmarks/rescore_wer.py --corpus toy", "date": "2026-01-03",
+                                   "machine": "x86_64, 2 cores (no GPU)", "protocol": "scales tuned on dev, reported on test",
+                                   "note": "first 3 utterances"}},
+    "decoding_runs": {"toy:exp/metrics.json": {"model": {"model_dir": "exp/ctc", "parameters": 1234}, "data": "test.pt",
+                                               "audio_seconds": 12.0, "settings": {"methods": "ctc_greedy,lattice_oracle"}}},
+    "corpora": {
+        "toy": {
+            "lattice_oracle": {"wer": 0.28305681246857717, "iv_wer": 0.25, "oov_wer": 0.75, "utterances": 4,
+                               "substitutions": 3, "deletions": 2, "insertions": 0, "rtf": 0.3286},
+            "my_new_method": {"wer": 0.5},
+            "awe_rescore": {"wer": 0.6501516683518705, "iv_wer": 0.6192017259978425, "oov_wer": 1.1129032258064515,
+                            "substitutions": 446, "deletions": 153, "insertions": 44, "utterances": 3,
+                            "oov_tokens": 62, "oov_tokens_recovered": 1, "iv_tokens_broken": 31,
+                            "rescoring_seconds_per_decode_second": 1.852,
+                            "scales": [{"awe_scale": 8.0, "lm_scale": 1.0, "batch_size": 256}]},
+            "ctc_greedy": {"wer": 0.9416792357968828, "rtf": 0.008340912982962757, "utterances": 4},
+            "a_first_unknown": {"iv_wer": 0.1},
+            "pocketsphinx_awe_rescore": {"wer": 0.7},
+            "baseline_tuned": {"wer": 0.69, "note": "decoder scores only, same grid"},
+            "awe_plus_attention": {"wer": 0.6, "attention_scales": [{"attention_scale": 0.5}, {"attention_scale": 1.0}]},
+        },
+        "toy_dev_cv": {"awe_rescore": {"wer": 0.73, "iv_wer": 0.7, "oov_wer": 1.15}},
+        "toy_dev": {"pocketsphinx_lattice_oracle": {"wer": 0.43, "wer_unpruned_slf": 0.35}},
+    },
+}
+
+EMB_DOC = {
+    "description": "Embedding metrics.",
+    "toy": {"iv_p_at_1": 0.5650776647027317, "oov_p_at_1": 0.2479, "p_at_1_10x_vocab": 0.48, "acoustic_ap": 0.5248,
+            "train_segments_per_s": 56.70617662011978, "split": "test",
+            "counts": {"iv_segments": 10, "oov_segments": 2},
+            "training": {"command": "python -m rescorer.training.train_embeddings --out exp/emb"},
+            "evaluation": {"command": "python benchmarks/eval_embeddings.py --corpus toy",
+                           "device": {"device": "cpu", "torch": "1.13.1"}},
+            "date": "2026-01-01T00:00:00Z"},
+}
+
+CORPORA_DOC = {
+    "command": "rescorer report corpora toy=data/toy --out results/corpora.json", "machine": "x86_64", "date": "2026-01-01",
+    "corpora": {"toy": {"test": {"hours": 0.1674, "utterances": 250, "speakers": 21, "oov_token_rate": 0.0608},
+                        "train": {"hours": 1.5078, "utterances": 1999, "speakers": 67, "oov_token_rate": 0.0}}},
+}
+
+KERNEL_ROWS = [
+    {"kernel": "topk_nearest[cuda]", "N": 1024, "V": 100000, "D": 256, "k": 10, "dtype": "fp16", "ms": 0.5,
+     "torch_ms": 2.0, "floor_ms": 0.25, "device": "NVIDIA H100", "date": "2026-02-01"},
+    {"kernel": "arc_similarity[cuda]", "N": 1000, "V": 5000, "D": 256, "k": None, "dtype": "fp32", "ms": 12.345,
+     "torch_ms": None, "floor_ms": 10.0, "device": "NVIDIA H100", "date": "2026-02-01"},
+]
+
+
+def _results(tmp_path, kernels=None):
+    d = tmp_path / "results"
+    d.mkdir()
+    (d / "wer.json").write_text(json.dumps(WER_DOC))
+    (d / "embeddings.json").write_text(json.dumps(EMB_DOC))
+    (d / "corpora.json").write_text(json.dumps(CORPORA_DOC))
+    (d / "rescore_tuning_toy_lattices.json").write_text(json.dumps(
+        {"awe_rescore_fold0": [{"awe_scale": 0.0, "lm_scale": 1.0, "wer": 0.8},
+                               {"awe_scale": 8.0, "lm_scale": 1.0, "wer": 0.731}]}))
+    (d / "rescore_tuning_toy_lattices.png").write_bytes(b"\x89PNG fake")
+    (d / "embeddings_toy.png").write_bytes(b"\x89PNG fake")
+    if kernels is not None:
+        (d / "kernels.json").write_text(json.dumps(kernels))
+    return d
+
+
+def test_rows_follow_the_canonical_order_then_unknown_methods_alphabetically():
+    rows = wer_rows(WER_DOC, "toy")
+    assert [r["method"] for r in rows] == [
+        "ctc_greedy", "baseline_tuned", "awe_rescore", "awe_plus_attention", "lattice_oracle", "pocketsphinx_awe_rescore",
+        "a_first_unknown", "my_new_method"]
+    labels = {r["method"]: r["label"] for r in rows}
+    assert labels["ctc_greedy"] == "CTC greedy" and labels["awe_rescore"] == "embedding rescoring"
+    assert labels["lattice_oracle"] == "lattice oracle" and labels["my_new_method"] == "my_new_method"
+    assert labels["pocketsphinx_awe_rescore"].startswith("pocketsphinx") and "embedding" in labels["pocketsphinx_awe_rescore"]
+    assert rows[2]["wer"] == WER_DOC["corpora"]["toy"]["awe_rescore"]["wer"]
+    with pytest.raises(KeyError, match="no corpus 'nope'"):
+        wer_rows(WER_DOC, "nope")
+
+
+def test_markdown_table_formats_numbers_and_missing_values():
+    table = format_wer_table(wer_rows(WER_DOC, "toy"), markdown=True)
+    lines = table.splitlines()
+    assert lines[0].startswith("| Method") and "WER %" in lines[0] and "OOV recovered" in lines[0]
+    assert set(lines[1]) <= set("|-: ") and lines[1].count(":") == 9  # numbers right-aligned
+    assert len(lines) == 2 + 8
+    awe = next(line for line in lines if line.startswith("| embedding rescoring "))
+    cells = [c.strip() for c in awe.strip("|").split("|")]
+    assert cells == ["embedding rescoring", "65.0", "61.9", "111.3", "446/153/44", "3", "1 of 62", "31", "–", "1.85"]
+    ctc = [c.strip() for c in lines[2].strip("|").split("|")]
+    assert ctc == ["CTC greedy", "94.2", "–", "–", "–", "4", "–", "–", "0.008", "–"]
+    oracle = next(line for line in lines if "lattice oracle" in line)
+    assert "28.3" in oracle and "3/2/0" in oracle and "0.329" in oracle
+    assert len({len(line) for line in lines}) == 1  # padded
+
+
+def test_plain_table_is_aligned_text():
+    text = format_wer_table(wer_rows(WER_DOC, "toy"), markdown=False)
+    lines = text.splitlines()
+    assert "|" not in text and lines[0].startswith("Method") and set(lines[1]) == {"-", " "}
+    end = lines[0].index("WER %") + len("WER %")
+    assert lines[0][end] == " " and lines[2][end - 4:end] == "94.2"
+    assert any(line.startswith("embedding rescoring") and "65.0" in line for line in lines)
+
+
+def test_results_md_has_tables_plots_links_and_is_reproducible(tmp_path):
+    results = _results(tmp_path)
+    out = tmp_path / "RESULTS.md"
+    plots = results / "plots"
+    assert write_results_md(results, out, plots) == out
+    md = out.read_text()
+    assert md.splitlines()[0].startswith("<!-- Generated by `rescorer report results`") and "do not edit" in md.splitlines()[0]
+    for corpus in ("toy", "toy_dev", "toy_dev_cv"):
+        assert f"### {corpus}\n" in md
+        assert (plots / f"wer_{corpus}.png").read_bytes()[:4] == b"\x89PNG"
+        assert f"](results/plots/wer_{corpus}.png)" in md
+    assert "Cross-validation" in md.split("### toy_dev_cv")[1] and "Development split" in md.split("### toy_dev\n")[1]
+    assert "Cross-validation" not in md.split("### toy\n")[1].split("###")[0]
+    toy = md.split("### toy\n")[1].split("### ")[0]
+    assert "| embedding rescoring" in toy and "65.0" in toy and "different numbers of utterances (3, 4)" in toy
+    assert "decoder scores only, same grid" in toy and "awe_scale 8, lm_scale 1" in toy and "batch_size" not in toy
+    assert "scales tuned on dev, reported on test" in toy
+    assert "tuned attention scales of the 2 folds: attention_scale 0.5; attention_scale 1." in toy
+    assert "wer_unpruned_slf 35.0%" in md
+    # embeddings, tuning, kernels, corpora, provenance
+    assert "| toy    | test  |" in md and "0.565" in md and "56.7" in md and "10/2" in md
+    assert "](results/embeddings_toy.png)" in md and "](results/rescore_tuning_toy_lattices.png)" in md
+    assert "best WER 73.1% at awe_scale 8, lm_scale 1" in md
+    assert "GPU measurements are pending" in md
+    corpora = md.split("## Corpora")[1].split("\n## ")[0]
+    assert "1999" in corpora and "6.1" in corpora
+    assert corpora.index("| toy    | train |") < corpora.index("| toy    | test  |")
+    prov = md.split("## Provenance")[1]
+    assert "python benchmarks/collect_wer.py --corpus toy" in prov and "2026-01-02" in prov
+    assert "python benchmarks/rescore_wer.py --corpus toy" in prov and "model `exp/ctc` (1,234 parameters)" in prov
+    assert "train_embeddings" in prov and "rescorer report corpora" in prov
+    # the same JSON gives the same bytes
+    pngs = {p.name: p.read_bytes() for p in plots.glob("*.png")}
+    write_results_md(results, out, plots)
+    assert out.read_text() == md
+    assert {p.name: p.read_bytes() for p in plots.glob("*.png")} == pngs
+
+
+@pytest.mark.parametrize("wrapped", [False, True])
+def test_kernel_table_from_rows_or_document(tmp_path, wrapped):
+    kernels = {"command": "python benchmarks/bench_kernels.py", "device": "NVIDIA H100", "date": "2026-02-01",
+               "rows": KERNEL_ROWS} if wrapped else KERNEL_ROWS
+    results = _results(tmp_path, kernels=kernels)
+    md = write_results_md(results, tmp_path / "RESULTS.md", results / "plots").read_text()
+    section = md.split("## CUDA kernels")[1].split("\n## ")[0]
+    assert "pending" not in section
+    top = next(line for line in section.splitlines() if line.startswith("| topk_nearest[cuda]"))
+    cells = [c.strip() for c in top.strip("|").split("|")]
+    assert cells == ["topk_nearest[cuda]", "fp16", "1024", "100000", "256", "10", "0.500", "2.00", "0.250", "4.00", "2.00"]
+    arc = [c.strip() for c in next(line for line in section.splitlines() if "arc_similarity" in line).strip("|").split("|")]
+    assert arc[5:] == ["–", "12.3", "–", "10.0", "–", "1.23"]
+    if wrapped:
+        assert "python benchmarks/bench_kernels.py" in md.split("## Provenance")[1]
+
+
+def test_absent_files_are_reported_not_fatal(tmp_path):
+    results = tmp_path / "results"
+    results.mkdir()
+    md = write_results_md(results, tmp_path / "RESULTS.md", results / "plots").read_text()
+    assert "No WER results yet" in md and "pending" in md and "No corpus statistics yet" in md
+
+
+def test_cli_report_results_and_wer(tmp_path):
+    results = _results(tmp_path)
+    runner = CliRunner()
+    out, plots = tmp_path / "docs" / "RESULTS.md", tmp_path / "plots"
+    r = runner.invoke(main, ["report", "results", "--results-dir", str(results), "--out", str(out), "--plots-dir", str(plots)])
+    assert r.exit_code == 0, r.output
+    assert out.exists() and (plots / "wer_toy.png").exists()
+    assert "](../plots/wer_toy.png)" in out.read_text()
+
+    r = runner.invoke(main, ["report", "wer", str(results / "wer.json"), "--corpus", "toy_dev_cv", "--corpus", "toy"])
+    assert r.exit_code == 0, r.output
+    lines = r.output.splitlines()
+    assert lines[0] == "toy_dev_cv" and lines[1].startswith("Method") and "toy" in lines
+    assert lines.index("toy") > lines.index("toy_dev_cv") and "|" not in r.output
+    r = runner.invoke(main, ["report", "wer", str(results / "wer.json")])
+    assert r.exit_code == 0 and [x for x in r.output.splitlines() if x.startswith("toy")] == ["toy", "toy_dev", "toy_dev_cv"]
+
+    r = runner.invoke(main, ["report", "wer", str(results / "wer.json"), "--corpus", "nope"])
+    assert r.exit_code != 0 and "no corpus nope" in r.output and "toy_dev" in r.output
+
+
+@pytest.mark.parametrize("content", ['{"corpora": [1, 2]}', '{"corpora": {"toy": {"m": 0.5}}}', "{not json"])
+def test_malformed_wer_json_is_a_clear_error_naming_the_file(tmp_path, content):
+    results = _results(tmp_path)
+    (results / "wer.json").write_text(content)
+    runner = CliRunner()
+    r = runner.invoke(main, ["report", "results", "--results-dir", str(results), "--out", str(tmp_path / "R.md"),
+                             "--plots-dir", str(tmp_path / "plots")])
+    assert r.exit_code == 1 and "Error:" in r.output and "wer.json" in r.output, r.output
+    assert not isinstance(r.exception, (KeyError, TypeError, AttributeError))
+    assert not (tmp_path / "R.md").exists()
+    r = runner.invoke(main, ["report", "wer", str(results / "wer.json")])
+    assert r.exit_code == 1 and "Error:" in r.output and "wer.json" in r.output, r.output
