@@ -72,15 +72,15 @@ def _decode_seconds(metrics_path, n_utts_fraction=1.0):
     return None
 
 
-def _prune_all(lattices, min_posterior):
-    """Posterior-prune every lattice (word_lattice.prune); returns (lattices, seconds)."""
+def _prune_all(lattices, min_posterior, scale=1.0):
+    """Posterior-prune every lattice (word_lattice.prune, posteriors of scores x scale); returns (lattices, seconds)."""
     from rescorer.lattice.word_lattice import prune
 
     if not min_posterior:
         return lattices, 0.0
     t0 = time.perf_counter()
     before = sum(l.num_arcs for l in lattices.values())
-    out = {u: prune(l, min_posterior) for u, l in lattices.items()}
+    out = {u: prune(l, min_posterior, scale=scale) for u, l in lattices.items()}
     seconds = time.perf_counter() - t0
     log.info("pruned %d lattices at posterior %g: %d -> %d arcs (%.1f s)", len(out), min_posterior, before,
              sum(l.num_arcs for l in out.values()), seconds)
@@ -142,7 +142,7 @@ def run(args):
     if args.max_utterances:
         keep = sorted(dev_lats)[: args.max_utterances]
         dev_lats = {u: dev_lats[u] for u in keep}
-    dev_lats, dev_prune_seconds = _prune_all(dev_lats, args.prune_posterior)
+    dev_lats, dev_prune_seconds = _prune_all(dev_lats, args.prune_posterior, args.prune_scale)
     if args.cross_validate:
         speakers = sorted({dev_spk[u] for u in dev_lats})
         rng = np.random.default_rng(args.seed)
@@ -158,7 +158,7 @@ def run(args):
         if args.max_utterances:
             keep = sorted(test_lats)[: args.max_utterances]
             test_lats = {u: test_lats[u] for u in keep}
-        test_lats, test_prune_seconds = _prune_all(test_lats, args.prune_posterior)
+        test_lats, test_prune_seconds = _prune_all(test_lats, args.prune_posterior, args.prune_scale)
         folds = [(dev_lats, test_lats)]
     prune_seconds = dev_prune_seconds if args.cross_validate else test_prune_seconds  # of the evaluated lattices
     n_eval = sum(len(f[1]) for f in folds)
@@ -277,15 +277,18 @@ def main(argv=None):
     p.add_argument("--am-scale", type=float, default=1.0)
     p.add_argument("--word-list-size", type=int, default=200000)
     p.add_argument("--attention-model-dir", help="joint CTC/attention model for awe_plus_attention (n-best second pass)")
-    p.add_argument("--attention-scales", default="0,0.1,0.2,0.5,1,2")
+    p.add_argument("--attention-scales", default="0,0.02,0.05,0.1,0.2,0.5,1")
     p.add_argument("--attention-nbest", type=int, default=10)
     p.add_argument("--prune-posterior", type=float, default=1e-4,
                    help="drop lattice arcs below this posterior before rescoring (0: keep all; timed as rescoring)")
+    p.add_argument("--prune-scale", type=float, default=1.0,
+                   help="scale of the lattice scores for those posteriors (e.g. 0.1 for pocketsphinx's large acoustic scores)")
     p.add_argument("--max-utterances", type=int, default=0)
     p.add_argument("--device", default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="results/wer.json")
-    p.add_argument("--save-config", action="store_true", help="write the tuned scales to MODEL_DIR/rescorer.json")
+    p.add_argument("--save-config", action="store_true",
+                   help="write the tuned scales to MODEL_DIR/rescorer.json (rescorer_<prefix>.json with --prefix)")
     args = p.parse_args(argv)
     if not args.cross_validate and not (args.test_lattices and args.test_features):
         p.error("--test-lattices and --test-features are needed (or --cross-validate)")
@@ -296,7 +299,8 @@ def main(argv=None):
     doc = json.loads(out.read_text()) if out.exists() else {}
     entry = doc.setdefault("corpora", {}).setdefault(args.corpus, {})
     entry.update(results)
-    doc.setdefault("rescoring_runs", {})[f"{args.corpus}:{args.prefix or 'ctc'}"] = {
+    run_key = f"{args.corpus}:{args.prefix or 'ctc'}:{args.methods}"  # one record per run, so none is lost
+    doc.setdefault("rescoring_runs", {})[run_key] = {
         "command": "python benchmarks/rescore_wer.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores (no GPU)" if not torch.cuda.is_available() else torch.cuda.get_device_name(0),
         "date": datetime.date.today().isoformat(),
@@ -306,7 +310,9 @@ def main(argv=None):
     }
     out.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
     if args.save_config:
-        path = rescorer.save_config(args.model_dir, {"tuned_by": doc["rescoring_runs"][f"{args.corpus}:{args.prefix or 'ctc'}"]})
+        # the lattices' own decoder's scales: rescorer.json for ours, rescorer_<prefix>.json for others
+        name = f"rescorer_{args.prefix.rstrip('_')}.json" if args.prefix else None
+        path = rescorer.save_config(args.model_dir, {"tuned_by": doc["rescoring_runs"][run_key]}, name=name)
         log.info("tuned scales saved to %s", path)
     print(json.dumps({m: {k: r.get(k) for k in ("wer", "iv_wer", "oov_wer", "oov_tokens_recovered")} for m, r in results.items()}, indent=1))
 

@@ -93,11 +93,12 @@ decode() {
   rm -rf "$out" && mv "$out.tmp" "$out"
 }
 
-# rescore CORPUS [options]: tune the scales on dev, report on held-out data -> exp/wer.json,
-# and save the tuned scales with the embedder (exp/embeddings/rescorer.json)
+# rescore SECTION CORPUS [options]: tune the scales on dev (grid from the config SECTION),
+# report on held-out data -> exp/wer.json, save the tuned scales with the embedder
+# (exp/embeddings/rescorer.json)
 rescore() {
-  local corpus="$1"; shift
-  cfg rescore
+  local section="$1" corpus="$2"; shift 2
+  cfg "$section"
   "$PY" "$REPO/benchmarks/rescore_wer.py" --corpus "$corpus" --model-dir exp/embeddings \
     --train-data exp/asr_data/train.pt --out exp/wer.json --save-config "${CFG[@]}" "$@"
 }

@@ -245,8 +245,10 @@ class Rescorer:
     # ------------------------------------------------------------ loading / saving
 
     @classmethod
-    def from_dir(cls, model_dir, device: Optional[str] = None, config: Optional[RescoreConfig] = None) -> "Rescorer":
-        """Load ``model_dir`` (an embedder run: best.pt/last.pt) and its ``rescorer.json`` scales."""
+    def from_dir(cls, model_dir, device: Optional[str] = None, config: Optional[RescoreConfig] = None,
+                 config_name: str = CONFIG_FILE) -> "Rescorer":
+        """Load ``model_dir`` (an embedder run: best.pt/last.pt) and its scales (``rescorer.json``;
+        ``config_name="rescorer_pocketsphinx.json"`` for those tuned on pocketsphinx lattices)."""
         from rescorer.training.train_embeddings import load_embedder
 
         model_dir = Path(model_dir)
@@ -254,14 +256,15 @@ class Rescorer:
             raise FileNotFoundError(f"no rescorer model at {model_dir}")
         acoustic, letters, _ = load_embedder(str(model_dir))
         if config is None:
-            cfg_path = model_dir / CONFIG_FILE if model_dir.is_dir() else model_dir.parent / CONFIG_FILE
+            cfg_path = model_dir / config_name if model_dir.is_dir() else model_dir.parent / config_name
             config = RescoreConfig.from_dict(json.loads(cfg_path.read_text())["config"]) if cfg_path.exists() else RescoreConfig()
         return cls(acoustic, letters, config, device)
 
-    def save_config(self, model_dir, extra: Optional[dict] = None) -> Path:
+    def save_config(self, model_dir, extra: Optional[dict] = None, name: Optional[str] = None) -> Path:
+        """Write the scales to ``model_dir/rescorer.json`` (or ``name``: e.g. scales tuned for another decoder's lattices)."""
         from rescorer.utils import atomic_write_text
 
-        path = Path(model_dir) / CONFIG_FILE
+        path = Path(model_dir) / (name or CONFIG_FILE)
         atomic_write_text(path, json.dumps({"config": asdict(self.config), **(extra or {})}, indent=1, sort_keys=True))
         return path
 

@@ -127,6 +127,20 @@ class TestLattices:
         (r,) = D.attention_rescore([nb], lambda i, s: torch.zeros(len(s)))
         assert r.words == best.words
 
+    def test_attach_frames_needs_no_topological_numbering_and_names_unreachable_states(self):
+        import k2
+
+        # states numbered against the arc order: 0 -> 2 -> 1 -> 3 (final)
+        f = k2.Fsa.from_str("0 2 3 0.0\n1 3 -1 0.0\n2 1 4 0.0\n3", acceptor=True)
+        D.attach_frames(f)
+        assert f.frames.tolist() == [0, 2, 1]
+        dead = k2.Fsa.from_str("0 3 3 0.0\n1 2 4 0.0\n2 3 5 0.0\n3 4 -1 0.0\n4", acceptor=True)
+        with pytest.raises(ValueError, match="state 1 has arcs but is not reachable"):
+            D.attach_frames(dead)
+        c = k2.connect(dead)  # what get_lattices does first
+        D.attach_frames(c)
+        assert c.frames.tolist() == [0, 1]
+
     def test_attach_frames_rejects_non_ctc_lattice(self):
         import k2
 

@@ -253,3 +253,23 @@ def test_prune_drops_unlikely_arcs_and_keeps_the_best_path_and_attributes():
     assert (int(p.fsa.start_frame[cap]), int(p.fsa.end_frame[cap])) == (11, 20)
     assert float(p.fsa.am_scores[cap]) == pytest.approx(-1.2) and float(p.fsa.scores[cap]) == pytest.approx(-2.2)
     assert prune(lat, 0.0) is lat
+
+
+def test_a_directory_of_shards_loads_with_the_table_beside_it(tmp_path):
+    from rescorer.lattice.word_lattice import (
+        WordLatticeError, build_word_lattice, load_word_lattices, make_word_table, save_word_lattices,
+    )
+
+    words = make_word_table(["the", "cat"])
+    (tmp_path / "lattices").mkdir()
+    for uid in ("u1", "u2"):
+        lat = build_word_lattice([(0, 1, "the", 0, 5, -1.0, -1.0), (1, 2, "cat", 5, 9, -1.0, -1.0)], words,
+                                 frame_shift=0.04, utterance_id=uid)
+        save_word_lattices(tmp_path / "lattices" / f"{uid}.pt", [lat], include_words=False)
+    with pytest.raises(WordLatticeError, match="no symbol table"):
+        load_word_lattices(tmp_path / "lattices")
+    (tmp_path / "words.txt").write_text(words.to_str())
+    lats = load_word_lattices(tmp_path / "lattices")
+    assert sorted(lats) == ["u1", "u2"] and lats["u2"].words.get(2) == words.get(2)
+    with pytest.raises(WordLatticeError, match="no word-lattice shards"):
+        load_word_lattices(tmp_path)  # words.txt only

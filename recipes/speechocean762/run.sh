@@ -60,13 +60,13 @@ fi
 if run_stage 7; then
   log "stage 7: embedding rescoring (scales cross-validated over dev speakers)"
   if [ ! -f exp/.rescored_ctc ]; then
-    rescore speechocean762_dev --cross-validate --dev-lattices exp/decode_dev_ctc/word_lattices.pt \
+    rescore rescore speechocean762_dev --cross-validate --dev-lattices exp/decode_dev_ctc/word_lattices.pt \
       --dev-features exp/asr_data/dev.pt --decode-metrics exp/decode_dev_ctc/metrics.json --attention-model-dir exp/attention
     touch exp/.rescored_ctc
   fi
   if [ ! -f exp/.rescored_pocketsphinx ]; then
-    rescore speechocean762_dev --cross-validate --prefix pocketsphinx_ --dev-lattices exp/pocketsphinx/word_lattices.pt \
-      --dev-features exp/asr_data/dev.pt --decode-metrics exp/pocketsphinx/summary.json --methods awe_rescore,awe_rescore_oov_recovery
+    rescore rescore_pocketsphinx speechocean762_dev --cross-validate --prefix pocketsphinx_ \
+      --dev-lattices exp/pocketsphinx/lattices --dev-features exp/asr_data/dev.pt --decode-metrics exp/pocketsphinx/summary.json
     touch exp/.rescored_pocketsphinx
   fi
 fi

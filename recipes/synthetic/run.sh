@@ -41,15 +41,15 @@ if run_stage 4; then
 fi
 if run_stage 5; then
   log "stage 5: decoding"
-  for split in dev test; do
-    decode ctc "$split" ctc_greedy,hlg_1best,lattice_oracle --word-lattices
-  done
+  # dev lattices only tune a few scales: DEV_UTTERANCES of them (0: all) keep the main job short
+  decode ctc dev ctc_greedy,hlg_1best,lattice_oracle --word-lattices --max-utterances "${DEV_UTTERANCES:-120}"
+  decode ctc test ctc_greedy,hlg_1best,lattice_oracle --word-lattices
   decode attention test attention_beam,hlg_attention_rescore
 fi
 if run_stage 6; then
   log "stage 6: embedding rescoring of the CTC lattices"
   if [ -f exp/.rescored ]; then log "already rescored (rm exp/.rescored to redo)"; else
-    rescore synthetic --dev-lattices exp/decode_dev_ctc/word_lattices.pt --dev-features exp/asr_data/dev.pt \
+    rescore rescore synthetic --dev-lattices exp/decode_dev_ctc/word_lattices.pt --dev-features exp/asr_data/dev.pt \
       --test-lattices exp/decode_test_ctc/word_lattices.pt --test-features exp/asr_data/test.pt \
       --decode-metrics exp/decode_test_ctc/metrics.json --attention-model-dir exp/attention
     touch exp/.rescored

@@ -99,24 +99,36 @@ def ctc_greedy_decode(log_probs: torch.Tensor, lens: torch.Tensor) -> List[List[
 def attach_frames(lattice) -> None:
     """Set ``lattice.frames`` (int32 per arc): the source state's distance from the start.
 
-    In a CTC lattice every arc consumes one frame, so this is the frame index; raises
-    ValueError when two paths reach a state at different depths (not a CTC lattice).
+    In a CTC lattice every arc consumes one frame, so this is the frame index. Depths come
+    from a breadth-first walk, so state numbering need not be topological. Raises
+    ValueError when two paths reach a state at different depths (not a CTC lattice) or a
+    state with arcs is unreachable from the start (call ``k2.connect`` first).
     """
+    from collections import deque
+
     arcs = lattice.arcs.values()[:, :2].numpy()
     n_states = int(lattice.shape[0])
+    src, dst = arcs[:, 0].tolist(), arcs[:, 1].tolist()
+    out_arcs: List[List[int]] = [[] for _ in range(n_states)]
+    for a, s in enumerate(src):
+        out_arcs[s].append(a)
     depth = [-1] * n_states
     if n_states:
         depth[0] = 0
-    src, dst = arcs[:, 0].tolist(), arcs[:, 1].tolist()
-    for a in np.argsort(arcs[:, 0], kind="stable").tolist():
-        s, d = src[a], dst[a]
-        if depth[s] < 0:
-            raise ValueError(f"lattice state {s} is not reachable in topological order")
+    queue = deque([0] if n_states else [])
+    while queue:
+        s = queue.popleft()
         v = depth[s] + 1
-        if depth[d] < 0:
-            depth[d] = v
-        elif depth[d] != v:
-            raise ValueError(f"state {d} is reached at frames {depth[d]} and {v}: not a CTC lattice")
+        for a in out_arcs[s]:
+            d = dst[a]
+            if depth[d] < 0:
+                depth[d] = v
+                queue.append(d)
+            elif depth[d] != v:
+                raise ValueError(f"state {d} is reached at frames {depth[d]} and {v}: not a CTC lattice")
+    bad = next((s for s in src if depth[s] < 0), None)
+    if bad is not None:
+        raise ValueError(f"lattice state {bad} has arcs but is not reachable from the start state")
     lattice.frames = torch.tensor([depth[s] for s in src], dtype=torch.int32)
 
 
@@ -146,7 +158,7 @@ def get_lattices(
     )
     out: List = [None] * len(lens)
     for k, u in enumerate(order.tolist()):
-        f = lat[k]
+        f = k2.connect(lat[k])  # pruned search can leave dead-end states; attributes follow the kept arcs
         f.am_scores = f.scores - f.lm_scores
         attach_frames(f)
         out[u] = f

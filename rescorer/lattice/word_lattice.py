@@ -676,7 +676,7 @@ def load_word_lattices(path: Union[str, Path], words=None) -> Dict[str, WordLatt
 
     ``path`` may also be a directory of shards (``*.pt``, e.g. one per utterance as
     rescorer.lattice.pocketsphinx writes them); shards without a table then use the
-    directory's ``words.txt`` unless ``words`` is given.
+    ``words.txt`` of the directory or of its parent unless ``words`` is given.
     """
     path = Path(path)
     if path.is_dir():
@@ -685,8 +685,9 @@ def load_word_lattices(path: Union[str, Path], words=None) -> Dict[str, WordLatt
         shards = sorted(path.glob("*.pt"))
         if not shards:
             raise WordLatticeError(f"{path}: no word-lattice shards (*.pt) in this directory")
-        if words is None and (path / "words.txt").exists():
-            words = k2.SymbolTable.from_file(str(path / "words.txt"))
+        table_file = next((d / "words.txt" for d in (path, path.parent) if (d / "words.txt").exists()), None)
+        if words is None and table_file is not None:
+            words = k2.SymbolTable.from_file(str(table_file))
         out: Dict[str, WordLattice] = {}
         for shard in shards:
             part = load_word_lattices(shard, words)
