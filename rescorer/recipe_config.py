@@ -5,7 +5,8 @@ program (``embeddings`` -> rescorer.training.train_embeddings, ``ctc`` / ``atten
 train_asr, ``decode`` -> rescorer.decoding.decode, ``rescore`` ->
 benchmarks/rescore_wer.py, ...). ``python -m rescorer.recipe_config CONFIG SECTION``
 prints one argument per line (``--key`` then its value; true -> ``--key``, false ->
-``--no-key``, lists -> comma-joined), for ``mapfile -t args < <(...)`` in bash.
+``--no-key``, lists -> comma-joined), for ``mapfile -t args < <(...)`` in bash. Values
+are attached with ``=`` (``--wips=-2,0,2``) so that negative numbers are not read as flags.
 """
 
 from __future__ import annotations
@@ -45,11 +46,11 @@ def to_args(options: Dict[str, Any]) -> List[str]:
         if isinstance(value, bool):
             out.append(flag if value else "--no-" + flag[2:])
         elif isinstance(value, (list, tuple)):
-            out += [flag, ",".join(str(v) for v in value)]
+            out.append(f"{flag}={','.join(str(v) for v in value)}")
         elif isinstance(value, dict):
             raise RecipeConfigError(f"option {key!r}: nested mappings are not command-line options")
         else:
-            out += [flag, str(value)]
+            out.append(f"{flag}={value}")
     return out
 
 
