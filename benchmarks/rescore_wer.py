@@ -87,6 +87,16 @@ def _prune_all(lattices, min_posterior, scale=1.0):
     return out, seconds
 
 
+def _load_lattices(path, args):
+    """The first --max-utterances lattices of a split (sorted ids), pruned; returns (lattices, prune seconds)."""
+    from rescorer.lattice.word_lattice import load_word_lattices
+
+    lats = load_word_lattices(path)
+    if args.max_utterances:
+        lats = {u: lats[u] for u in sorted(lats)[: args.max_utterances]}
+    return _prune_all(lats, args.prune_posterior, args.prune_scale)
+
+
 def _grid(args):
     return dict(
         awe_scales=[float(x) for x in args.awe_scales.split(",")],
@@ -128,7 +138,7 @@ def run(args):
     """Returns (results by method, the Rescorer with the scales chosen on dev)."""
     from rescorer.corpora.text_sources import large_word_list
     from rescorer.evaluation.rescoring import evaluate, plot_tuning_curve, prepare_all, tune
-    from rescorer.lattice.word_lattice import best_path_hypothesis, load_word_lattices
+    from rescorer.lattice.word_lattice import best_path_hypothesis
     from rescorer.rescore import Rescorer
 
     torch.manual_seed(0)
@@ -137,12 +147,8 @@ def run(args):
     rescorer.config = base_cfg
     train_vocab = _train_vocab(args.train_data)
     grid = _grid(args)
-    dev_lats = load_word_lattices(args.dev_lattices)
+    dev_lats, dev_prune_seconds = _load_lattices(args.dev_lattices, args)
     dev_feats, dev_refs, dev_spk = _features(args.dev_features)
-    if args.max_utterances:
-        keep = sorted(dev_lats)[: args.max_utterances]
-        dev_lats = {u: dev_lats[u] for u in keep}
-    dev_lats, dev_prune_seconds = _prune_all(dev_lats, args.prune_posterior, args.prune_scale)
     if args.cross_validate:
         speakers = sorted({dev_spk[u] for u in dev_lats})
         rng = np.random.default_rng(args.seed)
@@ -153,12 +159,8 @@ def run(args):
         ]
         test_feats, test_refs = dev_feats, dev_refs
     else:
-        test_lats = load_word_lattices(args.test_lattices)
+        test_lats, test_prune_seconds = _load_lattices(args.test_lattices, args)
         test_feats, test_refs, _ = _features(args.test_features)
-        if args.max_utterances:
-            keep = sorted(test_lats)[: args.max_utterances]
-            test_lats = {u: test_lats[u] for u in keep}
-        test_lats, test_prune_seconds = _prune_all(test_lats, args.prune_posterior, args.prune_scale)
         folds = [(dev_lats, test_lats)]
     prune_seconds = dev_prune_seconds if args.cross_validate else test_prune_seconds  # of the evaluated lattices
     n_eval = sum(len(f[1]) for f in folds)
@@ -245,6 +247,7 @@ def run(args):
     # tuning curve: committed as JSON + a plot
     res_dir = Path(args.out).parent
     tag = f"{args.corpus}_{args.prefix.rstrip('_') or 'lattices'}"
+    res_dir.mkdir(parents=True, exist_ok=True)
     curve_path = res_dir / f"rescore_tuning_{tag}.json"
     if curve_path.exists():  # another run's methods (e.g. OOV recovery run separately) are kept
         curves = {**json.loads(curve_path.read_text()), **curves}
