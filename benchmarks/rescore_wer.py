@@ -97,6 +97,19 @@ def _load_lattices(path, args):
     return _prune_all(lats, args.prune_posterior, args.prune_scale)
 
 
+def _missing_lattices(metrics_path, lattices, args):
+    """Utterances the decoder could make no word lattice for (decode metrics' ``no_lattice``),
+    within the --max-utterances window: they count as empty hypotheses (all deletions), as
+    in the decoder's own WER, so every method is scored on the same utterances."""
+    if not metrics_path or not Path(metrics_path).exists():
+        return []
+    missing = sorted(json.loads(Path(metrics_path).read_text()).get("no_lattice", []))
+    if args.max_utterances and lattices:
+        last = max(lattices)
+        missing = [u for u in missing if u <= last]
+    return [u for u in missing if u not in lattices]
+
+
 def _grid(args):
     return dict(
         awe_scales=[float(x) for x in args.awe_scales.split(",")],
@@ -163,6 +176,10 @@ def run(args):
         test_feats, test_refs, _ = _features(args.test_features)
         folds = [(dev_lats, test_lats)]
     prune_seconds = dev_prune_seconds if args.cross_validate else test_prune_seconds  # of the evaluated lattices
+    missing = [u for u in _missing_lattices(args.decode_metrics, dev_lats if args.cross_validate else test_lats, args)
+               if u in test_refs]
+    if missing:
+        log.warning("%d utterance(s) without a lattice count as empty hypotheses: %s", len(missing), ", ".join(missing[:5]))
     n_eval = sum(len(f[1]) for f in folds)
     total_utts = None
     if args.decode_metrics and Path(args.decode_metrics).exists():
@@ -217,6 +234,10 @@ def run(args):
                 pooled_base_tuned.append(mb["hypotheses"][u].split())
                 if with_attention:
                     pooled_att.append(att_hyps["words"][u])
+        for u in missing:  # no lattice: every method's hypothesis is empty
+            pooled_refs.append(test_refs[u])
+            for hyps in (pooled_base, pooled_hyps, pooled_base_tuned) + ((pooled_att,) if with_attention else ()):
+                hyps.append([])
         from rescorer.evaluation.rescoring import recovery_counts
         from rescorer.wer import compute_wer
 

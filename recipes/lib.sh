@@ -1,8 +1,20 @@
-# Shared recipe plumbing, sourced by recipes/<corpus>/run.sh (logic lives in the package;
-# this only parses --stage/--stop-stage, sets up the environment and logs).
+# Shared recipe plumbing, sourced by recipes/<corpus>/run.sh after it sets RECIPE_DIR (logic
+# lives in the package; this parses --stage/--stop-stage, sets up the environment, logs,
+# and holds the stages every recipe shares).
+# The recipe works in WORKDIR (default: its own directory): data/ and exp/ go there.
+# CONFIG (default: RECIPE_DIR/config.yaml) and other paths given relative are read from the
+# directory the recipe was started in.
 set -euo pipefail
 shopt -s inherit_errexit
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+CALLER_DIR="$(pwd)"
+# from_caller PATH: PATH as given by the user (relative to where the recipe was started)
+from_caller() { case "$1" in /*) echo "$1" ;; *) echo "$CALLER_DIR/$1" ;; esac; }
+CONFIG="$(from_caller "${CONFIG:-$RECIPE_DIR/config.yaml}")"
+[ -f "$CONFIG" ] || { echo "$0: no config file $CONFIG" >&2; exit 2; }
+WORKDIR="$(from_caller "${WORKDIR:-$RECIPE_DIR}")"
+mkdir -p "$WORKDIR"
+cd "$WORKDIR"
 stage=0
 stop_stage=100
 num_jobs=2
@@ -26,7 +38,6 @@ rescorer() { "$PY" -m rescorer "$@"; }
 # ---------------------------------------------------------------- shared stages
 # Every function below is one resumable step that calls the package; the recipes only
 # choose the corpus, the splits and the config (CONFIG, one file per recipe).
-CONFIG="${CONFIG:-config.yaml}"
 
 # cfg SECTION: the config section's options as the array CFG (rescorer.recipe_config)
 cfg() {
@@ -39,6 +50,12 @@ cfg() {
 # export_asr DATA CORPUS: utterance features + transcripts for ASR and rescoring -> exp/asr_data
 export_asr() {
   rescorer export-asr "$1" --corpus "$2" --out exp/asr_data
+}
+
+# features DATA CORPUS: fbank + word segments (DATA/segments) and the ASR export (exp/asr_data)
+features() {
+  rescorer segments "$1" --corpus "$2" -j "$num_jobs"
+  export_asr "$1" "$2"
 }
 
 # train_embedder DATA: acoustic + letter-n-gram encoders -> exp/embeddings (resumable)
@@ -101,4 +118,29 @@ rescore() {
   cfg "$section"
   "$PY" "$REPO/benchmarks/rescore_wer.py" --corpus "$corpus" --model-dir exp/embeddings \
     --train-data exp/asr_data/train.pt --out exp/wer.json --save-config "${CFG[@]}" "$@"
+}
+
+# decode_dev_test DEV_LIMIT: CTC lattices of dev (its first DEV_LIMIT utterances; 0: all,
+# they only tune a few scales) and of test; the attention model on test
+decode_dev_test() {
+  decode ctc dev ctc_greedy,hlg_1best,lattice_oracle --word-lattices --max-utterances "$1"
+  decode ctc test ctc_greedy,hlg_1best,lattice_oracle --word-lattices
+  decode attention test attention_beam,hlg_attention_rescore
+}
+
+# rescore_test CORPUS: embedding rescoring of the test CTC lattices, scales tuned on dev
+rescore_test() {
+  if [ -f exp/.rescored ]; then log "already rescored (rm exp/.rescored to redo)"; return 0; fi
+  rescore rescore "$1" --dev-lattices exp/decode_dev_ctc/word_lattices.pt --dev-features exp/asr_data/dev.pt \
+    --test-lattices exp/decode_test_ctc/word_lattices.pt --test-features exp/asr_data/test.pt \
+    --decode-metrics exp/decode_test_ctc/metrics.json --attention-model-dir exp/attention
+  touch exp/.rescored
+}
+
+# wer_table CORPUS [collect_wer options]: the decoders' results into exp/wer.json (beside the
+# rescoring results), then the WER table
+wer_table() {
+  local corpus="$1"; shift
+  "$PY" "$REPO/benchmarks/collect_wer.py" --corpus "$corpus" --out exp/wer.json "$@" > /dev/null
+  rescorer report wer exp/wer.json --corpus "$corpus"
 }

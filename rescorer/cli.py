@@ -97,16 +97,55 @@ def prepare_speechocean762_cmd(corpus_dir, output_dir, dev_speaker_fraction, see
 @click.argument("corpus_dir", type=click.Path(exists=True, file_okay=False))
 @click.argument("output_dir", type=click.Path(file_okay=False))
 @click.option("--alignments-dir", type=click.Path(exists=True, file_okay=False), help="Word alignments (default: CORPUS_DIR).")
-@click.option("--parts", default="auto", show_default=True, help="Comma-separated parts, e.g. dev-clean,test-clean.")
+@click.option("--parts", default="auto", show_default=True, help="Comma-separated parts, each its own split (without --train/--dev/--test).")
+@click.option("--train", "train_parts", help="Parts merged into the train split, e.g. train-clean-100,train-clean-360.")
+@click.option("--dev", "dev_parts", help="Parts merged into the dev split, e.g. dev-clean.")
+@click.option("--test", "test_parts", help="Parts merged into the test split, e.g. test-clean.")
 @click.option("-j", "--num-jobs", type=int, default=2, show_default=True)
-def prepare_librispeech_cmd(corpus_dir, output_dir, alignments_dir, parts, num_jobs):
-    """LibriSpeech + its public word alignments, via lhotse's recipe."""
+def prepare_librispeech_cmd(corpus_dir, output_dir, alignments_dir, parts, train_parts, dev_parts, test_parts, num_jobs):
+    """LibriSpeech + its public word alignments, via lhotse's recipe.
+
+    With --train/--dev/--test the manifests are librispeech_*_{train,dev,test}.jsonl.gz,
+    the split names every recipe stage reads; otherwise one split per part.
+    """
+    from rescorer.corpora.errors import CorpusError
     from rescorer.corpora.librispeech import prepare_librispeech
 
-    parts = parts if parts == "auto" else [p.strip() for p in parts.split(",")]
-    m = prepare_librispeech(corpus_dir, alignments_dir, output_dir, dataset_parts=parts, num_jobs=num_jobs)
-    for part, d in m.items():
-        click.echo(f"{part}: {len(d['cuts'])} utterances")
+    def comma(v):
+        return [x.strip() for x in v.split(",") if x.strip()]
+
+    splits = {n: comma(v) for n, v in (("train", train_parts), ("dev", dev_parts), ("test", test_parts)) if v}
+    parts = parts if parts == "auto" else comma(parts)
+    try:
+        m = prepare_librispeech(corpus_dir, alignments_dir, output_dir, dataset_parts=parts, num_jobs=num_jobs,
+                                splits=splits or None)
+    except CorpusError as e:
+        raise click.ClickException(str(e)) from e
+    meta = m.pop("meta")
+    for split, d in m.items():
+        click.echo(f"{split} ({'+'.join(meta['parts'][split])}): {len(d['cuts'])} utterances, "
+                   f"{meta['unaligned_utterances'][split]} without word alignment (kept for ASR)")
+
+
+@main.group()
+def download() -> None:
+    """Fetch public corpora (needs network access)."""
+
+
+@download.command("librispeech")
+@click.argument("target_dir", type=click.Path(file_okay=False))
+@click.option("--parts", default="train-clean-100,dev-clean,test-clean", show_default=True)
+@click.option("--alignments/--no-alignments", default=True, show_default=True, help="Also the public word alignments.")
+def download_librispeech_cmd(target_dir, parts, alignments):
+    """LibriSpeech parts into TARGET_DIR/LibriSpeech (resumable; lhotse's downloader)."""
+    from rescorer.corpora.errors import CorpusError
+    from rescorer.corpora.librispeech import download_librispeech
+
+    try:
+        d = download_librispeech(target_dir, [p.strip() for p in parts.split(",") if p.strip()], alignments)
+    except CorpusError as e:
+        raise click.ClickException(str(e)) from e
+    click.echo(f"LibriSpeech in {d}")
 
 
 # ------------------------------------------------------------------ features / segments

@@ -514,6 +514,24 @@ def _tuning_section(results_dir: Path, base: Path) -> List[str]:
     return out
 
 
+def _beam_ctc_section(doc: Any, source: str) -> List[str]:
+    """Dev WER of joint CTC/attention beam search per CTC weight (benchmarks/tune_beam_ctc_weight.py)."""
+    if not isinstance(doc, Mapping) or not doc:
+        return []
+    out = ["## Joint CTC/attention beam search", "",
+           "Dev WER of `attention_beam` for each weight of the CTC prefix scores (0: the attention decoder "
+           f"alone); the chosen weight is the recipes' `decode.beam_ctc_weight` (from `{source}`).", ""]
+    for data, run in sorted(doc.items()):
+        curve = run.get("curve") if isinstance(run, Mapping) else None
+        if not isinstance(curve, list) or not curve:
+            raise ResultsError(f"{source}: entry {data!r} has no 'curve' list")
+        rows = [[_num(r.get("ctc_weight")), _pct(r.get("wer")), _sdi(r), _fixed(3)(r.get("rtf"))] for r in curve]
+        out += [f"### {data}", "", _table(["CTC weight", "WER %", "S/D/I", "RTF"], rows, ["r", "r", "r", "r"]), "",
+                f"Chosen: {_num(run.get('chosen_ctc_weight'))}. Command: {_code(run.get('command'))} "
+                f"({run.get('machine')}, {run.get('date')}).", ""]
+    return out
+
+
 def _kernels_section(doc: Any, base_source: str) -> List[str]:
     out = ["## CUDA kernels", ""]
     if doc is None:
@@ -643,6 +661,8 @@ def build_results_md(results_dir: PathLike, out_path: PathLike, plots_dir: PathL
         lines += _wer_section(wer, base, plots_dir, src["wer.json"])
     lines += _embeddings_section(emb, results_dir, base, src["embeddings.json"])
     lines += _tuning_section(results_dir, base)
+    lines += _beam_ctc_section(_load_optional(results_dir / "tuning_beam_ctc_weight.json"),
+                               _rel(results_dir / "tuning_beam_ctc_weight.json", base))
     lines += _kernels_section(ker, src["kernels.json"])
     lines += _corpora_section(cor, src["corpora.json"])
     ker_doc = ker if isinstance(ker, Mapping) else ({} if ker is not None else None)

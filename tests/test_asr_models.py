@@ -145,3 +145,30 @@ def test_mixed_precision_forward_backward_is_finite():
     out["loss"].backward()
     assert out["loss"].dtype == torch.float32 and torch.isfinite(out["loss"])
     assert all(torch.isfinite(p.grad).all() for p in att.parameters() if p.grad is not None)
+
+
+def test_joint_ctc_attention_search_follows_the_ctc_head_and_the_audio_length():
+    """With ctc_weight 1 the search is a CTC prefix beam search: its best hypothesis scores
+    the CTC log-likelihood, and it never ends before the frames could emit it."""
+    _, att = _models(seed=5)
+    feats, lens = _inputs([64, 40], seed=6)
+    enc, enc_lens = att.encode(feats, lens)
+    lp = att.ctc_log_probs(enc)
+    for w in (0.3, 1.0):
+        results = att.beam_search(feats, lens, beam=4, ctc_weight=w)
+        assert len(results) == 2
+        for b, nbest in enumerate(results):
+            scores = [s for _, s in nbest]
+            assert scores == sorted(scores, reverse=True)
+            for seq, s in nbest:
+                nll = torch.nn.functional.ctc_loss(
+                    lp[b, : int(enc_lens[b])][:, None], torch.tensor([seq or [1]])[:, : len(seq)],
+                    enc_lens[b : b + 1], torch.tensor([len(seq)]), reduction="sum",
+                )
+                att_score = float(att.score_token_sequences(enc[b, : enc_lens[b]], [seq])[0])
+                assert s == pytest.approx((1 - w) * att_score - w * float(nll), abs=1e-3), (w, b, seq)
+    # ctc_weight 0 is the attention decoder's own search
+    plain = att.beam_search(feats, lens, beam=4)
+    assert plain == att.beam_search(feats, lens, beam=4, ctc_weight=0.0)
+    with pytest.raises(ValueError, match="ctc_weight"):
+        att.beam_search(feats, lens, ctc_weight=1.5)

@@ -216,7 +216,7 @@ class TestLattices:
         with pytest.raises(ValueError, match="no 'frames'"):
             D.one_best(bare, lang.id2word)
 
-    def test_decode_cli_end_to_end(self, lang, tmp_path, monkeypatch):
+    def test_decode_cli_end_to_end(self, lang, tmp_path, monkeypatch, capsys):
         """A fake x4-subsampling model whose features carry the token per frame."""
         specs = {"u1": CAT_SAT, "u2": XYZ_SAT, "u3": AMBIG}
         texts = {"u1": "cat sat", "u2": "xyz sat", "u3": "mat sat"}
@@ -232,7 +232,7 @@ class TestLattices:
             def encode(self, feats, lens):
                 return self.forward(feats, lens)
 
-            def beam_search_encoded(self, enc, enc_lens, beam=8):
+            def beam_search_encoded(self, enc, enc_lens, beam=8, ctc_weight=0.0):
                 return [[(D.ctc_greedy_collapse(e[: int(n)].argmax(-1).tolist()), -1.0)] for e, n in zip(enc, enc_lens)]
 
             def score_token_sequences(self, enc_one, seqs):
@@ -294,6 +294,25 @@ class TestLattices:
 
             wls = load_word_lattices(tmp_path / "out" / "word_lattices.pt")
             assert best_path_hypothesis(wls["u2"]).text == "<unk> sat"
+            assert m["no_lattice"] == []
+
+            # a lattice with no complete path costs that utterance only; none at all is a clear error
+            real, calls = D.word_lattice_arcs, []
+
+            def second_has_no_path(lat, id2word):
+                calls.append(1)
+                return ([], {}) if len(calls) == 2 else real(lat, id2word)
+
+            args = ["--model-dir", "m", "--data", str(tmp_path / "data" / "test.pt"), "--lang-dir", str(lang.dir),
+                    "--methods", "hlg_1best", "--train-data", str(tmp_path / "train_words.txt"), "--word-lattices"]
+            monkeypatch.setattr(D, "word_lattice_arcs", second_has_no_path)
+            assert D.main(args + ["--out", str(tmp_path / "out2")]) == 0
+            m2 = json.loads((tmp_path / "out2" / "metrics.json").read_text())
+            assert m2["no_lattice"] == ["u2"]
+            assert sorted(load_word_lattices(tmp_path / "out2" / "word_lattices.pt")) == ["u1", "u3"]
+            monkeypatch.setattr(D, "word_lattice_arcs", lambda lat, id2word: ([], {}))
+            assert D.main(args + ["--out", str(tmp_path / "out3")]) == 1
+            assert "has a complete path in its lattice" in capsys.readouterr().err
 
 
 def test_bad_input_messages():

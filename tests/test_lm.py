@@ -144,3 +144,68 @@ def test_speechocean762_lm_text_excludes_dev_sentences(tmp_path):
     assert sents == ["the cat sat on the mat", "we call it bear"]
     with pytest.raises(L.LmError, match="missing"):
         L.speechocean762_lm_sentences(tmp_path / "nowhere", text_dir=str(fdir))
+
+
+def _write_supervisions(data_dir, corpus, split_texts):
+    import gzip
+
+    man = data_dir / "manifests"
+    man.mkdir(parents=True, exist_ok=True)
+    for split, texts in split_texts.items():
+        with gzip.open(man / f"{corpus}_supervisions_{split}.jsonl.gz", "wt") as f:
+            for i, t in enumerate(texts):
+                f.write(json.dumps({"id": f"{split}{i}", "text": t}) + "\n")
+
+
+def test_corpus_lm_text_is_train_plus_extra_minus_dev_and_test(tmp_path):
+    _write_supervisions(tmp_path, "librispeech", {
+        "train": ["he hoped there would be stew", "stuff it into you"],
+        "dev": ["stuff it into you"], "test": ["after early nightfall"],
+    })
+    extra = [s.split() for s in ["after early nightfall", "the yellow lamps would light up"]]
+    sents = [" ".join(s) for s in L.corpus_lm_sentences(tmp_path, "librispeech", ("dev", "test"), extra)]
+    assert sents == ["the yellow lamps would light up", "he hoped there would be stew"]
+    with pytest.raises(L.LmError, match="librispeech_supervisions_dev.jsonl.gz: missing"):
+        L.corpus_lm_sentences(tmp_path / "x", "librispeech")
+
+
+def test_an_existing_upper_case_arpa_is_normalised_to_our_spelling(tmp_path):
+    lm = L.estimate_kneser_ney([s.upper().split() for s in ["don't stop now", "stop it now", "it is now"]], 2)
+    lm.write_arpa(tmp_path / "upper.arpa")
+    norm = L.normalize_lm_words(L.read_arpa(tmp_path / "upper.arpa"))
+    assert {"don't", "stop", "now", L.BOS, L.EOS, L.UNK} <= set(norm.vocabulary)
+    assert not any(w.isupper() for w in norm.vocabulary)
+    # the same model, only respelled
+    assert norm.log10_prob("now", ["stop"]) == pytest.approx(lm.log10_prob("NOW", ["STOP"]), abs=1e-6)
+    clash = L.estimate_kneser_ney([["Cat", "cat"]], 1)
+    with pytest.raises(L.LmError, match="'Cat' and 'cat' both normalise to 'cat'"):
+        L.normalize_lm_words(clash)
+    with pytest.raises(L.LmError, match="'r2d2' cannot be spelled"):
+        L.normalize_lm_words(L.estimate_kneser_ney([["r2d2", "lives"]], 1))
+
+
+@needs_kaldilm
+def test_lang_dir_from_transcripts_or_an_arpa(tmp_path):
+    from rescorer.decoding.graphs import main
+
+    _write_supervisions(tmp_path / "ls", "librispeech", {
+        "train": ["he hoped there would be stew", "stuff it into you"], "dev": ["stuff it into you"],
+        "test": ["after early nightfall"],
+    })
+    extra = tmp_path / "more.txt"
+    extra.write_text("the yellow lamps would light up\n")
+    assert main(["--transcripts", str(tmp_path / "ls"), "--corpus", "librispeech", "--lm-text", str(extra),
+                 "--out", str(tmp_path / "lang1"), "--order", "2", "--no-hlg"]) == 0
+    cfg = json.loads((tmp_path / "lang1" / "lang.json").read_text())
+    assert cfg["lm_sentences"] == 2 and "minus dev/test" in cfg["text_source"]
+    words = (tmp_path / "lang1" / "words.txt").read_text().split()
+    assert "lamps" in words and "stew" in words and "nightfall" not in words
+
+    L.estimate_kneser_ney([s.upper().split() for s in ["don't stop now", "stop it now"]], 2).write_arpa(tmp_path / "up.arpa")
+    assert main(["--arpa", str(tmp_path / "up.arpa"), "--out", str(tmp_path / "lang2"), "--no-hlg"]) == 0
+    words = (tmp_path / "lang2" / "words.txt").read_text().split()
+    assert "don't" in words and "DON'T" not in words
+    assert (tmp_path / "lang2" / "G.fst.txt").stat().st_size > 0
+    # one LM source only
+    with pytest.raises(SystemExit):
+        main(["--arpa", str(tmp_path / "up.arpa"), "--lm-text", str(extra), "--out", str(tmp_path / "lang3")])

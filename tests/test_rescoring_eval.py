@@ -53,3 +53,23 @@ def test_missing_features_are_reported():
     del feats["u2"]
     with pytest.raises(KeyError, match="no features for 1 lattices"):
         prepare_all(_rescorer(), lats, feats, recover=False, progress=False)
+
+
+def test_utterances_without_a_lattice_are_scored_as_deletions(tmp_path):
+    """rescore_wer counts the decoder's no_lattice utterances (in the evaluated window) as empty hypotheses."""
+    import importlib.util
+    import json
+    from types import SimpleNamespace
+
+    from tests.conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("rescore_wer", REPO / "benchmarks" / "rescore_wer.py")
+    rw = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rw)
+    metrics = tmp_path / "metrics.json"
+    metrics.write_text(json.dumps({"no_lattice": ["u2", "u9"]}))
+    lats = {"u1": object(), "u3": object()}
+    assert rw._missing_lattices(str(metrics), lats, SimpleNamespace(max_utterances=0)) == ["u2", "u9"]
+    # with --max-utterances only the ids up to the last loaded lattice belong to the window
+    assert rw._missing_lattices(str(metrics), lats, SimpleNamespace(max_utterances=2)) == ["u2"]
+    assert rw._missing_lattices(None, lats, SimpleNamespace(max_utterances=0)) == []

@@ -174,6 +174,28 @@ def test_kernel_table_from_rows_or_document(tmp_path, wrapped):
         assert "python benchmarks/bench_kernels.py" in md.split("## Provenance")[1]
 
 
+def test_beam_ctc_weight_curve_section(tmp_path):
+    import json
+
+    from rescorer.results_report import ResultsError
+
+    results = _results(tmp_path)
+    curve = [{"ctc_weight": w, "wer": e, "substitutions": 1, "deletions": 2, "insertions": 3, "rtf": 0.04}
+             for w, e in ((0.0, 1.25), (0.7, 0.888))]
+    (results / "tuning_beam_ctc_weight.json").write_text(json.dumps(
+        {"synthetic_dev": {"curve": curve, "chosen_ctc_weight": 0.7, "command": "python benchmarks/tune_beam_ctc_weight.py",
+                           "machine": "x86_64", "date": "2026-11-24"}}))
+    md = write_results_md(results, tmp_path / "RESULTS.md", results / "plots").read_text()
+    section = md.split("## Joint CTC/attention beam search")[1].split("\n## ")[0]
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in section.splitlines() if line.startswith("|")]
+    rows = [r for r in cells if r[0][:1].isdigit()]
+    assert rows == [["0", "125.0", "1/2/3", "0.040"], ["0.7", "88.8", "1/2/3", "0.040"]]
+    assert "Chosen: 0.7" in section
+    (results / "tuning_beam_ctc_weight.json").write_text(json.dumps({"synthetic_dev": {"chosen_ctc_weight": 0.7}}))
+    with pytest.raises(ResultsError, match="tuning_beam_ctc_weight.json: entry 'synthetic_dev' has no 'curve'"):
+        write_results_md(results, tmp_path / "RESULTS.md", results / "plots")
+
+
 def test_absent_files_are_reported_not_fatal(tmp_path):
     results = tmp_path / "results"
     results.mkdir()

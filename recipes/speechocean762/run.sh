@@ -14,8 +14,8 @@
 #   6  pocketsphinx lattices of dev (the external decoder)              -> exp/pocketsphinx
 #   7  rescore CTC and pocketsphinx lattices (2-fold over speakers)     -> exp/wer.json
 #   8  WER table                                                        -> exp/wer.json (printed)
-cd "$(dirname "${BASH_SOURCE[0]}")"
-source ../lib.sh
+RECIPE_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+source "$RECIPE_DIR/../lib.sh"
 SO762_DIR="${SO762_DIR:-$REPO/../shared/data/speechocean762}"
 DATA=data/speechocean762
 
@@ -29,8 +29,7 @@ if run_stage 0; then
 fi
 if run_stage 1; then
   log "stage 1: features, word segments, ASR utterances"
-  rescorer segments "$DATA" --corpus speechocean762 -j "$num_jobs"
-  export_asr "$DATA" speechocean762
+  features "$DATA" speechocean762
 fi
 if run_stage 2; then
   log "stage 2: corpus report"
@@ -72,8 +71,6 @@ if run_stage 7; then
 fi
 if run_stage 8; then
   log "stage 8: results"
-  "$PY" "$REPO/benchmarks/collect_wer.py" --corpus speechocean762_dev --out exp/wer.json \
-    --decode exp/decode_dev_ctc/metrics.json --decode exp/decode_dev_attention/metrics.json \
-    --pocketsphinx exp/pocketsphinx/summary.json > /dev/null
-  rescorer report wer exp/wer.json --corpus speechocean762_dev
+  wer_table speechocean762_dev --decode exp/decode_dev_ctc/metrics.json --decode exp/decode_dev_attention/metrics.json \
+    --pocketsphinx exp/pocketsphinx/summary.json
 fi

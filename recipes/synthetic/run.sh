@@ -12,8 +12,8 @@
 #      word lattices; attention beam search and attention rescoring     -> exp/decode_{dev,test}_{ctc,attention}
 #   6  rescore the CTC lattices (scales tuned on dev, applied to test)  -> exp/wer.json, exp/embeddings/rescorer.json
 #   7  WER table                                                        -> exp/wer.json (printed)
-cd "$(dirname "${BASH_SOURCE[0]}")"
-source ../lib.sh
+RECIPE_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+source "$RECIPE_DIR/../lib.sh"
 DATA=data/synthetic
 
 if run_stage 0; then
@@ -22,8 +22,7 @@ if run_stage 0; then
 fi
 if run_stage 1; then
   log "stage 1: features, word segments, ASR utterances"
-  rescorer segments "$DATA" --corpus synthetic -j "$num_jobs"
-  export_asr "$DATA" synthetic
+  features "$DATA" synthetic
 fi
 if run_stage 2; then
   log "stage 2: corpus report"
@@ -41,23 +40,13 @@ if run_stage 4; then
 fi
 if run_stage 5; then
   log "stage 5: decoding"
-  # dev lattices only tune a few scales: DEV_UTTERANCES of them (0: all) keep the main job short
-  decode ctc dev ctc_greedy,hlg_1best,lattice_oracle --word-lattices --max-utterances "${DEV_UTTERANCES:-120}"
-  decode ctc test ctc_greedy,hlg_1best,lattice_oracle --word-lattices
-  decode attention test attention_beam,hlg_attention_rescore
+  decode_dev_test "${DEV_UTTERANCES:-120}"
 fi
 if run_stage 6; then
   log "stage 6: embedding rescoring of the CTC lattices"
-  if [ -f exp/.rescored ]; then log "already rescored (rm exp/.rescored to redo)"; else
-    rescore rescore synthetic --dev-lattices exp/decode_dev_ctc/word_lattices.pt --dev-features exp/asr_data/dev.pt \
-      --test-lattices exp/decode_test_ctc/word_lattices.pt --test-features exp/asr_data/test.pt \
-      --decode-metrics exp/decode_test_ctc/metrics.json --attention-model-dir exp/attention
-    touch exp/.rescored
-  fi
+  rescore_test synthetic
 fi
 if run_stage 7; then
   log "stage 7: results"
-  "$PY" "$REPO/benchmarks/collect_wer.py" --corpus synthetic --out exp/wer.json \
-    --decode exp/decode_test_ctc/metrics.json --decode exp/decode_test_attention/metrics.json > /dev/null
-  rescorer report wer exp/wer.json --corpus synthetic
+  wer_table synthetic --decode exp/decode_test_ctc/metrics.json --decode exp/decode_test_attention/metrics.json
 fi

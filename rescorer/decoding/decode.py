@@ -5,7 +5,8 @@ Methods (``--methods``, comma separated):
 - ``ctc_greedy``: per-frame argmax, merge repeats, drop blanks, split at ``|``.
 - ``hlg_1best``: best path of the HLG lattice (``k2.intersect_dense_pruned``).
 - ``attention_beam``: the attention model's own beam search (``beam_search_encoded``, else
-  ``beam_search``; no lattice, no LM).
+  ``beam_search``; no lattice, no LM), joint with its CTC head's prefix scores
+  (``--beam-ctc-weight``, 0.3; 0 gives the decoder alone, which ends early or loops).
 - ``hlg_attention_rescore``: icefall's attention-decoder rescoring: n-best from the
   lattice, each hypothesis's tokens scored by ``model.score_token_sequences`` (the
   utterance's encoder output [T', C] against all its hypotheses), total =
@@ -670,9 +671,9 @@ def decode_main(a) -> dict:
                 t0 = time.perf_counter()
                 if hasattr(model, "beam_search_encoded"):
                     enc, enc_lens = model.encode(feats, lens)
-                    res = model.beam_search_encoded(enc, enc_lens, beam=a.beam_size)
+                    res = model.beam_search_encoded(enc, enc_lens, beam=a.beam_size, ctc_weight=a.beam_ctc_weight)
                 else:
-                    res = model.beam_search(feats, lens, beam=a.beam_size)
+                    res = model.beam_search(feats, lens, beam=a.beam_size, ctc_weight=a.beam_ctc_weight)
                 for u, r in zip(b, res):
                     hyps["attention_beam"][ids[u]] = token_ids_to_words(_best_beam_tokens(r))
                 timing["attention_beam"] += time.perf_counter() - t0
@@ -739,16 +740,27 @@ def decode_main(a) -> dict:
         from rescorer.lattice.word_lattice import build_word_lattice, save_word_lattices
 
         table = k2.SymbolTable.from_file(str(lang.dir / "words.txt"))
-        wls = []
+        wls, no_lattice = [], []
         t0 = time.perf_counter()
         for uid in tqdm([u for u in ids if u in lattices], desc="word lattices", unit="utt"):
             arcs, finals = word_lattice_arcs(lattices[uid], id2word)
+            if not arcs or not finals:  # the search kept no complete path: nothing to rescore
+                no_lattice.append(uid)
+                continue
             wls.append(build_word_lattice(
                 arcs, table, frame_shift=FEATURE_FRAME_SHIFT * sub, final_states=finals, utterance_id=uid,
                 meta={"source": "rescorer.decoding HLG lattice", "lang_dir": str(lang.dir)},
             ))
+        if no_lattice:
+            log.warning("%d utterance(s) have no complete path in their lattice (left out of word_lattices.pt, "
+                        "listed in metrics.json as no_lattice): %s", len(no_lattice), ", ".join(no_lattice[:5]))
+        metrics["no_lattice"] = no_lattice
         metrics["word_lattice_seconds"] = time.perf_counter() - t0
         metrics["word_lattice_arcs"] = sum(int(w.num_arcs) for w in wls)
+        if not wls:
+            raise DecodeInputError(f"no utterance of {a.data} has a complete path in its lattice: the beams "
+                              f"(--search-beam {a.search_beam}, --max-active-states {a.max_active_states}) are too "
+                              f"narrow for this model, or it is untrained")
         save_word_lattices(out / "word_lattices.pt", wls)
     if nbest_rows:
         pos = {uid: i for i, uid in enumerate(ids)}
@@ -782,6 +794,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--ngram-lm-scale", type=float, default=1.0)
     ap.add_argument("--attention-scale", type=float, default=1.0)
     ap.add_argument("--beam-size", type=int, default=8)
+    ap.add_argument("--beam-ctc-weight", type=float, default=0.3,
+                    help="attention_beam: weight of the CTC head's prefix scores (joint CTC/attention search; 0: the decoder alone)")
     ap.add_argument("--word-lattices", action="store_true", help="also write word_lattices.pt (rescorer.word_lattices/1, the rescorer's input) via word_lattice_arcs")
     ap.add_argument("--save-nbest", type=int, default=0, help="hypotheses per utterance in nbest.jsonl (0: none)")
     return ap

@@ -15,6 +15,8 @@ Lang directory (``build_lang_dir`` / the CLI)::
     python -m rescorer.decoding.graphs --lm-text text.txt --out exp/lang [--order 3]
     python -m rescorer.decoding.graphs --synthetic-plan data/syn/plan.json --out exp/lang
     python -m rescorer.decoding.graphs --speechocean762 data/so762 --out exp/lang
+    python -m rescorer.decoding.graphs --transcripts data/librispeech --corpus librispeech [--lm-text more.txt] --out exp/lang
+    python -m rescorer.decoding.graphs --arpa 3-gram.pruned.1e-7.arpa --out exp/lang
 
 writes ``lm_text.txt`` (the LM's sentences), ``lm.arpa`` (rescorer.decoding.lm estimator),
 ``tokens.txt``, ``words.txt`` (k2 SymbolTable format), ``lexicon.txt``, ``G.fst.txt``
@@ -108,12 +110,17 @@ def build_lang_dir(
     unk_letter_penalty: float = DEFAULT_UNK_LETTER_PENALTY,
     source: str = "",
     build_hlg: bool = True,
+    lm: Optional[lmmod.NgramLM] = None,
 ) -> Path:
+    """Write the lang directory; the LM is estimated from ``sentences`` unless an existing
+    ``lm`` (e.g. read from an ARPA file, words normalised) is given."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    lmmod.write_sentences(out / "lm_text.txt", sentences)
-    lm = lmmod.estimate_kneser_ney(sentences, order)
+    if lm is None:
+        lmmod.write_sentences(out / "lm_text.txt", sentences)
+        lm = lmmod.estimate_kneser_ney(sentences, order)
+    order = lm.order
     lm.write_arpa(out / "lm.arpa")
     words = lex.word_table(lm.vocabulary)
     tokens = lex.token_table()
@@ -126,8 +133,8 @@ def build_lang_dir(
         "order": order,
         "unk_penalty": unk_penalty,
         "unk_letter_penalty": unk_letter_penalty,
-        "lm_estimator": lm.meta["estimator"],
-        "lm_discounts": lm.meta["discounts"],
+        "lm_estimator": lm.meta.get("estimator", f"ARPA file {lm.meta.get('path')}"),
+        "lm_discounts": lm.meta.get("discounts"),
         "lm_sentences": len(sentences),
         "lm_ngrams": lm.num_ngrams(),
         "vocabulary": len(words) - len(lex.SPECIAL_WORDS),
@@ -167,27 +174,50 @@ def load_lang_dir(lang_dir) -> Lang:
 
 def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m rescorer.decoding.graphs", description=__doc__.split("\n\n")[0])
-    src = ap.add_mutually_exclusive_group(required=True)
-    src.add_argument("--lm-text", help="one sentence per line, normalised words separated by spaces")
-    src.add_argument("--synthetic-plan", help="synthetic corpus plan.json: fortunes minus dev/test sentences")
-    src.add_argument("--speechocean762", help="prepared speechocean762 dir: fortunes + train minus dev sentences")
+    ap.add_argument("--lm-text", action="append", default=[],
+                    help="one sentence per line, normalised words separated by spaces (repeatable; adds to --transcripts)")
+    ap.add_argument("--transcripts", metavar="DATA_DIR",
+                    help="a prepared corpus (with --corpus): its train transcripts, minus dev/test sentences")
+    ap.add_argument("--corpus", help="manifest prefix for --transcripts, e.g. librispeech")
+    ap.add_argument("--held-out", default="dev,test", help="splits whose sentences --transcripts leaves out")
+    ap.add_argument("--arpa", help="an existing ARPA LM (e.g. LibriSpeech's 3-gram); words are normalised to our spelling")
+    ap.add_argument("--synthetic-plan", help="synthetic corpus plan.json: fortunes minus dev/test sentences")
+    ap.add_argument("--speechocean762", help="prepared speechocean762 dir: fortunes + train minus dev sentences")
     ap.add_argument("--out", required=True)
     ap.add_argument("--order", type=int, default=3)
     ap.add_argument("--unk-penalty", type=float, default=0.0, help="cost (nats) of entering the <unk> letter loop; negative favours <unk>")
     ap.add_argument("--unk-letter-penalty", type=float, default=DEFAULT_UNK_LETTER_PENALTY, help="cost (nats) per letter inside <unk>")
     ap.add_argument("--no-hlg", action="store_true", help="stop after G (no k2 needed)")
     a = ap.parse_args(argv)
+    sources = [bool(a.lm_text or a.transcripts), bool(a.arpa), bool(a.synthetic_plan), bool(a.speechocean762)]
+    if sum(sources) != 1:
+        ap.error("give one LM source: --lm-text/--transcripts, --arpa, --synthetic-plan or --speechocean762")
+    if bool(a.transcripts) != bool(a.corpus):
+        ap.error("--transcripts and --corpus go together")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    lm = None
+    sents: List[List[str]] = []
     try:
-        if a.lm_text:
-            sents, source = lmmod.read_sentences(a.lm_text), f"text file {a.lm_text}"
+        if a.arpa:
+            lm = lmmod.normalize_lm_words(lmmod.read_arpa(a.arpa))
+            source = f"ARPA file {a.arpa}"
         elif a.synthetic_plan:
             sents = lmmod.synthetic_lm_sentences(a.synthetic_plan)
             source = f"fortune sentences minus the dev/test sentences of {a.synthetic_plan}"
-        else:
+        elif a.speechocean762:
             sents = lmmod.speechocean762_lm_sentences(a.speechocean762)
             source = f"fortune sentences + speechocean762 train transcripts minus dev sentences ({a.speechocean762})"
-        out = build_lang_dir(sents, a.out, a.order, a.unk_penalty, a.unk_letter_penalty, source, not a.no_hlg)
+        else:
+            extra = [s for path in a.lm_text for s in lmmod.read_sentences(path)]
+            parts = [f"text file {p}" for p in a.lm_text]
+            if a.transcripts:
+                held = [x for x in a.held_out.split(",") if x]
+                sents = lmmod.corpus_lm_sentences(a.transcripts, a.corpus, held, extra=extra)
+                parts.append(f"{a.corpus} train transcripts ({a.transcripts}), minus {'/'.join(held)} sentences")
+            else:
+                sents = extra
+            source = " + ".join(parts)
+        out = build_lang_dir(sents, a.out, a.order, a.unk_penalty, a.unk_letter_penalty, source, not a.no_hlg, lm=lm)
     except (lmmod.LmError, lmmod.ArpaError, lex.LexiconError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -430,25 +430,66 @@ def synthetic_lm_sentences(plan_path, text_dir: Optional[str] = None) -> List[Li
     return [s for s in sents if " ".join(s) not in held]
 
 
-def speechocean762_lm_sentences(manifest_dir, text_dir: Optional[str] = None) -> List[List[str]]:
-    """LM text for speechocean762: fortune sentences + the train-split transcripts, minus
-    every sentence that occurs in the dev split (read from
-    ``manifests/speechocean762_supervisions_{train,dev}.jsonl.gz``)."""
+def corpus_transcripts(data_dir, corpus: str, split: str) -> List[List[str]]:
+    """The normalised transcripts of one split (``manifests/{corpus}_supervisions_{split}.jsonl.gz``)."""
     import gzip
     import json
 
+    p = Path(data_dir) / "manifests" / f"{corpus}_supervisions_{split}.jsonl.gz"
+    if not p.is_file():
+        raise LmError(f"{p}: missing (prepare {corpus} first)")
+    with gzip.open(p, "rt", encoding="utf-8") as f:
+        return [json.loads(ln)["text"].split() for ln in f if ln.strip()]
+
+
+def corpus_lm_sentences(
+    data_dir,
+    corpus: str,
+    held_out_splits: Sequence[str] = ("dev", "test"),
+    extra: Sequence[Sequence[str]] = (),
+) -> List[List[str]]:
+    """LM text for a prepared corpus: its train transcripts plus ``extra`` sentences, minus
+    every sentence that occurs in a held-out split (so dev/test are never in the LM)."""
+    held = {" ".join(s) for split in held_out_splits for s in corpus_transcripts(data_dir, corpus, split)}
+    return [list(s) for s in list(extra) + corpus_transcripts(data_dir, corpus, "train") if " ".join(s) not in held]
+
+
+def speechocean762_lm_sentences(manifest_dir, text_dir: Optional[str] = None) -> List[List[str]]:
+    """LM text for speechocean762: fortune sentences + the train-split transcripts, minus
+    every sentence that occurs in the dev split (the corpus has no test split)."""
     from rescorer.corpora.text_sources import fortune_sentences
 
-    def texts(split: str) -> List[List[str]]:
-        p = Path(manifest_dir) / "manifests" / f"speechocean762_supervisions_{split}.jsonl.gz"
-        if not p.is_file():
-            raise LmError(f"{p}: missing (prepare speechocean762 first)")
-        with gzip.open(p, "rt", encoding="utf-8") as f:
-            return [json.loads(ln)["text"].split() for ln in f if ln.strip()]
+    return corpus_lm_sentences(manifest_dir, "speechocean762", ("dev",), extra=fortune_sentences(text_dir))
 
-    dev = {" ".join(s) for s in texts("dev")}
-    out = [s for s in fortune_sentences(text_dir) + texts("train") if " ".join(s) not in dev]
-    return out
+
+def normalize_lm_words(lm: NgramLM) -> NgramLM:
+    """The same model with every word in our spelling (rescorer.text: ``DON'T`` -> ``don't``),
+    so that an existing ARPA (e.g. LibriSpeech's upper-case 3-gram) matches the lexicon.
+    ``<s>``, ``</s>`` and ``<unk>`` (any case) are kept; a word that is not spellable or
+    two words that become one raise LmError naming them."""
+    from rescorer.text import NotAWordError, normalize_word
+
+    mapping: Dict[str, str] = {}
+    seen: Dict[str, str] = {}
+    for w in lm.vocabulary:
+        if w.lower() in (BOS, EOS, UNK):
+            mapping[w] = w.lower()
+            continue
+        try:
+            n = normalize_word(w)
+        except NotAWordError as e:
+            raise LmError(f"LM word {w!r} cannot be spelled with the letter tokens: {e}") from None
+        if n in seen:
+            raise LmError(f"LM words {seen[n]!r} and {w!r} both normalise to {n!r}")
+        seen[n] = w
+        mapping[w] = n
+    if all(k == v for k, v in mapping.items()):
+        return lm
+
+    def conv(table):
+        return {tuple(mapping[w] for w in g): v for g, v in table.items()}
+
+    return NgramLM(lm.order, [conv(p) for p in lm.probs], [conv(b) for b in lm.backoffs], dict(lm.meta, normalized=True))
 
 
 def lm_oov_rate(lm_words: Iterable[str], test_words: Iterable[str]) -> Dict[str, object]:

@@ -40,6 +40,7 @@ from rescorer.models.ctc import (
     length_mask,
     sinusoidal_positions,
 )
+from rescorer.models.ctc_prefix import CtcPrefixScorer
 
 SOS_EOS = NUM_TOKENS  # 29
 DECODER_VOCAB = NUM_TOKENS + 1
@@ -242,17 +243,23 @@ class AttentionModel(CtcModel):
         beam: int = 8,
         max_len_ratio: float = 1.0,
         nbest: Optional[int] = None,
+        ctc_weight: float = 0.0,
     ) -> List[List[Tuple[List[int], float]]]:
-        """Batched beam search with the attention decoder.
+        """Batched beam search with the attention decoder (joint with the CTC head when
+        ``ctc_weight`` > 0).
 
         Returns, per utterance, up to ``nbest`` (default ``beam``) hypotheses
-        ``(token ids without sos/eos, total log-prob incl. eos)``, best first. A hypothesis
-        has at most ``max(1, int(max_len_ratio * T'))`` tokens (letters + boundaries per
-        encoder frame; CTC allows at most 1); hypotheses still open at that length are
-        closed with eos (its log-prob added).
+        ``(token ids without sos/eos, score)``, best first. The score is the decoder's total
+        log-prob incl. eos, or with ``ctc_weight`` = w, ``(1 - w) * that + w * CTC log-prob``
+        of the tokens (prefix scores, rescorer.models.ctc_prefix: they stop the decoder from
+        ending early or looping). A hypothesis has at most ``max(1, int(max_len_ratio * T'))``
+        tokens (letters + boundaries per encoder frame; CTC allows at most 1); hypotheses
+        still open at that length are closed with eos.
         """
         enc, enc_lens = self.encode(feats, feat_lens)
-        return self.beam_search_encoded(enc, enc_lens, beam=beam, max_len_ratio=max_len_ratio, nbest=nbest)
+        return self.beam_search_encoded(
+            enc, enc_lens, beam=beam, max_len_ratio=max_len_ratio, nbest=nbest, ctc_weight=ctc_weight
+        )
 
     @torch.no_grad()
     def beam_search_encoded(
@@ -262,7 +269,10 @@ class AttentionModel(CtcModel):
         beam: int = 8,
         max_len_ratio: float = 1.0,
         nbest: Optional[int] = None,
+        ctc_weight: float = 0.0,
     ) -> List[List[Tuple[List[int], float]]]:
+        if not 0.0 <= ctc_weight <= 1.0:
+            raise ValueError(f"ctc_weight must be in [0, 1], got {ctc_weight}")
         B, T, C = enc.shape
         K = beam
         nbest = nbest or beam
@@ -271,8 +281,13 @@ class AttentionModel(CtcModel):
         # live hypotheses: B*K rows of equal length (all start with sos); incremental decoding
         # with cached self-attention keys/values and cross-attention keys/values of the encoder
         tokens = torch.full((B * K, 1), SOS_EOS, dtype=torch.long, device=device)
-        scores = torch.full((B, K), float("-inf"), device=device)
+        scores = torch.full((B, K), float("-inf"), device=device)  # joint scores
         scores[:, 0] = 0.0
+        prefix = None
+        if ctc_weight > 0:
+            utt = torch.arange(B, device=device).repeat_interleave(K)
+            prefix = CtcPrefixScorer(self.ctc_log_probs(enc), enc_lens)
+            ctc_r, ctc_scores = prefix.initial_state(utt)
         memory_kv = [
             (k.repeat_interleave(K, dim=0), v.repeat_interleave(K, dim=0)) for k, v in self.decoder.memory_kv(enc)
         ]
@@ -283,12 +298,20 @@ class AttentionModel(CtcModel):
         step = 0
         while not all(done):
             logits, cache = self.decoder.step(tokens[:, -1], step, memory_kv, memory_mask, cache)
-            logp = F.log_softmax(logits.float(), dim=-1).view(B, K, DECODER_VOCAB)
+            logp = F.log_softmax(logits.float(), dim=-1)  # [B*K, 30]
+            if prefix is None:
+                joint = scores.view(B * K, 1) + logp
+            else:
+                empty = torch.full_like(utt, step == 0, dtype=torch.bool)
+                psi, new_r, psi_end = prefix.extend(utt, ctc_r, tokens[:, -1], empty)
+                ctc_next = torch.cat([psi, psi_end[:, None]], dim=1) - ctc_scores[:, None]  # tokens + eos
+                joint = scores.view(B * K, 1) + (1 - ctc_weight) * logp + ctc_weight * ctc_next
+                joint = joint.masked_fill(torch.isnan(joint), float("-inf"))  # -inf - -inf on dead rows
             step += 1
-            cand = (scores[:, :, None] + logp).view(B, K * DECODER_VOCAB)
+            cand = joint.view(B, K * DECODER_VOCAB)
             top_scores, top_idx = cand.topk(min(2 * K, K * DECODER_VOCAB), dim=1)
             top_scores, top_idx = top_scores.cpu(), top_idx.cpu()
-            eos_scores = (scores + logp[:, :, SOS_EOS]).cpu()
+            eos_scores = joint[:, SOS_EOS].view(B, K).cpu()
             new_rows, new_tokens, new_scores = [], [], []
             for b in range(B):
                 rows_b, toks_b, sc_b = [], [], []
@@ -324,7 +347,12 @@ class AttentionModel(CtcModel):
                 new_tokens += toks_b
                 new_scores += sc_b
             rows = torch.tensor(new_rows, dtype=torch.long, device=device)
-            tokens = torch.cat([tokens[rows], torch.tensor(new_tokens, device=device)[:, None]], dim=1)
+            toks = torch.tensor(new_tokens, dtype=torch.long, device=device)
+            tokens = torch.cat([tokens[rows], toks[:, None]], dim=1)
             scores = torch.tensor(new_scores, device=device).view(B, K)
             cache = [(k[rows], v[rows]) for k, v in cache]
+            if prefix is not None:
+                col = toks.clamp(max=SOS_EOS - 1)  # dead rows carry eos: any column will do
+                ctc_r = new_r[rows, :, col]
+                ctc_scores = psi[rows, col]
         return [sorted(f, key=lambda h: -h[1])[:nbest] for f in finished]
