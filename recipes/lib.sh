@@ -58,6 +58,17 @@ features() {
   export_asr "$1" "$2"
 }
 
+# corpus_report DATA CORPUS: split statistics -> exp/corpora.json
+corpus_report() {
+  rescorer report corpora "$2=$1" --out exp/corpora.json
+}
+
+# build_lang LM-SOURCE-OPTIONS...: LM + HLG (python -m rescorer.decoding.graphs) -> exp/lang
+build_lang() {
+  if [ -f exp/lang/HLG.pt ]; then log "exp/lang exists; skipping"; return 0; fi
+  "$PY" -m rescorer.decoding.graphs "$@" --out exp/lang
+}
+
 # train_embedder DATA: acoustic + letter-n-gram encoders -> exp/embeddings (resumable)
 train_embedder() {
   cfg embeddings

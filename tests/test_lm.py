@@ -198,6 +198,11 @@ def test_lang_dir_from_transcripts_or_an_arpa(tmp_path):
                  "--out", str(tmp_path / "lang1"), "--order", "2", "--no-hlg"]) == 0
     cfg = json.loads((tmp_path / "lang1" / "lang.json").read_text())
     assert cfg["lm_sentences"] == 2 and "minus dev/test" in cfg["text_source"]
+    # several texts, as a recipe config's list arrives (comma-joined)
+    extra2 = tmp_path / "more2.txt"
+    extra2.write_text("lamps and stew\n")
+    assert main(["--lm-text", f"{extra},{extra2}", "--out", str(tmp_path / "lang0"), "--order", "2", "--no-hlg"]) == 0
+    assert json.loads((tmp_path / "lang0" / "lang.json").read_text())["lm_sentences"] == 2
     words = (tmp_path / "lang1" / "words.txt").read_text().split()
     assert "lamps" in words and "stew" in words and "nightfall" not in words
 

@@ -46,18 +46,15 @@ if run_stage 1; then
 fi
 if run_stage 2; then
   log "stage 2: corpus report"
-  rescorer report corpora librispeech="$DATA" --out exp/corpora.json
+  corpus_report "$DATA" librispeech
 fi
 if run_stage 3; then
   log "stage 3: language model and decoding graph"
-  if [ -f exp/lang/HLG.pt ]; then log "exp/lang exists; skipping"; else
-    cfg lang
-    # an ARPA in the config replaces the transcripts as the LM source
-    case " ${CFG[*]} " in
-      *" --arpa="*) "$PY" -m rescorer.decoding.graphs "${CFG[@]}" --out exp/lang ;;
-      *) "$PY" -m rescorer.decoding.graphs --transcripts "$DATA" --corpus librispeech "${CFG[@]}" --out exp/lang ;;
-    esac
-  fi
+  cfg lang
+  case " ${CFG[*]} " in  # an ARPA in the config replaces the transcripts as the LM source
+    *" --arpa="*) build_lang "${CFG[@]}" ;;
+    *) build_lang --transcripts "$DATA" --corpus librispeech "${CFG[@]}" ;;
+  esac
 fi
 if run_stage 4; then
   log "stage 4: training (embedder + CTC, then attention)"

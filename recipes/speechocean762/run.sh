@@ -33,13 +33,11 @@ if run_stage 1; then
 fi
 if run_stage 2; then
   log "stage 2: corpus report"
-  rescorer report corpora speechocean762="$DATA" --out exp/corpora.json
+  corpus_report "$DATA" speechocean762
 fi
 if run_stage 3; then
   log "stage 3: language model and decoding graph"
-  if [ -f exp/lang/HLG.pt ]; then log "exp/lang exists; skipping"; else
-    "$PY" -m rescorer.decoding.graphs --speechocean762 "$DATA" --out exp/lang
-  fi
+  build_lang --speechocean762 "$DATA"
 fi
 if run_stage 4; then
   log "stage 4: training (embedder + CTC, then attention)"

@@ -26,13 +26,11 @@ if run_stage 1; then
 fi
 if run_stage 2; then
   log "stage 2: corpus report"
-  rescorer report corpora synthetic="$DATA" --out exp/corpora.json
+  corpus_report "$DATA" synthetic
 fi
 if run_stage 3; then
   log "stage 3: language model and decoding graph"
-  if [ -f exp/lang/HLG.pt ]; then log "exp/lang exists; skipping"; else
-    "$PY" -m rescorer.decoding.graphs --synthetic-plan "$DATA/plan.json" --out exp/lang
-  fi
+  build_lang --synthetic-plan "$DATA/plan.json"
 fi
 if run_stage 4; then
   log "stage 4: training (embedder + CTC, then attention)"

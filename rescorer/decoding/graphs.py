@@ -175,7 +175,7 @@ def load_lang_dir(lang_dir) -> Lang:
 def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m rescorer.decoding.graphs", description=__doc__.split("\n\n")[0])
     ap.add_argument("--lm-text", action="append", default=[],
-                    help="one sentence per line, normalised words separated by spaces (repeatable; adds to --transcripts)")
+                    help="one sentence per line, normalised words separated by spaces (repeatable or comma-separated; adds to --transcripts)")
     ap.add_argument("--transcripts", metavar="DATA_DIR",
                     help="a prepared corpus (with --corpus): its train transcripts, minus dev/test sentences")
     ap.add_argument("--corpus", help="manifest prefix for --transcripts, e.g. librispeech")
@@ -208,8 +208,9 @@ def main(argv: Optional[List[str]] = None) -> int:
             sents = lmmod.speechocean762_lm_sentences(a.speechocean762)
             source = f"fortune sentences + speechocean762 train transcripts minus dev sentences ({a.speechocean762})"
         else:
-            extra = [s for path in a.lm_text for s in lmmod.read_sentences(path)]
-            parts = [f"text file {p}" for p in a.lm_text]
+            paths = [p for v in a.lm_text for p in v.split(",") if p]  # a recipe config's list arrives comma-joined
+            extra = [s for path in paths for s in lmmod.read_sentences(path)]
+            parts = [f"text file {p}" for p in paths]
             if a.transcripts:
                 held = [x for x in a.held_out.split(",") if x]
                 sents = lmmod.corpus_lm_sentences(a.transcripts, a.corpus, held, extra=extra)
