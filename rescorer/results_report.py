@@ -532,6 +532,40 @@ def _beam_ctc_section(doc: Any, source: str) -> List[str]:
     return out
 
 
+def _prune_sweep_section(results_dir: Path, base: Path) -> List[str]:
+    """Rescoring cost and WER against the posterior-pruning threshold (results/rescore_prune/p*/)."""
+    runs = sorted(glob.glob(str(results_dir / "rescore_prune" / "p*" / "wer.json")))
+    if not runs:
+        return []
+    out = ["## Rescoring cost against lattice pruning", "",
+           "Arcs below the posterior threshold are pruned before their spans are embedded "
+           "(`benchmarks/rescore_wer.py --prune-posterior`); scales tuned on dev at each threshold, "
+           "WER on test. Each row is one run of the script; rescoring seconds (span embedding + "
+           "decoding of the rescored lattices) are divided by the decoder's own time from its metrics.json.", ""]
+    rows, commands = [], []
+    for path in runs:
+        path = Path(path)
+        doc = _load_json(path)
+        corpora = _corpora(doc, _rel(path, base))
+        run = next(iter(doc.get("rescoring_runs", {}).values()), {}) if isinstance(doc, Mapping) else {}
+        cmd = str(run.get("command", ""))
+        threshold = path.parent.name[1:]
+        for corpus, methods in sorted(corpora.items()):
+            awe, base_m = methods.get("awe_rescore", {}), methods.get("baseline_tuned", {})
+            dev = None
+            for tj in path.parent.glob("rescore_tuning_*.json"):
+                grid = _load_json(tj).get("awe_rescore_fold0")
+                if isinstance(grid, list) and grid:
+                    dev = min(p["wer"] for p in grid if _is_num(p.get("wer")))
+            rows.append([corpus, threshold, _pct(dev), _pct(base_m.get("wer")), _pct(awe.get("wer")),
+                         _fixed(2)(awe.get("rescoring_seconds_per_decode_second"))])
+        commands.append(f"- {threshold}: {_code(cmd) if cmd else '–'} ({run.get('machine', '–')}, {run.get('date', '–')})")
+    out += [_table(["corpus", "min posterior", "dev WER % (tuned)", "test WER %, decoder scales only",
+                    "test WER %, embeddings", "rescoring s / decode s"], rows, ["l", "r", "r", "r", "r", "r"]), "",
+            "Commands:", ""] + commands + [""]
+    return out
+
+
 def _kernels_section(doc: Any, base_source: str) -> List[str]:
     out = ["## CUDA kernels", ""]
     if doc is None:
@@ -661,6 +695,7 @@ def build_results_md(results_dir: PathLike, out_path: PathLike, plots_dir: PathL
         lines += _wer_section(wer, base, plots_dir, src["wer.json"])
     lines += _embeddings_section(emb, results_dir, base, src["embeddings.json"])
     lines += _tuning_section(results_dir, base)
+    lines += _prune_sweep_section(results_dir, base)
     lines += _beam_ctc_section(_load_optional(results_dir / "tuning_beam_ctc_weight.json"),
                                _rel(results_dir / "tuning_beam_ctc_weight.json", base))
     lines += _kernels_section(ker, src["kernels.json"])

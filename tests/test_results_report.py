@@ -196,6 +196,27 @@ def test_beam_ctc_weight_curve_section(tmp_path):
         write_results_md(results, tmp_path / "RESULTS.md", results / "plots")
 
 
+def test_prune_sweep_section_reads_one_run_per_threshold(tmp_path):
+    import json
+
+    results = _results(tmp_path)
+    for thr, dev, awe, cost in (("0.0001", 0.70, 0.646, 1.4), ("0.01", 0.71, 0.650, 0.12)):
+        d = results / "rescore_prune" / f"p{thr}"
+        d.mkdir(parents=True)
+        (d / "wer.json").write_text(json.dumps({
+            "corpora": {"synthetic": {"awe_rescore": {"wer": awe, "rescoring_seconds_per_decode_second": cost},
+                                      "baseline_tuned": {"wer": 0.717}}},
+            "rescoring_runs": {"synthetic:ctc:awe_rescore": {"command": f"python benchmarks/rescore_wer.py --prune-posterior {thr}",
+                                                             "machine": "x86_64", "date": "2026-11-24"}}}))
+        (d / "rescore_tuning_synthetic_lattices.json").write_text(json.dumps(
+            {"awe_rescore_fold0": [{"awe_scale": 0, "wer": dev + 0.1}, {"awe_scale": 4, "wer": dev}]}))
+    md = write_results_md(results, tmp_path / "RESULTS.md", results / "plots").read_text()
+    section = md.split("## Rescoring cost against lattice pruning")[1].split("\n## ")[0]
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in section.splitlines() if line.startswith("| synthetic")]
+    assert cells == [["synthetic", "0.0001", "70.0", "71.7", "64.6", "1.40"], ["synthetic", "0.01", "71.0", "71.7", "65.0", "0.12"]]
+    assert "--prune-posterior 0.01" in section
+
+
 def test_absent_files_are_reported_not_fatal(tmp_path):
     results = tmp_path / "results"
     results.mkdir()
