@@ -209,7 +209,8 @@ def run(args):
         prep_test = prep_dev if args.cross_validate else prepare_all(rescorer, folds[0][1], test_feats, recover=recover)
         for k, (tune_lats, eval_lats) in enumerate(folds):
             prep_tune = {u: prep_dev[u] for u in tune_lats}
-            best, curve = tune(rescorer, prep_tune, dev_refs, train_vocab=train_vocab, **grid)
+            oov_grid = [float(x) for x in args.oov_lm_scores.split(",")] if recover and args.oov_lm_scores else None
+            best, curve = tune(rescorer, prep_tune, dev_refs, train_vocab=train_vocab, oov_lm_scores=oov_grid, **grid)
             base_best, _ = tune(rescorer, prep_tune, dev_refs, awe_scales=[0.0], lm_scales=grid["lm_scales"],
                                 word_insertion_penalties=grid["word_insertion_penalties"], train_vocab=train_vocab)
             curves[f"{method}_fold{k}"] = curve
@@ -298,6 +299,9 @@ def main(argv=None):
     p.add_argument("--awe-scales", default="0,1,2,4,8,16,32")
     p.add_argument("--lm-scales", default="0.5,1,2")
     p.add_argument("--wips", default="-2,0,2")
+    p.add_argument("--oov-lm-scores", default=None,
+                   help="OOV recovery: LM costs (natural log) of a recovered word to tune on dev, e.g. -10,-7,-5,-3 "
+                        "(default: the rescorer config's oov_lm_score)")
     p.add_argument("--am-scale", type=float, default=1.0)
     p.add_argument("--word-list-size", type=int, default=200000)
     p.add_argument("--attention-model-dir", help="joint CTC/attention model for awe_plus_attention (n-best second pass)")

@@ -17,7 +17,9 @@ arcs (same states, same span, same acoustic score) for the nearest spellings of 
 audio in a large word list (``set_vocabulary``; ``ops.topk_nearest``) whose cosine is at
 least ``oov_min_similarity``; then the lattice is decoded again. A new arc's LM score is
 ``oov_lm_score`` (the cost of a word the LM does not know), or the LM's ``<unk>`` score
-when it replaces a ``<unk>`` arc. Which arcs get alternatives (posteriors from the
+when it replaces a ``<unk>`` arc; such arcs are marked (``oov_lm_arcs``) and
+``apply_scores`` gives them the config's ``oov_lm_score``, so it is tuned on dev like the
+scales, without redoing the recovery. Which arcs get alternatives (posteriors from the
 decoder's scores alone, ``awe_scale`` 0, scaled by ``posterior_scale``; spans are the
 distinct feature-frame spans that get embedded):
 
@@ -448,7 +450,12 @@ class Rescorer:
         fsa = lat.fsa.clone()
         fsa.awe_scores = awe.to(fsa.scores.device)
         word = (fsa.labels > 0).to(torch.float32)
-        fsa.scores = (c.am_scale * fsa.am_scores + c.lm_scale * fsa.lm_scores + c.word_insertion_penalty * word
+        lm = fsa.lm_scores
+        oov = _oov_lm_arcs(fsa)
+        if oov is not None:  # recovered words the LM lacks: their LM score is the config's oov_lm_score
+            lm = torch.where(oov, torch.full_like(lm, c.oov_lm_score), lm)
+            fsa.lm_scores = lm
+        fsa.scores = (c.am_scale * fsa.am_scores + c.lm_scale * lm + c.word_insertion_penalty * word
                       + c.awe_scale * fsa.awe_scores).to(torch.float32)
         meta = dict(lat.meta)
         meta["scales"] = {"am_scale": c.am_scale, "lm_scale": c.lm_scale, "word_insertion_penalty": c.word_insertion_penalty,
@@ -553,7 +560,8 @@ class Rescorer:
         if rows.shape[0] == 0:
             return unchanged, []
         sf, ef = fsa.start_frame[from_arc], fsa.end_frame[from_arc]
-        attrs = {"start_frame": sf, "end_frame": ef, "am_scores": am, "lm_scores": lm}
+        attrs = {"start_frame": sf, "end_frame": ef, "am_scores": am, "lm_scores": lm,
+                 "oov_lm_arcs": labels[from_arc] != unk}
         fs = lat.frame_shift
         added = [(vocab_words[i], s * fs, e * fs) for i, s, e in zip(new_vocab.tolist(), sf.tolist(), ef.tolist())]
         return _with_extra_arcs(lat, rows, attrs, table), added
@@ -577,6 +585,14 @@ def _recovered_on_path(lat, words, added) -> List[Tuple[str, float, float]]:
     return out
 
 
+def _oov_lm_arcs(fsa) -> Optional[torch.Tensor]:
+    """Bool mask of the arcs OOV recovery added with the OOV LM cost (None: no such arcs)."""
+    try:
+        return fsa.oov_lm_arcs.bool()
+    except AttributeError:
+        return None
+
+
 def _scales(meta) -> Tuple[float, float, float]:
     """(am_scale, lm_scale, word_insertion_penalty) of a lattice's ``meta["scales"]`` (list or dict)."""
     s = meta.get("scales")
@@ -590,7 +606,9 @@ def _scales(meta) -> Tuple[float, float, float]:
 def _with_extra_arcs(lat, rows, attrs, words_table):
     """A new lattice with extra arcs ``rows`` (src, dst, label) between existing states.
 
-    ``attrs``: ``start_frame``, ``end_frame``, ``am_scores``, ``lm_scores`` of the new arcs.
+    ``attrs``: ``start_frame``, ``end_frame``, ``am_scores``, ``lm_scores`` of the new arcs,
+    optionally ``oov_lm_arcs`` (which of them carry the OOV LM cost, so that ``apply_scores``
+    can set it from its config: the cost is tuned without redoing the recovery).
     States keep their numbers (so topological order and the final state are unchanged);
     arcs are stably re-sorted by source state as k2 requires (each state's old arcs first).
     Old arcs keep their ``scores``; new arcs get the combined score under the lattice's
@@ -616,6 +634,11 @@ def _with_extra_arcs(lat, rows, attrs, words_table):
         setattr(new_fsa, name, torch.cat([getattr(fsa, name).to(torch.int32), new[name].to(torch.int32)])[order])
     for name in ("am_scores", "lm_scores"):
         setattr(new_fsa, name, torch.cat([getattr(fsa, name).float(), new[name].float()])[order])
+    old_oov = _oov_lm_arcs(fsa)
+    if old_oov is None:
+        old_oov = torch.zeros(fsa.num_arcs, dtype=torch.bool)
+    new_oov = torch.as_tensor(attrs.get("oov_lm_arcs", torch.zeros(rows.shape[0], dtype=torch.bool))).bool()
+    new_fsa.oov_lm_arcs = torch.cat([old_oov.cpu(), new_oov.cpu()])[order].to(torch.int32)
     meta = dict(lat.meta)
     meta["oov_recovery_arcs"] = meta.get("oov_recovery_arcs", 0) + int(rows.shape[0])
     return WordLattice(new_fsa, lat.frame_shift, words_table, lat.utterance_id, meta)

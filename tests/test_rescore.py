@@ -329,6 +329,32 @@ def test_a_recovered_word_wins_a_weak_word_arc_when_the_lm_cost_allows(oov_lm, w
     assert [w[0] for w in res.recovered] == (["zebra"] if wins else [])
 
 
+def test_the_oov_lm_cost_is_set_at_decoding_so_it_tunes_without_redoing_recovery():
+    from dataclasses import replace
+
+    from rescorer.evaluation.rescoring import prepare_all, tune
+
+    arcs = [(0, 1, "the", 0, 5, 0.0, 0.0), (1, 2, "cat", 5, 10, -1.0, -1.0), (1, 2, "cap", 5, 10, -1.1, -1.0),
+            (1, 2, "mat", 5, 10, -1.2, -1.0)]
+    r = _cap_rescorer(awe_scale=2.0, oov_lm_score=-5.0)  # recovery done once, at a cost where zebra loses
+    feats = _feats(["the", "zebra"])
+    prepared = prepare_all(r, {"u1": _lattice(arcs, words=CAP_WORDS)}, {"u1": feats}, recover=True, progress=False)
+    lat, awe = prepared["u1"].lattice, prepared["u1"].awe
+    assert int(lat.fsa.oov_lm_arcs.sum()) >= 1 and int(lat.fsa.oov_lm_arcs[: len(arcs)].sum()) == 0
+    assert prepared["u1"].decode(r, r.config) == ["the", "cat"]
+    # the same prepared lattice under a cheaper OOV cost: what a fresh recovery at that cost gives
+    cheap = replace(r.config, oov_lm_score=-2.0)
+    assert prepared["u1"].decode(r, cheap) == ["the", "zebra"]
+    fresh = _cap_rescorer(awe_scale=2.0, oov_lm_score=-2.0).rescore(_lattice(arcs, words=CAP_WORDS), feats, recover=True)
+    assert fresh.hypothesis.text == "the zebra"
+    scored = r.apply_scores(lat, awe, cheap)
+    assert torch.allclose(scored.fsa.lm_scores[lat.fsa.oov_lm_arcs.bool()], torch.tensor(-2.0))
+    # tuning picks it up from dev
+    best, curve = tune(r, prepared, {"u1": ["the", "zebra"]}, [2.0], [1.0], [0.0], oov_lm_scores=[-5.0, -2.0])
+    assert best.oov_lm_score == -2.0 and [row["oov_lm_score"] for row in curve] == [-5.0, -2.0]
+    assert [row["wer"] for row in curve] == [0.5, 0.0]
+
+
 def _reference_with_extra_arcs(lat, rows, attrs):
     """The former construction (k2 text format), kept here to check the tensor one against."""
     import k2

@@ -93,18 +93,28 @@ def tune(
     lm_scales: Iterable[float],
     word_insertion_penalties: Iterable[float],
     train_vocab: Optional[set] = None,
+    oov_lm_scores: Optional[Iterable[float]] = None,
 ) -> Tuple[object, List[dict]]:
-    """Grid search on dev; returns (best RescoreConfig, curve rows {awe_scale, lm_scale, wip, wer})."""
+    """Grid search on dev; returns (best RescoreConfig, curve rows {awe_scale, lm_scale, wip, wer}).
+
+    ``oov_lm_scores`` (for lattices with recovered arcs) adds the LM cost of a recovered
+    word to the grid (rows then carry ``oov_lm_score``); default: the rescorer's own.
+    """
     from rescorer.wer import compute_wer
 
     uids = sorted(prepared)
     curve, best = [], None
-    for a, l, w in itertools.product(list(awe_scales), list(lm_scales), list(word_insertion_penalties)):
+    oov_grid = [None] if oov_lm_scores is None else [float(x) for x in oov_lm_scores]
+    for a, l, w, o in itertools.product(list(awe_scales), list(lm_scales), list(word_insertion_penalties), oov_grid):
         cfg = replace(rescorer.config, awe_scale=float(a), lm_scale=float(l), word_insertion_penalty=float(w))
+        if o is not None:
+            cfg = replace(cfg, oov_lm_score=o)
         hyps = decode_all(rescorer, prepared, cfg)
         m = compute_wer([refs[u] for u in uids], [hyps[u] for u in uids], train_vocab)
         row = {"awe_scale": a, "lm_scale": l, "word_insertion_penalty": w, "wer": m["wer"],
                "iv_wer": m.get("iv_wer"), "oov_wer": m.get("oov_wer")}
+        if o is not None:
+            row["oov_lm_score"] = o
         curve.append(row)
         if best is None or m["wer"] < best[0] - 1e-12:
             best = (m["wer"], cfg)
