@@ -239,13 +239,22 @@ def export_asr_cmd(data_dir, corpus, out, splits):
 
 @main.command("rescore")
 @click.option("--model-dir", required=True, type=click.Path(exists=True), help="Trained embedder (+ rescorer.json scales).")
-@click.option("--lattices", required=True, type=click.Path(exists=True, dir_okay=False), help="Word-lattice shard (rescorer.word_lattices/1).")
+@click.option("--lattices", required=True, type=click.Path(exists=True),
+              help="Word-lattice shard (rescorer.word_lattices/1), or a directory of shards + words.txt (pocketsphinx's output).")
 @click.option("--features", required=True, type=click.Path(exists=True, dir_okay=False), help="Utterance features (rescorer.utterances/1).")
 @click.option("--out", required=True, type=click.Path(file_okay=False))
 @click.option("--recover-oov/--no-recover-oov", default=False, show_default=True, help="Propose words from a large word list.")
 @click.option("--word-list-size", type=int, default=200000, show_default=True)
 @click.option("--device", default=None, help="cpu or cuda (default: cuda if available).")
-def rescore_cmd(model_dir, lattices, features, out, recover_oov, word_list_size, device):
+@click.option("--prune-posterior", type=float, default=1e-4, show_default=True,
+              help="Drop arcs below this posterior before embedding their spans (0: keep all); the cost of rescoring "
+                   "falls with it (RESULTS.md, 'Rescoring cost against lattice pruning').")
+@click.option("--prune-scale", type=float, default=1.0, show_default=True,
+              help="Scale on the lattice scores for those posteriors (0.1 for pocketsphinx's large acoustic scores).")
+@click.option("--config-name", default="rescorer.json", show_default=True,
+              help="Tuned scales in MODEL_DIR to use, e.g. rescorer_pocketsphinx.json.")
+def rescore_cmd(model_dir, lattices, features, out, recover_oov, word_list_size, device, prune_posterior, prune_scale,
+                config_name):
     """Rescore lattices with word embeddings; writes rescored lattices and 1-best texts.
 
     Runs sharded under torchrun (each rank takes every WORLD_SIZE-th utterance and writes
@@ -255,7 +264,7 @@ def rescore_cmd(model_dir, lattices, features, out, recover_oov, word_list_size,
 
     from tqdm import tqdm
 
-    from rescorer.lattice.word_lattice import load_word_lattices, save_word_lattices
+    from rescorer.lattice.word_lattice import load_word_lattices, prune, save_word_lattices
     from rescorer.rescore import Rescorer
     from rescorer.training.asr_data import load_utterances
     from rescorer.utils import atomic_write_text
@@ -266,7 +275,9 @@ def rescore_cmd(model_dir, lattices, features, out, recover_oov, word_list_size,
     lats = load_word_lattices(lattices)
     utts = load_utterances(features, max_frames=None)
     feats = {utts.utterance_id(i): utts.features(i).float() for i in range(len(utts))}
-    rescorer = Rescorer.from_dir(model_dir, device=device)
+    if config_name != "rescorer.json" and not (Path(model_dir) / config_name).exists():
+        raise click.ClickException(f"{Path(model_dir) / config_name}: no such tuned configuration")
+    rescorer = Rescorer.from_dir(model_dir, device=device, config_name=config_name)
     if recover_oov:
         from rescorer.corpora.text_sources import large_word_list
 
@@ -284,7 +295,8 @@ def rescore_cmd(model_dir, lattices, features, out, recover_oov, word_list_size,
             errors[uid] = "no features for this utterance"
             continue
         try:
-            res = rescorer.rescore(lats[uid], feats[uid], recover=recover_oov)
+            lat = prune(lats[uid], prune_posterior, scale=prune_scale) if prune_posterior > 0 else lats[uid]
+            res = rescorer.rescore(lat, feats[uid], recover=recover_oov)
         except ValueError as e:  # a bad lattice costs that utterance only
             errors[uid] = str(e)
             continue

@@ -593,16 +593,6 @@ def _oov_lm_arcs(fsa) -> Optional[torch.Tensor]:
         return None
 
 
-def _scales(meta) -> Tuple[float, float, float]:
-    """(am_scale, lm_scale, word_insertion_penalty) of a lattice's ``meta["scales"]`` (list or dict)."""
-    s = meta.get("scales")
-    if isinstance(s, dict):
-        return float(s.get("am_scale", 1.0)), float(s.get("lm_scale", 1.0)), float(s.get("word_insertion_penalty", 0.0))
-    if isinstance(s, (list, tuple)) and len(s) == 3:
-        return float(s[0]), float(s[1]), float(s[2])
-    return 1.0, 1.0, 0.0
-
-
 def _with_extra_arcs(lat, rows, attrs, words_table):
     """A new lattice with extra arcs ``rows`` (src, dst, label) between existing states.
 
@@ -621,7 +611,9 @@ def _with_extra_arcs(lat, rows, attrs, words_table):
     fsa = lat.fsa
     rows = torch.as_tensor(rows, dtype=torch.long).reshape(-1, 3)
     new = {name: torch.as_tensor(attrs[name]) for name in ("start_frame", "end_frame", "am_scores", "lm_scores")}
-    am_s, lm_s, wip = _scales(lat.meta)
+    from rescorer.lattice.word_lattice import scales_of
+
+    am_s, lm_s, wip = scales_of(lat.meta)
     new_scores = (am_s * new["am_scores"].double() + lm_s * new["lm_scores"].double() + wip * (rows[:, 2] > 0).double())
     allarcs = torch.cat([fsa.arcs.values()[:, :3].long(), rows])
     order = torch.sort(allarcs[:, 0], stable=True).indices

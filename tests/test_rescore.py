@@ -425,3 +425,57 @@ def test_rescore_reports_each_recovered_word_of_the_best_path_once():
     assert res.hypothesis.text == "the the"
     assert res.recovered == [("the", pytest.approx(0.2), pytest.approx(0.4))]
     assert res.lattice.meta["oov_recovery_arcs"] == 2  # on (1, 2) and (1, 3)
+
+
+def test_rescore_cli_prunes_uses_the_named_tuned_scales_names_bad_input_and_resumes(tmp_path):
+    """`rescorer rescore`: the command users run on their own lattices."""
+    import json
+
+    from click.testing import CliRunner
+
+    from rescorer.cli import main
+    from rescorer.lattice.word_lattice import load_word_lattices, save_word_lattices
+    from rescorer.training.train_embeddings import TrainConfig, build_encoders, save_embedder
+    from tests.conftest import TINY_EMBEDDER
+
+    torch.manual_seed(0)
+    acoustic, letters = build_encoders(TrainConfig(train="-", dev="-", out="-", **TINY_EMBEDDER))
+    model = tmp_path / "emb"
+    model.mkdir()
+    save_embedder(str(model / "best.pt"), acoustic, letters, {})
+    (model / "rescorer_pocketsphinx.json").write_text(json.dumps({"config": {"awe_scale": 0.0}}))
+    arcs = [(0, 1, "the", 0, 5, -1.0, -1.0), (1, 2, "cap", 5, 10, -1.0, -1.0), (1, 2, "cat", 5, 10, -1.2, -1.0),
+            (1, 2, "sat", 5, 10, -40.0, -1.0),  # posterior ~1e-17: pruned before its span is embedded
+            (2, 3, "sat", 10, 15, -1.0, -1.0)]
+    save_word_lattices(tmp_path / "lats.pt", [_lattice(arcs, uid="u1"), _lattice(arcs, uid="u2")])
+    f = _feats(["the", "cat", "sat"])
+    torch.save({"format": "rescorer.utterances/1", "feats": f.half(), "offsets": torch.tensor([0, f.shape[0]]),
+                "texts": ["the cat sat"], "utterance_ids": ["u1"], "speakers": ["s"]}, tmp_path / "feats.pt")
+    base = ["rescore", "--model-dir", str(model), "--lattices", str(tmp_path / "lats.pt"),
+            "--features", str(tmp_path / "feats.pt"), "--device", "cpu"]
+    runner = CliRunner()
+
+    r = runner.invoke(main, base + ["--out", str(tmp_path / "a"), "--config-name", "rescorer_pocketsphinx.json"])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "a" / "hyps.txt").read_text() == "u1\tthe cap sat\n"  # awe_scale 0: the decoder's choice
+    assert "no features" in json.loads((tmp_path / "a" / "errors.0.json").read_text())["u2"]
+    back = load_word_lattices(tmp_path / "a" / "rescored.0.pt")["u1"]  # rescored lattices load again
+    assert back.num_arcs == len(arcs) - 1 + 1  # pruned; + the final arc
+    assert back.meta["scales"]["awe_scale"] == 0.0 and back.meta["pruned_min_posterior"] == 1e-4
+    # resumed: u1 is not rescored again
+    r = runner.invoke(main, base + ["--out", str(tmp_path / "a"), "--config-name", "rescorer_pocketsphinx.json"])
+    assert r.exit_code == 0 and "(1 utterances)" in r.output
+    # no pruning: every arc is kept
+    r = runner.invoke(main, base + ["--out", str(tmp_path / "b"), "--prune-posterior", "0"])
+    assert r.exit_code == 0, r.output
+    assert load_word_lattices(tmp_path / "b" / "rescored.0.pt")["u1"].num_arcs == len(arcs) + 1
+    # a directory of shards (as rescorer.lattice.pocketsphinx writes them)
+    (tmp_path / "shards").mkdir()
+    for uid in ("u1", "u2"):
+        save_word_lattices(tmp_path / "shards" / f"{uid}.pt", [_lattice(arcs, uid=uid)])
+    dir_args = [a if a != str(tmp_path / "lats.pt") else str(tmp_path / "shards") for a in base]
+    r = runner.invoke(main, dir_args + ["--out", str(tmp_path / "d")])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "d" / "hyps.txt").read_text().startswith("u1\t")
+    r = runner.invoke(main, base + ["--out", str(tmp_path / "c"), "--config-name", "rescorer_other.json"])
+    assert r.exit_code != 0 and "rescorer_other.json: no such tuned configuration" in r.output

@@ -330,6 +330,17 @@ def from_arrays(
     return _from_columns(arcs3, sf, ef, am, lm, words, frame_shift, utterance_id, meta, (am_scale, lm_scale, word_insertion_penalty))
 
 
+def scales_of(meta) -> Tuple[float, float, float]:
+    """(am_scale, lm_scale, word_insertion_penalty) of ``meta["scales"]``: the list this module
+    writes or the dict ``Rescorer.apply_scores`` writes (which adds ``awe_scale``); default (1, 1, 0)."""
+    s = meta.get("scales")
+    if isinstance(s, dict):
+        return float(s.get("am_scale", 1.0)), float(s.get("lm_scale", 1.0)), float(s.get("word_insertion_penalty", 0.0))
+    if isinstance(s, (list, tuple)) and len(s) == 3:
+        return float(s[0]), float(s[1]), float(s[2])
+    return 1.0, 1.0, 0.0
+
+
 def _from_columns(arcs3, start_frame, end_frame, am, lm, words, frame_shift, utterance_id, meta, scales, scores=None):
     import k2
 
@@ -345,7 +356,8 @@ def _from_columns(arcs3, start_frame, end_frame, am, lm, words, frame_shift, utt
         lat = rescale(lat, *scales)
     else:
         lat.fsa.scores = scores.to(torch.float32)
-        lat.meta["scales"] = list(map(float, scales))
+        if not isinstance(lat.meta.get("scales"), dict):  # the rescorer's record (with awe_scale) is kept
+            lat.meta["scales"] = list(map(float, scales))
     validate(lat)
     return lat
 
@@ -734,6 +746,6 @@ def load_word_lattices(path: Union[str, Path], words=None) -> Dict[str, WordLatt
         meta = dict(r.get("meta", {}))
         out[utt] = _from_columns(
             r["arcs"], r["start_frame"], r["end_frame"], r["am_scores"], r["lm_scores"], table, r["frame_shift"], utt,
-            meta, scales=meta.get("scales", (1.0, 1.0, 0.0)), scores=r["scores"],
+            meta, scales=scales_of(meta), scores=r["scores"],
         )
     return out
