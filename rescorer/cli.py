@@ -275,9 +275,10 @@ def rescore_cmd(model_dir, lattices, features, out, recover_oov, word_list_size,
     lats = load_word_lattices(lattices)
     utts = load_utterances(features, max_frames=None)
     feats = {utts.utterance_id(i): utts.features(i).float() for i in range(len(utts))}
-    if config_name != "rescorer.json" and not (Path(model_dir) / config_name).exists():
-        raise click.ClickException(f"{Path(model_dir) / config_name}: no such tuned configuration")
-    rescorer = Rescorer.from_dir(model_dir, device=device, config_name=config_name)
+    try:
+        rescorer = Rescorer.from_dir(model_dir, device=device, config_name=config_name)
+    except FileNotFoundError as e:
+        raise click.ClickException(str(e)) from e
     if recover_oov:
         from rescorer.corpora.text_sources import large_word_list
 
@@ -295,8 +296,7 @@ def rescore_cmd(model_dir, lattices, features, out, recover_oov, word_list_size,
             errors[uid] = "no features for this utterance"
             continue
         try:
-            lat = prune(lats[uid], prune_posterior, scale=prune_scale) if prune_posterior > 0 else lats[uid]
-            res = rescorer.rescore(lat, feats[uid], recover=recover_oov)
+            res = rescorer.rescore(prune(lats[uid], prune_posterior, scale=prune_scale), feats[uid], recover=recover_oov)
         except ValueError as e:  # a bad lattice costs that utterance only
             errors[uid] = str(e)
             continue

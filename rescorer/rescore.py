@@ -250,7 +250,8 @@ class Rescorer:
     def from_dir(cls, model_dir, device: Optional[str] = None, config: Optional[RescoreConfig] = None,
                  config_name: str = CONFIG_FILE) -> "Rescorer":
         """Load ``model_dir`` (an embedder run: best.pt/last.pt) and its scales (``rescorer.json``;
-        ``config_name="rescorer_pocketsphinx.json"`` for those tuned on pocketsphinx lattices)."""
+        ``config_name="rescorer_pocketsphinx.json"`` for those tuned on pocketsphinx lattices).
+        Without ``rescorer.json`` the default scales apply; a missing other name is an error."""
         from rescorer.training.train_embeddings import load_embedder
 
         model_dir = Path(model_dir)
@@ -259,6 +260,8 @@ class Rescorer:
         acoustic, letters, _ = load_embedder(str(model_dir))
         if config is None:
             cfg_path = model_dir / config_name if model_dir.is_dir() else model_dir.parent / config_name
+            if config_name != CONFIG_FILE and not cfg_path.exists():
+                raise FileNotFoundError(f"{cfg_path}: no such tuned configuration")
             config = RescoreConfig.from_dict(json.loads(cfg_path.read_text())["config"]) if cfg_path.exists() else RescoreConfig()
         return cls(acoustic, letters, config, device)
 
