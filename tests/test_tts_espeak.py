@@ -71,3 +71,21 @@ def test_rate_changes_duration_and_voices_differ():
 def test_unknown_voice_names_the_voice():
     with pytest.raises(SynthesisError, match="no-such-voice"):
         EspeakEngine().synthesize(["hello"], "no-such-voice")
+
+
+@needs_espeak
+def test_audio_does_not_depend_on_the_parents_libc_random_state():
+    """espeak-ng's noise comes from libc rand(): a parent that consumed random numbers (any
+    library may) must not change the audio of the next utterance (was a flaky corpus test)."""
+    import ctypes
+
+    from rescorer.corpora.tts.espeak import _Espeak
+
+    engine = _Espeak.get()
+    voice = "en-gb-x-gbcwmd+f3"  # a variant with breath noise
+    first, _ = engine.synth("hello there friends of mine", voice, 175, 50, 50)
+    libc = ctypes.CDLL(None)
+    for _ in range(3):
+        libc.rand()
+    second, _ = engine.synth("hello there friends of mine", voice, 175, 50, 50)
+    assert np.array_equal(first, second)

@@ -171,6 +171,10 @@ class _Espeak:
         return payload
 
     def _synth_here(self, text: str, voice: str, rate: int, pitch: int, rng: int):
+        # espeak-ng's noise sources draw from libc rand(), whose state the child inherits
+        # from whatever the parent process did; srand(1) is the state a fresh process starts
+        # in (the command line's), so the audio cannot depend on the parent's history.
+        ctypes.CDLL(None).srand(1)
         if self.lib.espeak_SetVoiceByName(voice.encode()) != 0:
             raise SynthesisError(f"espeak-ng: unknown voice {voice!r}")
         self._voice = voice
