@@ -86,7 +86,8 @@ static int launch_arc(const void *A, const void *W, const int64_t *arcs, int64_t
     set_last_error("rk_arc_similarity: too many arcs (%lld)", (long long)n_arcs);
     return RK_ERR_INVALID_ARGUMENT;
   }
-  arc_similarity_kernel<T, G><<<(unsigned)blocks, threads, 0, stream>>>(
+  auto kern = arc_similarity_kernel<T, G>;
+  RK_LAUNCH(kern, (unsigned)blocks, threads, 0, stream)(
       static_cast<const T *>(A), static_cast<const T *>(W), arcs, n_spans, n_words, n_arcs, dim,
       metric, vec, out);
   RK_CHECK_LAUNCH("rk_arc_similarity");

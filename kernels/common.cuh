@@ -1,10 +1,22 @@
 // common.cuh: device helpers shared by the rescorer kernels (not part of the C ABI).
 #pragma once
 
+#include <stdint.h>
+
+#ifdef RK_EMULATE
+// CPU build for tests (kernels/build.sh --emulator): the same sources on a CUDA emulator.
+#include "emulator/cuda_emulator.h"
+#else
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
-#include <stdint.h>
+#include <mma.h>
+
+// kernel<<<...>>> and extern __shared__ behind macros so that the emulator can stand in.
+// `kernel` must be one token (bind a template instance to a variable first).
+#define RK_LAUNCH(kernel, grid, block, smem, stream) kernel<<<grid, block, smem, stream>>>
+#define RK_DYNAMIC_SHARED(name) extern __shared__ __align__(16) unsigned char name[]
+#endif
 
 #include <cstdarg>
 #include <cstdio>

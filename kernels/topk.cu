@@ -16,8 +16,6 @@
 //      vocabulary rows (L2 reuse).
 //   3. topk_merge_kernel: one warp per query merges the per-split lists and decodes the
 //      packed keys into (value, index), padding with index -1 when k > n_vocab.
-#include <mma.h>
-
 #include "common.cuh"
 
 namespace rk {
@@ -204,7 +202,7 @@ topk_tile_kernel(const T *__restrict__ Q, const T *__restrict__ W,
                  const float *__restrict__ qfac, const float *__restrict__ wfac, int64_t n_q,
                  int64_t n_v, int dim, int k, int metric, int64_t tiles_per_split,
                  int64_t num_splits, bool vec, uint64_t *__restrict__ partial) {
-  extern __shared__ __align__(16) unsigned char smem_raw[];
+  RK_DYNAMIC_SHARED(smem_raw);
   uint64_t *lists = reinterpret_cast<uint64_t *>(smem_raw);  // [BM][KCAP]
   uint64_t *cands = lists + BM * KCAP;                         // [WARPS][BN]
   unsigned char *gemm = reinterpret_cast<unsigned char *>(cands + WARPS * BN);
@@ -347,7 +345,7 @@ static int launch_tiles(const void *Q, const void *W, const float *qfac, const f
     return RK_ERR_CUDA;
   }
   dim3 grid((unsigned)((n_q + BM - 1) / BM), (unsigned)splits);
-  kern<<<grid, THREADS, smem, stream>>>(static_cast<const T *>(Q), static_cast<const T *>(W), qfac,
+  RK_LAUNCH(kern, grid, THREADS, smem, stream)(static_cast<const T *>(Q), static_cast<const T *>(W), qfac,
                                         wfac, n_q, n_v, dim, k, metric, tiles_per_split, splits,
                                         vec, partial);
   RK_CHECK_LAUNCH("rk_topk (tile kernel)");
@@ -358,7 +356,8 @@ template <int KCAP>
 static int launch_merge(const uint64_t *partial, int64_t n_q, int64_t splits, int k, int metric,
                         float *values, int64_t *indices, cudaStream_t stream) {
   const int64_t blocks = (n_q + WARPS - 1) / WARPS;
-  topk_merge_kernel<KCAP><<<(unsigned)blocks, THREADS, 0, stream>>>(partial, n_q, splits, k, metric,
+  auto kern = topk_merge_kernel<KCAP>;
+  RK_LAUNCH(kern, (unsigned)blocks, THREADS, 0, stream)(partial, n_q, splits, k, metric,
                                                                     values, indices);
   RK_CHECK_LAUNCH("rk_topk (merge kernel)");
   return RK_OK;
@@ -382,9 +381,10 @@ static int run_topk(const void *Q, const void *W, int64_t n_q, int64_t n_v, int 
     int64_t b = (rows * 32 + 255) / 256;
     return (unsigned)(b < 65535 * 16 ? (b > 0 ? b : 1) : 65535 * 16);
   };
-  row_factor_kernel<T><<<factor_blocks(n_q), 256, 0, stream>>>(static_cast<const T *>(Q), n_q, dim, metric, vec_q, qfac);
+  auto factor_kern = row_factor_kernel<T>;
+  RK_LAUNCH(factor_kern, factor_blocks(n_q), 256, 0, stream)(static_cast<const T *>(Q), n_q, dim, metric, vec_q, qfac);
   RK_CHECK_LAUNCH("rk_topk (query norms)");
-  row_factor_kernel<T><<<factor_blocks(n_v), 256, 0, stream>>>(static_cast<const T *>(W), n_v, dim, metric, vec_w, wfac);
+  RK_LAUNCH(factor_kern, factor_blocks(n_v), 256, 0, stream)(static_cast<const T *>(W), n_v, dim, metric, vec_w, wfac);
   RK_CHECK_LAUNCH("rk_topk (vocabulary norms)");
 
   const int64_t tiles = (n_v + BN - 1) / BN;

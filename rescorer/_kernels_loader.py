@@ -4,6 +4,10 @@ The library has a plain C ABI (``kernels/rescorer_kernels.h``), so it does not d
 torch's C++ ABI. Search order: ``$RESCORER_KERNELS_LIB``, then ``kernels/build/`` of this
 checkout. ``load()`` returns the configured ``ctypes.CDLL`` or ``None`` (and remembers why
 in ``load_error()``); it never raises.
+
+``load_emulator()`` does the same for ``librescorer_kernels_emu.so``: the same kernel
+sources built for the CPU CUDA emulator (``kernels/emulator/``), same ABI on host pointers.
+Only tests use it, to run the kernels where there is no GPU; it is never dispatched to.
 """
 
 from __future__ import annotations
@@ -14,6 +18,9 @@ from pathlib import Path
 
 ABI_VERSION = 1
 LIB_NAME = "librescorer_kernels.so"
+EMU_LIB_NAME = "librescorer_kernels_emu.so"
+#: Schedules of the emulator (rk_emu_set_schedule): order in which a block's threads resume.
+EMU_FORWARD, EMU_REVERSE, EMU_SHUFFLED = 0, 1, 2
 
 DTYPE_F32, DTYPE_F16, DTYPE_BF16 = 0, 1, 2
 METRIC_COSINE, METRIC_SQEUCLIDEAN = 0, 1
@@ -22,6 +29,13 @@ STATUS_NAMES = {0: "ok", 1: "invalid argument", 2: "unsupported k", 3: "workspac
 _lib: ctypes.CDLL | None = None
 _tried = False
 _error: str | None = None
+_emu: ctypes.CDLL | None = None
+_emu_tried = False
+_emu_error: str | None = None
+
+
+def _build_dir() -> Path:
+    return Path(__file__).resolve().parent.parent / "kernels" / "build"
 
 
 def candidate_paths() -> list[Path]:
@@ -29,7 +43,16 @@ def candidate_paths() -> list[Path]:
     env = os.environ.get("RESCORER_KERNELS_LIB")
     if env:
         paths.append(Path(env))
-    paths.append(Path(__file__).resolve().parent.parent / "kernels" / "build" / LIB_NAME)
+    paths.append(_build_dir() / LIB_NAME)
+    return paths
+
+
+def emulator_candidate_paths() -> list[Path]:
+    paths = []
+    env = os.environ.get("RESCORER_KERNELS_EMU_LIB")
+    if env:
+        paths.append(Path(env))
+    paths.append(_build_dir() / EMU_LIB_NAME)
     return paths
 
 
@@ -54,37 +77,66 @@ def _configure(lib: ctypes.CDLL) -> None:
     lib.rk_topk.restype = c_int
 
 
-def load() -> ctypes.CDLL | None:
-    """The loaded library, or None when it is not built / not loadable / the wrong version."""
-    global _lib, _tried, _error
-    if _tried:
-        return _lib
-    _tried = True
+def _configure_emulator(lib: ctypes.CDLL) -> None:
+    _configure(lib)
+    lib.rk_emu_is_emulator.argtypes = []
+    lib.rk_emu_is_emulator.restype = ctypes.c_int
+    lib.rk_emu_set_schedule.argtypes = [ctypes.c_int, ctypes.c_uint64]
+    lib.rk_emu_set_schedule.restype = ctypes.c_int
+
+
+def open_library(path: Path, emulator: bool = False) -> ctypes.CDLL:
+    """Load and configure one library file; raises OSError naming what is wrong with it."""
+    try:
+        lib = ctypes.CDLL(str(path))
+        (_configure_emulator if emulator else _configure)(lib)
+        version = lib.rk_abi_version()
+    except AttributeError as exc:
+        raise OSError(f"{path}: {exc}") from None
+    if version != ABI_VERSION:
+        raise OSError(f"{path}: ABI version {version}, expected {ABI_VERSION} (rebuild with kernels/build.sh --force)")
+    return lib
+
+
+def _first_loadable(paths: list[Path], emulator: bool) -> tuple[ctypes.CDLL | None, str | None]:
     errors = []
-    for path in candidate_paths():
+    for path in paths:
         if not path.is_file():
             errors.append(f"{path}: not found")
             continue
         try:
-            lib = ctypes.CDLL(str(path))
-            _configure(lib)
-            version = lib.rk_abi_version()
-        except (OSError, AttributeError) as exc:
-            errors.append(f"{path}: {exc}")
-            continue
-        if version != ABI_VERSION:
-            errors.append(f"{path}: ABI version {version}, expected {ABI_VERSION} (rebuild with kernels/build.sh --force)")
-            continue
-        _lib = lib
-        _error = None
-        return _lib
-    _error = "; ".join(errors) + " (build it with kernels/build.sh)"
-    return None
+            return open_library(path, emulator), None
+        except OSError as exc:
+            errors.append(str(exc) if str(path) in str(exc) else f"{path}: {exc}")
+    return None, "; ".join(errors) + " (build it with kernels/build.sh)"
+
+
+def load() -> ctypes.CDLL | None:
+    """The loaded library, or None when it is not built / not loadable / the wrong version."""
+    global _lib, _tried, _error
+    if not _tried:
+        _tried = True
+        _lib, _error = _first_loadable(candidate_paths(), emulator=False)
+    return _lib
 
 
 def load_error() -> str | None:
     """Why load() returned None (None if it succeeded or was not tried)."""
     return _error
+
+
+def load_emulator() -> ctypes.CDLL | None:
+    """The CPU-emulated kernel library (tests only), or None; see emulator_load_error()."""
+    global _emu, _emu_tried, _emu_error
+    if not _emu_tried:
+        _emu_tried = True
+        _emu, _emu_error = _first_loadable(emulator_candidate_paths(), emulator=True)
+    return _emu
+
+
+def emulator_load_error() -> str | None:
+    """Why load_emulator() returned None."""
+    return _emu_error
 
 
 def check(lib: ctypes.CDLL, status: int, what: str) -> None:
@@ -95,5 +147,6 @@ def check(lib: ctypes.CDLL, status: int, what: str) -> None:
 
 
 def _reset_for_tests() -> None:
-    global _lib, _tried, _error
+    global _lib, _tried, _error, _emu, _emu_tried, _emu_error
     _lib, _tried, _error = None, False, None
+    _emu, _emu_tried, _emu_error = None, False, None

@@ -19,7 +19,9 @@ Dispatch: CUDA tensors use the kernel when ``librescorer_kernels.so`` is built
 (``kernels/build.sh``) and loadable, otherwise the reference runs (with a one-time
 warning). CPU tensors always use the reference. The reference is also used on CUDA for
 ``k > 128``, for float64 inputs and, in ``arc_similarity``, when an input requires grad (the
-reference is differentiable; the kernels are inference only).
+reference is differentiable; the kernels are inference only). Tests also run the kernels on
+CPU tensors through the CUDA emulator build (``_kernels_loader.load_emulator()``,
+``kernels/emulator/``); that library is never dispatched to.
 
 Semantics shared by kernel and reference (the tests hold both to them):
 
@@ -50,8 +52,9 @@ to near-ties within those tolerances.
 
 from __future__ import annotations
 
-import warnings
+import contextlib
 import operator
+import warnings
 from typing import Optional, Tuple
 
 import torch
@@ -84,6 +87,7 @@ _KERNEL_DTYPES = {torch.float32: _kl.DTYPE_F32, torch.float16: _kl.DTYPE_F16, to
 _REFERENCE_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 _METRIC_CODES = {"cosine": _kl.METRIC_COSINE, "sqeuclidean": _kl.METRIC_SQEUCLIDEAN}
 _MAX_VOCAB_KERNEL = 0xFFFFFFFF - 1  # indices are packed into 32 bits
+_EMULATED_SMS = 4  # what the CPU emulator reports as SM count (several vocabulary splits)
 _KERNEL_QUERY_CHUNK = 65536  # bounds the kernel's per-split workspace (N x splits x k x 8 bytes)
 _REFERENCE_BUDGET = 1 << 24  # scores per reference chunk (~200 MB with the packed keys)
 
@@ -285,13 +289,24 @@ def _kernel_lib():
     return lib
 
 
+def _device_context(t: torch.Tensor):
+    """(context manager, stream handle, SM count) for a kernel call on ``t``'s device. CPU
+    tensors only reach the kernels through the emulator library (tests): no stream, and a
+    small SM count so that top-k still splits the vocabulary."""
+    if t.is_cuda:
+        return (torch.cuda.device(t.device), torch.cuda.current_stream(t.device).cuda_stream,
+                torch.cuda.get_device_properties(t.device).multi_processor_count)
+    return contextlib.nullcontext(), None, _EMULATED_SMS
+
+
 def _arc_kernel(lib, acoustic, spelling, arcs, metric) -> torch.Tensor:
+    """Run rk_arc_similarity on validated inputs (``arcs`` int64 [M x 2], in range)."""
     a = acoustic.contiguous()
     w = spelling.contiguous()
     pairs = arcs.contiguous()
     out = torch.empty(pairs.shape[0], dtype=torch.float32, device=a.device)
-    with torch.cuda.device(a.device):
-        stream = torch.cuda.current_stream(a.device).cuda_stream
+    ctx, stream, _ = _device_context(a)
+    with ctx:
         st = lib.rk_arc_similarity(a.data_ptr(), w.data_ptr(), pairs.data_ptr(), a.shape[0], w.shape[0],
                                    pairs.shape[0], a.shape[1], _KERNEL_DTYPES[a.dtype], _METRIC_CODES[metric],
                                    out.data_ptr(), stream)
@@ -382,15 +397,15 @@ def topk_nearest(queries: torch.Tensor, vocab: torch.Tensor, k: int, metric: str
 
 
 def _topk_kernel(lib, queries, vocab, k, metric):
+    """Run rk_topk on validated inputs (N >= 1, V >= 1, 1 <= k <= 128), in query chunks."""
     q = queries.contiguous()
     w = vocab.contiguous()
     n, v, d = q.shape[0], w.shape[0], q.shape[1]
     device = q.device
     values = torch.empty((n, k), dtype=torch.float32, device=device)
     indices = torch.empty((n, k), dtype=torch.int64, device=device)
-    with torch.cuda.device(device):
-        stream = torch.cuda.current_stream(device).cuda_stream
-        sms = torch.cuda.get_device_properties(device).multi_processor_count
+    ctx, stream, sms = _device_context(q)
+    with ctx:
         for s in range(0, n, _KERNEL_QUERY_CHUNK):
             qq = q[s:s + _KERNEL_QUERY_CHUNK]
             nq = qq.shape[0]

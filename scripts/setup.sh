@@ -24,9 +24,10 @@ for a in "$@"; do
 done
 log() { echo "[setup] $*" >&2; }
 
-# ---- Debian packages: speech synthesis engines, voices, text sources, sox ----
+# ---- Debian packages: speech synthesis engines, voices, text sources, sox, a C++ compiler
+#      (the CPU CUDA emulator the kernel tests run on) ----
 DEB_PKGS=(espeak-ng libespeak-ng1 flite festival festvox-kallpc16k festvox-kdlpc16k
-          festvox-us-slt-hts fortunes wamerican sox libsndfile1)
+          festvox-us-slt-hts fortunes wamerican sox libsndfile1 g++)
 missing=()
 for p in "${DEB_PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -35,6 +35,7 @@ needs_nvcc = pytest.mark.skipif(NVCC is None, reason="nvcc not installed")
 def run_build(out_dir: Path, *args, env_extra=None, path=None):
     env = dict(os.environ, RK_BUILD_DIR=str(out_dir), RK_CUDA_ARCHS="80")
     env.pop("NVCC", None)
+    env.pop("CXX", None)
     if path is not None:
         env["PATH"] = path
         env["CUDA_HOME"] = str(out_dir / "no-cuda-here")
@@ -56,6 +57,7 @@ def test_build_without_nvcc_exits_cleanly(tmp_path):
     res = run_build(tmp_path / "out", path=str(bindir))
     assert res.returncode == 0, res.stderr
     assert "nvcc not found" in res.stderr
+    assert "no C++ compiler" in res.stderr  # the emulator is skipped too, cleanly
     assert not (tmp_path / "out" / LIB_NAME).exists()
 
 
@@ -70,8 +72,9 @@ def built_lib(tmp_path_factory):
         pytest.skip("nvcc not installed")
     out = tmp_path_factory.mktemp("kernels_build")
     start = time.monotonic()
-    res = run_build(out, env_extra={"NVCC": NVCC})
+    res = run_build(out, "--cuda-only", env_extra={"NVCC": NVCC})
     assert res.returncode == 0, res.stdout + res.stderr
+    assert "emulator" not in res.stderr
     lib = out / LIB_NAME
     assert lib.is_file(), res.stderr
     return out, lib, time.monotonic() - start
@@ -91,7 +94,7 @@ def test_build_exports_c_abi(built_lib):
 def test_build_is_idempotent(built_lib):
     out, lib, _ = built_lib
     mtime = lib.stat().st_mtime_ns
-    res = run_build(out, env_extra={"NVCC": NVCC})
+    res = run_build(out, "--cuda-only", env_extra={"NVCC": NVCC})
     assert res.returncode == 0 and "up to date" in res.stderr
     assert lib.stat().st_mtime_ns == mtime
     # a different architecture list invalidates the build

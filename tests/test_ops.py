@@ -1,5 +1,6 @@
-"""rescorer.ops: torch references against float64 numpy (always), CUDA kernels against the
-references (``@pytest.mark.gpu``, skipped without CUDA and a built kernel library)."""
+"""rescorer.ops: torch references against float64 numpy (always); the kernels against the
+references on CUDA (``@pytest.mark.gpu``, skipped without CUDA and a built kernel library)
+and on the CPU CUDA emulator (wherever kernels/build.sh built it)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from rescorer import _kernels_loader as _kl
 from rescorer import ops
 
 ALL_DTYPES = [torch.float32, torch.float16, torch.bfloat16]
@@ -396,7 +398,63 @@ def test_kernels_available_needs_cuda():
         assert ops.kernels_available() is False
 
 
-# ------------------------------------------------------------------ kernels vs references (GPU)
+# ------------------------------------------------------------------ kernels vs references
+# Every kernel test runs on two backends: "cuda" (the CUDA library through the public API;
+# @pytest.mark.gpu, skipped without a GPU) and "emulator" (the same kernel sources built for
+# the CPU CUDA emulator, kernels/emulator/, called on CPU tensors; runs wherever a C++
+# compiler built it). Cases too big for the emulator's speed run on CUDA only.
+
+EMU = _kl.load_emulator()
+needs_emulator = pytest.mark.skipif(
+    EMU is None, reason=f"needs kernels/build/librescorer_kernels_emu.so: {_kl.emulator_load_error()}")
+
+
+class KernelBackend:
+    """The kernels on CUDA (public API, inputs moved to the GPU, results back to the CPU)
+    or on the CPU emulator (inputs validated as the public API does, then the same ctypes
+    calls on host pointers)."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    @property
+    def emulated(self) -> bool:
+        return self.name == "emulator"
+
+    def to(self, t: torch.Tensor) -> torch.Tensor:
+        return t if self.emulated else t.cuda()
+
+    def arc(self, a, w, arcs, metric="cosine"):
+        if not self.emulated:
+            got = ops.arc_similarity(self.to(a), self.to(w), self.to(torch.as_tensor(arcs)), metric)
+            assert got.is_cuda and got.dtype == torch.float32
+            return got.cpu()
+        ops._check_pair("acoustic", a, "spelling", w)
+        arcs = ops._check_arcs(arcs, a.shape[0], w.shape[0], a.device)
+        if arcs.shape[0] == 0:
+            return torch.empty(0)
+        return ops._arc_kernel(EMU, a, w, arcs, metric)
+
+    def topk(self, q, w, k, metric="cosine"):
+        if not self.emulated:
+            values, indices = ops.topk_nearest(self.to(q), self.to(w), k, metric)
+            assert values.is_cuda and indices.is_cuda
+            return values.cpu(), indices.cpu()
+        k = ops._validate_topk(q, w, k, metric)
+        assert k <= ops.MAX_KERNEL_K and q.shape[0] > 0 and w.shape[0] > 0
+        return ops._topk_kernel(EMU, q, w, k, metric)
+
+
+@pytest.fixture(params=[pytest.param("cuda", marks=[pytest.mark.gpu, needs_kernels]),
+                        pytest.param("emulator", marks=needs_emulator)])
+def kernel(request):
+    return KernelBackend(request.param)
+
+
+def skip_on_emulator(kernel, why="too big for the emulator"):
+    if kernel.emulated:
+        pytest.skip(why)
+
 
 def kernel_atol(dtype, metric, q, w):
     rtol, _ = ops.TOLERANCES[dtype]
@@ -406,14 +464,13 @@ def kernel_atol(dtype, metric, q, w):
     return rtol * scale
 
 
-@pytest.mark.gpu
-@needs_kernels
 @pytest.mark.parametrize("dtype", ALL_DTYPES)
 @pytest.mark.parametrize("metric", METRICS)
 @pytest.mark.parametrize("d", [1, 3, 8, 64, 100, 128, 256, 300, 1024])
-def test_arc_kernel_matches_reference(dtype, metric, d):
+def test_arc_kernel_matches_reference(kernel, dtype, metric, d):
     g = torch.Generator().manual_seed(d)
-    n, v, m = 50, 70, 3000
+    n, v = 50, 70
+    m = 400 if kernel.emulated else 3000
     a = torch.randn(n, d, generator=g).to(dtype)
     w = torch.randn(v, d, generator=g).to(dtype)
     a[3] = 0
@@ -421,32 +478,41 @@ def test_arc_kernel_matches_reference(dtype, metric, d):
     arcs = torch.stack([torch.randint(0, n, (m,), generator=g), torch.randint(0, v, (m,), generator=g)], 1)
     arcs[:5, 0], arcs[5:10, 1] = 3, 4
     ref = ops.arc_similarity_reference(a, w, arcs, metric)
-    got = ops.arc_similarity(a.cuda(), w.cuda(), arcs.cuda(), metric)
-    assert got.is_cuda and got.dtype == torch.float32
+    got = kernel.arc(a, w, arcs, metric)
     rtol, atol = ops.TOLERANCES[torch.float32]
-    torch.testing.assert_close(got.cpu(), ref, rtol=10 * rtol, atol=10 * atol, equal_nan=True)
+    torch.testing.assert_close(got, ref, rtol=10 * rtol, atol=10 * atol, equal_nan=True)
     truth = arc_truth(a, w, arcs, metric)
-    np.testing.assert_allclose(got.cpu().numpy(), truth, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(got.numpy(), truth, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", ALL_DTYPES)
+def test_arc_kernel_unaligned_rows(kernel, dtype):
+    g = torch.Generator().manual_seed(1)
+    buf_a = kernel.to(torch.randn(41 * 64 + 1, generator=g).to(dtype))
+    buf_w = kernel.to(torch.randn(23 * 64 + 3, generator=g).to(dtype))
+    a = buf_a[1:].view(41, 64)  # data pointer not 16-byte aligned: scalar path
+    w = buf_w[3:].view(23, 64)
+    assert a.data_ptr() % 16 and w.data_ptr() % 16
+    arcs = torch.stack([torch.randint(0, 41, (999,)), torch.randint(0, 23, (999,))], 1)
+    ref = ops.arc_similarity_reference(a.cpu(), w.cpu(), arcs)
+    torch.testing.assert_close(kernel.arc(a, w, arcs), ref, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.gpu
 @needs_kernels
-@pytest.mark.parametrize("dtype", ALL_DTYPES)
-def test_arc_kernel_unaligned_rows_and_streams(dtype):
+def test_arc_kernel_streams_and_many_arcs():
     g = torch.Generator().manual_seed(1)
-    buf_a = torch.randn(41 * 64 + 1, generator=g).to(dtype).cuda()
-    buf_w = torch.randn(23 * 64 + 3, generator=g).to(dtype).cuda()
-    a = buf_a[1:].view(41, 64)  # data pointer not 16-byte aligned: scalar path
-    w = buf_w[3:].view(23, 64)
+    a = torch.randn(41, 64, generator=g).cuda()
+    w = torch.randn(23, 64, generator=g).cuda()
     arcs = torch.stack([torch.randint(0, 41, (999,)), torch.randint(0, 23, (999,))], 1).cuda()
-    ref = ops.arc_similarity_reference(a.cpu(), w.cpu(), arcs.cpu())
     stream = torch.cuda.Stream()
     with torch.cuda.stream(stream):
         got = ops.arc_similarity(a, w, arcs)
     stream.synchronize()
-    torch.testing.assert_close(got.cpu(), ref, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(got.cpu(), ops.arc_similarity_reference(a.cpu(), w.cpu(), arcs.cpu()),
+                               rtol=1e-4, atol=1e-5)
     big = torch.stack([torch.randint(0, 41, (300000,)), torch.randint(0, 23, (300000,))], 1).cuda()
-    got = ops.arc_similarity(a.contiguous(), w.contiguous(), big, "sqeuclidean")
+    got = ops.arc_similarity(a, w, big, "sqeuclidean")
     torch.testing.assert_close(got, ops.arc_similarity_reference(a, w, big, "sqeuclidean"), rtol=1e-4, atol=1e-4)
 
 
@@ -462,73 +528,105 @@ def test_arc_kernel_errors_and_grad_fallback():
     assert a.grad is not None
 
 
-TOPK_GPU_CASES = [  # n, v, d, k
+TOPK_CASES = [  # n, v, d, k
     (1, 1, 1, 1),
     (3, 63, 7, 5),
     (64, 64, 64, 10),
     (65, 129, 100, 32),
     (100, 1000, 128, 33),
     (7, 5000, 256, 64),
-    (130, 20000, 96, 100),
+    (130, 3000, 96, 100),  # several query blocks and vocabulary splits
     (2, 50, 37, 128),      # k > V
-    (300, 70000, 128, 128),  # many splits per query block
     (4, 3000, 1030, 17),   # D across several chunks with a remainder
+    pytest.param(130, 20000, 96, 100, id="130-20000-96-100-cuda-only"),
+    pytest.param(300, 70000, 128, 128, id="300-70000-128-128-cuda-only"),  # many splits per block
 ]
 
 
-@pytest.mark.gpu
-@needs_kernels
 @pytest.mark.parametrize("dtype", ALL_DTYPES)
 @pytest.mark.parametrize("metric", METRICS)
-@pytest.mark.parametrize("n,v,d,k", TOPK_GPU_CASES)
-def test_topk_kernel_matches_reference(dtype, metric, n, v, d, k):
+@pytest.mark.parametrize("n,v,d,k", TOPK_CASES)
+def test_topk_kernel_matches_reference(kernel, dtype, metric, n, v, d, k):
+    if v >= 20000:
+        skip_on_emulator(kernel)
     g = torch.Generator().manual_seed(n + v + d + k)
     q = torch.randn(n, d, generator=g).to(dtype)
     w = torch.randn(v, d, generator=g).to(dtype)
     if v > 10:
         w[v // 2] = 0
         w[v // 3, 0] = float("nan")
-    values, indices = ops.topk_nearest(q.cuda(), w.cuda(), k, metric)
-    assert values.is_cuda and indices.is_cuda
+    values, indices = kernel.topk(q, w, k, metric)
     S = score_truth(q, w, metric)
     atol = kernel_atol(dtype, metric, q, w)
     assert_topk(values, indices, S, k, metric, atol=atol, exact_margin=4 * atol)
-    rv, ri = ops.topk_nearest_reference(q.cuda(), w.cuda(), k, metric)  # reference on GPU too
-    same = (ri == indices).float().mean().item()
+    rv, ri = ops.topk_nearest_reference(kernel.to(q), kernel.to(w), k, metric)  # reference on the device too
+    same = (ri.cpu() == indices).float().mean().item()
     assert same > 0.95, same
 
 
-@pytest.mark.gpu
-@needs_kernels
 @pytest.mark.parametrize("dtype", ALL_DTYPES)
-def test_topk_kernel_ties_nan_and_padding_exact(dtype):
+def test_topk_kernel_ties_nan_and_padding_exact(kernel, dtype):
     q, w, _ = _tie_data()
     w = torch.cat([w, torch.full((3, w.shape[1]), float("nan"))])  # NaN rows 60..62
     for metric in METRICS:
         for k in (1, 9, 32, 63, 64, 65, 128):
             want = ops.topk_nearest_reference(q.to(dtype), w.to(dtype), k, metric)
-            got = ops.topk_nearest(q.to(dtype).cuda(), w.to(dtype).cuda(), k, metric)
+            got = kernel.topk(q.to(dtype), w.to(dtype), k, metric)
             # small integers: every score identical in both, so the results are too
-            assert torch.equal(got[1].cpu(), want[1]), (metric, k)
-            torch.testing.assert_close(got[0].cpu(), want[0], rtol=1e-6, atol=1e-6, equal_nan=True)
+            assert torch.equal(got[1], want[1]), (metric, k)
+            torch.testing.assert_close(got[0], want[0], rtol=1e-6, atol=1e-6, equal_nan=True)
+
+
+@pytest.mark.parametrize("dtype", ALL_DTYPES)
+def test_topk_kernel_unaligned_vocabulary(kernel, dtype):
+    g = torch.Generator().manual_seed(4)
+    d = 64
+    buf = kernel.to(torch.randn(3000 * d + 1, generator=g).to(dtype))
+    w = buf[1:].view(3000, d)  # unaligned: scalar loads
+    assert w.data_ptr() % 16
+    q = kernel.to(torch.randn(40, d, generator=g).to(dtype))
+    values, indices = kernel.topk(q, w, 16)
+    S = score_truth(q, w, "cosine")
+    atol = kernel_atol(dtype, "cosine", q, w)
+    assert_topk(values, indices, S, 16, "cosine", atol=atol)
+
+
+@needs_emulator
+@pytest.mark.parametrize("schedule,seed", [(_kl.EMU_REVERSE, 0), (_kl.EMU_SHUFFLED, 1), (_kl.EMU_SHUFFLED, 2)])
+def test_emulated_kernels_do_not_depend_on_the_thread_schedule(schedule, seed):
+    """A missing barrier makes results depend on which thread runs first: under every
+    schedule the emulator offers, the kernels must still agree with the reference."""
+    backend = KernelBackend("emulator")
+    g = torch.Generator().manual_seed(seed)
+    assert EMU.rk_emu_set_schedule(schedule, seed) == 0
+    try:
+        for dtype in (torch.float32, torch.float16):
+            q = torch.randn(70, 96, generator=g).to(dtype)
+            w = torch.randn(1500, 96, generator=g).to(dtype)
+            for k in (7, 40, 128):
+                values, indices = backend.topk(q, w, k)
+                atol = kernel_atol(dtype, "cosine", q, w)
+                assert_topk(values, indices, score_truth(q, w, "cosine"), k, "cosine", atol=atol,
+                            exact_margin=4 * atol)
+            a, arcs = q[:30], torch.stack([torch.randint(0, 30, (300,), generator=g),
+                                           torch.randint(0, 1500, (300,), generator=g)], 1)
+            np.testing.assert_allclose(backend.arc(a, w, arcs).numpy(), arc_truth(a, w, arcs, "cosine"),
+                                       rtol=1e-4, atol=1e-5)
+    finally:
+        EMU.rk_emu_set_schedule(_kl.EMU_FORWARD, 0)
 
 
 @pytest.mark.gpu
 @needs_kernels
-@pytest.mark.parametrize("dtype", ALL_DTYPES)
-def test_topk_kernel_unaligned_and_stream(dtype):
+def test_topk_kernel_stream():
     g = torch.Generator().manual_seed(4)
-    d = 64
-    buf = torch.randn(3000 * d + 1, generator=g).to(dtype).cuda()
-    w = buf[1:].view(3000, d)  # unaligned: scalar loads
-    q = torch.randn(40, d, generator=g).to(dtype).cuda()
+    q = torch.randn(40, 64, generator=g).cuda()
+    w = torch.randn(3000, 64, generator=g).cuda()
     stream = torch.cuda.Stream()
     with torch.cuda.stream(stream):
         values, indices = ops.topk_nearest(q, w, 16)
     stream.synchronize()
-    S = score_truth(q, w, "cosine")
-    atol = kernel_atol(dtype, "cosine", q, w)
-    assert_topk(values, indices, S, 16, "cosine", atol=atol)
+    assert_topk(values, indices, score_truth(q, w, "cosine"), 16, "cosine", atol=1e-5)
 
 
 @pytest.mark.gpu

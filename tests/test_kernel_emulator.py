@@ -1,0 +1,102 @@
+"""The CPU CUDA emulator (kernels/emulator/) must catch the bugs it exists to catch: each test
+builds the kernel sources with one deliberate defect and checks that the emulated kernels
+then give wrong results or fail with a message naming the problem. (That the unmodified
+kernels agree with the references under every schedule is tested in test_ops.py.)"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+from rescorer import _kernels_loader as kl
+from rescorer import ops
+
+REPO = Path(__file__).resolve().parents[1]
+KERNELS = REPO / "kernels"
+CXX = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
+pytestmark = pytest.mark.skipif(CXX is None, reason="no C++ compiler")
+
+TILE_BARRIER = "    __syncthreads();  // C, wf (and on the first tile lists, qf) visible to all warps\n"
+
+
+def build_variant(tmp_path: Path, file: str, old: str, new: str):
+    """Copy kernels/, replace `old` (which must occur once) by `new` in `file`, build the
+    emulator library and load it."""
+    src = tmp_path / "kernels"
+    shutil.copytree(KERNELS, src, ignore=shutil.ignore_patterns("build"))
+    text = (src / file).read_text()
+    assert text.count(old) == 1, f"{file}: the text to mutate is not there once; update this test"
+    (src / file).write_text(text.replace(old, new))
+    out = tmp_path / "build"
+    res = subprocess.run(["bash", str(src / "build.sh"), "--emulator-only"], capture_output=True, text=True,
+                         env=dict(os.environ, RK_BUILD_DIR=str(out)), timeout=600)
+    assert res.returncode == 0, res.stderr
+    return kl.open_library(out / kl.EMU_LIB_NAME, emulator=True)
+
+
+def agreement(lib, schedule: int, dtype=torch.float32) -> float:
+    """Share of top-k indices equal to the reference's on random data."""
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(70, 96, generator=g).to(dtype)
+    w = torch.randn(1500, 96, generator=g).to(dtype)
+    assert lib.rk_emu_set_schedule(schedule, 3) == 0
+    _, got = ops._topk_kernel(lib, q, w, 40, "cosine")
+    _, want = ops.topk_nearest_reference(q, w, 40, "cosine")
+    return (got == want).float().mean().item()
+
+
+def test_setup_built_the_emulator():
+    """Where a C++ compiler exists, set-up builds the emulator, so the emulator half of the
+    kernel tests in test_ops.py runs instead of being skipped."""
+    kl._reset_for_tests()
+    try:
+        assert kl.load_emulator() is not None, kl.emulator_load_error()
+    finally:
+        kl._reset_for_tests()
+
+
+def test_unmodified_copy_builds_exports_the_abi_and_agrees(tmp_path):
+    lib = build_variant(tmp_path, "topk.cu", TILE_BARRIER, TILE_BARRIER)
+    assert lib.rk_emu_is_emulator() == 1 and lib.rk_abi_version() == kl.ABI_VERSION
+    assert lib.rk_emu_set_schedule(7, 0) == 1  # unknown schedule rejected
+    for schedule in (kl.EMU_FORWARD, kl.EMU_REVERSE, kl.EMU_SHUFFLED):
+        assert agreement(lib, schedule) == 1.0
+
+
+def test_missing_barrier_gives_wrong_results(tmp_path):
+    lib = build_variant(tmp_path, "topk.cu", TILE_BARRIER, "")
+    worst = min(agreement(lib, s) for s in (kl.EMU_FORWARD, kl.EMU_REVERSE, kl.EMU_SHUFFLED))
+    assert worst < 0.95, worst
+
+
+def test_missing_warp_sync_on_the_tensor_core_path_gives_wrong_results(tmp_path):
+    old = "    __syncthreads();  // operand tiles are overwritten next (by the next chunk or by C)\n"
+    lib = build_variant(tmp_path, "topk.cu", old, "")
+    assert agreement(lib, kl.EMU_FORWARD, torch.float16) < 0.5
+
+
+def test_divergent_barrier_is_reported(tmp_path):
+    lib = build_variant(tmp_path, "topk.cu", TILE_BARRIER, "    if (threadIdx.x < 128) __syncthreads();\n")
+    with pytest.raises(RuntimeError, match=r"CUDA error.*different __syncthreads: .*topk\.cu:\d+"):
+        agreement(lib, kl.EMU_FORWARD)
+    # the library stays usable after a failed launch (the error is reported once)
+    lib.rk_abi_version()
+
+
+def test_divergent_warp_collective_is_reported(tmp_path):
+    old = "      __syncwarp();\n      warp_merge<KCAP, BN>"
+    lib = build_variant(tmp_path, "topk.cu", old, "      if (lane < 16) __syncwarp();\n      warp_merge<KCAP, BN>")
+    with pytest.raises(RuntimeError, match="different collectives|deadlock"):
+        agreement(lib, kl.EMU_FORWARD)
+
+
+def test_shared_memory_overrun_is_reported(tmp_path):
+    old = "         + (size_t)(BM + BN) * 4;   // query and vocabulary row factors"
+    lib = build_variant(tmp_path, "topk.cu", old, "         + (size_t)(BM + BN) * 4 - 16;")
+    with pytest.raises(RuntimeError, match="wrote past its .* bytes of dynamic shared memory"):
+        agreement(lib, kl.EMU_FORWARD)
