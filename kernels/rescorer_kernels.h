@@ -21,7 +21,7 @@ extern "C" {
 #define RK_API __attribute__((visibility("default")))
 
 /* Bumped whenever a signature below changes; Python checks it before use. */
-#define RK_ABI_VERSION 1
+#define RK_ABI_VERSION 2
 
 enum rk_dtype { RK_DTYPE_F32 = 0, RK_DTYPE_F16 = 1, RK_DTYPE_BF16 = 2 };
 enum rk_metric { RK_METRIC_COSINE = 0, RK_METRIC_SQEUCLIDEAN = 1 };
@@ -59,19 +59,28 @@ RK_API size_t rk_topk_workspace_bytes(int64_t n_queries, int64_t n_vocab, int k,
                                       int64_t num_splits);
 
 /*
+ * Per-row factors of x [rows x dim] as rk_topk uses them, float32 [rows]: COSINE 1/|x| (0 for
+ * a zero, NaN or infinite norm), SQEUCLIDEAN |x|^2. Computed once for a vocabulary that is
+ * searched many times and passed to rk_topk as vocab_factors.
+ */
+RK_API int rk_row_factors(const void *x, int64_t rows, int64_t dim, int dtype, int metric,
+                          float *out, void *stream);
+
+/*
  * Top-k nearest vocabulary rows for every query, without materialising n_queries x n_vocab.
  *   queries [n_queries x dim], vocab [n_vocab x dim] (same dtype); out_values float32
  *   [n_queries x k], out_indices int64 [n_queries x k], best first.
  *   COSINE: similarity, descending. SQEUCLIDEAN: squared distance, ascending.
  *   Ties: smaller vocabulary index first. NaN scores rank after every number.
  *   k > n_vocab: the n_vocab real results, then index -1 with value -inf (cosine) / +inf (L2).
+ *   vocab_factors: NULL (computed here), or rk_row_factors(vocab) for this metric [n_vocab].
  *   workspace: 16-byte aligned device memory of rk_topk_workspace_bytes(...) bytes.
  *   n_vocab must be < 2^32 - 1, 1 <= k <= rk_topk_max_k().
  */
-RK_API int rk_topk(const void *queries, const void *vocab, int64_t n_queries, int64_t n_vocab,
-                   int64_t dim, int k, int dtype, int metric, int64_t num_splits,
-                   void *workspace, size_t workspace_bytes, float *out_values,
-                   int64_t *out_indices, void *stream);
+RK_API int rk_topk(const void *queries, const void *vocab, const float *vocab_factors,
+                   int64_t n_queries, int64_t n_vocab, int64_t dim, int k, int dtype, int metric,
+                   int64_t num_splits, void *workspace, size_t workspace_bytes,
+                   float *out_values, int64_t *out_indices, void *stream);
 
 #ifdef __cplusplus
 }

@@ -363,33 +363,45 @@ static int launch_merge(const uint64_t *partial, int64_t n_q, int64_t splits, in
   return RK_OK;
 }
 
+static unsigned factor_blocks(int64_t rows) {
+  const int64_t b = (rows * 32 + 255) / 256;  // a warp per row
+  return (unsigned)(b < 65535 * 16 ? (b > 0 ? b : 1) : 65535 * 16);
+}
+
 template <typename T>
-static int run_topk(const void *Q, const void *W, int64_t n_q, int64_t n_v, int dim, int k,
-                    int metric, int64_t splits, void *workspace, float *values,
-                    int64_t *indices, cudaStream_t stream) {
+static int launch_factors(const void *X, int64_t rows, int dim, int metric, float *out,
+                          cudaStream_t stream, const char *what) {
+  constexpr int VEC = Vec16<T>::N;
+  const bool vec = dim % VEC == 0 && reinterpret_cast<uintptr_t>(X) % 16 == 0;
+  auto kern = row_factor_kernel<T>;
+  RK_LAUNCH(kern, factor_blocks(rows), 256, 0, stream)(static_cast<const T *>(X), rows, dim, metric, vec, out);
+  RK_CHECK_LAUNCH(what);
+  return RK_OK;
+}
+
+template <typename T>
+static int run_topk(const void *Q, const void *W, const float *vocab_factors, int64_t n_q,
+                    int64_t n_v, int dim, int k, int metric, int64_t splits, void *workspace,
+                    float *values, int64_t *indices, cudaStream_t stream) {
   constexpr int VEC = Vec16<T>::N;
   unsigned char *ws = static_cast<unsigned char *>(workspace);
   float *qfac = reinterpret_cast<float *>(ws);
   float *wfac = reinterpret_cast<float *>(ws + align_up((size_t)n_q * 4));
   uint64_t *partial =
       reinterpret_cast<uint64_t *>(ws + align_up((size_t)n_q * 4) + align_up((size_t)n_v * 4));
-  const bool vec_q = dim % VEC == 0 && reinterpret_cast<uintptr_t>(Q) % 16 == 0;
-  const bool vec_w = dim % VEC == 0 && reinterpret_cast<uintptr_t>(W) % 16 == 0;
-  const bool vec = vec_q && vec_w;
-
-  auto factor_blocks = [](int64_t rows) {
-    int64_t b = (rows * 32 + 255) / 256;
-    return (unsigned)(b < 65535 * 16 ? (b > 0 ? b : 1) : 65535 * 16);
-  };
-  auto factor_kern = row_factor_kernel<T>;
-  RK_LAUNCH(factor_kern, factor_blocks(n_q), 256, 0, stream)(static_cast<const T *>(Q), n_q, dim, metric, vec_q, qfac);
-  RK_CHECK_LAUNCH("rk_topk (query norms)");
-  RK_LAUNCH(factor_kern, factor_blocks(n_v), 256, 0, stream)(static_cast<const T *>(W), n_v, dim, metric, vec_w, wfac);
-  RK_CHECK_LAUNCH("rk_topk (vocabulary norms)");
+  const bool vec = dim % VEC == 0 && reinterpret_cast<uintptr_t>(Q) % 16 == 0 &&
+                   reinterpret_cast<uintptr_t>(W) % 16 == 0;
+  int st = launch_factors<T>(Q, n_q, dim, metric, qfac, stream, "rk_topk (query norms)");
+  if (st != RK_OK) return st;
+  if (vocab_factors != nullptr) {
+    wfac = const_cast<float *>(vocab_factors);  // precomputed by rk_row_factors (an index)
+  } else {
+    st = launch_factors<T>(W, n_v, dim, metric, wfac, stream, "rk_topk (vocabulary norms)");
+    if (st != RK_OK) return st;
+  }
 
   const int64_t tiles = (n_v + BN - 1) / BN;
   const int64_t tps = (tiles + splits - 1) / splits;
-  int st;
   if (k <= 32) st = launch_tiles<T, 32>(Q, W, qfac, wfac, n_q, n_v, dim, k, metric, splits, tps, vec, partial, stream);
   else if (k <= 64) st = launch_tiles<T, 64>(Q, W, qfac, wfac, n_q, n_v, dim, k, metric, splits, tps, vec, partial, stream);
   else st = launch_tiles<T, 128>(Q, W, qfac, wfac, n_q, n_v, dim, k, metric, splits, tps, vec, partial, stream);
@@ -417,10 +429,36 @@ RK_API size_t rk_topk_workspace_bytes(int64_t n_queries, int64_t n_vocab, int k,
          (size_t)n_queries * (size_t)num_splits * (size_t)k * 8;
 }
 
-RK_API int rk_topk(const void *queries, const void *vocab, int64_t n_queries, int64_t n_vocab,
-                   int64_t dim, int k, int dtype, int metric, int64_t num_splits,
-                   void *workspace, size_t workspace_bytes, float *out_values,
-                   int64_t *out_indices, void *stream) {
+RK_API int rk_row_factors(const void *x, int64_t rows, int64_t dim, int dtype, int metric,
+                          float *out, void *stream) {
+  if (rows < 0 || dim < 1 || dim > 0x7fffffffLL ||
+      (metric != RK_METRIC_COSINE && metric != RK_METRIC_SQEUCLIDEAN)) {
+    rk::set_last_error("rk_row_factors: bad arguments (rows=%lld dim=%lld metric=%d)",
+                       (long long)rows, (long long)dim, metric);
+    return RK_ERR_INVALID_ARGUMENT;
+  }
+  if (rows == 0) return RK_OK;
+  if (!x || !out) {
+    rk::set_last_error("rk_row_factors: null pointer");
+    return RK_ERR_INVALID_ARGUMENT;
+  }
+  cudaStream_t s = static_cast<cudaStream_t>(stream);
+  const int d = (int)dim;
+  const char *what = "rk_row_factors";
+  switch (dtype) {
+    case RK_DTYPE_F32: return rk::launch_factors<float>(x, rows, d, metric, out, s, what);
+    case RK_DTYPE_F16: return rk::launch_factors<__half>(x, rows, d, metric, out, s, what);
+    case RK_DTYPE_BF16: return rk::launch_factors<__nv_bfloat16>(x, rows, d, metric, out, s, what);
+    default:
+      rk::set_last_error("rk_row_factors: unknown dtype code %d", dtype);
+      return RK_ERR_INVALID_ARGUMENT;
+  }
+}
+
+RK_API int rk_topk(const void *queries, const void *vocab, const float *vocab_factors,
+                   int64_t n_queries, int64_t n_vocab, int64_t dim, int k, int dtype, int metric,
+                   int64_t num_splits, void *workspace, size_t workspace_bytes,
+                   float *out_values, int64_t *out_indices, void *stream) {
   if (k < 1 || k > rk::MAX_K) {
     rk::set_last_error("rk_topk: k=%d outside [1, %d]", k, rk::MAX_K);
     return RK_ERR_UNSUPPORTED_K;
@@ -452,9 +490,9 @@ RK_API int rk_topk(const void *queries, const void *vocab, int64_t n_queries, in
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   const int d = (int)dim;
   switch (dtype) {
-    case RK_DTYPE_F32: return rk::run_topk<float>(queries, vocab, n_queries, n_vocab, d, k, metric, num_splits, workspace, out_values, out_indices, s);
-    case RK_DTYPE_F16: return rk::run_topk<__half>(queries, vocab, n_queries, n_vocab, d, k, metric, num_splits, workspace, out_values, out_indices, s);
-    case RK_DTYPE_BF16: return rk::run_topk<__nv_bfloat16>(queries, vocab, n_queries, n_vocab, d, k, metric, num_splits, workspace, out_values, out_indices, s);
+    case RK_DTYPE_F32: return rk::run_topk<float>(queries, vocab, vocab_factors, n_queries, n_vocab, d, k, metric, num_splits, workspace, out_values, out_indices, s);
+    case RK_DTYPE_F16: return rk::run_topk<__half>(queries, vocab, vocab_factors, n_queries, n_vocab, d, k, metric, num_splits, workspace, out_values, out_indices, s);
+    case RK_DTYPE_BF16: return rk::run_topk<__nv_bfloat16>(queries, vocab, vocab_factors, n_queries, n_vocab, d, k, metric, num_splits, workspace, out_values, out_indices, s);
     default:
       rk::set_last_error("rk_topk: unknown dtype code %d", dtype);
       return RK_ERR_INVALID_ARGUMENT;

@@ -16,7 +16,7 @@ import ctypes
 import os
 from pathlib import Path
 
-ABI_VERSION = 1
+ABI_VERSION = 2
 LIB_NAME = "librescorer_kernels.so"
 EMU_LIB_NAME = "librescorer_kernels_emu.so"
 #: Schedules of the emulator (rk_emu_set_schedule): order in which a block's threads resume.
@@ -72,7 +72,9 @@ def _configure(lib: ctypes.CDLL) -> None:
     lib.rk_topk_num_splits.restype = c_i64
     lib.rk_topk_workspace_bytes.argtypes = [c_i64, c_i64, c_int, c_i64]
     lib.rk_topk_workspace_bytes.restype = c_size
-    lib.rk_topk.argtypes = [c_vp, c_vp, c_i64, c_i64, c_i64, c_int, c_int, c_int, c_i64,
+    lib.rk_row_factors.argtypes = [c_vp, c_i64, c_i64, c_int, c_int, c_vp, c_vp]
+    lib.rk_row_factors.restype = c_int
+    lib.rk_topk.argtypes = [c_vp, c_vp, c_vp, c_i64, c_i64, c_i64, c_int, c_int, c_int, c_i64,
                             c_vp, c_size, c_vp, c_vp, c_vp]
     lib.rk_topk.restype = c_int
 

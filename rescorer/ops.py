@@ -8,7 +8,8 @@ Two operations, each with a CUDA kernel (``kernels/``, loaded through ctypes by
     ``arcs`` integer [M x 2] rows ``(span i, word j)``. Returns float32 [M]:
     ``cosine``: ``dot(a, w) / (|a| |w|)``; ``sqeuclidean``: ``sum((a - w)^2)``.
 
-``topk_nearest(queries, vocab, k, metric)``
+``topk_nearest(queries, vocab, k, metric)`` (``NearestIndex(vocab, metric).search(queries, k)``
+    for a vocabulary searched many times: its norms are computed once)
     For every query row, the ``k`` best vocabulary rows. Returns ``(values, indices)``:
     float32 [N x k] and int64 [N x k], best first. ``cosine``: similarity, descending;
     ``sqeuclidean``: squared distance, ascending. The N x V score matrix is never
@@ -66,6 +67,8 @@ __all__ = [
     "arc_similarity_reference",
     "topk_nearest",
     "topk_nearest_reference",
+    "NearestIndex",
+    "row_factors",
     "kernels_available",
     "InvalidDTypeError",
     "METRICS",
@@ -338,7 +341,7 @@ def topk_nearest_reference(queries: torch.Tensor, vocab: torch.Tensor, k: int, m
     return _topk_reference(queries, vocab, k, metric, chunk)
 
 
-def _topk_reference(queries, vocab, k, metric, chunk=None):
+def _topk_reference(queries, vocab, k, metric, chunk=None, vocab_factors=None):
     n, v = queries.shape[0], vocab.shape[0]
     if n == 0 or v == 0:
         return _empty_topk(n, k, metric, queries.device)
@@ -354,7 +357,7 @@ def _topk_reference(queries, vocab, k, metric, chunk=None):
         best = None
         for vs in range(0, v, chunk):
             w = vocab[vs:vs + chunk].to(cdt)
-            wf = _factor(w, metric)
+            wf = _factor(w, metric) if vocab_factors is None else vocab_factors[vs:vs + chunk].to(cdt)
             dot = q @ w.t()
             if metric == "cosine":
                 key = dot * qf[:, None] * wf[None, :]
@@ -382,9 +385,14 @@ def topk_nearest(queries: torch.Tensor, vocab: torch.Tensor, k: int, metric: str
 
     cosine: similarities, descending; sqeuclidean: squared distances, ascending. Ties go to
     the smaller index; NaN scores rank last; k > V pads with index -1 and -inf / +inf.
-    ``chunk`` only affects the reference path (vocabulary rows per step).
+    ``chunk`` only affects the reference path (vocabulary rows per step). To search one
+    vocabulary many times, build a :class:`NearestIndex` once instead.
     """
     k = _validate_topk(queries, vocab, k, metric)
+    return _topk_dispatch(queries, vocab, k, metric, chunk, None)
+
+
+def _topk_dispatch(queries, vocab, k, metric, chunk, vocab_factors):
     n, v = queries.shape[0], vocab.shape[0]
     if n == 0 or v == 0:
         return _empty_topk(n, k, metric, queries.device)
@@ -392,11 +400,74 @@ def topk_nearest(queries: torch.Tensor, vocab: torch.Tensor, k: int, metric: str
             and v <= _MAX_VOCAB_KERNEL):
         lib = _kernel_lib()
         if lib is not None:
-            return _topk_kernel(lib, queries, vocab, k, metric)
-    return _topk_reference(queries, vocab, k, metric, chunk)
+            return _topk_kernel(lib, queries, vocab, k, metric, vocab_factors)
+    return _topk_reference(queries, vocab, k, metric, chunk, vocab_factors)
 
 
-def _topk_kernel(lib, queries, vocab, k, metric):
+def row_factors(x: torch.Tensor, metric: str = "cosine") -> torch.Tensor:
+    """Per-row factors as top-k uses them, float32 [rows]: cosine ``1/|x|`` (0 for zero,
+    NaN and infinite norms), sqeuclidean ``|x|^2``; the CUDA kernel on GPU."""
+    _check_metric(metric)
+    _check_matrix("x", x)
+    if x.shape[1] == 0:
+        raise ValueError(f"embedding size D must be at least 1, got shape {tuple(x.shape)}")
+    if x.is_cuda and x.dtype in _KERNEL_DTYPES and x.shape[0] > 0:
+        lib = _kernel_lib()
+        if lib is not None:
+            return _factors_kernel(lib, x, metric)
+    cdt = torch.float64 if x.dtype == torch.float64 else torch.float32
+    return _factor(x.to(cdt), metric).to(cdt)
+
+
+def _factors_kernel(lib, x, metric) -> torch.Tensor:
+    x = x.contiguous()
+    out = torch.empty(x.shape[0], dtype=torch.float32, device=x.device)
+    ctx, stream, _ = _device_context(x)
+    with ctx:
+        st = lib.rk_row_factors(x.data_ptr(), x.shape[0], x.shape[1], _KERNEL_DTYPES[x.dtype],
+                                _METRIC_CODES[metric], out.data_ptr(), stream)
+    _kl.check(lib, st, "rk_row_factors")
+    return out
+
+
+class NearestIndex:
+    """A fixed vocabulary prepared for repeated top-k searches, in the manner of FAISS's
+    ``IndexFlat``: the rows are made contiguous and their norms computed once, so a search
+    reads the vocabulary once (``topk_nearest`` reads it twice: norms, then products).
+
+    >>> index = NearestIndex(spelling_embeddings, metric="cosine")
+    >>> values, indices = index.search(span_embeddings, k=5)
+
+    Results are those of ``topk_nearest(queries, vocab, k, metric)`` (same ties, NaN and
+    padding rules). The index holds a reference to the vocabulary: do not modify it in place.
+    """
+
+    def __init__(self, vocab: torch.Tensor, metric: str = "cosine"):
+        _check_metric(metric)
+        _check_matrix("vocab", vocab)
+        if vocab.shape[1] == 0:
+            raise ValueError(f"embedding size D must be at least 1, got shape {tuple(vocab.shape)}")
+        self.metric = metric
+        self.vocab = vocab.contiguous()
+        self.factors = row_factors(self.vocab, metric)
+
+    def __len__(self) -> int:
+        return self.vocab.shape[0]
+
+    @property
+    def dim(self) -> int:
+        return self.vocab.shape[1]
+
+    def search(self, queries: torch.Tensor, k: int, chunk: Optional[int] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(values float32 [N x k], indices int64 [N x k]) of each query's k nearest rows."""
+        k = _validate_topk(queries, self.vocab, k, self.metric)
+        return _topk_dispatch(queries, self.vocab, k, self.metric, chunk, self.factors)
+
+    def __repr__(self) -> str:
+        return f"NearestIndex({len(self)} x {self.dim}, {self.vocab.dtype}, metric={self.metric!r}, device={self.vocab.device})"
+
+
+def _topk_kernel(lib, queries, vocab, k, metric, vocab_factors=None):
     """Run rk_topk on validated inputs (N >= 1, V >= 1, 1 <= k <= 128), in query chunks."""
     q = queries.contiguous()
     w = vocab.contiguous()
@@ -404,6 +475,10 @@ def _topk_kernel(lib, queries, vocab, k, metric):
     device = q.device
     values = torch.empty((n, k), dtype=torch.float32, device=device)
     indices = torch.empty((n, k), dtype=torch.int64, device=device)
+    wf = None
+    if vocab_factors is not None:
+        vocab_factors = vocab_factors.to(device=device, dtype=torch.float32).contiguous()
+        wf = vocab_factors.data_ptr()
     ctx, stream, sms = _device_context(q)
     with ctx:
         for s in range(0, n, _KERNEL_QUERY_CHUNK):
@@ -412,7 +487,7 @@ def _topk_kernel(lib, queries, vocab, k, metric):
             splits = int(lib.rk_topk_num_splits(nq, v, k, sms))
             nbytes = int(lib.rk_topk_workspace_bytes(nq, v, k, splits))
             workspace = torch.empty(nbytes, dtype=torch.uint8, device=device)
-            st = lib.rk_topk(qq.data_ptr(), w.data_ptr(), nq, v, d, k, _KERNEL_DTYPES[q.dtype],
+            st = lib.rk_topk(qq.data_ptr(), w.data_ptr(), wf, nq, v, d, k, _KERNEL_DTYPES[q.dtype],
                              _METRIC_CODES[metric], splits, workspace.data_ptr(), nbytes,
                              values[s:s + nq].data_ptr(), indices[s:s + nq].data_ptr(), stream)
             _kl.check(lib, st, "rk_topk")

@@ -242,6 +242,7 @@ class Rescorer:
         self.config = config or RescoreConfig()
         self._spelling: Dict[str, torch.Tensor] = {}
         self._vocab: Optional[Tuple[List[str], torch.Tensor]] = None
+        self._vocab_index = None  # ops.NearestIndex of the word list, for GPU searches
         self._tables: Dict[int, tuple] = {}  # id(table) -> (table, size, extended table, vocab ids)
 
     # ------------------------------------------------------------ loading / saving
@@ -317,23 +318,27 @@ class Rescorer:
         with torch.no_grad():
             emb = torch.cat([self.letters.encode_words(clean[i : i + chunk]).float() for i in range(0, len(clean), chunk)])
         self._vocab = (clean, _unit_rows(emb).to(self.device))  # cosine search: unit rows
+        self._vocab_index = None  # built on first GPU search (norms computed once)
         self._tables = {}
 
     @torch.no_grad()
     def _nearest_spellings(self, queries: torch.Tensor, k: int) -> Tuple[torch.Tensor, torch.Tensor]:
         """(cosine [N, k], word-list index [N, k]) of each query's k nearest spellings, best first.
 
-        On GPU: ``ops.topk_nearest`` (the CUDA kernel). On CPU: one matmul per block of the
+        On GPU: an ``ops.NearestIndex`` of the word list (the CUDA kernel; the list's norms
+        are computed once). On CPU: one matmul per block of the
         unit-length word-list rows and ``torch.topk``, merged across blocks; the same
         neighbours as ``ops.topk_nearest``'s reference (equal cosines are ordered by index;
         an exact tie at the k-th place may keep either word) at a fraction of its cost, as
         it skips the reference's exact-tie key packing (most of its time at 200k words).
         """
-        from rescorer.ops import topk_nearest
+        from rescorer.ops import NearestIndex
 
         _, vocab = self._vocab
         if queries.is_cuda or queries.shape[0] == 0:
-            return topk_nearest(queries, vocab, k, metric="cosine")
+            if self._vocab_index is None:
+                self._vocab_index = NearestIndex(vocab, metric="cosine")
+            return self._vocab_index.search(queries, k)
         q = _unit_rows(queries.float())
         block = max(1024, (1 << 24) // queries.shape[0])  # at most ~16M similarities at once
         best_v = best_i = None

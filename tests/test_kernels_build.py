@@ -17,7 +17,7 @@ BUILD_SH = REPO / "kernels" / "build.sh"
 LIB_NAME = "librescorer_kernels.so"
 EXPECTED_SYMBOLS = {
     "rk_abi_version", "rk_error_string", "rk_last_error", "rk_arc_similarity",
-    "rk_topk", "rk_topk_max_k", "rk_topk_num_splits", "rk_topk_workspace_bytes",
+    "rk_topk", "rk_row_factors", "rk_topk_max_k", "rk_topk_num_splits", "rk_topk_workspace_bytes",
 }
 
 
@@ -121,16 +121,19 @@ def test_host_side_abi(built_lib):
     assert nbytes >= 256 * 4 + 1_000_000 * 4 + 256 * s * 10 * 8
     assert lib.rk_topk_workspace_bytes(256, 1000, 0, 1) == 0
     # invalid arguments are rejected before any CUDA call
-    st = lib.rk_topk(None, None, 4, 10, 8, 129, 0, 0, 1, None, 0, None, None, None)
+    st = lib.rk_topk(None, None, None, 4, 10, 8, 129, 0, 0, 1, None, 0, None, None, None)
     assert st == 2 and b"k=129" in lib.rk_last_error()
-    st = lib.rk_topk(None, None, 4, 10, 8, 5, 0, 7, 1, None, 0, None, None, None)
+    st = lib.rk_topk(None, None, None, 4, 10, 8, 5, 0, 7, 1, None, 0, None, None, None)
     assert st == 1 and b"metric=7" in lib.rk_last_error()
-    st = lib.rk_topk(None, None, 4, 10, 8, 5, 0, 0, 1, None, 0, None, None, None)
+    st = lib.rk_topk(None, None, None, 4, 10, 8, 5, 0, 0, 1, None, 0, None, None, None)
     assert st == 3  # workspace too small
     st = lib.rk_arc_similarity(None, None, None, 1, 1, 0, 8, 0, 0, None, None)
     assert st == 0  # nothing to do for zero arcs
     st = lib.rk_arc_similarity(None, None, None, 1, 1, 3, 8, 9, 0, None, None)
     assert st == 1
+    assert lib.rk_row_factors(None, 0, 8, 0, 0, None, None) == 0  # no rows: nothing to do
+    st = lib.rk_row_factors(None, 5, 8, 0, 3, None, None)
+    assert st == 1 and b"metric=3" in lib.rk_last_error()
 
 
 @needs_nvcc

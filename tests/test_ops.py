@@ -398,6 +398,56 @@ def test_kernels_available_needs_cuda():
         assert ops.kernels_available() is False
 
 
+# ------------------------------------------------------------------ NearestIndex
+
+@pytest.mark.parametrize("dtype", ALL_DTYPES + [torch.float64])
+@pytest.mark.parametrize("metric", METRICS)
+def test_index_search_equals_topk_nearest(dtype, metric):
+    g = torch.Generator().manual_seed(5)
+    q = torch.randn(9, 24, generator=g).to(dtype)
+    w = torch.randn(3000, 24, generator=g).to(dtype)
+    w[7] = 0
+    w[8, 0] = float("nan")
+    index = ops.NearestIndex(w, metric)
+    assert len(index) == 3000 and index.dim == 24 and metric in repr(index)
+    for k in (1, 10, 200):  # 200: beyond the kernel's k, same answer
+        got = index.search(q, k, chunk=700)
+        want = ops.topk_nearest(q, w, k, metric)
+        assert torch.equal(got[1], want[1]), k
+        # norms summed over the whole vocabulary vs per chunk may differ in the last bit
+        torch.testing.assert_close(got[0], want[0], rtol=1e-6, atol=1e-6, equal_nan=True)
+    v, i = index.search(q[:0], 4)
+    assert v.shape == (0, 4) and i.shape == (0, 4)
+
+
+def test_index_computes_vocabulary_norms_once(monkeypatch):
+    w, q = torch.randn(5000, 16), torch.randn(3, 16)
+    index = ops.NearestIndex(w)
+    calls = []
+    real = ops._factor
+    monkeypatch.setattr(ops, "_factor", lambda x, metric: calls.append(x.shape[0]) or real(x, metric))
+    index.search(q, 5, chunk=1000)
+    assert calls == [3]  # the queries only; the 5000 vocabulary rows were done at build time
+    ops.topk_nearest(q, w, 5, chunk=1000)
+    assert calls[1:] == [3, 1000, 1000, 1000, 1000, 1000]
+
+
+def test_index_rejects_bad_input():
+    with pytest.raises(ValueError, match="metric"):
+        ops.NearestIndex(torch.randn(4, 3), metric="l1")
+    with pytest.raises(ValueError, match="2-D"):
+        ops.NearestIndex(torch.randn(4))
+    with pytest.raises(ValueError, match="at least 1"):
+        ops.NearestIndex(torch.randn(4, 0))
+    index = ops.NearestIndex(torch.randn(4, 3))
+    with pytest.raises(ValueError, match="D=2.*D=3"):
+        index.search(torch.randn(2, 2), 1)
+    with pytest.raises(ops.InvalidDTypeError):
+        index.search(torch.randn(2, 3).half(), 1)
+    with pytest.raises(ValueError, match="k must be positive"):
+        index.search(torch.randn(2, 3), 0)
+
+
 # ------------------------------------------------------------------ kernels vs references
 # Every kernel test runs on two backends: "cuda" (the CUDA library through the public API;
 # @pytest.mark.gpu, skipped without a GPU) and "emulator" (the same kernel sources built for
@@ -443,6 +493,18 @@ class KernelBackend:
         k = ops._validate_topk(q, w, k, metric)
         assert k <= ops.MAX_KERNEL_K and q.shape[0] > 0 and w.shape[0] > 0
         return ops._topk_kernel(EMU, q, w, k, metric)
+
+
+    def index_search(self, q, w, k, metric="cosine"):
+        """Top-k through a NearestIndex (vocabulary factors from the factor kernel)."""
+        if not self.emulated:
+            index = ops.NearestIndex(self.to(w), metric)
+            assert index.factors.is_cuda
+            values, indices = index.search(self.to(q), k)
+            return values.cpu(), indices.cpu(), index.factors.cpu()
+        factors = ops._factors_kernel(EMU, w, metric)
+        values, indices = ops._topk_kernel(EMU, q, w, k, metric, factors)
+        return values, indices, factors
 
 
 @pytest.fixture(params=[pytest.param("cuda", marks=[pytest.mark.gpu, needs_kernels]),
@@ -589,6 +651,26 @@ def test_topk_kernel_unaligned_vocabulary(kernel, dtype):
     S = score_truth(q, w, "cosine")
     atol = kernel_atol(dtype, "cosine", q, w)
     assert_topk(values, indices, S, 16, "cosine", atol=atol)
+
+
+@pytest.mark.parametrize("dtype", ALL_DTYPES)
+@pytest.mark.parametrize("metric", METRICS)
+def test_index_search_equals_topk_kernel(kernel, dtype, metric):
+    """Precomputed vocabulary factors (rk_row_factors) give exactly the results of the
+    kernel computing them itself, and the factors match the reference's."""
+    g = torch.Generator().manual_seed(11)
+    q = torch.randn(70, 72, generator=g).to(dtype)
+    w = torch.randn(2000, 72, generator=g).to(dtype)
+    w[5] = 0
+    w[9, 3] = float("nan")
+    for k in (3, 64):
+        values, indices, factors = kernel.index_search(q, w, k, metric)
+        want_v, want_i = kernel.topk(q, w, k, metric)
+        assert torch.equal(indices, want_i)
+        torch.testing.assert_close(values, want_v, rtol=0, atol=0, equal_nan=True)
+    ref = ops.row_factors(w, metric)
+    torch.testing.assert_close(factors, ref, rtol=1e-5, atol=1e-6, equal_nan=True)
+    assert factors[5] == 0 and (metric == "cosine" and factors[9] == 0 or metric == "sqeuclidean" and factors[9].isnan())
 
 
 @needs_emulator
