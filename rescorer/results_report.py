@@ -570,7 +570,8 @@ def _kernels_section(doc: Any, base_source: str) -> List[str]:
     out = ["## CUDA kernels", ""]
     if doc is None:
         return out + [f"GPU measurements are pending (no `{base_source}` yet: "
-                      "`python benchmarks/bench_kernels.py` on a CUDA machine writes it).", ""]
+                      "`scripts/device_check.sh` on a CUDA machine measures it). Until then the kernels "
+                      "are tested for correctness only, on the CPU emulation of CUDA (`kernels/emulator/`).", ""]
     rows = _kernel_rows(doc, base_source)
     if not rows:
         return out + [f"`{base_source}` holds no measurements.", ""]
