@@ -16,6 +16,7 @@
 #                    else nvcc on PATH, then /usr/local/cuda/bin/nvcc
 #   RK_NVCC_FLAGS    extra nvcc flags
 #   CXX              C++ compiler for the emulator (default: g++, then c++)
+#   RK_EMU_SANITIZE  e.g. "address": build the emulator with that sanitizer
 # Exits 0 with a message when nvcc (or a C++ compiler) is absent: rescorer then uses its
 # torch reference code (and the emulator tests are skipped).
 set -euo pipefail
@@ -31,7 +32,7 @@ for a in "$@"; do
     --force) FORCE=1 ;;
     --cuda-only) WANT_EMU=0 ;;
     --emulator-only) WANT_CUDA=0 ;;
-    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
     *) echo "kernels/build.sh: unknown option $a" >&2; exit 2 ;;
   esac
 done
@@ -116,6 +117,9 @@ build_emulator() {
   # is ten times faster than libm's; the library is built on the machine that runs it.
   local flags=(-x c++ -std=c++17 -O2 -march=native -DRK_EMULATE -fPIC -fvisibility=hidden
                -fno-strict-aliasing -Wall -Wno-unknown-pragmas)
+  # RK_EMU_SANITIZE=address: AddressSanitizer build (load it with libasan preloaded); every
+  # out-of-bounds access of a kernel to its inputs and outputs is then reported.
+  [ -n "${RK_EMU_SANITIZE:-}" ] && flags+=(-g -fno-omit-frame-pointer "-fsanitize=$RK_EMU_SANITIZE")
   local config
   config="emulator | $("$cxx" --version | head -n 1) | $(uname -m) | ${flags[*]}"
   if up_to_date "$lib" "$OUT/.build-config-emu" "$config" "${SOURCES[@]}" "${HEADERS[@]}" "${EMU_FILES[@]}"; then
@@ -125,7 +129,8 @@ build_emulator() {
   log "building $lib (CPU emulator) with $cxx"
   local start=$SECONDS
   compile_all "$OBJ/emu" "$cxx" "${flags[@]}" -- "${SOURCES[@]}" emulator/emulator_api.cpp
-  "$cxx" -shared -o "$OBJ/emu/lib.so" "$OBJ"/emu/*.o -Wl,-soname,librescorer_kernels_emu.so
+  "$cxx" -shared ${RK_EMU_SANITIZE:+"-fsanitize=$RK_EMU_SANITIZE"} -o "$OBJ/emu/lib.so" "$OBJ"/emu/*.o \
+    -Wl,-soname,librescorer_kernels_emu.so
   mv -f "$OBJ/emu/lib.so" "$lib"
   echo "$config" > "$OUT/.build-config-emu"
   log "built $lib in $((SECONDS - start)) s"

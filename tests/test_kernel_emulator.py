@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -100,3 +101,54 @@ def test_shared_memory_overrun_is_reported(tmp_path):
     lib = build_variant(tmp_path, "topk.cu", old, "         + (size_t)(BM + BN) * 4 - 16;")
     with pytest.raises(RuntimeError, match="wrote past its .* bytes of dynamic shared memory"):
         agreement(lib, kl.EMU_FORWARD)
+
+
+ASAN_CASES = r'''
+import sys
+import torch
+from rescorer import _kernels_loader as kl, ops
+
+lib = kl.load_emulator()
+assert lib is not None and "asan" in lib._name, kl.emulator_load_error()
+g = torch.Generator().manual_seed(0)
+for dtype in (torch.float32, torch.float16, torch.bfloat16):
+    for n, v, d, k in [(1, 1, 1, 1), (3, 63, 7, 5), (65, 129, 100, 32), (2, 50, 37, 128)]:
+        buf = torch.randn(v * d + 1, generator=g).to(dtype)
+        for w in (buf[:-1].view(v, d), buf[1:].view(v, d)):  # aligned and unaligned rows
+            q = torch.randn(n, d, generator=g).to(dtype)
+            for metric in ops.METRICS:
+                ops._topk_kernel(lib, q, w, k, metric, ops._factors_kernel(lib, w, metric) if k == 5 else None)
+                arcs = torch.stack([torch.randint(0, n, (40,), generator=g), torch.randint(0, v, (40,), generator=g)], 1)
+                ops._arc_kernel(lib, q, w, arcs, metric)
+if len(sys.argv) > 1:  # planted defect: an output buffer one element short
+    a, arcs = torch.randn(10, 32), torch.randint(0, 10, (100, 2))
+    out = torch.empty(99)
+    lib.rk_arc_similarity(a.data_ptr(), a.data_ptr(), arcs.data_ptr(), 10, 10, 100, 32, 0, 0, out.data_ptr(), None)
+print("clean")
+'''
+
+
+def test_kernels_stay_in_bounds_under_address_sanitizer(tmp_path):
+    """The emulator built with AddressSanitizer sees every access of a kernel to its input
+    and output tensors (torch's CPU allocations get red zones): no shape, alignment or k
+    may read or write outside them. A planted one-element overrun proves it would tell."""
+    libasan = subprocess.run([CXX, "-print-file-name=libasan.so"], capture_output=True, text=True).stdout.strip()
+    if not os.path.isabs(libasan) or not os.path.exists(libasan):
+        pytest.skip("no libasan for this compiler")
+    out = tmp_path / "asan"
+    res = subprocess.run(["bash", str(KERNELS / "build.sh"), "--emulator-only"], capture_output=True, text=True,
+                         env=dict(os.environ, RK_BUILD_DIR=str(out), RK_EMU_SANITIZE="address"), timeout=600)
+    assert res.returncode == 0, res.stderr
+    lib = out / "librescorer_kernels_emu_asan.so"
+    (out / kl.EMU_LIB_NAME).rename(lib)
+    script = tmp_path / "cases.py"
+    script.write_text(ASAN_CASES)
+    env = dict(os.environ, LD_PRELOAD=libasan, ASAN_OPTIONS="detect_leaks=0", RESCORER_KERNELS_EMU_LIB=str(lib),
+               PYTHONPATH=str(REPO))
+    clean = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=600)
+    assert clean.returncode == 0 and "clean" in clean.stdout, clean.stderr[-3000:]
+    assert "AddressSanitizer" not in clean.stderr
+    planted = subprocess.run([sys.executable, str(script), "overrun"], capture_output=True, text=True, env=env,
+                             timeout=600)
+    assert planted.returncode != 0 and "heap-buffer-overflow" in planted.stderr, planted.stderr[-3000:]
+    assert "arc_similarity_kernel" in planted.stderr
