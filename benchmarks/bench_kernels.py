@@ -5,8 +5,9 @@
     python benchmarks/bench_kernels.py --quick          # a few shapes
     python benchmarks/bench_kernels.py --device cpu     # tiny reference run (no JSON unless --out)
 
-Top-k rows: ``ops.topk_nearest`` (``ms``; ``index_ms`` for ``ops.NearestIndex.search``, whose
-vocabulary norms are computed once) vs ``cdist + topk`` and ``mm + topk`` (the best of the two
+Top-k rows: ``ops.topk_nearest`` (``ms``: the default method, the fused kernel; ``gemm_ms``:
+``method="gemm"``, cuBLAS tiles + the selection kernel; ``index_ms``: ``ops.NearestIndex.search``,
+whose vocabulary norms are computed once) vs ``cdist + topk`` and ``mm + topk`` (the best of the two
 is ``torch_ms``; a baseline whose N x V matrix would not fit in free memory is skipped and
 recorded as null). Arc rows: ``ops.arc_similarity`` vs a torch gather + sum.
 
@@ -196,6 +197,8 @@ def main(argv=None) -> int:
                     for metric in args.metrics:
                         for k in args.k:
                             ms = timer.measure(lambda: ops.topk_nearest(q, w, k, metric), args.min_time_ms)
+                            gemm_ms = timer.measure(lambda: ops.topk_nearest(q, w, k, metric, method="gemm"),
+                                                    args.min_time_ms)
                             index = ops.NearestIndex(w, metric)  # vocabulary norms computed once
                             index_ms = timer.measure(lambda: index.search(q, k), args.min_time_ms)
                             del index
@@ -207,7 +210,7 @@ def main(argv=None) -> int:
                             flops = 2.0 * N * V * D
                             floor = max(nbytes / bw, flops / rates[dname]) * 1e3
                             row = dict(kernel=f"topk_nearest[{kernel}]", metric=metric, N=N, V=V, D=D, k=k,
-                                       dtype=dname, ms=ms, index_ms=index_ms,
+                                       dtype=dname, ms=ms, gemm_ms=gemm_ms, index_ms=index_ms,
                                        torch_ms=min(base) if base else None,
                                        cdist_topk_ms=cd_ms, mm_topk_ms=mm_ms, floor_ms=floor,
                                        speedup_vs_torch=(min(base) / ms) if base else None,

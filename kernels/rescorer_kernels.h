@@ -21,7 +21,7 @@ extern "C" {
 #define RK_API __attribute__((visibility("default")))
 
 /* Bumped whenever a signature below changes; Python checks it before use. */
-#define RK_ABI_VERSION 2
+#define RK_ABI_VERSION 3
 
 enum rk_dtype { RK_DTYPE_F32 = 0, RK_DTYPE_F16 = 1, RK_DTYPE_BF16 = 2 };
 enum rk_metric { RK_METRIC_COSINE = 0, RK_METRIC_SQEUCLIDEAN = 1 };
@@ -81,6 +81,21 @@ RK_API int rk_topk(const void *queries, const void *vocab, const float *vocab_fa
                    int64_t n_queries, int64_t n_vocab, int64_t dim, int k, int dtype, int metric,
                    int64_t num_splits, void *workspace, size_t workspace_bytes,
                    float *out_values, int64_t *out_indices, void *stream);
+
+/*
+ * The GEMM path of top-k (FAISS's way): the caller computes fp32 dot products of the queries
+ * with a tile of vocabulary rows (e.g. cuBLAS), scores [n_queries x n_cols] with row stride
+ * ld, for vocabulary rows col0 .. col0 + n_cols; rk_topk_select turns them into scores with
+ * the row factors (rk_row_factors of queries and of the whole vocabulary) and merges them
+ * into lists (uint64 [n_queries x k], this library's packed keys; first != 0 starts them
+ * empty). After the last tile, rk_topk_finish decodes lists into values and indices with
+ * the same semantics as rk_topk.
+ */
+RK_API int rk_topk_select(const float *scores, int64_t ld, int64_t n_queries, int64_t n_cols,
+                          int64_t col0, const float *query_factors, const float *vocab_factors,
+                          int k, int metric, int first, uint64_t *lists, void *stream);
+RK_API int rk_topk_finish(const uint64_t *lists, int64_t n_queries, int k, int metric,
+                          float *out_values, int64_t *out_indices, void *stream);
 
 #ifdef __cplusplus
 }

@@ -270,6 +270,47 @@ topk_tile_kernel(const T *__restrict__ Q, const T *__restrict__ W,
   }
 }
 
+// ---------------------------------------------------------------- stage 2b: selection only
+// The GEMM path (rk_topk_select): the dot products of a query chunk with a vocabulary tile come
+// from a library GEMM (cuBLAS through torch, FAISS's way) as an fp32 [n_q x n_cols] tile; this
+// kernel turns them into keys (same score_key as the fused kernel) and merges them into each
+// query's running top-k (k packed keys per query in global memory, carried across tiles).
+// One warp per query; 32 columns per step: threshold, ballot, compaction, warp_merge.
+template <int KCAP>
+__global__ void __launch_bounds__(THREADS)
+topk_select_kernel(const float *__restrict__ S, int64_t ld, int64_t n_q, int64_t n_cols,
+                   int64_t col0, const float *__restrict__ qfac, const float *__restrict__ wfac,
+                   int k, int metric, bool first, uint64_t *__restrict__ lists) {
+  __shared__ uint64_t s_list[WARPS][KCAP];
+  __shared__ uint64_t s_cand[WARPS][32];
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+  const int64_t q = (int64_t)blockIdx.x * WARPS + warp;
+  if (q >= n_q) return;  // warp-uniform; no block-level barriers below
+  uint64_t *list = s_list[warp];
+  uint64_t *cand = s_cand[warp];
+  uint64_t *glist = lists + q * k;
+  for (int i = lane; i < KCAP; i += 32) list[i] = (!first && i < k) ? glist[i] : 0ull;
+  __syncwarp();
+  const unsigned lt_mask = (1u << lane) - 1u;
+  const float qr = qfac[q];
+  const float *row = S + q * ld;
+  uint64_t thr = list[k - 1];
+  for (int64_t base = 0; base < n_cols; base += 32) {
+    const int64_t j = base + lane;
+    const uint64_t c =
+        j < n_cols ? pack_key(score_key(row[j], qr, wfac[col0 + j], metric), (uint32_t)(col0 + j)) : 0ull;
+    const bool p = c > thr;
+    const unsigned m = __ballot_sync(0xffffffffu, p);
+    if (m == 0u) continue;  // warp-uniform
+    if (p) cand[__popc(m & lt_mask)] = c;
+    __syncwarp();
+    warp_merge<KCAP, 32>(list, cand, __popc(m), lane);
+    thr = list[k - 1];
+  }
+  for (int i = lane; i < k; i += 32) glist[i] = list[i];
+}
+
 // ---------------------------------------------------------------- stage 3: merge + decode
 template <int KCAP>
 __global__ void __launch_bounds__(THREADS)
@@ -453,6 +494,64 @@ RK_API int rk_row_factors(const void *x, int64_t rows, int64_t dim, int dtype, i
       rk::set_last_error("rk_row_factors: unknown dtype code %d", dtype);
       return RK_ERR_INVALID_ARGUMENT;
   }
+}
+
+RK_API int rk_topk_select(const float *scores, int64_t ld, int64_t n_queries, int64_t n_cols,
+                          int64_t col0, const float *query_factors, const float *vocab_factors,
+                          int k, int metric, int first, uint64_t *lists, void *stream) {
+  if (k < 1 || k > rk::MAX_K) {
+    rk::set_last_error("rk_topk_select: k=%d outside [1, %d]", k, rk::MAX_K);
+    return RK_ERR_UNSUPPORTED_K;
+  }
+  if (n_queries < 0 || n_cols < 0 || ld < n_cols || col0 < 0 || col0 + n_cols >= 0xFFFFFFFFLL ||
+      (metric != RK_METRIC_COSINE && metric != RK_METRIC_SQEUCLIDEAN)) {
+    rk::set_last_error("rk_topk_select: bad arguments (n_queries=%lld n_cols=%lld ld=%lld col0=%lld metric=%d)",
+                       (long long)n_queries, (long long)n_cols, (long long)ld, (long long)col0, metric);
+    return RK_ERR_INVALID_ARGUMENT;
+  }
+  if (n_queries == 0 || (n_cols == 0 && !first)) return RK_OK;
+  if (!scores || !query_factors || !vocab_factors || !lists) {
+    rk::set_last_error("rk_topk_select: null pointer");
+    return RK_ERR_INVALID_ARGUMENT;
+  }
+  cudaStream_t s = static_cast<cudaStream_t>(stream);
+  const int64_t blocks = (n_queries + rk::WARPS - 1) / rk::WARPS;
+  if (blocks > 0x7fffffffLL) {
+    rk::set_last_error("rk_topk_select: too many queries");
+    return RK_ERR_INVALID_ARGUMENT;
+  }
+  if (k <= 32) {
+    auto kern = rk::topk_select_kernel<32>;
+    RK_LAUNCH(kern, (unsigned)blocks, rk::THREADS, 0, s)(scores, ld, n_queries, n_cols, col0, query_factors, vocab_factors, k, metric, first != 0, lists);
+  } else if (k <= 64) {
+    auto kern = rk::topk_select_kernel<64>;
+    RK_LAUNCH(kern, (unsigned)blocks, rk::THREADS, 0, s)(scores, ld, n_queries, n_cols, col0, query_factors, vocab_factors, k, metric, first != 0, lists);
+  } else {
+    auto kern = rk::topk_select_kernel<128>;
+    RK_LAUNCH(kern, (unsigned)blocks, rk::THREADS, 0, s)(scores, ld, n_queries, n_cols, col0, query_factors, vocab_factors, k, metric, first != 0, lists);
+  }
+  RK_CHECK_LAUNCH("rk_topk_select");
+  return RK_OK;
+}
+
+RK_API int rk_topk_finish(const uint64_t *lists, int64_t n_queries, int k, int metric,
+                          float *out_values, int64_t *out_indices, void *stream) {
+  if (k < 1 || k > rk::MAX_K || n_queries < 0 ||
+      (metric != RK_METRIC_COSINE && metric != RK_METRIC_SQEUCLIDEAN)) {
+    rk::set_last_error("rk_topk_finish: bad arguments (n_queries=%lld k=%d metric=%d)",
+                       (long long)n_queries, k, metric);
+    return RK_ERR_INVALID_ARGUMENT;
+  }
+  if (n_queries == 0) return RK_OK;
+  if (!lists || !out_values || !out_indices) {
+    rk::set_last_error("rk_topk_finish: null pointer");
+    return RK_ERR_INVALID_ARGUMENT;
+  }
+  cudaStream_t s = static_cast<cudaStream_t>(stream);
+  // the running lists are one sorted split per query: decoding is the merge kernel's last step
+  if (k <= 32) return rk::launch_merge<32>(lists, n_queries, 1, k, metric, out_values, out_indices, s);
+  if (k <= 64) return rk::launch_merge<64>(lists, n_queries, 1, k, metric, out_values, out_indices, s);
+  return rk::launch_merge<128>(lists, n_queries, 1, k, metric, out_values, out_indices, s);
 }
 
 RK_API int rk_topk(const void *queries, const void *vocab, const float *vocab_factors,

@@ -16,7 +16,7 @@ import ctypes
 import os
 from pathlib import Path
 
-ABI_VERSION = 2
+ABI_VERSION = 3
 LIB_NAME = "librescorer_kernels.so"
 EMU_LIB_NAME = "librescorer_kernels_emu.so"
 #: Schedules of the emulator (rk_emu_set_schedule): order in which a block's threads resume.
@@ -77,6 +77,10 @@ def _configure(lib: ctypes.CDLL) -> None:
     lib.rk_topk.argtypes = [c_vp, c_vp, c_vp, c_i64, c_i64, c_i64, c_int, c_int, c_int, c_i64,
                             c_vp, c_size, c_vp, c_vp, c_vp]
     lib.rk_topk.restype = c_int
+    lib.rk_topk_select.argtypes = [c_vp, c_i64, c_i64, c_i64, c_i64, c_vp, c_vp, c_int, c_int, c_int, c_vp, c_vp]
+    lib.rk_topk_select.restype = c_int
+    lib.rk_topk_finish.argtypes = [c_vp, c_i64, c_int, c_int, c_vp, c_vp, c_vp]
+    lib.rk_topk_finish.restype = c_int
 
 
 def _configure_emulator(lib: ctypes.CDLL) -> None:

@@ -69,6 +69,7 @@ __all__ = [
     "topk_nearest_reference",
     "NearestIndex",
     "row_factors",
+    "TOPK_METHODS",
     "kernels_available",
     "InvalidDTypeError",
     "METRICS",
@@ -380,19 +381,31 @@ def _topk_reference(queries, vocab, k, metric, chunk=None, vocab_factors=None):
 
 
 def topk_nearest(queries: torch.Tensor, vocab: torch.Tensor, k: int, metric: str = "cosine",
-                 chunk: Optional[int] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+                 chunk: Optional[int] = None, *, method: str = "auto") -> Tuple[torch.Tensor, torch.Tensor]:
     """The k nearest vocabulary rows of every query: (values float32 [N x k], indices int64 [N x k]).
 
     cosine: similarities, descending; sqeuclidean: squared distances, ascending. Ties go to
     the smaller index; NaN scores rank last; k > V pads with index -1 and -inf / +inf.
-    ``chunk`` only affects the reference path (vocabulary rows per step). To search one
+    ``chunk`` only affects the reference path (vocabulary rows per step). ``method`` picks
+    the CUDA kernel: ``"fused"`` (product and selection in one kernel), ``"gemm"`` (cuBLAS
+    products of vocabulary tiles, then the selection kernel: FAISS's way) or ``"auto"``
+    (currently ``"fused"``; ``benchmarks/bench_kernels.py`` times both). To search one
     vocabulary many times, build a :class:`NearestIndex` once instead.
     """
     k = _validate_topk(queries, vocab, k, metric)
-    return _topk_dispatch(queries, vocab, k, metric, chunk, None)
+    return _topk_dispatch(queries, vocab, k, metric, chunk, None, _check_method(method))
 
 
-def _topk_dispatch(queries, vocab, k, metric, chunk, vocab_factors):
+TOPK_METHODS = ("auto", "fused", "gemm")
+
+
+def _check_method(method: str) -> str:
+    if method not in TOPK_METHODS:
+        raise ValueError(f"method must be one of {TOPK_METHODS}, got {method!r}")
+    return "fused" if method == "auto" else method
+
+
+def _topk_dispatch(queries, vocab, k, metric, chunk, vocab_factors, method="fused"):
     n, v = queries.shape[0], vocab.shape[0]
     if n == 0 or v == 0:
         return _empty_topk(n, k, metric, queries.device)
@@ -400,6 +413,8 @@ def _topk_dispatch(queries, vocab, k, metric, chunk, vocab_factors):
             and v <= _MAX_VOCAB_KERNEL):
         lib = _kernel_lib()
         if lib is not None:
+            if method == "gemm":
+                return _topk_gemm(lib, queries, vocab, k, metric, vocab_factors)
             return _topk_kernel(lib, queries, vocab, k, metric, vocab_factors)
     return _topk_reference(queries, vocab, k, metric, chunk, vocab_factors)
 
@@ -458,10 +473,12 @@ class NearestIndex:
     def dim(self) -> int:
         return self.vocab.shape[1]
 
-    def search(self, queries: torch.Tensor, k: int, chunk: Optional[int] = None) -> Tuple[torch.Tensor, torch.Tensor]:
-        """(values float32 [N x k], indices int64 [N x k]) of each query's k nearest rows."""
+    def search(self, queries: torch.Tensor, k: int, chunk: Optional[int] = None, *,
+               method: str = "auto") -> Tuple[torch.Tensor, torch.Tensor]:
+        """(values float32 [N x k], indices int64 [N x k]) of each query's k nearest rows
+        (``chunk`` and ``method`` as in :func:`topk_nearest`)."""
         k = _validate_topk(queries, self.vocab, k, self.metric)
-        return _topk_dispatch(queries, self.vocab, k, self.metric, chunk, self.factors)
+        return _topk_dispatch(queries, self.vocab, k, self.metric, chunk, self.factors, _check_method(method))
 
     def __repr__(self) -> str:
         return f"NearestIndex({len(self)} x {self.dim}, {self.vocab.dtype}, metric={self.metric!r}, device={self.vocab.device})"
@@ -491,4 +508,52 @@ def _topk_kernel(lib, queries, vocab, k, metric, vocab_factors=None):
                              _METRIC_CODES[metric], splits, workspace.data_ptr(), nbytes,
                              values[s:s + nq].data_ptr(), indices[s:s + nq].data_ptr(), stream)
             _kl.check(lib, st, "rk_topk")
+    return values, indices
+
+
+_GEMM_TILE_BYTES = 256 << 20  # fp32 dot-product tile of the GEMM path
+
+
+def _tile_dots(q: torch.Tensor, w_tile: torch.Tensor) -> torch.Tensor:
+    """fp32 dot products [n x c] of ``q`` with the rows of ``w_tile``: a library GEMM (cuBLAS
+    on GPU, fp32 accumulation; fp32 output where this torch can, else rounded to the input
+    dtype first). On the CPU (the emulator's tests) in exact fp32."""
+    if q.dtype == torch.float32:
+        return torch.mm(q, w_tile.t())
+    if not q.is_cuda:
+        return torch.mm(q.float(), w_tile.float().t())
+    try:
+        return torch.mm(q, w_tile.t(), out_dtype=torch.float32)
+    except (TypeError, RuntimeError):
+        return torch.mm(q, w_tile.t()).float()
+
+
+def _topk_gemm(lib, queries, vocab, k, metric, vocab_factors=None, tile_bytes: int = _GEMM_TILE_BYTES):
+    """Top-k by the GEMM path on validated inputs: per query chunk and vocabulary tile, the
+    dot products from ``_tile_dots`` and rk_topk_select's merge into running lists."""
+    q = queries.contiguous()
+    w = vocab.contiguous()
+    n, v = q.shape[0], w.shape[0]
+    device = q.device
+    qf_all = _factors_kernel(lib, q, metric)
+    wf = _factors_kernel(lib, w, metric) if vocab_factors is None else \
+        vocab_factors.to(device=device, dtype=torch.float32).contiguous()
+    values = torch.empty((n, k), dtype=torch.float32, device=device)
+    indices = torch.empty((n, k), dtype=torch.int64, device=device)
+    ctx, stream, _ = _device_context(q)
+    with ctx:
+        for s in range(0, n, _KERNEL_QUERY_CHUNK):
+            qq, qf = q[s:s + _KERNEL_QUERY_CHUNK], qf_all[s:s + _KERNEL_QUERY_CHUNK]
+            nq = qq.shape[0]
+            cols = max(64, min(v, (tile_bytes // (4 * nq)) // 64 * 64))
+            lists = torch.empty((nq, k), dtype=torch.int64, device=device)  # packed uint64 keys
+            for c0 in range(0, v, cols):
+                dots = _tile_dots(qq, w[c0:c0 + cols])
+                st = lib.rk_topk_select(dots.data_ptr(), dots.stride(0), nq, dots.shape[1], c0, qf.data_ptr(),
+                                        wf.data_ptr(), k, _METRIC_CODES[metric], int(c0 == 0), lists.data_ptr(),
+                                        stream)
+                _kl.check(lib, st, "rk_topk_select")
+            st = lib.rk_topk_finish(lists.data_ptr(), nq, k, _METRIC_CODES[metric], values[s:s + nq].data_ptr(),
+                                    indices[s:s + nq].data_ptr(), stream)
+            _kl.check(lib, st, "rk_topk_finish")
     return values, indices

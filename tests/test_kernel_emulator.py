@@ -118,6 +118,7 @@ for dtype in (torch.float32, torch.float16, torch.bfloat16):
             q = torch.randn(n, d, generator=g).to(dtype)
             for metric in ops.METRICS:
                 ops._topk_kernel(lib, q, w, k, metric, ops._factors_kernel(lib, w, metric) if k == 5 else None)
+                ops._topk_gemm(lib, q, w, k, metric, tile_bytes=4 * n * 64)
                 arcs = torch.stack([torch.randint(0, n, (40,), generator=g), torch.randint(0, v, (40,), generator=g)], 1)
                 ops._arc_kernel(lib, q, w, arcs, metric)
 if len(sys.argv) > 1:  # planted defect: an output buffer one element short

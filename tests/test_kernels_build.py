@@ -17,7 +17,7 @@ BUILD_SH = REPO / "kernels" / "build.sh"
 LIB_NAME = "librescorer_kernels.so"
 EXPECTED_SYMBOLS = {
     "rk_abi_version", "rk_error_string", "rk_last_error", "rk_arc_similarity",
-    "rk_topk", "rk_row_factors", "rk_topk_max_k", "rk_topk_num_splits", "rk_topk_workspace_bytes",
+    "rk_topk", "rk_row_factors", "rk_topk_select", "rk_topk_finish", "rk_topk_max_k", "rk_topk_num_splits", "rk_topk_workspace_bytes",
 }
 
 
@@ -132,6 +132,11 @@ def test_host_side_abi(built_lib):
     st = lib.rk_arc_similarity(None, None, None, 1, 1, 3, 8, 9, 0, None, None)
     assert st == 1
     assert lib.rk_row_factors(None, 0, 8, 0, 0, None, None) == 0  # no rows: nothing to do
+    st = lib.rk_topk_select(None, 10, 4, 20, 0, None, None, 5, 0, 1, None, None)
+    assert st == 1 and b"ld=10" in lib.rk_last_error()  # row stride below the tile width
+    assert lib.rk_topk_select(None, 20, 4, 20, 0, None, None, 0, 0, 1, None, None) == 2
+    assert lib.rk_topk_finish(None, 4, 5, 0, None, None, None) == 1  # null pointers
+    assert lib.rk_topk_finish(None, 0, 5, 0, None, None, None) == 0  # no queries
     st = lib.rk_row_factors(None, 5, 8, 0, 3, None, None)
     assert st == 1 and b"metric=3" in lib.rk_last_error()
 

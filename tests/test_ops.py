@@ -432,6 +432,18 @@ def test_index_computes_vocabulary_norms_once(monkeypatch):
     assert calls[1:] == [3, 1000, 1000, 1000, 1000, 1000]
 
 
+def test_topk_method_is_checked_and_ignored_by_the_reference():
+    q, w = torch.randn(3, 8), torch.randn(100, 8)
+    want = ops.topk_nearest(q, w, 4)
+    for method in ops.TOPK_METHODS:
+        got = ops.topk_nearest(q, w, 4, method=method)
+        assert torch.equal(got[1], want[1])
+    with pytest.raises(ValueError, match="method must be one of"):
+        ops.topk_nearest(q, w, 4, method="faiss")
+    with pytest.raises(ValueError, match="method must be one of"):
+        ops.NearestIndex(w).search(q, 4, method="")
+
+
 def test_index_rejects_bad_input():
     with pytest.raises(ValueError, match="metric"):
         ops.NearestIndex(torch.randn(4, 3), metric="l1")
@@ -485,13 +497,18 @@ class KernelBackend:
             return torch.empty(0)
         return ops._arc_kernel(EMU, a, w, arcs, metric)
 
-    def topk(self, q, w, k, metric="cosine"):
+    def topk(self, q, w, k, metric="cosine", method="fused"):
+        """method "gemm": GEMM tiles of 128 columns, so that lists carry across many tiles."""
         if not self.emulated:
-            values, indices = ops.topk_nearest(self.to(q), self.to(w), k, metric)
+            with pytest.MonkeyPatch.context() as mp:
+                mp.setattr(ops, "_GEMM_TILE_BYTES", 4 * max(1, q.shape[0]) * 128)
+                values, indices = ops.topk_nearest(self.to(q), self.to(w), k, metric, method=method)
             assert values.is_cuda and indices.is_cuda
             return values.cpu(), indices.cpu()
         k = ops._validate_topk(q, w, k, metric)
         assert k <= ops.MAX_KERNEL_K and q.shape[0] > 0 and w.shape[0] > 0
+        if method == "gemm":
+            return ops._topk_gemm(EMU, q, w, k, metric, tile_bytes=4 * q.shape[0] * 128)
         return ops._topk_kernel(EMU, q, w, k, metric)
 
 
@@ -626,14 +643,35 @@ def test_topk_kernel_matches_reference(kernel, dtype, metric, n, v, d, k):
     assert same > 0.95, same
 
 
+GEMM_CASES = [(1, 1, 1, 1), (3, 63, 7, 5), (65, 129, 100, 32), (7, 3000, 256, 64), (130, 1000, 96, 100),
+              (2, 50, 37, 128)]
+
+
 @pytest.mark.parametrize("dtype", ALL_DTYPES)
-def test_topk_kernel_ties_nan_and_padding_exact(kernel, dtype):
+@pytest.mark.parametrize("metric", METRICS)
+@pytest.mark.parametrize("n,v,d,k", GEMM_CASES)
+def test_topk_gemm_path_matches_reference(kernel, dtype, metric, n, v, d, k):
+    """method="gemm": library GEMM tiles + rk_topk_select, lists carried over many tiles."""
+    g = torch.Generator().manual_seed(n + v + d + k)
+    q = torch.randn(n, d, generator=g).to(dtype)
+    w = torch.randn(v, d, generator=g).to(dtype)
+    if v > 10:
+        w[v // 2] = 0
+        w[v // 3, 0] = float("nan")
+    values, indices = kernel.topk(q, w, k, metric, method="gemm")
+    atol = kernel_atol(dtype, metric, q, w)
+    assert_topk(values, indices, score_truth(q, w, metric), k, metric, atol=atol, exact_margin=4 * atol)
+
+
+@pytest.mark.parametrize("dtype", ALL_DTYPES)
+@pytest.mark.parametrize("method", ["fused", "gemm"])
+def test_topk_kernel_ties_nan_and_padding_exact(kernel, dtype, method):
     q, w, _ = _tie_data()
     w = torch.cat([w, torch.full((3, w.shape[1]), float("nan"))])  # NaN rows 60..62
     for metric in METRICS:
         for k in (1, 9, 32, 63, 64, 65, 128):
             want = ops.topk_nearest_reference(q.to(dtype), w.to(dtype), k, metric)
-            got = kernel.topk(q.to(dtype), w.to(dtype), k, metric)
+            got = kernel.topk(q.to(dtype), w.to(dtype), k, metric, method=method)
             # small integers: every score identical in both, so the results are too
             assert torch.equal(got[1], want[1]), (metric, k)
             torch.testing.assert_close(got[0], want[0], rtol=1e-6, atol=1e-6, equal_nan=True)
