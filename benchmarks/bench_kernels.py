@@ -185,6 +185,22 @@ def main(argv=None) -> int:
           ", ".join(f"{n} {r / 1e12:.1f} TFLOP/s" for n, r in rates.items()), file=sys.stderr)
 
     rows = []
+    out = args.out
+    if out is None and device == "cuda":
+        out = REPO / "results" / "kernels.json"
+
+    def save():
+        """Write what is measured so far (after every row: a run cut short keeps its rows)."""
+        if out is None or args.no_write:
+            return
+        out.parent.mkdir(parents=True, exist_ok=True)
+        doc = dict(command=" ".join([Path(sys.executable).name] + sys.argv), device=dev_name, date=date,
+                   torch=torch.__version__, cuda=torch.version.cuda, kernel=kernel,
+                   copy_bandwidth_GBps=bw / 1e9, mm_TFLOPs={n: r / 1e12 for n, r in rates.items()}, rows=rows)
+        tmp = out.with_suffix(".tmp")
+        tmp.write_text(json.dumps(doc, indent=1) + "\n")
+        tmp.replace(out)
+
     gen = torch.Generator(device=device).manual_seed(0)
     for dname in args.dtypes:
         dtype = DTYPES[dname]
@@ -219,6 +235,7 @@ def main(argv=None) -> int:
                                        achieved_TFLOPs=flops / (ms * 1e-3) / 1e12,
                                        device=dev_name, date=date)
                             rows.append(row)
+                            save()
                             print(json.dumps(row), flush=True)
                     del q
                 del w
@@ -247,18 +264,12 @@ def main(argv=None) -> int:
                            fraction_of_floor=floor / ms, achieved_GBps=nbytes / (ms * 1e-3) / 1e9,
                            achieved_TFLOPs=None, device=dev_name, date=date)
                 rows.append(row)
+                save()
                 print(json.dumps(row), flush=True)
                 del a, w, arcs
 
-    out = args.out
-    if out is None and device == "cuda":
-        out = REPO / "results" / "kernels.json"
+    save()
     if out is not None and not args.no_write:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        doc = dict(command=" ".join([Path(sys.executable).name] + sys.argv), device=dev_name, date=date,
-                   torch=torch.__version__, cuda=torch.version.cuda, kernel=kernel,
-                   copy_bandwidth_GBps=bw / 1e9, mm_TFLOPs={n: r / 1e12 for n, r in rates.items()}, rows=rows)
-        out.write_text(json.dumps(doc, indent=1) + "\n")
         print(f"# wrote {out}", file=sys.stderr)
     return 0
 

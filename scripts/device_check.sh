@@ -8,7 +8,7 @@
 #
 # Then commit $OUT/gpu_tests.log and $OUT/sanitizer.log under results/kernels_gpu/ and
 # $OUT/kernels.json as results/kernels.json (rescorer report results fills RESULTS.md's table).
-# BENCH_ARGS adds arguments to the benchmark (e.g. "--quick" or "--min-time-ms 50").
+# BENCH_ARGS: the benchmark's arguments (default "--min-time-ms 30"; e.g. "--quick").
 set -uo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO"
@@ -61,7 +61,9 @@ fi
 if [ "$WHAT" = bench ] || [ "$WHAT" = all ]; then
   echo "[device] benchmark"
   # shellcheck disable=SC2086
-  "$PY" benchmarks/bench_kernels.py --out "$OUT/kernels.json" ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench.log" || status=1
+  # rows are written as they are measured, so a run stopped by its time limit keeps them
+  "$PY" benchmarks/bench_kernels.py --out "$OUT/kernels.json" ${BENCH_ARGS:---min-time-ms 30} 2>&1 \
+    | tee "$OUT/bench.log" || status=1
 fi
 echo "[device] done, status $status; outputs in $OUT"
 exit $status
