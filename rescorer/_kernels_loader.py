@@ -26,12 +26,8 @@ DTYPE_F32, DTYPE_F16, DTYPE_BF16 = 0, 1, 2
 METRIC_COSINE, METRIC_SQEUCLIDEAN = 0, 1
 STATUS_NAMES = {0: "ok", 1: "invalid argument", 2: "unsupported k", 3: "workspace too small", 4: "CUDA error"}
 
-_lib: ctypes.CDLL | None = None
-_tried = False
-_error: str | None = None
-_emu: ctypes.CDLL | None = None
-_emu_tried = False
-_emu_error: str | None = None
+# kind ("cuda" / "emulator") -> (library or None, why not); filled on first use.
+_loaded: dict = {}
 
 
 def _build_dir() -> Path:
@@ -117,32 +113,32 @@ def _first_loadable(paths: list[Path], emulator: bool) -> tuple[ctypes.CDLL | No
     return None, "; ".join(errors) + " (build it with kernels/build.sh)"
 
 
+def _load(kind: str) -> ctypes.CDLL | None:
+    """Load (once) the library of this kind: "cuda" or "emulator"."""
+    if kind not in _loaded:
+        paths = candidate_paths() if kind == "cuda" else emulator_candidate_paths()
+        _loaded[kind] = _first_loadable(paths, emulator=kind == "emulator")
+    return _loaded[kind][0]
+
+
 def load() -> ctypes.CDLL | None:
     """The loaded library, or None when it is not built / not loadable / the wrong version."""
-    global _lib, _tried, _error
-    if not _tried:
-        _tried = True
-        _lib, _error = _first_loadable(candidate_paths(), emulator=False)
-    return _lib
+    return _load("cuda")
 
 
 def load_error() -> str | None:
     """Why load() returned None (None if it succeeded or was not tried)."""
-    return _error
+    return _loaded.get("cuda", (None, None))[1]
 
 
 def load_emulator() -> ctypes.CDLL | None:
     """The CPU-emulated kernel library (tests only), or None; see emulator_load_error()."""
-    global _emu, _emu_tried, _emu_error
-    if not _emu_tried:
-        _emu_tried = True
-        _emu, _emu_error = _first_loadable(emulator_candidate_paths(), emulator=True)
-    return _emu
+    return _load("emulator")
 
 
 def emulator_load_error() -> str | None:
     """Why load_emulator() returned None."""
-    return _emu_error
+    return _loaded.get("emulator", (None, None))[1]
 
 
 def check(lib: ctypes.CDLL, status: int, what: str) -> None:
@@ -153,6 +149,4 @@ def check(lib: ctypes.CDLL, status: int, what: str) -> None:
 
 
 def _reset_for_tests() -> None:
-    global _lib, _tried, _error, _emu, _emu_tried, _emu_error
-    _lib, _tried, _error = None, False, None
-    _emu, _emu_tried, _emu_error = None, False, None
+    _loaded.clear()
