@@ -643,6 +643,29 @@ def test_topk_kernel_matches_reference(kernel, dtype, metric, n, v, d, k):
     assert same > 0.95, same
 
 
+@pytest.mark.parametrize("seed", range(8))
+def test_kernels_on_random_shapes(kernel, seed):
+    """Shapes, dtype, metric, k and top-k method drawn at random (seeded): nothing about
+    tile sizes, vector widths or list capacities may matter to the results."""
+    rng = np.random.default_rng(seed)
+    n, v, d = int(rng.integers(1, 150)), int(rng.integers(1, 2500)), int(rng.integers(1, 300))
+    k = int(rng.integers(1, 129))
+    dtype = ALL_DTYPES[int(rng.integers(0, 3))]
+    metric = METRICS[int(rng.integers(0, 2))]
+    method = ("fused", "gemm")[int(rng.integers(0, 2))]
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(n, d, generator=g).to(dtype)
+    w = (torch.randn(v, d, generator=g) * float(rng.uniform(0.1, 10))).to(dtype)
+    values, indices = kernel.topk(q, w, k, metric, method=method)
+    atol = kernel_atol(dtype, metric, q, w)
+    assert_topk(values, indices, score_truth(q, w, metric), k, metric, atol=atol, exact_margin=4 * atol)
+    m = int(rng.integers(1, 500))
+    arcs = torch.stack([torch.randint(0, n, (m,), generator=g), torch.randint(0, v, (m,), generator=g)], 1)
+    got = kernel.arc(q, w, arcs, metric)
+    scale = l2_scale(q, w) if metric == "sqeuclidean" else 1.0
+    np.testing.assert_allclose(got.numpy(), arc_truth(q, w, arcs, metric), rtol=1e-4, atol=1e-5 * scale)
+
+
 GEMM_CASES = [(1, 1, 1, 1), (3, 63, 7, 5), (65, 129, 100, 32), (7, 3000, 256, 64), (130, 1000, 96, 100),
               (2, 50, 37, 128)]
 
