@@ -735,6 +735,20 @@ def test_index_search_equals_topk_kernel(kernel, dtype, metric):
 
 
 @needs_emulator
+@pytest.mark.parametrize("k", [1, 100])
+def test_emulated_topk_with_many_vocabulary_splits(monkeypatch, k):
+    """As on a 132-SM GPU: dozens of splits per query block, each with its own partial list,
+    merged by the merge kernel (the CUDA-only case 300 x 70000 covers this on a GPU)."""
+    monkeypatch.setattr(ops, "_EMULATED_SMS", 132)
+    g = torch.Generator().manual_seed(k)
+    q, w = torch.randn(5, 16, generator=g), torch.randn(20000, 16, generator=g)
+    assert EMU.rk_topk_num_splits(5, 20000, k, 132) >= 30
+    values, indices = KernelBackend("emulator").topk(q, w, k)
+    atol = kernel_atol(torch.float32, "cosine", q, w)
+    assert_topk(values, indices, score_truth(q, w, "cosine"), k, "cosine", atol=atol, exact_margin=4 * atol)
+
+
+@needs_emulator
 @pytest.mark.parametrize("schedule,seed", [(_kl.EMU_REVERSE, 0), (_kl.EMU_SHUFFLED, 1), (_kl.EMU_SHUFFLED, 2)])
 def test_emulated_kernels_do_not_depend_on_the_thread_schedule(schedule, seed):
     """A missing barrier makes results depend on which thread runs first: under every
