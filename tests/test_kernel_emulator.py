@@ -1,7 +1,9 @@
 """The CPU CUDA emulator (kernels/emulator/) must catch the bugs it exists to catch: each test
 builds the kernel sources with one deliberate defect and checks that the emulated kernels
-then give wrong results or fail with a message naming the problem. (That the unmodified
-kernels agree with the references under every schedule is tested in test_ops.py.)"""
+then give wrong results or fail with a message naming the problem; the unmodified kernels
+run clean under AddressSanitizer (out-of-bounds accesses) and ThreadSanitizer (races
+between CUDA threads). (That they agree with the references under every schedule is
+tested in test_ops.py.)"""
 
 from __future__ import annotations
 
@@ -20,7 +22,8 @@ from rescorer import ops
 REPO = Path(__file__).resolve().parents[1]
 KERNELS = REPO / "kernels"
 CXX = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
-pytestmark = pytest.mark.skipif(CXX is None, reason="no C++ compiler")
+# Everything here builds and checks C++ (the emulator, the kernels): run once per test run.
+pytestmark = [pytest.mark.skipif(CXX is None, reason="no C++ compiler"), pytest.mark.native]
 
 TILE_BARRIER = "    __syncthreads();  // C, wf (and on the first tile lists, qf) visible to all warps\n"
 
@@ -153,3 +156,39 @@ def test_kernels_stay_in_bounds_under_address_sanitizer(tmp_path):
                              timeout=600)
     assert planted.returncode != 0 and "heap-buffer-overflow" in planted.stderr, planted.stderr[-3000:]
     assert "arc_similarity_kernel" in planted.stderr
+
+
+def build_race_check(kernels_dir: Path, out: Path) -> Path:
+    """kernels/emulator/race_check.cpp and the kernel sources in `kernels_dir`, built with
+    ThreadSanitizer (every CUDA thread a TSan fiber, every barrier a release/acquire)."""
+    exe = out / "race_check"
+    out.mkdir(parents=True, exist_ok=True)
+    srcs = [str(kernels_dir / f) for f in ("api.cu", "arc_similarity.cu", "topk.cu", "emulator/race_check.cpp")]
+    res = subprocess.run([CXX, "-std=c++17", "-O1", "-g", "-march=native", "-fsanitize=thread", "-DRK_EMULATE",
+                          "-fno-strict-aliasing", "-w", f"-I{kernels_dir}", "-x", "c++", *srcs, "-o", str(exe)],
+                         capture_output=True, text=True, timeout=600)
+    if res.returncode != 0 and "sanitize" in res.stderr:
+        pytest.skip(f"no ThreadSanitizer for this compiler: {res.stderr[-300:]}")
+    assert res.returncode == 0, res.stderr[-3000:]
+    return exe
+
+
+def test_no_data_races_under_thread_sanitizer(tmp_path):
+    """Every kernel path (fp32 and tensor-core products, the three list capacities, the
+    GEMM-path selection, both metrics): no access of one CUDA thread races with another's
+    write, under TSan's happens-before analysis rather than one lucky schedule."""
+    exe = build_race_check(KERNELS, tmp_path)
+    res = subprocess.run([str(exe)], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0 and "race_check: ok" in res.stdout, res.stderr[-5000:]
+    assert "ThreadSanitizer" not in res.stderr
+
+
+def test_planted_race_is_reported_by_thread_sanitizer(tmp_path):
+    src = tmp_path / "kernels"
+    shutil.copytree(KERNELS, src, ignore=shutil.ignore_patterns("build"))
+    text = (src / "topk.cu").read_text()
+    assert text.count(TILE_BARRIER) == 1
+    (src / "topk.cu").write_text(text.replace(TILE_BARRIER, ""))
+    res = subprocess.run([str(build_race_check(src, tmp_path / "out"))], capture_output=True, text=True, timeout=600)
+    assert res.returncode != 0
+    assert "WARNING: ThreadSanitizer: data race" in res.stderr and "topk_tile_kernel" in res.stderr

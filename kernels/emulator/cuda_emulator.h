@@ -25,9 +25,10 @@
 // * Tensor-core WMMA fragments hold the whole 16x16 tile in every lane and multiply in
 //   fp32, so results differ from a GPU's only in accumulation order.
 //
-// Not modelled: timing, memory coalescing or bank conflicts, and races that are hidden by
-// a barrier's yield (a fiber switch publishes every write). Speed: about a microsecond per
-// fiber switch, fine for test-sized problems, useless for benchmarks.
+// Not modelled: timing, memory coalescing or bank conflicts. Races that a barrier's yield
+// hides (a fiber switch publishes every write) are found by the ThreadSanitizer build.
+// Speed: about a microsecond per fiber switch, fine for test-sized problems, useless for
+// benchmarks.
 #pragma once
 
 #include <stdint.h>
@@ -47,6 +48,32 @@
 #include <type_traits>
 #include <utility>
 #include <vector>
+
+// ---------------------------------------------------------------- ThreadSanitizer
+// Built with -fsanitize=thread (emulator/race_check.cpp), every fiber is a TSan fiber and
+// each barrier a release/acquire pair, so TSan reports any two accesses of different CUDA
+// threads to the same memory, one a write, that no barrier orders: a race detector for
+// shared memory independent of the schedule. The emulator's own bookkeeping is hidden
+// from it.
+#if defined(__SANITIZE_THREAD__)
+#define RK_EMU_TSAN 1
+extern "C" {
+void *__tsan_get_current_fiber(void);
+void *__tsan_create_fiber(unsigned flags);
+void __tsan_destroy_fiber(void *fiber);
+void __tsan_switch_to_fiber(void *fiber, unsigned flags);
+void __tsan_acquire(void *addr);
+void __tsan_release(void *addr);
+void __tsan_ignore_thread_begin(void);
+void __tsan_ignore_thread_end(void);
+}
+#define RK_EMU_QUIET_BEGIN() __tsan_ignore_thread_begin()
+#define RK_EMU_QUIET_END() __tsan_ignore_thread_end()
+#else
+#define RK_EMU_TSAN 0
+#define RK_EMU_QUIET_BEGIN() ((void)0)
+#define RK_EMU_QUIET_END() ((void)0)
+#endif
 
 // ---------------------------------------------------------------- qualifiers
 #define __global__
@@ -154,7 +181,9 @@ struct Fiber {
   uint3 idx;
   int warp = 0, lane = 0;
   bool done = false;
+  bool started = false;
   Wait wait = Wait::None;
+  void *tsan = nullptr;  // TSan fiber (RK_EMU_TSAN)
 };
 
 struct Warp {
@@ -164,6 +193,7 @@ struct Warp {
   unsigned generation = 0;
   Collective op = Collective::SyncWarp;
   uint64_t slots[2][32];  // double-buffered by generation parity
+  char sync[2];           // TSan release/acquire addresses, by generation parity
 };
 
 struct Runtime {
@@ -176,6 +206,9 @@ struct Runtime {
   dim3 grid, block;
   uint3 block_idx{0, 0, 0};
   int block_live = 0, block_arrived = 0;
+  unsigned block_generation = 0;
+  char block_sync[2];  // TSan release/acquire addresses, by generation parity
+  void *tsan_scheduler = nullptr;
   const char *barrier_file = "";
   int barrier_line = 0;
   std::function<void()> body;
@@ -196,13 +229,21 @@ inline Runtime &rt() {
 
 inline Fiber &self() { return rt().fibers[rt().current]; }
 
-inline void yield() {
+// Back to the scheduler. `sync`: let TSan order this fiber's past before the scheduler's
+// future (only when the fiber ends: its writes are then the launch's results).
+inline void yield(bool sync = false) {
   Runtime &r = rt();
+#if RK_EMU_TSAN
+  __tsan_switch_to_fiber(r.tsan_scheduler, sync ? 0u : 1u /* __tsan_switch_to_fiber_no_sync */);
+#else
+  (void)sync;
+#endif
   swapcontext(&r.fibers[r.current].ctx, &r.scheduler);
 }
 
 // Stop the launch from inside a fiber: record why and never run this fiber again.
 [[noreturn]] inline void fail(const std::string &why) {
+  RK_EMU_QUIET_BEGIN();
   Runtime &r = rt();
   const Fiber &f = self();
   char where[160];
@@ -218,6 +259,7 @@ inline void release_block() {
   for (Fiber &f : r.fibers)
     if (f.wait == Wait::Block) f.wait = Wait::None;
   r.block_arrived = 0;
+  r.block_generation++;
 }
 
 inline void release_warp(int w) {
@@ -233,7 +275,12 @@ inline void release_warp(int w) {
 // identically across the entire thread block").
 inline void syncthreads(const char *file, int line) {
   Runtime &r = rt();
+  RK_EMU_QUIET_BEGIN();
   Fiber &f = self();
+#if RK_EMU_TSAN
+  void *sync = &r.block_sync[r.block_generation & 1];
+  __tsan_release(sync);
+#endif
   if (r.block_arrived == 0) {
     r.barrier_file = file;
     r.barrier_line = line;
@@ -247,10 +294,15 @@ inline void syncthreads(const char *file, int line) {
   f.wait = Wait::Block;
   if (++r.block_arrived == r.block_live) release_block();
   yield();
+#if RK_EMU_TSAN
+  __tsan_acquire(sync);
+#endif
+  RK_EMU_QUIET_END();
 }
 
 // Arrive at a warp collective with this lane's value; returns the generation whose slots
 // hold every lane's value once the warp has been released.
+// Called inside a quiet (TSan-ignored) region; the result slots are read in it too.
 inline unsigned warp_arrive(Collective op, unsigned mask, uint64_t value) {
   Runtime &r = rt();
   Fiber &f = self();
@@ -270,13 +322,20 @@ inline unsigned warp_arrive(Collective op, unsigned mask, uint64_t value) {
   }
   const unsigned g = w.generation;
   w.slots[g & 1][f.lane] = value;
+#if RK_EMU_TSAN
+  __tsan_release(&w.sync[g & 1]);
+#endif
   f.wait = Wait::Warp;
   if (++w.arrived == w.live) release_warp(f.warp);
   yield();
+#if RK_EMU_TSAN
+  __tsan_acquire(&rt().warps[self().warp].sync[g & 1]);
+#endif
   return g;
 }
 
 inline void thread_exit() {
+  RK_EMU_QUIET_BEGIN();
   Runtime &r = rt();
   Fiber &f = self();
   Warp &w = r.warps[f.warp];
@@ -291,7 +350,8 @@ inline void thread_exit() {
   w.live_mask &= ~(1u << f.lane);
   r.block_live--;
   if (r.block_live > 0 && r.block_arrived > 0 && r.block_arrived == r.block_live) release_block();
-  yield();
+  RK_EMU_QUIET_END();
+  yield(/*sync=*/true);
   abort();  // unreachable
 }
 
@@ -313,10 +373,22 @@ inline unsigned char *stack_of(size_t i) {
   return r.stacks[i];
 }
 
+inline void release_fibers() {
+#if RK_EMU_TSAN
+  for (Fiber &f : rt().fibers)
+    if (f.tsan) __tsan_destroy_fiber(f.tsan);
+#endif
+  rt().fibers.clear();
+}
+
 // Run one block to completion; false (with r.failure set) on a detected error.
 inline bool run_block(uint3 block_idx) {
   Runtime &r = rt();
   const int n = (int)(r.block.x * r.block.y * r.block.z);
+  release_fibers();
+#if RK_EMU_TSAN
+  r.tsan_scheduler = __tsan_get_current_fiber();
+#endif
   r.block_idx = block_idx;
   r.fibers.assign(n, Fiber());
   r.warps.assign((n + 31) / 32, Warp());
@@ -337,6 +409,9 @@ inline bool run_block(uint3 block_idx) {
       r.failure = "cannot allocate fiber stacks";
       return false;
     }
+#if RK_EMU_TSAN
+    f.tsan = __tsan_create_fiber(0);
+#endif
     getcontext(&f.ctx);
     f.ctx.uc_stack.ss_sp = stack;
     f.ctx.uc_stack.ss_size = kStackBytes;
@@ -353,6 +428,15 @@ inline bool run_block(uint3 block_idx) {
       Fiber &f = r.fibers[i];
       if (f.done || f.wait != Wait::None) continue;
       r.current = i;
+      const bool first_entry = !f.started;
+      f.started = true;
+#if RK_EMU_TSAN
+      // From here to swapcontext TSan already counts as the fiber: write nothing. The first
+      // entry is ordered after the launch (inputs, parameters); later ones only by barriers.
+      __tsan_switch_to_fiber(f.tsan, first_entry ? 0u : 1u /* no_sync */);
+#else
+      (void)first_entry;
+#endif
       swapcontext(&r.scheduler, &f.ctx);
       ran = true;
       if (!r.failure.empty()) return false;
@@ -439,9 +523,11 @@ struct Launch {
         for (unsigned x = 0; x < grid.x; ++x)
           if (!run_block(uint3{x, y, z})) {
             set_error(cudaErrorLaunchFailure, r.failure);
+            release_fibers();
             r.body = nullptr;
             return;
           }
+    release_fibers();
     r.body = nullptr;
   }
 };
@@ -452,11 +538,38 @@ inline Launch<Params...> launch(void (*kernel)(Params...), dim3 grid, dim3 block
   return Launch<Params...>{kernel, grid, block, smem};
 }
 
-inline unsigned char *dynamic_shared() { return rt().dynamic_shared.data(); }
-inline const uint3 &thread_idx() { return self().idx; }
-inline const uint3 &block_idx() { return rt().block_idx; }
-inline const dim3 &block_dim() { return rt().block; }
-inline const dim3 &grid_dim() { return rt().grid; }
+// Read inside quiet regions: which fiber is current is the scheduler's business, not the
+// kernel's memory.
+inline unsigned char *dynamic_shared() {
+  RK_EMU_QUIET_BEGIN();
+  unsigned char *p = rt().dynamic_shared.data();
+  RK_EMU_QUIET_END();
+  return p;
+}
+inline uint3 thread_idx() {
+  RK_EMU_QUIET_BEGIN();
+  const uint3 v = self().idx;
+  RK_EMU_QUIET_END();
+  return v;
+}
+inline uint3 block_idx() {
+  RK_EMU_QUIET_BEGIN();
+  const uint3 v = rt().block_idx;
+  RK_EMU_QUIET_END();
+  return v;
+}
+inline dim3 block_dim() {
+  RK_EMU_QUIET_BEGIN();
+  const dim3 v = rt().block;
+  RK_EMU_QUIET_END();
+  return v;
+}
+inline dim3 grid_dim() {
+  RK_EMU_QUIET_BEGIN();
+  const dim3 v = rt().grid;
+  RK_EMU_QUIET_END();
+  return v;
+}
 
 }  // namespace rk_emu
 
@@ -467,14 +580,18 @@ inline const dim3 &grid_dim() { return rt().grid; }
 
 #define __syncthreads() ::rk_emu::syncthreads(__FILE__, __LINE__)
 inline void __syncwarp(unsigned mask = 0xffffffffu) {
+  RK_EMU_QUIET_BEGIN();
   rk_emu::warp_arrive(rk_emu::Collective::SyncWarp, mask, 0);
+  RK_EMU_QUIET_END();
 }
 inline unsigned __ballot_sync(unsigned mask, int predicate) {
+  RK_EMU_QUIET_BEGIN();
   const unsigned g = rk_emu::warp_arrive(rk_emu::Collective::Ballot, mask, predicate ? 1 : 0);
   const rk_emu::Warp &w = rk_emu::rt().warps[rk_emu::self().warp];
   unsigned bits = 0;
   for (int l = 0; l < 32; ++l)
     if (((mask >> l) & 1u) && w.slots[g & 1][l]) bits |= 1u << l;
+  RK_EMU_QUIET_END();
   return bits;
 }
 template <typename T>
@@ -482,12 +599,14 @@ inline T __shfl_xor_sync(unsigned mask, T var, int lane_mask, int width = 32) {
   static_assert(sizeof(T) <= 8, "shuffle of a value wider than 8 bytes");
   uint64_t bits = 0;
   memcpy(&bits, &var, sizeof(T));
+  RK_EMU_QUIET_BEGIN();
   const unsigned g = rk_emu::warp_arrive(rk_emu::Collective::Shuffle, mask, bits);
   const int lane = rk_emu::self().lane;
   int src = lane ^ lane_mask;
   if (src >= (lane / width + 1) * width) src = lane;  // outside this lane's segment: own value
   T out;
   memcpy(&out, &rk_emu::rt().warps[rk_emu::self().warp].slots[g & 1][src], sizeof(T));
+  RK_EMU_QUIET_END();
   return out;
 }
 
@@ -578,12 +697,18 @@ inline void mma_sync(fragment<accumulator, M, N, K, float> &d,
   memcpy(d.v, out, sizeof(out));
 }
 
+// Each lane stores its share of the tile (elements lane, lane + 32, ...), as on the GPU
+// where every lane holds a part of it: no two threads write the same element.
 template <int M, int N, int K>
 inline void store_matrix_sync(float *p, const fragment<accumulator, M, N, K, float> &f, unsigned ldm,
                               layout_t layout) {
-  for (int i = 0; i < M; ++i)
-    for (int j = 0; j < N; ++j)
-      p[layout == mem_col_major ? (size_t)j * ldm + i : (size_t)i * ldm + j] = f.v[i][j];
+  RK_EMU_QUIET_BEGIN();
+  const int lane = ::rk_emu::self().lane;
+  RK_EMU_QUIET_END();
+  for (int e = lane; e < M * N; e += 32) {
+    const int i = e / N, j = e % N;
+    p[layout == mem_col_major ? (size_t)j * ldm + i : (size_t)i * ldm + j] = f.v[i][j];
+  }
 }
 }  // namespace wmma
 }  // namespace nvcuda
