@@ -49,9 +49,12 @@ torch.cuda.synchronize()
 print("sanitize case done")
 EOF
     : > "$OUT/sanitizer.log"
+    # every kernel of torch's is instrumented too: each tool gets a time limit
     for tool in memcheck racecheck synccheck initcheck; do
-      compute-sanitizer --tool "$tool" --error-exitcode 9 "$PY" "$OUT/sanitize_case.py" 2>&1 \
-        | tee -a "$OUT/sanitizer.log" || status=1
+      timeout "${SANITIZER_TIMEOUT:-150}" compute-sanitizer --tool "$tool" --error-exitcode 9 \
+        "$PY" "$OUT/sanitize_case.py" 2>&1 | tee -a "$OUT/sanitizer.log"
+      rc=${PIPESTATUS[0]}
+      [ "$rc" = 0 ] || { echo "[device] compute-sanitizer $tool: exit $rc (124: time limit)" | tee -a "$OUT/sanitizer.log"; status=1; }
     done
   else
     echo "[device] compute-sanitizer not found: skipped" | tee "$OUT/sanitizer.log"
