@@ -35,6 +35,19 @@ def atomic_save(obj: Any, path: Path) -> None:
             tmp.unlink()
 
 
+def save_epoch(out: Path, last_path: Path, state: Dict[str, Any], record: Dict[str, Any], **training: Any) -> None:
+    """End of an epoch: ``state`` (the weights) plus everything resuming needs (``training``:
+    optimizers, schedulers, scaler and sampler as their state dicts, counters as they are,
+    and the torch RNG) to ``last_path``, and the epoch's ``record`` appended to ``log.jsonl``."""
+    import json
+
+    state.update({k: v.state_dict() if hasattr(v, "state_dict") else v for k, v in training.items()})
+    state["rng"] = {"torch": torch.get_rng_state()}
+    atomic_save(state, last_path)
+    with open(out / "log.jsonl", "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
 def grad_scaler(enabled: bool):
     """GradScaler for CUDA float16 training, across torch 1.13 (torch.cuda.amp) and 2.x (torch.amp)."""
     amp_scaler = getattr(getattr(torch, "amp", None), "GradScaler", None)

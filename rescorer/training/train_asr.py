@@ -74,6 +74,7 @@ from rescorer.training.asr_data import (
 from rescorer.training.common import (
     all_reduce_sum,
     atomic_save,
+    save_epoch,
     autocast_context,
     check_resumable,
     error_counts,
@@ -477,20 +478,8 @@ def _train(config: AsrTrainConfig, rank: int, world: int, device: torch.device, 
             if improved:
                 dev = {k: v for k, v in record.items() if k.startswith("dev_")}
                 atomic_save({**state, "epoch": epoch + 1, "dev": dev}, out / BEST)
-            state.update(
-                optimizer=optimizer.state_dict(),
-                scheduler=scheduler.state_dict(),
-                scaler=scaler.state_dict(),
-                sampler=sampler.state_dict(),
-                rng={"torch": torch.get_rng_state()},
-                epoch=epoch + 1,
-                global_step=global_step,
-                best=best,
-                history=history,
-            )
-            atomic_save(state, last_path)
-            with open(out / "log.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
+            save_epoch(out, last_path, state, record, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
+                       sampler=sampler, epoch=epoch + 1, global_step=global_step, best=best, history=history)
             _log(
                 f"epoch {epoch + 1}/{config.epochs} loss {record['loss']:.4f} dev loss {record['dev_loss']:.4f} "
                 f"dev WER {100 * record['dev_wer']:.2f}% CER {100 * record['dev_cer']:.2f}% "

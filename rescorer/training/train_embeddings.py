@@ -52,6 +52,7 @@ from rescorer.models.letters import DEFAULT_NUM_BUCKETS, LetterNgramEncoder
 from rescorer.training.common import (
     all_reduce_sum,
     atomic_save,
+    save_epoch,
     autocast_context,
     check_resumable,
     clip_grad_norm,
@@ -376,22 +377,9 @@ def _train(config: TrainConfig, rank: int, world: int, device: torch.device, out
             state = _checkpoint_weights(model, config)
             if improved:
                 atomic_save({**state, "epoch": epoch + 1, "dev_p@1": p[1]}, out / BEST)
-            state.update(
-                optimizer=optimizer.state_dict(),
-                scheduler=scheduler.state_dict(),
-                sparse_optimizer=None if sparse_optimizer is None else sparse_optimizer.state_dict(),
-                sparse_scheduler=None if sparse_scheduler is None else sparse_scheduler.state_dict(),
-                scaler=scaler.state_dict(),
-                sampler=sampler.state_dict(),
-                rng={"torch": torch.get_rng_state()},
-                epoch=epoch + 1,
-                global_step=global_step,
-                best_p1=best_p1,
-                history=history,
-            )
-            atomic_save(state, last_path)
-            with open(out / "log.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
+            save_epoch(out, last_path, state, record, optimizer=optimizer, scheduler=scheduler,
+                       sparse_optimizer=sparse_optimizer, sparse_scheduler=sparse_scheduler, scaler=scaler,
+                       sampler=sampler, epoch=epoch + 1, global_step=global_step, best_p1=best_p1, history=history)
             print(
                 f"[train_embeddings] epoch {epoch + 1}/{config.epochs} loss {record['loss']:.4f} "
                 f"dev P@1 {p[1]:.4f} P@10 {p[10]:.4f} {record['segments_per_s']:.1f} segments/s",
