@@ -34,22 +34,17 @@ def _build_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "kernels" / "build"
 
 
+def _paths(env_var: str, name: str) -> list[Path]:
+    env = os.environ.get(env_var)
+    return ([Path(env)] if env else []) + [_build_dir() / name]
+
+
 def candidate_paths() -> list[Path]:
-    paths = []
-    env = os.environ.get("RESCORER_KERNELS_LIB")
-    if env:
-        paths.append(Path(env))
-    paths.append(_build_dir() / LIB_NAME)
-    return paths
+    return _paths("RESCORER_KERNELS_LIB", LIB_NAME)
 
 
 def emulator_candidate_paths() -> list[Path]:
-    paths = []
-    env = os.environ.get("RESCORER_KERNELS_EMU_LIB")
-    if env:
-        paths.append(Path(env))
-    paths.append(_build_dir() / EMU_LIB_NAME)
-    return paths
+    return _paths("RESCORER_KERNELS_EMU_LIB", EMU_LIB_NAME)
 
 
 def _configure(lib: ctypes.CDLL) -> None:
