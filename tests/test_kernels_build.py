@@ -166,3 +166,28 @@ def test_loader_reports_missing_library(monkeypatch, tmp_path):
         assert "not found" in kl.load_error() and "build.sh" in kl.load_error()
     finally:
         kl._reset_for_tests()
+
+
+def test_kernels_command_reports_backends_and_checks_the_emulator(monkeypatch, tmp_path):
+    from click.testing import CliRunner
+
+    from rescorer import _kernels_loader as kl
+    from rescorer.cli import main
+
+    kl._reset_for_tests()
+    try:
+        res = CliRunner().invoke(main, ["kernels", "--emulator-check"])
+        if kl.load_emulator() is None:
+            assert res.exit_code == 1 and "not built" in res.output
+        else:
+            assert res.exit_code == 0, res.output
+            assert "top-k indices agree 100.0%" in res.output
+        assert "CUDA kernel library:" in res.output and "dispatch:" in res.output
+        # no emulator library anywhere: the check is refused with the way to build it
+        monkeypatch.setattr(kl, "emulator_candidate_paths", lambda: [tmp_path / "none.so"])
+        kl._reset_for_tests()
+        res = CliRunner().invoke(main, ["kernels", "--emulator-check"])
+        assert res.exit_code == 1 and "kernels/build.sh" in res.output
+        assert "none.so: not found" in res.output
+    finally:
+        kl._reset_for_tests()
