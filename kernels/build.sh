@@ -16,7 +16,7 @@
 #                    else nvcc on PATH, then /usr/local/cuda/bin/nvcc
 #   RK_NVCC_FLAGS    extra nvcc flags
 #   CXX              C++ compiler for the emulator (default: g++, then c++)
-#   RK_EMU_SANITIZE  e.g. "address": build the emulator with that sanitizer
+#   RK_EMU_SANITIZE  "address" or "thread": build the emulator with that sanitizer
 # Exits 0 with a message when nvcc (or a C++ compiler) is absent: rescorer then uses its
 # torch reference code (and the emulator tests are skipped).
 set -euo pipefail
@@ -119,6 +119,8 @@ build_emulator() {
                -fno-strict-aliasing -Wall -Wno-unknown-pragmas)
   # RK_EMU_SANITIZE=address: AddressSanitizer build (load it with libasan preloaded); every
   # out-of-bounds access of a kernel to its inputs and outputs is then reported.
+  # RK_EMU_SANITIZE=thread: ThreadSanitizer build (for emulator/race_check.cpp); races
+  # between CUDA threads are reported (see cuda_emulator.h).
   [ -n "${RK_EMU_SANITIZE:-}" ] && flags+=(-g -fno-omit-frame-pointer "-fsanitize=$RK_EMU_SANITIZE")
   local config
   config="emulator | $("$cxx" --version | head -n 1) | $(uname -m) | ${flags[*]}"

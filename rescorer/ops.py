@@ -419,19 +419,29 @@ def _topk_dispatch(queries, vocab, k, metric, chunk, vocab_factors, method="fuse
     return _topk_reference(queries, vocab, k, metric, chunk, vocab_factors)
 
 
-def row_factors(x: torch.Tensor, metric: str = "cosine") -> torch.Tensor:
-    """Per-row factors as top-k uses them, float32 [rows]: cosine ``1/|x|`` (0 for zero,
-    NaN and infinite norms), sqeuclidean ``|x|^2``; the CUDA kernel on GPU."""
-    _check_metric(metric)
-    _check_matrix("x", x)
+def _check_rows(name: str, x) -> torch.Tensor:
+    """A 2-D embedding matrix of a supported dtype with D >= 1."""
+    _check_matrix(name, x)
     if x.shape[1] == 0:
         raise ValueError(f"embedding size D must be at least 1, got shape {tuple(x.shape)}")
+    return x
+
+
+def row_factors(x: torch.Tensor, metric: str = "cosine") -> torch.Tensor:
+    """Per-row factors as top-k uses them, float32 [rows] (float64 for float64 input):
+    cosine ``1/|x|`` (0 for zero, NaN and infinite norms), sqeuclidean ``|x|^2``; the CUDA
+    kernel on GPU."""
+    _check_metric(metric)
+    _check_rows("x", x)
+    return _row_factors(x, metric)
+
+
+def _row_factors(x: torch.Tensor, metric: str) -> torch.Tensor:
     if x.is_cuda and x.dtype in _KERNEL_DTYPES and x.shape[0] > 0:
         lib = _kernel_lib()
         if lib is not None:
             return _factors_kernel(lib, x, metric)
-    cdt = torch.float64 if x.dtype == torch.float64 else torch.float32
-    return _factor(x.to(cdt), metric).to(cdt)
+    return _factor(x.to(torch.float64 if x.dtype == torch.float64 else torch.float32), metric)
 
 
 def _factors_kernel(lib, x, metric) -> torch.Tensor:
@@ -459,12 +469,10 @@ class NearestIndex:
 
     def __init__(self, vocab: torch.Tensor, metric: str = "cosine"):
         _check_metric(metric)
-        _check_matrix("vocab", vocab)
-        if vocab.shape[1] == 0:
-            raise ValueError(f"embedding size D must be at least 1, got shape {tuple(vocab.shape)}")
+        _check_rows("vocab", vocab)
         self.metric = metric
         self.vocab = vocab.contiguous()
-        self.factors = row_factors(self.vocab, metric)
+        self.factors = _row_factors(self.vocab, metric)
 
     def __len__(self) -> int:
         return self.vocab.shape[0]
@@ -484,6 +492,11 @@ class NearestIndex:
         return f"NearestIndex({len(self)} x {self.dim}, {self.vocab.dtype}, metric={self.metric!r}, device={self.vocab.device})"
 
 
+def _kernel_factors(factors: torch.Tensor, device) -> torch.Tensor:
+    """Precomputed row factors as the kernels read them: contiguous float32 on ``device``."""
+    return factors.to(device=device, dtype=torch.float32).contiguous()
+
+
 def _topk_kernel(lib, queries, vocab, k, metric, vocab_factors=None):
     """Run rk_topk on validated inputs (N >= 1, V >= 1, 1 <= k <= 128), in query chunks."""
     q = queries.contiguous()
@@ -492,10 +505,9 @@ def _topk_kernel(lib, queries, vocab, k, metric, vocab_factors=None):
     device = q.device
     values = torch.empty((n, k), dtype=torch.float32, device=device)
     indices = torch.empty((n, k), dtype=torch.int64, device=device)
-    wf = None
     if vocab_factors is not None:
-        vocab_factors = vocab_factors.to(device=device, dtype=torch.float32).contiguous()
-        wf = vocab_factors.data_ptr()
+        vocab_factors = _kernel_factors(vocab_factors, device)
+    wf = None if vocab_factors is None else vocab_factors.data_ptr()
     ctx, stream, sms = _device_context(q)
     with ctx:
         for s in range(0, n, _KERNEL_QUERY_CHUNK):
@@ -536,8 +548,7 @@ def _topk_gemm(lib, queries, vocab, k, metric, vocab_factors=None, tile_bytes: i
     n, v = q.shape[0], w.shape[0]
     device = q.device
     qf_all = _factors_kernel(lib, q, metric)
-    wf = _factors_kernel(lib, w, metric) if vocab_factors is None else \
-        vocab_factors.to(device=device, dtype=torch.float32).contiguous()
+    wf = _factors_kernel(lib, w, metric) if vocab_factors is None else _kernel_factors(vocab_factors, device)
     values = torch.empty((n, k), dtype=torch.float32, device=device)
     indices = torch.empty((n, k), dtype=torch.int64, device=device)
     ctx, stream, _ = _device_context(q)

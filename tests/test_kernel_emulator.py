@@ -159,16 +159,19 @@ def test_kernels_stay_in_bounds_under_address_sanitizer(tmp_path):
 
 
 def build_race_check(kernels_dir: Path, out: Path) -> Path:
-    """kernels/emulator/race_check.cpp and the kernel sources in `kernels_dir`, built with
-    ThreadSanitizer (every CUDA thread a TSan fiber, every barrier a release/acquire)."""
-    exe = out / "race_check"
-    out.mkdir(parents=True, exist_ok=True)
-    srcs = [str(kernels_dir / f) for f in ("api.cu", "arc_similarity.cu", "topk.cu", "emulator/race_check.cpp")]
-    res = subprocess.run([CXX, "-std=c++17", "-O1", "-g", "-march=native", "-fsanitize=thread", "-DRK_EMULATE",
-                          "-fno-strict-aliasing", "-w", f"-I{kernels_dir}", "-x", "c++", *srcs, "-o", str(exe)],
-                         capture_output=True, text=True, timeout=600)
+    """The emulator library from `kernels_dir`, built by its build.sh with ThreadSanitizer
+    (every CUDA thread a TSan fiber, every barrier a release/acquire), and
+    emulator/race_check.cpp linked against it."""
+    lib_dir, exe = out / "lib", out / "race_check"
+    res = subprocess.run(["bash", str(kernels_dir / "build.sh"), "--emulator-only"], capture_output=True, text=True,
+                         env=dict(os.environ, RK_BUILD_DIR=str(lib_dir), RK_EMU_SANITIZE="thread"), timeout=600)
     if res.returncode != 0 and "sanitize" in res.stderr:
         pytest.skip(f"no ThreadSanitizer for this compiler: {res.stderr[-300:]}")
+    assert res.returncode == 0, res.stderr[-3000:]
+    res = subprocess.run([CXX, "-std=c++17", "-g", "-fsanitize=thread", "-DRK_EMULATE", f"-I{kernels_dir}",
+                          str(kernels_dir / "emulator" / "race_check.cpp"), f"-L{lib_dir}",
+                          f"-l:{kl.EMU_LIB_NAME}", f"-Wl,-rpath,{lib_dir}", "-o", str(exe)],
+                         capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     return exe
 

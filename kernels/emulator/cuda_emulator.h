@@ -538,38 +538,20 @@ inline Launch<Params...> launch(void (*kernel)(Params...), dim3 grid, dim3 block
   return Launch<Params...>{kernel, grid, block, smem};
 }
 
-// Read inside quiet regions: which fiber is current is the scheduler's business, not the
-// kernel's memory.
-inline unsigned char *dynamic_shared() {
+// The kernel's view of the runtime, read inside a quiet region: which fiber is current is
+// the scheduler's business, not the kernel's memory.
+template <typename F>
+inline auto quietly(F read) {
   RK_EMU_QUIET_BEGIN();
-  unsigned char *p = rt().dynamic_shared.data();
+  const auto value = read();
   RK_EMU_QUIET_END();
-  return p;
+  return value;
 }
-inline uint3 thread_idx() {
-  RK_EMU_QUIET_BEGIN();
-  const uint3 v = self().idx;
-  RK_EMU_QUIET_END();
-  return v;
-}
-inline uint3 block_idx() {
-  RK_EMU_QUIET_BEGIN();
-  const uint3 v = rt().block_idx;
-  RK_EMU_QUIET_END();
-  return v;
-}
-inline dim3 block_dim() {
-  RK_EMU_QUIET_BEGIN();
-  const dim3 v = rt().block;
-  RK_EMU_QUIET_END();
-  return v;
-}
-inline dim3 grid_dim() {
-  RK_EMU_QUIET_BEGIN();
-  const dim3 v = rt().grid;
-  RK_EMU_QUIET_END();
-  return v;
-}
+inline unsigned char *dynamic_shared() { return quietly([] { return rt().dynamic_shared.data(); }); }
+inline uint3 thread_idx() { return quietly([] { return self().idx; }); }
+inline uint3 block_idx() { return quietly([] { return rt().block_idx; }); }
+inline dim3 block_dim() { return quietly([] { return rt().block; }); }
+inline dim3 grid_dim() { return quietly([] { return rt().grid; }); }
 
 }  // namespace rk_emu
 
@@ -702,9 +684,7 @@ inline void mma_sync(fragment<accumulator, M, N, K, float> &d,
 template <int M, int N, int K>
 inline void store_matrix_sync(float *p, const fragment<accumulator, M, N, K, float> &f, unsigned ldm,
                               layout_t layout) {
-  RK_EMU_QUIET_BEGIN();
-  const int lane = ::rk_emu::self().lane;
-  RK_EMU_QUIET_END();
+  const int lane = ::rk_emu::quietly([] { return ::rk_emu::self().lane; });
   for (int e = lane; e < M * N; e += 32) {
     const int i = e / N, j = e % N;
     p[layout == mem_col_major ? (size_t)j * ldm + i : (size_t)i * ldm + j] = f.v[i][j];

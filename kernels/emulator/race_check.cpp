@@ -1,8 +1,9 @@
-// race_check.cpp: runs every kernel of the library once per dtype, metric and a few shapes on
-// the CPU emulator, for a ThreadSanitizer build (tests/test_kernel_emulator.py):
+// race_check.cpp: runs every kernel path of the emulated library, for its ThreadSanitizer
+// build (tests/test_kernel_emulator.py):
 //
-//   g++ -std=c++17 -O1 -g -fsanitize=thread -DRK_EMULATE -I kernels -x c++ kernels/api.cu
-//       kernels/arc_similarity.cu kernels/topk.cu kernels/emulator/race_check.cpp
+//   RK_EMU_SANITIZE=thread RK_BUILD_DIR=B kernels/build.sh --emulator-only
+//   g++ -std=c++17 -fsanitize=thread -DRK_EMULATE -I kernels kernels/emulator/race_check.cpp
+//       -L B -l:librescorer_kernels_emu.so -Wl,-rpath,B
 //
 // With TSan every CUDA thread is a fiber and every barrier a release/acquire pair (see
 // cuda_emulator.h), so a shared- or global-memory access of one thread that no barrier

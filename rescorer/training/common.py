@@ -11,6 +11,7 @@ distance for WER/CER.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 from pathlib import Path
@@ -39,8 +40,6 @@ def save_epoch(out: Path, last_path: Path, state: Dict[str, Any], record: Dict[s
     """End of an epoch: ``state`` (the weights) plus everything resuming needs (``training``:
     optimizers, schedulers, scaler and sampler as their state dicts, counters as they are,
     and the torch RNG) to ``last_path``, and the epoch's ``record`` appended to ``log.jsonl``."""
-    import json
-
     state.update({k: v.state_dict() if hasattr(v, "state_dict") else v for k, v in training.items()})
     state["rng"] = {"torch": torch.get_rng_state()}
     atomic_save(state, last_path)
