@@ -61,6 +61,13 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from rescorer.lattice.edit import add_arcs, added_words_on_path, extend_table, new_arc_mask, with_table
+from rescorer.lattice.scores import Scales, combine, with_scores
+from rescorer.lattice.word_lattice import arc_posteriors, best_path_hypothesis, validate, word_confidences
+from rescorer.ops import NearestIndex, arc_similarity
+from rescorer.text import NotAWordError, normalize_word
+from rescorer.utils import atomic_write_text
+
 FEATURE_FRAME_SHIFT = 0.01  # the embedder's input: 80-bin fbank at 10 ms (rescorer.segments)
 CONFIG_FILE = "rescorer.json"
 
@@ -195,41 +202,11 @@ def select_oov_spans(post: torch.Tensor, span_of_arc: torch.Tensor, is_unk: torc
     return chosen
 
 
-def _new_arc_mask(old: torch.Tensor, new: torch.Tensor, num_states: int, priority: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """bool [len(new)]: the rows (src, dst, label) of ``new`` to add.
-
-    A row whose (src, dst, label) is in ``old`` is dropped; of rows that repeat one another,
-    one is kept: the one with the highest ``priority`` (ties and no priority: the earliest).
-    """
-    n = new.shape[0]
-    if n == 0:
-        return torch.zeros(0, dtype=torch.bool)
-    both = torch.cat([old, new]).long()
-    # (src, dst) -> a dense pair id (< number of arcs), so the combined key cannot overflow
-    _, pair = torch.unique(both[:, 0] * num_states + both[:, 1], return_inverse=True)
-    label = both[:, 2] + 1  # final arcs have -1
-    key = pair * (int(label.max()) + 1) + label
-    old_key, new_key = key[: old.shape[0]], key[old.shape[0]:]
-    pref = torch.arange(n) if priority is None else torch.sort(priority, descending=True, stable=True).indices
-    order = pref[torch.sort(new_key[pref], stable=True).indices]  # by key; within a key, preferred first
-    sk = new_key[order]
-    first = torch.ones(n, dtype=torch.bool)
-    first[1:] = sk[1:] != sk[:-1]
-    keep = torch.zeros(n, dtype=torch.bool)
-    keep[order[first]] = True
-    return keep & ~torch.isin(new_key, old_key)
-
-
 def _unit_rows(x: torch.Tensor) -> torch.Tensor:
     """Rows scaled to unit length; rows of zero or non-finite norm become 0 (cosine 0, as in ``ops``)."""
     n = x.norm(dim=1, keepdim=True)
     ok = (n > 0) & torch.isfinite(n)
     return torch.where(ok, x / torch.where(ok, n, torch.ones_like(n)), torch.zeros_like(x))
-
-
-def _table_size(table) -> int:
-    d = getattr(table, "_sym2id", None)
-    return len(d) if isinstance(d, dict) else len(table.symbols)
 
 
 class Rescorer:
@@ -241,9 +218,7 @@ class Rescorer:
         self.letters = letters.to(self.device).eval()
         self.config = config or RescoreConfig()
         self._spelling: Dict[str, torch.Tensor] = {}
-        self._vocab: Optional[Tuple[List[str], torch.Tensor]] = None
-        self._vocab_index = None  # ops.NearestIndex of the word list, for GPU searches
-        self._tables: Dict[int, tuple] = {}  # id(table) -> (table, size, extended table, vocab ids)
+        self._word_list: Optional[WordListIndex] = None  # OOV recovery's word list (set_vocabulary)
 
     # ------------------------------------------------------------ loading / saving
 
@@ -268,8 +243,6 @@ class Rescorer:
 
     def save_config(self, model_dir, extra: Optional[dict] = None, name: Optional[str] = None) -> Path:
         """Write the scales to ``model_dir/rescorer.json`` (or ``name``: e.g. scales tuned for another decoder's lattices)."""
-        from rescorer.utils import atomic_write_text
-
         path = Path(model_dir) / (name or CONFIG_FILE)
         atomic_write_text(path, json.dumps({"config": asdict(self.config), **(extra or {})}, indent=1, sort_keys=True))
         return path
@@ -306,8 +279,6 @@ class Rescorer:
 
     def set_vocabulary(self, words: Sequence[str], chunk: int = 65536) -> None:
         """The large word list that OOV recovery searches (embedded once, in chunks)."""
-        from rescorer.text import NotAWordError, normalize_word
-
         clean = []
         for w in words:
             try:
@@ -317,85 +288,11 @@ class Rescorer:
         clean = list(dict.fromkeys(clean))
         with torch.no_grad():
             emb = torch.cat([self.letters.encode_words(clean[i : i + chunk]).float() for i in range(0, len(clean), chunk)])
-        self._vocab = (clean, _unit_rows(emb).to(self.device))  # cosine search: unit rows
-        self._vocab_index = None  # built on first GPU search (norms computed once)
-        self._tables = {}
-
-    @torch.no_grad()
-    def _nearest_spellings(self, queries: torch.Tensor, k: int) -> Tuple[torch.Tensor, torch.Tensor]:
-        """(cosine [N, k], word-list index [N, k]) of each query's k nearest spellings, best first.
-
-        On GPU: an ``ops.NearestIndex`` of the word list (the CUDA kernel; the list's norms
-        are computed once). On CPU: one matmul per block of the
-        unit-length word-list rows and ``torch.topk``, merged across blocks; the same
-        neighbours as ``ops.topk_nearest``'s reference (equal cosines are ordered by index;
-        an exact tie at the k-th place may keep either word) at a fraction of its cost, as
-        it skips the reference's exact-tie key packing (most of its time at 200k words).
-        """
-        from rescorer.ops import NearestIndex
-
-        _, vocab = self._vocab
-        if queries.is_cuda or queries.shape[0] == 0:
-            if self._vocab_index is None:
-                self._vocab_index = NearestIndex(vocab, metric="cosine")
-            return self._vocab_index.search(queries, k)
-        q = _unit_rows(queries.float())
-        block = max(1024, (1 << 24) // queries.shape[0])  # at most ~16M similarities at once
-        best_v = best_i = None
-        for s in range(0, vocab.shape[0], block):
-            v, i = (q @ vocab[s : s + block].t()).topk(min(k, vocab[s : s + block].shape[0]), dim=1)
-            i = i + s
-            if best_v is not None:
-                v = torch.cat([best_v, v], 1)
-                v, j = v.topk(min(k, v.shape[1]), dim=1)
-                i = torch.cat([best_i, i], 1).gather(1, j)
-            best_v, best_i = v, i
-        best_i, o = best_i.sort(dim=1)
-        best_v = best_v.gather(1, o)
-        o = torch.sort(best_v, dim=1, descending=True, stable=True).indices
-        return best_v.gather(1, o), best_i.gather(1, o)
-
-    def _extended_table(self, base):
-        """(table, vocab_ids): ``base`` plus the word list's words it lacks, and each listed word's id.
-
-        New words are numbered after ``base``'s ids in word-list order, so the ids do not
-        depend on which lattices were recovered before. The table is built once per input
-        table (per word list) and never modified afterwards; ``base`` itself is never changed
-        (it is returned as is when it already has every listed word). Recovered lattices of
-        lattices that share a table share one table, so they can be saved in one shard.
-        """
-        import k2
-
-        size = _table_size(base)
-        hit = self._tables.get(id(base))
-        if hit is not None and hit[0] is base and hit[1] == size:
-            return hit[2], hit[3]
-        words, _ = self._vocab
-        id2sym = getattr(base, "_id2sym", None)
-        id2sym = dict(id2sym) if isinstance(id2sym, dict) else {i: base.get(i) for i in base.ids}
-        sym2id = {s: i for i, s in id2sym.items()}
-        nxt = max(max(id2sym, default=0) + 1, int(getattr(base, "_next_available_id", 0)))
-        ids = []
-        added = 0
-        for w in words:
-            i = sym2id.get(w)
-            if i is None:
-                i, nxt, added = nxt, nxt + 1, added + 1
-                sym2id[w] = i
-                id2sym[i] = w
-            ids.append(i)
-        table = k2.SymbolTable(_id2sym=id2sym, _sym2id=sym2id, _next_available_id=nxt, eps=base.eps) if added else base
-        vocab_ids = torch.tensor(ids, dtype=torch.long)
-        if len(self._tables) >= 4:  # a few tables at most (one per corpus in practice)
-            self._tables.pop(next(iter(self._tables)))
-        self._tables[id(base)] = (base, size, table, vocab_ids)
-        return table, vocab_ids
+        self._word_list = WordListIndex(clean, emb.to(self.device))
 
     # ------------------------------------------------------------ scoring
 
     def _check(self, lat, feats: torch.Tensor) -> torch.Tensor:
-        from rescorer.lattice.word_lattice import validate
-
         uid = getattr(lat, "utterance_id", "") or "?"
         if not isinstance(feats, torch.Tensor):
             feats = torch.as_tensor(np.asarray(feats))
@@ -426,8 +323,6 @@ class Rescorer:
         return self._awe_scores(lat, self._check(lat, feats), span_cache)
 
     def _awe_scores(self, lat, feats: torch.Tensor, cache: Optional[SpanCache]) -> torch.Tensor:
-        from rescorer.ops import arc_similarity
-
         fsa = lat.fsa
         labels = fsa.labels.long()
         unk = lat.words.get("<unk>") if "<unk>" in lat.words else -100
@@ -451,24 +346,10 @@ class Rescorer:
         return out
 
     def apply_scores(self, lat, awe: torch.Tensor, config: Optional[RescoreConfig] = None):
-        """Set ``awe_scores`` and the combined ``scores`` on (a copy of) the lattice."""
-        from rescorer.lattice.word_lattice import WordLattice
-
+        """Set ``awe_scores`` and the combined ``scores`` (``lattice.scores.with_scores``: the
+        config's scales, and its ``oov_lm_score`` on recovered arcs) on a copy of the lattice."""
         c = config or self.config
-        fsa = lat.fsa.clone()
-        fsa.awe_scores = awe.to(fsa.scores.device)
-        word = (fsa.labels > 0).to(torch.float32)
-        lm = fsa.lm_scores
-        oov = _oov_lm_arcs(fsa)
-        if oov is not None:  # recovered words the LM lacks: their LM score is the config's oov_lm_score
-            lm = torch.where(oov, torch.full_like(lm, c.oov_lm_score), lm)
-            fsa.lm_scores = lm
-        fsa.scores = (c.am_scale * fsa.am_scores + c.lm_scale * lm + c.word_insertion_penalty * word
-                      + c.awe_scale * fsa.awe_scores).to(torch.float32)
-        meta = dict(lat.meta)
-        meta["scales"] = {"am_scale": c.am_scale, "lm_scale": c.lm_scale, "word_insertion_penalty": c.word_insertion_penalty,
-                          "awe_scale": c.awe_scale}
-        return WordLattice(fsa, lat.frame_shift, lat.words, lat.utterance_id, meta)
+        return with_scores(lat, Scales.of(c), awe, c.oov_lm_score)
 
     def embedding_scores(self, lat, feats, config: Optional[RescoreConfig] = None, recover: bool = False):
         """(lattice, awe scores [A], recovered): the work ``rescore`` does before decoding.
@@ -494,27 +375,25 @@ class Rescorer:
         extractor); use ``features_from_audio`` for raw audio. With ``recover=True``,
         OOV recovery (see module doc) runs first; it needs ``set_vocabulary``.
         """
-        from rescorer.lattice.word_lattice import best_path_hypothesis, word_confidences
-
         c = config or self.config
         given = lat
         lat, awe, recovered = self.embedding_scores(lat, feats, c, recover)
         scored = self.apply_scores(lat, awe, c)
         hyp = best_path_hypothesis(scored)
         conf = word_confidences(scored, hyp.words, scale=c.posterior_scale) if hyp.words else []
-        return RescoreResult(scored, hyp, conf, _recovered_on_path(given, hyp.words, recovered))
+        return RescoreResult(scored, hyp, conf, added_words_on_path(given, hyp.words, recovered))
 
     # ------------------------------------------------------------ OOV recovery
 
     def _need_vocabulary(self) -> None:
-        if self._vocab is None:
+        if self._word_list is None:
             raise RescoreError("OOV recovery needs a word list: call set_vocabulary(words) first")
 
     def recover_oov(self, lat, feats, config: Optional[RescoreConfig] = None, span_cache: Optional[SpanCache] = None):
         """Add nearest-spelling alternatives for <unk> and weak arcs (rule in the module doc).
 
         Returns (lattice, added): a new lattice (the input and its symbol table are not
-        modified) on the extended symbol table (see ``_extended_table``), and (word,
+        modified) on the extended symbol table (``WordListIndex.table_for``), and (word,
         start_sec, end_sec) of every added arc. ``span_cache``: share it with a following
         ``awe_scores`` call on the returned lattice so spans are embedded once.
         """
@@ -523,12 +402,10 @@ class Rescorer:
         return self._recover(lat, self._check(lat, feats), c, span_cache)
 
     def _recover(self, lat, feats: torch.Tensor, c: RescoreConfig, cache: Optional[SpanCache]):
-        from rescorer.lattice.word_lattice import WordLattice, arc_posteriors
-
-        vocab_words, _ = self._vocab
-        table, vocab_ids = self._extended_table(lat.words)
-        unchanged = lat if table is lat.words else WordLattice(lat.fsa, lat.frame_shift, table, lat.utterance_id, dict(lat.meta))
-        k = min(int(c.oov_topk), len(vocab_words))
+        word_list = self._word_list
+        table, vocab_ids = word_list.table_for(lat.words)
+        unchanged = with_table(lat, table)
+        k = min(int(c.oov_topk), len(word_list))
         fsa = lat.fsa
         labels = fsa.labels.long()
         if k <= 0:
@@ -549,11 +426,11 @@ class Rescorer:
             return unchanged, []
         qspans, qrow = torch.unique(arc_span, return_inverse=True)
         Q = self.embed_spans(feats, spans[qspans], cache)
-        vals, ids = self._nearest_spellings(Q, k)
+        vals, ids = word_list.nearest(Q, k)
         vals, ids = vals.cpu()[qrow], ids.cpu()[qrow]  # [arcs, k], best first
         cand = vocab_ids[ids.clamp(min=0)]
         ok = (ids >= 0) & torch.isfinite(vals) & (vals >= c.oov_min_similarity) & (cand != labels[arcs][:, None])
-        from_arc = arcs[:, None].expand_as(ids)[ok]  # row-major: arc order, then rank (as the old loop)
+        from_arc = arcs[:, None].expand_as(ids)[ok]  # row-major: arc order, then rank
         new_label, new_vocab = cand[ok], ids[ok]
         old3 = fsa.arcs.values()[:, :3].long()
         rows = torch.stack([old3[from_arc, 0], old3[from_arc, 1], new_label], 1)
@@ -562,8 +439,8 @@ class Rescorer:
         lm = torch.where(labels[from_arc] == unk, fsa.lm_scores[from_arc], torch.full_like(am, c.oov_lm_score))
         # several weak arcs between the same states may propose the same word (from other spans,
         # with other acoustic scores): the proposal that scores best under this config is kept
-        score = c.am_scale * am.double() + c.lm_scale * lm.double() + c.awe_scale * vals[ok].double()
-        keep = _new_arc_mask(old3, rows, int(fsa.shape[0]), priority=score)
+        score = combine(Scales.of(c), am, lm, new_label, vals[ok])
+        keep = new_arc_mask(old3, rows, int(fsa.shape[0]), priority=score)
         rows, from_arc, new_vocab, am, lm = rows[keep], from_arc[keep], new_vocab[keep], am[keep], lm[keep]
         if rows.shape[0] == 0:
             return unchanged, []
@@ -571,77 +448,44 @@ class Rescorer:
         attrs = {"start_frame": sf, "end_frame": ef, "am_scores": am, "lm_scores": lm,
                  "oov_lm_arcs": labels[from_arc] != unk}
         fs = lat.frame_shift
-        added = [(vocab_words[i], s * fs, e * fs) for i, s, e in zip(new_vocab.tolist(), sf.tolist(), ef.tolist())]
-        return _with_extra_arcs(lat, rows, attrs, table), added
+        added = [(word_list.words[i], s * fs, e * fs) for i, s, e in zip(new_vocab.tolist(), sf.tolist(), ef.tolist())]
+        return add_arcs(lat, rows, attrs, table), added
 
 
-def _recovered_on_path(lat, words, added) -> List[Tuple[str, float, float]]:
-    """The path's words that come from recovered arcs: (word, span) among ``added`` and not in ``lat``."""
-    if not added:
-        return []
-    new = set(added)
-    f = lat.fsa
-    out = []
-    for w in words:
-        if (w.word, w.start, w.end) not in new:
-            continue
-        if w.word in lat.words:
-            s, e = round(w.start / lat.frame_shift), round(w.end / lat.frame_shift)
-            if bool(((f.labels == int(lat.words[w.word])) & (f.start_frame == s) & (f.end_frame == e)).any()):
-                continue  # the input lattice had this word on this span already
-        out.append((w.word, w.start, w.end))
-    return out
+class WordListIndex:
+    """OOV recovery's word list: its words, one ``ops.NearestIndex`` of their spelling
+    embeddings (cosine; the CUDA kernel on GPU, the torch reference on CPU), and the
+    symbol table that extends a lattice's table by the list's words.
 
-
-def _oov_lm_arcs(fsa) -> Optional[torch.Tensor]:
-    """Bool mask of the arcs OOV recovery added with the OOV LM cost (None: no such arcs)."""
-    try:
-        return fsa.oov_lm_arcs.bool()
-    except AttributeError:
-        return None
-
-
-def _with_extra_arcs(lat, rows, attrs, words_table):
-    """A new lattice with extra arcs ``rows`` (src, dst, label) between existing states.
-
-    ``attrs``: ``start_frame``, ``end_frame``, ``am_scores``, ``lm_scores`` of the new arcs,
-    optionally ``oov_lm_arcs`` (which of them carry the OOV LM cost, so that ``apply_scores``
-    can set it from its config: the cost is tuned without redoing the recovery).
-    States keep their numbers (so topological order and the final state are unchanged);
-    arcs are stably re-sorted by source state as k2 requires (each state's old arcs first).
-    Old arcs keep their ``scores``; new arcs get the combined score under the lattice's
-    ``meta["scales"]``. The Fsa is built from an int32 [A, 4] tensor (no text round trip).
+    The extended table is built once per input table (the last one asked for is kept, with
+    its size: one table per corpus in practice), so recovered lattices of lattices that
+    share a table share one table and can be saved in one shard.
     """
-    import k2
 
-    from rescorer.lattice.word_lattice import WordLattice
+    def __init__(self, words: Sequence[str], embeddings: torch.Tensor):
+        if len(words) != embeddings.shape[0]:
+            raise ValueError(f"{len(words)} words but {embeddings.shape[0]} spelling embeddings")
+        self.words = list(words)
+        self.index = NearestIndex(_unit_rows(embeddings.float()), metric="cosine")
+        self._table: Optional[tuple] = None  # (base table, its size, extended table, word ids)
 
-    fsa = lat.fsa
-    rows = torch.as_tensor(rows, dtype=torch.long).reshape(-1, 3)
-    new = {name: torch.as_tensor(attrs[name]) for name in ("start_frame", "end_frame", "am_scores", "lm_scores")}
-    from rescorer.lattice.word_lattice import scales_of
+    def __len__(self) -> int:
+        return len(self.words)
 
-    am_s, lm_s, wip = scales_of(lat.meta)
-    new_scores = (am_s * new["am_scores"].double() + lm_s * new["lm_scores"].double() + wip * (rows[:, 2] > 0).double())
-    allarcs = torch.cat([fsa.arcs.values()[:, :3].long(), rows])
-    order = torch.sort(allarcs[:, 0], stable=True).indices
-    scores = torch.cat([fsa.scores.float(), new_scores.float()])[order]
-    table = torch.empty((allarcs.shape[0], 4), dtype=torch.int32)
-    table[:, :3] = allarcs[order].to(torch.int32)
-    table[:, 3] = scores.contiguous().view(torch.int32)
-    new_fsa = k2.Fsa(table)
-    for name in ("start_frame", "end_frame"):
-        setattr(new_fsa, name, torch.cat([getattr(fsa, name).to(torch.int32), new[name].to(torch.int32)])[order])
-    for name in ("am_scores", "lm_scores"):
-        setattr(new_fsa, name, torch.cat([getattr(fsa, name).float(), new[name].float()])[order])
-    old_oov = _oov_lm_arcs(fsa)
-    if old_oov is None:
-        old_oov = torch.zeros(fsa.num_arcs, dtype=torch.bool)
-    new_oov = torch.as_tensor(attrs.get("oov_lm_arcs", torch.zeros(rows.shape[0], dtype=torch.bool))).bool()
-    new_fsa.oov_lm_arcs = torch.cat([old_oov.cpu(), new_oov.cpu()])[order].to(torch.int32)
-    meta = dict(lat.meta)
-    meta["oov_recovery_arcs"] = meta.get("oov_recovery_arcs", 0) + int(rows.shape[0])
-    return WordLattice(new_fsa, lat.frame_shift, words_table, lat.utterance_id, meta)
+    @torch.no_grad()
+    def nearest(self, queries: torch.Tensor, k: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(cosine [N, k], word-list index [N, k]) of each query's k nearest spellings, best first."""
+        return self.index.search(queries.to(self.index.vocab.device), k)
+
+    def table_for(self, base):
+        """(table, ids): ``base`` extended by the list's missing words (``lattice.edit.extend_table``),
+        and each listed word's id in it; ``base`` itself is never modified."""
+        hit = self._table
+        if hit is not None and hit[0] is base and hit[1] == len(base):
+            return hit[2], hit[3]
+        table, ids = extend_table(base, self.words)
+        self._table = (base, len(base), table, ids)
+        return table, ids
 
 
 def features_from_audio(samples: np.ndarray, sampling_rate: int = 16000) -> torch.Tensor:

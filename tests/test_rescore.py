@@ -308,10 +308,13 @@ def test_span_cache_shared_by_recover_oov_and_awe_scores():
 
 def test_rescore_with_recovery_validates_the_lattice_once(monkeypatch):
     import rescorer.lattice.word_lattice as wl
+    import rescorer.rescore as rs
 
     lat, r, calls = _cap_lattice(), _cap_rescorer(), []
     real = wl.validate
-    monkeypatch.setattr(wl, "validate", lambda lat: (calls.append(lat.utterance_id), real(lat))[1])
+    counted = lambda lat: (calls.append(lat.utterance_id), real(lat))[1]  # noqa: E731
+    monkeypatch.setattr(wl, "validate", counted)  # wherever it is called from
+    monkeypatch.setattr(rs, "validate", counted)
     res = r.rescore(lat, _feats(["the", "zebra", "on"]), recover=True)
     assert calls == ["u1"] and res.lattice.num_arcs > lat.num_arcs
 
@@ -376,7 +379,7 @@ def _reference_with_extra_arcs(lat, rows, attrs):
 
 def test_tensor_built_fsa_matches_the_text_built_one_and_keeps_attributes_aligned():
     from rescorer.lattice.word_lattice import build_word_lattice, make_word_table, validate
-    from rescorer.rescore import _with_extra_arcs
+    from rescorer.lattice.edit import add_arcs
 
     table = make_word_table(VOCAB)
     arcs = [(0, 1, "the", 0, 5, -0.5, -1.5), (1, 2, "cat", 5, 10, -1.0, -2.0), (1, 3, "cap", 5, 9, -1.5, -2.5),
@@ -386,7 +389,7 @@ def test_tensor_built_fsa_matches_the_text_built_one_and_keeps_attributes_aligne
     rows = [(3, 4, table["mat"]), (0, 1, table["zebra"]), (1, 2, table["on"]), (1, 3, table["mat"]), (2, 4, table["on"])]
     attrs = {"start_frame": [9, 0, 5, 5, 10], "end_frame": [15, 5, 10, 9, 15], "am_scores": [-7.0, -1.0, -3.0, -5.0, -4.0],
              "lm_scores": [-17.0, -11.0, -13.0, -15.0, -14.0]}
-    new = _with_extra_arcs(lat, rows, attrs, table)
+    new = add_arcs(lat, rows, attrs, table)
     ref = _reference_with_extra_arcs(lat, rows, attrs)
     assert torch.equal(new.fsa.arcs.values()[:, :3], ref.arcs.values()[:, :3])
     assert new.fsa.shape == ref.shape and new.num_states == lat.num_states

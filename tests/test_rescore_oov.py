@@ -67,7 +67,7 @@ def test_unk_spans_always_count_and_weak_spans_are_capped_by_uncertain_mass():
 
 
 def test_duplicate_arcs_are_dropped_keeping_the_first_proposal():
-    from rescorer.rescore import _new_arc_mask
+    from rescorer.lattice.edit import new_arc_mask
 
     old = torch.tensor([[0, 1, 5], [0, 1, 6], [1, 2, -1]])
     new = torch.tensor([[0, 1, 5],  # already in the lattice
@@ -77,31 +77,43 @@ def test_duplicate_arcs_are_dropped_keeping_the_first_proposal():
                         [0, 2, 7],
                         [0, 1, 6],  # already in the lattice
                         [1, 2, 7]])
-    assert _new_arc_mask(old, new, num_states=3).tolist() == [False, True, False, True, True, False, True]
-    assert _new_arc_mask(old, torch.empty(0, 3, dtype=torch.long), 3).tolist() == []
+    assert new_arc_mask(old, new, num_states=3).tolist() == [False, True, False, True, True, False, True]
+    assert new_arc_mask(old, torch.empty(0, 3, dtype=torch.long), 3).tolist() == []
     # with priorities the best of the repeats is kept (equal priority: the earliest)
     rep = torch.tensor([[0, 1, 7], [0, 1, 7], [0, 1, 7], [0, 2, 7], [0, 2, 7], [0, 1, 5]])
     pr = torch.tensor([0.1, 0.5, 0.3, 0.2, 0.2, 9.0])
-    assert _new_arc_mask(old, rep, 3, priority=pr).tolist() == [False, True, False, True, False, False]
+    assert new_arc_mask(old, rep, 3, priority=pr).tolist() == [False, True, False, True, False, False]
 
 
 @pytest.mark.parametrize("n, v, k", [(3, 5000, 4), (2, 2500, 2500), (7, 40, 40), (0, 100, 3)])
-def test_cpu_nearest_spellings_match_ops_topk_nearest(n, v, k):
+def test_word_list_search_matches_ops_topk_nearest(n, v, k):
     from rescorer.ops import topk_nearest
-    from rescorer.rescore import _unit_rows
+    from rescorer.rescore import WordListIndex
 
     g = torch.Generator().manual_seed(n * 7 + v)
     vocab = torch.randn(v, 16, generator=g)
     vocab[5] = vocab[3]  # a duplicate row: equal cosines, the smaller index first
+    vocab[7] = 0.0  # a zero row (no spelling signal): cosine 0, not NaN
     q = torch.randn(n, 16, generator=g)
     if n:
         q[0] = vocab[3] * 2
-    r = _rescorer()
-    r._vocab = ([f"w{i}" for i in range(v)], _unit_rows(vocab))  # as set_vocabulary stores it
-    got_v, got_i = r._nearest_spellings(q, k)
+    index = WordListIndex([f"w{i}" for i in range(v)], vocab)
+    got_v, got_i = index.nearest(q, k)
     ref_v, ref_i = topk_nearest(q, vocab, k, metric="cosine")
     assert got_v.shape == ref_v.shape == (n, k)
     assert torch.equal(got_i, ref_i)
     assert torch.allclose(got_v, ref_v, atol=1e-5)
     if n:
         assert got_i[0, :2].tolist() == [3, 5]
+
+
+def test_set_vocabulary_keeps_one_index_of_the_normalised_distinct_words():
+    from rescorer.rescore import RescoreError
+
+    r = _rescorer()
+    with pytest.raises(RescoreError, match="set_vocabulary"):
+        r.recover_oov(None, torch.zeros(1, 80))
+    r.set_vocabulary(["Cat", "cat", "zebra", "x-1"])  # "x-1" is not a word
+    assert r._word_list.words == ["cat", "zebra"] and len(r._word_list.index) == 2
+    vals, ids = r._word_list.nearest(r.spelling_embeddings(["zebra"]), 1)
+    assert ids.tolist() == [[1]] and vals.item() == pytest.approx(1.0)

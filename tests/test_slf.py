@@ -204,7 +204,7 @@ def test_htk_convention_scores_unknowns_and_strict():
     lat = slf_to_word_lattice(parse_slf(HTK_SLF, "htk.slf"), words)
     assert lat.utterance_id == "utt_7"
     assert lat.meta["unknown_words"] == 1 and lat.meta["unknown_types"] == ["its"]
-    assert lat.meta["scales"] == [1.0, 10.0, -2.0]
+    assert lat.meta["scales"] == {"am_scale": 1.0, "lm_scale": 10.0, "word_insertion_penalty": -2.0, "awe_scale": 0.0}
     ln10 = math.log(10)
     # scores in natural log (base=10): a=-10 -> -10 ln 10
     k = lat.fsa.labels.tolist().index(int(words["it's"]))

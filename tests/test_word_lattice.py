@@ -72,7 +72,7 @@ def test_best_path_known_answer_and_rescale():
     # a word insertion bonus prefers two words again, and then "b c" (lm -1.5) beats "a c" (lm -2)
     assert [w.word for w in best_path(rescale(lat, 1.0, 10.0, 20.0))] == ["b", "c"]
     r = rescale(lat, 0.5, 2.0, -1.0)
-    assert r.meta["scales"] == [0.5, 2.0, -1.0]
+    assert r.meta["scales"] == {"am_scale": 0.5, "lm_scale": 2.0, "word_insertion_penalty": -1.0, "awe_scale": 0.0}
     assert float(r.fsa.scores[1]) == pytest.approx(0.5 * -2.0 + 2.0 * -1.0 - 1.0)
     assert float(r.fsa.scores[0]) == pytest.approx(-0.5)  # epsilon arc: no penalty
 
@@ -124,7 +124,8 @@ def test_shard_round_trip(tmp_path):
     assert torch.equal(b.fsa.arcs.values(), lat.fsa.arcs.values())
     for name in ("start_frame", "end_frame", "am_scores", "lm_scores", "scores"):
         assert torch.equal(getattr(b.fsa, name), getattr(lat.fsa, name)), name
-    assert b.meta["scales"] == [1.0, 2.0, 0.0] and back["u2"].frame_shift == 0.04
+    assert b.meta["scales"] == {"am_scale": 1.0, "lm_scale": 2.0, "word_insertion_penalty": 0.0, "awe_scale": 0.0}
+    assert back["u2"].frame_shift == 0.04
     assert best_path(b) == best_path(lat)
     # without a table: the stored one is used
     assert [w.word for w in best_path(load_word_lattices(p)["u2"])] == ["a", "c"]

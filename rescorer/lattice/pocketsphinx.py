@@ -35,9 +35,10 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple, Union
 
+from rescorer.lattice.scores import Scales
 from rescorer.lattice.slf import SLFError, SLFLattice, base_word, is_filler, link_words, read_slf
 
-POCKETSPHINX_SCALES = (1.0, 9.5, math.log(0.65))
+POCKETSPHINX_SCALES = Scales(am_scale=1.0, lm_scale=9.5, word_insertion_penalty=math.log(0.65))
 LOG_ZERO_LN = -1000.0  # floor for words unknown to the LM (pocketsphinx's log-zero is ~ -53684)
 
 
@@ -331,7 +332,8 @@ def expand_with_lm(
     }
     return from_arrays(
         src, dst, lab, sfr, efr, ams, lms, words, frame_shift=frame_shift, utterance_id=utterance_id or slf.utterance or "",
-        am_scale=scales[0], lm_scale=scales[1], word_insertion_penalty=scales[2], meta=meta,
+        am_scale=scales.am_scale, lm_scale=scales.lm_scale, word_insertion_penalty=scales.word_insertion_penalty,
+        meta=meta,
     )
 
 

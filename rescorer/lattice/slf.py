@@ -45,6 +45,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple, Union
 
+from rescorer.lattice.scores import Scales
+
 
 class SLFError(ValueError):
     """A malformed or unusable SLF file; the message starts with ``file:line:``."""
@@ -322,13 +324,13 @@ def slf_to_word_lattice(
     unk: str = "<unk>",
     strict: bool = False,
     lm_scores: Optional[List[float]] = None,
-    scales: Optional[Tuple[float, float, float]] = None,
+    scales: Optional[Scales] = None,
     utterance_id: Optional[str] = None,
 ):
     """Convert a parsed SLF lattice to a WordLattice (see the module docstring).
 
     ``lm_scores``: per-link natural-log LM scores overriding ``l=`` (e.g. recomputed).
-    ``scales``: (am_scale, lm_scale, word_insertion_penalty) for ``scores``.
+    ``scales``: the ``Scales`` of ``scores`` (default: the header's acscale, lmscale, wdpenalty).
     """
     from rescorer.lattice.word_lattice import WordLatticeError, build_word_lattice
     from rescorer.text import NotAWordError, normalize_word
@@ -373,7 +375,7 @@ def slf_to_word_lattice(
     if scales is None:
         h = lat.header
         try:
-            scales = (float(h.get("acscale", 1.0)), float(h.get("lmscale", 1.0)), float(h.get("wdpenalty", 0.0)))
+            scales = Scales(float(h.get("acscale", 1.0)), float(h.get("lmscale", 1.0)), float(h.get("wdpenalty", 0.0)))
         except ValueError as e:
             raise SLFError(f"{src}: bad scale in the header: {e}") from None
     meta = {
@@ -387,7 +389,8 @@ def slf_to_word_lattice(
         return build_word_lattice(
             arcs, words, frame_shift=frame_shift, final_states=[lat.end], start_state=lat.start,
             utterance_id=utterance_id if utterance_id is not None else (lat.utterance or Path(src).name.split(".")[0]),
-            am_scale=scales[0], lm_scale=scales[1], word_insertion_penalty=scales[2], meta=meta,
+            am_scale=scales.am_scale, lm_scale=scales.lm_scale, word_insertion_penalty=scales.word_insertion_penalty,
+            meta=meta,
         )
     except WordLatticeError as e:
         raise SLFError(f"{src}: {e}") from e

@@ -50,6 +50,8 @@ from typing import Any, Dict, Hashable, Iterable, List, Mapping, NamedTuple, Opt
 
 import torch
 
+from rescorer.lattice.scores import Scales, with_scores
+
 FORMAT = "rescorer.word_lattices/1"
 EPS_ID = 0
 FINAL_LABEL = -1
@@ -303,7 +305,7 @@ def build_word_lattice(
         frame_shift,
         utterance_id,
         meta,
-        scales=(am_scale, lm_scale, word_insertion_penalty),
+        scales=Scales(am_scale, lm_scale, word_insertion_penalty),
     )
 
 
@@ -327,21 +329,12 @@ def from_arrays(
     arcs3 = torch.stack([c.to(torch.int32) for c in cols[:3]], dim=1)
     am = torch.as_tensor(am_scores, dtype=torch.float32)[order]
     lm = torch.as_tensor(lm_scores, dtype=torch.float32)[order]
-    return _from_columns(arcs3, sf, ef, am, lm, words, frame_shift, utterance_id, meta, (am_scale, lm_scale, word_insertion_penalty))
+    return _from_columns(arcs3, sf, ef, am, lm, words, frame_shift, utterance_id, meta, Scales(am_scale, lm_scale, word_insertion_penalty))
 
 
-def scales_of(meta) -> Tuple[float, float, float]:
-    """(am_scale, lm_scale, word_insertion_penalty) of ``meta["scales"]``: the list this module
-    writes or the dict ``Rescorer.apply_scores`` writes (which adds ``awe_scale``); default (1, 1, 0)."""
-    s = meta.get("scales")
-    if isinstance(s, dict):
-        return float(s.get("am_scale", 1.0)), float(s.get("lm_scale", 1.0)), float(s.get("word_insertion_penalty", 0.0))
-    if isinstance(s, (list, tuple)) and len(s) == 3:
-        return float(s[0]), float(s[1]), float(s[2])
-    return 1.0, 1.0, 0.0
-
-
-def _from_columns(arcs3, start_frame, end_frame, am, lm, words, frame_shift, utterance_id, meta, scales, scores=None):
+def _from_columns(arcs3, start_frame, end_frame, am, lm, words, frame_shift, utterance_id, meta, scales: Scales, scores=None):
+    """A validated WordLattice of these columns; ``scores`` combined under ``scales`` unless given
+    (then ``scales`` are the ones they were combined with, recorded in ``meta``)."""
     import k2
 
     a = torch.zeros((arcs3.shape[0], 4), dtype=torch.int32)
@@ -353,11 +346,10 @@ def _from_columns(arcs3, start_frame, end_frame, am, lm, words, frame_shift, utt
     fsa.lm_scores = lm.to(torch.float32)
     lat = WordLattice(fsa, float(frame_shift), words, utterance_id, dict(meta))
     if scores is None:
-        lat = rescale(lat, *scales)
+        lat = with_scores(lat, scales)
     else:
         lat.fsa.scores = scores.to(torch.float32)
-        if not isinstance(lat.meta.get("scales"), dict):  # the rescorer's record (with awe_scale) is kept
-            lat.meta["scales"] = list(map(float, scales))
+        lat.meta["scales"] = scales.to_dict()
     validate(lat)
     return lat
 
@@ -424,18 +416,13 @@ def validate(lat: WordLattice) -> None:
 
 
 def rescale(lat: WordLattice, am_scale: float = 1.0, lm_scale: float = 1.0, word_insertion_penalty: float = 0.0) -> WordLattice:
-    """A copy whose ``scores`` = am_scale*am + lm_scale*lm + word_insertion_penalty per word arc.
+    """A copy whose ``scores`` = am_scale*am + lm_scale*lm + word_insertion_penalty per word arc
+    (``scores.with_scores`` without an embedding term).
 
     ``word_insertion_penalty`` is in the log domain and added to every arc with a word
     (label > 0); pocketsphinx's ``-wip 0.65`` is ``math.log(0.65)``.
     """
-    f = lat.fsa.clone()
-    s = am_scale * f.am_scores.double() + lm_scale * f.lm_scores.double()
-    s = s + word_insertion_penalty * (f.labels > 0).double()
-    f.scores = s.to(torch.float32)
-    meta = dict(lat.meta)
-    meta["scales"] = [float(am_scale), float(lm_scale), float(word_insertion_penalty)]
-    return WordLattice(f, lat.frame_shift, lat.words, lat.utterance_id, meta)
+    return with_scores(lat, Scales(float(am_scale), float(lm_scale), float(word_insertion_penalty)))
 
 
 def prune(lat: WordLattice, min_posterior: float = 1e-4, scale: float = 1.0) -> WordLattice:
@@ -746,6 +733,6 @@ def load_word_lattices(path: Union[str, Path], words=None) -> Dict[str, WordLatt
         meta = dict(r.get("meta", {}))
         out[utt] = _from_columns(
             r["arcs"], r["start_frame"], r["end_frame"], r["am_scores"], r["lm_scores"], table, r["frame_shift"], utt,
-            meta, scales=scales_of(meta), scores=r["scores"],
+            meta, scales=Scales.from_meta(meta), scores=r["scores"],
         )
     return out
