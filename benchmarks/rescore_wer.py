@@ -122,15 +122,15 @@ def _attention_second_pass(rescorer, attention, awe_config, prep_tune, prep_eval
     """awe_plus_attention: n-best of the embedding-rescored lattices, rescored by the attention
     decoder; its weight is tuned on the tuning lattices only. Returns ({"words", "seconds"}
     for the evaluated lattices, the chosen attention_scale)."""
-    from rescorer.second_pass import nbest_hypotheses, pick_best
+    from rescorer.second_pass import attention_candidates, pick_best
     from rescorer.wer import compute_wer
 
     def candidates(prep, feats):
         out = {}
         for u in sorted(prep):
             t0 = time.perf_counter()
-            hyps = nbest_hypotheses(rescorer.apply_scores(prep[u].lattice, prep[u].awe, awe_config), n=args.attention_nbest)
-            att = attention.score(attention.encode(feats[u]), [[w.word for w in h.words] for h in hyps])
+            scored = rescorer.apply_scores(prep[u].lattice, prep[u].awe, awe_config)
+            hyps, att = attention_candidates(attention, scored, feats[u], n=args.attention_nbest)
             out[u] = (hyps, att, time.perf_counter() - t0)
         return out
 

@@ -14,10 +14,8 @@ rescoring the CTC model's lattices, or pocketsphinx's).
 Usage::
 
     scorer = AttentionScorer.from_dir("exp/attention")
-    enc = scorer.encode(feats)                          # once per utterance
-    hyps = nbest_hypotheses(scored_lattice, n=10)       # after Rescorer.apply_scores
-    att = scorer.score(enc, [[w.word for w in h.words] for h in hyps])
-    best = pick_best(hyps, att, attention_scale=0.5)
+    hyps, att = attention_candidates(scorer, scored_lattice, feats, n=10)   # after Rescorer.apply_scores
+    best = pick_best(hyps, att, attention_scale=0.5)                      # any scale, no model call
 """
 
 from __future__ import annotations
@@ -25,6 +23,10 @@ from __future__ import annotations
 from typing import List, Optional, Sequence
 
 import torch
+
+from rescorer.lattice.paths import Hypothesis, best_with_attention
+from rescorer.lattice.word_lattice import nbest
+from rescorer.tokens import words_to_token_ids
 
 UNK = "<unk>"
 
@@ -55,31 +57,27 @@ class AttentionScorer:
     @torch.no_grad()
     def score(self, encoder_out: torch.Tensor, word_sequences: Sequence[Sequence[str]]) -> torch.Tensor:
         """Attention log-likelihood (float64 [n]) of each word sequence given the encoder output."""
-        from rescorer.tokens import words_to_token_ids
-
         seqs = [words_to_token_ids([w for w in ws if w != UNK]) for ws in word_sequences]
         if not seqs:
             return torch.zeros(0, dtype=torch.float64)
         return torch.as_tensor(self.model.score_token_sequences(encoder_out, seqs)).double().cpu()
 
 
-def nbest_hypotheses(lattice, n: int = 10, num_paths: int = 100, nbest_scale: float = 0.5, seed: int = 0):
-    """The lattice's n best distinct word sequences (``word_lattice.nbest``), best first."""
-    from rescorer.lattice.word_lattice import nbest
+def attention_candidates(scorer: AttentionScorer, scored_lattice, feats: torch.Tensor, n: int = 10,
+                         num_paths: int = 100, nbest_scale: float = 0.5, seed: int = 0):
+    """(hypotheses, attention scores float64 [n]): the scored lattice's n best distinct word
+    sequences (``word_lattice.nbest``, best first) and the attention log-likelihood of each,
+    to re-rank with ``pick_best`` under any ``attention_scale`` (e.g. while tuning it)."""
+    if scored_lattice.num_arcs == 0:
+        return [], torch.zeros(0, dtype=torch.float64)
+    hyps = nbest(scored_lattice, n=n, num_paths=num_paths, nbest_scale=nbest_scale, seed=seed)
+    return hyps, scorer.score(scorer.encode(feats), [h.word_sequence for h in hyps])
 
-    if lattice.num_arcs == 0:
-        return []
-    return nbest(lattice, n=n, num_paths=num_paths, nbest_scale=nbest_scale, seed=seed)
 
-
-def pick_best(hyps, attention_scores: torch.Tensor, attention_scale: float) -> List[str]:
-    """Words of the hypothesis with the best lattice score + attention_scale * attention."""
+def pick_best(hyps: Sequence[Hypothesis], attention_scores: torch.Tensor, attention_scale: float) -> List[str]:
+    """Words of the hypothesis with the best lattice score + attention_scale * attention
+    (``paths.best_with_attention``)."""
     if not hyps:
         return []
-    att = torch.as_tensor(attention_scores, dtype=torch.float64).reshape(-1)
-    if att.numel() != len(hyps):
-        raise ValueError(f"{att.numel()} attention scores for {len(hyps)} hypotheses")
-    if not torch.isfinite(att).all():
-        raise ValueError("non-finite attention score (NaN in the attention model?)")
-    total = torch.tensor([h.score for h in hyps], dtype=torch.float64) + attention_scale * att
-    return [w.word for w in hyps[int(torch.argmax(total))].words]
+    k, _ = best_with_attention([h.score for h in hyps], attention_scores, attention_scale)
+    return hyps[k].word_sequence

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from rescorer.decoding import decode as D
+from rescorer.models.ctc import ctc_greedy_decode
 from rescorer.tokens import TOKEN_ID, TOKENS
 
 from conftest import HAVE_K2
@@ -59,7 +60,7 @@ def lang(tmp_path_factory):
 
 def test_ctc_greedy():
     lp, lens = batch(CAT_SAT, list("_cc_aat|||_"))
-    assert D.ctc_greedy_decode(lp, lens) == [["cat", "sat"], ["cat"]]
+    assert D.ctc_greedy_words(lp, lens) == [["cat", "sat"], ["cat"]]
 
 
 @pytest.mark.lattice
@@ -78,8 +79,9 @@ class TestLattices:
             assert hasattr(lat, a)
         assert torch.allclose(lat.am_scores + lat.lm_scores, lat.scores)
         h = D.one_best(lat, lang.id2word)
-        assert h.words == ["cat", "sat"]
-        assert h.spans == [(1, 5), (6, 10)] and h.letters == ["cat", "sat"]
+        assert h.word_sequence == ["cat", "sat"]
+        assert D.nbest_record(h)["spans"] == [[1, 5], [6, 10]] and h.letters == ["cat", "sat"]  # lattice frames
+        assert [(w.start, w.end) for w in h.words] == pytest.approx([(0.04, 0.2), (0.24, 0.4)])  # seconds
         assert h.lm_score < 0 and h.am_score < 0
         # frames: every arc's frame is its source state's depth; token arcs at known frames
         src, dst = lat.arcs.values()[:, 0], lat.arcs.values()[:, 1]
@@ -96,22 +98,22 @@ class TestLattices:
         lp, lens = batch(XYZ_SAT)
         (lat,) = D.get_lattices(lp, lens, lang.HLG)
         h = D.one_best(lat, lang.id2word)
-        assert h.words == ["<unk>", "sat"]
-        assert h.spans[0] == (1, 5) and h.letters[0] == "xyz"
+        assert h.word_sequence == ["<unk>", "sat"]
+        assert D.nbest_record(h)["spans"][0] == [1, 5] and h.letters[0] == "xyz"
 
     def test_unk_penalty_is_configurable(self, tmp_path):
         from rescorer.decoding.graphs import build_lang_dir, load_lang_dir
 
         lg = load_lang_dir(build_lang_dir(LM_TEXT, tmp_path / "lang", unk_penalty=30.0))
         (lat,) = D.get_lattices(*batch(XYZ_SAT), lg.HLG)
-        assert "<unk>" not in D.one_best(lat, lg.id2word).words  # forced onto an LM word
+        assert "<unk>" not in D.one_best(lat, lg.id2word).word_sequence  # forced onto an LM word
 
     def test_nbest_sorted_contains_1best_and_attention_flips(self, lang):
         (lat,) = D.get_lattices(*batch(AMBIG), lang.HLG)
         best = D.one_best(lat, lang.id2word)
         nb = D.nbest(lat, lang.id2word, num_paths=50)
-        assert nb[0].words == best.words == ["cat", "sat"]
-        assert len(nb) >= 2 and len({tuple(h.words) for h in nb}) == len(nb)
+        assert nb[0].word_sequence == best.word_sequence == ["cat", "sat"]
+        assert len(nb) >= 2 and len({tuple(h.word_sequence) for h in nb}) == len(nb)
         assert all(a.score >= b.score for a, b in zip(nb[1:], nb[2:]))
         assert nb[0].score >= nb[1].score
         second = nb[1]
@@ -122,10 +124,10 @@ class TestLattices:
             return torch.tensor([100.0 if s == second.tokens else 0.0 for s in seqs])
 
         (r,) = D.attention_rescore([nb], scorer, ngram_lm_scale=1.0, attention_scale=1.0)
-        assert r.words == second.words and r.extra["attention"] == 100.0
+        assert r.word_sequence == second.word_sequence and r.extra["attention"] == 100.0
         assert calls[0][0] == [TOKEN_ID[c] for c in "cat|sat|"]
         (r,) = D.attention_rescore([nb], lambda i, s: torch.zeros(len(s)))
-        assert r.words == best.words
+        assert r.word_sequence == best.word_sequence
 
     def test_attach_frames_needs_no_topological_numbering_and_names_unreachable_states(self):
         import k2
@@ -163,7 +165,7 @@ class TestLattices:
             tot, path = max((best[b][0] + a + l, best[b][1]) for b, (a, l) in finals.items() if b in best)
             h = D.one_best(lat, lang.id2word)
             assert tot == pytest.approx(h.score, abs=1e-4)
-            assert [p[0] for p in path] == h.words and [(p[1], p[2]) for p in path] == h.spans
+            assert [p[0] for p in path] == h.word_sequence and [list(p[1:3]) for p in path] == D.nbest_record(h)["spans"]
         assert any(a[2] == "mat" and a[3:5] == (1, 5) for a in arcs)  # AMBIG keeps the alternative
 
     def test_word_lattice_for_the_rescorer(self, lang):
@@ -194,7 +196,7 @@ class TestLattices:
         assert info["words"][1] == "<unk>"
         for a, b in zip(lats, back):
             assert torch.equal(a.frames, b.frames) and torch.equal(a.arcs.values(), b.arcs.values())
-        assert D.one_best(back[1], lang.id2word).words == ["<unk>", "sat"]
+        assert D.one_best(back[1], lang.id2word).word_sequence == ["<unk>", "sat"]
 
         d = torch.load(p)
         d["format"] = "something/else"
@@ -233,7 +235,7 @@ class TestLattices:
                 return self.forward(feats, lens)
 
             def beam_search_encoded(self, enc, enc_lens, beam=8, ctc_weight=0.0):
-                return [[(D.ctc_greedy_collapse(e[: int(n)].argmax(-1).tolist()), -1.0)] for e, n in zip(enc, enc_lens)]
+                return [[(ids, -1.0)] for ids in ctc_greedy_decode(enc, enc_lens)]
 
             def score_token_sequences(self, enc_one, seqs):
                 assert enc_one.dim() == 2  # [T', C], one utterance

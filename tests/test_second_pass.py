@@ -57,14 +57,15 @@ def test_scorer_skips_unk_and_rejects_ctc_only_models():
 @pytest.mark.lattice
 def test_attention_picks_the_sentence_it_prefers_from_the_lattice_nbest():
     from rescorer.lattice.word_lattice import build_word_lattice, make_word_table
-    from rescorer.second_pass import AttentionScorer, nbest_hypotheses, pick_best
+    from rescorer.second_pass import AttentionScorer, attention_candidates, pick_best
 
     # two competing words for the second span; the lattice prefers "cap"
     arcs = [(0, 1, "the", 0, 10, -1.0, -1.0), (1, 2, "cap", 10, 20, -1.0, -1.0), (1, 2, "cat", 10, 20, -1.5, -1.0)]
     lat = build_word_lattice(arcs, make_word_table(["the", "cat", "cap"]), frame_shift=0.04, final_states={2: (0.0, 0.0)})
-    hyps = nbest_hypotheses(lat, n=5)
-    assert [[w.word for w in h.words] for h in hyps] == [["the", "cap"], ["the", "cat"]]
     s = AttentionScorer(StubAttention(["the", "cat"]), device="cpu")
-    att = s.score(s.encode(torch.zeros(20, 80)), [[w.word for w in h.words] for h in hyps])
+    hyps, att = attention_candidates(s, lat, torch.zeros(20, 80), n=5)
+    assert [[w.word for w in h.words] for h in hyps] == [["the", "cap"], ["the", "cat"]]
+    assert att.tolist() == s.score(s.encode(torch.zeros(20, 80)), [["the", "cap"], ["the", "cat"]]).tolist()
+    assert att[1] > att[0]  # the stub prefers its own sentence
     assert pick_best(hyps, att, 0.0) == ["the", "cap"]
     assert pick_best(hyps, att, 1.0) == ["the", "cat"]

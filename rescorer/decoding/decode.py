@@ -61,17 +61,20 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
+from rescorer.lattice.paths import Hypothesis, WordSpan, best_with_attention, oracle_arc_path, sample_paths
+from rescorer.models.ctc import ctc_greedy_decode
 from rescorer.text import NotAWordError, split_words
-from rescorer.tokens import BOUNDARY_ID, TOKENS, ctc_greedy_collapse, token_ids_to_words
+from rescorer.tokens import BOUNDARY_ID, TOKENS, token_ids_to_words
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +82,7 @@ METHODS = ("ctc_greedy", "hlg_1best", "attention_beam", "hlg_attention_rescore",
 FEATURE_FRAME_SHIFT = 0.01
 DEFAULT_SUBSAMPLING = 4
 UNK = "<unk>"
+LATTICE_FRAME_SHIFT = FEATURE_FRAME_SHIFT * DEFAULT_SUBSAMPLING  # seconds per frame of a CTC lattice (x4 subsampling)
 
 
 class DecodeInputError(ValueError):
@@ -88,10 +92,10 @@ class DecodeInputError(ValueError):
 # ---------------------------------------------------------------- greedy
 
 
-def ctc_greedy_decode(log_probs: torch.Tensor, lens: torch.Tensor) -> List[List[str]]:
-    """Words per utterance from [B, T, V] CTC log-probs."""
-    best = log_probs.argmax(dim=-1).cpu()
-    return [token_ids_to_words(ctc_greedy_collapse(best[i, : int(lens[i])].tolist())) for i in range(best.shape[0])]
+def ctc_greedy_words(log_probs: torch.Tensor, lens: torch.Tensor) -> List[List[str]]:
+    """Words per utterance from [B, T, V] CTC log-probs (``models.ctc.ctc_greedy_decode``'s
+    tokens, split at ``|``)."""
+    return [token_ids_to_words(ids) for ids in ctc_greedy_decode(log_probs, lens)]
 
 
 # ---------------------------------------------------------------- lattices
@@ -169,29 +173,23 @@ def get_lattices(
 # ---------------------------------------------------------------- paths and hypotheses
 
 
-@dataclass
-class Hypothesis:
-    words: List[str]
-    spans: List[Tuple[int, int]] = field(default_factory=list)  # [start, end) lattice frames per word
-    letters: List[str] = field(default_factory=list)  # spelling heard per word
-    tokens: List[int] = field(default_factory=list)  # CTC tokens (letters and |)
-    am_score: float = 0.0
-    lm_score: float = 0.0
-    score: float = 0.0  # lattice total (am + lm) or the rescored total
-    extra: Dict[str, float] = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["spans"] = [list(s) for s in self.spans]
-        return d
+def nbest_record(h: Hypothesis, frame_shift: float = LATTICE_FRAME_SHIFT) -> dict:
+    """A token-lattice hypothesis as ``nbest.jsonl`` stores it: words, spans in lattice frames
+    (``[]`` when the path gave none), heard letters, tokens, scores."""
+    spans = [[round(w.start / frame_shift), round(w.end / frame_shift)] for w in h.words]
+    if any(math.isnan(w.start) for w in h.words):
+        spans = []
+    return {"words": h.word_sequence, "spans": spans, "letters": list(h.letters), "tokens": list(h.tokens),
+            "am_score": h.am_score, "lm_score": h.lm_score, "score": h.score, "extra": dict(h.extra)}
 
 
 class _LatInfo:
     """Per-arc numpy views of one lattice, for fast path extraction."""
 
-    def __init__(self, lattice, id2word: Dict[int, str]):
+    def __init__(self, lattice, id2word: Dict[int, str], frame_shift: float = LATTICE_FRAME_SHIFT):
         self.lattice = lattice
         self.id2word = id2word
+        self.frame_shift = frame_shift
         self.scores = lattice.scores.detach().double().numpy()
         self.lm = lattice.lm_scores.detach().double().numpy() if hasattr(lattice, "lm_scores") else np.zeros_like(self.scores)
         self.tokens = lattice.tokens.numpy() if hasattr(lattice, "tokens") else np.zeros(len(self.scores), dtype=np.int32)
@@ -230,54 +228,34 @@ class _LatInfo:
                 if start is None:
                     start = fr
                 cur.append(TOKENS[t])
+        fs = self.frame_shift
         if len(spans) != len(words):  # cannot happen with a rescorer lexicon; keep words, drop spans
-            spans, letters = [], []
-        return Hypothesis(words, spans, letters, [t for t, _ in toks], am, lm, am + lm)
+            word_spans = [WordSpan(w, math.nan, math.nan) for w in words]
+            letters = []
+        else:
+            word_spans = [WordSpan(w, s * fs, e * fs) for w, (s, e) in zip(words, spans)]
+        return Hypothesis(word_spans, am + lm, am, lm, letters, [t for t, _ in toks])
 
 
-def one_best(lattice, id2word: Dict[int, str]) -> Hypothesis:
-    import k2
-
-    return _LatInfo(lattice, id2word).hypothesis(_best_arc_ids(lattice))
-
-
-def _bare(lattice):
-    """The lattice's arcs and scores only, with ``arc_index`` = arc ids (to map paths back)."""
-    import k2
-
-    f = k2.Fsa(lattice.arcs.clone() if hasattr(lattice.arcs, "clone") else lattice.arcs)
-    f.scores = lattice.scores.detach().clone()
-    f.arc_index = torch.arange(lattice.num_arcs, dtype=torch.int32)
-    return f
+def one_best(lattice, id2word: Dict[int, str], frame_shift: float = LATTICE_FRAME_SHIFT) -> Hypothesis:
+    """The lattice's best path as a hypothesis (spans in seconds: lattice frames x ``frame_shift``)."""
+    paths = sample_paths(lattice, 0)
+    return _LatInfo(lattice, id2word, frame_shift).hypothesis(paths[0] if paths else [])
 
 
-def _best_arc_ids(lattice) -> List[int]:
-    import k2
-
-    if lattice.num_arcs == 0:
-        return []
-    return k2.shortest_path(k2.create_fsa_vec([_bare(lattice)]), use_double_scores=True).arc_index.tolist()
-
-
-def nbest(lattice, id2word: Dict[int, str], num_paths: int = 100, nbest_scale: float = 0.5) -> List[Hypothesis]:
-    """Distinct word sequences of the lattice, best first (module doc)."""
-    import k2
-
-    info = _LatInfo(lattice, id2word)
-    best_ids = _best_arc_ids(lattice)
-    paths: List[List[int]] = [best_ids]
-    if num_paths > 0 and lattice.num_arcs > 0:
-        vec = k2.create_fsa_vec([_bare(lattice)])
-        vec.scores = vec.scores * nbest_scale
-        rp = k2.random_paths(vec, use_double_scores=True, num_paths=num_paths)
-        paths += [p for p in rp.tolist()[0] if p]
+def nbest(lattice, id2word: Dict[int, str], num_paths: int = 100, nbest_scale: float = 0.5,
+          frame_shift: float = LATTICE_FRAME_SHIFT) -> List[Hypothesis]:
+    """Distinct word sequences of the lattice, best first (module doc): the paths of
+    ``lattice.paths.sample_paths``, each distinct sequence with its best drawn path's score."""
+    info = _LatInfo(lattice, id2word, frame_shift)
+    paths = sample_paths(lattice, num_paths, nbest_scale) or [[]]
     seen: Dict[Tuple[str, ...], Hypothesis] = {}
     for p in paths:
         h = info.hypothesis(p)
-        key = tuple(h.words)
+        key = tuple(h.word_sequence)
         if key not in seen or h.score > seen[key].score:
             seen[key] = h
-    first = seen[tuple(info.hypothesis(best_ids).words)]
+    first = seen[tuple(info.hypothesis(paths[0]).word_sequence)]
     rest = sorted((h for k, h in seen.items() if h is not first), key=lambda h: -h.score)
     return [first] + rest
 
@@ -288,7 +266,7 @@ def attention_rescore(
     ngram_lm_scale: float = 1.0,
     attention_scale: float = 1.0,
 ) -> List[Hypothesis]:
-    """icefall-style attention-decoder rescoring of n-best lists.
+    """icefall-style attention-decoder rescoring of n-best lists (``lattice.paths.best_with_attention``).
 
     ``scorer(utt_index, token_seqs)`` returns the attention log-likelihood of each token
     sequence (letters and ``|``). Total = am + ngram_lm_scale * lm + attention_scale *
@@ -299,14 +277,9 @@ def attention_rescore(
         if not hyps:
             out.append(Hypothesis([]))
             continue
-        att = scorer(u, [list(h.tokens) for h in hyps])
-        att = torch.as_tensor(att, dtype=torch.float64).reshape(-1)
-        if att.numel() != len(hyps):
-            raise ValueError(f"attention scorer returned {att.numel()} scores for {len(hyps)} hypotheses")
-        tot = [h.am_score + ngram_lm_scale * h.lm_score + attention_scale * float(a) for h, a in zip(hyps, att)]
-        k = int(np.argmax(tot))
-        h = hyps[k]
-        out.append(Hypothesis(h.words, h.spans, h.letters, h.tokens, h.am_score, h.lm_score, tot[k], {"attention": float(att[k])}))
+        att = torch.as_tensor(scorer(u, [list(h.tokens) for h in hyps]), dtype=torch.float64).reshape(-1)
+        k, total = best_with_attention([h.am_score + ngram_lm_scale * h.lm_score for h in hyps], att, attention_scale)
+        out.append(replace(hyps[k], score=float(total[k]), extra={"attention": float(att[k])}))
     return out
 
 
@@ -400,72 +373,21 @@ def word_lattice_arcs(lattice, id2word: Dict[int, str]):
 def lattice_oracle(lattice, ref: Sequence[str], id2word: Dict[int, str]) -> Dict[str, object]:
     """Exact oracle: the lattice word sequence with the fewest edits to ``ref``.
 
-    A dynamic programme over lattice states x reference positions (unit costs for
-    substitution, insertion, deletion; ``<unk>`` never matches), run frame by frame:
-    all arcs of a CTC lattice leaving frame t enter frame t + 1, so each frame is one
-    vectorised step (a scatter-min of packed (cost, arc, origin) keys). Scores are
-    ignored: every path of the (pruned) lattice counts. Returns ``{"errors", "hyp"}``.
+    ``lattice.paths.oracle_arc_path`` with the CTC frame as the level (all arcs of a CTC
+    lattice leaving frame t enter frame t + 1) and the ``aux_labels`` words of each arc;
+    ``<unk>`` never matches. Scores are ignored: every path of the (pruned) lattice
+    counts. Returns ``{"errors", "hyp"}``.
     """
-    R = len(ref)
-    n_states = int(lattice.shape[0])
-    if n_states == 0 or lattice.num_arcs == 0:
-        return {"errors": R, "hyp": []}
+    if int(lattice.shape[0]) == 0 or lattice.num_arcs == 0:
+        return {"errors": len(ref), "hyp": []}
     info = _LatInfo(lattice, id2word)
     word2id = {w: i for i, w in id2word.items()}
-    ref_ids = np.array([word2id.get(w, -1) if w != UNK else -1 for w in ref], dtype=np.int64)
-    av = lattice.arcs.values()
-    src, dst = av[:, 0].numpy().astype(np.int64), av[:, 1].numpy().astype(np.int64)
-    frames = info.frames.astype(np.int64)
-    n_arcs = len(src)
-    J = R + 1
-    M = (n_arcs + 1) * J  # key = cost * M + arc * J + origin_j ; arc n_arcs = start sentinel
-    BIG = np.iinfo(np.int64).max
-    key = np.full((n_states, J), BIG, dtype=np.int64)
-    key[0] = np.arange(J) * M + n_arcs * J + np.arange(J)
-    cost = np.full((n_states, J), 1 << 20, dtype=np.int64)
-    cost[0] = np.arange(J)
-    n_words = (info.aux_rs[1:] - info.aux_rs[:-1]).astype(np.int64)
+    ref_ids = [word2id.get(w, -1) if w != UNK else -1 for w in ref]
+    n_words = info.aux_rs[1:] - info.aux_rs[:-1]
     words_of = {a: [int(w) for w in info.aux_vals[info.aux_rs[a] : info.aux_rs[a + 1]] if w > 0] for a in np.nonzero(n_words)[0].tolist()}
-    order = np.argsort(frames, kind="stable")
-    bounds = np.searchsorted(frames[order], np.arange(frames.max() + 2))
-    jj = np.arange(J)
-    for t in range(len(bounds) - 1):
-        A = order[bounds[t] : bounds[t + 1]]
-        if len(A) == 0:
-            continue
-        vals = cost[src[A]].copy()
-        orig = np.broadcast_to(jj, vals.shape).copy()
-        wrows = [i for i, a in enumerate(A.tolist()) if a in words_of]
-        for i in wrows:
-            for w in words_of[int(A[i])]:
-                v, o = vals[i], orig[i]
-                nv, no = v + 1, o.copy()  # insertion
-                if R:
-                    sub = v[:-1] + (ref_ids != w)  # ref_ids never equal <unk> / unknown words
-                    take = sub < nv[1:]
-                    nv[1:][take], no[1:][take] = sub[take], o[:-1][take]
-                    for j in range(1, J):  # deletions
-                        if nv[j - 1] + 1 < nv[j]:
-                            nv[j], no[j] = nv[j - 1] + 1, no[j - 1]
-                vals[i], orig[i] = nv, no
-        k = vals * M + (A[:, None] * J) + orig
-        np.minimum.at(key, (np.broadcast_to(dst[A][:, None], k.shape), np.broadcast_to(jj, k.shape)), k)
-        touched = np.unique(dst[A])
-        cost[touched] = key[touched] // M
-    final = n_states - 1
-    if key[final, R] == BIG:
-        return {"errors": R, "hyp": []}
-    errors = int(key[final, R] // M)
-    hyp: List[str] = []
-    s, j = final, R
-    for _ in range(n_arcs + 1):
-        kv = int(key[s, j]) % M
-        a, oj = kv // J, kv % J
-        if a == n_arcs:
-            break
-        hyp += [id2word.get(w, f"<id:{w}>") for w in reversed(words_of.get(a, []))]
-        s, j = int(src[a]), oj
-    return {"errors": errors, "hyp": hyp[::-1]}
+    av = lattice.arcs.values()
+    errors, path = oracle_arc_path(av[:, 0].numpy(), av[:, 1].numpy(), info.frames, words_of, int(lattice.shape[0]), ref_ids)
+    return {"errors": errors, "hyp": [id2word.get(w, f"<id:{w}>") for a in path for w in words_of.get(a, [])]}
 
 
 # ---------------------------------------------------------------- data
@@ -586,6 +508,7 @@ def decode_main(a) -> dict:
     model, train_cfg = (loaded[0], loaded[1]) if isinstance(loaded, tuple) else (loaded, {})
     model.to(device).eval()
     sub = int(getattr(model, "subsampling_factor", DEFAULT_SUBSAMPLING))
+    lattice_shift = FEATURE_FRAME_SHIFT * sub  # seconds per lattice frame
     model_max = getattr(model, "max_input_frames", None)
     max_frames = min(a.max_frames, int(model_max)) if model_max else a.max_frames
     if "attention_beam" in methods or "hlg_attention_rescore" in methods:
@@ -664,7 +587,7 @@ def decode_main(a) -> dict:
             forward_seconds += time.perf_counter() - t0
             if "ctc_greedy" in methods:
                 t0 = time.perf_counter()
-                for u, h in zip(b, ctc_greedy_decode(lp, out_lens)):
+                for u, h in zip(b, ctc_greedy_words(lp, out_lens)):
                     hyps["ctc_greedy"][ids[u]] = h
                 timing["ctc_greedy"] += time.perf_counter() - t0
             if "attention_beam" in methods:
@@ -689,26 +612,26 @@ def decode_main(a) -> dict:
                 if "hlg_1best" in methods:
                     t0 = time.perf_counter()
                     for u, lat in zip(b, lats):
-                        hyps["hlg_1best"][ids[u]] = one_best(lat, id2word).words
+                        hyps["hlg_1best"][ids[u]] = one_best(lat, id2word, lattice_shift).word_sequence
                     timing["hlg_1best"] += time.perf_counter() - t0
                 if "hlg_attention_rescore" in methods:
                     t0 = time.perf_counter()
                     if enc is None:
                         enc, enc_lens = model.encode(feats, lens)
-                    nbs = [nbest(lat, id2word, a.num_paths, a.nbest_scale) for lat in lats]
+                    nbs = [nbest(lat, id2word, a.num_paths, a.nbest_scale, lattice_shift) for lat in lats]
 
                     def scorer(i, seqs, enc=enc, enc_lens=enc_lens):
                         return torch.as_tensor(model.score_token_sequences(enc[i, : int(enc_lens[i])], seqs)).detach().cpu()
 
                     for u, h, nb in zip(b, attention_rescore(nbs, scorer, a.ngram_lm_scale, a.attention_scale), nbs):
-                        hyps["hlg_attention_rescore"][ids[u]] = h.words
+                        hyps["hlg_attention_rescore"][ids[u]] = h.word_sequence
                         if a.save_nbest > 0:
-                            nbest_rows.append({"utterance_id": ids[u], "nbest": [x.to_dict() for x in nb[: a.save_nbest]]})
+                            nbest_rows.append({"utterance_id": ids[u], "nbest": [nbest_record(x, lattice_shift) for x in nb[: a.save_nbest]]})
                     timing["hlg_attention_rescore"] += time.perf_counter() - t0
                 if "hlg_attention_rescore" not in methods and a.save_nbest > 0:  # for the rescorer; not timed
                     for u, lat in zip(b, lats):
-                        nb = nbest(lat, id2word, a.num_paths, a.nbest_scale)
-                        nbest_rows.append({"utterance_id": ids[u], "nbest": [x.to_dict() for x in nb[: a.save_nbest]]})
+                        nb = nbest(lat, id2word, a.num_paths, a.nbest_scale, lattice_shift)
+                        nbest_rows.append({"utterance_id": ids[u], "nbest": [nbest_record(x, lattice_shift) for x in nb[: a.save_nbest]]})
                 if "lattice_oracle" in methods:
                     t0 = time.perf_counter()
                     for u, lat in zip(b, lats):

@@ -46,10 +46,11 @@ import math
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Hashable, Iterable, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Hashable, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 
+from rescorer.lattice.paths import Hypothesis, WordSpan, oracle_arc_path, sample_paths
 from rescorer.lattice.scores import Scales, with_scores
 
 FORMAT = "rescorer.word_lattices/1"
@@ -61,26 +62,6 @@ ATTRS_FLOAT = ("am_scores", "lm_scores")
 
 class WordLatticeError(ValueError):
     """An invalid word lattice (the message names the utterance and the problem)."""
-
-
-class WordSpan(NamedTuple):
-    word: str
-    start: float  # seconds
-    end: float  # seconds
-
-
-@dataclass
-class Hypothesis:
-    """One path: words with spans, its combined score and its AM / LM parts."""
-
-    words: List[WordSpan]
-    score: float
-    am_score: float
-    lm_score: float
-
-    @property
-    def text(self) -> str:
-        return " ".join(w.word for w in self.words)
 
 
 @dataclass
@@ -506,26 +487,15 @@ def contains_path(lat: WordLattice, words: Sequence[Union[str, int]]) -> bool:
     return _constrained_best(lat, [ids])[0] is not None
 
 
-def nbest(lat: WordLattice, n: int = 10, num_paths: int = 200, nbest_scale: float = 0.5, seed: Optional[int] = 0) -> List[Hypothesis]:
+def nbest(lat: WordLattice, n: int = 10, num_paths: int = 100, nbest_scale: float = 0.5, seed: Optional[int] = 0) -> List[Hypothesis]:
     """Up to n distinct word sequences, best first, each with its best path's spans and scores.
 
-    Sequences are found by sampling ``num_paths`` paths with k2.random_paths from the
-    lattice with scores x ``nbest_scale`` (plus the 1-best); each distinct sequence is then
-    scored exactly by its best path (intersection with the lattice).
+    Sequences come from ``paths.sample_paths`` (the 1-best and ``num_paths`` paths drawn
+    with scores x ``nbest_scale``); each distinct sequence is then scored exactly by its
+    best path (intersection with the lattice).
     """
-    import k2
-
-    vec = k2.create_fsa_vec([lat.fsa])
-    best = k2.shortest_path(vec, use_double_scores=True)
-    seqs = [tuple(l for l in best.labels.tolist() if l > 0)]
-    saved = vec.scores.clone()
-    vec.scores = saved * nbest_scale
-    if seed is not None:
-        torch.manual_seed(seed)
-    paths = k2.random_paths(vec, use_double_scores=True, num_paths=num_paths)
-    labels = lat.fsa.labels
-    for p in paths.tolist()[0]:
-        seqs.append(tuple(int(labels[a]) for a in p if int(labels[a]) > 0))
+    labels = lat.fsa.labels.tolist()
+    seqs = [tuple(labels[a] for a in p if labels[a] > 0) for p in sample_paths(lat.fsa, num_paths, nbest_scale, seed)]
     uniq = list(dict.fromkeys(seqs))
     hyps = [_path_to_hyp(lat, p) for p in _constrained_best(lat, [list(s) for s in uniq]) if p is not None]
     hyps.sort(key=lambda h: -h.score)
@@ -564,61 +534,23 @@ def word_confidences(lat: WordLattice, spans: Sequence[WordSpan], scale: float =
 def oracle_path(lat: WordLattice, reference: Sequence[str]) -> Tuple[int, List[WordSpan]]:
     """The lattice path closest to ``reference`` in word edit distance: (errors, its words).
 
-    Exact dynamic programming over the (topologically numbered) states x reference
-    positions; fillers are free; reference words outside the table never match.
+    ``paths.oracle_arc_path`` with each state's longest-path depth as its level (states
+    are numbered topologically); fillers are free; reference words outside the table
+    never match.
     """
     ref = [int(lat.words[w]) if w in lat.words else -2 for w in reference]
-    R = len(ref)
-    arcs = lat.fsa.arcs.values()[:, :3].tolist()  # sorted by source state, states topological
-    S = lat.num_states
-    INF = 1 << 60
-    D = [[INF] * (R + 1) for _ in range(S)]
-    BA = [[-2] * (R + 1) for _ in range(S)]  # back-pointer arc (-1: deletion inside the state)
-    BJ = [[0] * (R + 1) for _ in range(S)]
-    D[0][0] = 0
-    rng = range(R + 1)
-    a = 0
-    n_arcs = len(arcs)
-    for s in range(S):
-        d, ba, bj = D[s], BA[s], BJ[s]
-        for j in range(1, R + 1):  # deletions of reference words
-            if d[j - 1] + 1 < d[j]:
-                d[j] = d[j - 1] + 1
-                ba[j] = -1
-                bj[j] = j - 1
-        while a < n_arcs and arcs[a][0] == s:
-            _, t, lab = arcs[a]
-            dt, bat, bjt = D[t], BA[t], BJ[t]
-            if lab <= 0:
-                for j in rng:
-                    if d[j] < dt[j]:
-                        dt[j], bat[j], bjt[j] = d[j], a, j
-            else:
-                for j in rng:
-                    c = d[j] + 1  # insertion
-                    if c < dt[j]:
-                        dt[j], bat[j], bjt[j] = c, a, j
-                    if j:
-                        c = d[j - 1] + (ref[j - 1] != lab)
-                        if c < dt[j]:
-                            dt[j], bat[j], bjt[j] = c, a, j - 1
-            a += 1
-    final = S - 1
-    errors = int(D[final][R])
-    path_arcs = []
-    s, j = final, R
-    while not (s == 0 and j == 0):
-        k = BA[s][j]
-        if k == -1:
-            j = BJ[s][j]
-            continue
-        path_arcs.append(k)
-        s, j = arcs[k][0], BJ[s][j]
-    path_arcs.reverse()
-    labels = lat.fsa.labels.tolist()
+    arcs = lat.fsa.arcs.values()[:, :3]
+    src, dst, labels = arcs[:, 0].tolist(), arcs[:, 1].tolist(), arcs[:, 2].tolist()
+    depth = [0] * lat.num_states
+    for s, d in zip(src, dst):  # arcs sorted by source state, states topological
+        if depth[s] + 1 > depth[d]:
+            depth[d] = depth[s] + 1
+    level = [depth[s] for s in src]
+    words_of = {a: [lab] for a, lab in enumerate(labels) if lab > 0}
+    errors, path = oracle_arc_path(src, dst, level, words_of, lat.num_states, ref)
     sf, ef = lat.fsa.start_frame.tolist(), lat.fsa.end_frame.tolist()
-    words = [WordSpan(lat.words.get(labels[k]), sf[k] * lat.frame_shift, ef[k] * lat.frame_shift) for k in path_arcs if labels[k] > 0]
-    return errors, words
+    fs = lat.frame_shift
+    return errors, [WordSpan(lat.words.get(labels[a]), sf[a] * fs, ef[a] * fs) for a in path if labels[a] > 0]
 
 
 # ---------------------------------------------------------------------------- save / load
