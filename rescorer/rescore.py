@@ -6,6 +6,8 @@ attribute that k2 operations carry along) is mixed with the decoder's scores::
 
     score(arc) = am_scale * am + lm_scale * lm + wip * [word arc] + awe_scale * awe
 
+(``rescorer.lattice.scores``: the scales are a ``Scales``, the combination ``with_scores``).
+
 Every distinct span is encoded once (in length-sorted batches) and every distinct
 word's spelling once (cached across lattices); the per-arc similarities come from
 ``rescorer.ops.arc_similarity`` (the CUDA kernel on GPU, the torch reference on CPU).
@@ -14,7 +16,7 @@ and final arcs get no embedding score.
 
 OOV recovery (``recover_oov``) adds, next to some word arcs, up to ``oov_topk`` parallel
 arcs (same states, same span, same acoustic score) for the nearest spellings of the arc's
-audio in a large word list (``set_vocabulary``; ``ops.topk_nearest``) whose cosine is at
+audio in a large word list (``set_vocabulary``; one ``WordListIndex``, an ``ops.NearestIndex``) whose cosine is at
 least ``oov_min_similarity``; then the lattice is decoded again. A new arc's LM score is
 ``oov_lm_score`` (the cost of a word the LM does not know), or the LM's ``<unk>`` score
 when it replaces a ``<unk>`` arc; such arcs are marked (``oov_lm_arcs``) and
@@ -37,9 +39,10 @@ Duplicates are not added: a candidate equal to the arc's own word, or whose (src
 word) is already in the lattice, is dropped; when several weak arcs between the same
 states (other spans, other acoustic scores) propose one word, the proposal with the
 best score under the recovery config (am, LM and embedding parts; ties: arc order, then
-rank) becomes the one new arc. The input lattice and its symbol table are never
-modified: the result uses a table extended by the word list's missing words (one per
-input table, built once; ids of existing words unchanged). Each distinct span is
+rank) becomes the one new arc. The lattice package does the editing
+(``rescorer.lattice.edit.add_arcs``); the input lattice and its symbol table are never
+modified: the result uses a table extended by the word list's missing words (built once
+per input table; ids of existing words unchanged). Each distinct span is
 embedded once per utterance for recovery and scoring together (``SpanCache``;
 ``rescore``, ``embedding_scores`` and ``evaluation.rescoring`` do it).
 

@@ -20,8 +20,10 @@ ids, ragged: 0, 1 or 2 words on an arc), ``tokens`` (the CTC token emitted on th
 final arc, label -1, has frame T), ``lm_scores`` (graph score: LM log-prob in nats plus
 ``<unk>`` penalties) and ``am_scores`` (= scores - lm_scores, the CTC log-probs).
 
-Hypotheses: words, and per word its frame span ``[start, end)`` on the lattice frame axis
-(start = frame of the word's first letter token, end = frame of its ``|`` token + 1) and
+Hypotheses (``rescorer.lattice.paths.Hypothesis``, the type word lattices use too): words,
+and per word its span ``[start, end)`` on the lattice frame axis, in seconds (frames x
+``frame_shift``, 0.04 s for x4 subsampling; ``nbest_record`` gives frames back) (start =
+frame of the word's first letter token, end = frame of its ``|`` token + 1) and
 its letters as heard (for ``<unk>``: the letters the letter loop took). Word labels may
 sit on a different arc than the word's letters after determinization, so spans come
 from the token sequence, matched to the words in order (each word ends with one ``|``).
@@ -30,9 +32,11 @@ Word lattices: ``word_lattice_arcs`` turns a token lattice into word arcs with s
 am/lm scores (input of rescorer.lattice.word_lattice.build_word_lattice); its best path
 equals the token lattice's 1-best (tested).
 
-N-best: ``num_paths`` paths drawn by ``k2.random_paths`` on the lattice with scores x
-``nbest_scale``, plus the 1-best path; distinct word sequences are kept, each with its
-highest-scoring drawn path, sorted by total score (the 1-best first).
+N-best: the 1-best path and ``num_paths`` paths drawn by ``k2.random_paths`` on the
+lattice with scores x ``nbest_scale`` (``lattice.paths.sample_paths``, shared with word
+lattices); distinct word sequences are kept, each with its highest-scoring drawn path,
+sorted by total score (the 1-best first). Attention rescoring re-ranks them with
+``lattice.paths.best_with_attention``; the oracle is ``lattice.paths.oracle_arc_path``.
 
 CLI::
 

@@ -13,8 +13,9 @@ Representation (``WordLattice``, a small dataclass around a k2 ``Fsa``):
   ``am_scores``, ``lm_scores`` (float32, natural log; the acoustic and the language-model
   log-likelihood of the word on the arc; final arcs carry the end-of-sentence LM score),
   and ``scores`` = the combined score ``am_scale * am + lm_scale * lm + wip`` (``wip``
-  added on word arcs only, label > 0) under the scales in ``meta["scales"]``
-  (``rescale`` recomputes it).
+  added on word arcs only, label > 0; ``rescorer.lattice.scores``, which also adds the
+  rescorer's ``awe_scale * awe``) under the scales recorded in ``meta["scales"]``
+  (``Scales.to_dict()``; ``rescale`` recomputes it).
 - ``frame_shift``: seconds per frame (0.01 for 10 ms frames); frames x frame_shift = seconds.
 - ``words``: the k2 SymbolTable of the labels; ``utterance_id``; ``meta``: a JSON-able
   dict (source, scales, counts of widened spans and unknown words...).
