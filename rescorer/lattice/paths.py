@@ -3,9 +3,9 @@
 Both lattice kinds use these: word lattices (``word_lattice``: one word per arc, spans as
 attributes) and the decoder's token lattices (``rescorer.decoding.decode``: words on
 ragged ``aux_labels``, spans from the token sequence). They differ in how a path becomes
-words, so each turns sampled arc paths into ``Hypothesis`` its own way; which paths are
-drawn (``sample_paths``) and how an n-best list is re-ranked by a second model
-(``best_with_attention``) are written once here.
+words, so each turns arc paths into ``Hypothesis`` its own way; which paths are drawn
+(``sample_paths``), the exact oracle path (``oracle_arc_path``) and how an n-best list is
+re-ranked by a second model (``best_with_attention``) are written once here.
 """
 
 from __future__ import annotations
