@@ -45,6 +45,8 @@ if str(REPO) not in sys.path:
 import torch  # noqa: E402
 
 from rescorer.evaluation import embeddings as ev  # noqa: E402
+from rescorer.models.checkpoint import load_embedder  # noqa: E402
+from rescorer.training.train_embeddings import training_command  # noqa: E402
 
 TOP_KEYS = (
     "iv_p_at_1", "iv_p_at_10", "oov_p_at_1", "oov_p_at_10", "p_at_1_10x_vocab",
@@ -90,8 +92,8 @@ def training_summary(model_dir: str, info: Dict[str, Any], python: str) -> Dict[
                and k not in ("resume", "stop_after_epoch", "progress")}  # fmt: skip
     rates = [r["segments_per_s"] for r in log if "segments_per_s" in r]
     return {
-        "command": ev.training_command(config, python=python) if config else None,
-        "first_command": ev.training_command(first, python=python) if changed else None,
+        "command": training_command(config, python=python) if config else None,
+        "first_command": training_command(first, python=python) if changed else None,
         "changed_on_resume": changed or None,
         "config": config,
         "epochs_run": len(log),
@@ -143,8 +145,6 @@ DESCRIPTION = (
 
 
 def evaluate_command(args: argparse.Namespace) -> Dict[str, Any]:
-    from rescorer.training.train_embeddings import load_embedder
-
     if args.threads:
         torch.set_num_threads(args.threads)
     seg_dir = Path(args.segments_dir)

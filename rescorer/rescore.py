@@ -67,6 +67,7 @@ import torch
 from rescorer.lattice.edit import add_arcs, added_words_on_path, extend_table, new_arc_mask, with_table
 from rescorer.lattice.scores import Scales, combine, with_scores
 from rescorer.lattice.word_lattice import arc_posteriors, best_path_hypothesis, validate, word_confidences
+from rescorer.models.checkpoint import load_embedder
 from rescorer.ops import NearestIndex, arc_similarity
 from rescorer.text import NotAWordError, normalize_word
 from rescorer.utils import atomic_write_text
@@ -231,8 +232,6 @@ class Rescorer:
         """Load ``model_dir`` (an embedder run: best.pt/last.pt) and its scales (``rescorer.json``;
         ``config_name="rescorer_pocketsphinx.json"`` for those tuned on pocketsphinx lattices).
         Without ``rescorer.json`` the default scales apply; a missing other name is an error."""
-        from rescorer.training.train_embeddings import load_embedder
-
         model_dir = Path(model_dir)
         if not model_dir.exists():
             raise FileNotFoundError(f"no rescorer model at {model_dir}")

@@ -26,6 +26,7 @@ import torch
 
 from rescorer.lattice.paths import Hypothesis, best_with_attention
 from rescorer.lattice.word_lattice import nbest
+from rescorer.models.checkpoint import load_asr_model
 from rescorer.tokens import words_to_token_ids
 
 UNK = "<unk>"
@@ -42,8 +43,6 @@ class AttentionScorer:
 
     @classmethod
     def from_dir(cls, model_dir, device: Optional[str] = None) -> "AttentionScorer":
-        from rescorer.training.train_asr import load_asr_model
-
         model, _ = load_asr_model(model_dir)
         return cls(model, device)
 

@@ -9,9 +9,9 @@ into words without a lexicon, and in the lexicon each word's letters are followe
 
 from __future__ import annotations
 
-from typing import List, Sequence
+from typing import List, Sequence, Tuple
 
-from rescorer.text import normalize_word
+import torch
 
 BLANK = "<blk>"
 WORD_BOUNDARY = "|"
@@ -23,12 +23,6 @@ BOUNDARY_ID = 1
 
 class TokenError(ValueError):
     """Text with characters outside the token set."""
-
-
-def word_to_token_ids(word: str) -> List[int]:
-    """Letters of a normalised word followed by the boundary token."""
-    w = normalize_word(word)
-    return [TOKEN_ID[c] for c in w] + [BOUNDARY_ID]
 
 
 def words_to_token_ids(words: Sequence[str]) -> List[int]:
@@ -66,3 +60,13 @@ def ctc_greedy_collapse(ids: Sequence[int]) -> List[int]:
             out.append(i)
         prev = i
     return out
+
+
+def pad_token_ids(seqs: Sequence[Sequence[int]], pad: int = 0) -> Tuple[torch.Tensor, torch.Tensor]:
+    """[B, L_max] int64 (``pad`` beyond each length) and lengths [B]: CTC and attention targets."""
+    lengths = torch.tensor([len(s) for s in seqs], dtype=torch.long)
+    out = torch.full((len(seqs), max(1, int(lengths.max()) if len(seqs) else 1)), pad, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        if len(s):
+            out[i, : len(s)] = torch.as_tensor(list(s), dtype=torch.long)
+    return out, lengths

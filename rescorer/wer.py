@@ -63,6 +63,17 @@ def align(ref: Sequence[str], hyp: Sequence[str]) -> List[Tuple[Optional[str], O
     return [(None if r == _EPS_TOKEN else r, None if h == _EPS_TOKEN else h) for r, h in ali]
 
 
+def edit_distance(ref: Sequence[str], hyp: Sequence[str]) -> int:
+    """Levenshtein distance (substitutions, insertions, deletions all cost 1), from ``align``."""
+    return sum(1 for r, h in align(ref, hyp) if r != h)
+
+
+def error_counts(refs: Sequence[Sequence[str]], hyps: Sequence[Sequence[str]]) -> Tuple[int, int]:
+    """(total edit distance, total reference length) over pairs: WER or, over characters, CER."""
+    errors = sum(edit_distance(r, h) for r, h in zip(refs, hyps))
+    return errors, sum(len(r) for r in refs)
+
+
 def utterance_errors(ref: Sequence[str], hyp: Sequence[str], train_vocab: Optional[set] = None) -> Dict[str, int]:
     """Counts for one utterance: ref words, S, D, I, and the IV/OOV split."""
     ali = align(ref, hyp)

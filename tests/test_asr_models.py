@@ -6,7 +6,7 @@ import torch
 from rescorer.models.attention import SOS_EOS, AttentionModel
 from rescorer.models.ctc import ENCODER_PRESETS, CtcModel, ctc_greedy_decode, subsampled_lengths
 from rescorer.tokens import TOKENS, words_to_token_ids
-from rescorer.training.train_asr import load_asr_model, save_asr_model
+from rescorer.models.checkpoint import load_asr_model, save_asr_model
 
 TINY = dict(ENCODER_PRESETS["tiny"])
 

@@ -8,21 +8,19 @@ import pytest
 import torch
 
 from rescorer.models.ctc import ENCODER_PRESETS, CtcModel, ctc_greedy_decode, ctc_loss
-from rescorer.tokens import TokenError, token_ids_to_words
+from rescorer.tokens import TokenError, pad_token_ids, token_ids_to_words
+from rescorer.models.checkpoint import load_asr_model
 from rescorer.training.asr_data import (
     FORMAT,
     FrameBatchSampler,
     export_utterances,
     load_utterances,
-    make_synthetic_utterances,
-    pad_token_ids,
-    random_sentences,
     spec_augment,
     utterances_from_dict,
-    write_synthetic_utterances,
 )
-from rescorer.training.train_asr import AsrTrainConfig, evaluate, load_asr_model, parse_args, train
+from rescorer.training.train_asr import AsrTrainConfig, evaluate, parse_args, train
 from conftest import lhotse_or_k2_imported_by, run_torchrun
+from synthetic_data import make_synthetic_utterances, random_sentences, write_synthetic_utterances
 
 VOCAB = ["cat", "dog", "bird", "fish", "tree", "house", "red", "blue", "green", "big", "small", "runs", "it's"]
 TINY = dict(size="tiny", batch_frames=2000, lr=5e-3, progress=False, device="cpu")

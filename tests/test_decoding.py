@@ -5,8 +5,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
-import sys
-import types
 
 import pytest
 import torch
@@ -261,9 +259,7 @@ class TestLattices:
         (tmp_path / "data").mkdir()
         torch.save(data, tmp_path / "data" / "test.pt")
         (tmp_path / "train_words.txt").write_text("cat sat mat the\n")
-        fake = types.ModuleType("rescorer.training.train_asr")
-        fake.load_asr_model = lambda d: (FakeModel(), {"train": ""})
-        monkeypatch.setitem(sys.modules, "rescorer.training.train_asr", fake)
+        monkeypatch.setattr(D, "load_asr_model", lambda d: (FakeModel(), {"train": ""}))
         rc = D.main([
             "--model-dir", "m", "--data", str(tmp_path / "data" / "test.pt"), "--lang-dir", str(lang.dir),
             "--out", str(tmp_path / "out"), "--methods", ",".join(D.METHODS),

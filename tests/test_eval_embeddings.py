@@ -11,16 +11,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from rescorer.evaluation import embeddings as ev
-from rescorer.training.train_embeddings import TrainConfig, load_embedder, save_embedder, train
-from rescorer.training.word_data import (
-    load_word_segments,
-    make_synthetic_word_segments,
-    random_words,
-    word_segments_from_dict,
-    write_synthetic_word_segments,
-)
+from rescorer.models.checkpoint import load_embedder, save_embedder
+from rescorer.training.train_embeddings import TrainConfig, train
+from rescorer.training.word_data import load_word_segments, word_segments_from_dict
 from rescorer.models import AcousticWordEncoder, LetterNgramEncoder
 from conftest import REPO, TINY_EMBEDDER
+from synthetic_data import make_synthetic_word_segments, random_words, write_synthetic_word_segments
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 import eval_embeddings as script  # noqa: E402
@@ -61,7 +57,7 @@ class MeanAcoustic(nn.Module):
 
     def __init__(self, dim=80):
         super().__init__()
-        self.dim, self.max_frames = dim, 200
+        self.dim, self.feature_dim, self.max_frames = dim, dim, 200
         self.config = {"num_mel_bins": dim}
         self.w = nn.Parameter(torch.zeros(1))
 

@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from rescorer.models import AcousticWordEncoder, LetterNgramEncoder, center_crop, pad_segments
+from rescorer.models.checkpoint import load_embedder, save_embedder
 from rescorer.models.letters import ngram_bucket, select_bags, tokenize_words
 from rescorer.text import NotAWordError, letter_ngrams
-from rescorer.training.word_data import random_words
+from synthetic_data import random_words
 
 SMALL = dict(dim=32, channels=40, num_blocks=3)
 
@@ -220,8 +221,6 @@ def test_letter_encoder_20k_words_default_size_is_fast():
 
 
 def test_checkpoint_roundtrip_reproduces_embeddings_exactly(tmp_path):
-    from rescorer.training.train_embeddings import load_embedder, save_embedder
-
     torch.manual_seed(0)
     acoustic = AcousticWordEncoder(**SMALL)
     acoustic.set_feature_stats(torch.randn(80), torch.rand(80) + 0.5)

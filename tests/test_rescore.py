@@ -438,7 +438,8 @@ def test_rescore_cli_prunes_uses_the_named_tuned_scales_names_bad_input_and_resu
 
     from rescorer.cli import main
     from rescorer.lattice.word_lattice import load_word_lattices, save_word_lattices
-    from rescorer.training.train_embeddings import TrainConfig, build_encoders, save_embedder
+    from rescorer.models.checkpoint import save_embedder
+    from rescorer.training.train_embeddings import TrainConfig, build_encoders
     from tests.conftest import TINY_EMBEDDER
 
     torch.manual_seed(0)

@@ -56,3 +56,14 @@ def test_empty_reference_and_python_fallback_agree():
 def test_rtf():
     assert W.real_time_factor(1.0, 4.0) == 0.25
     assert W.real_time_factor(1.0, 0.0) is None
+
+
+@pytest.mark.parametrize("use_kaldialign", [True, False])
+def test_edit_distance_and_error_counts(monkeypatch, use_kaldialign):
+    if not use_kaldialign:  # the pure-Python alignment, as on a training machine without kaldialign
+        monkeypatch.setattr(W, "align", W._align_py)
+    assert W.edit_distance(list("kitten"), list("sitting")) == 3
+    assert W.edit_distance([], ["a", "b"]) == 2 and W.edit_distance(["a"], []) == 1
+    assert W.edit_distance(["the", "cat"], ["the", "cat"]) == 0
+    refs, hyps = [["a", "b", "c"], list("flaw")], [["a", "c"], list("lawn")]
+    assert W.error_counts(refs, hyps) == (1 + 2, 3 + 4)

@@ -76,6 +76,7 @@ import numpy as np
 import torch
 
 from rescorer.lattice.paths import Hypothesis, WordSpan, best_with_attention, oracle_arc_path, sample_paths
+from rescorer.models.checkpoint import load_asr_model
 from rescorer.models.ctc import ctc_greedy_decode
 from rescorer.text import NotAWordError, split_words
 from rescorer.tokens import BOUNDARY_ID, TOKENS, token_ids_to_words
@@ -505,11 +506,8 @@ def decode_main(a) -> dict:
     data = load_utterance_data(a.data)
     ids = list(data["utterance_ids"])
     refs = reference_words(data["texts"], ids)
-    from rescorer.training.train_asr import load_asr_model  # the ASR worker's loader
-
     device = torch.device(a.device)
-    loaded = load_asr_model(a.model_dir)
-    model, train_cfg = (loaded[0], loaded[1]) if isinstance(loaded, tuple) else (loaded, {})
+    model, train_cfg = load_asr_model(a.model_dir)
     model.to(device).eval()
     sub = int(getattr(model, "subsampling_factor", DEFAULT_SUBSAMPLING))
     lattice_shift = FEATURE_FRAME_SHIFT * sub  # seconds per lattice frame

@@ -1,6 +1,6 @@
 """Evaluation of acoustic and letter-n-gram word embeddings (the issue's protocol).
 
-Given a trained embedder (``rescorer.training.train_embeddings.load_embedder``), the word
+Given a trained embedder (``rescorer.models.checkpoint.load_embedder``), the word
 segments of one evaluation split and the training vocabulary, ``evaluate_embeddings``
 measures:
 
@@ -46,7 +46,9 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from rescorer.corpora.text_sources import large_word_list
 from rescorer.metrics import NoPositivePairsError, crossview_ap, precision_at_k, same_different_ap
+from rescorer.models.checkpoint import CheckpointError, read_embedder_checkpoint
 from rescorer.training.word_data import FORMAT as SEGMENTS_FORMAT
 from rescorer.training.word_data import WordSegments, word_segments_from_dict
 
@@ -73,7 +75,7 @@ def load_segments(path: str) -> WordSegments:
 
 def check_compatible(acoustic, data: WordSegments, source: str = "segments") -> None:
     """Raise EvaluationError when the model's input feature size differs from the data's."""
-    want = int(acoustic.config.get("num_mel_bins", 80))
+    want = int(acoustic.feature_dim)
     have = int(data.feats.shape[1])
     if want != have:
         raise EvaluationError(
@@ -84,17 +86,10 @@ def check_compatible(acoustic, data: WordSegments, source: str = "segments") -> 
 
 def read_checkpoint_info(model_dir: str, which: str = "best") -> Dict[str, Any]:
     """The checkpoint path, training vocabulary, config and epoch of a run (no model built)."""
-    path = Path(model_dir)
-    if path.is_dir():
-        cand = path / ("best.pt" if which == "best" else "last.pt")
-        if which == "best" and not cand.exists():
-            cand = path / "last.pt"
-        path = cand
-    if not path.is_file():
-        raise EvaluationError(f"no embedder checkpoint at {path} (train one first)")
-    ckpt = torch.load(str(path), map_location="cpu")
-    if not isinstance(ckpt, dict) or "acoustic" not in ckpt:
-        raise EvaluationError(f"{path}: not an embedder checkpoint")
+    try:
+        path, ckpt = read_embedder_checkpoint(model_dir, which)
+    except (FileNotFoundError, CheckpointError) as e:
+        raise EvaluationError(str(e)) from None
     return {
         "path": str(path),
         "train_vocabulary": ckpt.get("train_vocabulary"),
@@ -110,27 +105,6 @@ def read_training_log(model_dir: str) -> List[Dict[str, Any]]:
     if not path.is_file():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def training_command(config: Dict[str, Any], python: str = "python") -> str:
-    """The ``train_embeddings`` command line that reproduces ``config`` (non-default flags only)."""
-    from rescorer.training.train_embeddings import TrainConfig
-
-    defaults = TrainConfig(train="", dev="", out="")
-    parts = [python, "-m", "rescorer.training.train_embeddings"]
-    for key in ("train", "dev", "out"):
-        parts += [f"--{key}", str(config.get(key, ""))]
-    for key, value in config.items():
-        if key in ("train", "dev", "out", "resume", "progress", "stop_after_epoch"):
-            continue
-        if not hasattr(defaults, key) or getattr(defaults, key) == value:
-            continue
-        flag = "--" + key.replace("_", "-")
-        if isinstance(value, bool):
-            parts.append(flag if value else "--no-" + key.replace("_", "-"))
-        elif value is not None:
-            parts += [flag, str(value)]
-    return " ".join(parts)
 
 
 # ---------------------------------------------------------------- splits and candidates
@@ -185,8 +159,6 @@ def larger_candidate_list(
 
 def default_distractors() -> List[str]:
     """``rescorer.corpora.text_sources.large_word_list()`` (~359k words, most frequent first)."""
-    from rescorer.corpora.text_sources import large_word_list
-
     return large_word_list()
 
 

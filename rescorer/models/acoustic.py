@@ -41,7 +41,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rescorer.models.registry import ACOUSTIC_ENCODERS
+
 DEFAULT_MAX_FRAMES = 200
+FBANK_FRAME_SHIFT = 0.01  # seconds per input frame: the fbank of ``rescorer.segments``
 
 
 def center_crop(
@@ -126,8 +129,14 @@ class _MaskedConv(nn.Module):
         return _gelu(self.norm(y.float()))  # LayerNorm in float32, also under autocast
 
 
+@ACOUSTIC_ENCODERS.register("conv")
 class AcousticWordEncoder(nn.Module):
-    """Conv network: fbank [B, T, num_mel_bins] + lengths [B] -> unit vectors [B, dim]."""
+    """Conv network: fbank [B, T, num_mel_bins] + lengths [B] -> unit vectors [B, dim].
+
+    Implements ``rescorer.models.interfaces.AcousticEncoder`` (registry name ``"conv"``).
+    """
+
+    frame_shift = FBANK_FRAME_SHIFT
 
     def __init__(
         self,
@@ -157,6 +166,7 @@ class AcousticWordEncoder(nn.Module):
             max_frames=max_frames,
         )
         self.dim = dim
+        self.feature_dim = num_mel_bins
         self.max_frames = max_frames
         # Global normalisation of the input features, set from training data statistics.
         self.register_buffer("feat_mean", torch.zeros(num_mel_bins))

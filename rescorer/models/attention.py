@@ -41,6 +41,8 @@ from rescorer.models.ctc import (
     sinusoidal_positions,
 )
 from rescorer.models.ctc_prefix import CtcPrefixScorer
+from rescorer.models.registry import ASR_MODELS
+from rescorer.tokens import pad_token_ids
 
 SOS_EOS = NUM_TOKENS  # 29
 DECODER_VOCAB = NUM_TOKENS + 1
@@ -134,10 +136,9 @@ def _decoder_io(token_seqs: Sequence[Sequence[int]], device) -> Tuple[torch.Tens
     return ys_in.to(device), ys_out.to(device)
 
 
+@ASR_MODELS.register("attention")
 class AttentionModel(CtcModel):
     """Conformer encoder + CTC head (inherited from CtcModel) + transformer attention decoder."""
-
-    model_type = "attention"
 
     def __init__(self, decoder_layers: int = 2, decoder_ffn_dim: int = 576, **encoder_config):
         super().__init__(**encoder_config)
@@ -184,8 +185,6 @@ class AttentionModel(CtcModel):
     ) -> Dict[str, torch.Tensor]:
         """Summed losses: ``loss = ctc_weight * ctc + (1 - ctc_weight) * attention``."""
         enc, out_lens = self.encode(feats, feat_lens)
-        from rescorer.training.asr_data import pad_token_ids
-
         targets, target_lens = pad_token_ids(token_seqs)
         ctc = ctc_loss(self.ctc_log_probs(enc), out_lens, targets.to(enc.device), target_lens.to(enc.device))
         att = self.attention_loss(enc, out_lens, token_seqs, label_smoothing)

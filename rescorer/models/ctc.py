@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rescorer.models.registry import ASR_MODELS
 from rescorer.tokens import TOKENS
 
 NUM_TOKENS = len(TOKENS)  # 29
@@ -308,11 +309,11 @@ class ConformerEncoder(nn.Module):
         return x, out_lens
 
 
+@ASR_MODELS.register("ctc")
 class CtcModel(nn.Module):
     """Conformer encoder + linear CTC head over the 29 letter tokens (blank = 0)."""
 
     subsampling_factor = SUBSAMPLING_FACTOR
-    model_type = "ctc"
 
     def __init__(self, **encoder_config):
         super().__init__()

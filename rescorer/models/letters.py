@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rescorer.models.registry import SPELLING_ENCODERS
 from rescorer.text import letter_ngrams, normalize_word
 
 DEFAULT_NUM_BUCKETS = 2**18
@@ -78,8 +79,12 @@ def select_bags(
     return ids[starts[bag_of] + within], new_offsets
 
 
+@SPELLING_ENCODERS.register("letter_ngram")
 class LetterNgramEncoder(nn.Module):
-    """Spellings -> unit vectors [V, dim] via hashed letter n-grams, EmbeddingBag and MLP."""
+    """Spellings -> unit vectors [V, dim] via hashed letter n-grams, EmbeddingBag and MLP.
+
+    Implements ``rescorer.models.interfaces.SpellingEncoder`` (registry name ``"letter_ngram"``).
+    """
 
     def __init__(
         self,

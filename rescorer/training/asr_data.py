@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import logging
 import math
-import random
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -339,16 +338,6 @@ class FrameBatchSampler(ShardedBucketSampler):
         return batches
 
 
-def pad_token_ids(seqs: Sequence[Sequence[int]], pad: int = 0) -> Tuple[torch.Tensor, torch.Tensor]:
-    """[B, L_max] int64 (``pad`` beyond each length) and lengths [B]."""
-    lengths = torch.tensor([len(s) for s in seqs], dtype=torch.long)
-    out = torch.full((len(seqs), max(1, int(lengths.max()) if len(seqs) else 1)), pad, dtype=torch.long)
-    for i, s in enumerate(seqs):
-        if len(s):
-            out[i, : len(s)] = torch.as_tensor(list(s), dtype=torch.long)
-    return out, lengths
-
-
 # ---------------------------------------------------------------- SpecAugment
 
 
@@ -401,60 +390,3 @@ def spec_augment(
             tmask[b] |= (frames >= t0) & (frames < t0 + w)
     mask = fmask.to(device)[:, None, :] | tmask.to(device)[:, :, None]
     return torch.where(mask, fill_v.expand(B, T, F), out)
-
-
-# ---------------------------------------------------------------- synthetic data for tests
-
-
-def make_synthetic_utterances(
-    texts: Sequence[str],
-    seed: int = 0,
-    frames_per_letter: Tuple[int, int] = (4, 7),
-    gap_frames: Tuple[int, int] = (2, 5),
-    noise: float = 0.3,
-    speakers: Optional[Sequence[str]] = None,
-) -> Dict[str, object]:
-    """An export-format dict whose audio spells the texts: each letter is a fixed random
-    80-bin pattern held for a few frames (plus noise), words separated by silence-like gaps.
-    """
-    rng = random.Random(seed)
-    g = torch.Generator().manual_seed(12345)  # the letter patterns are the same for every seed
-    patterns = torch.randn(27, NUM_MEL_BINS, generator=g) * 2.0
-    silence = torch.full((NUM_MEL_BINS,), -1.0)
-    noise_g = torch.Generator().manual_seed(seed)
-    chunks, offsets = [], [0]
-    for text in texts:
-        frames = []
-        for _ in range(rng.randint(*gap_frames)):
-            frames.append(silence)
-        for word in text.split():
-            for ch in word:
-                k = 26 if ch == "'" else ord(ch) - ord("a")
-                frames.extend([patterns[k]] * rng.randint(*frames_per_letter))
-            frames.extend([silence] * rng.randint(*gap_frames))
-        x = torch.stack(frames)
-        x = x + noise * torch.randn(x.shape, generator=noise_g)
-        chunks.append(x.half())
-        offsets.append(offsets[-1] + len(x))
-    return {
-        "format": FORMAT,
-        "feats": torch.cat(chunks),
-        "offsets": torch.tensor(offsets, dtype=torch.long),
-        "texts": list(texts),
-        "utterance_ids": [f"utt{i:04d}" for i in range(len(texts))],
-        "speakers": list(speakers) if speakers is not None else [f"spk{i % 3}" for i in range(len(texts))],
-        "num_mel_bins": NUM_MEL_BINS,
-        "frame_shift": FRAME_SHIFT,
-    }
-
-
-def random_sentences(count: int, seed: int, vocabulary: Sequence[str], min_words: int = 2, max_words: int = 5) -> List[str]:
-    rng = random.Random(seed)
-    return [" ".join(rng.choice(vocabulary) for _ in range(rng.randint(min_words, max_words))) for _ in range(count)]
-
-
-def write_synthetic_utterances(path, texts: Sequence[str], seed: int = 0, **kwargs) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(make_synthetic_utterances(texts, seed=seed, **kwargs), str(path))
-    return path

@@ -1,11 +1,11 @@
 """Pieces shared by the training entry points (plain torch; no lhotse, no k2).
 
-Atomic checkpoint writes, the AdamW parameter groups, the warmup + cosine LR factor,
+The end-of-epoch checkpoint, the AdamW parameter groups, the warmup + cosine LR factor,
 ``torchrun`` / DDP set-up, cross-rank sums, mixed-precision helpers across torch
 1.13-2.x, gradient clipping that accepts sparse gradients, the resume-compatibility check,
-feature statistics and padded batch gathering, the seeded length-bucketed batch sampler
-sharded over ranks (base of the word-segment and utterance samplers), and a small edit
-distance for WER/CER.
+feature statistics and padded batch gathering, and the seeded length-bucketed batch
+sampler sharded over ranks (base of the word-segment and utterance samplers).
+Checkpoint files themselves are written and read by ``rescorer.models.checkpoint``.
 """
 
 from __future__ import annotations
@@ -20,20 +20,7 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequ
 import torch
 import torch.distributed as dist
 
-
-def atomic_save(obj: Any, path: Path) -> None:
-    """torch.save to a temporary file in the same directory, fsync, then os.replace."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+from rescorer.models.checkpoint import save_checkpoint
 
 
 def save_epoch(out: Path, last_path: Path, state: Dict[str, Any], record: Dict[str, Any], **training: Any) -> None:
@@ -42,7 +29,7 @@ def save_epoch(out: Path, last_path: Path, state: Dict[str, Any], record: Dict[s
     and the torch RNG) to ``last_path``, and the epoch's ``record`` appended to ``log.jsonl``."""
     state.update({k: v.state_dict() if hasattr(v, "state_dict") else v for k, v in training.items()})
     state["rng"] = {"torch": torch.get_rng_state()}
-    atomic_save(state, last_path)
+    save_checkpoint(state, last_path)
     with open(out / "log.jsonl", "a") as f:
         f.write(json.dumps(record) + "\n")
 
@@ -177,14 +164,6 @@ def clip_grad_norm(params: Sequence[torch.nn.Parameter], max_norm: float) -> tor
     return total
 
 
-def torch_load(path, map_location="cpu") -> Any:
-    """torch.load of our own checkpoints (full unpickling; torch >= 2.6 defaults to weights_only)."""
-    try:
-        return torch.load(str(path), map_location=map_location, weights_only=False)
-    except TypeError:  # torch < 1.13 has no weights_only
-        return torch.load(str(path), map_location=map_location)
-
-
 # ---------------------------------------------------------------- features and batch sampling
 
 
@@ -288,25 +267,3 @@ class ShardedBucketSampler:
             raise ValueError("sampler state was saved with a different seed")
         self.epoch = int(state["epoch"])
         self.position = int(state["position"])
-
-
-# ---------------------------------------------------------------- error rates
-
-
-def edit_distance(ref: Sequence[Any], hyp: Sequence[Any]) -> int:
-    """Levenshtein distance (substitutions, insertions, deletions all cost 1)."""
-    if len(ref) < len(hyp):
-        ref, hyp = hyp, ref
-    prev = list(range(len(hyp) + 1))
-    for i, r in enumerate(ref, 1):
-        cur = [i] + [0] * len(hyp)
-        for j, h in enumerate(hyp, 1):
-            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (r != h))
-        prev = cur
-    return prev[-1]
-
-
-def error_counts(refs: Sequence[Sequence[Any]], hyps: Sequence[Sequence[Any]]) -> Tuple[int, int]:
-    """(total edit distance, total reference length) over pairs."""
-    errors = sum(edit_distance(r, h) for r, h in zip(refs, hyps))
-    return errors, sum(len(r) for r in refs)

@@ -10,7 +10,8 @@
 'get'" unless given ``--redirects 2 --tee 2``: it cannot parse its own default "0".)
 
 Input files: ``rescorer.utterances/1`` exports (``rescorer.training.asr_data``).
-Python API: ``train(AsrTrainConfig(...)) -> out dir`` and ``load_asr_model(out_dir)``.
+Python API: ``train(AsrTrainConfig(...)) -> out dir``; ``rescorer.models.checkpoint.load_asr_model(out_dir)``
+loads the result. ``--model`` is a registry name (``rescorer.models.registry.ASR_MODELS``).
 
 Sizes (``--size``; any ``--d-model`` etc. overrides the preset):
 
@@ -62,34 +63,25 @@ import torch.distributed as dist
 from torch import nn
 
 from rescorer.models.attention import DECODER_PRESETS, AttentionModel
-from rescorer.models.ctc import ENCODER_PRESETS, CtcModel, count_parameters, ctc_greedy_decode, ctc_loss
-from rescorer.tokens import TOKENS, token_ids_to_words
-from rescorer.training.asr_data import (
-    FrameBatchSampler,
-    Utterances,
-    load_utterances,
-    pad_token_ids,
-    spec_augment,
-)
+from rescorer.models.checkpoint import BEST, LAST, asr_state, load_checkpoint, read_asr_checkpoint, save_checkpoint
+from rescorer.models.ctc import ENCODER_PRESETS, count_parameters, ctc_greedy_decode, ctc_loss
+from rescorer.models.registry import ASR_MODELS
+from rescorer.tokens import pad_token_ids, token_ids_to_words
+from rescorer.training.asr_data import FrameBatchSampler, Utterances, load_utterances, spec_augment
 from rescorer.training.common import (
     all_reduce_sum,
-    atomic_save,
     save_epoch,
     autocast_context,
     check_resumable,
-    error_counts,
     grad_scaler,
     param_groups,
     setup_distributed,
     teardown_distributed,
-    torch_load,
     warmup_cosine,
 )
+from rescorer.wer import error_counts
 
-CHECKPOINT_FORMAT = "rescorer.asr/1"
-LAST = "last.pt"
-BEST = "best.pt"
-MODEL_TYPES = ("ctc", "attention")
+MODEL_TYPES = tuple(ASR_MODELS.names())  # ctc, attention
 _ARCH_FIELDS = (
     "d_model",
     "num_layers",
@@ -174,11 +166,8 @@ def model_config(config: AsrTrainConfig) -> Dict[str, Any]:
 
 
 def build_model(model_type: str, arch: Dict[str, Any]) -> nn.Module:
-    if model_type == "ctc":
-        return CtcModel(**arch)
-    if model_type == "attention":
-        return AttentionModel(**arch)
-    raise ValueError(f"unknown model type {model_type!r}")
+    """A new model of the registered type ``model_type`` with architecture ``arch``."""
+    return ASR_MODELS.build(model_type, arch)
 
 
 class _LossModule(nn.Module):
@@ -258,61 +247,10 @@ def evaluate(
     return out
 
 
-def _weights(model: nn.Module, config: AsrTrainConfig) -> Dict[str, Any]:
-    return {
-        "format": CHECKPOINT_FORMAT,
-        "model_type": model.model_type,
-        "model_config": dict(model.config),
-        "tokens": list(TOKENS),
-        "config": dataclasses.asdict(config),
-        "model": model.state_dict(),
-    }
-
-
-def save_asr_model(path, model: nn.Module, config: Optional[Dict[str, Any]] = None) -> Path:
-    """Write a model (weights + architecture) atomically for ``load_asr_model``."""
-    path = Path(path)
-    state = {
-        "format": CHECKPOINT_FORMAT,
-        "model_type": model.model_type,
-        "model_config": dict(model.config),
-        "tokens": list(TOKENS),
-        "config": dict(config or {}),
-        "model": model.state_dict(),
-    }
-    atomic_save(state, path)
-    return path
-
-
-def load_asr_model(directory, which: str = "best", map_location: str = "cpu") -> Tuple[nn.Module, Dict[str, Any]]:
-    """(model in eval mode, training config dict) from a run directory or a checkpoint file.
-
-    ``which``: "best" (falls back to last.pt while no best.pt exists) or "last".
-    """
-    path = Path(directory)
-    if path.is_dir():
-        path = path / (BEST if which == "best" else LAST)
-        if which == "best" and not path.exists():
-            path = path.with_name(LAST)
-    ckpt = torch_load(path, map_location=map_location)
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: not an ASR checkpoint ({CHECKPOINT_FORMAT})")
-    if list(ckpt.get("tokens", TOKENS)) != list(TOKENS):
-        raise ValueError(f"{path}: trained with another token set")
-    model = build_model(ckpt["model_type"], ckpt["model_config"])
-    model.load_state_dict(ckpt["model"])
-    return model.eval(), ckpt["config"]
-
-
 def init_from_checkpoint(model: nn.Module, source) -> Tuple[int, int]:
     """Copy every tensor of ``source``'s weights whose name and shape match (e.g. a CTC run's
     encoder, CTC head and feature statistics into an attention model). Returns (copied, total)."""
-    path = Path(source)
-    if path.is_dir():
-        path = path / BEST if (path / BEST).exists() else path / LAST
-    ckpt = torch_load(path)
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: not an ASR checkpoint ({CHECKPOINT_FORMAT})")
+    _, ckpt = read_asr_checkpoint(source)
     own = model.state_dict()
     matched = {k: v for k, v in ckpt["model"].items() if k in own and own[k].shape == v.shape}
     model.load_state_dict(matched, strict=False)
@@ -323,7 +261,7 @@ def init_from_checkpoint(model: nn.Module, source) -> Tuple[int, int]:
 
 
 def train(config: AsrTrainConfig) -> Path:
-    """Run (or resume) training; returns the output directory (see ``load_asr_model``)."""
+    """Run (or resume) training; returns the output directory (``rescorer.models.checkpoint.load_asr_model`` reads it)."""
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
     if config.select_by not in ("wer", "cer", "loss"):
@@ -381,7 +319,7 @@ def _train(config: AsrTrainConfig, rank: int, world: int, device: torch.device, 
     history: List[Dict[str, Any]] = []
     last_path = out / LAST
     if config.resume and last_path.exists():
-        ckpt = torch_load(last_path)
+        ckpt = load_checkpoint(last_path)
         check_resumable(ckpt["config"], dataclasses.asdict(config), _RESUMABLE_CHANGES)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -474,10 +412,10 @@ def _train(config: AsrTrainConfig, rank: int, world: int, device: torch.device, 
             record["best_dev_wer"] = min(r["dev_wer"] for r in history + [record])
             record["best_dev_cer"] = min(r["dev_cer"] for r in history + [record])
             history.append(record)
-            state = _weights(model, config)
+            state = asr_state(model, dataclasses.asdict(config))
             if improved:
                 dev = {k: v for k, v in record.items() if k.startswith("dev_")}
-                atomic_save({**state, "epoch": epoch + 1, "dev": dev}, out / BEST)
+                save_checkpoint({**state, "epoch": epoch + 1, "dev": dev}, out / BEST)
             save_epoch(out, last_path, state, record, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
                        sampler=sampler, epoch=epoch + 1, global_step=global_step, best=best, history=history)
             _log(

@@ -8,7 +8,9 @@
 (torch 1.13's torchrun fails on Python 3.11 with "'NoneType' object has no attribute
 'get'" unless given ``--redirects 2 --tee 2``: it cannot parse its own default "0".)
 
-Python API: ``train(TrainConfig(...)) -> out dir`` and ``load_embedder(out_dir)``.
+Python API: ``train(TrainConfig(...)) -> out dir``; ``rescorer.models.checkpoint.load_embedder(out_dir)``
+loads the result. The encoders are built by registry name (``--acoustic-encoder conv``,
+``--spelling-encoder letter_ngram``; ``rescorer.models.registry``), recorded in the checkpoint.
 
 What a run does: global feature mean/std from the training split go into the acoustic
 model; batches of similar-length segments (seeded, sharded over ranks); AdamW with
@@ -47,11 +49,12 @@ import torch
 import torch.distributed as dist
 
 from rescorer.metrics import precision_at_k
-from rescorer.models.acoustic import AcousticWordEncoder
-from rescorer.models.letters import DEFAULT_NUM_BUCKETS, LetterNgramEncoder
+from rescorer.models.checkpoint import BEST, LAST, embedder_state, load_checkpoint, save_checkpoint
+from rescorer.models.interfaces import AcousticEncoder, SpellingEncoder
+from rescorer.models.letters import DEFAULT_NUM_BUCKETS
+from rescorer.models.registry import ACOUSTIC_ENCODERS, SPELLING_ENCODERS
 from rescorer.training.common import (
     all_reduce_sum,
-    atomic_save,
     save_epoch,
     autocast_context,
     check_resumable,
@@ -65,11 +68,6 @@ from rescorer.training.common import (
 from rescorer.training.ranking import JointEmbeddingModel
 from rescorer.training.word_data import LengthBucketBatchSampler, WordSegments, load_word_segments
 
-CHECKPOINT_FORMAT = "rescorer.embedder/1"
-LAST = "last.pt"
-BEST = "best.pt"
-
-
 @dataclass
 class TrainConfig:
     """Everything that defines a training run (saved in every checkpoint)."""
@@ -77,7 +75,9 @@ class TrainConfig:
     train: str
     dev: str
     out: str
-    # model
+    # model: registry names of the two encoders, then their sizes
+    acoustic_encoder: str = "conv"
+    spelling_encoder: str = "letter_ngram"
     dim: int = 256
     channels: int = 384
     num_blocks: int = 4
@@ -131,25 +131,30 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> List[Dict[str,
     return param_groups(model, weight_decay, no_decay_names=("ngrams.weight",))
 
 
-def build_encoders(config: TrainConfig) -> Tuple[AcousticWordEncoder, LetterNgramEncoder]:
-    acoustic = AcousticWordEncoder(
-        num_mel_bins=80,
-        dim=config.dim,
-        channels=config.channels,
-        num_blocks=config.num_blocks,
-        kernel_size=config.kernel_size,
-        max_frames=config.max_frames,
+def build_encoders(config: TrainConfig) -> Tuple[AcousticEncoder, SpellingEncoder]:
+    """The two encoders the config names (``acoustic_encoder``, ``spelling_encoder``), from its sizes."""
+    acoustic = ACOUSTIC_ENCODERS.build(
+        config.acoustic_encoder,
+        dict(
+            num_mel_bins=80,
+            dim=config.dim,
+            channels=config.channels,
+            num_blocks=config.num_blocks,
+            kernel_size=config.kernel_size,
+            max_frames=config.max_frames,
+        ),
     )
-    letters = LetterNgramEncoder(
-        dim=config.dim, num_buckets=config.num_buckets, ngram_dim=config.ngram_dim, hidden=config.letter_hidden
+    letters = SPELLING_ENCODERS.build(
+        config.spelling_encoder,
+        dict(dim=config.dim, num_buckets=config.num_buckets, ngram_dim=config.ngram_dim, hidden=config.letter_hidden),
     )
     return acoustic, letters
 
 
 @torch.no_grad()
 def evaluate(
-    acoustic: AcousticWordEncoder,
-    letters: LetterNgramEncoder,
+    acoustic: AcousticEncoder,
+    letters: SpellingEncoder,
     data: WordSegments,
     batch_size: int = 256,
     ks: Sequence[int] = (1, 10),
@@ -171,29 +176,6 @@ def evaluate(
     return precision_at_k(audio, data.word_ids.to(device), vocab, ks=ks)
 
 
-def embedder_state(
-    acoustic: AcousticWordEncoder, letters: LetterNgramEncoder, config: Dict[str, Any]
-) -> Dict[str, Any]:
-    """The part of a checkpoint that ``load_embedder`` reads: configs and weights."""
-    return {
-        "format": CHECKPOINT_FORMAT,
-        "config": dict(config),
-        "acoustic_config": dict(acoustic.config),
-        "letters_config": dict(letters.config),
-        "acoustic": acoustic.state_dict(),
-        "letters": letters.state_dict(),
-    }
-
-
-def save_embedder(
-    path: str, acoustic: AcousticWordEncoder, letters: LetterNgramEncoder, config: Optional[Dict[str, Any]] = None
-) -> Path:
-    """Write both encoders to one checkpoint file (atomically) for ``load_embedder``."""
-    path = Path(path)
-    atomic_save(embedder_state(acoustic, letters, config or {}), path)
-    return path
-
-
 def _checkpoint_weights(model: JointEmbeddingModel, config: TrainConfig) -> Dict[str, Any]:
     state = embedder_state(model.acoustic, model.letters, dataclasses.asdict(config))
     state["aux_classes"] = None if model.aux_classes is None else model.aux_classes.detach().cpu()
@@ -211,7 +193,7 @@ def _check_resumable(saved: Dict[str, Any], config: TrainConfig) -> None:
 
 
 def train(config: TrainConfig) -> Path:
-    """Run (or resume) training; returns the output directory (see ``load_embedder``)."""
+    """Run (or resume) training; returns the output directory (``rescorer.models.checkpoint.load_embedder`` reads it)."""
     rank, world, device = setup_distributed(config.device)
     out = Path(config.out)
     if rank == 0:
@@ -276,7 +258,7 @@ def _train(config: TrainConfig, rank: int, world: int, device: torch.device, out
     history: List[Dict[str, Any]] = []
     last_path = out / LAST
     if config.resume and last_path.exists():
-        ckpt = torch.load(last_path, map_location="cpu")
+        ckpt = load_checkpoint(last_path)
         _check_resumable(ckpt["config"], config)
         model.acoustic.load_state_dict(ckpt["acoustic"])
         model.letters.load_state_dict(ckpt["letters"])
@@ -376,7 +358,7 @@ def _train(config: TrainConfig, rank: int, world: int, device: torch.device, out
             history.append(record)
             state = _checkpoint_weights(model, config)
             if improved:
-                atomic_save({**state, "epoch": epoch + 1, "dev_p@1": p[1]}, out / BEST)
+                save_checkpoint({**state, "epoch": epoch + 1, "dev_p@1": p[1]}, out / BEST)
             save_epoch(out, last_path, state, record, optimizer=optimizer, scheduler=scheduler,
                        sparse_optimizer=sparse_optimizer, sparse_scheduler=sparse_scheduler, scaler=scaler,
                        sampler=sampler, epoch=epoch + 1, global_step=global_step, best_p1=best_p1, history=history)
@@ -391,32 +373,6 @@ def _train(config: TrainConfig, rank: int, world: int, device: torch.device, out
         if config.stop_after_epoch is not None and epoch + 1 >= config.stop_after_epoch:
             break
     return out
-
-
-# ---------------------------------------------------------------- loading
-
-
-def load_embedder(
-    directory: str, which: str = "best", map_location: str = "cpu"
-) -> Tuple[AcousticWordEncoder, LetterNgramEncoder, Dict[str, Any]]:
-    """(acoustic encoder, letter encoder, training config) from a run's directory, in eval mode.
-
-    ``which`` is "best" (best dev P@1; falls back to last.pt if no best.pt yet) or
-    "last". ``directory`` may also be a checkpoint file.
-    """
-    path = Path(directory)
-    if path.is_dir():
-        path = path / (BEST if which == "best" else LAST)
-        if which == "best" and not path.exists():
-            path = path.with_name(LAST)
-    ckpt = torch.load(path, map_location=map_location)
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: not an embedder checkpoint ({CHECKPOINT_FORMAT})")
-    acoustic = AcousticWordEncoder.from_config(ckpt["acoustic_config"])
-    acoustic.load_state_dict(ckpt["acoustic"])
-    letters = LetterNgramEncoder.from_config(ckpt["letters_config"])
-    letters.load_state_dict(ckpt["letters"])
-    return acoustic.eval(), letters.eval(), ckpt["config"]
 
 
 # ---------------------------------------------------------------- command line
@@ -446,6 +402,25 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> TrainConfig:
             p.add_argument(flag, type=type(default), default=default, help=f"default {default}")
     args = p.parse_args(argv)
     return TrainConfig(**vars(args))
+
+
+def training_command(config: Dict[str, Any], python: str = "python") -> str:
+    """The ``train_embeddings`` command line that reproduces ``config`` (non-default flags only)."""
+    defaults = TrainConfig(train="", dev="", out="")
+    parts = [python, "-m", "rescorer.training.train_embeddings"]
+    for key in ("train", "dev", "out"):
+        parts += [f"--{key}", str(config.get(key, ""))]
+    for key, value in config.items():
+        if key in ("train", "dev", "out", "resume", "progress", "stop_after_epoch"):
+            continue
+        if not hasattr(defaults, key) or getattr(defaults, key) == value:
+            continue
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            parts.append(flag if value else "--no-" + key.replace("_", "-"))
+        elif value is not None:
+            parts += [flag, str(value)]
+    return " ".join(parts)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:

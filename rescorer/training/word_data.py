@@ -1,4 +1,4 @@
-"""Word segments exported by the corpus code: loading, batching by length, synthetic data.
+"""Word segments exported by the corpus code: loading and batching by length.
 
 One file per split, written with ``torch.save`` (format "rescorer.word_segments/1"):
 all segments' float16 log-mel frames concatenated in ``feats`` [T_total, 80], segment s
@@ -12,7 +12,6 @@ Everything here is plain torch + numpy: the training path must not import lhotse
 from __future__ import annotations
 
 import math
-import random
 from dataclasses import dataclass
 from typing import Dict, List, Sequence, Tuple
 
@@ -127,11 +126,6 @@ def load_word_segments(path: str) -> WordSegments:
     return word_segments_from_dict(torch.load(path, map_location="cpu"), source=str(path))
 
 
-def word_index(words: Sequence[str]) -> Dict[str, int]:
-    """Spelling -> row, for mapping one split's words onto another's vocabulary."""
-    return {w: i for i, w in enumerate(words)}
-
-
 # ---------------------------------------------------------------- batching by length
 
 
@@ -173,86 +167,3 @@ class LengthBucketBatchSampler(ShardedBucketSampler):
 
     def __len__(self) -> int:
         return math.ceil(math.ceil(len(self.lengths) / self.batch_size) / self.num_replicas)
-
-
-# ---------------------------------------------------------------- synthetic data for tests
-
-SYNTHETIC_LETTERS = "abcdefghijklmnopqrstuvwxyz"
-
-
-def random_words(
-    count: int, seed: int, min_len: int = 3, max_len: int = 7, exclude: Sequence[str] = ()
-) -> List[str]:
-    """``count`` distinct random lowercase strings (sorted), none of them in ``exclude``."""
-    rng = random.Random(seed)
-    taken = set(exclude)
-    words: List[str] = []
-    while len(words) < count:
-        w = "".join(rng.choice(SYNTHETIC_LETTERS) for _ in range(rng.randint(min_len, max_len)))
-        if w not in taken:
-            taken.add(w)
-            words.append(w)
-    return sorted(words)
-
-
-def make_synthetic_word_segments(
-    words: Sequence[str],
-    segments_per_word: int = 4,
-    seed: int = 0,
-    num_speakers: int = 3,
-    num_mel_bins: int = 80,
-    noise: float = 0.5,
-    frames_per_letter: Tuple[int, int] = (2, 5),
-    sound_seed: int = 1234,
-) -> Dict[str, object]:
-    """A word-segment dict (the export format) rendered from spellings with random data.
-
-    Each letter has a fixed random "sound" (an 80-dim frame pattern, the same in every
-    split because it depends only on ``sound_seed``); a segment of a word plays its
-    letters' sounds for 2-5 frames each, adds a per-speaker offset and Gaussian noise.
-    Audio and spelling are therefore related letter by letter, so a model trained on
-    some words can recognise unseen ones, which is what dev P@1 measures.
-    """
-    words = sorted(set(words))
-    sound_gen = torch.Generator().manual_seed(sound_seed)
-    letter_sound = {
-        c: torch.randn(num_mel_bins, generator=sound_gen) * 2.0 - 4.0 for c in SYNTHETIC_LETTERS + "'"
-    }
-    gen = torch.Generator().manual_seed(seed)
-    speaker_shift = torch.randn(num_speakers, num_mel_bins, generator=gen) * 0.3
-    lo, hi = frames_per_letter
-    chunks, word_ids, speaker_ids, utts = [], [], [], []
-    for wi, word in enumerate(words):
-        for k in range(segments_per_word):
-            spk = int(torch.randint(num_speakers, (1,), generator=gen))
-            frames = []
-            for c in word:
-                reps = int(torch.randint(lo, hi + 1, (1,), generator=gen))
-                frames.append(letter_sound[c].expand(reps, -1))
-            seg = torch.cat(frames)[:200] + speaker_shift[spk]
-            seg = seg + noise * torch.randn(seg.shape, generator=gen)
-            chunks.append(seg)
-            word_ids.append(wi)
-            speaker_ids.append(spk)
-            utts.append(f"synth-{seed}-{wi}-{k}")
-    lengths = torch.tensor([len(c) for c in chunks])
-    offsets = torch.zeros(len(chunks) + 1, dtype=torch.long)
-    offsets[1:] = torch.cumsum(lengths, 0)
-    return {
-        "format": FORMAT,
-        "feats": torch.cat(chunks).to(torch.float16),
-        "offsets": offsets,
-        "word_ids": torch.tensor(word_ids, dtype=torch.long),
-        "words": list(words),
-        "speaker_ids": torch.tensor(speaker_ids, dtype=torch.long),
-        "speakers": [f"synth-speaker-{i}" for i in range(num_speakers)],
-        "utterance_ids": utts,
-        "num_mel_bins": num_mel_bins,
-        "frame_shift": 0.01,
-    }
-
-
-def write_synthetic_word_segments(path: str, words: Sequence[str], **kwargs) -> str:
-    """Write ``make_synthetic_word_segments(words, **kwargs)`` to ``path``; returns path."""
-    torch.save(make_synthetic_word_segments(words, **kwargs), path)
-    return str(path)

@@ -1,0 +1,187 @@
+"""Checkpoints of both model families, written and read in one place.
+
+- the embedder (``rescorer.embedder/1``): an acoustic word encoder and a spelling encoder
+  trained together, each recorded with its registry name (``acoustic_type``,
+  ``spelling_type``; ``rescorer.models.registry``) and constructor arguments, so the
+  loader builds whatever classes the run trained. Checkpoints written before the names
+  were recorded hold the conv encoder and the letter n-gram encoder, and load as those.
+- the ASR models (``rescorer.asr/1``): CTC or joint CTC/attention (``model_type``), with
+  the token set they were trained on.
+
+A run directory holds ``best.pt`` (best dev score) and ``last.pt`` (everything resuming
+needs); ``checkpoint_path`` picks one (``best`` falls back to ``last.pt`` while no
+``best.pt`` exists). Writes are atomic: a temporary file, fsync, then ``os.replace``.
+
+Trust: checkpoints hold configs with Python floats and optimizer states. torch >= 2 reads
+them with ``weights_only=True`` (plain data only; anything else is refused). torch 1.13's
+``weights_only`` refuses Python floats, so there they are read with full unpickling,
+which runs whatever code the file names: acceptable ONLY for checkpoints this project
+wrote itself. Never point these loaders at a checkpoint from elsewhere on torch 1.13.
+Files that users hand to the rescorer (lattices, features, segments) never take this path.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+from typing import Any, Dict, Optional, Tuple, Union
+
+import torch
+from torch import nn
+
+from rescorer.models.acoustic import AcousticWordEncoder
+from rescorer.models.attention import AttentionModel
+from rescorer.models.ctc import CtcModel
+from rescorer.models.interfaces import AcousticEncoder, SpellingEncoder
+from rescorer.models.letters import LetterNgramEncoder
+from rescorer.models.registry import ACOUSTIC_ENCODERS, ASR_MODELS, SPELLING_ENCODERS
+from rescorer.tokens import TOKENS
+from rescorer.utils import atomic_path
+
+PathLike = Union[str, os.PathLike]
+
+EMBEDDER_FORMAT = "rescorer.embedder/1"
+ASR_FORMAT = "rescorer.asr/1"
+BEST = "best.pt"
+LAST = "last.pt"
+# what an embedder checkpoint without recorded types holds (written before they were recorded)
+LEGACY_ACOUSTIC_TYPE = AcousticWordEncoder.model_type
+LEGACY_SPELLING_TYPE = LetterNgramEncoder.model_type
+# the classes above register themselves on import; named here so that loading finds them
+_BUILT_IN = (AcousticWordEncoder, LetterNgramEncoder, CtcModel, AttentionModel)
+
+_TORCH_MAJOR = int(torch.__version__.split(".")[0])
+
+
+class CheckpointError(ValueError):
+    """A file or directory that holds no checkpoint of the expected kind."""
+
+
+# ---------------------------------------------------------------- files
+
+
+def checkpoint_path(location: PathLike, which: str = "best") -> Path:
+    """The checkpoint file of a run directory (``which``: "best", falling back to last.pt
+    while no best.pt exists, or "last"), or ``location`` itself when it is a file."""
+    if which not in ("best", "last"):
+        raise ValueError(f"which must be 'best' or 'last', got {which!r}")
+    path = Path(location)
+    if path.is_dir():
+        path = path / (BEST if which == "best" else LAST)
+        if which == "best" and not path.exists():
+            path = path.with_name(LAST)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path} (train a model first)")
+    return path
+
+
+def save_checkpoint(state: Dict[str, Any], path: PathLike) -> Path:
+    """torch.save ``state`` atomically (temporary file in the same directory, fsync, os.replace)."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+    return path
+
+
+def load_checkpoint(path: PathLike, map_location: Any = "cpu") -> Any:
+    """Read a checkpoint this project wrote (see the module docstring for the trust rule)."""
+    if _TORCH_MAJOR < 2:  # weights_only cannot read Python floats here: the trusted path
+        return torch.load(str(path), map_location=map_location)
+    try:
+        return torch.load(str(path), map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(
+            f"{path}: not a checkpoint of this project: it holds objects other than plain data, "
+            f"refusing to unpickle it ({str(e).splitlines()[0]})"
+        ) from None
+
+
+def _read(location: PathLike, which: str, fmt: str, kind: str, map_location: Any) -> Tuple[Path, Dict[str, Any]]:
+    path = checkpoint_path(location, which)
+    ckpt = load_checkpoint(path, map_location)
+    if not isinstance(ckpt, dict) or ckpt.get("format") != fmt:
+        raise CheckpointError(f"{path}: not {kind} checkpoint ({fmt})")
+    return path, ckpt
+
+
+# ---------------------------------------------------------------- the embedder
+
+
+def embedder_state(acoustic: AcousticEncoder, letters: SpellingEncoder, config: Dict[str, Any]) -> Dict[str, Any]:
+    """The part of an embedder checkpoint that ``load_embedder`` reads: types, configs, weights."""
+    return {
+        "format": EMBEDDER_FORMAT,
+        "config": dict(config),
+        "acoustic_type": acoustic.model_type,
+        "spelling_type": letters.model_type,
+        "acoustic_config": dict(acoustic.config),
+        "letters_config": dict(letters.config),
+        "acoustic": acoustic.state_dict(),
+        "letters": letters.state_dict(),
+    }
+
+
+def save_embedder(
+    path: PathLike, acoustic: AcousticEncoder, letters: SpellingEncoder, config: Optional[Dict[str, Any]] = None
+) -> Path:
+    """Write both encoders to one checkpoint file for ``load_embedder``."""
+    return save_checkpoint(embedder_state(acoustic, letters, config or {}), path)
+
+
+def read_embedder_checkpoint(
+    location: PathLike, which: str = "best", map_location: Any = "cpu"
+) -> Tuple[Path, Dict[str, Any]]:
+    """(path, checkpoint dict) of an embedder run or file, without building the models."""
+    return _read(location, which, EMBEDDER_FORMAT, "an embedder", map_location)
+
+
+def load_embedder(
+    location: PathLike, which: str = "best", map_location: Any = "cpu"
+) -> Tuple[AcousticEncoder, SpellingEncoder, Dict[str, Any]]:
+    """(acoustic encoder, spelling encoder, training config) of a run directory or a
+    checkpoint file, in eval mode; the classes are the ones the checkpoint names."""
+    _, ckpt = read_embedder_checkpoint(location, which, map_location)
+    acoustic = ACOUSTIC_ENCODERS.build(ckpt.get("acoustic_type", LEGACY_ACOUSTIC_TYPE), ckpt["acoustic_config"])
+    acoustic.load_state_dict(ckpt["acoustic"])
+    letters = SPELLING_ENCODERS.build(ckpt.get("spelling_type", LEGACY_SPELLING_TYPE), ckpt["letters_config"])
+    letters.load_state_dict(ckpt["letters"])
+    return acoustic.eval(), letters.eval(), ckpt["config"]
+
+
+# ---------------------------------------------------------------- ASR models
+
+
+def asr_state(model: nn.Module, config: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """The part of an ASR checkpoint that ``load_asr_model`` reads: type, architecture, tokens, weights."""
+    return {
+        "format": ASR_FORMAT,
+        "model_type": model.model_type,
+        "model_config": dict(model.config),
+        "tokens": list(TOKENS),
+        "config": dict(config or {}),
+        "model": model.state_dict(),
+    }
+
+
+def save_asr_model(path: PathLike, model: nn.Module, config: Optional[Dict[str, Any]] = None) -> Path:
+    """Write a model (weights + architecture) for ``load_asr_model``."""
+    return save_checkpoint(asr_state(model, config), path)
+
+
+def read_asr_checkpoint(location: PathLike, which: str = "best", map_location: Any = "cpu") -> Tuple[Path, Dict[str, Any]]:
+    """(path, checkpoint dict) of an ASR run or file, without building the model."""
+    return _read(location, which, ASR_FORMAT, "an ASR", map_location)
+
+
+def load_asr_model(location: PathLike, which: str = "best", map_location: Any = "cpu") -> Tuple[nn.Module, Dict[str, Any]]:
+    """(model in eval mode, training config dict) of a run directory or a checkpoint file."""
+    path, ckpt = read_asr_checkpoint(location, which, map_location)
+    if list(ckpt.get("tokens", TOKENS)) != list(TOKENS):
+        raise CheckpointError(f"{path}: trained with another token set")
+    model = ASR_MODELS.build(ckpt["model_type"], ckpt["model_config"])
+    model.load_state_dict(ckpt["model"])
+    return model.eval(), ckpt["config"]
