@@ -147,7 +147,7 @@ def test_unknown_or_incomplete_model_types_are_named(tmp_path, private_acoustic_
 
 def test_best_falls_back_to_last_and_missing_is_named(tmp_path):
     model = CtcModel(**dict(d_model=16, num_layers=1, num_heads=2, ffn_dim=16, conv_kernel=3))
-    with pytest.raises(FileNotFoundError, match="no checkpoint at"):
+    with pytest.raises(FileNotFoundError, match="no model checkpoint at"):
         checkpoint_path(tmp_path)
     save_asr_model(tmp_path / "last.pt", model, {"epoch": 1})
     assert checkpoint_path(tmp_path) == tmp_path / "last.pt"

@@ -61,7 +61,7 @@ class CheckpointError(ValueError):
 # ---------------------------------------------------------------- files
 
 
-def checkpoint_path(location: PathLike, which: str = "best") -> Path:
+def checkpoint_path(location: PathLike, which: str = "best", kind: str = "model") -> Path:
     """The checkpoint file of a run directory (``which``: "best", falling back to last.pt
     while no best.pt exists, or "last"), or ``location`` itself when it is a file."""
     if which not in ("best", "last"):
@@ -72,7 +72,7 @@ def checkpoint_path(location: PathLike, which: str = "best") -> Path:
         if which == "best" and not path.exists():
             path = path.with_name(LAST)
     if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path} (train a model first)")
+        raise FileNotFoundError(f"no {kind} checkpoint at {path} (train one first)")
     return path
 
 
@@ -101,10 +101,10 @@ def load_checkpoint(path: PathLike, map_location: Any = "cpu") -> Any:
 
 
 def _read(location: PathLike, which: str, fmt: str, kind: str, map_location: Any) -> Tuple[Path, Dict[str, Any]]:
-    path = checkpoint_path(location, which)
+    path = checkpoint_path(location, which, kind)
     ckpt = load_checkpoint(path, map_location)
     if not isinstance(ckpt, dict) or ckpt.get("format") != fmt:
-        raise CheckpointError(f"{path}: not {kind} checkpoint ({fmt})")
+        raise CheckpointError(f"{path}: not an {kind} checkpoint ({fmt})")
     return path, ckpt
 
 
@@ -136,7 +136,7 @@ def read_embedder_checkpoint(
     location: PathLike, which: str = "best", map_location: Any = "cpu"
 ) -> Tuple[Path, Dict[str, Any]]:
     """(path, checkpoint dict) of an embedder run or file, without building the models."""
-    return _read(location, which, EMBEDDER_FORMAT, "an embedder", map_location)
+    return _read(location, which, EMBEDDER_FORMAT, "embedder", map_location)
 
 
 def load_embedder(
@@ -174,7 +174,7 @@ def save_asr_model(path: PathLike, model: nn.Module, config: Optional[Dict[str, 
 
 def read_asr_checkpoint(location: PathLike, which: str = "best", map_location: Any = "cpu") -> Tuple[Path, Dict[str, Any]]:
     """(path, checkpoint dict) of an ASR run or file, without building the model."""
-    return _read(location, which, ASR_FORMAT, "an ASR", map_location)
+    return _read(location, which, ASR_FORMAT, "ASR", map_location)
 
 
 def load_asr_model(location: PathLike, which: str = "best", map_location: Any = "cpu") -> Tuple[nn.Module, Dict[str, Any]]:
