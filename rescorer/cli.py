@@ -335,29 +335,19 @@ def kernels_cmd(emulator_check: bool) -> None:
     the torch reference, and the CPU-emulated build the tests use."""
     import torch
 
-    from rescorer import _kernels_loader as kl
     from rescorer import ops
 
-    cuda = torch.cuda.is_available()
-    lib, emu = kl.load(), kl.load_emulator()
-    click.echo(f"torch {torch.__version__}; CUDA {'available: ' + torch.cuda.get_device_name() if cuda else 'not available'}")
-    click.echo(f"CUDA kernel library: {lib._name if lib is not None else 'not loaded: ' + str(kl.load_error())}")
-    click.echo(f"CPU emulator library: {emu._name if emu is not None else 'not loaded: ' + str(kl.emulator_load_error())}")
-    if cuda and lib is not None:
-        click.echo("dispatch: CUDA tensors -> CUDA kernels (k <= 128), CPU tensors -> torch reference")
-    else:
-        click.echo("dispatch: torch reference for every tensor" + ("" if cuda else " (no CUDA)"))
+    found = ops.backends()
+    cuda = f"available: {found.cuda_device}" if found.cuda_device is not None else "not available"
+    click.echo(f"torch {torch.__version__}; CUDA {cuda}")
+    click.echo(f"CUDA kernel library: {found.kernel_library or 'not loaded: ' + found.kernel_error}")
+    click.echo(f"CPU emulator library: {found.emulator_library or 'not loaded: ' + found.emulator_error}")
+    click.echo(f"dispatch: {found.dispatch}")
     if emulator_check:
-        if emu is None:
-            raise click.ClickException("the emulator library is not built: run kernels/build.sh")
-        g = torch.Generator().manual_seed(0)
-        q, w = torch.randn(70, 64, generator=g), torch.randn(1000, 64, generator=g)
-        arcs = torch.stack([torch.randint(0, 70, (200,), generator=g), torch.randint(0, 1000, (200,), generator=g)], 1)
-        _, got = ops._topk_kernel(emu, q, w, 10, "cosine")
-        _, want = ops.topk_nearest_reference(q, w, 10)
-        sims = ops._arc_kernel(emu, q, w, arcs, "cosine")
-        err = float((sims - ops.arc_similarity_reference(q, w, arcs)).abs().max())
-        same = float((got == want).float().mean())
+        try:
+            same, err = ops.emulator_check()
+        except RuntimeError as e:
+            raise click.ClickException(str(e)) from None
         click.echo(f"emulator check: top-k indices agree {100 * same:.1f}%, arc similarity max error {err:.1e}")
         if same < 1.0 or err > 1e-5:
             raise click.ClickException("the emulated kernels disagree with the torch reference")

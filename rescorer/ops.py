@@ -56,6 +56,7 @@ from __future__ import annotations
 import contextlib
 import operator
 import warnings
+from dataclasses import dataclass
 from typing import Optional, Tuple
 
 import torch
@@ -71,6 +72,9 @@ __all__ = [
     "row_factors",
     "TOPK_METHODS",
     "kernels_available",
+    "Backends",
+    "backends",
+    "emulator_check",
     "InvalidDTypeError",
     "METRICS",
     "MAX_KERNEL_K",
@@ -113,6 +117,52 @@ def kernels_available() -> bool:
     if not torch.cuda.is_available():
         return False
     return _kl.load() is not None
+
+
+@dataclass(frozen=True)
+class Backends:
+    """Which similarity backend runs where: the CUDA device, the kernel library and the
+    CPU-emulated build (each its path, or why it did not load)."""
+
+    cuda_device: Optional[str]
+    kernel_library: Optional[str]
+    kernel_error: Optional[str]
+    emulator_library: Optional[str]
+    emulator_error: Optional[str]
+
+    @property
+    def dispatch(self) -> str:
+        if self.cuda_device is not None and self.kernel_library is not None:
+            return f"CUDA tensors -> CUDA kernels (k <= {MAX_KERNEL_K}), CPU tensors -> torch reference"
+        return "torch reference for every tensor" + ("" if self.cuda_device is not None else " (no CUDA)")
+
+
+def backends() -> Backends:
+    """What ``arc_similarity`` / ``topk_nearest`` dispatch to on this machine."""
+    lib, emu = _kl.load(), _kl.load_emulator()
+    return Backends(
+        cuda_device=torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        kernel_library=lib._name if lib is not None else None,
+        kernel_error=None if lib is not None else str(_kl.load_error()),
+        emulator_library=emu._name if emu is not None else None,
+        emulator_error=None if emu is not None else str(_kl.emulator_load_error()),
+    )
+
+
+def emulator_check(seed: int = 0) -> Tuple[float, float]:
+    """Run both kernels once on the CPU emulator against the torch reference: (fraction of
+    top-10 indices that agree, largest arc-similarity error). RuntimeError when not built."""
+    emu = _kl.load_emulator()
+    if emu is None:
+        raise RuntimeError(f"the emulator library is not built: run kernels/build.sh ({_kl.emulator_load_error()})")
+    g = torch.Generator().manual_seed(seed)
+    q, w = torch.randn(70, 64, generator=g), torch.randn(1000, 64, generator=g)
+    arcs = torch.stack([torch.randint(0, 70, (200,), generator=g), torch.randint(0, 1000, (200,), generator=g)], 1)
+    _, got = _topk_kernel(emu, q, w, 10, "cosine")
+    _, want = topk_nearest_reference(q, w, 10)
+    sims = _arc_kernel(emu, q, w, arcs, "cosine")
+    err = float((sims - arc_similarity_reference(q, w, arcs)).abs().max())
+    return float((got == want).float().mean()), err
 
 
 # ------------------------------------------------------------------ validation

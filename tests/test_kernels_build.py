@@ -191,3 +191,28 @@ def test_kernels_command_reports_backends_and_checks_the_emulator(monkeypatch, t
         assert "none.so: not found" in res.output
     finally:
         kl._reset_for_tests()
+
+
+def test_backends_and_emulator_check_are_public(monkeypatch, tmp_path):
+    import torch
+
+    from rescorer import _kernels_loader as kl
+    from rescorer import ops
+
+    kl._reset_for_tests()
+    try:
+        found = ops.backends()
+        assert (found.cuda_device is not None) == torch.cuda.is_available()
+        assert (found.kernel_library is None) != (found.kernel_error is None)
+        if found.kernel_library is None:
+            assert found.dispatch.startswith("torch reference for every tensor")
+        if found.emulator_library is not None:
+            same, err = ops.emulator_check()
+            assert same == 1.0 and err < 1e-5
+        monkeypatch.setattr(kl, "emulator_candidate_paths", lambda: [tmp_path / "none.so"])
+        kl._reset_for_tests()
+        assert ops.backends().emulator_error is not None and "none.so" in ops.backends().emulator_error
+        with pytest.raises(RuntimeError, match="kernels/build.sh"):
+            ops.emulator_check()
+    finally:
+        kl._reset_for_tests()
