@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from typing import Iterable, List
+from typing import List
 
 BOW = "<"  # begin-of-word mark in letter n-grams
 EOW = ">"  # end-of-word mark
@@ -79,8 +79,3 @@ def letter_ngrams(word: str, n_min: int = 1, n_max: int = 5) -> List[str]:
                 continue
             grams.append(g)
     return grams
-
-
-def vocabulary_of(words: Iterable[str]) -> List[str]:
-    """Sorted distinct normalised words (raises on a non-word)."""
-    return sorted({normalize_word(w) for w in words})

@@ -130,10 +130,6 @@ class NgramLM:
         os.replace(tmp, path)
         return path
 
-    @classmethod
-    def from_arpa(cls, path) -> "NgramLM":
-        return read_arpa(path)
-
 
 # ---------------------------------------------------------------- estimation
 

@@ -85,9 +85,6 @@ class WordLattice:
         """int32 [A, 3]: src, dst, label."""
         return self.fsa.arcs.values()[:, :3]
 
-    def word_arc_count(self) -> int:
-        return int((self.fsa.labels > 0).sum())
-
 
 # ---------------------------------------------------------------------------- tables
 
