@@ -20,6 +20,8 @@ import re
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
+from rescorer.utils import atomic_path, atomic_write_text
+
 PathLike = Union[str, os.PathLike]
 
 MISSING = "–"
@@ -302,8 +304,6 @@ def plot_wer(rows: Sequence[Mapping[str, Any]], corpus: str, path: PathLike) -> 
     fig.legend(loc="outside lower center", ncol=k, fontsize=8, frameon=False)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    from rescorer.utils import atomic_path
-
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", metadata={"Software": None})
     return path
@@ -715,8 +715,6 @@ def build_results_md(results_dir: PathLike, out_path: PathLike, plots_dir: PathL
 
 def write_results_md(results_dir: PathLike, out_path: PathLike, plots_dir: PathLike) -> Path:
     """Write RESULTS.md (and the plots under ``plots_dir``) from ``results_dir``/*.json; returns its path."""
-    from rescorer.utils import atomic_write_text
-
     out_path = Path(out_path)
     text = build_results_md(results_dir, out_path, plots_dir)
     atomic_write_text(out_path, text)

@@ -31,6 +31,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from rescorer.corpora import augment
+from rescorer.corpora.text_sources import fortune_sentences
 from rescorer.corpora.tts import Prosody, SynthesisError, get_engine
 from rescorer.corpora.tts.base import SAMPLE_RATE
 from rescorer.utils import atomic_write_text, atomic_path
@@ -158,8 +159,6 @@ def _split_voices(engine_name: str, voices: List[str], cfg: SyntheticConfig, rng
 
 def make_plan(cfg: SyntheticConfig, voices_by_engine: Optional[Dict[str, List[str]]] = None) -> Plan:
     """Draw everything about the corpus from the seed; no audio is made here."""
-    from rescorer.corpora.text_sources import fortune_sentences
-
     rng = np.random.default_rng(cfg.seed)
     sentences = fortune_sentences(cfg.text_dir, cfg.min_words, cfg.max_words)
     sentences = [sentences[i] for i in rng.permutation(len(sentences))]

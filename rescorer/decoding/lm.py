@@ -50,6 +50,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
+from rescorer.corpora.synthetic import load_plan
+from rescorer.corpora.text_sources import fortune_sentences
+from rescorer.text import NotAWordError, normalize_word
+
 BOS, EOS, UNK = "<s>", "</s>", "<unk>"
 LOG10_ZERO = -99.0  # ARPA's "impossible" (used for <s> as a predicted word)
 
@@ -416,9 +420,6 @@ def synthetic_lm_sentences(plan_path, text_dir: Optional[str] = None) -> List[Li
     that contain them, as a deployed LM knows words the acoustic model never heard;
     no dev/test sentence itself is in the text.
     """
-    from rescorer.corpora.synthetic import load_plan
-    from rescorer.corpora.text_sources import fortune_sentences
-
     plan = load_plan(Path(plan_path))
     cfg = plan.config
     held = {" ".join(u.words) for u in plan.utterances if u.split in ("dev", "test")}
@@ -453,8 +454,6 @@ def corpus_lm_sentences(
 def speechocean762_lm_sentences(manifest_dir, text_dir: Optional[str] = None) -> List[List[str]]:
     """LM text for speechocean762: fortune sentences + the train-split transcripts, minus
     every sentence that occurs in the dev split (the corpus has no test split)."""
-    from rescorer.corpora.text_sources import fortune_sentences
-
     return corpus_lm_sentences(manifest_dir, "speechocean762", ("dev",), extra=fortune_sentences(text_dir))
 
 
@@ -463,8 +462,6 @@ def normalize_lm_words(lm: NgramLM) -> NgramLM:
     so that an existing ARPA (e.g. LibriSpeech's upper-case 3-gram) matches the lexicon.
     ``<s>``, ``</s>`` and ``<unk>`` (any case) are kept; a word that is not spellable or
     two words that become one raise LmError naming them."""
-    from rescorer.text import NotAWordError, normalize_word
-
     mapping: Dict[str, str] = {}
     seen: Dict[str, str] = {}
     for w in lm.vocabulary:

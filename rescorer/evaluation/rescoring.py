@@ -23,13 +23,14 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 
+from rescorer.lattice.word_lattice import best_path_hypothesis
+from rescorer.wer import align, compute_wer
+
 log = logging.getLogger(__name__)
 
 
 def correct_ref_positions(ref: Sequence[str], hyp: Sequence[str]) -> List[bool]:
     """For each reference token, whether the alignment pairs it with an identical word."""
-    from rescorer.wer import align
-
     out = []
     for r, h in align(list(ref), list(hyp)):
         if r is not None:
@@ -64,8 +65,6 @@ class PreparedLattice:
         self.seconds = time.perf_counter() - t0
 
     def decode(self, rescorer, config) -> List[str]:
-        from rescorer.lattice.word_lattice import best_path_hypothesis
-
         return _hyp_words(best_path_hypothesis(rescorer.apply_scores(self.lattice, self.awe, config)))
 
 
@@ -100,8 +99,6 @@ def tune(
     ``oov_lm_scores`` (for lattices with recovered arcs) adds the LM cost of a recovered
     word to the grid (rows then carry ``oov_lm_score``); default: the rescorer's own.
     """
-    from rescorer.wer import compute_wer
-
     uids = sorted(prepared)
     curve, best = [], None
     oov_grid = [None] if oov_lm_scores is None else [float(x) for x in oov_lm_scores]
@@ -131,8 +128,6 @@ def evaluate(
     decode_seconds: Optional[float] = None,
 ) -> dict:
     """WER (+IV/OOV), recovery counts and cost of rescoring relative to decoding."""
-    from rescorer.wer import compute_wer
-
     uids = sorted(prepared)
     t0 = time.perf_counter()
     hyps = decode_all(rescorer, prepared, config or rescorer.config)

@@ -36,7 +36,17 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple, Union
 
 from rescorer.lattice.scores import Scales
-from rescorer.lattice.slf import SLFError, SLFLattice, base_word, is_filler, link_words, read_slf
+from rescorer.lattice.slf import SLFError, SLFLattice, base_word, is_filler, link_words, read_slf, slf_to_word_lattice
+from rescorer.lattice.word_lattice import (
+    WordLatticeError,
+    best_path,
+    from_arrays,
+    load_word_lattices,
+    make_word_table,
+    oracle_path,
+    save_word_lattices,
+)
+from rescorer.text import NotAWordError, normalize_word, split_words
 
 POCKETSPHINX_SCALES = Scales(am_scale=1.0, lm_scale=9.5, word_insertion_penalty=math.log(0.65))
 LOG_ZERO_LN = -1000.0  # floor for words unknown to the LM (pocketsphinx's log-zero is ~ -53684)
@@ -70,9 +80,6 @@ class TrigramLM:
 
 def pocketsphinx_word_table(dict_path: Optional[str] = None, unk: str = "<unk>"):
     """k2 SymbolTable of the normalised base words of the pocketsphinx dictionary."""
-    from rescorer.lattice.word_lattice import make_word_table
-    from rescorer.text import NotAWordError, normalize_word
-
     words = set()
     with open(dict_path or model_paths()["dict"], encoding="utf-8", errors="replace") as f:
         for line in f:
@@ -98,8 +105,6 @@ def _pcm16(cut) -> bytes:
 
 
 def _ref_words(cut) -> List[str]:
-    from rescorer.text import NotAWordError, split_words
-
     text = " ".join(s.text or "" for s in cut.supervisions)
     try:
         return split_words(text)
@@ -109,8 +114,6 @@ def _ref_words(cut) -> List[str]:
 
 def hyp_words(hypstr: str) -> List[str]:
     """pocketsphinx hypothesis string -> normalised words (fillers dropped, variants stripped)."""
-    from rescorer.text import NotAWordError, normalize_word
-
     out = []
     for w in hypstr.split():
         if is_filler(w):
@@ -213,9 +216,6 @@ def expand_with_lm(
     ~10^5-10^6 states). On speechocean762 dev at 1e-3: trigram for 454/500 utterances
     (bigram for 46), median 34k arcs (p90 140k, max 238k), ~0.9 s per utterance.
     """
-    from rescorer.lattice.word_lattice import from_arrays
-    from rescorer.text import NotAWordError, normalize_word
-
     raw = link_words(slf, "pocketsphinx")
     lmw: List[Optional[str]] = [None if is_filler(w) else base_word(w) for w in raw]
     ids: Dict[str, int] = {}
@@ -339,8 +339,6 @@ def expand_with_lm(
 
 def lattices_from_slf(out_dir: Union[str, Path], progress: bool = True, max_states: int = 50_000, min_posterior: float = 1e-3) -> int:
     """Convert ``slf/*.slf.gz`` into ``lattices/<utt>.pt`` (skipping existing ones)."""
-    from rescorer.lattice.word_lattice import save_word_lattices
-
     out = Path(out_dir)
     (out / "lattices").mkdir(parents=True, exist_ok=True)
     table_file = out / "words.txt"
@@ -388,9 +386,6 @@ def summarize(out_dir: Union[str, Path], oracle: bool = True, slf_oracle: bool =
     that still embed the symbol table without it.
     """
     import kaldialign
-
-    from rescorer.lattice.slf import slf_to_word_lattice
-    from rescorer.lattice.word_lattice import WordLatticeError, best_path, load_word_lattices, oracle_path, save_word_lattices
 
     out = Path(out_dir)
     same_1best = 0

@@ -46,6 +46,8 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple, Union
 
 from rescorer.lattice.scores import Scales
+from rescorer.lattice.word_lattice import WordLatticeError, build_word_lattice
+from rescorer.text import NotAWordError, normalize_word
 
 
 class SLFError(ValueError):
@@ -332,9 +334,6 @@ def slf_to_word_lattice(
     ``lm_scores``: per-link natural-log LM scores overriding ``l=`` (e.g. recomputed).
     ``scales``: the ``Scales`` of ``scores`` (default: the header's acscale, lmscale, wdpenalty).
     """
-    from rescorer.lattice.word_lattice import WordLatticeError, build_word_lattice
-    from rescorer.text import NotAWordError, normalize_word
-
     src = lat.source
     ln_base = math.log(lat.base)
     raw = link_words(lat, convention)
