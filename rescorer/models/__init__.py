@@ -4,6 +4,10 @@
 - ``LetterNgramEncoder``: a spelling (any string of letters, OOV included) -> unit vector.
 
 Cosine similarity between the two scores how well a segment matches a spelling.
+
+Inference depends on the interfaces these implement (``interfaces.AcousticEncoder``,
+``interfaces.SpellingEncoder``); classes are chosen by name (``registry``) when a
+checkpoint is loaded (``checkpoint.load_embedder``, ``checkpoint.load_asr_model``).
 """
 
 from rescorer.models.acoustic import AcousticWordEncoder, center_crop, pad_segments
