@@ -14,8 +14,6 @@ from rescorer.training.asr_data import FORMAT as UTTERANCES_FORMAT
 from rescorer.training.asr_data import FRAME_SHIFT, NUM_MEL_BINS
 from rescorer.training.word_data import FORMAT as SEGMENTS_FORMAT
 
-SEGMENTS_FRAME_SHIFT = 0.01
-
 # ---------------------------------------------------------------- utterances (ASR)
 
 
@@ -146,7 +144,7 @@ def make_synthetic_word_segments(
         "speakers": [f"synth-speaker-{i}" for i in range(num_speakers)],
         "utterance_ids": utts,
         "num_mel_bins": num_mel_bins,
-        "frame_shift": SEGMENTS_FRAME_SHIFT,
+        "frame_shift": FRAME_SHIFT,
     }
 
 
