@@ -75,11 +75,15 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from rescorer.decoding.graphs import load_lang_dir
+from rescorer.decoding.lm import lm_oov_rate
 from rescorer.lattice.paths import Hypothesis, WordSpan, best_with_attention, oracle_arc_path, sample_paths
+from rescorer.lattice.word_lattice import build_word_lattice, save_word_lattices
 from rescorer.models.checkpoint import load_asr_model
 from rescorer.models.ctc import ctc_greedy_decode
 from rescorer.text import NotAWordError, split_words
 from rescorer.tokens import BOUNDARY_ID, TOKENS, token_ids_to_words
+from rescorer.wer import compute_wer, real_time_factor
 
 log = logging.getLogger(__name__)
 
@@ -496,8 +500,6 @@ def _best_beam_tokens(r) -> List[int]:
 
 def decode_main(a) -> dict:
     from rescorer.decoding import lattice_io
-    from rescorer.decoding.lm import lm_oov_rate
-    from rescorer.wer import compute_wer, real_time_factor
 
     methods = [m.strip() for m in a.methods.split(",") if m.strip()]
     for m in methods:
@@ -537,8 +539,6 @@ def decode_main(a) -> dict:
     need_lattice = any(m in methods for m in ("hlg_1best", "hlg_attention_rescore", "lattice_oracle"))
     lang = None
     if need_lattice:
-        from rescorer.decoding.graphs import load_lang_dir
-
         lang = load_lang_dir(a.lang_dir)
         test_words = [w for r in refs for w in r]
         cov = lm_oov_rate(lang.real_words(), test_words)
@@ -661,8 +661,6 @@ def decode_main(a) -> dict:
         )
     if lattices and a.word_lattices:
         import k2
-
-        from rescorer.lattice.word_lattice import build_word_lattice, save_word_lattices
 
         table = k2.SymbolTable.from_file(str(lang.dir / "words.txt"))
         wls, no_lattice = [], []

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rescorer.models.registry import ASR_MODELS
-from rescorer.tokens import TOKENS
+from rescorer.tokens import TOKENS, ctc_greedy_collapse
 
 NUM_TOKENS = len(TOKENS)  # 29
 SUBSAMPLING_FACTOR = 4
@@ -360,8 +360,6 @@ def ctc_loss(
 
 def ctc_greedy_decode(log_probs: torch.Tensor, out_lens: torch.Tensor):
     """Best-path token ids per utterance (repeats merged, blanks dropped)."""
-    from rescorer.tokens import ctc_greedy_collapse
-
     best = log_probs.argmax(-1).cpu()
     return [ctc_greedy_collapse(best[b, : int(out_lens[b])].tolist()) for b in range(best.shape[0])]
 
