@@ -5,7 +5,7 @@
       --train-data recipes/synthetic/exp/asr_data/train.pt --work-dir recipes/synthetic/exp/tune_beam_ctc \\
       --weights 0,0.3,0.5,0.7,0.9,1 --out results/tuning_beam_ctc_weight.json
 
-Runs ``rescorer.decoding.decode --methods attention_beam --beam-ctc-weight W`` for each
+Runs ``rescorer decode --methods attention_beam --beam-ctc-weight W`` for each
 weight (a weight whose metrics.json exists is not decoded again) and writes WER, S/D/I and
 real-time factor per weight, the chosen (lowest dev WER) weight, the command, machine and
 date. The chosen weight goes into the recipes' ``decode.beam_ctc_weight``; test sets are
@@ -40,7 +40,7 @@ def main(argv=None) -> int:
     for w in [float(x) for x in a.weights.split(",")]:
         out = Path(a.work_dir) / f"w{w:g}"
         if not (out / "metrics.json").exists():
-            cmd = [sys.executable, "-m", "rescorer.decoding.decode", "--model-dir", a.model_dir, "--data", a.data,
+            cmd = [sys.executable, "-m", "rescorer", "decode", "--model-dir", a.model_dir, "--data", a.data,
                    "--lang-dir", a.lang_dir, "--train-data", a.train_data, "--out", str(out), "--methods",
                    "attention_beam", "--beam-ctc-weight", str(w), "--beam-size", str(a.beam_size)]
             print(f"ctc weight {w:g}: decoding into {out}", file=sys.stderr)

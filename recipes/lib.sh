@@ -1,6 +1,7 @@
 # Shared recipe plumbing, sourced by recipes/<corpus>/run.sh after it sets RECIPE_DIR (logic
 # lives in the package; this parses --stage/--stop-stage, sets up the environment, logs,
-# and holds the stages every recipe shares).
+# and holds the stages every recipe shares). Recipes call the package only through
+# `rescorer <verb>` (the function below).
 # The recipe works in WORKDIR (default: its own directory): data/ and exp/ go there.
 # CONFIG (default: RECIPE_DIR/config.yaml) and other paths given relative are read from the
 # directory the recipe was started in.
@@ -36,13 +37,13 @@ export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
 rescorer() { "$PY" -m rescorer "$@"; }
 
 # ---------------------------------------------------------------- shared stages
-# Every function below is one resumable step that calls the package; the recipes only
+# Every function below is one resumable step that calls `rescorer <verb>`; the recipes only
 # choose the corpus, the splits and the config (CONFIG, one file per recipe).
 
-# cfg SECTION: the config section's options as the array CFG (rescorer.recipe_config)
+# cfg SECTION: the config section's options as the array CFG (rescorer config-flags)
 cfg() {
   local out
-  out="$("$PY" -m rescorer.recipe_config "$CONFIG" "$1")"
+  out="$(rescorer config-flags "$CONFIG" "$1")"
   CFG=()
   if [ -n "$out" ]; then mapfile -t CFG <<< "$out"; fi
 }
@@ -63,23 +64,23 @@ corpus_report() {
   rescorer report corpora "$2=$1" --out exp/corpora.json
 }
 
-# build_lang LM-SOURCE-OPTIONS...: LM + HLG (python -m rescorer.decoding.graphs) -> exp/lang
+# build_lang LM-SOURCE-OPTIONS...: LM + HLG (rescorer graphs) -> exp/lang
 build_lang() {
   if [ -f exp/lang/HLG.pt ]; then log "exp/lang exists; skipping"; return 0; fi
-  "$PY" -m rescorer.decoding.graphs "$@" --out exp/lang
+  rescorer graphs "$@" --out exp/lang
 }
 
 # train_embedder DATA: acoustic + letter-n-gram encoders -> exp/embeddings (resumable)
 train_embedder() {
   cfg embeddings
-  "$PY" -m rescorer.training.train_embeddings --train "$1/segments/train.pt" --dev "$1/segments/dev.pt" \
+  rescorer train embeddings --train "$1/segments/train.pt" --dev "$1/segments/dev.pt" \
     --out exp/embeddings --resume "${CFG[@]}"
 }
 
 # train_asr MODEL (ctc|attention): letter ASR model -> exp/MODEL (resumable)
 train_asr() {
   cfg "$1"
-  "$PY" -m rescorer.training.train_asr --model "$1" --train exp/asr_data/train.pt --dev exp/asr_data/dev.pt \
+  rescorer train asr --model "$1" --train exp/asr_data/train.pt --dev exp/asr_data/dev.pt \
     --out "exp/$1" --resume "${CFG[@]}"
 }
 
@@ -116,18 +117,18 @@ decode() {
   local out="exp/decode_${split}_${model}"
   if [ -f "$out/metrics.json" ]; then log "$out exists; skipping"; return 0; fi
   cfg decode
-  "$PY" -m rescorer.decoding.decode --model-dir "exp/$model" --data "exp/asr_data/$split.pt" --lang-dir exp/lang \
+  rescorer decode --model-dir "exp/$model" --data "exp/asr_data/$split.pt" --lang-dir exp/lang \
     --out "$out.tmp" --methods "$methods" --train-data exp/asr_data/train.pt "${CFG[@]}" "$@"
   rm -rf "$out" && mv "$out.tmp" "$out"
 }
 
-# rescore SECTION CORPUS [options]: tune the scales on dev (grid from the config SECTION),
-# report on held-out data -> exp/wer.json, save the tuned scales with the embedder
+# tune SECTION CORPUS [options]: tune the rescoring scales on dev (grid from the config
+# SECTION), report on held-out data -> exp/wer.json, save the tuned scales with the embedder
 # (exp/embeddings/rescorer.json)
-rescore() {
+tune() {
   local section="$1" corpus="$2"; shift 2
   cfg "$section"
-  "$PY" "$REPO/benchmarks/rescore_wer.py" --corpus "$corpus" --model-dir exp/embeddings \
+  rescorer tune --corpus "$corpus" --model-dir exp/embeddings \
     --train-data exp/asr_data/train.pt --out exp/wer.json --save-config "${CFG[@]}" "$@"
 }
 
@@ -142,16 +143,16 @@ decode_dev_test() {
 # rescore_test CORPUS: embedding rescoring of the test CTC lattices, scales tuned on dev
 rescore_test() {
   if [ -f exp/.rescored ]; then log "already rescored (rm exp/.rescored to redo)"; return 0; fi
-  rescore rescore "$1" --dev-lattices exp/decode_dev_ctc/word_lattices.pt --dev-features exp/asr_data/dev.pt \
+  tune rescore "$1" --dev-lattices exp/decode_dev_ctc/word_lattices.pt --dev-features exp/asr_data/dev.pt \
     --test-lattices exp/decode_test_ctc/word_lattices.pt --test-features exp/asr_data/test.pt \
     --decode-metrics exp/decode_test_ctc/metrics.json --attention-model-dir exp/attention
   touch exp/.rescored
 }
 
-# wer_table CORPUS [collect_wer options]: the decoders' results into exp/wer.json (beside the
-# rescoring results), then the WER table
+# wer_table CORPUS [rescorer wer collect options]: the decoders' results into exp/wer.json
+# (beside the rescoring results), then the WER table
 wer_table() {
   local corpus="$1"; shift
-  "$PY" "$REPO/benchmarks/collect_wer.py" --corpus "$corpus" --out exp/wer.json "$@" > /dev/null
+  rescorer wer collect --corpus "$corpus" --out exp/wer.json "$@" > /dev/null
   rescorer report wer exp/wer.json --corpus "$corpus"
 }

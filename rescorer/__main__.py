@@ -1,3 +1,3 @@
 from rescorer.cli import main
 
-main()
+main(prog_name="rescorer")

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import shlex
 import sys
 from pathlib import Path
 
 import click
+
+from rescorer.stages.tune import METHODS as TUNE_METHODS  # stdlib only: the CLI stays light to import
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -27,6 +31,37 @@ def _load_yaml(path):
     if not isinstance(d, dict):
         raise click.BadParameter(f"{path} must hold a mapping of options")
     return d
+
+
+@contextlib.contextmanager
+def _stage_errors():
+    """A stage's bad-input error becomes a one-line CLI error naming the problem."""
+    from rescorer.stages import StageError
+
+    try:
+        yield
+    except StageError as e:
+        raise click.ClickException(str(e)) from e
+
+
+def _names(text):
+    """A comma-separated list (as recipe configs write lists) -> names; None stays None."""
+    return None if text is None else tuple(x.strip() for x in text.split(",") if x.strip())
+
+
+def _floats(text, option):
+    """A comma-separated grid -> floats (None or empty: None); a bad value names the option."""
+    if not text:
+        return None
+    try:
+        return tuple(float(x) for x in _names(text))
+    except ValueError as e:
+        raise click.BadParameter(f"expected comma-separated numbers, got {text!r}", param_hint=option) from e
+
+
+def _command_line() -> str:
+    """This invocation as ``rescorer ...``, recorded as the provenance of results files."""
+    return " ".join(["rescorer"] + [shlex.quote(a) for a in sys.argv[1:]])
 
 
 @click.group()
@@ -164,44 +199,11 @@ def segments_cmd(data_dir, corpus, splits, max_frames, min_frames, num_jobs):
     Writes DATA_DIR/manifests/{corpus}_cuts_{split}_fbank.jsonl.gz, DATA_DIR/segments/{split}.pt
     (+ .stats.json and word-level cuts). Each split is skipped when its outputs exist.
     """
-    from lhotse import CutSet
+    from rescorer.stages.segments import compute_segments
 
-    from rescorer.corpora.report import corpus_splits
-    from rescorer.segments import compute_features, export_word_segments, extract_word_segments, word_segment_cuts
-    from rescorer.utils import atomic_path, atomic_write_text
-
-    data = Path(data_dir)
-    todo = splits.split(",") if splits else corpus_splits(data, corpus)
-    if not todo:
-        raise click.ClickException(f"no {corpus} manifests in {data / 'manifests'}")
-    for split in todo:
-        src = data / "manifests" / f"{corpus}_cuts_{split}.jsonl.gz"
-        if not src.exists():
-            raise click.ClickException(f"missing manifest {src}")
-        pt = data / "segments" / f"{split}.pt"
-        stats_path = data / "segments" / f"{split}.stats.json"
-        if pt.exists() and stats_path.exists():
-            click.echo(f"{split}: word segments already exported ({pt})")
-            continue
-        click.echo(f"{split}: features")
-        cuts = compute_features(
-            CutSet.from_file(src), data / "fbank", data / "manifests" / f"{corpus}_cuts_{split}_fbank.jsonl.gz", num_jobs
-        )
-        segs = extract_word_segments(cuts, max_frames=max_frames, min_frames=min_frames)
-        with atomic_path(data / "segments" / f"word_cuts_{split}.jsonl.gz") as tmp:
-            word_segment_cuts(cuts, max_frames, min_frames).to_file(str(tmp))
-        export_word_segments(segs, pt)
-        st = segs.stats
-        atomic_write_text(
-            stats_path,
-            json.dumps(
-                {"word_segments": st.word_segments, "too_long": st.too_long, "too_short": st.too_short,
-                 "unaligned_utterances": st.unaligned_utterances, "max_frames": max_frames, "min_frames": min_frames},
-                indent=1,
-            ),
-        )
-        click.echo(f"{split}: {st.word_segments} word segments, dropped {st.segments_dropped} "
-                   f"({st.too_long} > {max_frames} frames, {st.too_short} < {min_frames})")
+    with _stage_errors():
+        compute_segments(data_dir, corpus, _names(splits), max_frames=max_frames, min_frames=min_frames,
+                         num_jobs=num_jobs, echo=click.echo)
 
 
 @main.command("export-asr")
@@ -215,23 +217,87 @@ def export_asr_cmd(data_dir, corpus, out, splits):
     Reads DATA_DIR/manifests/{corpus}_cuts_{split}_fbank.jsonl.gz (made by `rescorer segments`);
     a split whose output exists is skipped.
     """
-    from lhotse import CutSet
+    from rescorer.stages.export_asr import export_asr
 
-    from rescorer.corpora.report import corpus_splits
-    from rescorer.training.asr_data import export_utterances
+    with _stage_errors():
+        export_asr(data_dir, corpus, out, _names(splits), echo=click.echo)
 
-    data, outdir = Path(data_dir), Path(out)
-    todo = splits.split(",") if splits else corpus_splits(data, corpus)
-    for split in todo:
-        src = data / "manifests" / f"{corpus}_cuts_{split}_fbank.jsonl.gz"
-        dst = outdir / f"{split}.pt"
-        if dst.exists():
-            click.echo(f"{split}: already exported ({dst})")
-            continue
-        if not src.exists():
-            raise click.ClickException(f"missing {src}: run `rescorer segments {data} --corpus {corpus}` first")
-        export_utterances(CutSet.from_file(src), dst)
-        click.echo(f"{split}: wrote {dst}")
+
+# ------------------------------------------------------------------ training, graphs, decoding
+# These programs keep their own argparse parsers (``main(argv)`` in their modules); the
+# verbs pass every argument through, ``--help`` included, so the help shown is theirs.
+
+_PASS_THROUGH = dict(context_settings=dict(ignore_unknown_options=True, allow_extra_args=True), add_help_option=False)
+
+
+def _pass_through(program_main, args) -> None:
+    rc = program_main(list(args))
+    click.get_current_context().exit(int(rc or 0))
+
+
+@main.group()
+def train() -> None:
+    """Train the models (resumable; sharded under torchrun)."""
+
+
+@train.command("embeddings", **_PASS_THROUGH)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def train_embeddings_cmd(args):
+    """Acoustic + letter-n-gram word embeddings (rescorer.training.train_embeddings; --help lists its options)."""
+    from rescorer.training.train_embeddings import main as program
+
+    _pass_through(program, args)
+
+
+@train.command("asr", **_PASS_THROUGH)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def train_asr_cmd(args):
+    """CTC or joint CTC/attention letter ASR model (rescorer.training.train_asr; --help lists its options)."""
+    from rescorer.training.train_asr import main as program
+
+    _pass_through(program, args)
+
+
+@main.command("graphs", **_PASS_THROUGH)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def graphs_cmd(args):
+    """LM + HLG decoding graph into a lang dir (rescorer.decoding.graphs; --help lists its options)."""
+    from rescorer.decoding.graphs import main as program
+
+    _pass_through(program, args)
+
+
+@main.command("decode", **_PASS_THROUGH)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def decode_cmd(args):
+    """Decode an ASR model with k2: greedy, HLG lattices, word lattices, attention (--help lists its options)."""
+    from rescorer.decoding.decode import main as program
+
+    _pass_through(program, args)
+
+
+@main.group()
+def lattices() -> None:
+    """Word lattices from other decoders."""
+
+
+@lattices.command("pocketsphinx")
+@click.argument("cuts", type=click.Path(exists=True, dir_okay=False))
+@click.argument("out_dir", type=click.Path(file_okay=False))
+@click.option("-j", "--num-jobs", type=int, default=1, show_default=True)
+@click.option("--no-convert", is_flag=True, help="Keep pocketsphinx's SLF files only (no word-lattice shards).")
+@click.option("--summary-only", is_flag=True, help="Only (re)compute OUT_DIR/summary.json, with the full-SLF oracle.")
+def lattices_pocketsphinx_cmd(cuts, out_dir, num_jobs, no_convert, summary_only):
+    """Decode CUTS (lhotse cuts) with pocketsphinx into word lattices + summary.json in OUT_DIR."""
+    from rescorer.lattice.pocketsphinx import decode_with_pocketsphinx, summarize
+    from rescorer.utils import atomic_write_text
+
+    if summary_only:
+        s = summarize(out_dir, slf_oracle=True, compact=True)
+        atomic_write_text(Path(out_dir) / "summary.json", json.dumps(s, indent=2))
+    else:
+        s = decode_with_pocketsphinx(cuts, out_dir, num_jobs, convert=not no_convert)
+    click.echo(json.dumps(s, indent=2))
 
 
 # ------------------------------------------------------------------ rescore
@@ -260,68 +326,121 @@ def rescore_cmd(model_dir, lattices, features, out, recover_oov, word_list_size,
     Runs sharded under torchrun (each rank takes every WORLD_SIZE-th utterance and writes
     its own part; rank 0 then merges the texts). Utterances already in an output part are skipped.
     """
-    import os
+    from rescorer.stages.rescore import rescore_lattices
 
-    from tqdm import tqdm
+    with _stage_errors():
+        summary = rescore_lattices(model_dir, lattices, features, out, recover_oov=recover_oov,
+                                   word_list_size=word_list_size, device=device, prune_posterior=prune_posterior,
+                                   prune_scale=prune_scale, config_name=config_name)
+    if summary.errors:
+        click.echo(f"rank {summary.rank}: {len(summary.errors)} utterances not rescored (see errors.{summary.rank}.json)",
+                   err=True)
+    if summary.hyps_path is not None:
+        click.echo(f"wrote {summary.hyps_path} ({summary.merged_utterances} utterances)")
 
-    from rescorer.lattice.word_lattice import load_word_lattices, prune, save_word_lattices
-    from rescorer.rescore import Rescorer
-    from rescorer.training.asr_data import load_utterances
-    from rescorer.utils import atomic_write_text
 
-    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    outdir = Path(out)
-    outdir.mkdir(parents=True, exist_ok=True)
-    lats = load_word_lattices(lattices)
-    utts = load_utterances(features, max_frames=None)
-    feats = {utts.utterance_id(i): utts.features(i).float() for i in range(len(utts))}
+# ------------------------------------------------------------------ tune, WER
+
+
+@main.command("tune")
+@click.option("--corpus", required=True, help="Entry name in the WER file, e.g. synthetic.")
+@click.option("--model-dir", required=True, type=click.Path(exists=True), help="Trained embedder.")
+@click.option("--train-data", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="Acoustic training utterances (their words are in-vocabulary).")
+@click.option("--dev-lattices", required=True, type=click.Path(exists=True))
+@click.option("--dev-features", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--test-lattices", type=click.Path(exists=True))
+@click.option("--test-features", type=click.Path(exists=True, dir_okay=False))
+@click.option("--cross-validate", is_flag=True, help="No test split: 2-fold cross-validation over dev speakers.")
+@click.option("--decode-metrics", help="The decoder's metrics.json (rescoring cost relative to decoding; no_lattice utterances).")
+@click.option("--prefix", default="", help="Method name prefix, e.g. pocketsphinx_.")
+@click.option("--methods", default=",".join(TUNE_METHODS), show_default=True,
+              help="Comma-separated; awe_plus_attention needs --attention-model-dir.")
+@click.option("--awe-scales", default="0,1,2,4,8,16,32", show_default=True)
+@click.option("--lm-scales", default="0.5,1,2", show_default=True)
+@click.option("--wips", default="-2,0,2", show_default=True, help="Word insertion penalties (write --wips=-2,0,2).")
+@click.option("--oov-lm-scores", default=None,
+              help="OOV recovery: LM costs (natural log) of a recovered word to tune on dev, e.g. -10,-7,-5,-3 "
+                   "(default: the rescorer config's oov_lm_score).")
+@click.option("--am-scale", type=float, default=1.0, show_default=True)
+@click.option("--word-list-size", type=int, default=200000, show_default=True)
+@click.option("--attention-model-dir", type=click.Path(exists=True, file_okay=False),
+              help="Joint CTC/attention model for awe_plus_attention (n-best second pass).")
+@click.option("--attention-scales", default="0,0.02,0.05,0.1,0.2,0.5,1", show_default=True)
+@click.option("--attention-nbest", type=int, default=10, show_default=True)
+@click.option("--prune-posterior", type=float, default=1e-4, show_default=True,
+              help="Drop lattice arcs below this posterior before rescoring (0: keep all; timed as rescoring).")
+@click.option("--prune-scale", type=float, default=1.0, show_default=True,
+              help="Scale of the lattice scores for those posteriors (e.g. 0.1 for pocketsphinx's large acoustic scores).")
+@click.option("--max-utterances", type=int, default=0, show_default=True, help="The first N lattices of each split (0: all).")
+@click.option("--device", default=None)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", default="results/wer.json", show_default=True, type=click.Path(dir_okay=False))
+@click.option("--save-config", is_flag=True,
+              help="Write the tuned scales to MODEL_DIR/rescorer.json (rescorer_<prefix>.json with --prefix).")
+def tune_cmd(methods, awe_scales, lm_scales, wips, oov_lm_scores, attention_scales, **opts):
+    """Tune the rescoring scales on dev, report on test (or cross-validate over dev speakers).
+
+    Merges every method's WER into --out, writes the dev tuning curve beside it and, with
+    --save-config, the chosen scales with the embedder (read by Rescorer.from_dir).
+    """
+    from rescorer.stages.tune import TuneSettings, tune_rescoring
+
+    with _stage_errors():
+        settings = TuneSettings(
+            methods=_names(methods), awe_scales=_floats(awe_scales, "--awe-scales"),
+            lm_scales=_floats(lm_scales, "--lm-scales"), wips=_floats(wips, "--wips"),
+            oov_lm_scores=_floats(oov_lm_scores, "--oov-lm-scores"),
+            attention_scales=_floats(attention_scales, "--attention-scales"), **opts,
+        )
+        results = tune_rescoring(settings, command=_command_line())
+    click.echo(json.dumps({m: {k: r.get(k) for k in ("wer", "iv_wer", "oov_wer", "oov_tokens_recovered")}
+                           for m, r in results.items()}, indent=1))
+
+
+@main.group()
+def wer() -> None:
+    """WER results files."""
+
+
+@wer.command("collect")
+@click.option("--corpus", required=True, help="Entry name in the WER file, e.g. synthetic.")
+@click.option("--decode", "decode_metrics", multiple=True, type=click.Path(exists=True, dir_okay=False),
+              help="A `rescorer decode` metrics.json (repeatable).")
+@click.option("--pocketsphinx", type=click.Path(exists=True, dir_okay=False),
+              help="`rescorer lattices pocketsphinx`'s summary.json.")
+@click.option("--out", default="results/wer.json", show_default=True, type=click.Path(dir_okay=False))
+def wer_collect_cmd(corpus, decode_metrics, pocketsphinx, out):
+    """Merge decoder results (and pocketsphinx's) into --out, with model size, config, machine and date."""
+    from rescorer.stages.collect_wer import collect_wer
+
+    with _stage_errors():
+        entry = collect_wer(corpus, decode_metrics, pocketsphinx, out, command=_command_line())
+    click.echo(json.dumps(entry, indent=1)[:2000])
+
+
+# ------------------------------------------------------------------ recipe config
+
+
+@main.command("config-flags")
+@click.argument("config", type=click.Path(dir_okay=False))
+@click.argument("section")
+def config_flags_cmd(config, section):
+    """Print a recipe config SECTION as command-line options, one per line (for bash's mapfile).
+
+    true -> --key, false -> --no-key, lists comma-joined; values attached with '='
+    (--wips=-2,0,2) so that negative numbers are not read as flags. A missing section prints nothing.
+    """
+    from rescorer.recipe_config import RecipeConfigError, load_section, to_args
+
     try:
-        rescorer = Rescorer.from_dir(model_dir, device=device, config_name=config_name)
-    except FileNotFoundError as e:
+        args = to_args(load_section(config, section))
+    except RecipeConfigError as e:
         raise click.ClickException(str(e)) from e
-    if recover_oov:
-        from rescorer.corpora.text_sources import large_word_list
-
-        rescorer.set_vocabulary(large_word_list(word_list_size))
-    part_txt = outdir / f"hyps.{rank}.txt"
-    done = {}
-    if part_txt.exists():
-        done = dict(line.split("\t", 1) for line in part_txt.read_text().splitlines() if "\t" in line)
-    mine = [u for k, u in enumerate(sorted(lats)) if k % world == rank]
-    rescored, errors = [], {}
-    for uid in tqdm(mine, desc=f"rescoring (rank {rank})", disable=rank != 0):
-        if uid in done:
-            continue
-        if uid not in feats:
-            errors[uid] = "no features for this utterance"
-            continue
-        try:
-            res = rescorer.rescore(prune(lats[uid], prune_posterior, scale=prune_scale), feats[uid], recover=recover_oov)
-        except ValueError as e:  # a bad lattice costs that utterance only
-            errors[uid] = str(e)
-            continue
-        rescored.append(res.lattice)
-        done[uid] = res.hypothesis.text
-        atomic_write_text(part_txt, "".join(f"{u}\t{t}\n" for u, t in sorted(done.items())))
-    if rescored:
-        save_word_lattices(outdir / f"rescored.{rank}.pt", rescored)
-    if errors:
-        atomic_write_text(outdir / f"errors.{rank}.json", json.dumps(errors, indent=1))
-        click.echo(f"rank {rank}: {len(errors)} utterances not rescored (see errors.{rank}.json)", err=True)
-    if world > 1:
-        import torch.distributed as dist
-
-        if not dist.is_initialized():
-            dist.init_process_group("gloo")
-        dist.barrier()
-    if rank == 0:
-        lines = []
-        for r in range(world):
-            p = outdir / f"hyps.{r}.txt"
-            if p.exists():
-                lines += p.read_text().splitlines()
-        atomic_write_text(outdir / "hyps.txt", "\n".join(sorted(lines)) + "\n")
-        click.echo(f"wrote {outdir / 'hyps.txt'} ({len(lines)} utterances)")
+    for a in args:
+        if "\n" in a:
+            raise click.ClickException(f"option value {a!r} spans lines")
+        click.echo(a)
 
 
 # ------------------------------------------------------------------ kernels

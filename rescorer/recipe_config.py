@@ -1,17 +1,15 @@
 """A recipe's one config file -> command-line options, so run.sh stays free of logic.
 
 Each section of ``recipes/<corpus>/config.yaml`` maps option names to values for one
-program (``embeddings`` -> rescorer.training.train_embeddings, ``ctc`` / ``attention`` ->
-train_asr, ``decode`` -> rescorer.decoding.decode, ``rescore`` ->
-benchmarks/rescore_wer.py, ...). ``python -m rescorer.recipe_config CONFIG SECTION``
-prints one argument per line (``--key`` then its value; true -> ``--key``, false ->
-``--no-key``, lists -> comma-joined), for ``mapfile -t args < <(...)`` in bash. Values
+verb (``embeddings`` -> ``rescorer train embeddings``, ``ctc`` / ``attention`` ->
+``rescorer train asr``, ``decode`` -> ``rescorer decode``, ``rescore`` -> ``rescorer tune``,
+...). ``rescorer config-flags CONFIG SECTION`` prints one argument per line (true ->
+``--key``, false -> ``--no-key``, lists -> comma-joined), for ``mapfile`` in bash. Values
 are attached with ``=`` (``--wips=-2,0,2``) so that negative numbers are not read as flags.
 """
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any, Dict, List
 
@@ -52,25 +50,3 @@ def to_args(options: Dict[str, Any]) -> List[str]:
         else:
             out.append(f"{flag}={value}")
     return out
-
-
-def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 2:
-        print("usage: python -m rescorer.recipe_config CONFIG SECTION", file=sys.stderr)
-        return 2
-    try:
-        args = to_args(load_section(argv[0], argv[1]))
-    except RecipeConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    for a in args:
-        if "\n" in a:
-            print(f"error: option value {a!r} spans lines", file=sys.stderr)
-            return 1
-        print(a)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,14 +1,98 @@
-import json
+"""The one way in, `rescorer <verb>`: every verb answers --help, the recipes call only it,
+and the stages run through it (segments, reports)."""
 
+import json
+import re
+import subprocess
+import sys
+
+import click
 import pytest
 from click.testing import CliRunner
 
 from rescorer.cli import main
-from tests.conftest import needs_espeak, needs_lhotse
+from tests.conftest import REPO, lhotse_or_k2_imported_by, needs_espeak, needs_lhotse
 
-pytestmark = [needs_espeak, needs_lhotse, pytest.mark.tts]
+def _verbs(group=main, path=()):
+    """Every leaf command of the app, as its word path, e.g. ("train", "asr")."""
+    for name, cmd in sorted(group.commands.items()):
+        if isinstance(cmd, click.Group):
+            yield from _verbs(cmd, path + (name,))
+        else:
+            yield path + (name,)
 
 
+# options each pass-through verb's help must show: the program's own parser answers
+PROGRAM_OPTIONS = {
+    ("train", "embeddings"): ["--hard-negatives", "--resume"],
+    ("train", "asr"): ["--model", "--select-by", "--init-from"],
+    ("graphs",): ["--synthetic-plan", "--arpa"],
+    ("decode",): ["--word-lattices", "--beam-ctc-weight"],
+}
+
+
+def test_every_verb_answers_help_with_its_real_options():
+    verbs = list(_verbs())
+    for v in [("tune",), ("wer", "collect"), ("lattices", "pocketsphinx"), ("config-flags",), *PROGRAM_OPTIONS]:
+        assert v in verbs, f"rescorer {' '.join(v)} is missing"
+    runner = CliRunner()
+    for v in verbs:
+        r = runner.invoke(main, [*v, "--help"])
+        assert r.exit_code == 0, f"rescorer {' '.join(v)} --help: {r.output}"
+        assert "usage:" in r.output.lower()
+        for opt in PROGRAM_OPTIONS.get(v, []):
+            assert opt in r.output, f"rescorer {' '.join(v)} --help does not show {opt}"
+        if v in PROGRAM_OPTIONS:
+            assert f"rescorer {' '.join(v)}" in r.output  # the program names itself as the verb
+    r = runner.invoke(main, ["tune", "--help"])
+    assert "--cross-validate" in r.output and "--save-config" in r.output
+
+
+def test_a_pass_through_verb_returns_its_programs_exit_status(tmp_path):
+    # graphs refuses a call without an LM source: argparse's error, exit status 2
+    r = CliRunner().invoke(main, ["graphs", "--out", str(tmp_path / "lang")])
+    assert r.exit_code == 2
+
+
+def test_the_command_line_loads_without_k2_or_lhotse():
+    assert lhotse_or_k2_imported_by("rescorer.cli", "rescorer.stages.tune", "rescorer.stages.rescore") == ""
+    r = subprocess.run([sys.executable, "-m", "rescorer", "--help"], capture_output=True, text=True, timeout=120,
+                       cwd=REPO)
+    assert r.returncode == 0 and r.stdout.startswith("Usage: rescorer ")
+
+
+def _recipe_scripts():
+    return sorted(REPO.glob("recipes/*.sh")) + sorted(REPO.glob("recipes/*/*.sh"))
+
+
+def test_recipes_call_the_package_only_through_rescorer_verbs():
+    scripts = _recipe_scripts()
+    assert len(scripts) >= 4  # lib.sh + one run.sh per corpus
+    verbs = set(_verbs())
+    used = set()
+    for path in scripts:
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            code = re.sub(r"(^|\s)#.*", "", line)  # comments out; ${#array[@]} stays
+            where = f"{path.relative_to(REPO)}:{n}: {line.strip()}"
+            assert "benchmarks/" not in code, where
+            assert not re.search(r"python\S*\s+(-m\s+)?\S*rescorer[./]", code), where
+            # the interpreter runs only inside the one `rescorer` function
+            if '"$PY"' in code:
+                assert code.strip() == 'rescorer() { "$PY" -m rescorer "$@"; }', where
+            for m in re.finditer(r"(?:^|[;&|(]\s*|\s)rescorer\s+([a-z][a-z0-9-]*)(?:\s+([a-z][a-z0-9-]*))?", code):
+                first, second = m.group(1), m.group(2)
+                verb = (first, second) if (first, second) in verbs else (first,)
+                assert verb in verbs, f"{where}: no such verb"
+                used.add(verb)
+    # every stage the recipes run goes through its verb
+    for v in [("segments",), ("export-asr",), ("graphs",), ("train", "embeddings"), ("train", "asr"), ("decode",),
+              ("tune",), ("wer", "collect"), ("config-flags",), ("lattices", "pocketsphinx")]:
+        assert v in used, f"no recipe runs rescorer {' '.join(v)}"
+
+
+@needs_espeak
+@needs_lhotse
+@pytest.mark.tts
 def test_prepare_segments_report_end_to_end_and_resume(tmp_path):
     runner = CliRunner()
     data = tmp_path / "syn"
@@ -36,6 +120,7 @@ def test_prepare_segments_report_end_to_end_and_resume(tmp_path):
     assert "command" in doc and "date" in doc
 
 
+@needs_lhotse
 def test_segments_on_missing_manifests_is_a_clear_error(tmp_path):
     (tmp_path / "manifests").mkdir()
     r = CliRunner().invoke(main, ["segments", str(tmp_path), "--corpus", "synthetic"])

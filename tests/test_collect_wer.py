@@ -1,18 +1,13 @@
-import importlib.util
+"""WER collection (rescorer.stages.collect_wer, `rescorer wer collect`)."""
+
 import json
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from click.testing import CliRunner
 
-
-def _load():
-    spec = importlib.util.spec_from_file_location("collect_wer", REPO / "benchmarks" / "collect_wer.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from rescorer.cli import main
 
 
-def test_merges_decoder_and_pocketsphinx_results_keeping_other_entries(tmp_path):
+def _inputs(tmp_path):
     metrics = tmp_path / "metrics.json"
     metrics.write_text(json.dumps({
         "data": "test.pt", "audio_seconds": 10.0,
@@ -22,12 +17,38 @@ def test_merges_decoder_and_pocketsphinx_results_keeping_other_entries(tmp_path)
     summary = tmp_path / "summary.json"
     summary.write_text(json.dumps({"wer_1best": 0.9, "sub": 5, "del": 2, "ins": 2, "ref_words": 10, "utterances": 2,
                                    "rtf": 0.8, "oracle_wer": 0.4, "oracle_wer_slf": 0.3}))
+    return metrics, summary
+
+
+def test_merges_decoder_and_pocketsphinx_results_keeping_other_entries(tmp_path):
+    from rescorer.stages.collect_wer import collect_wer
+
+    metrics, summary = _inputs(tmp_path)
     out = tmp_path / "wer.json"
     out.write_text(json.dumps({"corpora": {"other": {"x": {"wer": 0.1}}}}))
-    _load().main(["--corpus", "c", "--decode", str(metrics), "--pocketsphinx", str(summary), "--out", str(out)])
+    collect_wer("c", [str(metrics)], str(summary), out, command="rescorer wer collect --corpus c")
     doc = json.loads(out.read_text())
     c = doc["corpora"]["c"]
     assert c["hlg_1best"]["wer"] == 0.5 and c["hlg_1best"]["oov_wer"] == 0.9 and "hyp" not in c["hlg_1best"]
     assert c["pocketsphinx_1best"]["wer"] == 0.9 and c["pocketsphinx_lattice_oracle"]["wer"] == 0.4
     assert doc["corpora"]["other"]["x"]["wer"] == 0.1  # other corpora are kept
     assert {"command", "machine", "date"} <= set(doc["collected"]["c"])  # provenance per corpus
+    assert doc["collected"]["c"]["command"] == "rescorer wer collect --corpus c"
+
+
+def test_cli_collects_and_prints_the_entry_and_names_a_bad_metrics_file(tmp_path):
+    metrics, summary = _inputs(tmp_path)
+    out = tmp_path / "res" / "wer.json"
+    runner = CliRunner()
+    r = runner.invoke(main, ["wer", "collect", "--corpus", "c", "--decode", str(metrics), "--pocketsphinx", str(summary),
+                             "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["hlg_1best"]["wer"] == 0.5
+    assert json.loads(out.read_text())["corpora"]["c"]["pocketsphinx_1best"]["rtf"] == 0.8
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    r = runner.invoke(main, ["wer", "collect", "--corpus", "c", "--decode", str(bad), "--out", str(out)])
+    assert r.exit_code != 0 and "bad.json: not a JSON decode metrics file" in r.output
+    bad.write_text(json.dumps({"data": "x"}))
+    r = runner.invoke(main, ["wer", "collect", "--corpus", "c", "--decode", str(bad), "--out", str(out)])
+    assert r.exit_code != 0 and "no 'methods'" in r.output

@@ -1,11 +1,13 @@
-"""Recipe config sections -> command-line options."""
+"""Recipe config sections -> command-line options (`rescorer config-flags`)."""
 
 import pytest
+from click.testing import CliRunner
 
-from rescorer.recipe_config import RecipeConfigError, load_section, main, to_args
+from rescorer.cli import main
+from rescorer.recipe_config import RecipeConfigError, load_section, to_args
 
 
-def test_options_become_flags(tmp_path, capsys):
+def test_options_become_flags(tmp_path):
     cfg = tmp_path / "config.yaml"
     cfg.write_text("ctc:\n  epochs: 4\n  spec_augment: true\n  amp: false\n  methods: [a, b]\n  skip: null\n  wips: [-2, 0]\nempty:\n")
     args = to_args(load_section(cfg, "ctc"))
@@ -16,11 +18,13 @@ def test_options_become_flags(tmp_path, capsys):
     p.add_argument("--wips")
     assert p.parse_known_args(args)[0].wips == "-2,0"
     assert load_section(cfg, "missing") == {} and load_section(cfg, "empty") == {}
-    assert main([str(cfg), "ctc"]) == 0
-    assert capsys.readouterr().out.splitlines()[0] == "--epochs=4"
+    r = CliRunner().invoke(main, ["config-flags", str(cfg), "ctc"])
+    assert r.exit_code == 0 and r.output.splitlines() == args
+    r = CliRunner().invoke(main, ["config-flags", str(cfg), "missing"])
+    assert r.exit_code == 0 and r.output == ""
 
 
-def test_bad_configs_are_named(tmp_path, capsys):
+def test_bad_configs_are_named(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("ctc: 3\n")
     with pytest.raises(RecipeConfigError, match="section 'ctc' must be a mapping"):
@@ -29,4 +33,8 @@ def test_bad_configs_are_named(tmp_path, capsys):
         load_section(tmp_path / "nope.yaml", "ctc")
     with pytest.raises(RecipeConfigError, match="nested"):
         to_args({"a": {"b": 1}})
-    assert main([str(cfg), "ctc"]) == 1 and "must be a mapping" in capsys.readouterr().err
+    r = CliRunner().invoke(main, ["config-flags", str(cfg), "ctc"])
+    assert r.exit_code == 1 and "must be a mapping" in r.output
+    cfg.write_text("ctc:\n  note: \"two\\nlines\"\n")
+    r = CliRunner().invoke(main, ["config-flags", str(cfg), "ctc"])
+    assert r.exit_code == 1 and "spans lines" in r.output

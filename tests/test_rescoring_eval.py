@@ -56,20 +56,95 @@ def test_missing_features_are_reported():
 
 
 def test_utterances_without_a_lattice_are_scored_as_deletions(tmp_path):
-    """rescore_wer counts the decoder's no_lattice utterances (in the evaluated window) as empty hypotheses."""
-    import importlib.util
+    """The tune stage counts the decoder's no_lattice utterances (in the evaluated window) as empty hypotheses."""
     import json
-    from types import SimpleNamespace
 
-    from tests.conftest import REPO
+    from rescorer.stages.tune import missing_lattices
 
-    spec = importlib.util.spec_from_file_location("rescore_wer", REPO / "benchmarks" / "rescore_wer.py")
-    rw = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(rw)
     metrics = tmp_path / "metrics.json"
     metrics.write_text(json.dumps({"no_lattice": ["u2", "u9"]}))
     lats = {"u1": object(), "u3": object()}
-    assert rw._missing_lattices(str(metrics), lats, SimpleNamespace(max_utterances=0)) == ["u2", "u9"]
-    # with --max-utterances only the ids up to the last loaded lattice belong to the window
-    assert rw._missing_lattices(str(metrics), lats, SimpleNamespace(max_utterances=2)) == ["u2"]
-    assert rw._missing_lattices(None, lats, SimpleNamespace(max_utterances=0)) == []
+    assert missing_lattices(str(metrics), lats, max_utterances=0) == ["u2", "u9"]
+    # with max_utterances only the ids up to the last loaded lattice belong to the window
+    assert missing_lattices(str(metrics), lats, max_utterances=2) == ["u2"]
+    assert missing_lattices(None, lats, max_utterances=0) == []
+
+
+def _write_utterances(path, spoken_by_uid, speakers):
+    """A rescorer.utterances/1 file of the corpus's features and transcripts."""
+    import torch
+
+    from tests.test_rescore import _feats
+
+    uids = sorted(spoken_by_uid)
+    feats = [_feats(spoken_by_uid[u]) for u in uids]
+    offsets = torch.tensor([0] + [f.shape[0] for f in feats]).cumsum(0)
+    torch.save({"format": "rescorer.utterances/1", "feats": torch.cat(feats).half(), "offsets": offsets,
+                "texts": [" ".join(spoken_by_uid[u]) for u in uids], "utterance_ids": uids,
+                "speakers": [speakers[u] for u in uids]}, path)
+
+
+def test_rescorer_tune_cross_validates_reports_and_keeps_the_scales_with_the_model(tmp_path, monkeypatch):
+    """`rescorer tune` on the corpus above (one speaker per utterance, 2 folds): each fold's
+    scales come from the other utterance, every method lands in the WER file, the tuning
+    curve beside it, and the chosen scales in the model's rescorer.json."""
+    import json
+
+    from click.testing import CliRunner
+
+    from rescorer.cli import main
+    from rescorer.lattice.word_lattice import save_word_lattices
+    from rescorer.rescore import Rescorer
+
+    lats, _, refs = _corpus()
+    save_word_lattices(tmp_path / "dev_lattices.pt", [lats[u] for u in sorted(lats)])
+    _write_utterances(tmp_path / "dev.pt", refs, {"u1": "spk1", "u2": "spk2"})
+    model = tmp_path / "model"
+    model.mkdir()
+    # the stub encoders of test_rescore: the audio names its word, so the embedding weight must win
+    monkeypatch.setattr(Rescorer, "from_dir", classmethod(lambda cls, model_dir, device=None, **kw: _rescorer()))
+    out = tmp_path / "results" / "wer.json"
+    args = ["tune", "--corpus", "toy", "--model-dir", str(model), "--train-data", str(tmp_path / "dev.pt"),
+            "--dev-lattices", str(tmp_path / "dev_lattices.pt"), "--dev-features", str(tmp_path / "dev.pt"),
+            "--cross-validate", "--methods", "awe_rescore", "--awe-scales", "0,1", "--lm-scales", "1", "--wips=0",
+            "--out", str(out), "--device", "cpu"]
+    r = CliRunner().invoke(main, args + ["--save-config"])
+    assert r.exit_code == 0, r.output
+    printed = json.loads(r.output[r.output.index("{"):])
+    assert printed["awe_rescore"]["wer"] == 0.0
+    doc = json.loads(out.read_text())
+    toy = doc["corpora"]["toy"]
+    assert toy["awe_rescore"]["wer"] == 0.0 and toy["awe_rescore"]["utterances"] == 2
+    assert [s["awe_scale"] for s in toy["awe_rescore"]["scales"]] == [1.0, 1.0]  # one choice per fold
+    assert toy["lattice_1best"]["wer"] == pytest.approx(2 / 6) and toy["baseline_tuned"]["wer"] == pytest.approx(2 / 6)
+    run = doc["rescoring_runs"]["toy:ctc:awe_rescore"]
+    assert run["protocol"] == "2-fold cross-validation over dev speakers" and run["command"].startswith("rescorer ")
+    curve = json.loads((out.parent / "rescore_tuning_toy_lattices.json").read_text())
+    assert set(curve) == {"awe_rescore_fold0", "awe_rescore_fold1"} and len(curve["awe_rescore_fold0"]) == 2
+    assert (out.parent / "rescore_tuning_toy_lattices.png").stat().st_size > 0
+    saved = json.loads((model / "rescorer.json").read_text())
+    assert saved["config"]["awe_scale"] == 1.0 and saved["tuned_by"]["command"] == run["command"]
+
+    # a second decoder's lattices keep their own scales file and their own entries
+    r = CliRunner().invoke(main, args + ["--prefix", "other_", "--save-config"])
+    assert r.exit_code == 0, r.output
+    assert (model / "rescorer_other.json").exists() and "other_awe_rescore" in json.loads(out.read_text())["corpora"]["toy"]
+
+
+def test_rescorer_tune_names_bad_input(tmp_path):
+    from click.testing import CliRunner
+
+    from rescorer.cli import main
+    from rescorer.lattice.word_lattice import save_word_lattices
+
+    lats, _, refs = _corpus()
+    save_word_lattices(tmp_path / "lats.pt", [lats[u] for u in sorted(lats)])
+    _write_utterances(tmp_path / "dev.pt", refs, {"u1": "a", "u2": "b"})
+    base = ["tune", "--corpus", "toy", "--model-dir", str(tmp_path), "--train-data", str(tmp_path / "dev.pt"),
+            "--dev-lattices", str(tmp_path / "lats.pt"), "--dev-features", str(tmp_path / "dev.pt")]
+    r = CliRunner().invoke(main, base)
+    assert r.exit_code != 0 and "test lattices and test features are needed" in r.output
+    r = CliRunner().invoke(main, base + ["--cross-validate", "--methods", "awe_rescore,nbest"])
+    assert r.exit_code != 0 and "unknown method(s) nbest" in r.output
+    r = CliRunner().invoke(main, base + ["--cross-validate", "--awe-scales", "0,x"])
+    assert r.exit_code != 0 and "--awe-scales" in r.output and "comma-separated numbers" in r.output

@@ -51,18 +51,18 @@ fi
 if run_stage 6; then
   log "stage 6: pocketsphinx lattices of dev"
   if [ -f exp/pocketsphinx/summary.json ]; then log "exp/pocketsphinx exists; skipping"; else
-    "$PY" -m rescorer.lattice.pocketsphinx "$DATA/manifests/speechocean762_cuts_dev.jsonl.gz" exp/pocketsphinx -j "$num_jobs"
+    rescorer lattices pocketsphinx "$DATA/manifests/speechocean762_cuts_dev.jsonl.gz" exp/pocketsphinx -j "$num_jobs"
   fi
 fi
 if run_stage 7; then
   log "stage 7: embedding rescoring (scales cross-validated over dev speakers)"
   if [ ! -f exp/.rescored_ctc ]; then
-    rescore rescore speechocean762_dev --cross-validate --dev-lattices exp/decode_dev_ctc/word_lattices.pt \
+    tune rescore speechocean762_dev --cross-validate --dev-lattices exp/decode_dev_ctc/word_lattices.pt \
       --dev-features exp/asr_data/dev.pt --decode-metrics exp/decode_dev_ctc/metrics.json --attention-model-dir exp/attention
     touch exp/.rescored_ctc
   fi
   if [ ! -f exp/.rescored_pocketsphinx ]; then
-    rescore rescore_pocketsphinx speechocean762_dev --cross-validate --prefix pocketsphinx_ \
+    tune rescore_pocketsphinx speechocean762_dev --cross-validate --prefix pocketsphinx_ \
       --dev-lattices exp/pocketsphinx/lattices --dev-features exp/asr_data/dev.pt --decode-metrics exp/pocketsphinx/summary.json
     touch exp/.rescored_pocketsphinx
   fi

@@ -3,10 +3,10 @@
 - ``lm``: interpolated modified Kneser-Ney n-gram estimator, ARPA I/O and validation,
   ARPA -> G (kaldilm, in a child process), LM texts per corpus.
 - ``lexicon``: tokens.txt / words.txt, the letter lexicon L with the ``<unk>`` letter loop.
-- ``graphs``: HLG compilation and the lang-dir builder (``python -m rescorer.decoding.graphs``).
+- ``graphs``: HLG compilation and the lang-dir builder (``rescorer graphs``).
 - ``decode``: CTC greedy, HLG lattices with per-arc frames / AM / LM scores, 1-best,
   n-best, attention rescoring, lattice oracle, the decode CLI
-  (``python -m rescorer.decoding.decode``).
+  (``rescorer decode``).
 - ``lattice_io``: the ``rescorer.token_lattices/1`` shard format.
 
 Nothing here imports k2 at module import time.

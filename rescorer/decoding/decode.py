@@ -40,7 +40,7 @@ sorted by total score (the 1-best first). Attention rescoring re-ranks them with
 
 CLI::
 
-    python -m rescorer.decoding.decode --model-dir exp/ctc --data exp/asr_data/test.pt \\
+    rescorer decode --model-dir exp/ctc --data exp/asr_data/test.pt \\
         --lang-dir exp/lang --out exp/decode_test \\
         [--methods ctc_greedy,hlg_1best,attention_beam,hlg_attention_rescore,lattice_oracle] \\
         [--train-data exp/asr_data/train.pt]
@@ -697,7 +697,7 @@ def decode_main(a) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m rescorer.decoding.decode", description="Decode an ASR model with k2 (greedy, HLG lattices, n-best, attention rescoring, oracle).")
+    ap = argparse.ArgumentParser(prog="rescorer decode", description="Decode an ASR model with k2 (greedy, HLG lattices, n-best, attention rescoring, oracle).")
     ap.add_argument("--model-dir", required=True)
     ap.add_argument("--data", required=True, help="rescorer.utterances/1 file (exp/asr_data/test.pt)")
     ap.add_argument("--lang-dir", default="exp/lang")

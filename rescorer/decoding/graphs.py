@@ -12,11 +12,11 @@ plus ``<unk>`` penalties) so decoding can split lattice scores into AM and LM pa
 
 Lang directory (``build_lang_dir`` / the CLI)::
 
-    python -m rescorer.decoding.graphs --lm-text text.txt --out exp/lang [--order 3]
-    python -m rescorer.decoding.graphs --synthetic-plan data/syn/plan.json --out exp/lang
-    python -m rescorer.decoding.graphs --speechocean762 data/so762 --out exp/lang
-    python -m rescorer.decoding.graphs --transcripts data/librispeech --corpus librispeech [--lm-text more.txt] --out exp/lang
-    python -m rescorer.decoding.graphs --arpa 3-gram.pruned.1e-7.arpa --out exp/lang
+    rescorer graphs --lm-text text.txt --out exp/lang [--order 3]
+    rescorer graphs --synthetic-plan data/syn/plan.json --out exp/lang
+    rescorer graphs --speechocean762 data/so762 --out exp/lang
+    rescorer graphs --transcripts data/librispeech --corpus librispeech [--lm-text more.txt] --out exp/lang
+    rescorer graphs --arpa 3-gram.pruned.1e-7.arpa --out exp/lang
 
 writes ``lm_text.txt`` (the LM's sentences), ``lm.arpa`` (rescorer.decoding.lm estimator),
 ``tokens.txt``, ``words.txt`` (k2 SymbolTable format), ``lexicon.txt``, ``G.fst.txt``
@@ -160,7 +160,7 @@ def load_lang_dir(lang_dir) -> Lang:
     d = Path(lang_dir)
     for f in ("words.txt", "tokens.txt", "HLG.pt"):
         if not (d / f).is_file():
-            raise FileNotFoundError(f"{d / f}: missing; build the lang dir with python -m rescorer.decoding.graphs")
+            raise FileNotFoundError(f"{d / f}: missing; build the lang dir with `rescorer graphs`")
     words = lex.read_symbol_table(d / "words.txt")
     tokens = lex.read_symbol_table(d / "tokens.txt")
     if [tokens.get(t) for t in TOKENS] != list(range(len(TOKENS))):
@@ -173,7 +173,7 @@ def load_lang_dir(lang_dir) -> Lang:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m rescorer.decoding.graphs", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="rescorer graphs", description=__doc__.split("\n\n")[0])
     ap.add_argument("--lm-text", action="append", default=[],
                     help="one sentence per line, normalised words separated by spaces (repeatable or comma-separated; adds to --transcripts)")
     ap.add_argument("--transcripts", metavar="DATA_DIR",

@@ -450,21 +450,3 @@ def torch_load_has_words(path) -> bool:
     import torch
 
     return torch.load(path, map_location="cpu").get("words") is not None
-
-
-if __name__ == "__main__":
-    import argparse
-
-    ap = argparse.ArgumentParser(description="pocketsphinx lattices for lhotse cuts")
-    ap.add_argument("cuts")
-    ap.add_argument("out_dir")
-    ap.add_argument("-j", "--num-jobs", type=int, default=1)
-    ap.add_argument("--no-convert", action="store_true")
-    ap.add_argument("--summary-only", action="store_true", help="only (re)compute summary.json, with the full-SLF oracle")
-    a = ap.parse_args()
-    if a.summary_only:
-        s = summarize(a.out_dir, slf_oracle=True, compact=True)
-        Path(a.out_dir, "summary.json").write_text(json.dumps(s, indent=2))
-        print(json.dumps(s, indent=2))
-        raise SystemExit(0)
-    print(json.dumps(decode_with_pocketsphinx(a.cuts, a.out_dir, a.num_jobs, convert=not a.no_convert), indent=2))

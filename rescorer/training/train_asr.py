@@ -1,10 +1,10 @@
 """Train the CTC or the joint CTC/attention letter ASR model on exported utterances.
 
-    python -m rescorer.training.train_asr --model ctc|attention --train train.pt --dev dev.pt --out exp/ctc \
+    rescorer train asr --model ctc|attention --train train.pt --dev dev.pt --out exp/ctc \
         [--size small|large --epochs 30 --batch-frames 6000 --lr 2e-3 --seed 0 --amp --resume \
          --d-model 128 --num-layers 4 ... --ctc-weight 0.3 --no-spec-augment --num-threads 1 \
          --select-by cer|wer|loss --init-from exp/ctc --max-frames 3000 --too-long skip|error]
-    torchrun --nproc_per_node=4 -m rescorer.training.train_asr ...          # DDP
+    torchrun --nproc_per_node=4 -m rescorer train asr ...          # DDP
 
 (torch 1.13's torchrun fails on Python 3.11 with "'NoneType' object has no attribute
 'get'" unless given ``--redirects 2 --tee 2``: it cannot parse its own default "0".)
@@ -441,7 +441,7 @@ _OPTIONAL_TYPES = {
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> AsrTrainConfig:
     p = argparse.ArgumentParser(
-        prog="python -m rescorer.training.train_asr",
+        prog="rescorer train asr",
         description="Train a CTC or joint CTC/attention letter ASR model on exported utterances.",
     )
     p.add_argument("--model", required=True, choices=MODEL_TYPES)

@@ -1,9 +1,9 @@
 """Train the acoustic and letter-n-gram word encoders jointly with a ranking loss.
 
-    python -m rescorer.training.train_embeddings --train train.pt --dev dev.pt --out exp/emb \
+    rescorer train embeddings --train train.pt --dev dev.pt --out exp/emb \
         [--dim 256 --epochs 20 --batch-size 128 --lr 2e-3 --seed 0 --amp \
          --hard-negatives 8 --aux-weight 0.1 --resume]
-    torchrun --nproc_per_node=4 -m rescorer.training.train_embeddings ...   # DDP
+    torchrun --nproc_per_node=4 -m rescorer train embeddings ...   # DDP
 
 (torch 1.13's torchrun fails on Python 3.11 with "'NoneType' object has no attribute
 'get'" unless given ``--redirects 2 --tee 2``: it cannot parse its own default "0".)
@@ -380,7 +380,7 @@ def _train(config: TrainConfig, rank: int, world: int, device: torch.device, out
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> TrainConfig:
     p = argparse.ArgumentParser(
-        prog="python -m rescorer.training.train_embeddings",
+        prog="rescorer train embeddings",
         description="Train acoustic and letter-n-gram word embeddings with a joint ranking loss.",
     )
     defaults = TrainConfig(train="", dev="", out="")

@@ -1,43 +1,85 @@
-"""Rescoring benchmark: tune on dev, report on held-out data, merge into results/wer.json.
-
-  python benchmarks/rescore_wer.py --corpus synthetic --model-dir EMBEDDER_DIR \\
-      --train-data exp/asr_data/train.pt \\
-      --dev-lattices exp/decode_dev_ctc/word_lattices.pt --dev-features exp/asr_data/dev.pt \\
-      --test-lattices exp/decode_test_ctc/word_lattices.pt --test-features exp/asr_data/test.pt \\
-      --decode-metrics exp/decode_test_ctc/metrics.json --prefix "" --out results/wer.json
+"""Stage: tune the rescoring scales on dev, report on held-out data, keep the scales with the model.
 
 Protocol. The scales (embedding weight, LM scale, word insertion penalty) are chosen on
 the dev lattices only and then applied to the test lattices. Without a test split (e.g.
-speechocean762, which has only a dev split here) pass ``--cross-validate``: dev speakers
-are split in two halves (seeded); each half is decoded with the scales tuned on the other
+speechocean762, which has only a dev split here) ``cross_validate``: dev speakers are
+split in two halves (seeded); each half is decoded with the scales tuned on the other
 half, and the pooled result is reported, so no reported hypothesis was tuned on itself.
 
-Methods written (under ``<prefix>``): ``awe_rescore`` (embedding scores on every arc),
+Methods written (under ``prefix``): ``awe_rescore`` (embedding scores on every arc),
 ``awe_rescore_oov_recovery`` (plus nearest-spelling alternatives from a large word list),
-``awe_plus_attention`` (with ``--attention-model-dir``: the embedding-rescored lattice's
+``awe_plus_attention`` (with ``attention_model_dir``: the embedding-rescored lattice's
 n-best rescored by an attention decoder, ``rescorer.second_pass``; weight tuned on dev),
 each with wer, iv_wer, oov_wer, oov_tokens_recovered, iv_tokens_broken and
 rescoring_seconds_per_decode_second; and ``<prefix>baseline_tuned`` (same scales grid,
-embedding weight 0) so the gain is measured against an equally tuned decoder.
+embedding weight 0) so the gain is measured against an equally tuned decoder, and
+``<prefix>lattice_1best`` (the lattice's own best path).
+
+Outputs: the methods merged into the WER file ``out`` (with one provenance record per
+corpus, prefix and methods), the dev tuning curve beside it
+(``rescore_tuning_<corpus>_<prefix or lattices>.json`` + .png), and with ``save_config``
+the chosen scales in the model directory (``rescorer.json``, or
+``rescorer_<prefix>.json`` for another decoder's lattices), which ``Rescorer.from_dir`` reads.
 """
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import logging
 import os
 import platform
-import sys
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Dict, List, Optional, Tuple
 
-import numpy as np
-import torch
+from rescorer.stages import StageError
 
-log = logging.getLogger("rescore_wer")
+log = logging.getLogger(__name__)
+
+METHODS = ("awe_rescore", "awe_rescore_oov_recovery", "awe_plus_attention")
+REPO = Path(__file__).resolve().parents[2]
+
+
+@dataclass(frozen=True)
+class TuneSettings:
+    """Inputs, grids and outputs of one tuning run (the options of ``rescorer tune``)."""
+
+    corpus: str
+    model_dir: str
+    train_data: str  # acoustic training utterances: their words are in-vocabulary
+    dev_lattices: str
+    dev_features: str
+    test_lattices: Optional[str] = None
+    test_features: Optional[str] = None
+    cross_validate: bool = False  # no test split: 2-fold over dev speakers
+    decode_metrics: Optional[str] = None  # the decoder's metrics.json: rescoring cost relative to decoding
+    prefix: str = ""  # method name prefix, e.g. pocketsphinx_
+    methods: Tuple[str, ...] = METHODS
+    awe_scales: Tuple[float, ...] = (0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
+    lm_scales: Tuple[float, ...] = (0.5, 1.0, 2.0)
+    wips: Tuple[float, ...] = (-2.0, 0.0, 2.0)
+    oov_lm_scores: Optional[Tuple[float, ...]] = None  # OOV recovery: LM costs of a recovered word to tune
+    am_scale: float = 1.0
+    word_list_size: int = 200000
+    attention_model_dir: Optional[str] = None  # joint CTC/attention model for awe_plus_attention
+    attention_scales: Tuple[float, ...] = (0.0, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
+    attention_nbest: int = 10
+    prune_posterior: float = 1e-4  # drop arcs below this posterior before rescoring (0: keep all)
+    prune_scale: float = 1.0  # scale of the lattice scores for those posteriors
+    max_utterances: int = 0  # the first N lattices of each split (0: all)
+    device: Optional[str] = None
+    seed: int = 0
+    out: str = "results/wer.json"
+    save_config: bool = False
+
+    def __post_init__(self):
+        if not self.cross_validate and not (self.test_lattices and self.test_features):
+            raise StageError("test lattices and test features are needed (or cross-validation over dev speakers)")
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown:
+            raise StageError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
 
 
 def _features(path):
@@ -87,38 +129,31 @@ def _prune_all(lattices, min_posterior, scale=1.0):
     return out, seconds
 
 
-def _load_lattices(path, args):
-    """The first --max-utterances lattices of a split (sorted ids), pruned; returns (lattices, prune seconds)."""
+def _load_lattices(path, s: TuneSettings):
+    """The first ``max_utterances`` lattices of a split (sorted ids), pruned; returns (lattices, prune seconds)."""
     from rescorer.lattice.word_lattice import load_word_lattices
 
     lats = load_word_lattices(path)
-    if args.max_utterances:
-        lats = {u: lats[u] for u in sorted(lats)[: args.max_utterances]}
-    return _prune_all(lats, args.prune_posterior, args.prune_scale)
+    if s.max_utterances:
+        lats = {u: lats[u] for u in sorted(lats)[: s.max_utterances]}
+    return _prune_all(lats, s.prune_posterior, s.prune_scale)
 
 
-def _missing_lattices(metrics_path, lattices, args):
+def missing_lattices(metrics_path, lattices, max_utterances: int = 0) -> List[str]:
     """Utterances the decoder could make no word lattice for (decode metrics' ``no_lattice``),
-    within the --max-utterances window: they count as empty hypotheses (all deletions), as
+    within the ``max_utterances`` window: they count as empty hypotheses (all deletions), as
     in the decoder's own WER, so every method is scored on the same utterances."""
     if not metrics_path or not Path(metrics_path).exists():
         return []
     missing = sorted(json.loads(Path(metrics_path).read_text()).get("no_lattice", []))
-    if args.max_utterances and lattices:
+    if max_utterances and lattices:
         last = max(lattices)
         missing = [u for u in missing if u <= last]
     return [u for u in missing if u not in lattices]
 
 
-def _grid(args):
-    return dict(
-        awe_scales=[float(x) for x in args.awe_scales.split(",")],
-        lm_scales=[float(x) for x in args.lm_scales.split(",")],
-        word_insertion_penalties=[float(x) for x in args.wips.split(",")],
-    )
-
-
-def _attention_second_pass(rescorer, attention, awe_config, prep_tune, prep_eval, tune_feats, eval_feats, tune_refs, train_vocab, args):
+def _attention_second_pass(rescorer, attention, awe_config, prep_tune, prep_eval, tune_feats, eval_feats, tune_refs,
+                           train_vocab, s: TuneSettings):
     """awe_plus_attention: n-best of the embedding-rescored lattices, rescored by the attention
     decoder; its weight is tuned on the tuning lattices only. Returns ({"words", "seconds"}
     for the evaluated lattices, the chosen attention_scale)."""
@@ -130,14 +165,14 @@ def _attention_second_pass(rescorer, attention, awe_config, prep_tune, prep_eval
         for u in sorted(prep):
             t0 = time.perf_counter()
             scored = rescorer.apply_scores(prep[u].lattice, prep[u].awe, awe_config)
-            hyps, att = attention_candidates(attention, scored, feats[u], n=args.attention_nbest)
+            hyps, att = attention_candidates(attention, scored, feats[u], n=s.attention_nbest)
             out[u] = (hyps, att, time.perf_counter() - t0)
         return out
 
     cand_tune = candidates(prep_tune, tune_feats)
     uids = sorted(cand_tune)
     best_scale, best_wer = 0.0, None
-    for scale in [float(x) for x in args.attention_scales.split(",")]:
+    for scale in (float(x) for x in s.attention_scales):
         hyps = [pick_best(cand_tune[u][0], cand_tune[u][1], scale) for u in uids]
         w = compute_wer([tune_refs[u] for u in uids], hyps, train_vocab)["wer"]
         if best_wer is None or w < best_wer - 1e-12:
@@ -147,24 +182,31 @@ def _attention_second_pass(rescorer, attention, awe_config, prep_tune, prep_eval
     return {"words": words, "seconds": {u: cand_eval[u][2] for u in words}}, best_scale
 
 
-def run(args):
+def _tune_and_evaluate(s: TuneSettings):
     """Returns (results by method, the Rescorer with the scales chosen on dev)."""
+    import numpy as np
+    import torch
+
     from rescorer.corpora.text_sources import large_word_list
-    from rescorer.evaluation.rescoring import evaluate, plot_tuning_curve, prepare_all, tune
+    from rescorer.evaluation.rescoring import evaluate, plot_tuning_curve, prepare_all, recovery_counts, tune
     from rescorer.lattice.word_lattice import best_path_hypothesis
     from rescorer.rescore import Rescorer
+    from rescorer.wer import compute_wer
 
     torch.manual_seed(0)
-    rescorer = Rescorer.from_dir(args.model_dir, device=args.device)
-    base_cfg = replace(rescorer.config, am_scale=args.am_scale)
-    rescorer.config = base_cfg
-    train_vocab = _train_vocab(args.train_data)
-    grid = _grid(args)
-    dev_lats, dev_prune_seconds = _load_lattices(args.dev_lattices, args)
-    dev_feats, dev_refs, dev_spk = _features(args.dev_features)
-    if args.cross_validate:
+    try:
+        rescorer = Rescorer.from_dir(s.model_dir, device=s.device)
+    except FileNotFoundError as e:
+        raise StageError(str(e)) from e
+    rescorer.config = replace(rescorer.config, am_scale=s.am_scale)
+    train_vocab = _train_vocab(s.train_data)
+    grid = dict(awe_scales=[float(x) for x in s.awe_scales], lm_scales=[float(x) for x in s.lm_scales],
+                word_insertion_penalties=[float(x) for x in s.wips])
+    dev_lats, dev_prune_seconds = _load_lattices(s.dev_lattices, s)
+    dev_feats, dev_refs, dev_spk = _features(s.dev_features)
+    if s.cross_validate:
         speakers = sorted({dev_spk[u] for u in dev_lats})
-        rng = np.random.default_rng(args.seed)
+        rng = np.random.default_rng(s.seed)
         half = set(rng.permutation(speakers)[: len(speakers) // 2].tolist())
         folds = [
             ({u: l for u, l in dev_lats.items() if dev_spk[u] in half}, {u: l for u, l in dev_lats.items() if dev_spk[u] not in half}),
@@ -172,44 +214,44 @@ def run(args):
         ]
         test_feats, test_refs = dev_feats, dev_refs
     else:
-        test_lats, test_prune_seconds = _load_lattices(args.test_lattices, args)
-        test_feats, test_refs, _ = _features(args.test_features)
+        test_lats, test_prune_seconds = _load_lattices(s.test_lattices, s)
+        test_feats, test_refs, _ = _features(s.test_features)
         folds = [(dev_lats, test_lats)]
-    prune_seconds = dev_prune_seconds if args.cross_validate else test_prune_seconds  # of the evaluated lattices
-    missing = [u for u in _missing_lattices(args.decode_metrics, dev_lats if args.cross_validate else test_lats, args)
+    prune_seconds = dev_prune_seconds if s.cross_validate else test_prune_seconds  # of the evaluated lattices
+    missing = [u for u in missing_lattices(s.decode_metrics, dev_lats if s.cross_validate else test_lats, s.max_utterances)
                if u in test_refs]
     if missing:
         log.warning("%d utterance(s) without a lattice count as empty hypotheses: %s", len(missing), ", ".join(missing[:5]))
     n_eval = sum(len(f[1]) for f in folds)
     total_utts = None
-    if args.decode_metrics and Path(args.decode_metrics).exists():
-        total_utts = json.loads(Path(args.decode_metrics).read_text()).get("utterances")
-    # decoding time of the utterances that are rescored (a subset with --max-utterances)
-    decode_seconds = _decode_seconds(args.decode_metrics, n_eval / total_utts if total_utts else 1.0)
+    if s.decode_metrics and Path(s.decode_metrics).exists():
+        total_utts = json.loads(Path(s.decode_metrics).read_text()).get("utterances")
+    # decoding time of the utterances that are rescored (a subset with max_utterances)
+    decode_seconds = _decode_seconds(s.decode_metrics, n_eval / total_utts if total_utts else 1.0)
 
     results, curves, chosen_by_method = {}, {}, {}
-    wanted = args.methods.split(",")
+    wanted = list(s.methods)
     attention = None
-    if "awe_plus_attention" in wanted and args.attention_model_dir:
+    if "awe_plus_attention" in wanted and s.attention_model_dir:
         from rescorer.second_pass import AttentionScorer
 
-        attention = AttentionScorer.from_dir(args.attention_model_dir, device=args.device)
+        attention = AttentionScorer.from_dir(s.attention_model_dir, device=s.device)
     for method, recover in (("awe_rescore", False), ("awe_rescore_oov_recovery", True)):
         if method not in wanted:
             continue
         if recover:
-            log.info("embedding a %d-word list for OOV recovery", args.word_list_size)
-            rescorer.set_vocabulary(large_word_list(args.word_list_size))
+            log.info("embedding a %d-word list for OOV recovery", s.word_list_size)
+            rescorer.set_vocabulary(large_word_list(s.word_list_size))
         pooled_refs, pooled_base, pooled_hyps, seconds, chosen = [], [], [], prune_seconds, []
         pooled_base_tuned = []
         pooled_att, att_seconds, att_chosen = [], 0.0, []
-        with_attention = not recover and "awe_plus_attention" in wanted and args.attention_model_dir
+        with_attention = not recover and attention is not None
         # embedding scores are computed once per lattice and shared by the folds
         prep_dev = prepare_all(rescorer, dev_lats, dev_feats, recover=recover)
-        prep_test = prep_dev if args.cross_validate else prepare_all(rescorer, folds[0][1], test_feats, recover=recover)
+        prep_test = prep_dev if s.cross_validate else prepare_all(rescorer, folds[0][1], test_feats, recover=recover)
         for k, (tune_lats, eval_lats) in enumerate(folds):
             prep_tune = {u: prep_dev[u] for u in tune_lats}
-            oov_grid = [float(x) for x in args.oov_lm_scores.split(",")] if recover and args.oov_lm_scores else None
+            oov_grid = [float(x) for x in s.oov_lm_scores] if recover and s.oov_lm_scores else None
             best, curve = tune(rescorer, prep_tune, dev_refs, train_vocab=train_vocab, oov_lm_scores=oov_grid, **grid)
             base_best, _ = tune(rescorer, prep_tune, dev_refs, awe_scales=[0.0], lm_scales=grid["lm_scales"],
                                 word_insertion_penalties=grid["word_insertion_penalties"], train_vocab=train_vocab)
@@ -223,7 +265,7 @@ def run(args):
             if with_attention:
                 t0 = time.perf_counter()
                 att_hyps, att_scale = _attention_second_pass(
-                    rescorer, attention, best, prep_tune, prep_eval, dev_feats, test_feats, dev_refs, train_vocab, args
+                    rescorer, attention, best, prep_tune, prep_eval, dev_feats, test_feats, dev_refs, train_vocab, s
                 )
                 att_seconds += sum(t for u, t in att_hyps["seconds"].items())
                 att_chosen.append(att_scale)
@@ -239,8 +281,6 @@ def run(args):
             pooled_refs.append(test_refs[u])
             for hyps in (pooled_base, pooled_hyps, pooled_base_tuned) + ((pooled_att,) if with_attention else ()):
                 hyps.append([])
-        from rescorer.evaluation.rescoring import recovery_counts
-        from rescorer.wer import compute_wer
 
         def summarise(hyps, extra=None):
             w = compute_wer(pooled_refs, hyps, train_vocab)
@@ -254,96 +294,62 @@ def run(args):
         extra = {"rescoring_seconds": round(seconds, 2), "scales": chosen}
         if decode_seconds:
             extra["rescoring_seconds_per_decode_second"] = round(seconds / decode_seconds, 4)
-        results[args.prefix + method] = summarise(pooled_hyps, extra)
+        results[s.prefix + method] = summarise(pooled_hyps, extra)
         if with_attention:
             extra_att = {"rescoring_seconds": round(seconds + att_seconds, 2), "scales": chosen, "attention_scales": att_chosen,
-                         "attention_model_dir": args.attention_model_dir}
+                         "attention_model_dir": s.attention_model_dir}
             if decode_seconds:
                 extra_att["rescoring_seconds_per_decode_second"] = round((seconds + att_seconds) / decode_seconds, 4)
-            results[args.prefix + "awe_plus_attention"] = summarise(pooled_att, extra_att)
+            results[s.prefix + "awe_plus_attention"] = summarise(pooled_att, extra_att)
         if not recover:
-            results[args.prefix + "baseline_tuned"] = summarise(pooled_base_tuned, {"note": "decoder scores only, same grid"})
-            results[args.prefix + "lattice_1best"] = summarise(pooled_base, {"note": "the lattice's own best path"})
-        log.info("%s: %s", method, {k: results[args.prefix + method][k] for k in ("wer", "iv_wer", "oov_wer")})
+            results[s.prefix + "baseline_tuned"] = summarise(pooled_base_tuned, {"note": "decoder scores only, same grid"})
+            results[s.prefix + "lattice_1best"] = summarise(pooled_base, {"note": "the lattice's own best path"})
+        log.info("%s: %s", method, {k: results[s.prefix + method][k] for k in ("wer", "iv_wer", "oov_wer")})
+    if not chosen_by_method:
+        raise StageError("no lattice method to tune: methods need awe_rescore or awe_rescore_oov_recovery")
 
     # tuning curve: committed as JSON + a plot
-    res_dir = Path(args.out).parent
-    tag = f"{args.corpus}_{args.prefix.rstrip('_') or 'lattices'}"
+    res_dir = Path(s.out).parent
+    tag = f"{s.corpus}_{s.prefix.rstrip('_') or 'lattices'}"
     res_dir.mkdir(parents=True, exist_ok=True)
     curve_path = res_dir / f"rescore_tuning_{tag}.json"
     if curve_path.exists():  # another run's methods (e.g. OOV recovery run separately) are kept
         curves = {**json.loads(curve_path.read_text()), **curves}
     curve_path.write_text(json.dumps(curves, indent=1, sort_keys=True))
     key = "awe_rescore_fold0" if "awe_rescore_fold0" in curves else next(k for k in sorted(curves) if k.endswith("fold0"))
-    plot_tuning_curve(curves[key], res_dir / f"rescore_tuning_{tag}.png", f"{args.corpus}: dev WER vs embedding weight")
+    plot_tuning_curve(curves[key], res_dir / f"rescore_tuning_{tag}.png", f"{s.corpus}: dev WER vs embedding weight")
     # the chosen scales (fold 0, or the only fold) travel with the model
     chosen = chosen_by_method.get("awe_rescore") or next(iter(chosen_by_method.values()))
     rescorer.config = replace(rescorer.config, **{k: chosen[0][k] for k in ("awe_scale", "lm_scale", "word_insertion_penalty")})
     return results, rescorer
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--corpus", required=True)
-    p.add_argument("--model-dir", required=True)
-    p.add_argument("--train-data", required=True, help="acoustic training utterances (for IV/OOV)")
-    p.add_argument("--dev-lattices", required=True)
-    p.add_argument("--dev-features", required=True)
-    p.add_argument("--test-lattices")
-    p.add_argument("--test-features")
-    p.add_argument("--cross-validate", action="store_true", help="no test split: 2-fold over dev speakers")
-    p.add_argument("--decode-metrics", help="the decoder's metrics.json (for rescoring cost relative to decoding)")
-    p.add_argument("--prefix", default="", help="method name prefix, e.g. pocketsphinx_")
-    p.add_argument("--methods", default="awe_rescore,awe_rescore_oov_recovery,awe_plus_attention",
-                   help="awe_plus_attention needs --attention-model-dir")
-    p.add_argument("--awe-scales", default="0,1,2,4,8,16,32")
-    p.add_argument("--lm-scales", default="0.5,1,2")
-    p.add_argument("--wips", default="-2,0,2")
-    p.add_argument("--oov-lm-scores", default=None,
-                   help="OOV recovery: LM costs (natural log) of a recovered word to tune on dev, e.g. -10,-7,-5,-3 "
-                        "(default: the rescorer config's oov_lm_score)")
-    p.add_argument("--am-scale", type=float, default=1.0)
-    p.add_argument("--word-list-size", type=int, default=200000)
-    p.add_argument("--attention-model-dir", help="joint CTC/attention model for awe_plus_attention (n-best second pass)")
-    p.add_argument("--attention-scales", default="0,0.02,0.05,0.1,0.2,0.5,1")
-    p.add_argument("--attention-nbest", type=int, default=10)
-    p.add_argument("--prune-posterior", type=float, default=1e-4,
-                   help="drop lattice arcs below this posterior before rescoring (0: keep all; timed as rescoring)")
-    p.add_argument("--prune-scale", type=float, default=1.0,
-                   help="scale of the lattice scores for those posteriors (e.g. 0.1 for pocketsphinx's large acoustic scores)")
-    p.add_argument("--max-utterances", type=int, default=0)
-    p.add_argument("--device", default=None)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="results/wer.json")
-    p.add_argument("--save-config", action="store_true",
-                   help="write the tuned scales to MODEL_DIR/rescorer.json (rescorer_<prefix>.json with --prefix)")
-    args = p.parse_args(argv)
-    if not args.cross_validate and not (args.test_lattices and args.test_features):
-        p.error("--test-lattices and --test-features are needed (or --cross-validate)")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+def tune_rescoring(settings: TuneSettings, command: str = "rescorer tune") -> Dict[str, dict]:
+    """Run the protocol, merge the results into ``settings.out`` and (``save_config``) keep
+    the tuned scales with the model. ``command`` is recorded as the run's provenance.
+    Returns the results by method name."""
+    import torch
+
+    s = settings
     t0 = time.time()
-    results, rescorer = run(args)
-    out = Path(args.out)
+    results, rescorer = _tune_and_evaluate(s)
+    out = Path(s.out)
     doc = json.loads(out.read_text()) if out.exists() else {}
-    entry = doc.setdefault("corpora", {}).setdefault(args.corpus, {})
+    entry = doc.setdefault("corpora", {}).setdefault(s.corpus, {})
     entry.update(results)
-    run_key = f"{args.corpus}:{args.prefix or 'ctc'}:{args.methods}"  # one record per run, so none is lost
+    run_key = f"{s.corpus}:{s.prefix or 'ctc'}:{','.join(s.methods)}"  # one record per run, so none is lost
     doc.setdefault("rescoring_runs", {})[run_key] = {
-        "command": "python benchmarks/rescore_wer.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": command,
         "machine": f"{platform.machine()}, {os.cpu_count()} cores (no GPU)" if not torch.cuda.is_available() else torch.cuda.get_device_name(0),
         "date": datetime.date.today().isoformat(),
-        "cwd": os.path.relpath(os.getcwd(), Path(__file__).resolve().parents[1]),
+        "cwd": os.path.relpath(os.getcwd(), REPO),
         "wall_seconds": round(time.time() - t0, 1),
-        "protocol": "2-fold cross-validation over dev speakers" if args.cross_validate else "scales tuned on dev, reported on test",
+        "protocol": "2-fold cross-validation over dev speakers" if s.cross_validate else "scales tuned on dev, reported on test",
     }
     out.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
-    if args.save_config:
+    if s.save_config:
         # the lattices' own decoder's scales: rescorer.json for ours, rescorer_<prefix>.json for others
-        name = f"rescorer_{args.prefix.rstrip('_')}.json" if args.prefix else None
-        path = rescorer.save_config(args.model_dir, {"tuned_by": doc["rescoring_runs"][run_key]}, name=name)
+        name = f"rescorer_{s.prefix.rstrip('_')}.json" if s.prefix else None
+        path = rescorer.save_config(s.model_dir, {"tuned_by": doc["rescoring_runs"][run_key]}, name=name)
         log.info("tuned scales saved to %s", path)
-    print(json.dumps({m: {k: r.get(k) for k in ("wer", "iv_wer", "oov_wer", "oov_tokens_recovered")} for m, r in results.items()}, indent=1))
-
-
-if __name__ == "__main__":
-    main()
+    return results

@@ -1,0 +1,113 @@
+"""Stage: rescore a lattice file (or directory of shards) with word embeddings, sharded and resumable.
+
+Under torchrun each rank takes every WORLD_SIZE-th utterance (sorted ids) and writes its
+own part (``hyps.<rank>.txt``, ``rescored.<rank>.pt``, ``errors.<rank>.json``); rank 0
+then merges the texts into ``hyps.txt``. An utterance already in a rank's ``hyps`` part is
+skipped, so an interrupted run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, Optional
+
+from rescorer.stages import StageError
+
+
+@dataclass
+class RescoreSummary:
+    """What one rank did: its errors by utterance, and (rank 0) the merged hyps.txt."""
+
+    rank: int
+    world_size: int
+    errors: Dict[str, str] = field(default_factory=dict)
+    hyps_path: Optional[Path] = None
+    merged_utterances: int = 0
+
+
+def rescore_lattices(
+    model_dir,
+    lattices,
+    features,
+    out_dir,
+    recover_oov: bool = False,
+    word_list_size: int = 200000,
+    device: Optional[str] = None,
+    prune_posterior: float = 1e-4,
+    prune_scale: float = 1.0,
+    config_name: str = "rescorer.json",
+    rank: Optional[int] = None,
+    world_size: Optional[int] = None,
+    progress: bool = True,
+) -> RescoreSummary:
+    """Rescore this rank's share of ``lattices``; rank and world size default to torchrun's RANK/WORLD_SIZE.
+
+    A bad lattice or an utterance without features costs that utterance only (listed in
+    the rank's errors file); a missing model or tuned configuration is a StageError.
+    """
+    from tqdm import tqdm
+
+    from rescorer.lattice.word_lattice import load_word_lattices, prune, save_word_lattices
+    from rescorer.rescore import Rescorer
+    from rescorer.training.asr_data import load_utterances
+    from rescorer.utils import atomic_write_text
+
+    rank = int(os.environ.get("RANK", 0)) if rank is None else rank
+    world = int(os.environ.get("WORLD_SIZE", 1)) if world_size is None else world_size
+    outdir = Path(out_dir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    lats = load_word_lattices(lattices)
+    utts = load_utterances(features, max_frames=None)
+    feats = {utts.utterance_id(i): utts.features(i).float() for i in range(len(utts))}
+    try:
+        rescorer = Rescorer.from_dir(model_dir, device=device, config_name=config_name)
+    except FileNotFoundError as e:
+        raise StageError(str(e)) from e
+    if recover_oov:
+        from rescorer.corpora.text_sources import large_word_list
+
+        rescorer.set_vocabulary(large_word_list(word_list_size))
+    part_txt = outdir / f"hyps.{rank}.txt"
+    done = {}
+    if part_txt.exists():
+        done = dict(line.split("\t", 1) for line in part_txt.read_text().splitlines() if "\t" in line)
+    mine = [u for k, u in enumerate(sorted(lats)) if k % world == rank]
+    summary = RescoreSummary(rank=rank, world_size=world)
+    rescored = []
+    for uid in tqdm(mine, desc=f"rescoring (rank {rank})", disable=rank != 0 or not progress):
+        if uid in done:
+            continue
+        if uid not in feats:
+            summary.errors[uid] = "no features for this utterance"
+            continue
+        try:
+            res = rescorer.rescore(prune(lats[uid], prune_posterior, scale=prune_scale), feats[uid], recover=recover_oov)
+        except ValueError as e:  # a bad lattice costs that utterance only
+            summary.errors[uid] = str(e)
+            continue
+        rescored.append(res.lattice)
+        done[uid] = res.hypothesis.text
+        atomic_write_text(part_txt, "".join(f"{u}\t{t}\n" for u, t in sorted(done.items())))
+    if rescored:
+        save_word_lattices(outdir / f"rescored.{rank}.pt", rescored)
+    if summary.errors:
+        atomic_write_text(outdir / f"errors.{rank}.json", json.dumps(summary.errors, indent=1))
+    if world > 1:
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group("gloo")
+        dist.barrier()
+    if rank == 0:
+        lines = []
+        for r in range(world):
+            p = outdir / f"hyps.{r}.txt"
+            if p.exists():
+                lines += p.read_text().splitlines()
+        summary.hyps_path = outdir / "hyps.txt"
+        summary.merged_utterances = len(lines)
+        atomic_write_text(summary.hyps_path, "\n".join(sorted(lines)) + "\n")
+    return summary

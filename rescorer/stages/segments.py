@@ -1,0 +1,65 @@
+"""Stage: fbank features for every cut, then the word segments as plain torch files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable, List, Optional, Sequence
+
+from rescorer.stages import StageError
+
+
+def compute_segments(
+    data_dir,
+    corpus: str,
+    splits: Optional[Sequence[str]] = None,
+    max_frames: int = 200,
+    min_frames: int = 3,
+    num_jobs: int = 2,
+    echo: Callable[[str], None] = print,
+) -> List[str]:
+    """Features and word segments of each split (all splits found when ``splits`` is None).
+
+    Writes DATA_DIR/manifests/{corpus}_cuts_{split}_fbank.jsonl.gz, DATA_DIR/segments/{split}.pt
+    (+ .stats.json and word-level cuts). A split whose outputs exist is skipped, so the
+    stage resumes. Returns the splits handled; ``echo`` receives one line per step.
+    """
+    from lhotse import CutSet
+
+    from rescorer.corpora.report import corpus_splits
+    from rescorer.segments import compute_features, export_word_segments, extract_word_segments, word_segment_cuts
+    from rescorer.utils import atomic_path, atomic_write_text
+
+    data = Path(data_dir)
+    todo = list(splits) if splits else corpus_splits(data, corpus)
+    if not todo:
+        raise StageError(f"no {corpus} manifests in {data / 'manifests'}")
+    for split in todo:
+        src = data / "manifests" / f"{corpus}_cuts_{split}.jsonl.gz"
+        if not src.exists():
+            raise StageError(f"missing manifest {src}")
+        pt = data / "segments" / f"{split}.pt"
+        stats_path = data / "segments" / f"{split}.stats.json"
+        if pt.exists() and stats_path.exists():
+            echo(f"{split}: word segments already exported ({pt})")
+            continue
+        echo(f"{split}: features")
+        cuts = compute_features(
+            CutSet.from_file(src), data / "fbank", data / "manifests" / f"{corpus}_cuts_{split}_fbank.jsonl.gz", num_jobs
+        )
+        segs = extract_word_segments(cuts, max_frames=max_frames, min_frames=min_frames)
+        with atomic_path(data / "segments" / f"word_cuts_{split}.jsonl.gz") as tmp:
+            word_segment_cuts(cuts, max_frames, min_frames).to_file(str(tmp))
+        export_word_segments(segs, pt)
+        st = segs.stats
+        atomic_write_text(
+            stats_path,
+            json.dumps(
+                {"word_segments": st.word_segments, "too_long": st.too_long, "too_short": st.too_short,
+                 "unaligned_utterances": st.unaligned_utterances, "max_frames": max_frames, "min_frames": min_frames},
+                indent=1,
+            ),
+        )
+        echo(f"{split}: {st.word_segments} word segments, dropped {st.segments_dropped} "
+             f"({st.too_long} > {max_frames} frames, {st.too_short} < {min_frames})")
+    return todo
