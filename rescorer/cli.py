@@ -11,7 +11,9 @@ from pathlib import Path
 
 import click
 
-from rescorer.stages.tune import METHODS as TUNE_METHODS  # stdlib only: the CLI stays light to import
+from rescorer.stages import StageError
+
+# Each command imports its stage or program when it runs: `rescorer --help` loads no torch, k2 or lhotse.
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -36,8 +38,6 @@ def _load_yaml(path):
 @contextlib.contextmanager
 def _stage_errors():
     """A stage's bad-input error becomes a one-line CLI error naming the problem."""
-    from rescorer.stages import StageError
-
     try:
         yield
     except StageError as e:
@@ -49,14 +49,17 @@ def _names(text):
     return None if text is None else tuple(x.strip() for x in text.split(",") if x.strip())
 
 
-def _floats(text, option):
-    """A comma-separated grid -> floats (None or empty: None); a bad value names the option."""
-    if not text:
+def _floats(text, option, optional=False):
+    """A comma-separated grid -> floats (an optional one may be absent: None); a bad value names the option."""
+    if text is None and optional:
         return None
     try:
-        return tuple(float(x) for x in _names(text))
+        values = tuple(float(x) for x in _names(text or ""))
     except ValueError as e:
         raise click.BadParameter(f"expected comma-separated numbers, got {text!r}", param_hint=option) from e
+    if not values:
+        raise click.BadParameter("needs at least one number", param_hint=option)
+    return values
 
 
 def _command_line() -> str:
@@ -354,8 +357,9 @@ def rescore_cmd(model_dir, lattices, features, out, recover_oov, word_list_size,
 @click.option("--cross-validate", is_flag=True, help="No test split: 2-fold cross-validation over dev speakers.")
 @click.option("--decode-metrics", help="The decoder's metrics.json (rescoring cost relative to decoding; no_lattice utterances).")
 @click.option("--prefix", default="", help="Method name prefix, e.g. pocketsphinx_.")
-@click.option("--methods", default=",".join(TUNE_METHODS), show_default=True,
-              help="Comma-separated; awe_plus_attention needs --attention-model-dir.")
+@click.option("--methods", default=None,
+              help="Comma-separated, from awe_rescore, awe_rescore_oov_recovery, awe_plus_attention (default: all; "
+                   "awe_plus_attention needs --attention-model-dir).")
 @click.option("--awe-scales", default="0,1,2,4,8,16,32", show_default=True)
 @click.option("--lm-scales", default="0.5,1,2", show_default=True)
 @click.option("--wips", default="-2,0,2", show_default=True, help="Word insertion penalties (write --wips=-2,0,2).")
@@ -390,7 +394,7 @@ def tune_cmd(methods, awe_scales, lm_scales, wips, oov_lm_scores, attention_scal
         settings = TuneSettings(
             methods=_names(methods), awe_scales=_floats(awe_scales, "--awe-scales"),
             lm_scales=_floats(lm_scales, "--lm-scales"), wips=_floats(wips, "--wips"),
-            oov_lm_scores=_floats(oov_lm_scores, "--oov-lm-scores"),
+            oov_lm_scores=_floats(oov_lm_scores, "--oov-lm-scores", optional=True),
             attention_scales=_floats(attention_scales, "--attention-scales"), **opts,
         )
         results = tune_rescoring(settings, command=_command_line())

@@ -539,9 +539,10 @@ def _prune_sweep_section(results_dir: Path, base: Path) -> List[str]:
         return []
     out = ["## Rescoring cost against lattice pruning", "",
            "Arcs below the posterior threshold are pruned before their spans are embedded "
-           "(`benchmarks/rescore_wer.py --prune-posterior`); scales tuned on dev at each threshold, "
-           "WER on test. Each row is one run of the script; rescoring seconds (span embedding + "
-           "decoding of the rescored lattices) are divided by the decoder's own time from its metrics.json.", ""]
+           "(`rescorer tune --prune-posterior`; the runs recorded below used its earlier script form); "
+           "scales tuned on dev at each threshold, WER on test. Each row is one run; rescoring seconds "
+           "(span embedding + decoding of the rescored lattices) are divided by the decoder's own time "
+           "from its metrics.json.", ""]
     rows, commands = [], []
     for path in runs:
         path = Path(path)

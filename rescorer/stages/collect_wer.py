@@ -16,6 +16,8 @@ import platform
 from pathlib import Path
 from typing import Optional, Sequence
 
+import torch
+
 from rescorer.stages import StageError
 
 KEYS = ("wer", "iv_wer", "oov_wer", "substitutions", "deletions", "insertions", "ref_words", "utterances", "rtf",
@@ -31,8 +33,6 @@ def _model_info(model_dir: str) -> dict:
     best = Path(model_dir) / "best.pt"
     if best.exists():
         try:
-            import torch
-
             ckpt = torch.load(str(best), map_location="cpu")
             state = ckpt.get("model") or ckpt.get("state_dict") or {}
             info["parameters"] = int(sum(v.numel() for v in state.values() if hasattr(v, "numel")))

@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence
 
+from rescorer.corpora.report import corpus_splits
 from rescorer.stages import StageError
+from rescorer.training.asr_data import export_utterances
 
 
 def export_asr(
@@ -16,10 +18,7 @@ def export_asr(
     The fbank manifests are made by the segments stage; a split whose output exists is
     skipped. Returns the output paths of all handled splits.
     """
-    from lhotse import CutSet
-
-    from rescorer.corpora.report import corpus_splits
-    from rescorer.training.asr_data import export_utterances
+    from lhotse import CutSet  # lhotse only where manifests are read
 
     data, outdir = Path(data_dir), Path(out_dir)
     todo = list(splits) if splits else corpus_splits(data, corpus)

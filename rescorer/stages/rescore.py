@@ -14,7 +14,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Optional
 
+from tqdm import tqdm
+
+from rescorer.corpora.text_sources import large_word_list
+from rescorer.lattice.word_lattice import load_word_lattices, prune, save_word_lattices
+from rescorer.rescore import Rescorer
 from rescorer.stages import StageError
+from rescorer.training.asr_data import load_utterances
+from rescorer.utils import atomic_write_text
 
 
 @dataclass
@@ -48,13 +55,6 @@ def rescore_lattices(
     A bad lattice or an utterance without features costs that utterance only (listed in
     the rank's errors file); a missing model or tuned configuration is a StageError.
     """
-    from tqdm import tqdm
-
-    from rescorer.lattice.word_lattice import load_word_lattices, prune, save_word_lattices
-    from rescorer.rescore import Rescorer
-    from rescorer.training.asr_data import load_utterances
-    from rescorer.utils import atomic_write_text
-
     rank = int(os.environ.get("RANK", 0)) if rank is None else rank
     world = int(os.environ.get("WORLD_SIZE", 1)) if world_size is None else world_size
     outdir = Path(out_dir)
@@ -67,8 +67,6 @@ def rescore_lattices(
     except FileNotFoundError as e:
         raise StageError(str(e)) from e
     if recover_oov:
-        from rescorer.corpora.text_sources import large_word_list
-
         rescorer.set_vocabulary(large_word_list(word_list_size))
     part_txt = outdir / f"hyps.{rank}.txt"
     done = {}

@@ -6,7 +6,10 @@ import json
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence
 
+from rescorer.corpora.report import corpus_splits
+from rescorer.segments import compute_features, export_word_segments, extract_word_segments, word_segment_cuts
 from rescorer.stages import StageError
+from rescorer.utils import atomic_path, atomic_write_text
 
 
 def compute_segments(
@@ -24,11 +27,7 @@ def compute_segments(
     (+ .stats.json and word-level cuts). A split whose outputs exist is skipped, so the
     stage resumes. Returns the splits handled; ``echo`` receives one line per step.
     """
-    from lhotse import CutSet
-
-    from rescorer.corpora.report import corpus_splits
-    from rescorer.segments import compute_features, export_word_segments, extract_word_segments, word_segment_cuts
-    from rescorer.utils import atomic_path, atomic_write_text
+    from lhotse import CutSet  # lhotse only where manifests are read
 
     data = Path(data_dir)
     todo = list(splits) if splits else corpus_splits(data, corpus)

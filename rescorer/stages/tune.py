@@ -34,7 +34,17 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
+import numpy as np
+import torch
+
+from rescorer.corpora.text_sources import large_word_list
+from rescorer.evaluation.rescoring import evaluate, plot_tuning_curve, prepare_all, recovery_counts, tune
+from rescorer.lattice.word_lattice import best_path_hypothesis, load_word_lattices, prune
+from rescorer.rescore import Rescorer
+from rescorer.second_pass import AttentionScorer, attention_candidates, pick_best
 from rescorer.stages import StageError
+from rescorer.training.asr_data import load_utterances
+from rescorer.wer import compute_wer
 
 log = logging.getLogger(__name__)
 
@@ -44,47 +54,52 @@ REPO = Path(__file__).resolve().parents[2]
 
 @dataclass(frozen=True)
 class TuneSettings:
-    """Inputs, grids and outputs of one tuning run (the options of ``rescorer tune``)."""
+    """Inputs, grids and outputs of one tuning run: the options of ``rescorer tune``, whose
+    defaults are the defaults (here only "absent" has one)."""
 
-    corpus: str
+    corpus: str  # entry name in the WER file
     model_dir: str
     train_data: str  # acoustic training utterances: their words are in-vocabulary
     dev_lattices: str
     dev_features: str
+    awe_scales: Tuple[float, ...]
+    lm_scales: Tuple[float, ...]
+    wips: Tuple[float, ...]  # word insertion penalties
+    am_scale: float
+    attention_scales: Tuple[float, ...]
+    attention_nbest: int
+    prune_posterior: float  # drop arcs below this posterior before rescoring (0: keep all)
+    prune_scale: float  # scale of the lattice scores for those posteriors
+    word_list_size: int  # OOV recovery: words of the large word list searched
+    max_utterances: int  # the first N lattices of each split (0: all)
+    seed: int  # the speaker halves of cross-validation
+    out: str  # the WER file results are merged into
     test_lattices: Optional[str] = None
     test_features: Optional[str] = None
     cross_validate: bool = False  # no test split: 2-fold over dev speakers
     decode_metrics: Optional[str] = None  # the decoder's metrics.json: rescoring cost relative to decoding
     prefix: str = ""  # method name prefix, e.g. pocketsphinx_
-    methods: Tuple[str, ...] = METHODS
-    awe_scales: Tuple[float, ...] = (0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
-    lm_scales: Tuple[float, ...] = (0.5, 1.0, 2.0)
-    wips: Tuple[float, ...] = (-2.0, 0.0, 2.0)
+    methods: Optional[Tuple[str, ...]] = None  # None: all of METHODS
     oov_lm_scores: Optional[Tuple[float, ...]] = None  # OOV recovery: LM costs of a recovered word to tune
-    am_scale: float = 1.0
-    word_list_size: int = 200000
     attention_model_dir: Optional[str] = None  # joint CTC/attention model for awe_plus_attention
-    attention_scales: Tuple[float, ...] = (0.0, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
-    attention_nbest: int = 10
-    prune_posterior: float = 1e-4  # drop arcs below this posterior before rescoring (0: keep all)
-    prune_scale: float = 1.0  # scale of the lattice scores for those posteriors
-    max_utterances: int = 0  # the first N lattices of each split (0: all)
     device: Optional[str] = None
-    seed: int = 0
-    out: str = "results/wer.json"
     save_config: bool = False
 
     def __post_init__(self):
+        if self.methods is None:
+            object.__setattr__(self, "methods", METHODS)
         if not self.cross_validate and not (self.test_lattices and self.test_features):
             raise StageError("test lattices and test features are needed (or cross-validation over dev speakers)")
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown:
             raise StageError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
+        if "awe_plus_attention" in self.methods and "awe_rescore" not in self.methods:
+            raise StageError("awe_plus_attention rescores awe_rescore's lattices: add awe_rescore to the methods")
+        if not self.methods:
+            raise StageError(f"no method to tune; choose from {', '.join(METHODS)}")
 
 
 def _features(path):
-    from rescorer.training.asr_data import load_utterances
-
     u = load_utterances(path, max_frames=None)
     feats = {u.utterance_id(i): u.features(i).float() for i in range(len(u))}
     texts = {u.utterance_id(i): u.text(i).split() for i in range(len(u))}
@@ -93,8 +108,6 @@ def _features(path):
 
 
 def _train_vocab(path):
-    from rescorer.training.asr_data import load_utterances
-
     u = load_utterances(path, max_frames=None)
     return {w for i in range(len(u)) for w in u.text(i).split()}
 
@@ -116,8 +129,6 @@ def _decode_seconds(metrics_path, n_utts_fraction=1.0):
 
 def _prune_all(lattices, min_posterior, scale=1.0):
     """Posterior-prune every lattice (word_lattice.prune, posteriors of scores x scale); returns (lattices, seconds)."""
-    from rescorer.lattice.word_lattice import prune
-
     if not min_posterior:
         return lattices, 0.0
     t0 = time.perf_counter()
@@ -131,8 +142,6 @@ def _prune_all(lattices, min_posterior, scale=1.0):
 
 def _load_lattices(path, s: TuneSettings):
     """The first ``max_utterances`` lattices of a split (sorted ids), pruned; returns (lattices, prune seconds)."""
-    from rescorer.lattice.word_lattice import load_word_lattices
-
     lats = load_word_lattices(path)
     if s.max_utterances:
         lats = {u: lats[u] for u in sorted(lats)[: s.max_utterances]}
@@ -157,9 +166,6 @@ def _attention_second_pass(rescorer, attention, awe_config, prep_tune, prep_eval
     """awe_plus_attention: n-best of the embedding-rescored lattices, rescored by the attention
     decoder; its weight is tuned on the tuning lattices only. Returns ({"words", "seconds"}
     for the evaluated lattices, the chosen attention_scale)."""
-    from rescorer.second_pass import attention_candidates, pick_best
-    from rescorer.wer import compute_wer
-
     def candidates(prep, feats):
         out = {}
         for u in sorted(prep):
@@ -184,15 +190,6 @@ def _attention_second_pass(rescorer, attention, awe_config, prep_tune, prep_eval
 
 def _tune_and_evaluate(s: TuneSettings):
     """Returns (results by method, the Rescorer with the scales chosen on dev)."""
-    import numpy as np
-    import torch
-
-    from rescorer.corpora.text_sources import large_word_list
-    from rescorer.evaluation.rescoring import evaluate, plot_tuning_curve, prepare_all, recovery_counts, tune
-    from rescorer.lattice.word_lattice import best_path_hypothesis
-    from rescorer.rescore import Rescorer
-    from rescorer.wer import compute_wer
-
     torch.manual_seed(0)
     try:
         rescorer = Rescorer.from_dir(s.model_dir, device=s.device)
@@ -233,8 +230,6 @@ def _tune_and_evaluate(s: TuneSettings):
     wanted = list(s.methods)
     attention = None
     if "awe_plus_attention" in wanted and s.attention_model_dir:
-        from rescorer.second_pass import AttentionScorer
-
         attention = AttentionScorer.from_dir(s.attention_model_dir, device=s.device)
     for method, recover in (("awe_rescore", False), ("awe_rescore_oov_recovery", True)):
         if method not in wanted:
@@ -305,8 +300,6 @@ def _tune_and_evaluate(s: TuneSettings):
             results[s.prefix + "baseline_tuned"] = summarise(pooled_base_tuned, {"note": "decoder scores only, same grid"})
             results[s.prefix + "lattice_1best"] = summarise(pooled_base, {"note": "the lattice's own best path"})
         log.info("%s: %s", method, {k: results[s.prefix + method][k] for k in ("wer", "iv_wer", "oov_wer")})
-    if not chosen_by_method:
-        raise StageError("no lattice method to tune: methods need awe_rescore or awe_rescore_oov_recovery")
 
     # tuning curve: committed as JSON + a plot
     res_dir = Path(s.out).parent
@@ -328,8 +321,6 @@ def tune_rescoring(settings: TuneSettings, command: str = "rescorer tune") -> Di
     """Run the protocol, merge the results into ``settings.out`` and (``save_config``) keep
     the tuned scales with the model. ``command`` is recorded as the run's provenance.
     Returns the results by method name."""
-    import torch
-
     s = settings
     t0 = time.time()
     results, rescorer = _tune_and_evaluate(s)
