@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from rescorer.cli import main
-from tests.conftest import REPO, lhotse_or_k2_imported_by, needs_espeak, needs_lhotse
+from tests.conftest import REPO, lhotse_or_k2_imported_by, needs_espeak, needs_k2, needs_lhotse
 
 def _verbs(group=main, path=()):
     """Every leaf command of the app, as its word path, e.g. ("train", "asr")."""
@@ -125,3 +125,36 @@ def test_segments_on_missing_manifests_is_a_clear_error(tmp_path):
     (tmp_path / "manifests").mkdir()
     r = CliRunner().invoke(main, ["segments", str(tmp_path), "--corpus", "synthetic"])
     assert r.exit_code != 0 and "no synthetic manifests" in r.output
+
+
+@needs_k2
+@pytest.mark.lattice
+@pytest.mark.slow
+def test_rescore_shards_under_torchrun_and_rank_0_merges(tmp_path):
+    """`torchrun -m rescorer rescore`: each rank rescores every other utterance, rank 0 merges."""
+    import torch
+
+    from rescorer.lattice.word_lattice import save_word_lattices
+    from rescorer.training.train_embeddings import TrainConfig, build_encoders, save_embedder
+    from tests.conftest import TINY_EMBEDDER, run_torchrun
+    from tests.test_rescore import _feats, _lattice
+
+    torch.manual_seed(0)
+    model = tmp_path / "emb"
+    model.mkdir()
+    save_embedder(str(model / "best.pt"), *build_encoders(TrainConfig(train="-", dev="-", out="-", **TINY_EMBEDDER)), {})
+    arcs = [(0, 1, "the", 0, 5, -1.0, -1.0), (1, 2, "cat", 5, 10, -1.0, -1.0), (2, 3, "sat", 10, 15, -1.0, -1.0)]
+    uids = ["u1", "u2", "u3"]
+    save_word_lattices(tmp_path / "lats.pt", [_lattice(arcs, uid=u) for u in uids])
+    f = _feats(["the", "cat", "sat"])
+    torch.save({"format": "rescorer.utterances/1", "feats": torch.cat([f] * 3).half(),
+                "offsets": torch.arange(4) * f.shape[0], "texts": ["the cat sat"] * 3, "utterance_ids": uids,
+                "speakers": ["s"] * 3}, tmp_path / "feats.pt")
+    out = tmp_path / "out"
+    proc = run_torchrun(["-m", "rescorer", "rescore", "--model-dir", str(model), "--lattices", str(tmp_path / "lats.pt"),
+                         "--features", str(tmp_path / "feats.pt"), "--out", str(out), "--device", "cpu"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (out / "hyps.0.txt").read_text().splitlines() == ["u1\tthe cat sat", "u3\tthe cat sat"]
+    assert (out / "hyps.1.txt").read_text().splitlines() == ["u2\tthe cat sat"]
+    assert (out / "hyps.txt").read_text() == "".join(f"{u}\tthe cat sat\n" for u in uids)
+    assert (out / "rescored.0.pt").exists() and (out / "rescored.1.pt").exists()
