@@ -130,6 +130,26 @@ def test_rescorer_tune_cross_validates_reports_and_keeps_the_scales_with_the_mod
     assert r.exit_code == 0, r.output
     assert (model / "rescorer_other.json").exists() and "other_awe_rescore" in json.loads(out.read_text())["corpora"]["toy"]
 
+    # the attention second pass re-ranks each fold's n-best with a weight tuned on the other fold
+    import torch
+
+    from rescorer.second_pass import AttentionScorer
+
+    class NeutralAttention:  # scores every hypothesis alike: the embedding-rescored best stays
+        def encode(self, feats):
+            return feats
+
+        def score(self, encoder_out, word_sequences):
+            return torch.zeros(len(word_sequences), dtype=torch.float64)
+
+    monkeypatch.setattr(AttentionScorer, "from_dir", classmethod(lambda cls, model_dir, device=None: NeutralAttention()))
+    att_args = [a if a != "awe_rescore" else "awe_rescore,awe_plus_attention" for a in args]
+    r = CliRunner().invoke(main, att_args + ["--prefix", "att_", "--attention-model-dir", str(model),
+                                             "--attention-scales", "0.5,1"])
+    assert r.exit_code == 0, r.output
+    att = json.loads(out.read_text())["corpora"]["toy"]["att_awe_plus_attention"]
+    assert att["wer"] == 0.0 and att["attention_scales"] == [0.5, 0.5] and att["attention_model_dir"] == str(model)
+
 
 def test_rescorer_tune_names_bad_input(tmp_path):
     from click.testing import CliRunner
