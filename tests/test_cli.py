@@ -135,7 +135,8 @@ def test_rescore_shards_under_torchrun_and_rank_0_merges(tmp_path):
     import torch
 
     from rescorer.lattice.word_lattice import save_word_lattices
-    from rescorer.training.train_embeddings import TrainConfig, build_encoders, save_embedder
+    from rescorer.models.checkpoint import save_embedder
+    from rescorer.training.train_embeddings import TrainConfig, build_encoders
     from tests.conftest import TINY_EMBEDDER, run_torchrun
     from tests.test_rescore import _feats, _lattice
 

@@ -45,6 +45,7 @@ def test_the_import_contracts_hold():
         ("rescorer/lattice/planted.py", "from rescorer.rescore import Rescorer\n",
          "rescorer.lattice.planted -> rescorer.rescore"),
         ("rescorer/tokens.py", "from rescorer.models import ctc\n", "rescorer.tokens -> rescorer.models.ctc"),
+        ("rescorer/rescore.py", "def f():\n    from rescorer.stages import tune\n", "rescorer.rescore -> rescorer.stages.tune"),
     ],
 )
 def test_a_planted_forbidden_import_is_reported(tmp_path, module, source, edge):

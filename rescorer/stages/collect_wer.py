@@ -16,8 +16,7 @@ import platform
 from pathlib import Path
 from typing import Optional, Sequence
 
-import torch
-
+from rescorer.models.checkpoint import BEST, load_checkpoint
 from rescorer.stages import StageError
 
 KEYS = ("wer", "iv_wer", "oov_wer", "substitutions", "deletions", "insertions", "ref_words", "utterances", "rtf",
@@ -30,10 +29,10 @@ def _model_info(model_dir: str) -> dict:
     info = {"model_dir": model_dir}
     if cfg_path.exists():
         info["config"] = json.loads(cfg_path.read_text())
-    best = Path(model_dir) / "best.pt"
+    best = Path(model_dir) / BEST
     if best.exists():
         try:
-            ckpt = torch.load(str(best), map_location="cpu")
+            ckpt = load_checkpoint(best)  # the project's own checkpoint: the trusted path
             state = ckpt.get("model") or ckpt.get("state_dict") or {}
             info["parameters"] = int(sum(v.numel() for v in state.values() if hasattr(v, "numel")))
         except Exception as e:  # the size is informative; a failure to read it is reported, not fatal
