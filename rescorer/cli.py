@@ -67,7 +67,20 @@ def _command_line() -> str:
     return " ".join(["rescorer"] + [shlex.quote(a) for a in sys.argv[1:]])
 
 
-@click.group()
+class _Main(click.Group):
+    """Bad input files (wrong format, objects refused by plain loading, another frontend's
+    frames) end the command with their message, not a traceback."""
+
+    def invoke(self, ctx):
+        from rescorer.formats import FeatureSpecError, FormatError
+
+        try:
+            return super().invoke(ctx)
+        except (FormatError, FeatureSpecError) as e:
+            raise click.ClickException(str(e)) from e
+
+
+@click.group(cls=_Main)
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def main(verbose: bool) -> None:
     """Lattice rescoring with acoustic word embeddings."""
@@ -215,7 +228,7 @@ def segments_cmd(data_dir, corpus, splits, max_frames, min_frames, num_jobs):
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Directory for <split>.pt files.")
 @click.option("--splits", default=None, help="Comma-separated splits (default: all with features).")
 def export_asr_cmd(data_dir, corpus, out, splits):
-    """Export utterance features + transcripts (rescorer.utterances/1) for ASR training and rescoring.
+    """Export utterance features + transcripts (rescorer.utterances) for ASR training and rescoring.
 
     Reads DATA_DIR/manifests/{corpus}_cuts_{split}_fbank.jsonl.gz (made by `rescorer segments`);
     a split whose output exists is skipped.
@@ -309,8 +322,8 @@ def lattices_pocketsphinx_cmd(cuts, out_dir, num_jobs, no_convert, summary_only)
 @main.command("rescore")
 @click.option("--model-dir", required=True, type=click.Path(exists=True), help="Trained embedder (+ rescorer.json scales).")
 @click.option("--lattices", required=True, type=click.Path(exists=True),
-              help="Word-lattice shard (rescorer.word_lattices/1), or a directory of shards + words.txt (pocketsphinx's output).")
-@click.option("--features", required=True, type=click.Path(exists=True, dir_okay=False), help="Utterance features (rescorer.utterances/1).")
+              help="Word-lattice shard (rescorer.word_lattices), or a directory of shards + words.txt (pocketsphinx's output).")
+@click.option("--features", required=True, type=click.Path(exists=True, dir_okay=False), help="Utterance features (rescorer.utterances).")
 @click.option("--out", required=True, type=click.Path(file_okay=False))
 @click.option("--recover-oov/--no-recover-oov", default=False, show_default=True, help="Propose words from a large word list.")
 @click.option("--word-list-size", type=int, default=200000, show_default=True)

@@ -64,6 +64,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from rescorer.formats.contract import FBANK, SAMPLE_RATE, UNK
 from rescorer.lattice.edit import add_arcs, added_words_on_path, extend_table, new_arc_mask, with_table
 from rescorer.lattice.scores import Scales, combine, with_scores
 from rescorer.lattice.word_lattice import arc_posteriors, best_path_hypothesis, validate, word_confidences
@@ -72,7 +73,7 @@ from rescorer.ops import NearestIndex, arc_similarity
 from rescorer.text import NotAWordError, normalize_word
 from rescorer.utils import atomic_write_text
 
-FEATURE_FRAME_SHIFT = 0.01  # the embedder's input: 80-bin fbank at 10 ms (rescorer.segments)
+FEATURE_FRAME_SHIFT = FBANK.frame_shift  # the embedder's input: 80-bin fbank at 10 ms
 CONFIG_FILE = "rescorer.json"
 
 
@@ -327,7 +328,7 @@ class Rescorer:
     def _awe_scores(self, lat, feats: torch.Tensor, cache: Optional[SpanCache]) -> torch.Tensor:
         fsa = lat.fsa
         labels = fsa.labels.long()
-        unk = lat.words.get("<unk>") if "<unk>" in lat.words else -100
+        unk = lat.words.get(UNK) if UNK in lat.words else -100
         is_word = (labels > 0) & (labels != unk)
         out = torch.zeros(labels.shape[0], dtype=torch.float32)
         out[labels == unk] = self.config.unk_awe_score
@@ -412,7 +413,7 @@ class Rescorer:
         labels = fsa.labels.long()
         if k <= 0:
             return unchanged, []
-        unk = int(lat.words.get("<unk>")) if "<unk>" in lat.words else -100
+        unk = int(lat.words.get(UNK)) if UNK in lat.words else -100
         base = self.apply_scores(lat, torch.zeros(labels.shape[0]), replace(c, awe_scale=0.0))
         post = arc_posteriors(base, scale=c.posterior_scale).float().cpu()
         words = (labels > 0).nonzero().flatten()  # word arcs, <unk> included
@@ -490,7 +491,7 @@ class WordListIndex:
         return table, ids
 
 
-def features_from_audio(samples: np.ndarray, sampling_rate: int = 16000) -> torch.Tensor:
+def features_from_audio(samples: np.ndarray, sampling_rate: int = SAMPLE_RATE) -> torch.Tensor:
     """80-bin fbank at 10 ms, the embedder's input (lhotse's extractor, as for training)."""
     from rescorer.segments import fbank_extractor
 
@@ -499,8 +500,8 @@ def features_from_audio(samples: np.ndarray, sampling_rate: int = 16000) -> torc
     x = np.asarray(samples, dtype=np.float32)
     if x.ndim == 1:
         x = x[None, :]
-    if sampling_rate != 16000:
+    if sampling_rate != SAMPLE_RATE:
         from rescorer.corpora.tts.base import resample_to_16k
 
         x = resample_to_16k(x[0], sampling_rate)[None, :]
-    return torch.from_numpy(fbank_extractor().extract(x, 16000))
+    return torch.from_numpy(fbank_extractor().extract(x, SAMPLE_RATE))

@@ -24,12 +24,11 @@ from typing import List, Optional, Sequence
 
 import torch
 
+from rescorer.formats.contract import UNK
 from rescorer.lattice.paths import Hypothesis, best_with_attention
 from rescorer.lattice.word_lattice import nbest
 from rescorer.models.checkpoint import load_asr_model
 from rescorer.tokens import words_to_token_ids
-
-UNK = "<unk>"
 
 
 class AttentionScorer:

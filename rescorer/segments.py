@@ -12,10 +12,9 @@ the segment set and counted as ``segments_dropped`` (split into ``too_long`` and
 ``too_short``). At rescoring time, spans longer than the encoder window are
 centre-cropped instead (the lattice must still get a score).
 
-Export format ``rescorer.word_segments/1`` (``torch.load``-able on torch 1.13..2.x with
-``weights_only=True``): ``feats`` float16 [T_total, 80], ``offsets`` int64 [S+1],
-``word_ids`` int64 [S] into sorted ``words``, ``speaker_ids`` int64 [S] into ``speakers``,
-``utterance_ids`` list[str], ``num_mel_bins``, ``frame_shift``.
+The export is a ``rescorer.word_segments`` file (``rescorer.formats.word_segments``:
+float16 frames, offsets, word and speaker ids, the feature spec), which training reads
+without lhotse.
 """
 
 from __future__ import annotations
@@ -27,21 +26,23 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
+from rescorer.formats.contract import FBANK, SAMPLE_RATE
+from rescorer.formats.word_segments import FORMAT as SEGMENTS_FORMAT  # noqa: F401  (the export's tag)
+from rescorer.formats.word_segments import write_word_segments
 from rescorer.utils import atomic_path
 
 log = logging.getLogger(__name__)
 
-FRAME_SHIFT = 0.01
-NUM_MEL_BINS = 80
+FRAME_SHIFT = FBANK.frame_shift
+NUM_MEL_BINS = FBANK.dim
 MAX_FRAMES = 200
 MIN_FRAMES = 3
-SEGMENTS_FORMAT = "rescorer.word_segments/1"
 
 
 def fbank_extractor():
     from lhotse import Fbank, FbankConfig
 
-    return Fbank(FbankConfig(num_mel_bins=NUM_MEL_BINS, frame_shift=FRAME_SHIFT))
+    return Fbank(FbankConfig(num_mel_bins=FBANK.dim, frame_shift=FBANK.frame_shift, sampling_rate=SAMPLE_RATE))
 
 
 def compute_features(cuts, storage_dir, manifest_path, num_jobs: int = 1):
@@ -159,15 +160,14 @@ def extract_word_segments(cuts, max_frames: int = MAX_FRAMES, min_frames: int = 
 
 
 def export_word_segments(segs: WordSegments, path) -> Path:
-    """Write the plain-torch export (format ``rescorer.word_segments/1``) atomically."""
+    """Write the export (format ``rescorer.word_segments``) atomically."""
     import torch
 
     vocab = sorted(set(segs.words))
     wid = {w: i for i, w in enumerate(vocab)}
     spk = sorted(set(segs.speakers))
     sid = {s: i for i, s in enumerate(spk)}
-    obj = {
-        "format": SEGMENTS_FORMAT,
+    return write_word_segments(path, {
         "feats": torch.from_numpy(np.ascontiguousarray(segs.feats, dtype=np.float16)),
         "offsets": torch.from_numpy(segs.offsets.astype(np.int64)),
         "word_ids": torch.tensor([wid[w] for w in segs.words], dtype=torch.int64),
@@ -176,35 +176,14 @@ def export_word_segments(segs: WordSegments, path) -> Path:
         "speakers": spk,
         "utterance_ids": list(segs.utterance_ids),
         "starts": torch.tensor(segs.starts, dtype=torch.float32),
-        "num_mel_bins": NUM_MEL_BINS,
-        "frame_shift": FRAME_SHIFT,
+        "feature_spec": FBANK.to_json(),
         "stats": {
             "word_segments": segs.stats.word_segments,
             "too_long": segs.stats.too_long,
             "too_short": segs.stats.too_short,
             "unaligned_utterances": segs.stats.unaligned_utterances,
         },
-    }
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        torch.save(obj, str(tmp))
-    return path
-
-
-def load_word_segments(path) -> Dict[str, object]:
-    """Load an export; checks the format tag so a wrong file fails clearly."""
-    import torch
-
-    import pickle
-
-    try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except (TypeError, pickle.UnpicklingError):
-        # torch 1.13's weights-only unpickler rejects plain floats; newer torch reads it safely
-        obj = torch.load(str(path), map_location="cpu")
-    if not isinstance(obj, dict) or obj.get("format") != SEGMENTS_FORMAT:
-        raise ValueError(f"{path} is not a word-segment export ({SEGMENTS_FORMAT})")
-    return obj
+    })
 
 
 def word_segment_cuts(cuts, max_frames: int = MAX_FRAMES, min_frames: int = MIN_FRAMES):

@@ -1,4 +1,4 @@
-"""Small helpers for work that must not be lost: atomic writes."""
+"""Small helpers for work that must not be lost: the package's one atomic-write helper."""
 
 from __future__ import annotations
 
@@ -11,8 +11,11 @@ PathLike = Union[str, os.PathLike]
 
 
 @contextlib.contextmanager
-def atomic_path(path: PathLike) -> Iterator[Path]:
+def atomic_path(path: PathLike, fsync: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; move it into place only if the block succeeds.
+
+    ``fsync``: flush the file to disk before it replaces the old one (checkpoints: a crash
+    must leave the previous one, never a truncated new one).
 
     The temporary name keeps the suffixes (``x.jsonl.gz`` -> ``.x.tmp1234.jsonl.gz``) so
     writers that pick a format by extension still do.
@@ -24,12 +27,15 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
     tmp = path.with_name(f".{stem}.tmp{os.getpid()}{suffixes}")
     try:
         yield tmp
+        if fsync:
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
 
 
-def atomic_write_text(path: PathLike, text: str) -> None:
+def atomic_write_text(path: PathLike, text: str, encoding: str = "utf-8") -> None:
     with atomic_path(path) as tmp:
-        tmp.write_text(text)
+        tmp.write_text(text, encoding=encoding)

@@ -10,9 +10,13 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from rescorer.training.asr_data import FORMAT as UTTERANCES_FORMAT
-from rescorer.training.asr_data import FRAME_SHIFT, NUM_MEL_BINS
-from rescorer.training.word_data import FORMAT as SEGMENTS_FORMAT
+from rescorer.formats.contract import FBANK
+from rescorer.formats.utterances import FORMAT as UTTERANCES_FORMAT
+from rescorer.formats.utterances import utterance_features_from_dict, write_utterance_features
+from rescorer.formats.word_segments import FORMAT as SEGMENTS_FORMAT
+from rescorer.formats.word_segments import write_word_segments
+
+NUM_MEL_BINS, FRAME_SHIFT = FBANK.dim, FBANK.frame_shift
 
 # ---------------------------------------------------------------- utterances (ASR)
 
@@ -65,10 +69,7 @@ def random_sentences(count: int, seed: int, vocabulary: Sequence[str], min_words
 
 
 def write_synthetic_utterances(path, texts: Sequence[str], seed: int = 0, **kwargs) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(make_synthetic_utterances(texts, seed=seed, **kwargs), str(path))
-    return path
+    return write_utterance_features(path, utterance_features_from_dict(make_synthetic_utterances(texts, seed=seed, **kwargs)))
 
 
 # ---------------------------------------------------------------- word segments (embeddings)
@@ -150,5 +151,5 @@ def make_synthetic_word_segments(
 
 def write_synthetic_word_segments(path: str, words: Sequence[str], **kwargs) -> str:
     """Write ``make_synthetic_word_segments(words, **kwargs)`` to ``path``; returns path."""
-    torch.save(make_synthetic_word_segments(words, **kwargs), path)
+    write_word_segments(path, make_synthetic_word_segments(words, **kwargs))
     return str(path)

@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 import torch
 
+from rescorer.formats.contract import FBANK
+from rescorer.formats.utterances import read_utterance_features
 from rescorer.models.ctc import ENCODER_PRESETS, CtcModel, ctc_greedy_decode, ctc_loss
 from rescorer.tokens import TokenError, pad_token_ids, token_ids_to_words
 from rescorer.models.checkpoint import load_asr_model
@@ -51,10 +53,11 @@ def _cut(cid, text, frames, speaker="spk"):
 def test_export_roundtrip_normalises_text(tmp_path):
     cuts = [_cut("u1", "Hello, World!", 30, "s1"), _cut("u2", "It\u2019s a Caf\u00e9-bar", 12, "s2")]
     path = export_utterances(cuts, tmp_path / "x.pt", progress=False)
-    raw = torch.load(path)
-    assert raw["format"] == FORMAT and raw["feats"].dtype == torch.float16 and raw["frame_shift"] == 0.01
-    assert raw["offsets"].tolist() == [0, 30, 42] and raw["speakers"] == ["s1", "s2"]
-    assert raw["texts"] == ["hello world", "it's a cafe bar"]
+    assert torch.load(path, weights_only=True)["format"] == FORMAT  # plain tensors + JSON text
+    raw = read_utterance_features(path)
+    assert raw.feats.dtype == torch.float16 and raw.spec == FBANK and raw.spec.frame_shift == 0.01
+    assert raw.offsets.tolist() == [0, 30, 42] and raw.speakers == ["s1", "s2"]
+    assert raw.texts == ["hello world", "it's a cafe bar"]
     data = load_utterances(path)
     assert len(data) == 2 and data.utterance_id(1) == "u2"
     assert token_ids_to_words(data.token_ids[1]) == ["it's", "a", "cafe", "bar"]

@@ -1,5 +1,7 @@
 """Lattice editing (rescorer.lattice.edit) and the score combination (rescorer.lattice.scores)."""
 
+import json
+
 import pytest
 import torch
 
@@ -73,8 +75,10 @@ def test_a_lattice_saved_with_list_scales_still_loads(tmp_path):
 
     lat = _lat(am_scale=0.5, lm_scale=2.0, word_insertion_penalty=-1.0)
     p = save_word_lattices(tmp_path / "new.pt", [lat])
-    raw = torch.load(p)
-    raw["lattices"]["u"]["meta"]["scales"] = [0.5, 2.0, -1.0]  # as files written before Scales record them
+    raw = torch.load(p, weights_only=True)
+    meta = json.loads(raw["meta"])
+    meta["lattice_meta"][0]["scales"] = [0.5, 2.0, -1.0]  # as files written before Scales record them
+    raw["meta"] = json.dumps(meta)
     torch.save(raw, tmp_path / "old.pt")
     back = load_word_lattices(tmp_path / "old.pt")["u"]
     assert back.meta["scales"] == {"am_scale": 0.5, "lm_scale": 2.0, "word_insertion_penalty": -1.0, "awe_scale": 0.0}

@@ -55,19 +55,20 @@ def test_long_and_short_words_are_dropped_and_counted(featurized):
 
 
 def test_export_loads_with_plain_torch_and_without_lhotse(featurized, tmp_path):
-    from rescorer.segments import export_word_segments, extract_word_segments, load_word_segments
+    from rescorer.formats.word_segments import read_word_segments
+    from rescorer.segments import export_word_segments, extract_word_segments
 
     cuts, _ = featurized
     segs = extract_word_segments(cuts, progress=False)
     path = export_word_segments(segs, tmp_path / "dev.pt")
-    obj = load_word_segments(path)
+    obj = read_word_segments(path)
     assert obj["format"] == SEGMENTS_FORMAT
     assert obj["feats"].shape[0] == obj["offsets"][-1].item()
     assert [obj["words"][i] for i in obj["word_ids"].tolist()] == segs.words
     code = (
         "import sys, torch; sys.modules['lhotse'] = None; sys.modules['k2'] = None\n"
-        "from rescorer.segments import load_word_segments\n"
-        f"o = load_word_segments({str(path)!r}); print(o['feats'].shape[0], len(o['word_ids']))"
+        "from rescorer.formats.word_segments import read_word_segments\n"
+        f"o = read_word_segments({str(path)!r}); print(o['feats'].shape[0], len(o['word_ids']))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert int(out[1]) == len(segs)
@@ -76,8 +77,8 @@ def test_export_loads_with_plain_torch_and_without_lhotse(featurized, tmp_path):
 def test_wrong_file_is_refused(tmp_path):
     import torch
 
-    from rescorer.segments import load_word_segments
+    from rescorer.formats.word_segments import read_word_segments
 
     torch.save({"feats": torch.zeros(2, 80)}, tmp_path / "x.pt")
-    with pytest.raises(ValueError, match="not a word-segment export"):
-        load_word_segments(tmp_path / "x.pt")
+    with pytest.raises(ValueError, match="not a rescorer.word_segments file"):
+        read_word_segments(tmp_path / "x.pt")

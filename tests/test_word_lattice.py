@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -117,8 +118,10 @@ def test_shard_round_trip(tmp_path):
     lat = _lat(am_scale=1.0, lm_scale=2.0)
     lat2 = build_word_lattice(ARCS[:2] + [(2, 3, "c", 20, 30, -1.0, -1.0)], lat.words, frame_shift=0.04, utterance_id="u2")
     p = save_word_lattices(tmp_path / "shard.pt", [lat, lat2])
-    raw = torch.load(p)
-    assert raw["format"] == "rescorer.word_lattices/1" and set(raw["lattices"]) == {"u1", "u2"}
+    raw = torch.load(p, weights_only=True)  # plain tensors + JSON text
+    assert raw["format"] == "rescorer.word_lattices/2" and json.loads(raw["meta"])["utterance_ids"] == ["u1", "u2"]
+    assert raw["tensors"]["src"].dtype == torch.int16 and raw["tensors"]["am_scores"].dtype == torch.float32
+    assert "scores" not in raw["tensors"]  # am/lm under the meta scales: recomputed on loading
     back = load_word_lattices(p, lat.words)
     b = back["u1"]
     assert torch.equal(b.fsa.arcs.values(), lat.fsa.arcs.values())
@@ -136,14 +139,14 @@ def test_wrong_symbol_table_on_load(tmp_path):
     with pytest.raises(WordLatticeError, match="symbol table mismatch.*id 2"):
         load_word_lattices(p, make_word_table(["aa", "b", "c", "d"]))
     q = save_word_lattices(tmp_path / "nowords.pt", [_lat()], include_words=False)
-    assert torch.load(q)["words"] is None
+    assert json.loads(torch.load(q, weights_only=True)["meta"])["words"] is None
     assert best_path(load_word_lattices(q, _table())["u1"]) == best_path(_lat())
     with pytest.raises(WordLatticeError, match="stores no symbol table"):
         load_word_lattices(q)
     with pytest.raises(WordLatticeError, match="symbol table mismatch"):
         load_word_lattices(q, make_word_table(["aa", "b", "c", "d"]))
     torch.save({"format": "something/else"}, tmp_path / "x.pt")
-    with pytest.raises(WordLatticeError, match="not a rescorer.word_lattices/1"):
+    with pytest.raises(WordLatticeError, match="not a rescorer.word_lattices file"):
         load_word_lattices(tmp_path / "x.pt")
 
 

@@ -7,7 +7,8 @@
 - ``decode``: CTC greedy, HLG lattices with per-arc frames / AM / LM scores, 1-best,
   n-best, attention rescoring, lattice oracle, the decode CLI
   (``rescorer decode``).
-- ``lattice_io``: the ``rescorer.token_lattices/1`` shard format.
+
+File formats (token lattices, utterance features) are ``rescorer.formats``.
 
 Nothing here imports k2 at module import time.
 """

@@ -45,9 +45,10 @@ CLI::
         [--methods ctc_greedy,hlg_1best,attention_beam,hlg_attention_rescore,lattice_oracle] \\
         [--train-data exp/asr_data/train.pt]
 
-writes ``hyp_<method>.txt`` (``utt_id words``), ``lattices.pt`` (rescorer.decoding.lattice_io;
+writes ``hyp_<method>.txt`` (``utt_id words``), ``lattices.pt`` (rescorer.formats.token_lattices;
 token lattices), with ``--word-lattices`` also ``word_lattices.pt`` (the same lattices as
-word lattices with spans, rescorer.lattice.word_lattice format, via ``word_lattice_arcs``),
+word lattices with spans, rescorer.formats.word_lattices, via ``word_lattice_arcs``; pruned
+at arc posterior ``--word-lattice-prune``, 1e-4 as rescoring prunes, 0 keeps every arc),
 ``metrics.json`` (per method ``wer``, ``iv_wer``, ``oov_wer``, S/D/I, ``rtf``; the LM's
 OOV rate on the test words; skipped utterances) and, with lattices, ``nbest.jsonl``: per
 utterance the ``--save-nbest`` best distinct hypotheses (words, frame spans, heard
@@ -77,6 +78,10 @@ import torch
 
 from rescorer.decoding.graphs import load_lang_dir
 from rescorer.decoding.lm import lm_oov_rate
+from rescorer.formats import token_lattices
+from rescorer.formats.contract import FBANK, LATTICE_FRAME_SHIFT, MIN_INPUT_FRAMES, SUBSAMPLING_FACTOR, UNK
+from rescorer.formats.tagged import FormatError, UnsafeFileError
+from rescorer.formats.utterances import read_utterance_features
 from rescorer.lattice.paths import Hypothesis, WordSpan, best_with_attention, oracle_arc_path, sample_paths
 from rescorer.lattice.word_lattice import build_word_lattice, save_word_lattices
 from rescorer.models.checkpoint import load_asr_model
@@ -88,10 +93,6 @@ from rescorer.wer import compute_wer, real_time_factor
 log = logging.getLogger(__name__)
 
 METHODS = ("ctc_greedy", "hlg_1best", "attention_beam", "hlg_attention_rescore", "lattice_oracle")
-FEATURE_FRAME_SHIFT = 0.01
-DEFAULT_SUBSAMPLING = 4
-UNK = "<unk>"
-LATTICE_FRAME_SHIFT = FEATURE_FRAME_SHIFT * DEFAULT_SUBSAMPLING  # seconds per frame of a CTC lattice (x4 subsampling)
 
 
 class DecodeInputError(ValueError):
@@ -403,17 +404,17 @@ def lattice_oracle(lattice, ref: Sequence[str], id2word: Dict[int, str]) -> Dict
 
 
 def load_utterance_data(path) -> dict:
-    """Read a ``rescorer.utterances/1`` file (see rescorer.training.asr_data)."""
+    """Read a ``rescorer.utterances`` file (``rescorer.formats.utterances``) as its flat dict;
+    a file that is not one (or holds objects, ``UnsafeFileError``) is refused, never unpickled."""
     path = Path(path)
     if not path.is_file():
         raise DecodeInputError(f"{path}: no such data file")
-    d = torch.load(path, map_location="cpu")
-    if not isinstance(d, dict) or d.get("format") != "rescorer.utterances/1":
-        raise DecodeInputError(f"{path}: not a rescorer.utterances/1 file (format {d.get('format') if isinstance(d, dict) else type(d).__name__!r})")
-    for k in ("feats", "offsets", "texts", "utterance_ids"):
-        if k not in d:
-            raise DecodeInputError(f"{path}: missing field {k!r}")
-    return d
+    try:
+        return read_utterance_features(path).to_dict()
+    except UnsafeFileError:
+        raise
+    except FormatError as e:
+        raise DecodeInputError(str(e)) from None
 
 
 def reference_words(texts: Sequence[str], utterance_ids: Sequence[str]) -> List[List[str]]:
@@ -434,14 +435,14 @@ def reference_words(texts: Sequence[str], utterance_ids: Sequence[str]) -> List[
     return out
 
 
-def check_utterance(num_frames: int, utt_id: str, max_frames: int, min_frames: int = 7) -> Optional[str]:
+def check_utterance(num_frames: int, utt_id: str, max_frames: int, min_frames: int = MIN_INPUT_FRAMES) -> Optional[str]:
     """None when decodable, else the reason (empty audio, too short, too long)."""
     if num_frames <= 0:
         return f"utterance {utt_id}: empty audio (0 feature frames)"
     if num_frames < min_frames:
         return f"utterance {utt_id}: {num_frames} frames is shorter than the {min_frames} the x4 subsampling needs"
     if max_frames and num_frames > max_frames:
-        return f"utterance {utt_id}: {num_frames} frames ({num_frames * FEATURE_FRAME_SHIFT:.1f} s) is longer than the model handles (max {max_frames} frames); skipped"
+        return f"utterance {utt_id}: {num_frames} frames ({num_frames * FBANK.frame_shift:.1f} s) is longer than the model handles (max {max_frames} frames); skipped"
     return None
 
 
@@ -460,7 +461,7 @@ def lm_coverage_message(cov: Dict[str, object], lang_dir, max_type_oov: float = 
 
 
 def train_vocabulary(train_data: Optional[str], data_path: str) -> Optional[set]:
-    """Words of the training transcripts: ``train_data`` (a rescorer.utterances/1 file or a
+    """Words of the training transcripts: ``train_data`` (a rescorer.utterances file or a
     whitespace-separated word list .txt), else ``train.pt`` beside the decoded data."""
     cands = ([Path(train_data)] if train_data else []) + [Path(data_path).with_name("train.pt")]
     p = next((c for c in cands if c.is_file()), None)
@@ -469,8 +470,7 @@ def train_vocabulary(train_data: Optional[str], data_path: str) -> Optional[set]
     log.info("training vocabulary (IV/OOV split) from %s", p)
     if p.suffix == ".txt":
         return set(p.read_text(encoding="utf-8").split())
-    d = torch.load(p, map_location="cpu")
-    return {w for t in d["texts"] for w in t.split()}
+    return {w for t in read_utterance_features(p).texts for w in t.split()}
 
 
 # ---------------------------------------------------------------- CLI
@@ -499,7 +499,6 @@ def _best_beam_tokens(r) -> List[int]:
 
 
 def decode_main(a) -> dict:
-    from rescorer.decoding import lattice_io
 
     methods = [m.strip() for m in a.methods.split(",") if m.strip()]
     for m in methods:
@@ -511,8 +510,8 @@ def decode_main(a) -> dict:
     device = torch.device(a.device)
     model, train_cfg = load_asr_model(a.model_dir)
     model.to(device).eval()
-    sub = int(getattr(model, "subsampling_factor", DEFAULT_SUBSAMPLING))
-    lattice_shift = FEATURE_FRAME_SHIFT * sub  # seconds per lattice frame
+    sub = int(getattr(model, "subsampling_factor", SUBSAMPLING_FACTOR))
+    lattice_shift = FBANK.subsampled(sub)  # seconds per lattice frame
     model_max = getattr(model, "max_input_frames", None)
     max_frames = min(a.max_frames, int(model_max)) if model_max else a.max_frames
     if "attention_beam" in methods or "hlg_attention_rescore" in methods:
@@ -552,7 +551,7 @@ def decode_main(a) -> dict:
     if vocab is None:
         log.warning("no training vocabulary (--train-data): iv_wer/oov_wer are not computed")
 
-    audio_seconds = sum(offsets[u + 1] - offsets[u] for u in keep) * FEATURE_FRAME_SHIFT
+    audio_seconds = sum(offsets[u + 1] - offsets[u] for u in keep) * FBANK.frame_shift
     timing = {m: 0.0 for m in methods}
     hyps: Dict[str, Dict[str, List[str]]] = {m: {} for m in methods}
     lattices: Dict[str, object] = {}
@@ -655,9 +654,9 @@ def decode_main(a) -> dict:
                 f.write(f"{uid} {' '.join(h)}\n".rstrip() + "\n")
     if lattices:
         order = [uid for uid in ids if uid in lattices]
-        lattice_io.save_lattices(
+        token_lattices.save_lattices(
             out / "lattices.pt", order, [lattices[u] for u in order], lang.dir / "words.txt",
-            frame_shift=FEATURE_FRAME_SHIFT * sub, subsampling_factor=sub,
+            frame_shift=lattice_shift, subsampling_factor=sub,
         )
     if lattices and a.word_lattices:
         import k2
@@ -671,7 +670,7 @@ def decode_main(a) -> dict:
                 no_lattice.append(uid)
                 continue
             wls.append(build_word_lattice(
-                arcs, table, frame_shift=FEATURE_FRAME_SHIFT * sub, final_states=finals, utterance_id=uid,
+                arcs, table, frame_shift=lattice_shift, final_states=finals, utterance_id=uid,
                 meta={"source": "rescorer.decoding HLG lattice", "lang_dir": str(lang.dir)},
             ))
         if no_lattice:
@@ -684,7 +683,7 @@ def decode_main(a) -> dict:
             raise DecodeInputError(f"no utterance of {a.data} has a complete path in its lattice: the beams "
                               f"(--search-beam {a.search_beam}, --max-active-states {a.max_active_states}) are too "
                               f"narrow for this model, or it is untrained")
-        save_word_lattices(out / "word_lattices.pt", wls)
+        save_word_lattices(out / "word_lattices.pt", wls, min_posterior=a.word_lattice_prune or None)
     if nbest_rows:
         pos = {uid: i for i, uid in enumerate(ids)}
         nbest_rows.sort(key=lambda r: pos[r["utterance_id"]])
@@ -699,7 +698,7 @@ def decode_main(a) -> dict:
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="rescorer decode", description="Decode an ASR model with k2 (greedy, HLG lattices, n-best, attention rescoring, oracle).")
     ap.add_argument("--model-dir", required=True)
-    ap.add_argument("--data", required=True, help="rescorer.utterances/1 file (exp/asr_data/test.pt)")
+    ap.add_argument("--data", required=True, help="rescorer.utterances file (exp/asr_data/test.pt)")
     ap.add_argument("--lang-dir", default="exp/lang")
     ap.add_argument("--out", required=True)
     ap.add_argument("--methods", default="ctc_greedy,hlg_1best,lattice_oracle")
@@ -719,7 +718,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--beam-size", type=int, default=8)
     ap.add_argument("--beam-ctc-weight", type=float, default=0.3,
                     help="attention_beam: weight of the CTC head's prefix scores (joint CTC/attention search; 0: the decoder alone)")
-    ap.add_argument("--word-lattices", action="store_true", help="also write word_lattices.pt (rescorer.word_lattices/1, the rescorer's input) via word_lattice_arcs")
+    ap.add_argument("--word-lattices", action="store_true", help="also write word_lattices.pt (rescorer.word_lattices, the rescorer's input) via word_lattice_arcs")
+    ap.add_argument("--word-lattice-prune", type=float, default=1e-4,
+                    help="word_lattices.pt keeps arcs with posterior >= this (recorded in the file; 0: every arc)")
     ap.add_argument("--save-nbest", type=int, default=0, help="hypotheses per utterance in nbest.jsonl (0: none)")
     return ap
 

@@ -34,11 +34,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Dict, Iterable, List, Tuple
 
+from rescorer.formats.contract import UNK
 from rescorer.text import LETTERS
 from rescorer.tokens import BOUNDARY_ID, TOKEN_ID, TOKENS
 
 EPS = "<eps>"
-UNK = "<unk>"
 BOS = "<s>"
 EOS = "</s>"
 WORD_DISAMBIG = "#0"

@@ -40,7 +40,6 @@ becomes an ``ArpaError`` with kaldilm's message instead of killing the caller.
 from __future__ import annotations
 
 import math
-import os
 import shutil
 import subprocess
 import sys
@@ -53,8 +52,10 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 from rescorer.corpora.synthetic import load_plan
 from rescorer.corpora.text_sources import fortune_sentences
 from rescorer.text import NotAWordError, normalize_word
+from rescorer.formats.contract import UNK
+from rescorer.utils import atomic_path
 
-BOS, EOS, UNK = "<s>", "</s>", "<unk>"
+BOS, EOS = "<s>", "</s>"
 LOG10_ZERO = -99.0  # ARPA's "impossible" (used for <s> as a predicted word)
 
 
@@ -116,9 +117,7 @@ class NgramLM:
 
     def write_arpa(self, path) -> Path:
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
+        with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
             f.write("\\data\\\n")
             for k, p in enumerate(self.probs, 1):
                 f.write(f"ngram {k}={len(p)}\n")
@@ -131,7 +130,6 @@ class NgramLM:
                         line += f"\t{bows[g]:.7f}"
                     f.write(line + "\n")
             f.write("\n\\end\\\n")
-        os.replace(tmp, path)
         return path
 
 
@@ -403,12 +401,9 @@ def read_sentences(path) -> List[List[str]]:
 
 def write_sentences(path, sentences: Iterable[Sequence[str]]) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         for s in sentences:
             f.write(" ".join(s) + "\n")
-    os.replace(tmp, path)
     return path
 
 

@@ -47,9 +47,10 @@ import numpy as np
 import torch
 
 from rescorer.corpora.text_sources import large_word_list
+from rescorer.formats.word_segments import FORMAT as SEGMENTS_FORMAT
+from rescorer.formats.word_segments import read_word_segments
 from rescorer.metrics import NoPositivePairsError, crossview_ap, precision_at_k, same_different_ap
 from rescorer.models.checkpoint import CheckpointError, read_embedder_checkpoint
-from rescorer.training.word_data import FORMAT as SEGMENTS_FORMAT
 from rescorer.training.word_data import WordSegments, word_segments_from_dict
 
 PAPER_NOTE = (
@@ -70,7 +71,7 @@ def load_segments(path: str) -> WordSegments:
     p = Path(path)
     if not p.is_file():
         raise EvaluationError(f"word segments not found: {p} (run the recipe's segments stage first)")
-    return word_segments_from_dict(torch.load(str(p), map_location="cpu"), source=str(p))
+    return word_segments_from_dict(read_word_segments(p), source=str(p))
 
 
 def check_compatible(acoustic, data: WordSegments, source: str = "segments") -> None:

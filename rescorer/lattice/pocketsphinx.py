@@ -9,7 +9,7 @@ utterances whose files exist are skipped):
   ``get_lattice()``), the normalised reference, duration, decode seconds (for RTF);
 
 and ``lattices_from_slf(out_dir)`` converts them into ``out_dir/lattices/<utt>.pt``, one
-``rescorer.word_lattices/1`` shard per utterance (written with ``include_words=False``:
+``rescorer.word_lattices`` shard per utterance (written with ``include_words=False``:
 load with ``load_word_lattices(path, k2.SymbolTable.from_file(out_dir/words.txt))``), and ``out_dir/words.txt`` (the k2
 symbol table: ``<eps>`` 0, ``<unk>`` 1, then the normalised words of the pocketsphinx
 dictionary).
@@ -35,6 +35,7 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple, Union
 
+from rescorer.formats.contract import SAMPLE_RATE, UNK
 from rescorer.lattice.scores import Scales
 from rescorer.lattice.slf import SLFError, SLFLattice, base_word, is_filler, link_words, read_slf, slf_to_word_lattice
 from rescorer.lattice.word_lattice import (
@@ -78,7 +79,7 @@ class TrigramLM:
         return v
 
 
-def pocketsphinx_word_table(dict_path: Optional[str] = None, unk: str = "<unk>"):
+def pocketsphinx_word_table(dict_path: Optional[str] = None, unk: str = UNK):
     """k2 SymbolTable of the normalised base words of the pocketsphinx dictionary."""
     words = set()
     with open(dict_path or model_paths()["dict"], encoding="utf-8", errors="replace") as f:
@@ -96,8 +97,8 @@ def pocketsphinx_word_table(dict_path: Optional[str] = None, unk: str = "<unk>")
 def _pcm16(cut) -> bytes:
     import numpy as np
 
-    if cut.sampling_rate != 16000:
-        cut = cut.resample(16000)
+    if cut.sampling_rate != SAMPLE_RATE:
+        cut = cut.resample(SAMPLE_RATE)
     x = cut.load_audio()
     if x.ndim == 2:
         x = x.mean(axis=0)
@@ -207,7 +208,7 @@ def decode_with_pocketsphinx(cuts, out_dir: Union[str, Path], num_jobs: int = 1,
 
 def expand_with_lm(
     slf: SLFLattice, words, lm: TrigramLM, *, order: int = 3, max_states: int = 50_000, frame_shift: float = 0.01,
-    min_posterior: float = 1e-3, utterance_id: Optional[str] = None, unk: str = "<unk>", scales=POCKETSPHINX_SCALES,
+    min_posterior: float = 1e-3, utterance_id: Optional[str] = None, unk: str = UNK, scales=POCKETSPHINX_SCALES,
 ):
     """A WordLattice from a pocketsphinx SLF with per-arc n-gram LM scores (module docstring).
 
@@ -418,7 +419,7 @@ def summarize(out_dir: Union[str, Path], oracle: bool = True, slf_oracle: bool =
             lat = next(iter(load_word_lattices(lp, table).values()))
             th = lat.meta.get("min_posterior", th)
             same_1best += [w.word for w in best_path(lat)] == r["hyp"]
-            if compact and torch_load_has_words(lp):
+            if compact and shard_has_words(lp):
                 save_word_lattices(lp, [lat], include_words=False)
         if not have:  # no lattice: the oracle is the 1-best
             tot["oracle_err"] += e["total"]
@@ -446,7 +447,8 @@ def summarize(out_dir: Union[str, Path], oracle: bool = True, slf_oracle: bool =
     }
 
 
-def torch_load_has_words(path) -> bool:
-    import torch
+def shard_has_words(path) -> bool:
+    """Whether a word-lattice shard stores its symbol table (read as plain data)."""
+    from rescorer.formats.word_lattices import read_word_lattices
 
-    return torch.load(path, map_location="cpu").get("words") is not None
+    return read_word_lattices(path).words is not None

@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple, Union
 
+from rescorer.formats.contract import UNK
 from rescorer.lattice.scores import Scales
 from rescorer.lattice.word_lattice import WordLatticeError, build_word_lattice
 from rescorer.text import NotAWordError, normalize_word
@@ -60,7 +61,7 @@ _LONG = {
 }
 _FIELD_RE = re.compile(r"""\s*([^\s=#"']+)=("(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*'|[^\s"][^\s]*|)(?=\s|$)""")
 _VARIANT_RE = re.compile(r"\(\d+\)$")
-_FILLERS = {"!null", "!sent_start", "!sent_end", "<s>", "</s>", "<sil>", "sil", "-pau-", "<eps>", "<unk>"}
+_FILLERS = {"!null", "!sent_start", "!sent_end", "<s>", "</s>", "<sil>", "sil", "-pau-", "<eps>", UNK}
 
 
 @dataclass
@@ -323,7 +324,7 @@ def slf_to_word_lattice(
     *,
     frame_shift: float = 0.01,
     convention: str = "auto",
-    unk: str = "<unk>",
+    unk: str = UNK,
     strict: bool = False,
     lm_scores: Optional[List[float]] = None,
     scales: Optional[Scales] = None,

@@ -24,16 +24,13 @@ Zero-length word spans (end == start) cannot be embedded; ``build_word_lattice``
 them to one frame (``end = start + 1``, counted in ``meta["widened_spans"]``) unless
 ``zero_length="error"``. Filler (label 0) and final (-1) arcs may have zero length.
 
-Shard format ``rescorer.word_lattices/1`` (``save_word_lattices`` / ``load_word_lattices``):
-one ``torch.save`` file of plain tensors and Python types, readable without k2::
-
-    {"format": "rescorer.word_lattices/1",
-     "words": [[symbol, id], ...] or None,    # the whole symbol table (None: see words_digest)
-     "words_digest": str,                      # sha1 prefix of the table (table_digest)
-     "lattices": {utterance_id: {
-         "num_states": int, "arcs": int32 [A, 3] (src, dst, label),
-         "start_frame", "end_frame": int32 [A], "am_scores", "lm_scores", "scores": float32 [A],
-         "frame_shift": float, "meta": dict}}}
+Shards (``save_word_lattices`` / ``load_word_lattices``) are ``rescorer.word_lattices/2``
+files (``rescorer.formats.word_lattices``: plain tensors + JSON, loaded without
+unpickling objects, readable without k2; version 1 shards still load): arcs, spans,
+am/lm scores and meta of every lattice, the symbol table (or only its digest), and how
+the writer pruned, and ``awe_scores`` of rescored lattices. ``scores`` are stored only
+when they are not the combination of those columns under ``meta["scales"]``; otherwise
+they are recombined on loading.
 
 Loading with an expected symbol table that differs from the stored one is an error.
 Shards written with ``include_words=False`` (per-utterance shards next to one
@@ -51,10 +48,12 @@ from typing import Any, Dict, Hashable, Iterable, List, Mapping, Optional, Seque
 
 import torch
 
+from rescorer.formats.contract import UNK
+from rescorer.formats.tagged import FormatError, UnsafeFileError
+from rescorer.formats.word_lattices import FORMAT, LatticeRecord, WordLatticeShard, read_word_lattices, write_word_lattices
 from rescorer.lattice.paths import Hypothesis, WordSpan, oracle_arc_path, sample_paths
-from rescorer.lattice.scores import Scales, with_scores
+from rescorer.lattice.scores import Scales, combine, with_scores
 
-FORMAT = "rescorer.word_lattices/1"
 EPS_ID = 0
 FINAL_LABEL = -1
 ATTRS_INT = ("start_frame", "end_frame")
@@ -89,7 +88,7 @@ class WordLattice:
 # ---------------------------------------------------------------------------- tables
 
 
-def make_word_table(words: Iterable[str], unk: str = "<unk>"):
+def make_word_table(words: Iterable[str], unk: str = UNK):
     """A k2 SymbolTable: ``<eps>`` 0, ``unk`` 1, then the distinct words sorted."""
     import k2
 
@@ -410,11 +409,16 @@ def prune(lat: WordLattice, min_posterior: float = 1e-4, scale: float = 1.0) -> 
     Large decoder lattices (tens of thousands of arcs) hold many word hypotheses that no
     rescoring weight could bring back; removing them first cuts the spans to embed. The
     best path always survives (its arcs have the highest posteriors on their frames).
-    Attributes (spans, am/lm scores) are kept; unreachable states are removed.
+    Attributes (spans, am/lm scores) are kept; unreachable states are removed. A lattice
+    already pruned at this threshold and scale under the same scales (``meta["pruned"]``,
+    e.g. by the decoder when it wrote ``word_lattices.pt``) is returned as it is.
     """
     import k2
 
     if lat.num_arcs == 0 or min_posterior <= 0:
+        return lat
+    done = {"min_posterior": float(min_posterior), "scale": float(scale), "scales": lat.meta.get("scales")}
+    if lat.meta.get("pruned") == done:  # pruning at writing time and again when rescoring = pruning once
         return lat
     vec = k2.create_fsa_vec([lat.fsa])
     vec.unscaled_scores = vec.scores.clone()  # an attribute, so it follows the kept arcs
@@ -424,6 +428,7 @@ def prune(lat: WordLattice, min_posterior: float = 1e-4, scale: float = 1.0) -> 
     del f.unscaled_scores
     meta = dict(lat.meta)
     meta["pruned_min_posterior"] = float(min_posterior)
+    meta["pruned"] = done
     out = WordLattice(f, lat.frame_shift, lat.words, lat.utterance_id, meta)
     validate(out)
     return out
@@ -554,50 +559,77 @@ def oracle_path(lat: WordLattice, reference: Sequence[str]) -> Tuple[int, List[W
 # ---------------------------------------------------------------------------- save / load
 
 
-def _to_record(lat: WordLattice) -> Dict[str, Any]:
+def _scores_recomputable(lat: WordLattice) -> bool:
+    """Whether ``scores`` are the combination of the stored columns under ``meta["scales"]``
+    (then they are not stored but recombined on loading)."""
     f = lat.fsa
-    return {
-        "num_states": lat.num_states,
-        "arcs": f.arcs.values()[:, :3].clone().to(torch.int32),
-        "start_frame": f.start_frame.clone().to(torch.int32),
-        "end_frame": f.end_frame.clone().to(torch.int32),
-        "am_scores": f.am_scores.clone().to(torch.float32),
-        "lm_scores": f.lm_scores.clone().to(torch.float32),
-        "scores": f.scores.clone().to(torch.float32),
-        "frame_shift": float(lat.frame_shift),
-        "meta": dict(lat.meta),
-    }
+    again = combine(Scales.from_meta(lat.meta), f.am_scores, f.lm_scores, f.labels, getattr(f, "awe_scores", None))
+    return torch.equal(again.to(torch.float32), f.scores.to(torch.float32))
 
 
-def save_word_lattices(path: Union[str, Path], lattices: Iterable[WordLattice], include_words: bool = True) -> Path:
-    """Write a shard (format in the module docstring) atomically; all lattices must share one table.
+def _to_record(lat: WordLattice, with_scores: bool) -> LatticeRecord:
+    f = lat.fsa
+    awe = getattr(f, "awe_scores", None)
+    return LatticeRecord(
+        lat.utterance_id, lat.num_states, f.arcs.values()[:, :3].to(torch.int32), f.start_frame.to(torch.int32),
+        f.end_frame.to(torch.int32), f.am_scores.to(torch.float32), f.lm_scores.to(torch.float32),
+        float(lat.frame_shift), dict(lat.meta),
+        scores=f.scores.to(torch.float32) if with_scores else None,
+        awe_scores=awe.to(torch.float32) if isinstance(awe, torch.Tensor) else None,
+    )
 
-    ``include_words=False`` stores only the table's digest (``"words": None``): for many small
-    shards next to one ``words.txt``; loading them then needs the table (checked by digest).
+
+def _from_record(r: LatticeRecord, table) -> WordLattice:
+    scales = Scales.from_meta(r.meta)
+    scores = r.scores
+    if scores is None:
+        scores = combine(scales, r.am_scores, r.lm_scores, r.arcs[:, 2], r.awe_scores).to(torch.float32)
+    lat = _from_columns(
+        r.arcs, r.start_frame, r.end_frame, r.am_scores, r.lm_scores, table, r.frame_shift, r.utterance_id,
+        r.meta, scales=scales, scores=scores,
+    )
+    if r.awe_scores is not None:
+        lat.fsa.awe_scores = r.awe_scores
+    return lat
+
+
+def save_word_lattices(
+    path: Union[str, Path], lattices: Iterable[WordLattice], include_words: bool = True,
+    min_posterior: Optional[float] = None, prune_scale: float = 1.0,
+) -> Path:
+    """Write a shard (format ``rescorer.formats.word_lattices``) atomically; all lattices must
+    share one table.
+
+    ``include_words=False`` stores only the table's digest: for many small shards next to
+    one ``words.txt``; loading them then needs the table (checked by digest).
+    ``min_posterior``: prune every lattice first (``prune(lat, min_posterior, prune_scale)``,
+    as rescoring does; the decoder passes 1e-4); the file records it. None keeps every arc.
     """
     path = Path(path)
     lattices = list(lattices)
     if not lattices:
         raise WordLatticeError(f"{path}: no lattices to save")
+    if min_posterior:
+        lattices = [prune(lat, min_posterior, scale=prune_scale) for lat in lattices]
     words = lattices[0].words
     digest = table_digest(words)
-    recs = {}
+    seen = set()
     for lat in lattices:
         validate(lat)
         if lat.words is not words and table_digest(lat.words) != digest:
             raise WordLatticeError(f"{path}: utterance {lat.utterance_id!r} uses a different symbol table")
-        if lat.utterance_id in recs:
+        if lat.utterance_id in seen:
             raise WordLatticeError(f"{path}: duplicate utterance id {lat.utterance_id!r}")
-        recs[lat.utterance_id] = _to_record(lat)
-    obj = {
-        "format": FORMAT, "words": [list(x) for x in table_items(words)] if include_words else None,
-        "words_digest": digest, "lattices": recs,
-    }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    tmp.replace(path)
-    return path
+        seen.add(lat.utterance_id)
+    with_scores = not all(_scores_recomputable(lat) for lat in lattices)
+    shard = WordLatticeShard(
+        [_to_record(lat, with_scores) for lat in lattices], table_items(words) if include_words else None, digest,
+        {"min_posterior": float(min_posterior), "scale": float(prune_scale)} if min_posterior else None,
+    )
+    try:
+        return write_word_lattices(path, shard)
+    except FormatError as e:
+        raise WordLatticeError(str(e)) from None
 
 
 def load_word_lattices(path: Union[str, Path], words=None) -> Dict[str, WordLattice]:
@@ -605,7 +637,8 @@ def load_word_lattices(path: Union[str, Path], words=None) -> Dict[str, WordLatt
 
     ``path`` may also be a directory of shards (``*.pt``, e.g. one per utterance as
     rescorer.lattice.pocketsphinx writes them); shards without a table then use the
-    ``words.txt`` of the directory or of its parent unless ``words`` is given.
+    ``words.txt`` of the directory or of its parent unless ``words`` is given. A file that
+    is not plain data raises ``rescorer.formats.UnsafeFileError`` and is never unpickled.
     """
     path = Path(path)
     if path.is_dir():
@@ -626,25 +659,23 @@ def load_word_lattices(path: Union[str, Path], words=None) -> Dict[str, WordLatt
             out.update(part)
         return out
     try:
-        obj = torch.load(path, map_location="cpu")
-    except Exception as e:  # noqa: BLE001 - report the file
-        raise WordLatticeError(f"{path}: cannot read word-lattice shard: {e}") from e
-    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
-        got = obj.get("format") if isinstance(obj, dict) else type(obj).__name__
-        raise WordLatticeError(f"{path}: not a {FORMAT} shard (format {got!r})")
-    if obj.get("words") is None:
+        shard = read_word_lattices(path)
+    except UnsafeFileError:
+        raise
+    except FormatError as e:
+        raise WordLatticeError(str(e)) from None
+    items = shard.words
+    if items is None:
         if words is None:
             raise WordLatticeError(f"{path}: the shard stores no symbol table (only its digest): pass words=")
-        if obj.get("words_digest") != table_digest(words):
+        if shard.words_digest != table_digest(words):
             raise WordLatticeError(
-                f"{path}: symbol table mismatch: the shard was written with table {obj.get('words_digest')}, "
+                f"{path}: symbol table mismatch: the shard was written with table {shard.words_digest}, "
                 f"the given table is {table_digest(words)}"
             )
-        items = None
-    else:
-        items = [(s, int(i)) for s, i in obj["words"]]
-    if words is not None and items is not None:
-        same = obj.get("words_digest") == table_digest(words) if "words_digest" in obj else table_items(words) == items
+        table = words
+    elif words is not None:
+        same = shard.words_digest == table_digest(words) if shard.words_digest else table_items(words) == items
         if not same:
             mine = dict((i, s) for s, i in table_items(words))
             theirs = dict((i, s) for s, i in items)
@@ -654,15 +685,6 @@ def load_word_lattices(path: Union[str, Path], words=None) -> Dict[str, WordLatt
                 f"first difference at id {diff}: shard {theirs.get(diff)!r} vs given {mine.get(diff)!r}"
             )
         table = words
-    elif words is not None:
-        table = words
     else:
         table = _table_from_items(items)
-    out = {}
-    for utt, r in obj["lattices"].items():
-        meta = dict(r.get("meta", {}))
-        out[utt] = _from_columns(
-            r["arcs"], r["start_frame"], r["end_frame"], r["am_scores"], r["lm_scores"], table, r["frame_shift"], utt,
-            meta, scales=Scales.from_meta(meta), scores=r["scores"],
-        )
-    return out
+    return {r.utterance_id: _from_record(r, table) for r in shard.records}

@@ -77,13 +77,10 @@ def checkpoint_path(location: PathLike, which: str = "best", kind: str = "model"
 
 
 def save_checkpoint(state: Dict[str, Any], path: PathLike) -> Path:
-    """torch.save ``state`` atomically (temporary file in the same directory, fsync, os.replace)."""
+    """torch.save ``state`` atomically (``rescorer.utils.atomic_path``, flushed to disk first)."""
     path = Path(path)
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
+    with atomic_path(path, fsync=True) as tmp:
+        torch.save(state, str(tmp))
     return path
 
 

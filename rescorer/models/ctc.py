@@ -36,12 +36,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rescorer.formats.contract import MIN_INPUT_FRAMES, SUBSAMPLING_FACTOR
 from rescorer.models.registry import ASR_MODELS
 from rescorer.tokens import TOKENS, ctc_greedy_collapse
 
 NUM_TOKENS = len(TOKENS)  # 29
-SUBSAMPLING_FACTOR = 4
-MIN_INPUT_FRAMES = 7
 
 ENCODER_PRESETS: Dict[str, Dict[str, object]] = {
     # unit tests

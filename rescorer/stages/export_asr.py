@@ -1,4 +1,4 @@
-"""Stage: utterance features + transcripts (rescorer.utterances/1) for ASR training and rescoring."""
+"""Stage: utterance features + transcripts (rescorer.utterances) for ASR training and rescoring."""
 
 from __future__ import annotations
 

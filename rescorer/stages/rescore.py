@@ -17,10 +17,10 @@ from typing import Dict, Optional
 from tqdm import tqdm
 
 from rescorer.corpora.text_sources import large_word_list
+from rescorer.formats.utterances import read_utterance_features
 from rescorer.lattice.word_lattice import load_word_lattices, prune, save_word_lattices
 from rescorer.rescore import Rescorer
 from rescorer.stages import StageError
-from rescorer.training.asr_data import load_utterances
 from rescorer.utils import atomic_write_text
 
 
@@ -60,8 +60,7 @@ def rescore_lattices(
     outdir = Path(out_dir)
     outdir.mkdir(parents=True, exist_ok=True)
     lats = load_word_lattices(lattices)
-    utts = load_utterances(features, max_frames=None)
-    feats = {utts.utterance_id(i): utts.features(i).float() for i in range(len(utts))}
+    feats = read_utterance_features(features).by_id()
     try:
         rescorer = Rescorer.from_dir(model_dir, device=device, config_name=config_name)
     except FileNotFoundError as e:

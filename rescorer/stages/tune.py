@@ -39,11 +39,11 @@ import torch
 
 from rescorer.corpora.text_sources import large_word_list
 from rescorer.evaluation.rescoring import evaluate, plot_tuning_curve, prepare_all, recovery_counts, tune
+from rescorer.formats.utterances import read_utterance_features
 from rescorer.lattice.word_lattice import best_path_hypothesis, load_word_lattices, prune
 from rescorer.rescore import Rescorer
 from rescorer.second_pass import AttentionScorer, attention_candidates, pick_best
 from rescorer.stages import StageError
-from rescorer.training.asr_data import load_utterances
 from rescorer.wer import compute_wer
 
 log = logging.getLogger(__name__)
@@ -100,16 +100,13 @@ class TuneSettings:
 
 
 def _features(path):
-    u = load_utterances(path, max_frames=None)
-    feats = {u.utterance_id(i): u.features(i).float() for i in range(len(u))}
-    texts = {u.utterance_id(i): u.text(i).split() for i in range(len(u))}
-    speakers = {u.utterance_id(i): u.speakers[int(u.keep[i])] for i in range(len(u))}
-    return feats, texts, speakers
+    u = read_utterance_features(path)
+    texts = {uid: t.split() for uid, t in zip(u.utterance_ids, u.texts)}
+    return u.by_id(), texts, dict(zip(u.utterance_ids, u.speakers))
 
 
 def _train_vocab(path):
-    u = load_utterances(path, max_frames=None)
-    return {w for i in range(len(u)) for w in u.text(i).split()}
+    return {w for t in read_utterance_features(path).texts for w in t.split()}
 
 
 def _decode_seconds(metrics_path, n_utts_fraction=1.0):

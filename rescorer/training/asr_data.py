@@ -1,13 +1,8 @@
 """Utterance-level ASR data: export from lhotse cuts, loading, batching, SpecAugment.
 
-Export format ``rescorer.utterances/1`` (one plain ``torch.save`` file per split, read by
-training without lhotse):
-
-- ``feats`` float16 [T_total, 80]: every utterance's 80-bin log-mel fbank (10 ms shift),
-  concatenated; utterance u is ``feats[offsets[u]:offsets[u + 1]]``;
-- ``offsets`` int64 [U + 1];
-- ``texts`` list[str]: normalised words (``rescorer.text.split_words``) joined by spaces;
-- ``utterance_ids``, ``speakers`` list[str]; ``num_mel_bins`` 80; ``frame_shift`` 0.01.
+The file format (``rescorer.utterances``, one file per split: fbank frames, offsets,
+transcripts, speakers, the recorded feature spec) is ``rescorer.formats.utterances``;
+this module exports cuts to it and adds what training needs on top of it.
 
 Bad input, by rule:
 
@@ -36,18 +31,23 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 
+from rescorer.formats.contract import FBANK, MIN_INPUT_FRAMES, SUBSAMPLING_FACTOR
+from rescorer.formats.utterances import (
+    FORMAT,
+    UtteranceFeatures,
+    read_utterance_features,
+    utterance_features_from_dict,
+    write_utterance_features,
+)
 from rescorer.text import LETTERS, NotAWordError, split_words
 from rescorer.tokens import TokenError, words_to_token_ids
 from rescorer.training.common import ShardedBucketSampler, feature_stats, gather_padded
 
 log = logging.getLogger(__name__)
 
-FORMAT = "rescorer.utterances/1"
-NUM_MEL_BINS = 80
-FRAME_SHIFT = 0.01
-MIN_FRAMES = 7  # ((T - 1) // 2 - 1) // 2 >= 1
+NUM_MEL_BINS = FBANK.dim
+MIN_FRAMES = MIN_INPUT_FRAMES
 DEFAULT_MAX_FRAMES = 3000
-_REQUIRED = ("feats", "offsets", "texts", "utterance_ids", "speakers")
 
 
 # ---------------------------------------------------------------- text
@@ -93,15 +93,13 @@ def transcript_token_ids(text: str, utterance_id: str) -> List[int]:
 
 
 def export_utterances(cuts: Iterable, path, progress: bool = True) -> Path:
-    """Write cuts with features to the plain-torch format ``rescorer.utterances/1`` (atomically).
+    """Write cuts with features to the format ``rescorer.utterances`` (atomically).
 
     ``cuts``: lhotse cuts with computed features (or anything with ``id``, ``supervisions``
     and ``load_features()``). The transcript is all supervisions' texts joined, normalised.
     """
     import numpy as np
     from tqdm import tqdm
-
-    from rescorer.utils import atomic_path
 
     chunks, offsets, texts, ids, speakers = [], [0], [], [], []
     for cut in tqdm(cuts, desc="utterances", unit="utt", disable=not progress):
@@ -122,20 +120,11 @@ def export_utterances(cuts: Iterable, path, progress: bool = True) -> Path:
         speakers.append(sup_speakers[0] if sup_speakers else cut.id)
     if not ids:
         raise ValueError(f"export_utterances({path}): no cuts")
-    obj = {
-        "format": FORMAT,
-        "feats": torch.from_numpy(np.concatenate(chunks)),
-        "offsets": torch.tensor(offsets, dtype=torch.int64),
-        "texts": texts,
-        "utterance_ids": ids,
-        "speakers": speakers,
-        "num_mel_bins": NUM_MEL_BINS,
-        "frame_shift": FRAME_SHIFT,
-    }
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        torch.save(obj, str(tmp))
-    log.info("exported %d utterances (%.2f h) to %s", len(ids), offsets[-1] * FRAME_SHIFT / 3600, path)
+    utts = UtteranceFeatures(
+        torch.from_numpy(np.concatenate(chunks)), torch.tensor(offsets, dtype=torch.int64), texts, ids, speakers, FBANK
+    )
+    path = write_utterance_features(path, utts)
+    log.info("exported %d utterances (%.2f h) to %s", len(ids), offsets[-1] * FBANK.frame_shift / 3600, path)
     return path
 
 
@@ -154,7 +143,7 @@ class Utterances:
     token_ids: List[List[int]]  # per kept utterance
     keep: torch.Tensor  # int64 [N]: file index of each kept utterance
     skipped_too_long: List[str] = field(default_factory=list)
-    frame_shift: float = FRAME_SHIFT
+    frame_shift: float = FBANK.frame_shift
 
     def __post_init__(self) -> None:
         all_lengths = self.offsets[1:] - self.offsets[:-1]
@@ -190,7 +179,7 @@ class Utterances:
         """Per-bin mean and standard deviation over all frames of the file (float64 sums)."""
         return feature_stats(self.feats, chunk_frames)
 
-    def ctc_infeasible(self, subsampling_factor: int = 4) -> int:
+    def ctc_infeasible(self, subsampling_factor: int = SUBSAMPLING_FACTOR) -> int:
         """Utterances whose token sequence (plus repeats) cannot fit the subsampled frames."""
         out_lens = ((self.lengths - 1) // 2 - 1) // 2 if subsampling_factor == 4 else self.lengths
         need = []
@@ -200,31 +189,18 @@ class Utterances:
 
 
 def utterances_from_dict(
-    data: Dict[str, object],
+    data,
     source: str = "<dict>",
     max_frames: Optional[int] = DEFAULT_MAX_FRAMES,
     too_long: str = "skip",
 ) -> Utterances:
-    """Validate an export and wrap it; every error names the file and the utterance."""
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
-        got = data.get("format") if isinstance(data, dict) else type(data).__name__
-        raise ValueError(f"{source}: not an utterance file (format {got!r}, expected {FORMAT!r})")
-    missing = [k for k in _REQUIRED if k not in data]
-    if missing:
-        raise ValueError(f"{source}: missing fields {missing}")
+    """Validate a split (``UtteranceFeatures`` or its flat dict) for training and wrap it;
+    every error names the file and the utterance."""
     if too_long not in ("skip", "error"):
         raise ValueError(f"too_long must be 'skip' or 'error', got {too_long!r}")
-    feats, offsets = data["feats"], torch.as_tensor(data["offsets"]).long()
-    ids, texts, speakers = list(data["utterance_ids"]), list(data["texts"]), list(data["speakers"])
+    u = data if isinstance(data, UtteranceFeatures) else utterance_features_from_dict(data, source)
+    feats, offsets, ids, texts, speakers = u.feats, u.offsets, u.utterance_ids, u.texts, u.speakers
     n = len(ids)
-    if feats.dim() != 2 or feats.shape[1] != NUM_MEL_BINS:
-        raise ValueError(f"{source}: feats must be [T_total, {NUM_MEL_BINS}], got {tuple(feats.shape)}")
-    if len(offsets) != n + 1 or int(offsets[0]) != 0 or int(offsets[-1]) != len(feats):
-        raise ValueError(f"{source}: offsets must have U + 1 entries from 0 to len(feats)")
-    if len(texts) != n or len(speakers) != n:
-        raise ValueError(f"{source}: texts and speakers need one entry per utterance")
-    if n == 0:
-        raise ValueError(f"{source}: no utterances")
     lengths = offsets[1:] - offsets[:-1]
     keep, skipped, token_ids = [], [], []
     for i in range(n):
@@ -234,7 +210,7 @@ def utterances_from_dict(
         if length < MIN_FRAMES:
             raise ValueError(
                 f"{source}: utterance {ids[i]} has {length} frames; at least {MIN_FRAMES} "
-                f"({MIN_FRAMES * 10} ms) are needed"
+                f"({MIN_FRAMES * u.spec.frame_shift * 1000:g} ms) are needed"
             )
         toks = transcript_token_ids(texts[i], ids[i])
         if not toks:
@@ -261,19 +237,13 @@ def utterances_from_dict(
         token_ids=token_ids,
         keep=torch.tensor(keep, dtype=torch.long),
         skipped_too_long=skipped,
-        frame_shift=float(data.get("frame_shift", FRAME_SHIFT)),
+        frame_shift=u.spec.frame_shift,
     )
 
 
 def load_utterances(path, max_frames: Optional[int] = DEFAULT_MAX_FRAMES, too_long: str = "skip") -> Utterances:
     """Load and validate one exported split (see the module doc for the bad-input rules)."""
-    import pickle
-
-    try:
-        data = torch.load(str(path), map_location="cpu", weights_only=True)
-    except (TypeError, pickle.UnpicklingError, RuntimeError):
-        data = torch.load(str(path), map_location="cpu")  # torch 1.13: weights-only rejects floats
-    return utterances_from_dict(data, source=str(path), max_frames=max_frames, too_long=too_long)
+    return utterances_from_dict(read_utterance_features(path), source=str(path), max_frames=max_frames, too_long=too_long)
 
 
 # ---------------------------------------------------------------- batching by total frames

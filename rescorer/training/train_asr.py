@@ -9,7 +9,7 @@
 (torch 1.13's torchrun fails on Python 3.11 with "'NoneType' object has no attribute
 'get'" unless given ``--redirects 2 --tee 2``: it cannot parse its own default "0".)
 
-Input files: ``rescorer.utterances/1`` exports (``rescorer.training.asr_data``).
+Input files: ``rescorer.utterances`` exports (``rescorer.formats.utterances``).
 Python API: ``train(AsrTrainConfig(...)) -> out dir``; ``rescorer.models.checkpoint.load_asr_model(out_dir)``
 loads the result. ``--model`` is a registry name (``rescorer.models.registry.ASR_MODELS``).
 

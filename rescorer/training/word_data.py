@@ -1,6 +1,6 @@
 """Word segments exported by the corpus code: loading and batching by length.
 
-One file per split, written with ``torch.save`` (format "rescorer.word_segments/1"):
+One file per split (format ``rescorer.word_segments``, ``rescorer.formats.word_segments``):
 all segments' float16 log-mel frames concatenated in ``feats`` [T_total, 80], segment s
 being ``feats[offsets[s]:offsets[s + 1]]`` (1-200 frames), with its word
 (``word_ids`` into the sorted, normalised spellings ``words``), speaker and utterance.
@@ -17,10 +17,9 @@ from typing import Dict, List, Sequence, Tuple
 
 import torch
 
+from rescorer.formats.contract import FBANK, FeatureSpec
+from rescorer.formats.word_segments import FORMAT, read_word_segments, word_segments_record, write_word_segments
 from rescorer.training.common import ShardedBucketSampler, feature_stats, gather_padded
-
-FORMAT = "rescorer.word_segments/1"
-_REQUIRED = ("feats", "offsets", "word_ids", "words", "speaker_ids", "speakers", "utterance_ids")
 
 
 @dataclass
@@ -34,8 +33,8 @@ class WordSegments:
     speaker_ids: torch.Tensor
     speakers: List[str]
     utterance_ids: List[str]
-    num_mel_bins: int = 80
-    frame_shift: float = 0.01
+    num_mel_bins: int = FBANK.dim
+    frame_shift: float = FBANK.frame_shift
 
     def __post_init__(self) -> None:
         self.offsets = self.offsets.long()
@@ -81,49 +80,30 @@ class WordSegments:
             "speaker_ids": self.speaker_ids,
             "speakers": list(self.speakers),
             "utterance_ids": list(self.utterance_ids),
-            "num_mel_bins": self.num_mel_bins,
-            "frame_shift": self.frame_shift,
+            "feature_spec": FeatureSpec(FBANK.name, self.num_mel_bins, self.frame_shift).to_json(),
         }
 
 
 def word_segments_from_dict(data: Dict[str, object], source: str = "<dict>") -> WordSegments:
-    """Validate an exported dict and wrap it; errors name the file and the problem."""
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
-        got = data.get("format") if isinstance(data, dict) else type(data).__name__
-        raise ValueError(f"{source}: not a word-segment file (format {got!r}, expected {FORMAT!r})")
-    missing = [k for k in _REQUIRED if k not in data]
-    if missing:
-        raise ValueError(f"{source}: missing fields {missing}")
-    ds = WordSegments(
-        feats=data["feats"],
-        offsets=data["offsets"],
-        word_ids=data["word_ids"],
-        words=list(data["words"]),
-        speaker_ids=data["speaker_ids"],
-        speakers=list(data["speakers"]),
-        utterance_ids=list(data["utterance_ids"]),
-        num_mel_bins=int(data.get("num_mel_bins", data["feats"].shape[1])),
-        frame_shift=float(data.get("frame_shift", 0.01)),
+    """Validate an exported dict (``rescorer.formats.word_segments``) and wrap it; errors
+    name the file and the problem."""
+    rec = word_segments_record(data, source)
+    return WordSegments(
+        feats=rec["feats"],
+        offsets=rec["offsets"],
+        word_ids=rec["word_ids"],
+        words=rec["words"],
+        speaker_ids=rec["speaker_ids"],
+        speakers=rec["speakers"],
+        utterance_ids=rec["utterance_ids"],
+        num_mel_bins=int(rec["num_mel_bins"]),
+        frame_shift=float(rec["frame_shift"]),
     )
-    n = len(ds.word_ids)
-    if ds.feats.dim() != 2 or ds.feats.shape[1] != ds.num_mel_bins:
-        raise ValueError(f"{source}: feats must be [T_total, {ds.num_mel_bins}], got {tuple(ds.feats.shape)}")
-    if len(ds.offsets) != n + 1 or int(ds.offsets[0]) != 0 or int(ds.offsets[-1]) != len(ds.feats):
-        raise ValueError(f"{source}: offsets must have S + 1 entries from 0 to len(feats)")
-    if n == 0:
-        raise ValueError(f"{source}: no segments")
-    if bool((ds.lengths < 1).any()):
-        raise ValueError(f"{source}: a segment has no frames")
-    if int(ds.word_ids.min()) < 0 or int(ds.word_ids.max()) >= len(ds.words):
-        raise ValueError(f"{source}: word_ids out of range of words")
-    if len(ds.speaker_ids) != n or len(ds.utterance_ids) != n:
-        raise ValueError(f"{source}: speaker_ids and utterance_ids need one entry per segment")
-    return ds
 
 
-def load_word_segments(path: str) -> WordSegments:
+def load_word_segments(path: str, expect: FeatureSpec = FBANK) -> WordSegments:
     """Load and validate one split written by the corpus export (or ``write_synthetic``)."""
-    return word_segments_from_dict(torch.load(path, map_location="cpu"), source=str(path))
+    return word_segments_from_dict(read_word_segments(path, expect), source=str(path))
 
 
 # ---------------------------------------------------------------- batching by length

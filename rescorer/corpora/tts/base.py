@@ -7,7 +7,7 @@ from typing import List, Sequence
 
 import numpy as np
 
-SAMPLE_RATE = 16000
+from rescorer.formats.contract import SAMPLE_RATE  # noqa: F401  (engines deliver audio at the features' rate)
 
 
 class SynthesisError(RuntimeError):

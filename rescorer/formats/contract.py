@@ -1,0 +1,92 @@
+"""The feature contract, declared once: what the models read and what the files record.
+
+- ``FBANK``: 80-bin log-mel fbank every 10 ms (25 ms window; lhotse ``Fbank``), computed
+  from audio at ``SAMPLE_RATE`` (16 kHz; other rates are resampled first). The embedder
+  and the ASR models read it.
+- ``SUBSAMPLING_FACTOR``: the ASR models' x4 subsampling (two stride-2 convolutions), so
+  their lattices have one frame every 40 ms (``FBANK.subsampled(4)``); ``MIN_INPUT_FRAMES``
+  (7) input frames give one output frame.
+- ``UNK``: the word the decoder emits for words outside its LM (``<unk>``).
+
+Frame rates are values that files record (``FeatureSpec.to_json`` in the metadata of
+every features, segments and lattice file) and readers check (``check_spec``): a
+frontend at 20 ms (e.g. Whisper's encoder states) and 10 ms fbank are never mixed up
+silently.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Dict, Optional
+
+SAMPLE_RATE = 16000
+SUBSAMPLING_FACTOR = 4
+MIN_INPUT_FRAMES = 7  # ((T - 1) // 2 - 1) // 2 >= 1 under the x4 subsampling
+UNK = "<unk>"
+
+
+class FeatureSpecError(ValueError):
+    """Features (or frames) of one kind handed to a consumer that expects another."""
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """What one frame is: ``name`` (e.g. "fbank"), ``dim`` values, every ``frame_shift`` seconds."""
+
+    name: str
+    dim: int
+    frame_shift: float
+
+    def __post_init__(self) -> None:
+        if not self.name or self.dim < 1 or not (self.frame_shift > 0 and math.isfinite(self.frame_shift)):
+            raise FeatureSpecError(f"invalid feature spec {self}")
+
+    def subsampled(self, factor: int) -> float:
+        """Seconds per output frame of a model that subsamples these frames ``factor`` times."""
+        return self.frame_shift * factor
+
+    def frames(self, seconds: float) -> int:
+        """The frame holding time ``seconds`` (rounded to the nearest frame boundary)."""
+        return int(round(seconds / self.frame_shift))
+
+    def to_json(self) -> Dict[str, Any]:
+        return {"name": self.name, "dim": self.dim, "frame_shift": self.frame_shift}
+
+    @classmethod
+    def from_json(cls, d: Dict[str, Any]) -> "FeatureSpec":
+        return cls(str(d["name"]), int(d["dim"]), float(d["frame_shift"]))
+
+
+FBANK = FeatureSpec("fbank", 80, 0.01)
+LATTICE_FRAME_SHIFT = FBANK.subsampled(SUBSAMPLING_FACTOR)  # 0.04 s: the ASR models' output frames
+
+
+def same_frame_shift(a: float, b: float) -> bool:
+    return math.isclose(float(a), float(b), rel_tol=1e-6, abs_tol=1e-9)
+
+
+def check_spec(recorded: Optional[FeatureSpec], expected: FeatureSpec, source: str) -> None:
+    """Raise ``FeatureSpecError`` naming ``source`` when its recorded spec is not ``expected``.
+
+    ``recorded`` None (a file from before specs were recorded) is accepted as ``expected``.
+    """
+    if recorded is None:
+        return
+    problems = []
+    if recorded.name != expected.name:
+        problems.append(f"{recorded.name!r} features, expected {expected.name!r}")
+    if recorded.dim != expected.dim:
+        problems.append(f"{recorded.dim}-dim frames, expected {expected.dim}")
+    if not same_frame_shift(recorded.frame_shift, expected.frame_shift):
+        problems.append(f"a frame every {recorded.frame_shift * 1000:g} ms, expected every {expected.frame_shift * 1000:g} ms")
+    if problems:
+        raise FeatureSpecError(f"{source}: {'; '.join(problems)} (features of another frontend?)")
+
+
+def check_frame_shift(recorded: float, expected: float, source: str) -> None:
+    """Raise ``FeatureSpecError`` when two frame rates (seconds per frame) differ."""
+    if not same_frame_shift(recorded, expected):
+        raise FeatureSpecError(
+            f"{source}: a frame every {float(recorded) * 1000:g} ms, expected every {float(expected) * 1000:g} ms"
+        )

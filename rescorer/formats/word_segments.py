@@ -1,0 +1,101 @@
+"""Word segments: the frames of every aligned word of a split, for embedder training and evaluation.
+
+Format ``rescorer.word_segments/2`` (a tagged file, ``rescorer.formats.tagged``):
+
+- tensors: ``feats`` float16 [T_total, dim] (segment s is ``feats[offsets[s]:offsets[s + 1]]``),
+  ``offsets`` int64 [S + 1], ``word_ids`` int64 [S] into ``words``, ``speaker_ids``
+  int64 [S] into ``speakers``, optionally ``starts`` float32 [S] (seconds in the utterance);
+- meta: ``words`` (sorted spellings), ``speakers``, ``utterance_ids`` (one per segment),
+  ``feature_spec`` (``FeatureSpec.to_json``), optionally ``stats`` (segment counts).
+
+Version 1 (one flat dict with ``num_mel_bins`` and ``frame_shift``) is still read. Both
+read into the same flat dict (version-1 field names plus ``feature_spec``), which
+``word_segments_record`` validates; the training data class wraps it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import torch
+
+from rescorer.formats.contract import FBANK, FeatureSpec, check_spec
+from rescorer.formats.tagged import FormatError, read_tagged, require, split_tag, write_tagged
+from rescorer.utils import PathLike
+
+FAMILY = "rescorer.word_segments"
+VERSION = 2
+FORMAT = f"{FAMILY}/{VERSION}"
+_REQUIRED = ("feats", "offsets", "word_ids", "words", "speaker_ids", "speakers", "utterance_ids")
+_TENSORS = ("feats", "offsets", "word_ids", "speaker_ids")
+
+
+def spec_of(data: Dict[str, Any]) -> FeatureSpec:
+    """The feature spec a flat dict records (version 1: ``num_mel_bins`` and ``frame_shift``)."""
+    if "feature_spec" in data:
+        return FeatureSpec.from_json(data["feature_spec"])
+    return FeatureSpec(FBANK.name, int(data.get("num_mel_bins", data["feats"].shape[-1])), float(data.get("frame_shift", FBANK.frame_shift)))
+
+
+def word_segments_record(data: Any, source: str = "<dict>") -> Dict[str, Any]:
+    """Validate a flat word-segment dict; returns it with ``feature_spec``, ``num_mel_bins``
+    and ``frame_shift`` filled in. Every error names ``source`` and the problem."""
+    family = split_tag(data.get("format"))[0] if isinstance(data, dict) else None
+    if family != FAMILY:
+        got = data.get("format") if isinstance(data, dict) else type(data).__name__
+        raise FormatError(f"{source}: not a word-segment file (format {got!r}, expected {FORMAT!r})")
+    missing = [k for k in _REQUIRED if k not in data]
+    if missing:
+        raise FormatError(f"{source}: missing fields {missing}")
+    spec = spec_of(data)
+    feats, offsets = data["feats"], torch.as_tensor(data["offsets"]).long()
+    word_ids, speaker_ids = torch.as_tensor(data["word_ids"]).long(), torch.as_tensor(data["speaker_ids"]).long()
+    n = len(word_ids)
+    if feats.dim() != 2 or feats.shape[1] != spec.dim:
+        raise FormatError(f"{source}: feats must be [T_total, {spec.dim}], got {tuple(feats.shape)}")
+    if len(offsets) != n + 1 or int(offsets[0]) != 0 or int(offsets[-1]) != len(feats):
+        raise FormatError(f"{source}: offsets must have S + 1 entries from 0 to len(feats)")
+    if n == 0:
+        raise FormatError(f"{source}: no segments")
+    if bool(((offsets[1:] - offsets[:-1]) < 1).any()):
+        raise FormatError(f"{source}: a segment has no frames")
+    if int(word_ids.min()) < 0 or int(word_ids.max()) >= len(data["words"]):
+        raise FormatError(f"{source}: word_ids out of range of words")
+    if len(speaker_ids) != n or len(data["utterance_ids"]) != n:
+        raise FormatError(f"{source}: speaker_ids and utterance_ids need one entry per segment")
+    if n and (int(speaker_ids.min()) < 0 or int(speaker_ids.max()) >= len(data["speakers"])):
+        raise FormatError(f"{source}: speaker_ids out of range of speakers")
+    return {
+        **data, "offsets": offsets, "word_ids": word_ids, "speaker_ids": speaker_ids,
+        "words": list(data["words"]), "speakers": list(data["speakers"]), "utterance_ids": list(data["utterance_ids"]),
+        "feature_spec": spec.to_json(), "num_mel_bins": spec.dim, "frame_shift": spec.frame_shift,
+    }
+
+
+def write_word_segments(path: PathLike, data: Dict[str, Any]) -> Path:
+    """Write a flat word-segment dict as ``rescorer.word_segments/2`` (atomically), after validating it."""
+    rec = word_segments_record({**data, "format": FORMAT}, source=str(path))
+    tensors = {
+        "feats": rec["feats"].to(torch.float16), "offsets": rec["offsets"], "word_ids": rec["word_ids"],
+        "speaker_ids": rec["speaker_ids"],
+    }
+    if rec.get("starts") is not None:
+        tensors["starts"] = torch.as_tensor(rec["starts"], dtype=torch.float32)
+    meta = {k: rec[k] for k in ("words", "speakers", "utterance_ids", "feature_spec")}
+    if rec.get("stats") is not None:
+        meta["stats"] = dict(rec["stats"])
+    return write_tagged(path, FAMILY, VERSION, tensors, meta)
+
+
+def read_word_segments(path: PathLike, expect: Optional[FeatureSpec] = FBANK) -> Dict[str, Any]:
+    """Read and validate a split -> the flat dict; with ``expect``, its feature spec must match."""
+    tf = read_tagged(path, FAMILY, versions=(VERSION,), legacy_versions=(1,))
+    if tf.legacy is not None:
+        rec = word_segments_record(tf.legacy, source=tf.path)
+    else:
+        require(tf, _TENSORS, ("words", "speakers", "utterance_ids", "feature_spec"))
+        rec = word_segments_record({"format": FORMAT, **tf.tensors, **tf.meta}, source=tf.path)
+    if expect is not None:
+        check_spec(spec_of(rec), expect, tf.path)
+    return rec
