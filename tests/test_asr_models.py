@@ -47,7 +47,20 @@ def test_ctc_interface_shapes_and_lengths(subsampling):
         model(torch.zeros(1, 20, 40), torch.tensor([20]))
 
 
-@pytest.mark.parametrize("subsampling", ["conv1d", "conv2d"])
+def test_x2_subsampling_for_20ms_frontends():
+    """A 20 ms frontend (Whisper states) subsampled x2 gives the 40 ms frames of x4 over fbank."""
+    model = CtcModel(**{**TINY, "num_mel_bins": 384, "subsampling": "conv1d_x2"}).eval()
+    assert model.subsampling_factor == 2
+    feats = torch.randn(3, 25, 384)
+    log_probs, out_lens = model(feats, torch.tensor([25, 3, 12]))
+    assert out_lens.tolist() == [12, 1, 5] and log_probs.shape == (3, 12, 29)
+    with pytest.raises(ValueError, match="at least 3 frames"):
+        model(torch.randn(1, 2, 384), torch.tensor([2]))
+    with pytest.raises(ValueError, match="subsampling must be one of"):
+        CtcModel(**{**TINY, "subsampling": "conv3d"})
+
+
+@pytest.mark.parametrize("subsampling", ["conv1d", "conv2d", "conv1d_x2"])
 def test_padding_does_not_change_outputs(subsampling):
     torch.manual_seed(0)
     model = CtcModel(**{**TINY, "num_layers": 2, "subsampling": subsampling}).eval()

@@ -62,9 +62,15 @@ ENCODER_PRESETS: Dict[str, Dict[str, object]] = {
 }
 
 
-def subsampled_lengths(lengths: torch.Tensor) -> torch.Tensor:
-    """Output lengths of ``Conv2dSubsampling``: ((T - 1) // 2 - 1) // 2."""
-    return torch.div(torch.div(lengths - 1, 2, rounding_mode="floor") - 1, 2, rounding_mode="floor")
+def subsampled_lengths(lengths: torch.Tensor, factor: int = SUBSAMPLING_FACTOR) -> torch.Tensor:
+    """Output lengths of the subsampling: ((T - 1) // 2 - 1) // 2 for x4, (T - 1) // 2 for x2."""
+    out = torch.div(lengths - 1, 2, rounding_mode="floor")
+    return torch.div(out - 1, 2, rounding_mode="floor") if factor == 4 else out
+
+
+def min_input_frames(factor: int) -> int:
+    """Fewest input frames that give one output frame."""
+    return MIN_INPUT_FRAMES if factor == 4 else 3
 
 
 def length_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
@@ -224,6 +230,23 @@ class Conv2dSubsampling(nn.Module):
         return self.proj(x.permute(0, 2, 1, 3).reshape(B, T, C * Fr))
 
 
+class Conv1dSubsampling2(nn.Module):
+    """[B, T, F] -> [B, (T-1)//2, d_model]: one kernel-3 stride-2 conv over time (no padding),
+    ReLU, linear. For a 20 ms frontend (e.g. Whisper's states), whose x2 gives the same 40 ms
+    output frames as x4 over 10 ms fbank."""
+
+    factor = 2
+
+    def __init__(self, num_mel_bins: int, d_model: int, channels: int):
+        super().__init__()
+        self.conv = nn.Conv1d(num_mel_bins, d_model, 3, stride=2)
+        self.proj = nn.Linear(d_model, d_model)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = _contiguous_grad(F.relu(self.conv(x.transpose(1, 2))))
+        return self.proj(x.transpose(1, 2))
+
+
 class Conv1dSubsampling(nn.Module):
     """[B, T, F] -> [B, ((T-1)//2-1)//2, d_model]: two kernel-3 stride-2 convs over time (no
     padding), ReLU, linear. Much cheaper than ``Conv2dSubsampling`` on CPU; same lengths."""
@@ -272,10 +295,11 @@ class ConformerEncoder(nn.Module):
         self.d_model = d_model
         self.register_buffer("feat_mean", torch.zeros(num_mel_bins))
         self.register_buffer("feat_std", torch.ones(num_mel_bins))
-        if subsampling not in ("conv2d", "conv1d"):
-            raise ValueError(f"subsampling must be 'conv2d' or 'conv1d', got {subsampling!r}")
-        sub = Conv2dSubsampling if subsampling == "conv2d" else Conv1dSubsampling
-        self.subsampling = sub(num_mel_bins, d_model, subsampling_channels)
+        subs = {"conv2d": Conv2dSubsampling, "conv1d": Conv1dSubsampling, "conv1d_x2": Conv1dSubsampling2}
+        if subsampling not in subs:
+            raise ValueError(f"subsampling must be one of {', '.join(subs)}, got {subsampling!r}")
+        self.subsampling = subs[subsampling](num_mel_bins, d_model, subsampling_channels)
+        self.subsampling_factor = getattr(self.subsampling, "factor", SUBSAMPLING_FACTOR)
         self.input_dropout = nn.Dropout(dropout)
         self.layers = nn.ModuleList(
             [ConformerBlock(d_model, num_heads, ffn_dim, conv_kernel, dropout) for _ in range(num_layers)]
@@ -290,14 +314,15 @@ class ConformerEncoder(nn.Module):
         if feats.dim() != 3 or feats.shape[2] != self.feat_mean.numel():
             raise ValueError(f"expected feats [B, T, {self.feat_mean.numel()}], got {tuple(feats.shape)}")
         feat_lens = feat_lens.to(device=feats.device, dtype=torch.long)
-        if bool((feat_lens < MIN_INPUT_FRAMES).any()):
-            raise ValueError(f"every input needs at least {MIN_INPUT_FRAMES} frames (x4 subsampling)")
+        need = min_input_frames(self.subsampling_factor)
+        if bool((feat_lens < need).any()):
+            raise ValueError(f"every input needs at least {need} frames (x{self.subsampling_factor} subsampling)")
         if bool((feat_lens > feats.shape[1]).any()):
             raise ValueError("a length exceeds the padded time dimension")
         in_mask = length_mask(feat_lens, feats.shape[1])[:, :, None]
         x = ((feats.float() - self.feat_mean) / self.feat_std) * in_mask
         x = self.subsampling(x)
-        out_lens = subsampled_lengths(feat_lens)
+        out_lens = subsampled_lengths(feat_lens, self.subsampling_factor)
         x = x + sinusoidal_positions(x.shape[1], self.d_model, x.device, x.dtype)
         x = self.input_dropout(x)
         valid = length_mask(out_lens, x.shape[1])
@@ -320,6 +345,7 @@ class CtcModel(nn.Module):
         self.config: Dict[str, object] = dict(self.encoder.config)
         self.ctc_head = nn.Linear(self.encoder.d_model, NUM_TOKENS)
         self.num_tokens = NUM_TOKENS
+        self.subsampling_factor = self.encoder.subsampling_factor
 
     @classmethod
     def from_config(cls, config: Dict[str, object]) -> "CtcModel":

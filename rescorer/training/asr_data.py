@@ -39,6 +39,7 @@ from rescorer.formats.utterances import (
     utterance_features_from_dict,
     write_utterance_features,
 )
+from rescorer.models.ctc import subsampled_lengths
 from rescorer.text import LETTERS, NotAWordError, split_words
 from rescorer.tokens import TokenError, words_to_token_ids
 from rescorer.training.common import ShardedBucketSampler, feature_stats, gather_padded
@@ -181,7 +182,7 @@ class Utterances:
 
     def ctc_infeasible(self, subsampling_factor: int = SUBSAMPLING_FACTOR) -> int:
         """Utterances whose token sequence (plus repeats) cannot fit the subsampled frames."""
-        out_lens = ((self.lengths - 1) // 2 - 1) // 2 if subsampling_factor == 4 else self.lengths
+        out_lens = subsampled_lengths(self.lengths, subsampling_factor)
         need = []
         for toks in self.token_ids:
             need.append(len(toks) + sum(1 for a, b in zip(toks, toks[1:]) if a == b))

@@ -1,0 +1,142 @@
+"""Acoustic word encoder over a pretrained frontend's contextual states (e.g. Whisper's):
+frame-local layers, then pooling over the word's span.
+
+Why this shape: the frontend's states already carry context, so the encoder needs no
+convolution over time; and because every layer before the pooling is frame-local, the
+states of a whole utterance can be transformed ONCE and any number of spans pooled from
+prefix sums in O(1) each (``encode_spans``): a lattice's thousands of overlapping spans
+cost one pass over the utterance. Training on isolated word segments (``forward``) and
+rescoring spans of an utterance compute exactly the same function (tested).
+
+Pooling: the mean over the whole span and over its three thirds (each third at least one
+frame), so the order of the word's sounds is kept coarsely; then an MLP to ``dim``, unit
+length.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rescorer.models.registry import ACOUSTIC_ENCODERS
+
+NUM_PARTS = 4  # whole span + three thirds
+
+
+def part_bounds(starts: torch.Tensor, ends: torch.Tensor):
+    """[N, 4] start and end frames of the whole span and of its three thirds (each non-empty)."""
+    length = (ends - starts).clamp(min=1)
+    cuts = [starts + torch.div(i * length, 3, rounding_mode="floor") for i in range(4)]
+    s = [starts] + [torch.minimum(cuts[i], ends - 1) for i in range(3)]
+    e = [starts + length] + [torch.maximum(cuts[i + 1], s[i + 1] + 1) for i in range(3)]
+    return torch.stack(s, 1), torch.stack(e, 1)
+
+
+@ACOUSTIC_ENCODERS.register("state_pooling")
+class StatePoolingEncoder(nn.Module):
+    """Contextual frame states [T, feature_dim] of a word -> unit vector [dim]."""
+
+    def __init__(
+        self,
+        feature_dim: int = 384,
+        frame_shift: float = 0.02,
+        dim: int = 256,
+        hidden: int = 512,
+        max_frames: int = 100,
+        dropout: float = 0.1,
+        frontend: Optional[Dict[str, Any]] = None,
+    ):
+        super().__init__()
+        self.config: Dict[str, Any] = dict(
+            feature_dim=feature_dim, frame_shift=frame_shift, dim=dim, hidden=hidden, max_frames=max_frames,
+            dropout=dropout, frontend=frontend,
+        )
+        self.feature_dim, self.frame_shift, self.dim, self.max_frames = feature_dim, frame_shift, dim, max_frames
+        self.frontend = frontend
+        self.register_buffer("feat_mean", torch.zeros(feature_dim))
+        self.register_buffer("feat_std", torch.ones(feature_dim))
+        self.frame = nn.Sequential(nn.Linear(feature_dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, hidden), nn.GELU())
+        self.head = nn.Sequential(nn.Linear(NUM_PARTS * hidden, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, dim))
+
+    @classmethod
+    def from_config(cls, config: Dict[str, Any]) -> "StatePoolingEncoder":
+        return cls(**config)
+
+    @torch.no_grad()
+    def set_feature_stats(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        self.feat_mean.copy_(mean.to(self.feat_mean))
+        self.feat_std.copy_(std.to(self.feat_std).clamp(min=1e-5))
+
+    def frame_states(self, feats: torch.Tensor) -> torch.Tensor:
+        """The frame-local part: [..., T, feature_dim] -> [..., T, hidden]."""
+        if feats.shape[-1] != self.feature_dim:
+            raise ValueError(f"expected {self.feature_dim}-dim frames, got {tuple(feats.shape)}")
+        return self.frame((feats.float() - self.feat_mean) / self.feat_std)
+
+    def _pool_and_project(self, prefix: torch.Tensor, rows: torch.Tensor, starts: torch.Tensor, ends: torch.Tensor) -> torch.Tensor:
+        """prefix [R, T+1, H] cumulative sums; spans (row, start, end) -> unit vectors [N, dim]."""
+        s, e = part_bounds(starts, ends)
+        r = rows[:, None].expand_as(s)
+        sums = prefix[r, e] - prefix[r, s]
+        means = sums / (e - s).unsqueeze(-1).to(sums.dtype)
+        return F.normalize(self.head(means.flatten(1)), dim=-1)
+
+    def _crop(self, starts: torch.Tensor, ends: torch.Tensor):
+        """Spans longer than ``max_frames`` keep their middle ``max_frames`` (the conv encoder's rule)."""
+        over = (ends - starts - self.max_frames).clamp(min=0)
+        starts = starts + torch.div(over, 2, rounding_mode="floor")
+        return starts, torch.minimum(ends, starts + self.max_frames)
+
+    def forward(self, feats: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Word segments feats [B, T, feature_dim], lengths [B] -> [B, dim] (training, batched)."""
+        h = self.frame_states(feats)
+        prefix = F.pad(h.cumsum(1), (0, 0, 1, 0))
+        lengths = lengths.to(h.device).long().clamp(min=1, max=h.shape[1])
+        starts, ends = self._crop(torch.zeros_like(lengths), lengths)
+        return self._pool_and_project(prefix, torch.arange(len(h), device=h.device), starts, ends)
+
+    @torch.no_grad()
+    def encode_spans(self, states: torch.Tensor, spans: torch.Tensor) -> torch.Tensor:
+        """One utterance's states [T, feature_dim] and spans [N, 2] (start, end frames) -> [N, dim].
+
+        The frame-local layers run once over the utterance; each span is pooled from
+        prefix sums. Spans are clipped to the utterance; an empty span takes one frame.
+        """
+        was = self.training
+        self.eval()
+        try:
+            dev = self.feat_mean.device
+            h = self.frame_states(states.to(dev))
+            prefix = F.pad(h.cumsum(0), (0, 0, 1, 0))[None]
+            T = h.shape[0]
+            spans = spans.to(dev).long()
+            starts = spans[:, 0].clamp(0, max(T - 1, 0))
+            ends = torch.maximum(spans[:, 1].clamp(max=T), starts + 1)
+            starts, ends = self._crop(starts, ends)
+            out = self._pool_and_project(prefix, torch.zeros_like(starts), starts, ends)
+        finally:
+            self.train(was)
+        return out.cpu()
+
+    @torch.no_grad()
+    def encode_segments(self, segments: Sequence[torch.Tensor], batch_size: int = 256,
+                        device: Optional[torch.device] = None) -> torch.Tensor:
+        """A list of [T_i, feature_dim] segments -> [N, dim] on the CPU, in input order."""
+        was = self.training
+        self.eval()
+        try:
+            dev = device or self.feat_mean.device
+            out = []
+            for i in range(0, len(segments), batch_size):
+                chunk = segments[i:i + batch_size]
+                lengths = torch.tensor([max(1, s.shape[0]) for s in chunk])
+                x = torch.zeros(len(chunk), int(lengths.max()), self.feature_dim)
+                for j, s in enumerate(chunk):
+                    x[j, : s.shape[0]] = s
+                out.append(self(x.to(dev), lengths.to(dev)).cpu())
+        finally:
+            self.train(was)
+        return torch.cat(out) if out else torch.zeros(0, self.dim)
