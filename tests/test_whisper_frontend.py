@@ -131,3 +131,31 @@ def test_mel_filters_cover_the_band():
     assert f.shape == (80, 201) and (f >= 0).all()
     peaks = f.argmax(axis=1)
     assert (np.diff(peaks) >= 0).all() and peaks[0] <= 2 and peaks[-1] >= 190
+
+
+@needs_model
+def test_lhotse_extractor_stores_states_and_names_its_spec(tmp_path, one_thread):
+    """The whisper frontend as a lhotse extractor: stored per cut at 20 ms, the spec names
+    model and layers, resampled input gives the same frames, a worker rebuilds the encoder."""
+    import pickle
+
+    import soundfile as sf
+    from lhotse import CutSet, NumpyFilesWriter, Recording
+    from rescorer import frontends
+
+    x = flite_audio("hello world, this is a test")
+    sf.write(tmp_path / "a.wav", x, 16000)
+    extractor, spec = frontends.frontend_extractor("whisper", {"layers": [2, 4]})
+    assert spec.dim == 768 and spec.frame_shift == 0.02 and spec.name.startswith("whisper-1a5afae0-L2-4")
+    cuts = CutSet.from_cuts([Recording.from_file(tmp_path / "a.wav").to_cut()])
+    cuts = cuts.compute_and_store_features(extractor, tmp_path / "feats", storage_type=NumpyFilesWriter, num_jobs=1)
+    feats = cuts[0].load_features()
+    assert feats.shape == ((len(x) // 160 + 1) // 2, 768) and cuts[0].frame_shift == 0.02
+    direct = whisper.WhisperFrontend(whisper.WhisperFrontendConfig(layers=(2, 4)))(x).numpy()
+    assert np.allclose(feats, direct, atol=1e-4)
+    clone = pickle.loads(pickle.dumps(extractor))
+    assert clone._frontend is None and np.allclose(clone.extract(x, 16000), direct, atol=1e-4)
+    with pytest.raises(ValueError, match="unknown frontend"):
+        frontends.frontend_extractor("mfcc")
+    with pytest.raises(ValueError, match="unknown whisper frontend options"):
+        frontends.frontend_extractor("whisper", {"layer": 3})
