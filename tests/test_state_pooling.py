@@ -44,11 +44,11 @@ def test_gradients_reach_the_frame_layers_in_training():
 
 def test_checkpoint_round_trip_picks_the_class(tmp_path):
     assert ACOUSTIC_ENCODERS.get("state_pooling") is StatePoolingEncoder
-    enc = StatePoolingEncoder(feature_dim=8, dim=16, hidden=16, frontend={"name": "whisper", "layers": [3]}).eval()
+    enc = StatePoolingEncoder(feature_dim=8, dim=16, hidden=16, feature_spec={"name": "whisper-1a5afae0-L3", "dim": 8, "frame_shift": 0.02}).eval()
     letters = LetterNgramEncoder(dim=16, num_buckets=1024, ngram_dim=16, hidden=32).eval()
     save_embedder(tmp_path / "best.pt", enc, letters, {"note": "test"})
     acoustic, spelling, _ = load_embedder(tmp_path)
-    assert isinstance(acoustic, StatePoolingEncoder) and acoustic.frontend == {"name": "whisper", "layers": [3]}
+    assert isinstance(acoustic, StatePoolingEncoder) and acoustic.feature_spec["name"] == "whisper-1a5afae0-L3"
     x = torch.randn(30, 8)
     spans = torch.tensor([[0, 4], [4, 20]])
     assert torch.allclose(acoustic.encode_spans(x, spans), enc.encode_spans(x, spans))

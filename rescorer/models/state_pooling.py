@@ -47,15 +47,15 @@ class StatePoolingEncoder(nn.Module):
         hidden: int = 512,
         max_frames: int = 100,
         dropout: float = 0.1,
-        frontend: Optional[Dict[str, Any]] = None,
+        feature_spec: Optional[Dict[str, Any]] = None,
     ):
         super().__init__()
         self.config: Dict[str, Any] = dict(
             feature_dim=feature_dim, frame_shift=frame_shift, dim=dim, hidden=hidden, max_frames=max_frames,
-            dropout=dropout, frontend=frontend,
+            dropout=dropout, feature_spec=feature_spec,
         )
         self.feature_dim, self.frame_shift, self.dim, self.max_frames = feature_dim, frame_shift, dim, max_frames
-        self.frontend = frontend
+        self.feature_spec = feature_spec  # the frontend that makes its input (FeatureSpec.to_json)
         self.register_buffer("feat_mean", torch.zeros(feature_dim))
         self.register_buffer("feat_std", torch.ones(feature_dim))
         self.frame = nn.Sequential(nn.Linear(feature_dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, hidden), nn.GELU())
