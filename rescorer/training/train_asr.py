@@ -165,6 +165,18 @@ def model_config(config: AsrTrainConfig) -> Dict[str, Any]:
     return arch
 
 
+def input_arch(feature_dim: int, frame_shift: float, arch: Dict[str, Any]) -> Dict[str, Any]:
+    """The input side of the architecture, from the training features: their dimension, and
+    x2 subsampling for a 20 ms frontend (Whisper states) so that output frames are 40 ms as
+    with x4 over 10 ms fbank."""
+    out: Dict[str, Any] = {"num_mel_bins": int(feature_dim)}
+    if abs(frame_shift - 0.02) < 1e-6:
+        out["subsampling"] = "conv1d_x2"
+    elif abs(frame_shift - 0.01) > 1e-6:
+        raise ValueError(f"features every {frame_shift} s: the ASR models take 10 ms or 20 ms frames")
+    return out
+
+
 def build_model(model_type: str, arch: Dict[str, Any]) -> nn.Module:
     """A new model of the registered type ``model_type`` with architecture ``arch``."""
     return ASR_MODELS.build(model_type, arch)
@@ -293,6 +305,7 @@ def _train(config: AsrTrainConfig, rank: int, world: int, device: torch.device, 
     arch = model_config(config)
     train_data = load_utterances(config.train, max_frames=config.max_frames, too_long=config.too_long)
     dev_data = load_utterances(config.dev, max_frames=config.max_frames, too_long=config.too_long) if rank == 0 else None
+    arch.update(input_arch(train_data.feats.shape[1], train_data.frame_shift, arch))
     model = build_model(config.model, arch)
     mean, std = train_data.feature_stats()
     model.set_feature_stats(mean, std)
