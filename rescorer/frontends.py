@@ -13,6 +13,7 @@ another model or layer are refused rather than mixed.
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Optional
 
@@ -108,3 +109,22 @@ def frontend_extractor(name: str, options: Optional[Dict[str, Any]] = None):
         config.layers = [int(k) for k in config.layers]
         return WhisperStates(config), whisper_spec(config)
     raise ValueError(f"unknown frontend {name!r}; known: {', '.join(FRONTENDS)}")
+
+
+def extractor_for_spec(spec: FeatureSpec, whisper_model: Optional[str] = None):
+    """The extractor that makes frames of ``spec`` (as recorded in a checkpoint), so inference
+    computes the same frontend as training. A Whisper spec names its model's digest: the
+    model found (``whisper_model`` or the default) must have it."""
+    if spec.name == FBANK.name:
+        return frontend_extractor("fbank")[0]
+    m = re.fullmatch(r"whisper-([0-9a-f]{8})-L([0-9-]+)", spec.name)
+    if not m:
+        raise ValueError(f"frames {spec.name!r} come from no frontend this version knows")
+    config = WhisperStatesConfig(model_dir=whisper_model, layers=[int(k) for k in m.group(2).split("-")])
+    found = whisper_spec(config)
+    if found.name != spec.name:
+        raise whisper.WhisperModelError(
+            f"the model was trained on {spec.name} states, but the Whisper model at "
+            f"{whisper.resolve_model_dir(whisper_model)} gives {found.name} (another model): pass --whisper-model DIR "
+            "with the model it was trained on")
+    return WhisperStates(config)

@@ -64,7 +64,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from rescorer.formats.contract import FBANK, SAMPLE_RATE, UNK
+from rescorer.formats.contract import FBANK, SAMPLE_RATE, UNK, FeatureSpec
 from rescorer.lattice.edit import add_arcs, added_words_on_path, extend_table, new_arc_mask, with_table
 from rescorer.lattice.scores import Scales, combine, with_scores
 from rescorer.lattice.word_lattice import arc_posteriors, best_path_hypothesis, validate, word_confidences
@@ -73,7 +73,6 @@ from rescorer.ops import NearestIndex, arc_similarity
 from rescorer.text import NotAWordError, normalize_word
 from rescorer.utils import atomic_write_text
 
-FEATURE_FRAME_SHIFT = FBANK.frame_shift  # the embedder's input: 80-bin fbank at 10 ms
 CONFIG_FILE = "rescorer.json"
 
 
@@ -113,21 +112,23 @@ class RescoreResult:
     recovered: List[Tuple[str, float, float]] = field(default_factory=list)
 
 
-def spans_in_feature_frames(start_frame: torch.Tensor, end_frame: torch.Tensor, lattice_frame_shift: float, num_frames: int):
-    """Lattice frames -> [start, end) in 10 ms feature frames, clipped to the features."""
-    r = lattice_frame_shift / FEATURE_FRAME_SHIFT
+def spans_in_feature_frames(start_frame: torch.Tensor, end_frame: torch.Tensor, lattice_frame_shift: float, num_frames: int,
+                            feature_frame_shift: float = FBANK.frame_shift):
+    """Lattice frames -> [start, end) in feature frames (of the embedder's frontend), clipped to the features."""
+    r = lattice_frame_shift / feature_frame_shift
     s = torch.round(start_frame.double() * r).long().clamp(0, num_frames)
     e = torch.round(end_frame.double() * r).long().clamp(0, num_frames)
     return s, e
 
 
-def distinct_arc_spans(lat, arcs: torch.Tensor, num_frames: int):
+def distinct_arc_spans(lat, arcs: torch.Tensor, num_frames: int, feature_frame_shift: float = FBANK.frame_shift):
     """Feature-frame spans of ``arcs`` (each at least one frame, inside the features).
 
     Returns (distinct spans [S, 2], index of each arc's span [len(arcs)]), so every distinct
     span is embedded once.
     """
-    s, e = spans_in_feature_frames(lat.fsa.start_frame[arcs], lat.fsa.end_frame[arcs], lat.frame_shift, num_frames)
+    s, e = spans_in_feature_frames(lat.fsa.start_frame[arcs], lat.fsa.end_frame[arcs], lat.frame_shift, num_frames,
+                                   feature_frame_shift)
     e = torch.maximum(e, torch.minimum(s + 1, torch.tensor(num_frames)))
     s = torch.minimum(s, e - 1).clamp(min=0)
     return torch.unique(torch.stack([s, e], 1), dim=0, return_inverse=True)
@@ -222,8 +223,16 @@ class Rescorer:
         self.acoustic = acoustic.to(self.device).eval()
         self.letters = letters.to(self.device).eval()
         self.config = config or RescoreConfig()
+        # the frames the embedder reads (its frontend): spans and features are checked in its units
+        recorded = getattr(acoustic, "feature_spec", None)
+        self.feature_spec = FeatureSpec.from_json(recorded) if recorded else FBANK
+        self.frame_shift = float(getattr(acoustic, "frame_shift", self.feature_spec.frame_shift))
         self._spelling: Dict[str, torch.Tensor] = {}
         self._word_list: Optional[WordListIndex] = None  # OOV recovery's word list (set_vocabulary)
+
+    def features(self, samples: np.ndarray, sampling_rate: int = SAMPLE_RATE, whisper_model: Optional[str] = None) -> torch.Tensor:
+        """The frames this rescorer's embedder reads (its frontend: fbank or Whisper states), from audio."""
+        return features_from_audio(samples, sampling_rate, self.feature_spec, whisper_model)
 
     # ------------------------------------------------------------ loading / saving
 
@@ -267,9 +276,11 @@ class Rescorer:
     @torch.no_grad()
     def span_embeddings(self, feats: torch.Tensor, spans: Sequence[Tuple[int, int]]) -> torch.Tensor:
         """Embed feature-frame spans [start, end) of one utterance: [len(spans), D]."""
-        segs = [feats[s:e] for s, e in spans]
-        if not segs:
+        if not spans:
             return torch.empty(0, self.acoustic.dim, device=self.device)
+        if hasattr(self.acoustic, "encode_spans"):  # frame-local encoder: one pass over the utterance
+            return self.acoustic.encode_spans(feats, torch.tensor(spans, dtype=torch.long)).to(self.device)
+        segs = [feats[s:e] for s, e in spans]
         return self.acoustic.encode_segments(segs, batch_size=self.config.batch_size, device=self.device).to(self.device)
 
     @torch.no_grad()
@@ -299,10 +310,11 @@ class Rescorer:
         uid = getattr(lat, "utterance_id", "") or "?"
         if not isinstance(feats, torch.Tensor):
             feats = torch.as_tensor(np.asarray(feats))
-        bins = getattr(self.acoustic, "config", {}).get("num_mel_bins")
+        bins = getattr(self.acoustic, "feature_dim", None) or getattr(self.acoustic, "config", {}).get("num_mel_bins")
         if feats.dim() != 2 or (bins is not None and feats.shape[1] != bins):
             raise RescoreError(
-                f"utterance {uid}: features must be [frames, {bins or 'mel bins'}] fbank at 10 ms, got {tuple(feats.shape)}"
+                f"utterance {uid}: features must be [frames, {bins or 'dim'}] ({self.feature_spec.name} every "
+                f"{self.frame_shift * 1000:g} ms, the embedder's frontend), got {tuple(feats.shape)}"
             )
         if feats.shape[0] == 0:
             raise RescoreError(f"utterance {uid}: no feature frames")
@@ -310,10 +322,10 @@ class Rescorer:
             raise RescoreError(f"utterance {uid}: features contain NaN or inf")
         validate(lat)
         end_sec = float(lat.fsa.end_frame.max()) * lat.frame_shift if lat.num_arcs else 0.0
-        if end_sec > feats.shape[0] * FEATURE_FRAME_SHIFT + 0.1:
+        if end_sec > feats.shape[0] * self.frame_shift + 0.1:
             raise RescoreError(
                 f"utterance {uid}: the lattice reaches {end_sec:.2f} s but the features cover "
-                f"{feats.shape[0] * FEATURE_FRAME_SHIFT:.2f} s (wrong features for this lattice?)"
+                f"{feats.shape[0] * self.frame_shift:.2f} s (wrong features for this lattice?)"
             )
         return feats.float()
 
@@ -335,7 +347,7 @@ class Rescorer:
         idx = torch.nonzero(is_word).flatten()
         if idx.numel() == 0:
             return out
-        uniq_spans, span_of_arc = distinct_arc_spans(lat, idx, feats.shape[0])
+        uniq_spans, span_of_arc = distinct_arc_spans(lat, idx, feats.shape[0], self.frame_shift)
         wids = labels[idx]
         uniq_words, word_of_arc = torch.unique(wids, return_inverse=True)
         words = [lat.words.get(int(w)) for w in uniq_words]
@@ -421,7 +433,7 @@ class Rescorer:
             return unchanged, []
         is_unk = labels[words] == unk
         is_weak = is_unk | (post[words] < c.oov_posterior_threshold)
-        spans, span_of = distinct_arc_spans(lat, words, feats.shape[0])
+        spans, span_of = distinct_arc_spans(lat, words, feats.shape[0], self.frame_shift)
         chosen = select_oov_spans(post[words], span_of, is_unk, is_weak, spans.shape[0], int(c.oov_max_spans))
         pick = is_weak & chosen[span_of]
         arcs, arc_span = words[pick], span_of[pick]  # the arcs that get alternatives, in arc order
@@ -491,9 +503,11 @@ class WordListIndex:
         return table, ids
 
 
-def features_from_audio(samples: np.ndarray, sampling_rate: int = SAMPLE_RATE) -> torch.Tensor:
-    """80-bin fbank at 10 ms, the embedder's input (lhotse's extractor, as for training)."""
-    from rescorer.segments import fbank_extractor
+def features_from_audio(samples: np.ndarray, sampling_rate: int = SAMPLE_RATE, spec: FeatureSpec = FBANK,
+                        whisper_model: Optional[str] = None) -> torch.Tensor:
+    """The frames of frontend ``spec`` (80-bin fbank at 10 ms by default; ``Rescorer.features``
+    passes its embedder's) from audio, with the extractor training used."""
+    from rescorer.frontends import extractor_for_spec
 
     if samples is None or len(samples) == 0:
         raise RescoreError("empty audio")
@@ -504,4 +518,4 @@ def features_from_audio(samples: np.ndarray, sampling_rate: int = SAMPLE_RATE) -
         from rescorer.corpora.tts.base import resample_to_16k
 
         x = resample_to_16k(x[0], sampling_rate)[None, :]
-    return torch.from_numpy(fbank_extractor().extract(x, SAMPLE_RATE))
+    return torch.from_numpy(np.asarray(extractor_for_spec(spec, whisper_model).extract(x, SAMPLE_RATE), dtype=np.float32))

@@ -79,7 +79,9 @@ import torch
 from rescorer.decoding.graphs import load_lang_dir
 from rescorer.decoding.lm import lm_oov_rate
 from rescorer.formats import token_lattices
-from rescorer.formats.contract import FBANK, LATTICE_FRAME_SHIFT, MIN_INPUT_FRAMES, SUBSAMPLING_FACTOR, UNK
+from rescorer.formats.contract import (
+    FBANK, LATTICE_FRAME_SHIFT, MIN_INPUT_FRAMES, SUBSAMPLING_FACTOR, UNK, FeatureSpec, check_spec,
+)
 from rescorer.formats.tagged import FormatError, UnsafeFileError
 from rescorer.formats.utterances import read_utterance_features
 from rescorer.lattice.paths import Hypothesis, WordSpan, best_with_attention, oracle_arc_path, sample_paths
@@ -410,7 +412,7 @@ def load_utterance_data(path) -> dict:
     if not path.is_file():
         raise DecodeInputError(f"{path}: no such data file")
     try:
-        return read_utterance_features(path).to_dict()
+        return read_utterance_features(path, expect=None).to_dict()  # checked against the model below
     except UnsafeFileError:
         raise
     except FormatError as e:
@@ -435,14 +437,15 @@ def reference_words(texts: Sequence[str], utterance_ids: Sequence[str]) -> List[
     return out
 
 
-def check_utterance(num_frames: int, utt_id: str, max_frames: int, min_frames: int = MIN_INPUT_FRAMES) -> Optional[str]:
+def check_utterance(num_frames: int, utt_id: str, max_frames: int, frame_shift: float = FBANK.frame_shift,
+                    min_frames: int = MIN_INPUT_FRAMES) -> Optional[str]:
     """None when decodable, else the reason (empty audio, too short, too long)."""
     if num_frames <= 0:
         return f"utterance {utt_id}: empty audio (0 feature frames)"
     if num_frames < min_frames:
-        return f"utterance {utt_id}: {num_frames} frames is shorter than the {min_frames} the x4 subsampling needs"
+        return f"utterance {utt_id}: {num_frames} frames is shorter than the {min_frames} the subsampling needs"
     if max_frames and num_frames > max_frames:
-        return f"utterance {utt_id}: {num_frames} frames ({num_frames * FBANK.frame_shift:.1f} s) is longer than the model handles (max {max_frames} frames); skipped"
+        return f"utterance {utt_id}: {num_frames} frames ({num_frames * frame_shift:.1f} s) is longer than the model handles (max {max_frames} frames); skipped"
     return None
 
 
@@ -511,7 +514,10 @@ def decode_main(a) -> dict:
     model, train_cfg = load_asr_model(a.model_dir)
     model.to(device).eval()
     sub = int(getattr(model, "subsampling_factor", SUBSAMPLING_FACTOR))
-    lattice_shift = FBANK.subsampled(sub)  # seconds per lattice frame
+    spec = FeatureSpec.from_json(data["feature_spec"])
+    trained_on = getattr(getattr(model, "encoder", None), "feature_spec", None)
+    check_spec(spec, FeatureSpec.from_json(trained_on) if trained_on else FBANK, f"{a.data} (model {a.model_dir})")
+    lattice_shift = spec.subsampled(sub)  # seconds per lattice frame
     model_max = getattr(model, "max_input_frames", None)
     max_frames = min(a.max_frames, int(model_max)) if model_max else a.max_frames
     if "attention_beam" in methods or "hlg_attention_rescore" in methods:
@@ -525,7 +531,7 @@ def decode_main(a) -> dict:
     if limit < len(ids):  # a quick run on the first utterances; the others are left out of the WER
         ids, refs = ids[:limit], refs[:limit]
     for u, uid in enumerate(ids):
-        why = check_utterance(offsets[u + 1] - offsets[u], uid, max_frames)
+        why = check_utterance(offsets[u + 1] - offsets[u], uid, max_frames, spec.frame_shift)
         if why:
             log.warning(why)
             skipped[uid] = why
@@ -551,7 +557,7 @@ def decode_main(a) -> dict:
     if vocab is None:
         log.warning("no training vocabulary (--train-data): iv_wer/oov_wer are not computed")
 
-    audio_seconds = sum(offsets[u + 1] - offsets[u] for u in keep) * FBANK.frame_shift
+    audio_seconds = sum(offsets[u + 1] - offsets[u] for u in keep) * spec.frame_shift
     timing = {m: 0.0 for m in methods}
     hyps: Dict[str, Dict[str, List[str]]] = {m: {} for m in methods}
     lattices: Dict[str, object] = {}

@@ -279,8 +279,10 @@ class ConformerEncoder(nn.Module):
         subsampling_channels: int = 32,
         dropout: float = 0.1,
         subsampling: str = "conv2d",
+        feature_spec: Optional[Dict[str, object]] = None,
     ):
         super().__init__()
+        self.feature_spec = feature_spec  # the frontend it was trained on (FeatureSpec.to_json); None: fbank
         self.config: Dict[str, object] = dict(
             num_mel_bins=num_mel_bins,
             d_model=d_model,
@@ -292,6 +294,8 @@ class ConformerEncoder(nn.Module):
             dropout=dropout,
             subsampling=subsampling,
         )
+        if feature_spec is not None:
+            self.config["feature_spec"] = dict(feature_spec)
         self.d_model = d_model
         self.register_buffer("feat_mean", torch.zeros(num_mel_bins))
         self.register_buffer("feat_std", torch.ones(num_mel_bins))

@@ -31,7 +31,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 
-from rescorer.formats.contract import FBANK, MIN_INPUT_FRAMES, SUBSAMPLING_FACTOR
+from rescorer.formats.contract import FBANK, MIN_INPUT_FRAMES, SUBSAMPLING_FACTOR, FeatureSpec
 from rescorer.formats.utterances import (
     FORMAT,
     UtteranceFeatures,
@@ -145,6 +145,7 @@ class Utterances:
     keep: torch.Tensor  # int64 [N]: file index of each kept utterance
     skipped_too_long: List[str] = field(default_factory=list)
     frame_shift: float = FBANK.frame_shift
+    spec: FeatureSpec = FBANK  # the frontend of ``feats`` (any: the model adapts its input side)
 
     def __post_init__(self) -> None:
         all_lengths = self.offsets[1:] - self.offsets[:-1]
@@ -239,12 +240,14 @@ def utterances_from_dict(
         keep=torch.tensor(keep, dtype=torch.long),
         skipped_too_long=skipped,
         frame_shift=u.spec.frame_shift,
+        spec=u.spec,
     )
 
 
 def load_utterances(path, max_frames: Optional[int] = DEFAULT_MAX_FRAMES, too_long: str = "skip") -> Utterances:
     """Load and validate one exported split (see the module doc for the bad-input rules)."""
-    return utterances_from_dict(read_utterance_features(path), source=str(path), max_frames=max_frames, too_long=too_long)
+    utts = read_utterance_features(path, expect=None)  # any frontend: the model is built for it
+    return utterances_from_dict(utts, source=str(path), max_frames=max_frames, too_long=too_long)
 
 
 # ---------------------------------------------------------------- batching by total frames

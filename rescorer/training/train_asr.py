@@ -62,6 +62,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from rescorer.formats.contract import FBANK, FeatureSpec, check_spec, same_frame_shift
 from rescorer.models.attention import DECODER_PRESETS, AttentionModel
 from rescorer.models.checkpoint import BEST, LAST, asr_state, load_checkpoint, read_asr_checkpoint, save_checkpoint
 from rescorer.models.ctc import ENCODER_PRESETS, count_parameters, ctc_greedy_decode, ctc_loss
@@ -165,15 +166,15 @@ def model_config(config: AsrTrainConfig) -> Dict[str, Any]:
     return arch
 
 
-def input_arch(feature_dim: int, frame_shift: float, arch: Dict[str, Any]) -> Dict[str, Any]:
-    """The input side of the architecture, from the training features: their dimension, and
-    x2 subsampling for a 20 ms frontend (Whisper states) so that output frames are 40 ms as
-    with x4 over 10 ms fbank."""
-    out: Dict[str, Any] = {"num_mel_bins": int(feature_dim)}
-    if abs(frame_shift - 0.02) < 1e-6:
+def input_arch(spec: FeatureSpec) -> Dict[str, Any]:
+    """The input side of the architecture, from the training features' spec: their
+    dimension, x2 subsampling for a 20 ms frontend (Whisper states) so that output frames
+    are 40 ms as with x4 over 10 ms fbank, and the spec itself (decoding checks it)."""
+    out: Dict[str, Any] = {"num_mel_bins": spec.dim, "feature_spec": spec.to_json()}
+    if same_frame_shift(spec.frame_shift, 0.02):
         out["subsampling"] = "conv1d_x2"
-    elif abs(frame_shift - 0.01) > 1e-6:
-        raise ValueError(f"features every {frame_shift} s: the ASR models take 10 ms or 20 ms frames")
+    elif not same_frame_shift(spec.frame_shift, FBANK.frame_shift):
+        raise ValueError(f"{spec.name} features every {spec.frame_shift} s: the ASR models take 10 ms or 20 ms frames")
     return out
 
 
@@ -305,7 +306,9 @@ def _train(config: AsrTrainConfig, rank: int, world: int, device: torch.device, 
     arch = model_config(config)
     train_data = load_utterances(config.train, max_frames=config.max_frames, too_long=config.too_long)
     dev_data = load_utterances(config.dev, max_frames=config.max_frames, too_long=config.too_long) if rank == 0 else None
-    arch.update(input_arch(train_data.feats.shape[1], train_data.frame_shift, arch))
+    arch.update(input_arch(train_data.spec))
+    if dev_data is not None:
+        check_spec(dev_data.spec, train_data.spec, config.dev)
     model = build_model(config.model, arch)
     mean, std = train_data.feature_stats()
     model.set_feature_stats(mean, std)
