@@ -206,6 +206,14 @@ def test_rescore_cli_refuses_a_planted_lattice_file_and_runs_nothing(tmp_path):
 
     from rescorer.lattice.word_lattice import save_word_lattices
 
+    from rescorer.models import AcousticWordEncoder, LetterNgramEncoder
+    from rescorer.models.checkpoint import save_embedder
+    from rescorer.rescore import Rescorer
+
+    acoustic = AcousticWordEncoder(dim=16, channels=16, num_blocks=1)  # an fbank embedder
+    letters = LetterNgramEncoder(dim=16, num_buckets=256, ngram_dim=8, hidden=16)
+    save_embedder(tmp_path / "model" / "best.pt", acoustic, letters, {})
+    Rescorer(acoustic, letters, device="cpu").save_config(tmp_path / "model")
     save_word_lattices(tmp_path / "lats.pt", [_lattice([(0, 1, "the", 0, 5, -1.0, -1.0)], uid="u0")])
     write_utterance_features(tmp_path / "whisper.pt", _utterances(WHISPER_LIKE))
     r = CliRunner().invoke(main, ["rescore", "--model-dir", str(tmp_path / "model"), "--lattices", str(tmp_path / "lats.pt"),

@@ -288,3 +288,36 @@ def test_mixed_precision_forward_backward_is_finite(data_dir):
     assert out["loss"].dtype == torch.float32 and torch.isfinite(out["loss"])
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
     assert torch.allclose(audio, model.acoustic(feats, lengths), atol=0.1)
+
+
+def test_state_pooling_encoder_trains_on_a_20ms_frontend_and_records_it(tmp_path):
+    """Segments of another frontend (20 ms, 48-dim, a Whisper-like spec): training builds the
+    encoder for them, learns, records the spec; the rescorer then reads spans at 20 ms and
+    refuses frames of another dimension."""
+    from rescorer.formats.contract import FeatureSpec
+    from rescorer.formats.word_segments import write_word_segments
+    from rescorer.rescore import RescoreError, Rescorer
+
+    spec = FeatureSpec("whisper-0000abcd-L3", 48, 0.02)
+    words = random_words(30, seed=5)
+    for name, seed, per in (("train", 1, 4), ("dev", 2, 3)):
+        d = make_synthetic_word_segments(words, segments_per_word=per, seed=seed, num_mel_bins=48)
+        write_word_segments(tmp_path / f"{name}.pt", {**d, "feature_spec": spec.to_json(), "frame_shift": 0.02})
+    out = tmp_path / "exp"
+    config = TrainConfig(train=str(tmp_path / "train.pt"), dev=str(tmp_path / "dev.pt"), out=str(out), epochs=8,
+                         **{**TINY, "acoustic_encoder": "state_pooling", "channels": 64, "max_frames": 100})
+    train(config)
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert max(r["dev_p@1"] for r in log) >= 0.2  # chance 1/30
+    acoustic, letters, _ = load_embedder(str(out))
+    assert acoustic.model_type == "state_pooling" and acoustic.feature_spec == spec.to_json()
+    assert acoustic.feature_dim == 48 and acoustic.frame_shift == 0.02
+    rescorer = Rescorer(acoustic, letters, device="cpu")
+    assert rescorer.feature_spec == spec and rescorer.frame_shift == 0.02
+    with pytest.raises(RescoreError, match=r"features must be \[frames, 48\] \(whisper-0000abcd-L3 every 20 ms"):
+        rescorer._check(type("L", (), {"utterance_id": "u1"})(), torch.zeros(50, 80))
+    # segments of another frontend are refused as dev data of this run
+    with pytest.raises(Exception, match="fbank"):
+        write_synthetic_word_segments(str(tmp_path / "fbank_dev.pt"), words, segments_per_word=2, seed=3, num_mel_bins=48)
+        train(TrainConfig(train=str(tmp_path / "train.pt"), dev=str(tmp_path / "fbank_dev.pt"), out=str(tmp_path / "x"),
+                          epochs=1, **{**TINY, "acoustic_encoder": "state_pooling", "channels": 64}))

@@ -473,7 +473,7 @@ def train_vocabulary(train_data: Optional[str], data_path: str) -> Optional[set]
     log.info("training vocabulary (IV/OOV split) from %s", p)
     if p.suffix == ".txt":
         return set(p.read_text(encoding="utf-8").split())
-    return {w for t in read_utterance_features(p).texts for w in t.split()}
+    return {w for t in read_utterance_features(p, expect=None).texts for w in t.split()}
 
 
 # ---------------------------------------------------------------- CLI

@@ -71,7 +71,7 @@ def load_segments(path: str) -> WordSegments:
     p = Path(path)
     if not p.is_file():
         raise EvaluationError(f"word segments not found: {p} (run the recipe's segments stage first)")
-    return word_segments_from_dict(read_word_segments(p), source=str(p))
+    return word_segments_from_dict(read_word_segments(p, expect=None), source=str(p))  # any frontend; the model checks dims
 
 
 def check_compatible(acoustic, data: WordSegments, source: str = "segments") -> None:

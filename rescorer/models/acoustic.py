@@ -147,6 +147,8 @@ class AcousticWordEncoder(nn.Module):
         kernel_size: int = 5,
         downsample_after: Optional[Iterable[int]] = None,
         max_frames: int = DEFAULT_MAX_FRAMES,
+        frame_shift: float = FBANK_FRAME_SHIFT,
+        feature_spec: Optional[Dict[str, object]] = None,
     ):
         super().__init__()
         if kernel_size % 2 != 1:
@@ -165,6 +167,10 @@ class AcousticWordEncoder(nn.Module):
             downsample_after=list(downsample_after),
             max_frames=max_frames,
         )
+        if feature_spec is not None:  # another frontend than 10 ms fbank (recorded: inference computes the same)
+            self.config.update(frame_shift=frame_shift, feature_spec=dict(feature_spec))
+        self.frame_shift = frame_shift
+        self.feature_spec = feature_spec
         self.dim = dim
         self.feature_dim = num_mel_bins
         self.max_frames = max_frames

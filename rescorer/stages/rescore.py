@@ -60,11 +60,11 @@ def rescore_lattices(
     outdir = Path(out_dir)
     outdir.mkdir(parents=True, exist_ok=True)
     lats = load_word_lattices(lattices)
-    feats = read_utterance_features(features).by_id()
     try:
         rescorer = Rescorer.from_dir(model_dir, device=device, config_name=config_name)
     except FileNotFoundError as e:
         raise StageError(str(e)) from e
+    feats = read_utterance_features(features, expect=rescorer.feature_spec).by_id()
     if recover_oov:
         rescorer.set_vocabulary(large_word_list(word_list_size))
     part_txt = outdir / f"hyps.{rank}.txt"

@@ -99,14 +99,15 @@ class TuneSettings:
             raise StageError(f"no method to tune; choose from {', '.join(METHODS)}")
 
 
-def _features(path):
-    u = read_utterance_features(path)
+def _features(path, spec):
+    """(frames by utterance, reference words, speakers) of a split; frames of ``spec`` (the embedder's frontend)."""
+    u = read_utterance_features(path, expect=spec)
     texts = {uid: t.split() for uid, t in zip(u.utterance_ids, u.texts)}
     return u.by_id(), texts, dict(zip(u.utterance_ids, u.speakers))
 
 
 def _train_vocab(path):
-    return {w for t in read_utterance_features(path).texts for w in t.split()}
+    return {w for t in read_utterance_features(path, expect=None).texts for w in t.split()}
 
 
 def _decode_seconds(metrics_path, n_utts_fraction=1.0):
@@ -197,7 +198,7 @@ def _tune_and_evaluate(s: TuneSettings):
     grid = dict(awe_scales=[float(x) for x in s.awe_scales], lm_scales=[float(x) for x in s.lm_scales],
                 word_insertion_penalties=[float(x) for x in s.wips])
     dev_lats, dev_prune_seconds = _load_lattices(s.dev_lattices, s)
-    dev_feats, dev_refs, dev_spk = _features(s.dev_features)
+    dev_feats, dev_refs, dev_spk = _features(s.dev_features, rescorer.feature_spec)
     if s.cross_validate:
         speakers = sorted({dev_spk[u] for u in dev_lats})
         rng = np.random.default_rng(s.seed)
@@ -209,7 +210,7 @@ def _tune_and_evaluate(s: TuneSettings):
         test_feats, test_refs = dev_feats, dev_refs
     else:
         test_lats, test_prune_seconds = _load_lattices(s.test_lattices, s)
-        test_feats, test_refs, _ = _features(s.test_features)
+        test_feats, test_refs, _ = _features(s.test_features, rescorer.feature_spec)
         folds = [(dev_lats, test_lats)]
     prune_seconds = dev_prune_seconds if s.cross_validate else test_prune_seconds  # of the evaluated lattices
     missing = [u for u in missing_lattices(s.decode_metrics, dev_lats if s.cross_validate else test_lats, s.max_utterances)

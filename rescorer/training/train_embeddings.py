@@ -52,6 +52,7 @@ from rescorer.metrics import precision_at_k
 from rescorer.models.checkpoint import BEST, LAST, embedder_state, load_checkpoint, save_checkpoint
 from rescorer.models.interfaces import AcousticEncoder, SpellingEncoder
 from rescorer.models.letters import DEFAULT_NUM_BUCKETS
+from rescorer.formats.contract import FBANK, FeatureSpec
 from rescorer.models.registry import ACOUSTIC_ENCODERS, SPELLING_ENCODERS
 from rescorer.training.common import (
     all_reduce_sum,
@@ -131,19 +132,23 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> List[Dict[str,
     return param_groups(model, weight_decay, no_decay_names=("ngrams.weight",))
 
 
-def build_encoders(config: TrainConfig) -> Tuple[AcousticEncoder, SpellingEncoder]:
-    """The two encoders the config names (``acoustic_encoder``, ``spelling_encoder``), from its sizes."""
-    acoustic = ACOUSTIC_ENCODERS.build(
-        config.acoustic_encoder,
-        dict(
-            num_mel_bins=80,
-            dim=config.dim,
-            channels=config.channels,
-            num_blocks=config.num_blocks,
-            kernel_size=config.kernel_size,
-            max_frames=config.max_frames,
-        ),
-    )
+def acoustic_encoder_config(config: TrainConfig, spec: FeatureSpec) -> Dict[str, Any]:
+    """Constructor arguments of the acoustic encoder the config names, for frames of ``spec``
+    (the training segments' frontend, recorded so inference computes the same frontend)."""
+    if config.acoustic_encoder == "state_pooling":
+        return dict(feature_dim=spec.dim, frame_shift=spec.frame_shift, dim=config.dim, hidden=config.channels,
+                    max_frames=config.max_frames, feature_spec=spec.to_json())
+    out: Dict[str, Any] = dict(num_mel_bins=spec.dim, dim=config.dim, channels=config.channels,
+                               num_blocks=config.num_blocks, kernel_size=config.kernel_size, max_frames=config.max_frames)
+    if spec != FBANK:
+        out.update(frame_shift=spec.frame_shift, feature_spec=spec.to_json())
+    return out
+
+
+def build_encoders(config: TrainConfig, spec: FeatureSpec = FBANK) -> Tuple[AcousticEncoder, SpellingEncoder]:
+    """The two encoders the config names (``acoustic_encoder``, ``spelling_encoder``), from its
+    sizes, the acoustic one for frames of ``spec``."""
+    acoustic = ACOUSTIC_ENCODERS.build(config.acoustic_encoder, acoustic_encoder_config(config, spec))
     letters = SPELLING_ENCODERS.build(
         config.spelling_encoder,
         dict(dim=config.dim, num_buckets=config.num_buckets, ngram_dim=config.ngram_dim, hidden=config.letter_hidden),
@@ -208,10 +213,10 @@ def _train(config: TrainConfig, rank: int, world: int, device: torch.device, out
     from tqdm import tqdm
 
     torch.manual_seed(config.seed)
-    train_data = load_word_segments(config.train)
-    dev_data = load_word_segments(config.dev) if rank == 0 else None
+    train_data = load_word_segments(config.train, expect=None)
+    dev_data = load_word_segments(config.dev, expect=train_data.spec) if rank == 0 else None
 
-    acoustic, letters = build_encoders(config)
+    acoustic, letters = build_encoders(config, train_data.spec)
     model = JointEmbeddingModel(
         acoustic,
         letters,

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -35,6 +35,7 @@ class WordSegments:
     utterance_ids: List[str]
     num_mel_bins: int = FBANK.dim
     frame_shift: float = FBANK.frame_shift
+    spec: FeatureSpec = FBANK  # the frontend of ``feats``
 
     def __post_init__(self) -> None:
         self.offsets = self.offsets.long()
@@ -98,11 +99,13 @@ def word_segments_from_dict(data: Dict[str, object], source: str = "<dict>") -> 
         utterance_ids=rec["utterance_ids"],
         num_mel_bins=int(rec["num_mel_bins"]),
         frame_shift=float(rec["frame_shift"]),
+        spec=FeatureSpec.from_json(rec["feature_spec"]),
     )
 
 
-def load_word_segments(path: str, expect: FeatureSpec = FBANK) -> WordSegments:
-    """Load and validate one split written by the corpus export (or ``write_synthetic``)."""
+def load_word_segments(path: str, expect: Optional[FeatureSpec] = FBANK) -> WordSegments:
+    """Load and validate one split written by the corpus export (or ``write_synthetic``);
+    ``expect`` None takes any frontend's frames (training builds its encoder for them)."""
     return word_segments_from_dict(read_word_segments(path, expect), source=str(path))
 
 
