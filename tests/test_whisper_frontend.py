@@ -159,3 +159,41 @@ def test_lhotse_extractor_stores_states_and_names_its_spec(tmp_path, one_thread)
         frontends.frontend_extractor("mfcc")
     with pytest.raises(ValueError, match="unknown whisper frontend options"):
         frontends.frontend_extractor("whisper", {"layer": 3})
+
+
+@needs_model
+def test_segments_and_export_stages_with_the_whisper_frontend(tiny_synthetic, tmp_path, one_thread):
+    """`rescorer segments --frontend whisper` + `export-asr --frontend whisper`: word segments and
+    utterance files of 20 ms Whisper states that record their spec; fbank outputs already in a
+    data directory are never taken for Whisper ones."""
+    import shutil as sh
+
+    from rescorer.formats.contract import FeatureSpecError
+    from rescorer.formats.utterances import read_utterance_features
+    from rescorer.formats.word_segments import read_word_segments
+    from rescorer.stages import StageError
+    from rescorer.stages.export_asr import export_asr
+    from rescorer.stages.segments import compute_segments
+
+    src, _ = tiny_synthetic
+    data = tmp_path / "data"
+    sh.copytree(src / "manifests", data / "manifests")
+    options = {"layers": [3]}
+    compute_segments(data, "synthetic", ["dev"], num_jobs=1, echo=lambda s: None, frontend="whisper", frontend_options=options)
+    seg = read_word_segments(data / "segments" / "dev.pt", expect=None)
+    spec = seg["feature_spec"]
+    assert spec["name"] == "whisper-1a5afae0-L3" and spec["dim"] == 384 and spec["frame_shift"] == 0.02
+    assert seg["feats"].shape[1] == 384 and len(seg["words"]) > 10
+    # 20 ms frames: a word lasts about half as many frames as in 10 ms fbank
+    lengths = (seg["offsets"][1:] - seg["offsets"][:-1]).float()
+    assert 3 <= float(lengths.mean()) <= 30
+    [out] = export_asr(data, "synthetic", tmp_path / "asr", ["dev"], echo=lambda s: None, frontend="whisper")
+    utts = read_utterance_features(out, expect=None)
+    assert utts.spec.to_json() == spec and len(utts) == 24
+    with pytest.raises(FeatureSpecError):
+        read_utterance_features(out)  # a reader that expects 10 ms fbank refuses them
+    # the fbank run's outputs in the same directory are not resumed as Whisper ones, nor the reverse
+    with pytest.raises(StageError, match="holds whisper-1a5afae0-L3 segments, not fbank"):
+        compute_segments(data, "synthetic", ["dev"], num_jobs=1, echo=lambda s: None)
+    with pytest.raises(FeatureSpecError):
+        export_asr(data, "synthetic", tmp_path / "asr", ["dev"], echo=lambda s: None, frontend="fbank")

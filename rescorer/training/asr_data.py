@@ -93,7 +93,7 @@ def transcript_token_ids(text: str, utterance_id: str) -> List[int]:
 # ---------------------------------------------------------------- export (lhotse bridge)
 
 
-def export_utterances(cuts: Iterable, path, progress: bool = True) -> Path:
+def export_utterances(cuts: Iterable, path, progress: bool = True, spec: FeatureSpec = FBANK) -> Path:
     """Write cuts with features to the format ``rescorer.utterances`` (atomically).
 
     ``cuts``: lhotse cuts with computed features (or anything with ``id``, ``supervisions``
@@ -111,8 +111,8 @@ def export_utterances(cuts: Iterable, path, progress: bool = True) -> Path:
         feats = np.asarray(cut.load_features(), dtype=np.float32)
         if feats.ndim != 2 or feats.shape[0] == 0:
             raise ValueError(f"utterance {cut.id}: empty audio (0 feature frames)")
-        if feats.shape[1] != NUM_MEL_BINS:
-            raise ValueError(f"utterance {cut.id}: {feats.shape[1]} feature bins, expected {NUM_MEL_BINS}")
+        if feats.shape[1] != spec.dim:
+            raise ValueError(f"utterance {cut.id}: {feats.shape[1]} feature values per frame, expected {spec.dim} ({spec.name})")
         chunks.append(feats.astype(np.float16))
         offsets.append(offsets[-1] + feats.shape[0])
         texts.append(text)
@@ -122,10 +122,10 @@ def export_utterances(cuts: Iterable, path, progress: bool = True) -> Path:
     if not ids:
         raise ValueError(f"export_utterances({path}): no cuts")
     utts = UtteranceFeatures(
-        torch.from_numpy(np.concatenate(chunks)), torch.tensor(offsets, dtype=torch.int64), texts, ids, speakers, FBANK
+        torch.from_numpy(np.concatenate(chunks)), torch.tensor(offsets, dtype=torch.int64), texts, ids, speakers, spec
     )
     path = write_utterance_features(path, utts)
-    log.info("exported %d utterances (%.2f h) to %s", len(ids), offsets[-1] * FBANK.frame_shift / 3600, path)
+    log.info("exported %d utterances (%.2f h) to %s", len(ids), offsets[-1] * spec.frame_shift / 3600, path)
     return path
 
 
