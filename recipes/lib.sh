@@ -48,15 +48,15 @@ cfg() {
   if [ -n "$out" ]; then mapfile -t CFG <<< "$out"; fi
 }
 
-# export_asr DATA CORPUS: utterance features + transcripts for ASR and rescoring -> exp/asr_data
-export_asr() {
-  rescorer export-asr "$1" --corpus "$2" --out exp/asr_data
-}
-
-# features DATA CORPUS: fbank + word segments (DATA/segments) and the ASR export (exp/asr_data)
+# features DATA CORPUS: frontend frames (config section `features`: frontend fbank, the
+# default, or whisper with whisper_layers / whisper_model) + word segments (DATA/segments)
+# and the utterance export for ASR and rescoring (exp/asr_data)
 features() {
-  rescorer segments "$1" --corpus "$2" -j "$num_jobs"
-  export_asr "$1" "$2"
+  cfg features
+  local frontend=fbank a
+  for a in "${CFG[@]}"; do case "$a" in --frontend=*) frontend="${a#--frontend=}" ;; esac; done
+  rescorer segments "$1" --corpus "$2" -j "$num_jobs" "${CFG[@]}"
+  rescorer export-asr "$1" --corpus "$2" --out exp/asr_data --frontend "$frontend"
 }
 
 # corpus_report DATA CORPUS: split statistics -> exp/corpora.json
