@@ -532,6 +532,42 @@ def _beam_ctc_section(doc: Any, source: str) -> List[str]:
     return out
 
 
+def _whisper_frontend_section(doc: Any, source: str) -> List[str]:
+    """Same-different AP of Whisper states pooled over words, per layer, padded or not
+    (benchmarks/whisper_frontend_probe.py)."""
+    if not isinstance(doc, Mapping) or not doc:
+        return []
+    rows = doc.get("rows")
+    if not isinstance(rows, list) or not rows:
+        raise ResultsError(f"{source}: no 'rows' list")
+    layers = sorted({r.get("layer") for r in rows})
+    ap = {(r.get("layer"), bool(r.get("pad_to_30s"))): r.get("same_different_ap") for r in rows}
+    table = [[("padded to 30 s" if pad else "unpadded")] + [_fixed(3)(ap.get((k, pad))) for k in layers] for pad in (False, True)]
+    return ["## Whisper frontend: which states", "",
+            f"Same-different AP of Whisper encoder states mean-pooled over aligned words, no training "
+            f"({doc.get('utterances')} speechocean762 train utterances, {rows[0].get('tokens')} tokens; from `{source}`). "
+            f"Real-time factor of the encoder: {_fixed(3)(doc.get('rtf_unpadded'))} unpadded, "
+            f"{_fixed(3)(doc.get('rtf_padded_30s'))} padded to 30 s.", "",
+            _table(["input"] + [f"layer {k}" for k in layers], table, ["l"] + ["r"] * len(layers)), "",
+            f"Command: {_code(doc.get('command'))} ({doc.get('machine')}, {doc.get('date')}).", ""]
+
+
+def _lattice_size_section(doc: Any, source: str) -> List[str]:
+    """Bytes per arc of stored word lattices (benchmarks/word_lattice_size.py)."""
+    if not isinstance(doc, Mapping) or not doc:
+        return []
+    bpa = doc.get("bytes_per_arc")
+    if not isinstance(bpa, Mapping):
+        raise ResultsError(f"{source}: no 'bytes_per_arc' mapping")
+    rows = [["rescorer.word_lattices/1 (before)", _fixed(1)(bpa.get("v1"))],
+            ["rescorer.word_lattices/2, every arc", _fixed(1)(bpa.get("v2"))],
+            [f"rescorer.word_lattices/2, pruned at {doc.get('min_posterior')} (per decoded arc)", _fixed(1)(bpa.get("v2_pruned"))]]
+    return ["## Word lattice files", "",
+            f"Bytes per arc on disk ({doc.get('utterances')} utterances, {doc.get('lattices')}; from `{source}`).", "",
+            _table(["layout", "bytes / arc"], rows, ["l", "r"]), "",
+            f"Command: {_code(doc.get('command'))} ({doc.get('machine')}, {doc.get('date')}).", ""]
+
+
 def _prune_sweep_section(results_dir: Path, base: Path) -> List[str]:
     """Rescoring cost and WER against the posterior-pruning threshold (results/rescore_prune/p*/)."""
     runs = sorted(glob.glob(str(results_dir / "rescore_prune" / "p*" / "wer.json")))
@@ -700,6 +736,10 @@ def build_results_md(results_dir: PathLike, out_path: PathLike, plots_dir: PathL
     lines += _prune_sweep_section(results_dir, base)
     lines += _beam_ctc_section(_load_optional(results_dir / "tuning_beam_ctc_weight.json"),
                                _rel(results_dir / "tuning_beam_ctc_weight.json", base))
+    lines += _whisper_frontend_section(_load_optional(results_dir / "whisper_frontend.json"),
+                                       _rel(results_dir / "whisper_frontend.json", base))
+    lines += _lattice_size_section(_load_optional(results_dir / "word_lattice_size.json"),
+                                   _rel(results_dir / "word_lattice_size.json", base))
     lines += _kernels_section(ker, src["kernels.json"])
     lines += _corpora_section(cor, src["corpora.json"])
     ker_doc = ker if isinstance(ker, Mapping) else ({} if ker is not None else None)
