@@ -13,7 +13,7 @@ from torch import nn
 from rescorer.evaluation import embeddings as ev
 from rescorer.models.checkpoint import load_embedder, save_embedder
 from rescorer.training.train_embeddings import TrainConfig, train
-from rescorer.training.word_data import load_word_segments, word_segments_from_dict
+from rescorer.formats.word_segments import load_word_segments, word_segments_from_dict
 from rescorer.models import AcousticWordEncoder, LetterNgramEncoder
 from conftest import REPO, TINY_EMBEDDER
 from synthetic_data import make_synthetic_word_segments, random_words, write_synthetic_word_segments

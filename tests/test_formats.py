@@ -160,7 +160,7 @@ def test_every_user_file_loader_refuses_a_planted_pickle(tmp_path):
     from rescorer.decoding.decode import load_utterance_data
     from rescorer.evaluation.embeddings import load_segments
     from rescorer.training.asr_data import load_utterances
-    from rescorer.training.word_data import load_word_segments
+    from rescorer.formats.word_segments import load_word_segments
 
     loaders.update({"decode utterances": load_utterance_data, "training utterances": load_utterances,
                     "training segments": load_word_segments, "evaluation segments": load_segments})

@@ -1,6 +1,7 @@
 """The layering, checked by import-linter's contracts in pyproject.toml ([tool.importlinter]):
-inference does not import training, models do not import data pipelines, the lattice
-package does not import rescoring, the lowest layer imports nothing above it."""
+inference does not import training, models do not import data pipelines (nor frontends),
+the lattice package does not import rescoring, the lowest layer (text, tokens, utils, the
+file formats) imports nothing above it."""
 
 from __future__ import annotations
 
@@ -45,6 +46,9 @@ def test_the_import_contracts_hold():
         ("rescorer/lattice/planted.py", "from rescorer.rescore import Rescorer\n",
          "rescorer.lattice.planted -> rescorer.rescore"),
         ("rescorer/tokens.py", "from rescorer.models import ctc\n", "rescorer.tokens -> rescorer.models.ctc"),
+        ("rescorer/formats/planted.py", "from rescorer.training import word_data\n",
+         "rescorer.formats.planted -> rescorer.training.word_data"),
+        ("rescorer/models/planted.py", "import rescorer.frontends\n", "rescorer.models.planted -> rescorer.frontends"),
         ("rescorer/rescore.py", "def f():\n    from rescorer.stages import tune\n", "rescorer.rescore -> rescorer.stages.tune"),
     ],
 )

@@ -8,7 +8,8 @@ import torch
 from rescorer.training.ranking import JointEmbeddingModel, joint_ranking_loss, mine_hard_negatives
 from rescorer.models.checkpoint import load_embedder
 from rescorer.training.train_embeddings import TrainConfig, evaluate, parse_args, train
-from rescorer.training.word_data import LengthBucketBatchSampler, load_word_segments, word_segments_from_dict
+from rescorer.formats.word_segments import load_word_segments, word_segments_from_dict
+from rescorer.training.word_data import LengthBucketBatchSampler
 from rescorer.models import AcousticWordEncoder, LetterNgramEncoder
 from conftest import TINY_EMBEDDER, lhotse_or_k2_imported_by, run_torchrun
 from synthetic_data import make_synthetic_word_segments, random_words, write_synthetic_word_segments

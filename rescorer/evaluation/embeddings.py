@@ -48,10 +48,9 @@ import torch
 
 from rescorer.corpora.text_sources import large_word_list
 from rescorer.formats.word_segments import FORMAT as SEGMENTS_FORMAT
-from rescorer.formats.word_segments import read_word_segments
+from rescorer.formats.word_segments import WordSegments, read_word_segments, word_segments_from_dict
 from rescorer.metrics import NoPositivePairsError, crossview_ap, precision_at_k, same_different_ap
 from rescorer.models.checkpoint import CheckpointError, read_embedder_checkpoint
-from rescorer.training.word_data import WordSegments, word_segments_from_dict
 
 PAPER_NOTE = (
     "Bengio & Heigold 2014: 73% P@1 for a 48k-word classifier, 53% when scoring against "

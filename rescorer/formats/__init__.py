@@ -6,6 +6,7 @@ evaluation and training all read and write files the same way:
 
 - ``contract``: the feature contract (80-bin fbank, 10 ms, 16 kHz, x4 subsampling,
   ``<unk>``) and ``FeatureSpec`` / ``check_spec`` for frame rates files record;
+- ``frames``: padded gathering and per-bin statistics over concatenated frames;
 - ``tagged``: the tagged-file helper (format tag + plain tensors + JSON metadata,
   written atomically, loaded without unpickling objects: ``UnsafeFileError``);
 - ``utterances`` (``rescorer.utterances``), ``word_segments`` (``rescorer.word_segments``),

@@ -10,17 +10,21 @@ Format ``rescorer.word_segments/2`` (a tagged file, ``rescorer.formats.tagged``)
 
 Version 1 (one flat dict with ``num_mel_bins`` and ``frame_shift``) is still read. Both
 read into the same flat dict (version-1 field names plus ``feature_spec``), which
-``word_segments_record`` validates; the training data class wraps it.
+``word_segments_record`` validates; ``WordSegments`` (``load_word_segments``) holds one
+split in memory for embedder training and evaluation alike. (Not
+``rescorer.segments.WordSegments``: that is the extraction result from lhotse cuts.)
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
 from rescorer.formats.contract import FBANK, FeatureSpec, check_spec
+from rescorer.formats.frames import feature_stats, gather_padded
 from rescorer.formats.tagged import FormatError, read_tagged, require, split_tag, write_tagged
 from rescorer.utils import PathLike
 
@@ -99,3 +103,92 @@ def read_word_segments(path: PathLike, expect: Optional[FeatureSpec] = FBANK) ->
     if expect is not None:
         check_spec(spec_of(rec), expect, tf.path)
     return rec
+
+
+# ---------------------------------------------------------------- one split in memory
+
+
+@dataclass
+class WordSegments:
+    """One split of word segments held in memory (frames stay float16 until batched)."""
+
+    feats: torch.Tensor
+    offsets: torch.Tensor
+    word_ids: torch.Tensor
+    words: List[str]
+    speaker_ids: torch.Tensor
+    speakers: List[str]
+    utterance_ids: List[str]
+    num_mel_bins: int = FBANK.dim
+    frame_shift: float = FBANK.frame_shift
+    spec: FeatureSpec = FBANK  # the frontend of ``feats``
+
+    def __post_init__(self) -> None:
+        self.offsets = self.offsets.long()
+        self.word_ids = self.word_ids.long()
+        self.speaker_ids = self.speaker_ids.long()
+        self.lengths = self.offsets[1:] - self.offsets[:-1]
+
+    def __len__(self) -> int:
+        return len(self.word_ids)
+
+    def segment(self, index: int) -> torch.Tensor:
+        """Frames [T, F] of one segment (float16 view into ``feats``)."""
+        return self.feats[int(self.offsets[index]) : int(self.offsets[index + 1])]
+
+    def segments(self) -> List[torch.Tensor]:
+        return [self.segment(i) for i in range(len(self))]
+
+    def batch(
+        self, indices: Sequence[int], max_frames: int = 200
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """float32 feats [B, T, F] (zero-padded), lengths [B], word_ids [B] of ``indices``.
+
+        One vectorised gather, no Python loop over segments. Segments longer than
+        ``max_frames`` are center-cropped, the encoder's rule.
+        """
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        lengths = self.lengths[idx]
+        start = self.offsets[idx] + (lengths - max_frames).clamp(min=0) // 2
+        lengths = lengths.clamp(max=max_frames)
+        return gather_padded(self.feats, start, lengths), lengths, self.word_ids[idx]
+
+    def feature_stats(self, chunk_frames: int = 1 << 20) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Per-bin mean and standard deviation over all frames (float64 accumulation)."""
+        return feature_stats(self.feats, chunk_frames)
+
+    def to_dict(self) -> Dict[str, object]:
+        return {
+            "format": FORMAT,
+            "feats": self.feats,
+            "offsets": self.offsets,
+            "word_ids": self.word_ids,
+            "words": list(self.words),
+            "speaker_ids": self.speaker_ids,
+            "speakers": list(self.speakers),
+            "utterance_ids": list(self.utterance_ids),
+            "feature_spec": FeatureSpec(FBANK.name, self.num_mel_bins, self.frame_shift).to_json(),
+        }
+
+
+def word_segments_from_dict(data: Dict[str, object], source: str = "<dict>") -> WordSegments:
+    """Validate a flat word-segment dict and wrap it; errors name the file and the problem."""
+    rec = word_segments_record(data, source)
+    return WordSegments(
+        feats=rec["feats"],
+        offsets=rec["offsets"],
+        word_ids=rec["word_ids"],
+        words=rec["words"],
+        speaker_ids=rec["speaker_ids"],
+        speakers=rec["speakers"],
+        utterance_ids=rec["utterance_ids"],
+        num_mel_bins=int(rec["num_mel_bins"]),
+        frame_shift=float(rec["frame_shift"]),
+        spec=FeatureSpec.from_json(rec["feature_spec"]),
+    )
+
+
+def load_word_segments(path: str, expect: Optional[FeatureSpec] = FBANK) -> WordSegments:
+    """Load and validate one split written by the corpus export (or ``write_synthetic``);
+    ``expect`` None takes any frontend's frames (training builds its encoder for them)."""
+    return word_segments_from_dict(read_word_segments(path, expect), source=str(path))

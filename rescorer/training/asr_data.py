@@ -32,6 +32,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 import torch
 
 from rescorer.formats.contract import FBANK, MIN_INPUT_FRAMES, SUBSAMPLING_FACTOR, FeatureSpec
+from rescorer.formats.frames import feature_stats, gather_padded
 from rescorer.formats.utterances import (
     FORMAT,
     UtteranceFeatures,
@@ -42,7 +43,7 @@ from rescorer.formats.utterances import (
 from rescorer.models.ctc import subsampled_lengths
 from rescorer.text import LETTERS, NotAWordError, split_words
 from rescorer.tokens import TokenError, words_to_token_ids
-from rescorer.training.common import ShardedBucketSampler, feature_stats, gather_padded
+from rescorer.training.common import ShardedBucketSampler
 
 log = logging.getLogger(__name__)
 

@@ -53,6 +53,7 @@ from rescorer.models.checkpoint import BEST, LAST, embedder_state, load_checkpoi
 from rescorer.models.interfaces import AcousticEncoder, SpellingEncoder
 from rescorer.models.letters import DEFAULT_NUM_BUCKETS
 from rescorer.formats.contract import FBANK, FeatureSpec
+from rescorer.formats.word_segments import WordSegments, load_word_segments
 from rescorer.models.registry import ACOUSTIC_ENCODERS, SPELLING_ENCODERS
 from rescorer.training.common import (
     all_reduce_sum,
@@ -67,7 +68,7 @@ from rescorer.training.common import (
     teardown_distributed,
 )
 from rescorer.training.ranking import JointEmbeddingModel
-from rescorer.training.word_data import LengthBucketBatchSampler, WordSegments, load_word_segments
+from rescorer.training.word_data import LengthBucketBatchSampler
 
 @dataclass
 class TrainConfig:
