@@ -167,7 +167,7 @@ class WordSegments:
             "speaker_ids": self.speaker_ids,
             "speakers": list(self.speakers),
             "utterance_ids": list(self.utterance_ids),
-            "feature_spec": FeatureSpec(FBANK.name, self.num_mel_bins, self.frame_shift).to_json(),
+            "feature_spec": self.spec.to_json(),
         }
 
 
