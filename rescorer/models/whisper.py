@@ -216,6 +216,21 @@ class _Block(nn.Module):
         return x + self.ffn_out(F.gelu(self.ffn_in(self.ffn_norm(x))))
 
 
+# our block's parameters <- CTranslate2's variable names under encoder/layer_<i>/
+_BLOCK_VARIABLES = [
+    (f"{ours}.{param}", f"{theirs}/{name}")
+    for ours, theirs, pairs in (
+        ("attn_norm", "self_attention/layer_norm", (("weight", "gamma"), ("bias", "beta"))),
+        ("qkv", "self_attention/linear_0", (("weight", "weight"), ("bias", "bias"))),
+        ("attn_out", "self_attention/linear_1", (("weight", "weight"), ("bias", "bias"))),
+        ("ffn_norm", "ffn/layer_norm", (("weight", "gamma"), ("bias", "beta"))),
+        ("ffn_in", "ffn/linear_0", (("weight", "weight"), ("bias", "bias"))),
+        ("ffn_out", "ffn/linear_1", (("weight", "weight"), ("bias", "bias"))),
+    )
+    for param, name in pairs
+]
+
+
 class WhisperEncoder(nn.Module):
     """Whisper's audio encoder: log-mel [B, 80, T] -> states [B, T/2, d_model] per layer.
 
@@ -253,21 +268,8 @@ class WhisperEncoder(nn.Module):
                 "final_norm.weight": t("encoder/layer_norm/gamma"), "final_norm.bias": t("encoder/layer_norm/beta"),
             }
             for i in range(num_layers):
-                p = f"encoder/layer_{i}/"
-                sd.update({
-                    f"blocks.{i}.attn_norm.weight": t(p + "self_attention/layer_norm/gamma"),
-                    f"blocks.{i}.attn_norm.bias": t(p + "self_attention/layer_norm/beta"),
-                    f"blocks.{i}.qkv.weight": t(p + "self_attention/linear_0/weight"),
-                    f"blocks.{i}.qkv.bias": t(p + "self_attention/linear_0/bias"),
-                    f"blocks.{i}.attn_out.weight": t(p + "self_attention/linear_1/weight"),
-                    f"blocks.{i}.attn_out.bias": t(p + "self_attention/linear_1/bias"),
-                    f"blocks.{i}.ffn_norm.weight": t(p + "ffn/layer_norm/gamma"),
-                    f"blocks.{i}.ffn_norm.bias": t(p + "ffn/layer_norm/beta"),
-                    f"blocks.{i}.ffn_in.weight": t(p + "ffn/linear_0/weight"),
-                    f"blocks.{i}.ffn_in.bias": t(p + "ffn/linear_0/bias"),
-                    f"blocks.{i}.ffn_out.weight": t(p + "ffn/linear_1/weight"),
-                    f"blocks.{i}.ffn_out.bias": t(p + "ffn/linear_1/bias"),
-                })
+                for ours, theirs in _BLOCK_VARIABLES:
+                    sd[f"blocks.{i}.{ours}"] = t(f"encoder/layer_{i}/{theirs}")
         except KeyError as e:
             raise WhisperModelError(f"{d / 'model.bin'}: not a Whisper encoder (missing variable {e})") from e
         enc.load_state_dict(sd)
