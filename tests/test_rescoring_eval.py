@@ -13,7 +13,21 @@ def test_recovery_counts_recovered_and_broken():
     base = [["the", "<unk>", "sat"], ["a", "cat"]]
     new = [["the", "zebra", "sat"], ["a", "cap"]]
     c = recovery_counts(refs, base, new, train_vocab={"the", "sat", "a", "cat"})
-    assert c == {"oov_tokens_recovered": 1, "iv_tokens_broken": 1, "oov_tokens": 1}
+    assert c == {"oov_tokens_recovered": 1, "iv_tokens_broken": 1, "oov_tokens": 1, "oov_recall": 1.0,
+                 "oov_tokens_proposed": 2, "oov_precision": 0.5}  # "zebra" right, "cap" (not in vocab) wrong
+
+
+def test_recovery_counts_precision_counts_only_changed_oov_words():
+    from rescorer.evaluation.rescoring import recovery_counts
+
+    refs = [["the", "zebra", "sat", "down"]]
+    base = [["the", "zebu", "sat", "down"]]  # "zebu": an OOV word the decoder already had
+    new = [["the", "zebu", "sat", "gown"]]  # the method changed only "down" -> "gown"
+    c = recovery_counts(refs, base, new, train_vocab={"the", "sat", "down"})
+    assert c["oov_tokens_proposed"] == 1 and c["oov_precision"] == 0.0
+    assert c["oov_recall"] == 0.0 and c["iv_tokens_broken"] == 1
+    none = recovery_counts(refs, base, base, train_vocab={"the", "sat", "down"})
+    assert none["oov_tokens_proposed"] == 0 and none["oov_precision"] is None
 
 
 def _corpus():

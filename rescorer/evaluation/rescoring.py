@@ -6,11 +6,11 @@ recombines per-arc scores and re-runs the best path, so tuning is cheap. Tuning 
 dev split only; the chosen scales are written to the model's ``rescorer.json`` and the
 whole curve is returned for plotting and committing.
 
-Accounting beyond WER (``rescorer.wer``): ``oov_tokens_recovered`` counts reference
-tokens whose word is absent from the acoustic training transcripts and that the method
-gets right while the decoder's own 1-best did not; ``iv_tokens_broken`` counts
-in-vocabulary reference tokens the 1-best had right and the method gets wrong (the
-false alarms the method causes).
+Accounting beyond WER (``rescorer.wer``), in ``recovery_counts``: OOV recall (reference
+tokens whose word is absent from the acoustic training transcripts, right after the
+method and wrong in the decoder's own 1-best), OOV precision (of the OOV words the
+method put on the path, the share that are right) and the in-vocabulary tokens the
+method broke (the false alarms it causes).
 """
 
 from __future__ import annotations
@@ -38,8 +38,28 @@ def correct_ref_positions(ref: Sequence[str], hyp: Sequence[str]) -> List[bool]:
     return out
 
 
-def recovery_counts(refs, base_hyps, new_hyps, train_vocab) -> Dict[str, int]:
-    rec = broken = oov_total = 0
+def _changed_tokens(base: Sequence[str], new: Sequence[str]) -> List[bool]:
+    """For each token of ``new``, whether the alignment with ``base`` pairs it with a different word (or none)."""
+    return [b != n for b, n in align(list(base), list(new)) if n is not None]
+
+
+def _correct_hyp_positions(ref: Sequence[str], hyp: Sequence[str]) -> List[bool]:
+    """For each hypothesis token, whether the alignment with ``ref`` pairs it with an identical word."""
+    return [r == h for r, h in align(list(ref), list(hyp)) if h is not None]
+
+
+def recovery_counts(refs, base_hyps, new_hyps, train_vocab) -> Dict[str, float]:
+    """What a method changed on the decoder's 1-best, for OOV words and against IV words.
+
+    - ``oov_tokens_recovered``: OOV reference tokens (word not in ``train_vocab``) the
+      method gets right and the 1-best did not; ``oov_recall`` = that over ``oov_tokens``.
+    - ``oov_tokens_proposed``: hypothesis tokens the method put on the path (not paired with
+      the same word in the 1-best) whose word is not in ``train_vocab``;
+      ``oov_precision`` = the share of those the reference alignment pairs with the same
+      word (None when the method proposed none).
+    - ``iv_tokens_broken``: IV reference tokens the 1-best had right and the method not.
+    """
+    rec = broken = oov_total = proposed = proposed_right = 0
     for ref, b, n in zip(refs, base_hyps, new_hyps):
         cb, cn = correct_ref_positions(ref, b), correct_ref_positions(ref, n)
         for w, x, y in zip(ref, cb, cn):
@@ -48,7 +68,14 @@ def recovery_counts(refs, base_hyps, new_hyps, train_vocab) -> Dict[str, int]:
                 rec += int(y and not x)
             else:
                 broken += int(x and not y)
-    return {"oov_tokens_recovered": rec, "iv_tokens_broken": broken, "oov_tokens": oov_total}
+        for w, changed, right in zip(n, _changed_tokens(b, n), _correct_hyp_positions(ref, n)):
+            if changed and w not in train_vocab:
+                proposed += 1
+                proposed_right += int(right)
+    return {"oov_tokens_recovered": rec, "iv_tokens_broken": broken, "oov_tokens": oov_total,
+            "oov_recall": rec / oov_total if oov_total else None,
+            "oov_tokens_proposed": proposed,
+            "oov_precision": proposed_right / proposed if proposed else None}
 
 
 def _hyp_words(hyp) -> List[str]:
