@@ -131,7 +131,9 @@ def distinct_arc_spans(lat, arcs: torch.Tensor, num_frames: int, feature_frame_s
                                    feature_frame_shift)
     e = torch.maximum(e, torch.minimum(s + 1, torch.tensor(num_frames)))
     s = torch.minimum(s, e - 1).clamp(min=0)
-    return torch.unique(torch.stack([s, e], 1), dim=0, return_inverse=True)
+    # one integer key per span: a 1-D unique (unique over rows is ~10x slower), same (start, end) order
+    keys, inverse = torch.unique(s * (num_frames + 1) + e, return_inverse=True)
+    return torch.stack([torch.div(keys, num_frames + 1, rounding_mode="floor"), keys % (num_frames + 1)], 1), inverse
 
 
 class SpanCache:
@@ -177,12 +179,30 @@ class SpanCache:
             new = torch.unique(keys[~hit])
             emb = rescorer.span_embeddings(feats, list(zip((new // (T + 1)).tolist(), (new % (T + 1)).tolist())))
             self.encoded += int(new.numel())
-            all_keys = torch.cat([self.keys, new])
-            all_emb = emb if self.embeddings is None else torch.cat([self.embeddings, emb.to(self.embeddings.device)])
-            order = torch.argsort(all_keys)
-            self.keys, self.embeddings = all_keys[order], all_emb[order.to(all_emb.device)]
+            self._insert(new, emb)
             pos, _ = self._find(keys)
         return self.embeddings[pos.to(self.embeddings.device)]
+
+    def add(self, num_frames: int, spans: torch.Tensor, embeddings: torch.Tensor) -> None:
+        """Store embeddings computed elsewhere (e.g. pooled for a batch of utterances at once)
+        of distinct spans [S, 2] of this cache's ``num_frames``-frame utterance."""
+        if self.num_frames is None:
+            self.num_frames = int(num_frames)
+        elif self.num_frames != int(num_frames):
+            raise RescoreError(f"this SpanCache holds spans of a {self.num_frames}-frame utterance, not of a "
+                               f"{num_frames}-frame one (use one cache per utterance)")
+        if spans.numel() == 0:
+            return
+        keys = spans[:, 0].long() * (self.num_frames + 1) + spans[:, 1].long()
+        _, hit = self._find(keys)
+        self.encoded += int((~hit).sum())
+        self._insert(keys[~hit], embeddings[~hit.to(embeddings.device)])
+
+    def _insert(self, keys: torch.Tensor, emb: torch.Tensor) -> None:
+        all_keys = torch.cat([self.keys, keys])
+        all_emb = emb if self.embeddings is None else torch.cat([self.embeddings, emb.to(self.embeddings.device)])
+        order = torch.argsort(all_keys)
+        self.keys, self.embeddings = all_keys[order], all_emb[order.to(all_emb.device)]
 
 
 def select_oov_spans(post: torch.Tensor, span_of_arc: torch.Tensor, is_unk: torch.Tensor, is_weak: torch.Tensor,
@@ -215,19 +235,70 @@ def _unit_rows(x: torch.Tensor) -> torch.Tensor:
     return torch.where(ok, x / torch.where(ok, n, torch.ones_like(n)), torch.zeros_like(x))
 
 
-class Rescorer:
-    """A trained embedder + scales; rescoring keeps a cache of spelling embeddings."""
+SPAN_ENCODINGS = ("auto", "one_pass", "isolated")
 
-    def __init__(self, acoustic, letters, config: Optional[RescoreConfig] = None, device: Optional[str] = None):
+
+def can_encode_in_one_pass(acoustic) -> bool:
+    """Whether an acoustic encoder runs once per utterance and pools spans (``utterance_states``
+    + ``pool_spans``: the state-pooling encoder, the conv encoder)."""
+    return callable(getattr(acoustic, "utterance_states", None)) and callable(getattr(acoustic, "pool_spans", None))
+
+
+def pad_frames(feats: Sequence[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Utterances' frames [T_i, F] -> zero-padded float32 [B, max T_i, F] and lengths [B]."""
+    lengths = torch.tensor([int(f.shape[0]) for f in feats], dtype=torch.long)
+    out = torch.zeros(len(feats), int(lengths.max()), int(feats[0].shape[1]))
+    for i, f in enumerate(feats):
+        out[i, : f.shape[0]] = f
+    return out, lengths
+
+
+def batches_by_frames(lengths: Dict[str, int], max_frames: int) -> List[List[str]]:
+    """Utterance ids in batches whose padded size (utterances x longest) stays within
+    ``max_frames`` (one utterance per batch at least); similar lengths together, so little padding."""
+    order = sorted(lengths, key=lambda u: (lengths[u], u))
+    batches: List[List[str]] = []
+    cur: List[str] = []
+    for u in order:
+        if cur and (len(cur) + 1) * lengths[u] > max_frames:
+            batches.append(cur)
+            cur = []
+        cur.append(u)
+    if cur:
+        batches.append(cur)
+    return batches
+
+
+class Rescorer:
+    """A trained embedder + scales; rescoring keeps a cache of spelling embeddings.
+
+    ``span_encoding``: how lattice spans are embedded. ``one_pass``: the encoder runs once
+    per utterance (batched across utterances) and every span is pooled from that pass;
+    ``isolated``: each distinct span's frames are encoded as a separate segment, as in
+    training (the conv encoder's old path; for the state-pooling encoder both give the
+    same embeddings); ``auto``: one pass where the encoder can (``can_encode_in_one_pass``).
+    For the conv encoder the two differ (context through the receptive field):
+    ``benchmarks/rescore_cost.py`` measures both, cost and WER.
+    """
+
+    def __init__(self, acoustic, letters, config: Optional[RescoreConfig] = None, device: Optional[str] = None,
+                 span_encoding: str = "auto"):
+        if span_encoding not in SPAN_ENCODINGS:
+            raise ValueError(f"span_encoding must be one of {', '.join(SPAN_ENCODINGS)}, not {span_encoding!r}")
+        if span_encoding == "one_pass" and not can_encode_in_one_pass(acoustic):
+            raise ValueError(f"{type(acoustic).__name__} cannot encode spans in one pass per utterance "
+                             "(no utterance_states/pool_spans): use span_encoding='isolated'")
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.acoustic = acoustic.to(self.device).eval()
         self.letters = letters.to(self.device).eval()
         self.config = config or RescoreConfig()
+        self.one_pass = span_encoding == "one_pass" or (span_encoding == "auto" and can_encode_in_one_pass(acoustic))
         # the frames the embedder reads (its frontend): spans and features are checked in its units
         recorded = getattr(acoustic, "feature_spec", None)
         self.feature_spec = FeatureSpec.from_json(recorded) if recorded else FBANK
         self.frame_shift = float(getattr(acoustic, "frame_shift", self.feature_spec.frame_shift))
-        self._spelling: Dict[str, torch.Tensor] = {}
+        self._spelling_row: Dict[str, int] = {}  # word -> row of _spelling_matrix
+        self._spelling_matrix = torch.empty(0, int(getattr(acoustic, "dim", 0) or 0), device=self.device)
         self._word_list: Optional[WordListIndex] = None  # OOV recovery's word list (set_vocabulary)
 
     def features(self, samples: np.ndarray, sampling_rate: int = SAMPLE_RATE, whisper_model: Optional[str] = None) -> torch.Tensor:
@@ -238,7 +309,7 @@ class Rescorer:
 
     @classmethod
     def from_dir(cls, model_dir, device: Optional[str] = None, config: Optional[RescoreConfig] = None,
-                 config_name: str = CONFIG_FILE) -> "Rescorer":
+                 config_name: str = CONFIG_FILE, span_encoding: str = "auto") -> "Rescorer":
         """Load ``model_dir`` (an embedder run: best.pt/last.pt) and its scales (``rescorer.json``;
         ``config_name="rescorer_pocketsphinx.json"`` for those tuned on pocketsphinx lattices).
         Without ``rescorer.json`` the default scales apply; a missing other name is an error."""
@@ -251,7 +322,7 @@ class Rescorer:
             if config_name != CONFIG_FILE and not cfg_path.exists():
                 raise FileNotFoundError(f"{cfg_path}: no such tuned configuration")
             config = RescoreConfig.from_dict(json.loads(cfg_path.read_text())["config"]) if cfg_path.exists() else RescoreConfig()
-        return cls(acoustic, letters, config, device)
+        return cls(acoustic, letters, config, device, span_encoding=span_encoding)
 
     def save_config(self, model_dir, extra: Optional[dict] = None, name: Optional[str] = None) -> Path:
         """Write the scales to ``model_dir/rescorer.json`` (or ``name``: e.g. scales tuned for another decoder's lattices)."""
@@ -263,25 +334,51 @@ class Rescorer:
 
     @torch.no_grad()
     def spelling_embeddings(self, words: Sequence[str]) -> torch.Tensor:
-        """[len(words), D] on the device; each distinct word is embedded once per Rescorer."""
-        todo = sorted({w for w in words if w not in self._spelling})
+        """[len(words), D] on the device; each distinct word is embedded once per Rescorer
+        (kept as rows of one matrix, so a lattice's words are one gather)."""
+        rows = self._spelling_rows(words)  # first: it may grow the matrix
+        return self._spelling_matrix[rows]
+
+    def _spelling_rows(self, words: Sequence[str]) -> torch.Tensor:
+        todo = sorted({w for w in words if w not in self._spelling_row})
         if todo:
-            emb = self.letters.encode_words(todo).float()
-            for w, e in zip(todo, emb):
-                self._spelling[w] = e
-        if not words:
-            return torch.empty(0, self.acoustic.dim, device=self.device)
-        return torch.stack([self._spelling[w] for w in words]).to(self.device)
+            emb = self.letters.encode_words(todo).float().to(self.device)
+            if self._spelling_matrix.shape[1] != emb.shape[1]:
+                self._spelling_matrix = self._spelling_matrix.new_empty(0, emb.shape[1])
+            base = self._spelling_matrix.shape[0]
+            self._spelling_matrix = torch.cat([self._spelling_matrix, emb])
+            self._spelling_row.update({w: base + i for i, w in enumerate(todo)})
+        return torch.tensor([self._spelling_row[w] for w in words], dtype=torch.long, device=self.device)
 
     @torch.no_grad()
     def span_embeddings(self, feats: torch.Tensor, spans: Sequence[Tuple[int, int]]) -> torch.Tensor:
         """Embed feature-frame spans [start, end) of one utterance: [len(spans), D]."""
         if not spans:
             return torch.empty(0, self.acoustic.dim, device=self.device)
-        if hasattr(self.acoustic, "encode_spans"):  # frame-local encoder: one pass over the utterance
-            return self.acoustic.encode_spans(feats, torch.tensor(spans, dtype=torch.long)).to(self.device)
-        segs = [feats[s:e] for s, e in spans]
-        return self.acoustic.encode_segments(segs, batch_size=self.config.batch_size, device=self.device).to(self.device)
+        return self._encode_spans([feats], [torch.tensor(spans, dtype=torch.long).reshape(-1, 2)])[0]
+
+    @torch.no_grad()
+    def _encode_spans(self, feats: Sequence[torch.Tensor], spans: Sequence[torch.Tensor]) -> List[torch.Tensor]:
+        """Spans [S_i, 2] of several utterances -> their embeddings [S_i, D] on the device.
+
+        One pass: the utterances are padded into one batch, the encoder runs once over it
+        and every span is pooled (gathered by utterance row). Isolated: every span is cut
+        out and all of them are encoded as segments in length-sorted batches.
+        """
+        counts = [int(x.shape[0]) for x in spans]
+        if sum(counts) == 0:
+            return [torch.empty(0, self.acoustic.dim, device=self.device) for _ in spans]
+        if self.one_pass:
+            keep = [i for i, n in enumerate(counts) if n]
+            x, lengths = pad_frames([feats[i] for i in keep])
+            states = self.acoustic.utterance_states(x.to(self.device), lengths.to(self.device))
+            rows = torch.cat([torch.full((counts[i],), j, dtype=torch.long) for j, i in enumerate(keep)])
+            allspans = torch.cat([spans[i] for i in keep]).long()
+            emb = self.acoustic.pool_spans(states, rows, allspans[:, 0], allspans[:, 1])
+        else:
+            segs = [f[int(a):int(b)] for f, sp in zip(feats, spans) for a, b in sp.tolist()]
+            emb = self.acoustic.encode_segments(segs, batch_size=self.config.batch_size, device=self.device)
+        return list(emb.to(self.device).split(counts))
 
     @torch.no_grad()
     def embed_spans(self, feats: torch.Tensor, spans: torch.Tensor, cache: Optional[SpanCache] = None) -> torch.Tensor:
@@ -353,12 +450,26 @@ class Rescorer:
         words = [lat.words.get(int(w)) for w in uniq_words]
         A = self.embed_spans(feats, uniq_spans, cache)
         W = self.spelling_embeddings(words)
-        arcs = torch.stack([span_of_arc, word_of_arc], 1).to(self.device)
-        sim = arc_similarity(A, W, arcs, metric="cosine").float().cpu()
+        sim = self._similarity(A, W, span_of_arc, word_of_arc)
         if not torch.isfinite(sim).all():
             raise RescoreError(f"utterance {lat.utterance_id}: non-finite embedding similarity (NaN in the model?)")
         out[idx] = sim
         return out
+
+    def _similarity(self, A: torch.Tensor, W: torch.Tensor, span_of_arc: torch.Tensor, word_of_arc: torch.Tensor) -> torch.Tensor:
+        """Cosine of each arc's span and word embeddings (float32 [arcs], CPU).
+
+        On the CPU, when the span x word table is not much larger than the arcs (a lattice
+        has a few hundred distinct spans and words and thousands of arcs), one matrix
+        product of unit rows and a gather; otherwise (and on GPU) ``ops.arc_similarity``.
+        """
+        if A.device.type == "cpu" and A.shape[0] * W.shape[0] <= 4 * span_of_arc.numel() + 65536:
+            if not (torch.isfinite(A).all() and torch.isfinite(W).all()):
+                return torch.full((span_of_arc.numel(),), float("nan"))
+            table = _unit_rows(A.float()) @ _unit_rows(W.float()).T
+            return table[span_of_arc, word_of_arc]
+        arcs = torch.stack([span_of_arc, word_of_arc], 1).to(self.device)
+        return arc_similarity(A, W, arcs, metric="cosine").float().cpu()
 
     def apply_scores(self, lat, awe: torch.Tensor, config: Optional[RescoreConfig] = None):
         """Set ``awe_scores`` and the combined ``scores`` (``lattice.scores.with_scores``: the
@@ -373,15 +484,48 @@ class Rescorer:
         (the returned lattice is the recovered one) and every distinct span is embedded once
         for both steps. ``apply_scores(lattice, awe, config)`` then decodes under any scales.
         """
+        return self.embedding_scores_batch([lat], [feats], config, recover)[0]
+
+    def embedding_scores_batch(self, lats: Sequence, feats: Sequence, config: Optional[RescoreConfig] = None,
+                               recover: bool = False) -> List[tuple]:
+        """``embedding_scores`` of several utterances at once: [(lattice, awe, recovered)], in order.
+
+        Every distinct span any step can need (the spans of all word arcs; recovered arcs
+        reuse their arc's span) is embedded up front for the whole batch: in one encoder pass
+        over the padded utterances (``one_pass``) or as one list of segments. The results
+        equal those of one utterance at a time (tested). The caller sizes the batch
+        (``batches_by_frames``); a bad lattice or features raise before anything is embedded.
+        """
         c = config or self.config
         if recover:
             self._need_vocabulary()
-        feats = self._check(lat, feats)
-        cache = SpanCache()
-        recovered: List[Tuple[str, float, float]] = []
-        if recover:
-            lat, recovered = self._recover(lat, feats, c, cache)
-        return lat, self._awe_scores(lat, feats, cache), recovered
+        if len(lats) != len(feats):
+            raise ValueError(f"{len(lats)} lattices but {len(feats)} feature matrices")
+        checked = [self._check(lat, f) for lat, f in zip(lats, feats)]
+        caches = self._prefill(lats, checked, with_unk=recover)
+        out = []
+        for lat, f, cache in zip(lats, checked, caches):
+            recovered: List[Tuple[str, float, float]] = []
+            if recover:
+                lat, recovered = self._recover(lat, f, c, cache)
+            out.append((lat, self._awe_scores(lat, f, cache), recovered))
+        return out
+
+    def _prefill(self, lats: Sequence, feats: Sequence[torch.Tensor], with_unk: bool) -> List[SpanCache]:
+        """One SpanCache per utterance holding every distinct span of its word arcs (and of
+        its ``<unk>`` arcs with ``with_unk``), all embedded in one call."""
+        spans = []
+        for lat, f in zip(lats, feats):
+            labels = lat.fsa.labels.long()
+            unk = lat.words.get(UNK) if UNK in lat.words else -100
+            wanted = (labels > 0) if with_unk else (labels > 0) & (labels != unk)
+            idx = wanted.nonzero().flatten()
+            spans.append(distinct_arc_spans(lat, idx, f.shape[0], self.frame_shift)[0] if idx.numel()
+                         else torch.empty(0, 2, dtype=torch.long))
+        caches = [SpanCache() for _ in lats]
+        for cache, f, sp, emb in zip(caches, feats, spans, self._encode_spans(feats, spans)):
+            cache.add(f.shape[0], sp, emb)
+        return caches
 
     def rescore(self, lat, feats, config: Optional[RescoreConfig] = None, recover: bool = False) -> RescoreResult:
         """Embedding scores on every arc, combined; best path and word confidences.

@@ -207,6 +207,11 @@ class AcousticWordEncoder(nn.Module):
         if bool((lengths > feats.shape[1]).any()):
             raise ValueError("a length exceeds the padded time dimension")
         feats, lengths = center_crop(feats, lengths, self.max_frames)
+        x, mask, lengths = self._conv_stack(feats, lengths)
+        return self._pool_and_project(x, mask, lengths)
+
+    def _conv_stack(self, feats: torch.Tensor, lengths: torch.Tensor):
+        """Normalisation and the conv layers: (frames [B, T', C] every ``stride`` input frames, mask, lengths)."""
         x = (feats.float() - self.feat_mean) / self.feat_std
         mask = _length_mask(lengths, x.shape[1])
         x = self.stem(x, mask)
@@ -217,7 +222,12 @@ class AcousticWordEncoder(nn.Module):
                 x = self.downsample[key](x, mask)
                 lengths = (lengths + 1) // 2  # conv stride 2, padding k//2: ceil(L / 2)
                 mask = _length_mask(lengths, x.shape[1])
-        return self._pool_and_project(x, mask, lengths)
+        return x, mask, lengths
+
+    @property
+    def stride(self) -> int:
+        """Input frames per output frame of the conv stack (2 per stride-2 conv)."""
+        return 2 ** len(self.downsample)
 
     def _pool_and_project(
         self, x: torch.Tensor, mask: torch.Tensor, lengths: torch.Tensor
@@ -225,8 +235,67 @@ class AcousticWordEncoder(nn.Module):
         mean = (x * mask).sum(dim=1) / lengths[:, None].to(x.dtype)
         neg = torch.finfo(x.dtype).min
         maxed = x.masked_fill(~mask, neg).amax(dim=1)
+        return self._project(mean, maxed)
+
+    def _project(self, mean: torch.Tensor, maxed: torch.Tensor) -> torch.Tensor:
         pooled = self.pool_norm(torch.cat([mean, maxed], dim=-1))
         return F.normalize(self.proj(pooled).float(), dim=-1)
+
+    # ------------------------------------------------------------ one pass per utterance
+
+    @torch.no_grad()
+    def utterance_states(self, feats: torch.Tensor, lengths: torch.Tensor) -> "ConvUtteranceStates":
+        """The conv stack run ONCE over whole utterances (feats [B, T, F] zero-padded, lengths
+        [B]), ready to pool any number of spans (``pool_spans``).
+
+        Not the function training learnt: a span's frames see their neighbours through the
+        convolutions' receptive field (isolated segments see zeros there). Whether that costs
+        quality is measured (``benchmarks/rescore_cost.py``); padding does not leak (masked
+        convs), so a batch gives each utterance what it gets alone.
+        """
+        lengths = lengths.to(device=feats.device, dtype=torch.long)
+        x, _, out_lengths = self._conv_stack(feats, lengths)
+        return ConvUtteranceStates(x, lengths, out_lengths, self.stride)
+
+    @torch.no_grad()
+    def pool_spans(self, states: "ConvUtteranceStates", rows: torch.Tensor, starts: torch.Tensor,
+                   ends: torch.Tensor) -> torch.Tensor:
+        """Spans (utterance row, start, end input frames) -> unit vectors [N, dim] on the CPU.
+
+        Spans are clipped to their utterance (at least one frame) and centre-cropped to
+        ``max_frames`` like segments; then mapped to the output frames whose centre lies
+        in the span (a span starting on the stride grid gets exactly as many frames as the
+        segment would), and mean- and max-pooled from prefix sums and a range-max table.
+        """
+        dev = states.frames.device
+        rows, starts, ends = rows.to(dev).long(), starts.to(dev).long(), ends.to(dev).long()
+        T = states.lengths[rows]
+        starts = torch.minimum(starts.clamp(min=0), (T - 1).clamp(min=0))
+        ends = torch.maximum(torch.minimum(ends, T), starts + 1)
+        over = (ends - starts - self.max_frames).clamp(min=0)
+        starts = starts + torch.div(over, 2, rounding_mode="floor")
+        ends = torch.minimum(ends, starts + self.max_frames)
+        q = states.stride
+        s = torch.div(starts + q - 1, q, rounding_mode="floor")
+        e = torch.div(ends + q - 1, q, rounding_mode="floor")
+        limit = states.out_lengths[rows]
+        s = torch.minimum(s, limit - 1)
+        e = torch.maximum(torch.minimum(e, limit), s + 1)
+        mean = (states.prefix[rows, e] - states.prefix[rows, s]) / (e - s).unsqueeze(-1).to(states.prefix.dtype)
+        return self._project(mean.to(states.frames.dtype), states.range_max(rows, s, e)).cpu()
+
+    @torch.no_grad()
+    def encode_spans(self, feats: torch.Tensor, spans: torch.Tensor) -> torch.Tensor:
+        """One utterance's frames [T, F] and spans [N, 2] -> [N, dim]: one conv pass, spans pooled."""
+        was = self.training
+        self.eval()
+        try:
+            dev = self.feat_mean.device
+            states = self.utterance_states(feats.to(dev)[None], torch.tensor([feats.shape[0]], device=dev))
+            spans = spans.long().reshape(-1, 2)
+            return self.pool_spans(states, torch.zeros(len(spans), dtype=torch.long), spans[:, 0], spans[:, 1])
+        finally:
+            self.train(was)
 
     @torch.no_grad()
     def encode_segments(
@@ -250,3 +319,30 @@ class AcousticWordEncoder(nn.Module):
             emb = self(feats.to(device), lengths.to(device))
             out[torch.tensor(idx)] = emb.float().cpu()
         return out
+
+
+class ConvUtteranceStates:
+    """The conv stack's output frames of a batch of utterances, with what span pooling
+    needs: prefix sums (means in O(1)) and a sparse table of maxima (range maxima in O(1):
+    level k holds the max over 2^k frames)."""
+
+    def __init__(self, frames: torch.Tensor, lengths: torch.Tensor, out_lengths: torch.Tensor, stride: int):
+        self.frames, self.lengths, self.out_lengths, self.stride = frames, lengths, out_lengths, stride
+        mask = _length_mask(out_lengths, frames.shape[1])
+        self.prefix = F.pad((frames * mask).double().cumsum(1), (0, 0, 1, 0))
+        neg = torch.finfo(frames.dtype).min
+        level = frames.masked_fill(~mask, neg)
+        levels = [level]
+        width = 1
+        while 2 * width <= frames.shape[1]:
+            level = torch.maximum(level, F.pad(level[:, width:], (0, 0, 0, width), value=neg))
+            levels.append(level)
+            width *= 2
+        self.table = torch.stack(levels)  # [K, B, T', C]
+
+    def range_max(self, rows: torch.Tensor, starts: torch.Tensor, ends: torch.Tensor) -> torch.Tensor:
+        """Max over frames [start, end) (non-empty) of each row: [N, C]."""
+        length = ends - starts
+        k = torch.floor(torch.log2(length.double())).long().clamp(max=self.table.shape[0] - 1)
+        # two overlapping windows of 2^k frames cover the range
+        return torch.maximum(self.table[k, rows, starts], self.table[k, rows, ends - 2 ** k])

@@ -99,6 +99,28 @@ class StatePoolingEncoder(nn.Module):
         return self._pool_and_project(prefix, torch.arange(len(h), device=h.device), starts, ends)
 
     @torch.no_grad()
+    def utterance_states(self, feats: torch.Tensor, lengths: torch.Tensor) -> "PooledStates":
+        """The frame-local layers run ONCE over whole utterances (feats [B, T, feature_dim],
+        zero-padded; lengths [B]); spans are then pooled from the prefix sums (``pool_spans``)."""
+        h = self.frame_states(feats.to(self.feat_mean.device))
+        return PooledStates(F.pad(h.cumsum(1), (0, 0, 1, 0)), lengths.to(h.device).long())
+
+    @torch.no_grad()
+    def pool_spans(self, states: "PooledStates", rows: torch.Tensor, starts: torch.Tensor, ends: torch.Tensor) -> torch.Tensor:
+        """Spans (utterance row, start, end frames) -> unit vectors [N, dim] on the CPU.
+
+        Spans are clipped to their utterance; an empty span takes one frame; long ones keep
+        their middle ``max_frames`` frames, as segments do in training.
+        """
+        dev = states.prefix.device
+        rows, starts, ends = rows.to(dev).long(), starts.to(dev).long(), ends.to(dev).long()
+        T = states.lengths[rows]
+        starts = torch.minimum(starts.clamp(min=0), (T - 1).clamp(min=0))
+        ends = torch.maximum(torch.minimum(ends, T), starts + 1)
+        starts, ends = self._crop(starts, ends)
+        return self._pool_and_project(states.prefix, rows, starts, ends).cpu()
+
+    @torch.no_grad()
     def encode_spans(self, states: torch.Tensor, spans: torch.Tensor) -> torch.Tensor:
         """One utterance's states [T, feature_dim] and spans [N, 2] (start, end frames) -> [N, dim].
 
@@ -108,18 +130,11 @@ class StatePoolingEncoder(nn.Module):
         was = self.training
         self.eval()
         try:
-            dev = self.feat_mean.device
-            h = self.frame_states(states.to(dev))
-            prefix = F.pad(h.cumsum(0), (0, 0, 1, 0))[None]
-            T = h.shape[0]
-            spans = spans.to(dev).long()
-            starts = spans[:, 0].clamp(0, max(T - 1, 0))
-            ends = torch.maximum(spans[:, 1].clamp(max=T), starts + 1)
-            starts, ends = self._crop(starts, ends)
-            out = self._pool_and_project(prefix, torch.zeros_like(starts), starts, ends)
+            pooled = self.utterance_states(states[None], torch.tensor([states.shape[0]]))
+            spans = spans.long().reshape(-1, 2)
+            return self.pool_spans(pooled, torch.zeros(len(spans), dtype=torch.long), spans[:, 0], spans[:, 1])
         finally:
             self.train(was)
-        return out.cpu()
 
     @torch.no_grad()
     def encode_segments(self, segments: Sequence[torch.Tensor], batch_size: int = 256,
@@ -140,3 +155,11 @@ class StatePoolingEncoder(nn.Module):
         finally:
             self.train(was)
         return torch.cat(out) if out else torch.zeros(0, self.dim)
+
+
+class PooledStates:
+    """A batch of utterances' frame-local states as prefix sums [B, T+1, hidden] (what
+    ``StatePoolingEncoder.pool_spans`` reads), and their lengths [B]."""
+
+    def __init__(self, prefix: torch.Tensor, lengths: torch.Tensor):
+        self.prefix, self.lengths = prefix, lengths
