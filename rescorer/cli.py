@@ -343,8 +343,12 @@ def lattices_pocketsphinx_cmd(cuts, out_dir, num_jobs, no_convert, summary_only)
               help="Scale on the lattice scores for those posteriors (0.1 for pocketsphinx's large acoustic scores).")
 @click.option("--config-name", default="rescorer.json", show_default=True,
               help="Tuned scales in MODEL_DIR to use, e.g. rescorer_pocketsphinx.json.")
+@click.option("--batch-frames", type=int, default=20000, show_default=True,
+              help="Utterances rescored together: at most this many padded feature frames per encoder pass (0: one at a time).")
+@click.option("--span-encoding", type=click.Choice(["auto", "one_pass", "isolated"]), default="auto", show_default=True,
+              help="Spans pooled from one encoder pass per utterance, or each span encoded as a segment (auto: one pass where the encoder can).")
 def rescore_cmd(model_dir, lattices, features, out, recover_oov, word_list_size, device, prune_posterior, prune_scale,
-                config_name):
+                config_name, batch_frames, span_encoding):
     """Rescore lattices with word embeddings; writes rescored lattices and 1-best texts.
 
     Runs sharded under torchrun (each rank takes every WORLD_SIZE-th utterance and writes
@@ -355,7 +359,8 @@ def rescore_cmd(model_dir, lattices, features, out, recover_oov, word_list_size,
     with _stage_errors():
         summary = rescore_lattices(model_dir, lattices, features, out, recover_oov=recover_oov,
                                    word_list_size=word_list_size, device=device, prune_posterior=prune_posterior,
-                                   prune_scale=prune_scale, config_name=config_name)
+                                   prune_scale=prune_scale, config_name=config_name, batch_frames=batch_frames,
+                                   span_encoding=span_encoding)
     if summary.errors:
         click.echo(f"rank {summary.rank}: {len(summary.errors)} utterances not rescored (see errors.{summary.rank}.json)",
                    err=True)
@@ -398,6 +403,10 @@ def rescore_cmd(model_dir, lattices, features, out, recover_oov, word_list_size,
 @click.option("--prune-scale", type=float, default=1.0, show_default=True,
               help="Scale of the lattice scores for those posteriors (e.g. 0.1 for pocketsphinx's large acoustic scores).")
 @click.option("--max-utterances", type=int, default=0, show_default=True, help="The first N lattices of each split (0: all).")
+@click.option("--batch-frames", type=int, default=20000, show_default=True,
+              help="Utterances whose spans are embedded together: padded feature frames per encoder pass (0: one at a time).")
+@click.option("--span-encoding", type=click.Choice(["auto", "one_pass", "isolated"]), default="auto", show_default=True,
+              help="Spans pooled from one encoder pass per utterance, or each encoded as a segment (auto: one pass where the encoder can).")
 @click.option("--device", default=None)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", default="results/wer.json", show_default=True, type=click.Path(dir_okay=False))

@@ -298,6 +298,7 @@ class Rescorer:
         self.feature_spec = FeatureSpec.from_json(recorded) if recorded else FBANK
         self.frame_shift = float(getattr(acoustic, "frame_shift", self.feature_spec.frame_shift))
         self._spelling_row: Dict[str, int] = {}  # word -> row of _spelling_matrix
+        self._table_rows: Optional[tuple] = None  # (symbol table, its size, row of each word id or -1)
         self._spelling_matrix = torch.empty(0, int(getattr(acoustic, "dim", 0) or 0), device=self.device)
         self._word_list: Optional[WordListIndex] = None  # OOV recovery's word list (set_vocabulary)
 
@@ -434,27 +435,52 @@ class Rescorer:
         """
         return self._awe_scores(lat, self._check(lat, feats), span_cache)
 
-    def _awe_scores(self, lat, feats: torch.Tensor, cache: Optional[SpanCache]) -> torch.Tensor:
+    def _awe_scores(self, lat, feats: torch.Tensor, cache: Optional[SpanCache], arc_spans=None) -> torch.Tensor:
+        """``arc_spans``: (scored arcs, their distinct spans, each arc's span) when already
+        computed (``_scored_arc_spans``) for this lattice and these features."""
         fsa = lat.fsa
         labels = fsa.labels.long()
         unk = lat.words.get(UNK) if UNK in lat.words else -100
-        is_word = (labels > 0) & (labels != unk)
         out = torch.zeros(labels.shape[0], dtype=torch.float32)
         out[labels == unk] = self.config.unk_awe_score
-        idx = torch.nonzero(is_word).flatten()
+        idx, uniq_spans, span_of_arc = arc_spans or self._scored_arc_spans(lat, feats.shape[0])
         if idx.numel() == 0:
             return out
-        uniq_spans, span_of_arc = distinct_arc_spans(lat, idx, feats.shape[0], self.frame_shift)
-        wids = labels[idx]
-        uniq_words, word_of_arc = torch.unique(wids, return_inverse=True)
-        words = [lat.words.get(int(w)) for w in uniq_words]
+        uniq_words, word_of_arc = torch.unique(labels[idx], return_inverse=True)
         A = self.embed_spans(feats, uniq_spans, cache)
-        W = self.spelling_embeddings(words)
+        W = self._spelling_matrix_rows(lat.words, uniq_words)
         sim = self._similarity(A, W, span_of_arc, word_of_arc)
         if not torch.isfinite(sim).all():
             raise RescoreError(f"utterance {lat.utterance_id}: non-finite embedding similarity (NaN in the model?)")
         out[idx] = sim
         return out
+
+    def _scored_arc_spans(self, lat, num_frames: int, with_unk: bool = False):
+        """(word arcs that get an embedding score, their distinct feature-frame spans [S, 2], each
+        arc's span index); ``with_unk``: ``<unk>`` arcs too (OOV recovery embeds their spans)."""
+        labels = lat.fsa.labels.long()
+        unk = lat.words.get(UNK) if UNK in lat.words else -100
+        idx = (((labels > 0) if with_unk else (labels > 0) & (labels != unk))).nonzero().flatten()
+        if idx.numel() == 0:
+            return idx, torch.empty(0, 2, dtype=torch.long), idx
+        return (idx, *distinct_arc_spans(lat, idx, num_frames, self.frame_shift))
+
+    def _spelling_matrix_rows(self, table, word_ids: torch.Tensor) -> torch.Tensor:
+        """Spelling embeddings [len(word_ids), D] of a lattice's word ids. Each id's row in the
+        spelling matrix is looked up once per symbol table (lattices of one decoder share
+        one), so later lattices need no string look-ups."""
+        known = self._table_rows
+        if known is None or known[0] is not table or known[1] != len(table):
+            known = (table, len(table), torch.full((max(len(table), 1),), -1, dtype=torch.long))
+            self._table_rows = known
+        rows = known[2]
+        if int(word_ids.max()) >= rows.numel():  # ids beyond the table's size (sparse ids)
+            rows = torch.cat([rows, torch.full((int(word_ids.max()) + 1 - rows.numel(),), -1, dtype=torch.long)])
+            self._table_rows = known = (table, len(table), rows)
+        missing = word_ids[rows[word_ids] < 0]
+        if missing.numel():
+            rows[missing] = self._spelling_rows([table.get(int(w)) for w in missing]).cpu()
+        return self._spelling_matrix[rows[word_ids].to(self.device)]
 
     def _similarity(self, A: torch.Tensor, W: torch.Tensor, span_of_arc: torch.Tensor, word_of_arc: torch.Tensor) -> torch.Tensor:
         """Cosine of each arc's span and word embeddings (float32 [arcs], CPU).
@@ -502,30 +528,19 @@ class Rescorer:
         if len(lats) != len(feats):
             raise ValueError(f"{len(lats)} lattices but {len(feats)} feature matrices")
         checked = [self._check(lat, f) for lat, f in zip(lats, feats)]
-        caches = self._prefill(lats, checked, with_unk=recover)
-        out = []
-        for lat, f, cache in zip(lats, checked, caches):
-            recovered: List[Tuple[str, float, float]] = []
-            if recover:
-                lat, recovered = self._recover(lat, f, c, cache)
-            out.append((lat, self._awe_scores(lat, f, cache), recovered))
-        return out
-
-    def _prefill(self, lats: Sequence, feats: Sequence[torch.Tensor], with_unk: bool) -> List[SpanCache]:
-        """One SpanCache per utterance holding every distinct span of its word arcs (and of
-        its ``<unk>`` arcs with ``with_unk``), all embedded in one call."""
-        spans = []
-        for lat, f in zip(lats, feats):
-            labels = lat.fsa.labels.long()
-            unk = lat.words.get(UNK) if UNK in lat.words else -100
-            wanted = (labels > 0) if with_unk else (labels > 0) & (labels != unk)
-            idx = wanted.nonzero().flatten()
-            spans.append(distinct_arc_spans(lat, idx, f.shape[0], self.frame_shift)[0] if idx.numel()
-                         else torch.empty(0, 2, dtype=torch.long))
+        arc_spans = [self._scored_arc_spans(lat, f.shape[0], with_unk=recover) for lat, f in zip(lats, checked)]
         caches = [SpanCache() for _ in lats]
-        for cache, f, sp, emb in zip(caches, feats, spans, self._encode_spans(feats, spans)):
+        spans = [a[1] for a in arc_spans]
+        for cache, f, sp, emb in zip(caches, checked, spans, self._encode_spans(checked, spans)):
             cache.add(f.shape[0], sp, emb)
-        return caches
+        out = []
+        for lat, f, cache, a in zip(lats, checked, caches, arc_spans):
+            recovered: List[Tuple[str, float, float]] = []
+            if recover:  # new lattice, new arcs (on spans already in the cache)
+                lat, recovered = self._recover(lat, f, c, cache)
+                a = None
+            out.append((lat, self._awe_scores(lat, f, cache, a), recovered))
+        return out
 
     def rescore(self, lat, feats, config: Optional[RescoreConfig] = None, recover: bool = False) -> RescoreResult:
         """Embedding scores on every arc, combined; best path and word confidences.
@@ -535,8 +550,19 @@ class Rescorer:
         OOV recovery (see module doc) runs first; it needs ``set_vocabulary``.
         """
         c = config or self.config
-        given = lat
-        lat, awe, recovered = self.embedding_scores(lat, feats, c, recover)
+        return self._decode(lat, *self.embedding_scores(lat, feats, c, recover), c)
+
+    def rescore_batch(self, lats: Sequence, feats: Sequence, config: Optional[RescoreConfig] = None,
+                      recover: bool = False) -> List[RescoreResult]:
+        """``rescore`` of several utterances, their spans embedded together
+        (``embedding_scores_batch``); the results equal ``rescore`` one by one."""
+        c = config or self.config
+        out = []
+        for given, (lat, awe, recovered) in zip(lats, self.embedding_scores_batch(lats, feats, c, recover)):
+            out.append(self._decode(given, lat, awe, recovered, c))
+        return out
+
+    def _decode(self, given, lat, awe, recovered, c: RescoreConfig) -> RescoreResult:
         scored = self.apply_scores(lat, awe, c)
         hyp = best_path_hypothesis(scored)
         conf = word_confidences(scored, hyp.words, scale=c.posterior_scale) if hyp.words else []

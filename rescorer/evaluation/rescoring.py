@@ -83,28 +83,51 @@ def _hyp_words(hyp) -> List[str]:
 
 
 class PreparedLattice:
-    """A lattice with its embedding scores computed once (and, optionally, OOV arcs added)."""
+    """A lattice with its embedding scores computed once (and, optionally, OOV arcs added).
 
-    def __init__(self, rescorer, lat, feats, recover: bool):
+    ``seconds``: its share of the preparation time (a batch's time split evenly over its
+    utterances)."""
+
+    def __init__(self, lattice, awe, recovered, seconds: float):
+        self.lattice, self.awe, self.recovered, self.seconds = lattice, awe, recovered, seconds
+
+    @classmethod
+    def compute(cls, rescorer, lat, feats, recover: bool) -> "PreparedLattice":
         t0 = time.perf_counter()
         # one check of the lattice, each distinct span embedded once for recovery and scoring
-        self.lattice, self.awe, self.recovered = rescorer.embedding_scores(lat, feats, recover=recover)
-        self.seconds = time.perf_counter() - t0
+        lattice, awe, recovered = rescorer.embedding_scores(lat, feats, recover=recover)
+        return cls(lattice, awe, recovered, time.perf_counter() - t0)
 
     def decode(self, rescorer, config) -> List[str]:
         return _hyp_words(best_path_hypothesis(rescorer.apply_scores(self.lattice, self.awe, config)))
 
 
-def prepare_all(rescorer, lattices: Dict[str, object], feats: Dict[str, torch.Tensor], recover: bool, progress: bool = True):
+def prepare_all(rescorer, lattices: Dict[str, object], feats: Dict[str, torch.Tensor], recover: bool, progress: bool = True,
+                batch_frames: int = 20000):
+    """Embedding scores of every lattice, computed in batches of utterances (at most
+    ``batch_frames`` padded feature frames each; 0: one utterance at a time): the encoder
+    runs once per batch (``Rescorer.embedding_scores_batch``). The results do not depend on
+    the batching."""
     from tqdm import tqdm
+
+    from rescorer.rescore import batches_by_frames
 
     out = {}
     missing = [u for u in lattices if u not in feats]
     if missing:
         raise KeyError(f"no features for {len(missing)} lattices, e.g. {missing[:3]}")
-    for uid in tqdm(sorted(lattices), desc="embedding scores" + (" + OOV recovery" if recover else ""), disable=not progress):
-        out[uid] = PreparedLattice(rescorer, lattices[uid], feats[uid], recover)
-    return out
+    batches = batches_by_frames({u: int(feats[u].shape[0]) for u in lattices}, batch_frames) if batch_frames > 0 \
+        else [[u] for u in sorted(lattices)]
+    bar = tqdm(total=len(lattices), desc="embedding scores" + (" + OOV recovery" if recover else ""), disable=not progress)
+    for batch in batches:
+        t0 = time.perf_counter()
+        results = rescorer.embedding_scores_batch([lattices[u] for u in batch], [feats[u] for u in batch], recover=recover)
+        share = (time.perf_counter() - t0) / len(batch)
+        for uid, (lat, awe, recovered) in zip(batch, results):
+            out[uid] = PreparedLattice(lat, awe, recovered, share)
+        bar.update(len(batch))
+    bar.close()
+    return {u: out[u] for u in sorted(out)}
 
 
 def decode_all(rescorer, prepared: Dict[str, PreparedLattice], config) -> Dict[str, List[str]]:

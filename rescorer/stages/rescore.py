@@ -19,7 +19,7 @@ from tqdm import tqdm
 from rescorer.corpora.text_sources import large_word_list
 from rescorer.formats.utterances import read_utterance_features
 from rescorer.lattice.word_lattice import load_word_lattices, prune, save_word_lattices
-from rescorer.rescore import Rescorer
+from rescorer.rescore import Rescorer, batches_by_frames
 from rescorer.stages import StageError
 from rescorer.utils import atomic_write_text
 
@@ -49,11 +49,16 @@ def rescore_lattices(
     rank: Optional[int] = None,
     world_size: Optional[int] = None,
     progress: bool = True,
+    batch_frames: int = 20000,
+    span_encoding: str = "auto",
 ) -> RescoreSummary:
     """Rescore this rank's share of ``lattices``; rank and world size default to torchrun's RANK/WORLD_SIZE.
 
     A bad lattice or an utterance without features costs that utterance only (listed in
     the rank's errors file); a missing model or tuned configuration is a StageError.
+    Utterances are rescored in batches of at most ``batch_frames`` padded feature frames
+    (the embedder runs once per batch; 0: one utterance at a time); the hypotheses are part
+    of the output after each batch.
     """
     rank = int(os.environ.get("RANK", 0)) if rank is None else rank
     world = int(os.environ.get("WORLD_SIZE", 1)) if world_size is None else world_size
@@ -61,7 +66,7 @@ def rescore_lattices(
     outdir.mkdir(parents=True, exist_ok=True)
     lats = load_word_lattices(lattices)
     try:
-        rescorer = Rescorer.from_dir(model_dir, device=device, config_name=config_name)
+        rescorer = Rescorer.from_dir(model_dir, device=device, config_name=config_name, span_encoding=span_encoding)
     except FileNotFoundError as e:
         raise StageError(str(e)) from e
     feats = read_utterance_features(features, expect=rescorer.feature_spec).by_id()
@@ -74,20 +79,38 @@ def rescore_lattices(
     mine = [u for k, u in enumerate(sorted(lats)) if k % world == rank]
     summary = RescoreSummary(rank=rank, world_size=world)
     rescored = []
-    for uid in tqdm(mine, desc=f"rescoring (rank {rank})", disable=rank != 0 or not progress):
+    todo = []
+    for uid in mine:
         if uid in done:
             continue
         if uid not in feats:
             summary.errors[uid] = "no features for this utterance"
             continue
-        try:
-            res = rescorer.rescore(prune(lats[uid], prune_posterior, scale=prune_scale), feats[uid], recover=recover_oov)
-        except ValueError as e:  # a bad lattice costs that utterance only
-            summary.errors[uid] = str(e)
-            continue
-        rescored.append(res.lattice)
-        done[uid] = res.hypothesis.text
+        todo.append(uid)
+    bar = tqdm(total=len(todo), desc=f"rescoring (rank {rank})", disable=rank != 0 or not progress)
+    for batch in batches_by_frames({u: int(feats[u].shape[0]) for u in todo}, batch_frames) if batch_frames > 0 \
+            else [[u] for u in todo]:
+        pruned, results = {}, {}
+        for uid in batch:
+            try:
+                pruned[uid] = prune(lats[uid], prune_posterior, scale=prune_scale)
+            except ValueError as e:  # a bad lattice costs that utterance only
+                summary.errors[uid] = str(e)
+        try:  # the batch's spans embedded in one encoder pass
+            results = dict(zip(pruned, rescorer.rescore_batch(list(pruned.values()), [feats[u] for u in pruned],
+                                                              recover=recover_oov)))
+        except ValueError:  # a bad lattice or features in the batch: one at a time, so it costs that utterance only
+            for uid in pruned:
+                try:
+                    results[uid] = rescorer.rescore(pruned[uid], feats[uid], recover=recover_oov)
+                except ValueError as e:
+                    summary.errors[uid] = str(e)
+        for uid, res in results.items():
+            rescored.append(res.lattice)
+            done[uid] = res.hypothesis.text
         atomic_write_text(part_txt, "".join(f"{u}\t{t}\n" for u, t in sorted(done.items())))
+        bar.update(len(batch))
+    bar.close()
     if rescored:
         save_word_lattices(outdir / f"rescored.{rank}.pt", rescored)
     if summary.errors:

@@ -84,6 +84,8 @@ class TuneSettings:
     attention_model_dir: Optional[str] = None  # joint CTC/attention model for awe_plus_attention
     device: Optional[str] = None
     save_config: bool = False
+    batch_frames: int = 20000  # utterances whose spans are embedded in one encoder pass (padded frames)
+    span_encoding: str = "auto"  # Rescorer's span_encoding: auto, one_pass, isolated
 
     def __post_init__(self):
         if self.methods is None:
@@ -190,7 +192,7 @@ def _tune_and_evaluate(s: TuneSettings):
     """Returns (results by method, the Rescorer with the scales chosen on dev)."""
     torch.manual_seed(0)
     try:
-        rescorer = Rescorer.from_dir(s.model_dir, device=s.device)
+        rescorer = Rescorer.from_dir(s.model_dir, device=s.device, span_encoding=s.span_encoding)
     except FileNotFoundError as e:
         raise StageError(str(e)) from e
     rescorer.config = replace(rescorer.config, am_scale=s.am_scale)
@@ -240,8 +242,9 @@ def _tune_and_evaluate(s: TuneSettings):
         pooled_att, att_seconds, att_chosen = [], 0.0, []
         with_attention = not recover and attention is not None
         # embedding scores are computed once per lattice and shared by the folds
-        prep_dev = prepare_all(rescorer, dev_lats, dev_feats, recover=recover)
-        prep_test = prep_dev if s.cross_validate else prepare_all(rescorer, folds[0][1], test_feats, recover=recover)
+        prep_dev = prepare_all(rescorer, dev_lats, dev_feats, recover=recover, batch_frames=s.batch_frames)
+        prep_test = prep_dev if s.cross_validate else prepare_all(rescorer, folds[0][1], test_feats, recover=recover,
+                                                                  batch_frames=s.batch_frames)
         for k, (tune_lats, eval_lats) in enumerate(folds):
             prep_tune = {u: prep_dev[u] for u in tune_lats}
             oov_grid = [float(x) for x in s.oov_lm_scores] if recover and s.oov_lm_scores else None
