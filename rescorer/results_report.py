@@ -603,6 +603,45 @@ def _prune_sweep_section(results_dir: Path, base: Path) -> List[str]:
     return out
 
 
+def _rescore_cost_section(doc: Any, source: str) -> List[str]:
+    """Rescoring seconds per decoding second on CPU, old and new span encoders (benchmarks/rescore_cost.py)."""
+    if not isinstance(doc, Mapping) or not doc:
+        return []
+    runs = doc.get("runs")
+    if not isinstance(runs, Mapping) or not runs:
+        raise ResultsError(f"{source}: no 'runs' mapping")
+    out = ["## Rescoring cost on CPU: span encoders", "",
+           "Embedding rescoring of decoder lattices at the default pruning (posterior 1e-4), each encoder "
+           "variant measured in one process one after the other: `isolated` encodes every distinct span as its "
+           "own segment (the old path), `one_pass` runs the encoder once per batch of utterances and pools every "
+           "span from it. Rescoring s / decode s: pruning + embedding scores + best path at the tuned scales, over "
+           f"the decoder's own time for the same utterances (from its metrics.json). From `{source}`; timings on a "
+           "shared machine are noisy, the ratios between the rows of one run are what counts.", ""]
+    for key in sorted(runs):
+        run = runs[key]
+        rows = run.get("rows")
+        if not isinstance(rows, list) or not rows:
+            raise ResultsError(f"{source}: run {key!r} has no 'rows' list")
+        table = []
+        for r in rows:
+            sec = r.get("seconds") if isinstance(r.get("seconds"), Mapping) else {}
+            table.append([str(r.get("variant")), str(r.get("acoustic_encoder")), str(r.get("span_encoding")),
+                          _fixed(3)(r.get("rescoring_seconds_per_decode_second")), _fixed(0)(r.get("spans_per_second")),
+                          _fixed(0)(r.get("arcs_per_second")), _fixed(2)(sec.get("span_encoding")),
+                          _fixed(2)(sec.get("embedding_scores_other")), _fixed(2)(sec.get("best_path")),
+                          _pct(r.get("wer"))])
+        first = rows[0]
+        out += [f"### {key}", "",
+                f"{first.get('utterances')} utterances, {first.get('arcs')} arcs, {first.get('distinct_spans')} distinct "
+                f"spans; {run.get('protocol')}; lattice 1-best WER {_pct(run.get('lattice_1best_wer'))}%; decoding "
+                f"{_fixed(1)(first.get('decode_seconds'))} s.", "",
+                _table(["variant", "encoder", "spans", "rescoring s / decode s", "spans/s", "arcs/s",
+                        "span encoding s", "other scoring s", "best path s", "awe_rescore WER %"], table,
+                       ["l", "l", "l", "r", "r", "r", "r", "r", "r", "r"]), "",
+                f"Command: {_code(run.get('command'))} ({run.get('machine')}, {run.get('date')}).", ""]
+    return out
+
+
 def _kernels_section(doc: Any, base_source: str) -> List[str]:
     out = ["## CUDA kernels", ""]
     if doc is None:
@@ -740,6 +779,8 @@ def build_results_md(results_dir: PathLike, out_path: PathLike, plots_dir: PathL
                                        _rel(results_dir / "whisper_frontend.json", base))
     lines += _lattice_size_section(_load_optional(results_dir / "word_lattice_size.json"),
                                    _rel(results_dir / "word_lattice_size.json", base))
+    lines += _rescore_cost_section(_load_optional(results_dir / "rescore_cost.json"),
+                                   _rel(results_dir / "rescore_cost.json", base))
     lines += _kernels_section(ker, src["kernels.json"])
     lines += _corpora_section(cor, src["corpora.json"])
     ker_doc = ker if isinstance(ker, Mapping) else ({} if ker is not None else None)

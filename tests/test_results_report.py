@@ -257,3 +257,28 @@ def test_malformed_wer_json_is_a_clear_error_naming_the_file(tmp_path, content):
     assert not (tmp_path / "R.md").exists()
     r = runner.invoke(main, ["report", "wer", str(results / "wer.json")])
     assert r.exit_code == 1 and "Error:" in r.output and "wer.json" in r.output, r.output
+
+
+def test_rescore_cost_section_has_one_table_per_run_with_its_command(tmp_path):
+    import json
+
+    from rescorer.results_report import ResultsError
+
+    results = _results(tmp_path)
+    row = {"variant": "conv_one_pass", "acoustic_encoder": "AcousticWordEncoder", "span_encoding": "one_pass",
+           "utterances": 250, "arcs": 709000, "distinct_spans": 30000, "rescoring_seconds_per_decode_second": 0.0412,
+           "spans_per_second": 5123.4, "arcs_per_second": 98765.4, "decode_seconds": 121.1, "wer": 0.65,
+           "seconds": {"span_encoding": 3.0, "embedding_scores_other": 1.5, "best_path": 0.5, "total": 5.0}}
+    doc = {"runs": {"synthetic/ctc": {"rows": [row], "protocol": "scales tuned on dev, WER on test",
+                                      "lattice_1best_wer": 0.733, "command": "python benchmarks/rescore_cost.py --corpus synthetic",
+                                      "machine": "x86_64", "date": "2026-12-02"}}}
+    (results / "rescore_cost.json").write_text(json.dumps(doc))
+    md = write_results_md(results, tmp_path / "RESULTS.md", results / "plots").read_text()
+    section = md.split("## Rescoring cost on CPU: span encoders")[1].split("\n## ")[0]
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in section.splitlines() if line.startswith("|")]
+    assert ["conv_one_pass", "AcousticWordEncoder", "one_pass", "0.041", "5123", "98765", "3.00", "1.50", "0.50", "65.0"] in cells
+    assert "### synthetic/ctc" in section and "`python benchmarks/rescore_cost.py --corpus synthetic`" in section
+    assert "lattice 1-best WER 73.3%" in section
+    (results / "rescore_cost.json").write_text(json.dumps({"runs": {"synthetic/ctc": {"rows": []}}}))
+    with pytest.raises(ResultsError, match="rescore_cost.json: run 'synthetic/ctc' has no 'rows' list"):
+        write_results_md(results, tmp_path / "RESULTS.md", results / "plots")
