@@ -77,7 +77,10 @@ def test_one_pass_is_refused_for_an_encoder_that_cannot_and_unknown_modes_are_na
     with pytest.raises(ValueError, match="span_encoding must be one of"):
         Rescorer(StubAcoustic(), StubLetters(), device="cpu", span_encoding="fast")
     assert not Rescorer(StubAcoustic(), StubLetters(), device="cpu").one_pass
-    assert Rescorer(_conv(), StubLetters(), device="cpu").one_pass
+    # auto: one pass only where it equals isolated segments (state pooling), not for the conv encoder
+    assert not Rescorer(_conv(), StubLetters(), device="cpu").one_pass
+    assert Rescorer(_conv(), StubLetters(), device="cpu", span_encoding="one_pass").one_pass
+    assert Rescorer(StatePoolingEncoder(feature_dim=80, dim=16), StubLetters(), device="cpu").one_pass
 
 
 def test_batches_by_frames_bound_the_padded_size_and_keep_every_utterance():

@@ -137,6 +137,7 @@ class AcousticWordEncoder(nn.Module):
     """
 
     frame_shift = FBANK_FRAME_SHIFT
+    one_pass_exact = False  # its one pass lets a span see its neighbours: not the function trained on segments
 
     def __init__(
         self,

@@ -39,6 +39,8 @@ def part_bounds(starts: torch.Tensor, ends: torch.Tensor):
 class StatePoolingEncoder(nn.Module):
     """Contextual frame states [T, feature_dim] of a word -> unit vector [dim]."""
 
+    one_pass_exact = True  # spans pooled from one utterance pass equal isolated segments (tested)
+
     def __init__(
         self,
         feature_dim: int = 384,
