@@ -199,3 +199,18 @@ def test_spotting_cost_grows_with_active_states_not_the_list():
     hits = spot(lp, trie)
     assert "zebra" in [h.word for h in hits]
     assert time.perf_counter() - t0 < 10.0
+
+
+def test_tune_settings_name_what_the_ctc_methods_need():
+    from rescorer.stages import StageError
+    from rescorer.stages.tune import TuneSettings
+
+    base = dict(corpus="c", model_dir="m", train_data="t", dev_lattices="d", dev_features="f", awe_scales=(0,),
+                lm_scales=(1,), wips=(0,), am_scale=1.0, attention_scales=(0,), attention_nbest=1, prune_posterior=0,
+                prune_scale=1.0, word_list_size=10, max_utterances=0, seed=0, out="o", cross_validate=True)
+    assert "awe_ctc_rescore" not in TuneSettings(**base).methods  # the default stays the embedding methods
+    with pytest.raises(StageError, match="--ctc-model-dir"):
+        TuneSettings(**base, methods=("awe_ctc_rescore",))
+    with pytest.raises(StageError, match="--word-list"):
+        TuneSettings(**base, methods=("ctc_word_spotting",), ctc_model_dir="exp/ctc")
+    TuneSettings(**base, methods=("awe_ctc_rescore",), ctc_model_dir="exp/ctc")
