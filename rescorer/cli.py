@@ -384,8 +384,9 @@ def rescore_cmd(model_dir, lattices, features, out, recover_oov, word_list_size,
 @click.option("--decode-metrics", help="The decoder's metrics.json (rescoring cost relative to decoding; no_lattice utterances).")
 @click.option("--prefix", default="", help="Method name prefix, e.g. pocketsphinx_.")
 @click.option("--methods", default=None,
-              help="Comma-separated, from awe_rescore, awe_rescore_oov_recovery, awe_plus_attention (default: all; "
-                   "awe_plus_attention needs --attention-model-dir).")
+              help="Comma-separated, from awe_rescore, awe_rescore_oov_recovery, awe_plus_attention, ctc_word_spotting, "
+                   "awe_ctc_rescore (default: the first three; awe_plus_attention needs --attention-model-dir, the CTC "
+                   "methods --ctc-model-dir, ctc_word_spotting --word-list).")
 @click.option("--awe-scales", default="0,1,2,4,8,16,32", show_default=True)
 @click.option("--lm-scales", default="0.5,1,2", show_default=True)
 @click.option("--wips", default="-2,0,2", show_default=True, help="Word insertion penalties (write --wips=-2,0,2).")
@@ -412,7 +413,22 @@ def rescore_cmd(model_dir, lattices, features, out, recover_oov, word_list_size,
 @click.option("--out", default="results/wer.json", show_default=True, type=click.Path(dir_okay=False))
 @click.option("--save-config", is_flag=True,
               help="Write the tuned scales to MODEL_DIR/rescorer.json (rescorer_<prefix>.json with --prefix).")
-def tune_cmd(methods, awe_scales, lm_scales, wips, oov_lm_scores, attention_scales, **opts):
+@click.option("--ctc-model-dir", type=click.Path(exists=True),
+              help="CTC model for ctc_word_spotting / awe_ctc_rescore (e.g. exp/ctc).")
+@click.option("--word-list", type=click.Path(exists=True, dir_okay=False),
+              help="Words to spot (one per line); awe_ctc_rescore's OOV recovery searches it too.")
+@click.option("--ctc-scales", default="0,0.25,0.5,1,2", show_default=True, help="awe_ctc_rescore: CTC score weights.")
+@click.option("--ctc-norms", default="none,frame,token", show_default=True,
+              help="awe_ctc_rescore: CTC score normalisations to choose from on dev.")
+@click.option("--ws-bonuses", default="1,2,3,4", show_default=True, help="ctc_word_spotting: per-token bonus grid.")
+@click.option("--ws-thresholds", default="-5", show_default=True, help="ctc_word_spotting: hit threshold grid.")
+@click.option("--ws-bonus", type=float, default=3.0, show_default=True, help="awe_ctc_rescore's spotter: per-token bonus.")
+@click.option("--ws-threshold", type=float, default=-5.0, show_default=True, help="awe_ctc_rescore's spotter: hit threshold.")
+@click.option("--ws-beam", type=float, default=7.0, show_default=True, help="Spotting beam.")
+@click.option("--ws-token-weight", type=float, default=0.5, show_default=True,
+              help="Per greedy token, in the greedy path's score a hit must beat.")
+def tune_cmd(methods, awe_scales, lm_scales, wips, oov_lm_scores, attention_scales, ctc_scales, ctc_norms, ws_bonuses,
+             ws_thresholds, **opts):
     """Tune the rescoring scales on dev, report on test (or cross-validate over dev speakers).
 
     Merges every method's WER into --out, writes the dev tuning curve beside it and, with
@@ -425,7 +441,9 @@ def tune_cmd(methods, awe_scales, lm_scales, wips, oov_lm_scores, attention_scal
             methods=_names(methods), awe_scales=_floats(awe_scales, "--awe-scales"),
             lm_scales=_floats(lm_scales, "--lm-scales"), wips=_floats(wips, "--wips"),
             oov_lm_scores=_floats(oov_lm_scores, "--oov-lm-scores", optional=True),
-            attention_scales=_floats(attention_scales, "--attention-scales"), **opts,
+            attention_scales=_floats(attention_scales, "--attention-scales"),
+            ctc_scales=_floats(ctc_scales, "--ctc-scales"), ctc_norms=_names(ctc_norms),
+            ws_bonuses=_floats(ws_bonuses, "--ws-bonuses"), ws_thresholds=_floats(ws_thresholds, "--ws-thresholds"), **opts,
         )
         results = tune_rescoring(settings, command=_command_line())
     click.echo(json.dumps({m: {k: r.get(k) for k in ("wer", "iv_wer", "oov_wer", "oov_tokens_recovered")}

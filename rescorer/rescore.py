@@ -94,6 +94,7 @@ class RescoreConfig:
     oov_max_spans: int = 32  # at most this many weak word spans per lattice get candidates (<unk> spans always)
     posterior_scale: float = 1.0
     batch_size: int = 256
+    ctc_scale: float = 0.0  # weight of the CTC spelling score (rescorer.rescore_ctc; 0: not used)
 
     @classmethod
     def from_dict(cls, d: dict) -> "RescoreConfig":
@@ -502,11 +503,13 @@ class Rescorer:
         arcs = torch.stack([span_of_arc, word_of_arc], 1).to(self.device)
         return arc_similarity(A, W, arcs, metric="cosine").float().cpu()
 
-    def apply_scores(self, lat, awe: torch.Tensor, config: Optional[RescoreConfig] = None):
+    def apply_scores(self, lat, awe: torch.Tensor, config: Optional[RescoreConfig] = None,
+                     ctc: Optional[torch.Tensor] = None):
         """Set ``awe_scores`` and the combined ``scores`` (``lattice.scores.with_scores``: the
-        config's scales, and its ``oov_lm_score`` on recovered arcs) on a copy of the lattice."""
+        config's scales, and its ``oov_lm_score`` on recovered arcs) on a copy of the lattice;
+        ``ctc``: per-arc CTC spelling scores, weighted by the config's ``ctc_scale``."""
         c = config or self.config
-        return with_scores(lat, Scales.of(c), awe, c.oov_lm_score)
+        return with_scores(lat, Scales.of(c), awe, c.oov_lm_score, ctc)
 
     def embedding_scores(self, lat, feats, config: Optional[RescoreConfig] = None, recover: bool = False):
         """(lattice, awe scores [A], recovered): the work ``rescore`` does before decoding.

@@ -66,6 +66,8 @@ if run_stage 7; then
       --dev-lattices exp/pocketsphinx/lattices --dev-features exp/asr_data/dev.pt --decode-metrics exp/pocketsphinx/summary.json
     touch exp/.rescored_pocketsphinx
   fi
+  rescore_ctc speechocean762_dev --cross-validate --dev-lattices exp/decode_dev_ctc/word_lattices.pt \
+    --dev-features exp/asr_data/dev.pt --decode-metrics exp/decode_dev_ctc/metrics.json
 fi
 if run_stage 8; then
   log "stage 8: results"

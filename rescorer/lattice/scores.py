@@ -3,9 +3,12 @@
 Every arc's combined score is::
 
     score = am_scale * am + lm_scale * lm + word_insertion_penalty * [label > 0] + awe_scale * awe
+            + ctc_scale * ctc
 
 (natural-log scores; the penalty on word arcs only; ``awe`` the embedding similarity the
-rescorer attaches as the per-arc attribute ``awe_scores``, absent before rescoring). Arcs
+rescorer attaches as the per-arc attribute ``awe_scores``, absent before rescoring;
+``ctc`` the CTC spelling score of the arc's word over its span, ``ctc_scores``, attached
+only by CTC fusion, ``rescorer.rescore_ctc``). Arcs
 that OOV recovery added with the LM cost of a word the LM lacks (per-arc ``oov_lm_arcs``)
 take their LM score from the caller at combination time, so that cost is tuned like
 the scales without redoing the recovery.
@@ -32,14 +35,18 @@ class Scales:
     lm_scale: float = 1.0
     word_insertion_penalty: float = 0.0
     awe_scale: float = 0.0
+    ctc_scale: float = 0.0
 
     def to_dict(self) -> dict:
-        return {k: float(v) for k, v in asdict(self).items()}
+        """The scales as a dict (``ctc_scale`` only when set, so files without CTC fusion read as before)."""
+        return {k: float(v) for k, v in asdict(self).items() if k != "ctc_scale" or v}
 
     @classmethod
     def of(cls, config: Any) -> "Scales":
-        """The scales of anything with these attribute names (e.g. a ``RescoreConfig``)."""
-        return cls(*(float(getattr(config, k)) for k in cls.__dataclass_fields__))
+        """The scales of anything with these attribute names (e.g. a ``RescoreConfig``); ``ctc_scale``
+        may be absent (0)."""
+        return cls(*(float(getattr(config, k) if k != "ctc_scale" else getattr(config, k, 0.0))
+                     for k in cls.__dataclass_fields__))
 
     @classmethod
     def from_meta(cls, meta: Mapping) -> "Scales":
@@ -59,13 +66,15 @@ class Scales:
 
 
 def combine(scales: Scales, am: torch.Tensor, lm: torch.Tensor, labels: torch.Tensor,
-            awe: Optional[torch.Tensor] = None) -> torch.Tensor:
+            awe: Optional[torch.Tensor] = None, ctc: Optional[torch.Tensor] = None) -> torch.Tensor:
     """The combined score (float64, one per arc) of arcs with these am / lm scores and labels;
-    ``awe`` None: no embedding term (arcs not scored by the embedder)."""
+    ``awe`` None: no embedding term (arcs not scored by the embedder); ``ctc`` None: no CTC term."""
     s = scales.am_scale * am.double() + scales.lm_scale * lm.double()
     s = s + scales.word_insertion_penalty * (labels > 0).double()
     if awe is not None:
         s = s + scales.awe_scale * awe.double().to(s.device)
+    if ctc is not None:
+        s = s + scales.ctc_scale * ctc.double().to(s.device)
     return s
 
 
@@ -75,12 +84,14 @@ def oov_lm_arcs(fsa) -> Optional[torch.Tensor]:
     return None if mask is None else mask.bool()
 
 
-def with_scores(lat, scales: Scales, awe: Optional[torch.Tensor] = None, oov_lm_score: Optional[float] = None):
+def with_scores(lat, scales: Scales, awe: Optional[torch.Tensor] = None, oov_lm_score: Optional[float] = None,
+                ctc: Optional[torch.Tensor] = None):
     """A copy of ``lat`` whose ``scores`` are combined under ``scales`` (recorded in ``meta``).
 
     ``awe``: per-arc embedding scores, set as ``awe_scores`` and weighted by
     ``scales.awe_scale`` (None: no embedding term). ``oov_lm_score``: the LM score of the
     arcs recovery marked (``oov_lm_arcs``), written into their ``lm_scores`` first.
+    ``ctc``: per-arc CTC spelling scores, set as ``ctc_scores`` and weighted by ``scales.ctc_scale``.
     The input lattice is not modified.
     """
     from rescorer.lattice.word_lattice import WordLattice
@@ -91,7 +102,10 @@ def with_scores(lat, scales: Scales, awe: Optional[torch.Tensor] = None, oov_lm_
     oov = oov_lm_arcs(fsa)
     if oov is not None and oov_lm_score is not None:
         fsa.lm_scores = torch.where(oov, torch.full_like(fsa.lm_scores, float(oov_lm_score)), fsa.lm_scores)
-    fsa.scores = combine(scales, fsa.am_scores, fsa.lm_scores, fsa.labels, None if awe is None else fsa.awe_scores).to(torch.float32)
+    if ctc is not None:
+        fsa.ctc_scores = ctc.to(device=fsa.scores.device, dtype=torch.float32)
+    fsa.scores = combine(scales, fsa.am_scores, fsa.lm_scores, fsa.labels, None if awe is None else fsa.awe_scores,
+                         None if ctc is None else fsa.ctc_scores).to(torch.float32)
     meta = dict(lat.meta)
     meta["scales"] = scales.to_dict()
     return WordLattice(fsa, lat.frame_shift, lat.words, lat.utterance_id, meta)

@@ -10,6 +10,8 @@ Methods written (under ``prefix``): ``awe_rescore`` (embedding scores on every a
 ``awe_rescore_oov_recovery`` (plus nearest-spelling alternatives from a large word list),
 ``awe_plus_attention`` (with ``attention_model_dir``: the embedding-rescored lattice's
 n-best rescored by an attention decoder, ``rescorer.second_pass``; weight tuned on dev),
+``ctc_word_spotting`` and ``awe_ctc_rescore`` (with ``ctc_model_dir``; ``rescorer.stages.tune_ctc``:
+CTC word spotting over ``word_list``, and embedding + CTC spelling scores with recovery from both),
 each with wer, iv_wer, oov_wer, oov_tokens_recovered, iv_tokens_broken and
 rescoring_seconds_per_decode_second; and ``<prefix>baseline_tuned`` (same scales grid,
 embedding weight 0) so the gain is measured against an equally tuned decoder, and
@@ -44,11 +46,12 @@ from rescorer.lattice.word_lattice import best_path_hypothesis, load_word_lattic
 from rescorer.rescore import Rescorer
 from rescorer.second_pass import AttentionScorer, attention_candidates, pick_best
 from rescorer.stages import StageError
+from rescorer.stages.tune_ctc import CTC_METHODS, ctc_methods
 from rescorer.wer import compute_wer
 
 log = logging.getLogger(__name__)
 
-METHODS = ("awe_rescore", "awe_rescore_oov_recovery", "awe_plus_attention")
+METHODS = ("awe_rescore", "awe_rescore_oov_recovery", "awe_plus_attention", "ctc_word_spotting", "awe_ctc_rescore")
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -79,17 +82,28 @@ class TuneSettings:
     cross_validate: bool = False  # no test split: 2-fold over dev speakers
     decode_metrics: Optional[str] = None  # the decoder's metrics.json: rescoring cost relative to decoding
     prefix: str = ""  # method name prefix, e.g. pocketsphinx_
-    methods: Optional[Tuple[str, ...]] = None  # None: all of METHODS
+    methods: Optional[Tuple[str, ...]] = None  # None: the embedding methods of METHODS (not the CTC ones)
     oov_lm_scores: Optional[Tuple[float, ...]] = None  # OOV recovery: LM costs of a recovered word to tune
     attention_model_dir: Optional[str] = None  # joint CTC/attention model for awe_plus_attention
     device: Optional[str] = None
     save_config: bool = False
     batch_frames: int = 20000  # utterances whose spans are embedded in one encoder pass (padded frames)
     span_encoding: str = "auto"  # Rescorer's span_encoding: auto, one_pass, isolated
+    # CTC methods (rescorer.stages.tune_ctc)
+    ctc_model_dir: Optional[str] = None  # the CTC model whose log-probs are spotted / score spellings
+    word_list: Optional[str] = None  # one word per line: spotted, and searched by OOV recovery in awe_ctc_rescore
+    ctc_scales: Tuple[float, ...] = (0.0, 0.25, 0.5, 1.0, 2.0)
+    ctc_norms: Tuple[str, ...] = ("none", "frame", "token")
+    ws_bonuses: Tuple[float, ...] = (1.0, 2.0, 3.0, 4.0)  # ctc_word_spotting: per-token bonus grid
+    ws_thresholds: Tuple[float, ...] = (-5.0,)  # ctc_word_spotting: hit threshold grid
+    ws_bonus: float = 3.0  # awe_ctc_rescore's spotter (fixed: its lattices are prepared once)
+    ws_threshold: float = -5.0
+    ws_beam: float = 7.0
+    ws_token_weight: float = 0.5
 
     def __post_init__(self):
         if self.methods is None:
-            object.__setattr__(self, "methods", METHODS)
+            object.__setattr__(self, "methods", tuple(m for m in METHODS if m not in CTC_METHODS))
         if not self.cross_validate and not (self.test_lattices and self.test_features):
             raise StageError("test lattices and test features are needed (or cross-validation over dev speakers)")
         unknown = [m for m in self.methods if m not in METHODS]
@@ -99,6 +113,11 @@ class TuneSettings:
             raise StageError("awe_plus_attention rescores awe_rescore's lattices: add awe_rescore to the methods")
         if not self.methods:
             raise StageError(f"no method to tune; choose from {', '.join(METHODS)}")
+        ctc = [m for m in self.methods if m in CTC_METHODS]
+        if ctc and not self.ctc_model_dir:
+            raise StageError(f"{', '.join(ctc)} need the CTC model (--ctc-model-dir exp/ctc)")
+        if "ctc_word_spotting" in self.methods and not self.word_list:
+            raise StageError("ctc_word_spotting needs a word list (--word-list FILE, one word per line)")
 
 
 def _features(path, spec):
@@ -231,6 +250,11 @@ def _tune_and_evaluate(s: TuneSettings):
     attention = None
     if "awe_plus_attention" in wanted and s.attention_model_dir:
         attention = AttentionScorer.from_dir(s.attention_model_dir, device=s.device)
+    if any(m in CTC_METHODS for m in wanted):  # CTC word spotting and fusion: rescorer.stages.tune_ctc
+        ctc_results, ctc_curves = ctc_methods(s, rescorer, train_vocab, grid, dev_lats, dev_feats, dev_refs, folds,
+                                              test_feats, test_refs, missing, decode_seconds, prune_seconds)
+        results.update(ctc_results)
+        curves.update(ctc_curves)
     for method, recover in (("awe_rescore", False), ("awe_rescore_oov_recovery", True)):
         if method not in wanted:
             continue
@@ -310,11 +334,14 @@ def _tune_and_evaluate(s: TuneSettings):
     if curve_path.exists():  # another run's methods (e.g. OOV recovery run separately) are kept
         curves = {**json.loads(curve_path.read_text()), **curves}
     curve_path.write_text(json.dumps(curves, indent=1, sort_keys=True))
-    key = "awe_rescore_fold0" if "awe_rescore_fold0" in curves else next(k for k in sorted(curves) if k.endswith("fold0"))
-    plot_tuning_curve(curves[key], res_dir / f"rescore_tuning_{tag}.png", f"{s.corpus}: dev WER vs embedding weight")
+    key = "awe_rescore_fold0" if "awe_rescore_fold0" in curves else next(
+        (k for k in sorted(curves) if k.endswith("fold0") and curves[k] and "awe_scale" in curves[k][0]), None)
+    if key is not None:
+        plot_tuning_curve(curves[key], res_dir / f"rescore_tuning_{tag}.png", f"{s.corpus}: dev WER vs embedding weight")
     # the chosen scales (fold 0, or the only fold) travel with the model
-    chosen = chosen_by_method.get("awe_rescore") or next(iter(chosen_by_method.values()))
-    rescorer.config = replace(rescorer.config, **{k: chosen[0][k] for k in ("awe_scale", "lm_scale", "word_insertion_penalty")})
+    chosen = chosen_by_method.get("awe_rescore") or next(iter(chosen_by_method.values()), None)
+    if chosen:
+        rescorer.config = replace(rescorer.config, **{k: chosen[0][k] for k in ("awe_scale", "lm_scale", "word_insertion_penalty")})
     return results, rescorer
 
 

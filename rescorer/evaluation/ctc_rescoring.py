@@ -1,0 +1,89 @@
+"""A split through CTC word spotting or CTC fusion: prepare once, tune on dev, decode.
+
+- ``spot_all`` / ``tune_spotting``: CTC-WS (``decoding.word_spotting.ctc_word_spotting``)
+  over utterances' CTC log-probs; the per-token bonus (and the hit threshold) are tuned on
+  dev by WER, since the spotter's beam compares bonus-weighted scores the spotting is
+  rerun for each grid point (it costs a small fraction of decoding).
+- ``prepare_fused_all`` / ``tune_fused``: ``rescore_ctc.CtcFusion`` per lattice, then a
+  grid over (awe_scale, ctc_scale, CTC normalisation, lm_scale, wip[, oov_lm_score]) that
+  only recombines per-arc scores.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import replace
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+import torch
+
+from rescorer.decoding.word_spotting import SpellingTrie, SpottingConfig, SpottingResult, ctc_word_spotting
+from rescorer.wer import compute_wer
+
+
+def spot_all(log_probs: Dict[str, torch.Tensor], trie: SpellingTrie, config: SpottingConfig
+             ) -> Tuple[Dict[str, SpottingResult], float]:
+    """(result by utterance, seconds spent spotting and merging)."""
+    t0 = time.perf_counter()
+    out = {u: ctc_word_spotting(lp, trie, config) for u, lp in log_probs.items()}
+    return out, time.perf_counter() - t0
+
+
+def tune_spotting(log_probs: Dict[str, torch.Tensor], trie: SpellingTrie, refs: Dict[str, List[str]],
+                  bonuses: Iterable[float], thresholds: Iterable[float], base: SpottingConfig = SpottingConfig(),
+                  train_vocab: Optional[set] = None) -> Tuple[SpottingConfig, List[dict]]:
+    """Grid on the given (dev) utterances; returns (best config by WER, curve rows)."""
+    uids = sorted(log_probs)
+    best, curve = None, []
+    for b, th in itertools.product([float(x) for x in bonuses], [float(x) for x in thresholds]):
+        cfg = replace(base, bonus=b, threshold=th)
+        res, seconds = spot_all({u: log_probs[u] for u in uids}, trie, cfg)
+        m = compute_wer([refs[u] for u in uids], [res[u].word_sequence for u in uids], train_vocab)
+        curve.append({"bonus": b, "threshold": th, "wer": m["wer"], "iv_wer": m.get("iv_wer"),
+                      "oov_wer": m.get("oov_wer"), "accepted": sum(len(r.accepted) for r in res.values()),
+                      "seconds": round(seconds, 3)})
+        if best is None or m["wer"] < best[0] - 1e-12:
+            best = (m["wer"], cfg)
+    return best[1], curve
+
+
+def prepare_fused_all(fusion, lattices: Dict[str, object], feats: Dict[str, torch.Tensor],
+                      log_probs: Dict[str, torch.Tensor], recover: bool, progress: bool = True):
+    from tqdm import tqdm
+
+    missing = [u for u in lattices if u not in feats or u not in log_probs]
+    if missing:
+        raise KeyError(f"no features for {len(missing)} lattices, e.g. {missing[:3]}")
+    desc = "embedding + CTC scores" + (" + recovery (embedding and CTC-WS)" if recover else "")
+    return {u: fusion.prepare(lattices[u], feats[u], log_probs[u], recover)
+            for u in tqdm(sorted(lattices), desc=desc, disable=not progress)}
+
+
+def tune_fused(rescorer, prepared: Dict[str, object], refs: Dict[str, List[str]], awe_scales: Iterable[float],
+               ctc_scales: Iterable[float], norms: Sequence[str], lm_scales: Iterable[float],
+               word_insertion_penalties: Iterable[float], train_vocab: Optional[set] = None,
+               oov_lm_scores: Optional[Iterable[float]] = None) -> Tuple[object, str, List[dict]]:
+    """Grid search on dev; returns (best RescoreConfig, best normalisation, curve rows)."""
+    uids = sorted(prepared)
+    curve, best = [], None
+    oov_grid = [None] if oov_lm_scores is None else [float(x) for x in oov_lm_scores]
+    ctc_scales = [float(x) for x in ctc_scales]
+    for n, a, k, l, w, o in itertools.product(list(norms), [float(x) for x in awe_scales], ctc_scales,
+                                              [float(x) for x in lm_scales],
+                                              [float(x) for x in word_insertion_penalties], oov_grid):
+        if k == 0 and n != norms[0]:
+            continue  # without the CTC term the normalisation does not matter
+        cfg = replace(rescorer.config, awe_scale=a, ctc_scale=k, lm_scale=l, word_insertion_penalty=w)
+        if o is not None:
+            cfg = replace(cfg, oov_lm_score=o)
+        hyps = [prepared[u].decode(rescorer, cfg, n) for u in uids]
+        m = compute_wer([refs[u] for u in uids], hyps, train_vocab)
+        row = {"ctc_norm": n, "awe_scale": a, "ctc_scale": k, "lm_scale": l, "word_insertion_penalty": w,
+               "wer": m["wer"], "iv_wer": m.get("iv_wer"), "oov_wer": m.get("oov_wer")}
+        if o is not None:
+            row["oov_lm_score"] = o
+        curve.append(row)
+        if best is None or m["wer"] < best[0] - 1e-12:
+            best = (m["wer"], cfg, n)
+    return best[1], best[2], curve

@@ -1,0 +1,154 @@
+"""The CTC methods of ``rescorer tune``: CTC word spotting and embedding + CTC fusion.
+
+Called by ``stages.tune`` with the splits and folds it has already made, so the protocol
+is the same (tuned on dev or on one half of the dev speakers, reported on the other data):
+
+- ``ctc_word_spotting``: the CTC model's greedy 1-best with the word list's words spotted
+  into it (``decoding.word_spotting``, the anchor of Andrusenko et al. 2024); the bonus and
+  hit threshold are tuned on dev. Its OOV recall / precision / IV tokens broken are counted
+  against the CTC greedy 1-best it edits (``base: ctc_greedy`` in the row).
+- ``awe_ctc_rescore``: the lattices' arcs scored by the embedder and by the CTC spelling
+  score, weights and normalisation tuned on dev (``rescore_ctc``); with ``--word-list``
+  OOV recovery adds the embedding's nearest spellings and the spotter's hits as arcs.
+  Counted against the lattice's own 1-best, like the embedding methods.
+
+Costs: the CTC forward pass (``ctc_forward_seconds``, shared by both), spotting, and the
+fused lattices' preparation and decoding, each over the evaluated utterances; relative to
+the decoder's time (``rescoring_seconds_per_decode_second``; ``spotting_seconds_per_decode_second``
+for the spotting alone).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict
+from typing import Dict, List, Optional
+
+from rescorer.decoding.ctc_scores import CtcPosteriors
+from rescorer.decoding.word_spotting import SpellingTrie, SpottingConfig, read_word_list
+from rescorer.evaluation.ctc_rescoring import prepare_fused_all, spot_all, tune_fused, tune_spotting
+from rescorer.evaluation.rescoring import recovery_counts
+from rescorer.formats.utterances import read_utterance_features
+from rescorer.lattice.word_lattice import best_path_hypothesis
+from rescorer.rescore_ctc import CtcFusion, FusionConfig
+from rescorer.stages import StageError
+from rescorer.wer import compute_wer
+
+log = logging.getLogger(__name__)
+
+CTC_METHODS = ("ctc_word_spotting", "awe_ctc_rescore")
+
+
+def _summary(refs, base, hyps, train_vocab, extra: dict) -> dict:
+    w = compute_wer(refs, hyps, train_vocab)
+    out = {k: w[k] for k in ("wer", "iv_wer", "oov_wer", "substitutions", "deletions", "insertions", "ref_words", "utterances")}
+    out.update(recovery_counts(refs, base, hyps, train_vocab))
+    out.update(extra)
+    return out
+
+
+def _per_decode(seconds: float, decode_seconds: Optional[float]) -> Optional[float]:
+    return round(seconds / decode_seconds, 4) if decode_seconds else None
+
+
+def ctc_methods(s, rescorer, train_vocab, grid, dev_lats, dev_feats, dev_refs, folds, test_feats, test_refs,
+                missing: List[str], decode_seconds: Optional[float], prune_seconds: float):
+    """Results by method name (with ``s.prefix``) and tuning curves of the CTC methods in ``s.methods``."""
+    wanted = [m for m in s.methods if m in CTC_METHODS]
+    try:
+        posteriors = CtcPosteriors.from_dir(s.ctc_model_dir, device=s.device)
+    except FileNotFoundError as e:
+        raise StageError(str(e)) from e
+    words = read_word_list(s.word_list) if s.word_list else None
+    trie = SpellingTrie(words) if words else None
+    if words:
+        log.info("word list %s: %d words, %d tree nodes", s.word_list, len(words), len(trie))
+    dev_ctc = read_utterance_features(s.dev_features, expect=posteriors.feature_spec).by_id()
+    test_ctc = dev_ctc if s.cross_validate else read_utterance_features(s.test_features, expect=posteriors.feature_spec).by_id()
+    eval_uids = sorted(u for _, ev in folds for u in ev)
+    t0 = posteriors.seconds
+    lp_dev = dict(zip(sorted(dev_lats), posteriors.batch_log_probs([dev_ctc[u] for u in sorted(dev_lats)])))
+    dev_forward = posteriors.seconds - t0
+    if s.cross_validate:
+        lp_test, forward = lp_dev, dev_forward
+    else:
+        t0 = posteriors.seconds
+        lp_test = dict(zip(eval_uids, posteriors.batch_log_probs([test_ctc[u] for u in eval_uids])))
+        forward = posteriors.seconds - t0
+    log.info("CTC log-probs: %.1f s for the %d evaluated utterances", forward, len(eval_uids))
+    results: Dict[str, dict] = {}
+    curves: Dict[str, list] = {}
+    fixed = SpottingConfig(beam=s.ws_beam, bonus=s.ws_bonus, threshold=s.ws_threshold, token_weight=s.ws_token_weight)
+
+    if "ctc_word_spotting" in wanted:
+        refs, base, hyps, chosen = [], [], [], []
+        spot_seconds, accepted, hits = 0.0, 0, 0
+        for k, (tune_lats, eval_lats) in enumerate(folds):
+            best, curve = tune_spotting({u: lp_dev[u] for u in tune_lats}, trie, dev_refs, s.ws_bonuses,
+                                        s.ws_thresholds, fixed, train_vocab)
+            curves[f"ctc_word_spotting_spotting{k}"] = curve
+            chosen.append(asdict(best))
+            res, sec = spot_all({u: lp_test[u] for u in eval_lats}, trie, best)
+            spot_seconds += sec
+            for u in sorted(eval_lats):
+                refs.append(test_refs[u])
+                base.append([w.word for w in res[u].greedy])
+                hyps.append(res[u].word_sequence)
+                accepted += len(res[u].accepted)
+                hits += len(res[u].hits)
+        for u in missing:  # as for every method: utterances without a lattice count as empty
+            refs.append(test_refs[u])
+            base.append([])
+            hyps.append([])
+        extra = {"base": "ctc_greedy", "spotting": chosen, "word_list": s.word_list, "word_list_size": len(words),
+                 "hits": hits, "accepted_hits": accepted, "spotting_seconds": round(spot_seconds, 3),
+                 "ctc_forward_seconds": round(forward, 3), "rescoring_seconds": round(spot_seconds + forward, 3)}
+        for key, sec in (("spotting_seconds_per_decode_second", spot_seconds),
+                         ("rescoring_seconds_per_decode_second", spot_seconds + forward)):
+            v = _per_decode(sec, decode_seconds)
+            if v is not None:
+                extra[key] = v
+        results[s.prefix + "ctc_word_spotting"] = _summary(refs, base, hyps, train_vocab, extra)
+        log.info("ctc_word_spotting: %s", {k: results[s.prefix + "ctc_word_spotting"][k] for k in ("wer", "oov_recall", "oov_precision")})
+
+    if "awe_ctc_rescore" in wanted:
+        recover = words is not None
+        if recover:
+            log.info("embedding the %d-word list for OOV recovery", len(words))
+        fusion = CtcFusion(rescorer, posteriors, words, FusionConfig(spotting=fixed, norms=tuple(s.ctc_norms)))
+        prep_dev = prepare_fused_all(fusion, dev_lats, dev_feats, lp_dev, recover)
+        prep_test = prep_dev if s.cross_validate else prepare_fused_all(fusion, folds[0][1], test_feats, lp_test, recover)
+        refs, base, hyps, chosen = [], [], [], []
+        seconds, hit_arcs = prune_seconds + forward, 0
+        oov_grid = [float(x) for x in s.oov_lm_scores] if recover and s.oov_lm_scores else None
+        for k, (tune_lats, eval_lats) in enumerate(folds):
+            best, norm, curve = tune_fused(rescorer, {u: prep_dev[u] for u in tune_lats}, dev_refs, grid["awe_scales"],
+                                           s.ctc_scales, s.ctc_norms, grid["lm_scales"], grid["word_insertion_penalties"],
+                                           train_vocab, oov_grid)
+            curves[f"awe_ctc_rescore_fold{k}"] = curve
+            chosen.append({**asdict(best), "ctc_norm": norm})
+            t0 = time.perf_counter()
+            for u in sorted(eval_lats):
+                p = prep_test[u]
+                refs.append(test_refs[u])
+                base.append([w.word for w in best_path_hypothesis(eval_lats[u]).words])
+                hyps.append(p.decode(rescorer, best, norm))
+                seconds += p.seconds
+                hit_arcs += p.hit_arcs
+            seconds += time.perf_counter() - t0
+        for u in missing:
+            refs.append(test_refs[u])
+            base.append([])
+            hyps.append([])
+        extra = {"scales": chosen, "ctc_model_dir": s.ctc_model_dir, "oov_recovery": recover,
+                 "spotted_arcs_added": hit_arcs, "ctc_forward_seconds": round(forward, 3),
+                 "rescoring_seconds": round(seconds, 2)}
+        if words:
+            extra.update({"word_list": s.word_list, "word_list_size": len(words)})
+        v = _per_decode(seconds, decode_seconds)
+        if v is not None:
+            extra["rescoring_seconds_per_decode_second"] = v
+        results[s.prefix + "awe_ctc_rescore"] = _summary(refs, base, hyps, train_vocab, extra)
+        log.info("awe_ctc_rescore: %s", {k: results[s.prefix + "awe_ctc_rescore"][k] for k in ("wer", "oov_recall", "oov_precision")})
+    return results, curves

@@ -1,0 +1,102 @@
+"""CTC fusion on hand-built lattices: arc CTC scores, spotted words as arcs, the fused decision."""
+
+import pytest
+import torch
+
+from tests.conftest import needs_k2
+from tests.test_rescore import _feats, _lattice, _rescorer
+from tests.test_word_spotting import planted, spell
+
+pytestmark = [needs_k2, pytest.mark.lattice]
+
+
+class StubPosteriors:
+    frame_shift = 0.04
+
+
+def _the_cat_or_zebra(frame_shift=0.04, scale=1):
+    # the [0, 10) then cat (am -1) or zebra (am -3) over [10, 20), in 40 ms frames (x scale for 10 ms)
+    s = scale
+    return _lattice([(0, 1, "the", 0, 10 * s, -1.0, -1.0), (1, 2, "cat", 10 * s, 20 * s, -1.0, -1.0),
+                     (1, 2, "zebra", 10 * s, 20 * s, -3.0, -1.0), (2, 3, "on", 20 * s, 25 * s, -1.0, -1.0)],
+                    frame_shift=frame_shift)
+
+
+def _log_probs():
+    zebra = [(10 + i, c) for i, c in enumerate("zebra")] + [(19, "|")]
+    return planted(25, spell("the", 0) + zebra + spell("on", 20, 1))
+
+
+def test_arc_ctc_scores_equal_the_span_scorer_and_pocketsphinx_frames_give_the_same():
+    from rescorer.decoding.ctc_scores import SpanScorer, arc_ctc_scores
+
+    lp = _log_probs()
+    lat = _the_cat_or_zebra()
+    got = arc_ctc_scores(lat, SpanScorer(lp), 0.04)
+    labels = lat.fsa.labels.long()
+    words = [lat.words.get(int(w)) if w > 0 else None for w in labels]
+    for i, w in enumerate(words):
+        if labels[i] > 0:
+            s, e = int(lat.fsa.start_frame[i]), int(lat.fsa.end_frame[i])
+            ll, fr, tok = SpanScorer(lp).scores(torch.tensor([[s, e]]), [w])
+            assert float(got["none"][i]) == pytest.approx(float(ll[0]), rel=1e-5)
+            assert float(got["token"][i]) == pytest.approx(float(ll[0]) / int(tok[0]), rel=1e-5)
+            assert float(got["frame"][i]) == pytest.approx(float(ll[0]) / int(fr[0]), rel=1e-5)
+        else:
+            assert float(got["none"][i]) == 0.0
+    assert got["none"][words.index("zebra")] > got["none"][words.index("cat")] + 10
+    ps = _the_cat_or_zebra(frame_shift=0.01, scale=4)  # the same lattice in 10 ms frames
+    assert torch.equal(arc_ctc_scores(ps, SpanScorer(lp), 0.04)["none"], got["none"])
+
+
+def test_the_ctc_score_flips_the_decision_to_the_spelled_word():
+    from rescorer.decoding.ctc_scores import SpanScorer, arc_ctc_scores
+    from rescorer.rescore import RescoreConfig
+    from rescorer.lattice.word_lattice import best_path_hypothesis
+
+    r = _rescorer(awe_scale=0.0)
+    lat = _the_cat_or_zebra()
+    ctc = arc_ctc_scores(lat, SpanScorer(_log_probs()), 0.04)["token"]
+    awe = r.awe_scores(lat, _feats(["the", "zebra", "on"], frames_per_word=40)[:100])
+    pick = lambda k: best_path_hypothesis(r.apply_scores(lat, awe, RescoreConfig(awe_scale=0.0, ctc_scale=k), ctc)).word_sequence
+    assert pick(0.0) == ["the", "cat", "on"]
+    assert pick(1.0) == ["the", "zebra", "on"]
+
+
+def test_spotted_words_become_arcs_over_their_spans():
+    from rescorer.decoding.word_spotting import SpottedWord
+    from rescorer.rescore_ctc import add_spotted_arcs
+
+    lat = _lattice([(0, 1, "the", 0, 10, -1.0, -1.0), (1, 2, "cat", 10, 15, -2.0, -1.0),
+                    (2, 3, "sat", 15, 20, -0.5, -1.0), (1, 3, "mat", 10, 20, -4.0, -1.0), (3, 4, "on", 20, 25, -1.0, -1.0)])
+    hits = [SpottedWord("pachyderm", 10, 20, 5.0, -1.0), SpottedWord("zebra", 40, 50, 5.0, -1.0)]
+    out, n = add_spotted_arcs(lat, hits, 0.04, oov_lm_score=-7.0)
+    assert n == 1  # the second hit lies past the lattice: no states near its ends
+    assert "pachyderm" in out.words and "pachyderm" not in lat.words  # the input table is left alone
+    new = (out.fsa.labels == out.words["pachyderm"]).nonzero().flatten()
+    assert new.numel() == 1
+    i = int(new[0])
+    arc = out.fsa.arcs.values()[i, :3].tolist()
+    assert arc[:2] == [1, 3]
+    assert float(out.fsa.am_scores[i]) == pytest.approx(-2.5)  # cat + sat beats mat
+    assert float(out.fsa.lm_scores[i]) == -7.0 and bool(out.fsa.oov_lm_arcs[i])
+    assert (int(out.fsa.start_frame[i]), int(out.fsa.end_frame[i])) == (10, 20)
+    again, m = add_spotted_arcs(out, hits[:1], 0.04, oov_lm_score=-7.0)
+    assert m == 0  # already there
+
+
+def test_fusion_recovers_a_spotted_oov_word():
+    from rescorer.decoding.ctc_scores import CtcPosteriors
+    from rescorer.decoding.word_spotting import SpottingConfig
+    from rescorer.rescore import RescoreConfig
+    from rescorer.rescore_ctc import CtcFusion, FusionConfig
+
+    r = _rescorer(awe_scale=0.0, oov_topk=0)
+    lat = _lattice([(0, 1, "the", 0, 10, -1.0, -1.0), (1, 2, "cat", 10, 20, -1.0, -1.0), (2, 3, "on", 20, 25, -1.0, -1.0)])
+    fusion = CtcFusion(r, StubPosteriors(), ["zebra", "giraffe"], FusionConfig(spotting=SpottingConfig(bonus=2.0)))
+    feats = _feats(["the", "zebra", "on"], frames_per_word=40)[:100]
+    fused = fusion.prepare(lat, feats, _log_probs(), recover=True)
+    assert [h.word for h in fused.hits] == ["zebra"] and fused.hit_arcs == 1
+    cfg = RescoreConfig(awe_scale=0.0, ctc_scale=1.0, oov_lm_score=-3.0)
+    assert fused.decode(r, cfg, "token") == ["the", "zebra", "on"]
+    assert fused.decode(r, RescoreConfig(awe_scale=0.0, ctc_scale=0.0, oov_lm_score=-3.0), "token") == ["the", "cat", "on"]

@@ -1,0 +1,216 @@
+"""CTC word spotting and CTC spelling scores on planted log-probs (no model, no k2)."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from rescorer.tokens import BLANK_ID, TOKEN_ID, words_to_token_ids
+
+
+def planted(T, emissions, peak=-0.05, floor=-9.0, probs=None):
+    """[T, 29] log-probs: blank everywhere except the (frame, token) emissions."""
+    lp = torch.full((T, 29), floor)
+    lp[:, BLANK_ID] = 0.0
+    for t, tok in emissions:
+        lp[t] = floor
+        lp[t, TOKEN_ID[tok]] = 0.0
+    return lp.log_softmax(1)
+
+
+def spell(word, start, step=2):
+    """Emissions spelling ``word`` then | from ``start``, one token every ``step`` frames."""
+    return [(start + i * step, c) for i, c in enumerate(list(word) + ["|"])]
+
+
+def test_spotting_finds_a_planted_word_with_its_frames():
+    from rescorer.decoding.word_spotting import SpellingTrie, spot
+
+    lp = planted(40, spell("the", 1) + spell("zebra", 12))
+    hits = spot(lp, SpellingTrie(["zebra", "zeal", "bra"]))
+    assert [(h.word, h.start, h.end) for h in hits] == [("zebra", 12, 23)]
+    h = hits[0]
+    assert h.score == pytest.approx(h.log_prob + 3.0 * 6)  # bonus per token: 5 letters + |
+    assert h.log_prob < 0 and h.log_prob > -1.0
+
+
+def test_a_near_miss_below_the_threshold_is_not_spotted():
+    from rescorer.decoding.word_spotting import SpellingTrie, SpottingConfig, spot
+
+    # "zebro": the last letter is o, so "zebra" can only be spelled through a very unlikely a
+    lp = planted(30, spell("zebro", 2))
+    trie = SpellingTrie(["zebra"])
+    hit = SpottingConfig(bonus=0.5, threshold=-5.0)  # log-prob about -9, + 6 tokens x 0.5 = -6
+    assert spot(lp, trie, hit) == []
+    # the same word, correctly spelled, passes the same threshold
+    assert [h.word for h in spot(planted(30, spell("zebra", 2)), trie, hit)] == ["zebra"]
+
+
+def test_repeated_letters_need_a_blank_between_them():
+    from rescorer.decoding.word_spotting import SpellingTrie, spot
+
+    trie = SpellingTrie(["add"])
+    # a d held over two frames (no blank between): one d, so "add" is not there
+    lp = planted(20, [(2, "a"), (4, "d"), (5, "d"), (7, "|")])
+    assert spot(lp, trie) == []
+    lp = planted(20, [(2, "a"), (4, "d"), (6, "d"), (8, "|")])
+    assert [h.word for h in spot(lp, trie)] == ["add"]
+
+
+def test_replacement_only_when_the_hit_beats_the_greedy_path():
+    from rescorer.decoding.word_spotting import SpellingTrie, SpottingConfig, ctc_word_spotting
+
+    # greedy hears "zebro" but "zebra" is nearly as likely at the a/o frame
+    lp = planted(30, spell("the", 0) + spell("zebro", 10))
+    lp[18, TOKEN_ID["a"]] = lp[18, TOKEN_ID["o"]] - 0.5
+    lp = lp.log_softmax(1)
+    trie = SpellingTrie(["zebra"])
+    r = ctc_word_spotting(lp, trie, SpottingConfig(bonus=1.0, token_weight=0.5))
+    assert [w.word for w in r.greedy] == ["the", "zebro"]
+    assert r.word_sequence == ["the", "zebra"] and [h.word for h in r.accepted] == ["zebra"]
+    # the same hit with no bonus cannot beat the greedy path over its frames: nothing replaced
+    r = ctc_word_spotting(lp, trie, SpottingConfig(bonus=0.0, threshold=-50.0, token_weight=0.5))
+    assert [h.word for h in r.hits] == ["zebra"] and r.accepted == []
+    assert r.word_sequence == ["the", "zebro"]
+
+
+def test_replace_greedy_keeps_words_outside_the_hit():
+    from rescorer.decoding.word_spotting import GreedyWord, SpottedWord, replace_greedy
+
+    greedy = [GreedyWord("a", 0, 4), GreedyWord("b", 4, 8), GreedyWord("c", 8, 12), GreedyWord("d", 12, 16)]
+    hit = SpottedWord("x", 4, 12, 1.0, -1.0)
+    words, acc = replace_greedy(greedy, [hit], lambda s, e: 0.0)
+    assert [w.word for w in words] == ["a", "x", "d"] and acc == [hit]
+    words, acc = replace_greedy(greedy, [hit], lambda s, e: 2.0)  # greedy scores better: kept
+    assert [w.word for w in words] == ["a", "b", "c", "d"] and acc == []
+
+
+def test_overlapping_hits_keep_the_best():
+    from rescorer.decoding.word_spotting import SpellingTrie, spot
+
+    lp = planted(30, spell("cat", 2))
+    hits = spot(lp, SpellingTrie(["cat", "at"]))
+    assert [h.word for h in hits] == ["cat"]  # "at" (frames 4-8) lies inside cat's frames and scores lower
+
+
+def test_bad_word_lists_give_clear_errors(tmp_path):
+    from rescorer.decoding.word_spotting import SpellingTrie, WordListError, read_word_list
+
+    p = tmp_path / "words.txt"
+    p.write_text("zebra\n\n# a comment\nZebra\ncafé\n")
+    assert read_word_list(p) == ["zebra", "cafe"]
+    p.write_text("zebra\nnew york\n")
+    with pytest.raises(WordListError, match=r"words.txt:2: one word per line"):
+        read_word_list(p)
+    p.write_text("zebra\nr2d2\n")
+    with pytest.raises(WordListError, match=r"words.txt:2: .*outside a-z"):
+        read_word_list(p)
+    p.write_text("\n# nothing\n")
+    with pytest.raises(WordListError, match="no words"):
+        read_word_list(p)
+    with pytest.raises(WordListError, match="no such word list"):
+        read_word_list(tmp_path / "missing.txt")
+    with pytest.raises(WordListError, match="'zeb-ra'.*tokens"):
+        SpellingTrie(["zeb-ra"])
+    with pytest.raises(WordListError, match="empty"):
+        SpellingTrie([])
+
+
+def test_trie_shares_prefixes_and_enumerates_children():
+    from rescorer.decoding.word_spotting import SpellingTrie
+
+    t = SpellingTrie(["cat", "car", "cat"])
+    assert t.words == ["cat", "car"]
+    assert len(t) == 1 + 2 + 2 + 2  # root, c a, t |, r |
+    row, ch = t.expand(torch.tensor([0, 2]))  # root -> c; a -> t, r
+    assert row.tolist() == [0, 1, 1]
+    assert sorted(t.token[ch[1:]].tolist()) == sorted([TOKEN_ID["t"], TOKEN_ID["r"]])
+
+
+def test_arc_ctc_scores_equal_a_direct_ctc_loss_and_are_cached():
+    from rescorer.decoding.ctc_scores import SpanScorer
+
+    torch.manual_seed(0)
+    lp = torch.randn(50, 29).log_softmax(1)
+    sc = SpanScorer(lp)
+    spans = torch.tensor([[0, 10], [5, 20], [0, 10], [30, 50]])
+    words = ["cat", "zebra", "cat", "add"]
+    ll, frames, tokens = sc.scores(spans, words)
+    for (s, e), w, v in zip(spans.tolist(), words, ll.tolist()):
+        t = torch.tensor(words_to_token_ids([w]))
+        ref = -F.ctc_loss(lp[s:e, None], t[None], torch.tensor([e - s]), torch.tensor([len(t)]), blank=0,
+                          reduction="sum")
+        assert v == pytest.approx(float(ref), rel=1e-5)
+    assert frames.tolist() == [10, 15, 10, 20] and tokens.tolist() == [4, 6, 4, 4]
+    assert sc.computed == 3 and len(sc) == 3  # the repeated (span, word) once
+    sc.scores(spans[:2], words[:2])
+    assert sc.computed == 3  # cached
+
+
+def test_short_spans_get_a_finite_floor_and_norms_divide():
+    from rescorer.decoding.ctc_scores import CtcScoreError, SpanScorer, min_frames, normalise
+
+    lp = torch.randn(20, 29).log_softmax(1)
+    sc = SpanScorer(lp, floor_per_token=-20.0)
+    assert min_frames(words_to_token_ids(["add"])) == 5  # a d d | + a blank between the d's
+    ll, frames, tokens = sc.scores(torch.tensor([[0, 4], [3, 3], [0, 5]]), ["add", "add", "add"])
+    assert ll[:2].tolist() == [-80.0, -80.0] and torch.isfinite(ll).all() and ll[2] > -80
+    assert normalise(ll, frames, tokens, "token")[0] == -20.0
+    assert normalise(ll, frames, tokens, "frame")[1] == -80.0  # zero frames: divided by 1
+    with pytest.raises(CtcScoreError, match="normalisation"):
+        normalise(ll, frames, tokens, "word")
+    with pytest.raises(CtcScoreError, match="spans must"):
+        sc.scores(torch.tensor([[0, 30]]), ["add"])
+
+
+def test_unk_scores_the_best_path_over_its_span():
+    from rescorer.decoding.ctc_scores import SpanScorer
+
+    lp = planted(20, spell("cat", 2))
+    ll, _, tokens = SpanScorer(lp).scores(torch.tensor([[2, 9]]), ["<unk>"])
+    assert float(ll[0]) == pytest.approx(float(lp[2:9].max(1).values.sum()))
+    assert int(tokens[0]) == 4
+
+
+def test_pocketsphinx_frames_convert_to_ctc_frames_by_time():
+    from rescorer.decoding.ctc_scores import lattice_spans
+    from rescorer.formats.contract import FBANK, LATTICE_FRAME_SHIFT
+
+    # 10 ms lattice frames -> 40 ms CTC frames; our own 40 ms lattices map to themselves
+    s = lattice_spans(torch.tensor([0, 38, 101]), torch.tensor([41, 80, 400]), FBANK.frame_shift, LATTICE_FRAME_SHIFT, 50)
+    assert s.tolist() == [[0, 10], [10, 20], [25, 50]]
+    s = lattice_spans(torch.tensor([3]), torch.tensor([9]), LATTICE_FRAME_SHIFT, LATTICE_FRAME_SHIFT, 50)
+    assert s.tolist() == [[3, 9]]
+
+
+def test_spotting_cost_grows_with_active_states_not_the_list():
+    """A 5k-word list on 200 frames stays fast: the frontier is pruned, not the whole tree."""
+    import random
+    import time
+
+    from rescorer.decoding.word_spotting import SpellingTrie, spot
+
+    rng = random.Random(0)
+    words = {"".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(3, 9))) for _ in range(5000)}
+    trie = SpellingTrie(sorted(words) + ["zebra"])
+    lp = planted(200, spell("zebra", 100))
+    t0 = time.perf_counter()
+    hits = spot(lp, trie)
+    assert "zebra" in [h.word for h in hits]
+    assert time.perf_counter() - t0 < 10.0
+
+
+def test_tune_settings_name_what_the_ctc_methods_need():
+    from rescorer.stages import StageError
+    from rescorer.stages.tune import TuneSettings
+
+    base = dict(corpus="c", model_dir="m", train_data="t", dev_lattices="d", dev_features="f", awe_scales=(0,),
+                lm_scales=(1,), wips=(0,), am_scale=1.0, attention_scales=(0,), attention_nbest=1, prune_posterior=0,
+                prune_scale=1.0, word_list_size=10, max_utterances=0, seed=0, out="o", cross_validate=True)
+    assert "awe_ctc_rescore" not in TuneSettings(**base).methods  # the default stays the embedding methods
+    with pytest.raises(StageError, match="--ctc-model-dir"):
+        TuneSettings(**base, methods=("awe_ctc_rescore",))
+    with pytest.raises(StageError, match="--word-list"):
+        TuneSettings(**base, methods=("ctc_word_spotting",), ctc_model_dir="exp/ctc")
+    TuneSettings(**base, methods=("awe_ctc_rescore",), ctc_model_dir="exp/ctc")
