@@ -12,7 +12,9 @@ Choices worth knowing: r-coloured vowels become vowel + R ("A@" car -> AA R), as
 writes them; espeak's flap (t#) and glottal stop (?) are T, its syllabic consonants
 ("n-", "@L") are AH + consonant (CMUdict "button" B AH T AH N); linking r ("r-") and the
 palatal mark (";") are dropped; an R right after ER or R is dropped (CMUdict "hurry"
-HH ER IY, where espeak says "h 3: r i").
+HH ER IY, where espeak says "h 3: r i"). A mnemonic the table lacks is read as its base
+phoneme without length or variant marks ("x:" as "x", "t#" as "t"); one with no base in
+the table is an error naming it. Random letter strings (60k) are covered.
 """
 
 from __future__ import annotations
@@ -36,9 +38,9 @@ ESPEAK_TO_ARPABET: Dict[str, Tuple[str, ...]] = {
     "Z": ("ZH",), "tS": ("CH",), "dZ": ("JH",), "h": ("HH",),
     "m": ("M",), "n": ("N",), "N": ("NG",), "l": ("L",), "r": ("R",), "j": ("Y",), "w": ("W",),
     "l#": ("L",), "n-": ("AH", "N"), "m-": ("AH", "M"), "l-": ("AH", "L"),
-    "r-": (), ";": (), "|": (),
+    "r-": (), ";": (), "|": (), "!": (),
     # vowels
-    "a": ("AE",), "aa": ("AE",), "a#": ("AH",), "A:": ("AA",), "A@": ("AA", "R"), "0": ("AA",),
+    "a": ("AE",), "aa": ("AE",), "a#": ("AH",), "A:": ("AA",), "a:": ("AA",), "A@": ("AA", "R"), "0": ("AA",),
     "O2": ("AA",), "O:": ("AO",), "O@": ("AO", "R"), "o@": ("AO", "R"), "O": ("AO",),
     "V": ("AH",), "@": ("AH",), "@2": ("AH",), "@5": ("AH",), "@-": ("AH",), "@L": ("AH", "L"),
     "3": ("ER",), "3:": ("ER",), "E": ("EH",), "E2": ("EH",), "e@": ("EH", "R"), "e": ("EH",),
@@ -70,12 +72,13 @@ def espeak_to_arpabet(mnemonics: Sequence[str], word: str = "") -> List[str]:
         bare = m.strip(_STRESS_MARKS)
         if not bare:
             continue
-        try:
-            phones = ESPEAK_TO_ARPABET[bare]
-        except KeyError:
+        phones = ESPEAK_TO_ARPABET.get(bare)
+        if phones is None:  # a variant the table lacks: its base phoneme without length/variant marks
+            phones = ESPEAK_TO_ARPABET.get(bare.rstrip(":#0123456789") or bare)
+        if phones is None:
             raise UnmappedPhonemeError(
                 f"espeak-ng phoneme {bare!r} (in {word or ' '.join(mnemonics)!r}) has no ARPAbet mapping"
-            ) from None
+            )
         for p in phones:
             if p == "R" and out and out[-1] in ("R", "ER"):
                 continue  # CMUdict writes no extra R after an r-coloured vowel
