@@ -47,6 +47,7 @@ if str(REPO) not in sys.path:
 import torch  # noqa: E402
 
 from rescorer.evaluation import embeddings as ev  # noqa: E402
+from rescorer.formats.word_segments import write_word_segments  # noqa: E402
 from rescorer.models.checkpoint import load_embedder  # noqa: E402
 from rescorer.training.train_embeddings import training_command  # noqa: E402
 
@@ -247,9 +248,7 @@ def holdout_command(args: argparse.Namespace) -> None:
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     for name, obj in (("fit", fit), ("heldout", held)):
-        tmp = out / f".{name}.pt.tmp{os.getpid()}"
-        torch.save(obj, tmp)
-        os.replace(tmp, out / f"{name}.pt")
+        write_word_segments(out / f"{name}.pt", obj)  # the tagged format training reads (atomic)
     summary = {
         "source": args.train, "fraction": args.fraction, "seed": args.seed,
         "fit_segments": len(fit["word_ids"]), "heldout_segments": len(held["word_ids"]),

@@ -512,6 +512,7 @@ def _subset(data: WordSegments, idx: torch.Tensor) -> Dict[str, Any]:
         "utterance_ids": [data.utterance_ids[i] for i in idx.tolist()],
         "num_mel_bins": data.num_mel_bins,
         "frame_shift": data.frame_shift,
+        "feature_spec": data.spec.to_json(),  # the frontend's name too (Whisper states are not fbank)
     }
 
 

@@ -14,7 +14,8 @@ writes them; espeak's flap (t#) and glottal stop (?) are T, its syllabic consona
 palatal mark (";") are dropped; an R right after ER or R is dropped (CMUdict "hurry"
 HH ER IY, where espeak says "h 3: r i"). A mnemonic the table lacks is read as its base
 phoneme without length or variant marks ("x:" as "x", "t#" as "t"); one with no base in
-the table is an error naming it. Random letter strings (60k) are covered.
+the table is an error naming it. Random letter strings (60k) and the 235k words of
+``large_word_list()`` that CMUdict lacks are covered.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ PHONE_SET = frozenset(PHONES)
 ESPEAK_TO_ARPABET: Dict[str, Tuple[str, ...]] = {
     # consonants
     "p": ("P",), "b": ("B",), "t": ("T",), "t#": ("T",), "t2": ("T",), "d": ("D",), "d#": ("D",),
-    "k": ("K",), "g": ("G",), "x": ("K",), "?": ("T",),
+    "k": ("K",), "g": ("G",), "x": ("K",), "C": ("K",), "?": ("T",),
     "f": ("F",), "v": ("V",), "T": ("TH",), "D": ("DH",), "s": ("S",), "z": ("Z",), "S": ("SH",),
     "Z": ("ZH",), "tS": ("CH",), "dZ": ("JH",), "h": ("HH",),
     "m": ("M",), "n": ("N",), "N": ("NG",), "l": ("L",), "r": ("R",), "j": ("Y",), "w": ("W",),
