@@ -8,8 +8,10 @@ Measures (definitions in ``rescorer.evaluation.embeddings``): word identificatio
 P@1/P@10 for in-vocabulary and OOV segments against the split's vocabulary, P@1 against a
 10x larger candidate list, same-different AP of the audio embeddings and cross-view AP
 (audio vs spelling), for all, IV and OOV segments; training throughput comes from the
-run's ``log.jsonl``. The entry for ``--corpus`` in ``--out`` is replaced, other corpora's
-entries are kept. The entry records the training command (rebuilt from the run's
+run's ``log.jsonl``. The entry ``--name`` (default ``--corpus``) in ``--out`` is replaced,
+other entries are kept, so an ablation writes one row per configuration; each row's
+``config`` names what the model was (spelling view, frontend, encoders, near negatives,
+training and evaluation data), read from the checkpoint. The entry records the training command (rebuilt from the run's
 ``config.json``), this command, the machine and the date. A figure (nearest spellings of
 OOV audio, 2-D PCA of the space) goes to ``results/embeddings_<corpus>.png``.
 
@@ -45,6 +47,7 @@ if str(REPO) not in sys.path:
 import torch  # noqa: E402
 
 from rescorer.evaluation import embeddings as ev  # noqa: E402
+from rescorer.formats.word_segments import write_word_segments  # noqa: E402
 from rescorer.models.checkpoint import load_embedder  # noqa: E402
 from rescorer.training.train_embeddings import training_command  # noqa: E402
 
@@ -155,7 +158,7 @@ def evaluate_command(args: argparse.Namespace) -> Dict[str, Any]:
     info = ev.read_checkpoint_info(args.model_dir, args.which)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     t0 = time.time()
-    acoustic, letters, _ = load_embedder(info["path"], map_location="cpu")
+    acoustic, letters, train_config = load_embedder(info["path"], map_location="cpu")
     acoustic.to(device)
     letters.to(device)
     data = ev.load_segments(str(eval_path))
@@ -197,7 +200,8 @@ def evaluate_command(args: argparse.Namespace) -> Dict[str, Any]:
         planned = set(plan.get("held_out", {}).get(split, []))
         held_out_planned = sum(1 for w, o in zip(result.words, result.oov.tolist()) if o and w in planned)
 
-    figure = Path(args.figure or (Path(args.out).parent / f"embeddings_{args.corpus}.png"))
+    figure_name = (args.name or args.corpus).replace("/", "_")
+    figure = Path(args.figure or (Path(args.out).parent / f"embeddings_{figure_name}.png"))
     ev.plot_embeddings(result, str(figure), title=f"{args.corpus} {split}: acoustic word embeddings", seed=args.seed)
 
     entry: Dict[str, Any] = {k: m.get(k) for k in TOP_KEYS}
@@ -230,9 +234,11 @@ def evaluate_command(args: argparse.Namespace) -> Dict[str, Any]:
         },
         date=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     )
+    entry["config"] = ev.embedder_configuration(acoustic, letters, train_config, data=str(eval_path))
+    entry["config"]["corpus"] = args.corpus
     if args.note:
         entry["note"] = args.note
-    merge_json(Path(args.out), args.corpus, entry)
+    merge_json(Path(args.out), args.name or args.corpus, entry)
     return entry
 
 
@@ -242,9 +248,7 @@ def holdout_command(args: argparse.Namespace) -> None:
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     for name, obj in (("fit", fit), ("heldout", held)):
-        tmp = out / f".{name}.pt.tmp{os.getpid()}"
-        torch.save(obj, tmp)
-        os.replace(tmp, out / f"{name}.pt")
+        write_word_segments(out / f"{name}.pt", obj)  # the tagged format training reads (atomic)
     summary = {
         "source": args.train, "fraction": args.fraction, "seed": args.seed,
         "fit_segments": len(fit["word_ids"]), "heldout_segments": len(held["word_ids"]),
@@ -269,7 +273,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         prog="python benchmarks/eval_embeddings.py",
         description="Evaluate acoustic word embeddings (word identification, AP) and merge results into a JSON file.",
     )
-    p.add_argument("--corpus", required=True, help="entry name in the JSON (synthetic, speechocean762, ...)")
+    p.add_argument("--corpus", required=True, help="the corpus (synthetic, speechocean762, ...); the entry name by default")
+    p.add_argument("--name", default=None,
+                   help="entry name in the JSON, one per configuration (e.g. speechocean762/whisper/phones); "
+                        "default: --corpus. Each entry's 'config' names its spelling view, frontend and data")
     p.add_argument("--segments-dir", required=True, help="directory with <split>.pt word segments")
     p.add_argument("--model-dir", required=True, help="training run directory (best.pt / last.pt) or a checkpoint")
     p.add_argument("--split", default=None, help="split to evaluate (default: test if present, else dev)")
@@ -310,7 +317,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ValueError as e:  # malformed segment files name themselves
         print(f"error: {e}", file=sys.stderr)
         return 2
-    rows: List[str] = [f"{args.corpus} ({entry['split']}, {entry['counts']['segments']} segments):"]
+    rows: List[str] = [f"{args.name or args.corpus} ({entry['split']}, {entry['counts']['segments']} segments):"]
     for k in TOP_KEYS:
         v = entry[k]
         rows.append(f"  {k:24s} {v:.4f}" if isinstance(v, float) else f"  {k:24s} {v}")

@@ -198,6 +198,23 @@ def test_script_writes_metrics_json_and_figure(corpus, trained, tmp_path, monkey
     assert e["date"].endswith("Z")
     fig = out.parent / "embeddings_tiny.png"
     assert fig.is_file() and fig.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and fig.stat().st_size > 10_000
+    assert e["config"]["spelling_view"] == "letters" and e["config"]["frontend"] == "fbank"
+    assert e["config"]["data"].endswith("test.pt") and e["config"]["corpus"] == "tiny"
+    # one row per configuration: --name keys the entry, the first one stays
+    rc = script.main(["--corpus", "tiny", "--name", "tiny/fbank/letters", "--segments-dir", str(d),
+                      "--model-dir", str(trained), "--out", str(out), "--no-progress"])  # fmt: skip
+    data = json.loads(out.read_text())
+    assert rc == 0 and {"tiny", "tiny/fbank/letters"} <= set(data)
+    assert (out.parent / "embeddings_tiny_fbank_letters.png").is_file()
+
+
+def test_holdout_writes_training_readable_files_with_the_frontend(corpus, tmp_path):
+    d, _, _ = corpus
+    script.main(["holdout", "--train", str(d / "train.pt"), "--out-dir", str(tmp_path / "h"), "--fraction", "0.25"])
+    fit = load_word_segments(str(tmp_path / "h" / "fit.pt"))
+    held = load_word_segments(str(tmp_path / "h" / "heldout.pt"))
+    whole = load_word_segments(str(d / "train.pt"))
+    assert len(fit) + len(held) == len(whole) and fit.spec == held.spec == whole.spec
 
 
 def test_script_errors_are_clear(corpus, trained, tmp_path, capsys, monkeypatch):

@@ -107,6 +107,27 @@ def read_training_log(model_dir: str) -> List[Dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def embedder_configuration(acoustic, letters, training_config: Optional[Dict[str, Any]] = None,
+                           data: Optional[str] = None) -> Dict[str, Any]:
+    """What distinguishes one embedder from another in a results row: spelling view,
+    frontend, encoders, near negatives and the data, read from the models themselves."""
+    spec = getattr(acoustic, "config", {}).get("feature_spec") or {"name": "fbank"}
+    train = dict(training_config or {})
+    pron = getattr(letters, "config", {}).get("pronunciation") or {}
+    return {
+        "spelling_view": getattr(letters, "spelling_views", "letters"),
+        "frontend": spec.get("name", "fbank"),
+        "acoustic_encoder": getattr(acoustic, "model_type", None),
+        "spelling_encoder": getattr(letters, "model_type", None),
+        "near_negatives": train.get("near_negatives", 0),
+        "hard_negatives": train.get("hard_negatives"),
+        "train_data": train.get("train"),
+        "data": data,
+        "lexicon_sha256": pron.get("lexicon_sha256"),
+        "espeak_ng_version": pron.get("espeak_ng_version"),
+    }
+
+
 # ---------------------------------------------------------------- splits and candidates
 
 
@@ -491,6 +512,7 @@ def _subset(data: WordSegments, idx: torch.Tensor) -> Dict[str, Any]:
         "utterance_ids": [data.utterance_ids[i] for i in idx.tolist()],
         "num_mel_bins": data.num_mel_bins,
         "frame_shift": data.frame_shift,
+        "feature_spec": data.spec.to_json(),  # the frontend's name too (Whisper states are not fbank)
     }
 
 

@@ -15,6 +15,11 @@ vocabulary (the whole vocabulary when it fits in ``mining_pool``, else a seeded 
 sample), found without gradients, then embedded again with gradients. All mined words
 are shared candidates for every segment of the batch.
 
+Near negatives (``near_negatives`` = N > 0): for every word of the batch, up to N
+vocabulary words one or two letter or phone edits away (``rescorer.training.near_negatives``;
+seeded choice when there are more) join the candidates too, so "cap" is ranked below
+"cat" for the audio of "cat" even before the model confuses them.
+
 Each anchor's hinge terms are averaged over its *violating* negatives only, so many
 easy negatives do not dilute the gradient of the few hard ones.
 
@@ -31,7 +36,7 @@ normalised space the ranking loss uses.
 
 from __future__ import annotations
 
-from typing import Dict, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -39,6 +44,7 @@ from torch import nn
 
 from rescorer.models.acoustic import AcousticWordEncoder
 from rescorer.models.letters import LetterNgramEncoder, select_bags
+from rescorer.training.near_negatives import near_negative_table
 
 
 def hinge_active_mean(pos: torch.Tensor, neg: torch.Tensor, neg_mask: torch.Tensor, margin: float) -> torch.Tensor:
@@ -125,7 +131,14 @@ class JointEmbeddingModel(nn.Module):
         mining_pool: int = 8192,
         aux_weight: float = 0.0,
         aux_scale: float = 16.0,
+        near_negatives: int = 0,
+        near_table: Optional[List[List[int]]] = None,
+        pronouncer=None,
     ):
+        """``near_table[i]``: vocabulary indices near word i; computed from the vocabulary's
+        letters and phones (the spelling encoder's pronouncer, else the shared one) when
+        ``near_negatives`` > 0 and no table is given (phones from ``pronouncer``, else the spelling
+        encoder's, else the shared CMUdict + espeak-ng one)."""
         super().__init__()
         if acoustic.dim != letters.dim:
             raise ValueError(f"encoder dims differ: acoustic {acoustic.dim}, letters {letters.dim}")
@@ -139,6 +152,20 @@ class JointEmbeddingModel(nn.Module):
         self.aux_scale = aux_scale
         # Plain attributes, not buffers: DDP would otherwise broadcast them every step.
         self._vocab_ids, self._vocab_offsets = letters.tokenize(self.vocabulary)
+        if near_negatives < 0:
+            raise ValueError(f"near_negatives must be >= 0, got {near_negatives}")
+        self.near_negatives = near_negatives
+        self._near_flat = self._near_offsets = None
+        if near_negatives > 0:
+            if near_table is None:
+                from rescorer.pronunciation import get_pronouncer
+
+                pronouncer = pronouncer or getattr(letters, "pronouncer", None) or get_pronouncer()
+                near_table = near_negative_table(self.vocabulary, pronouncer.pronounce_many(self.vocabulary))
+            if len(near_table) != len(self.vocabulary):
+                raise ValueError(f"near_table has {len(near_table)} rows for {len(self.vocabulary)} words")
+            self._near_flat = torch.tensor([j for row in near_table for j in row], dtype=torch.long)
+            self._near_offsets = torch.tensor([0] + [len(r) for r in near_table], dtype=torch.long).cumsum(0)
         self.aux_classes: Optional[nn.Parameter] = None
         if aux_weight > 0:
             self.aux_classes = nn.Parameter(torch.randn(len(self.vocabulary), acoustic.dim) * 0.02)
@@ -160,6 +187,20 @@ class JointEmbeddingModel(nn.Module):
             return torch.arange(v)
         return torch.randperm(v, generator=generator)[: self.mining_pool]
 
+    def near_negatives_of(self, words: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Up to ``near_negatives`` near neighbours of each word id in ``words`` (seeded choice), flat."""
+        if self._near_flat is None:
+            return torch.empty(0, dtype=torch.long)
+        picked = []
+        for w in words.tolist():
+            start, end = int(self._near_offsets[w]), int(self._near_offsets[w + 1])
+            if end - start > self.near_negatives:
+                choice = torch.randperm(end - start, generator=generator)[: self.near_negatives]
+                picked.append(self._near_flat[start + choice])
+            else:
+                picked.append(self._near_flat[start:end])
+        return torch.cat(picked) if picked else torch.empty(0, dtype=torch.long)
+
     def forward(
         self,
         feats: torch.Tensor,
@@ -177,7 +218,8 @@ class JointEmbeddingModel(nn.Module):
             with torch.no_grad():
                 pool_emb = self.embed_vocabulary_words(pool)
                 mined = mine_hard_negatives(audio.detach(), word_ids, pool_emb, pool, self.hard_negatives)
-        candidates = torch.unique(torch.cat([batch_words, mined.reshape(-1)]))
+        near = self.near_negatives_of(batch_words, torch.Generator().manual_seed(int(mining_seed) + 1)).to(device)
+        candidates = torch.unique(torch.cat([batch_words, mined.reshape(-1), near]))
         spellings = self.embed_vocabulary_words(candidates)
         losses = joint_ranking_loss(audio, spellings, word_ids, candidates, self.margin)
         loss = losses["audio_to_spelling"] + losses["spelling_to_audio"]
@@ -189,4 +231,6 @@ class JointEmbeddingModel(nn.Module):
             loss = loss + self.aux_weight * aux
         losses["loss"] = loss
         losses["num_candidates"] = torch.tensor(float(len(candidates)))
+        if self.near_negatives > 0:
+            losses["num_near_negatives"] = torch.tensor(float(len(torch.unique(near))))
         return losses

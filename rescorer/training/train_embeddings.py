@@ -2,7 +2,8 @@
 
     rescorer train embeddings --train train.pt --dev dev.pt --out exp/emb \
         [--dim 256 --epochs 20 --batch-size 128 --lr 2e-3 --seed 0 --amp \
-         --hard-negatives 8 --aux-weight 0.1 --resume]
+         --hard-negatives 8 --aux-weight 0.1 --resume \
+         --spelling-views letters|phones|letters+phones --near-negatives 4]
     torchrun --nproc_per_node=4 -m rescorer train embeddings ...   # DDP
 
 (torch 1.13's torchrun fails on Python 3.11 with "'NoneType' object has no attribute
@@ -10,7 +11,10 @@
 
 Python API: ``train(TrainConfig(...)) -> out dir``; ``rescorer.models.checkpoint.load_embedder(out_dir)``
 loads the result. The encoders are built by registry name (``--acoustic-encoder conv``,
-``--spelling-encoder letter_ngram``; ``rescorer.models.registry``), recorded in the checkpoint.
+``--spelling-encoder letter_ngram``; ``rescorer.models.registry``), recorded in the checkpoint,
+and so is the spelling encoder's view (``--spelling-views``, with the pronunciation source
+when phones are in it). ``--near-negatives N`` adds near-spelling / near-pronunciation
+negatives to the ranking loss (``rescorer.training.ranking``).
 
 What a run does: global feature mean/std from the training split go into the acoustic
 model; batches of similar-length segments (seeded, sharded over ranks); AdamW with
@@ -51,10 +55,11 @@ import torch.distributed as dist
 from rescorer.metrics import precision_at_k
 from rescorer.models.checkpoint import BEST, LAST, embedder_state, load_checkpoint, save_checkpoint
 from rescorer.models.interfaces import AcousticEncoder, SpellingEncoder
-from rescorer.models.letters import DEFAULT_NUM_BUCKETS
+from rescorer.models.letters import DEFAULT_NUM_BUCKETS, SPELLING_VIEWS
 from rescorer.formats.contract import FBANK, FeatureSpec
 from rescorer.formats.word_segments import WordSegments, load_word_segments
 from rescorer.models.registry import ACOUSTIC_ENCODERS, SPELLING_ENCODERS
+from rescorer.pronunciation import get_pronouncer
 from rescorer.training.common import (
     all_reduce_sum,
     save_epoch,
@@ -88,12 +93,19 @@ class TrainConfig:
     num_buckets: int = DEFAULT_NUM_BUCKETS
     ngram_dim: int = 128
     letter_hidden: int = 512
+    # what the spelling encoder sees of a word: letters, phones (CMUdict, else espeak-ng G2P)
+    # or letters+phones (rescorer.models.letters); recorded in the checkpoint
+    spelling_views: str = "letters"
+    lexicon: str = ""  # CMUdict-format file for the phone view and near negatives ("": CMUdict found offline)
     # loss
     margin: float = 0.4
     hard_negatives: int = 8
     mining_pool: int = 8192
     aux_weight: float = 0.0  # word-classification auxiliary loss; off: it hurt dev P@1 on small data
     aux_scale: float = 16.0
+    # per batch word, up to this many vocabulary words 1-2 letter or phone edits away join the
+    # ranking candidates ("cat" / "cap"; rescorer.training.near_negatives); 0 = off
+    near_negatives: int = 0
     # optimisation
     epochs: int = 20
     batch_size: int = 128
@@ -150,10 +162,12 @@ def build_encoders(config: TrainConfig, spec: FeatureSpec = FBANK) -> Tuple[Acou
     """The two encoders the config names (``acoustic_encoder``, ``spelling_encoder``), from its
     sizes, the acoustic one for frames of ``spec``."""
     acoustic = ACOUSTIC_ENCODERS.build(config.acoustic_encoder, acoustic_encoder_config(config, spec))
-    letters = SPELLING_ENCODERS.build(
-        config.spelling_encoder,
-        dict(dim=config.dim, num_buckets=config.num_buckets, ngram_dim=config.ngram_dim, hidden=config.letter_hidden),
+    spelling_config: Dict[str, Any] = dict(
+        dim=config.dim, num_buckets=config.num_buckets, ngram_dim=config.ngram_dim, hidden=config.letter_hidden
     )
+    if config.spelling_views != "letters":
+        spelling_config.update(spelling_views=config.spelling_views, lexicon=config.lexicon or None)
+    letters = SPELLING_ENCODERS.build(config.spelling_encoder, spelling_config)
     return acoustic, letters
 
 
@@ -227,6 +241,8 @@ def _train(config: TrainConfig, rank: int, world: int, device: torch.device, out
         mining_pool=config.mining_pool,
         aux_weight=config.aux_weight,
         aux_scale=config.aux_scale,
+        near_negatives=config.near_negatives,
+        pronouncer=get_pronouncer(config.lexicon or None) if config.near_negatives > 0 else None,
     )
     mean, std = train_data.feature_stats()
     acoustic.set_feature_stats(mean, std)
@@ -402,6 +418,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> TrainConfig:
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
         elif field.name == "device":
             p.add_argument(flag, default=None, help="cpu, cuda or cuda:N (default: GPU if available)")
+        elif field.name == "spelling_views":
+            p.add_argument(flag, choices=SPELLING_VIEWS, default=default,
+                           help="what the spelling encoder sees: letters, phones or letters+phones (default letters)")
         elif field.name == "stop_after_epoch":
             p.add_argument(flag, type=int, default=None, help="stop cleanly after this epoch")
         else:

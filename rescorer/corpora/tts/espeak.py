@@ -7,17 +7,15 @@ next word or a pause phoneme starts. espeak sometimes emits one WORD event for a
 pair of short words ("of a", "in the"); such a span is split between the words
 at phoneme boundaries in proportion to their letters' phoneme counts.
 
-Voices are ``<accent>+<variant>`` (e.g. ``en-us+f3``): 8 English accents times the
+The ctypes binding itself is ``rescorer.espeak_ng`` (shared with G2P); this module turns
+its events into word times. Voices are ``<accent>+<variant>`` (e.g. ``en-us+f3``): 8 English accents times the
 formant variants that ship with espeak-ng. Audio comes at 22.05 kHz and is resampled
-to 16 kHz. The library keeps global state, so each process owns one instance.
+to 16 kHz. The library keeps global state, so each process owns one instance, and
+every utterance is synthesized in a child forked from it.
 """
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import os
-import threading
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -32,163 +30,33 @@ from rescorer.corpora.tts.base import (
     check_word_times,
     resample_to_16k,
 )
+from rescorer.espeak_ng import EV_PHONEME as _EV_PHONEME
+from rescorer.espeak_ng import EV_WORD as _EV_WORD
+from rescorer.espeak_ng import EspeakError, EspeakLibrary
+
+# the binding lives in rescorer.espeak_ng (G2P uses it too); this name stays for callers
+_Espeak = EspeakLibrary
 
 ACCENTS = ("en-us", "en", "en-gb-scotland", "en-gb-x-rp", "en-gb-x-gbclan", "en-gb-x-gbcwmd", "en-029", "en-us-nyc")
 VARIANTS = ("m1", "m2", "m3", "m4", "m5", "m6", "m7", "f1", "f2", "f3", "f4", "f5")
 
-# espeak_EVENT_TYPE
-_EV_TERMINATED, _EV_WORD, _EV_SENTENCE, _EV_MARK, _EV_PLAY, _EV_END, _EV_MSG_TERMINATED, _EV_PHONEME = range(8)
-_AUDIO_OUTPUT_SYNCHRONOUS = 2
-_INIT_PHONEME_EVENTS = 0x0001
-_INIT_DONT_EXIT = 0x8000
-_CHARS_UTF8 = 1
-_ENDPAUSE = 0x1000
-_PARAM_RATE, _PARAM_VOLUME, _PARAM_PITCH, _PARAM_RANGE = 1, 2, 3, 4
 _DEFAULT_RATE, _DEFAULT_PITCH, _DEFAULT_RANGE = 175, 50, 50
-
-
-class _EventId(ctypes.Union):
-    _fields_ = [("number", ctypes.c_int), ("name", ctypes.c_char_p), ("string", ctypes.c_char * 8)]
-
-
-class _Event(ctypes.Structure):
-    _fields_ = [
-        ("type", ctypes.c_int),
-        ("unique_identifier", ctypes.c_uint),
-        ("text_position", ctypes.c_int),
-        ("length", ctypes.c_int),
-        ("audio_position", ctypes.c_int),
-        ("sample", ctypes.c_int),
-        ("user_data", ctypes.c_void_p),
-        ("id", _EventId),
-    ]
-
-
-_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.POINTER(_Event))
 
 
 def _is_pause(phoneme: str) -> bool:
     return phoneme.startswith("_") or phoneme == ""
 
 
-class _Espeak:
-    """One process-wide handle on libespeak-ng (the library is not reentrant)."""
+_PHONEME_COUNTS: Dict[Tuple[str, str], int] = {}
 
-    _instance: Optional["_Espeak"] = None
-    _lock = threading.Lock()
 
-    @classmethod
-    def get(cls) -> "_Espeak":
-        with cls._lock:
-            if cls._instance is None or cls._instance.pid != os.getpid():
-                cls._instance = cls()
-            return cls._instance
-
-    def __init__(self) -> None:
-        path = ctypes.util.find_library("espeak-ng") or "libespeak-ng.so.1"
-        try:
-            self.lib = ctypes.CDLL(path)
-        except OSError as e:
-            raise SynthesisError(f"espeak-ng library not found ({e}); install the Debian package libespeak-ng1") from e
-        self.pid = os.getpid()
-        lib = self.lib
-        lib.espeak_Initialize.restype = ctypes.c_int
-        lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
-        lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
-        lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
-        lib.espeak_Synth.argtypes = [
-            ctypes.c_void_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int, ctypes.c_uint, ctypes.c_uint,
-            ctypes.POINTER(ctypes.c_uint), ctypes.c_void_p,
-        ]
-        self.rate = lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, None, _INIT_PHONEME_EVENTS | _INIT_DONT_EXIT)
-        if self.rate <= 0:
-            raise SynthesisError(f"espeak_Initialize failed (returned {self.rate})")
-        self._chunks: List[np.ndarray] = []
-        self._events: List[Tuple[int, int, int, int, str]] = []
-        self._cb = _CALLBACK(self._on_synth)  # keep a reference: the library holds only the pointer
-        lib.espeak_SetSynthCallback(self._cb)
-        self._voice: Optional[str] = None
-        self._phonemes: Dict[Tuple[str, str], int] = {}
-
-    def _on_synth(self, wav, n, events) -> int:
-        if n > 0 and wav:
-            self._chunks.append(np.ctypeslib.as_array(wav, shape=(n,)).copy())
-        i = 0
-        while True:
-            ev = events[i]
-            if ev.type == _EV_TERMINATED:
-                break
-            name = ev.id.string.decode("ascii", "replace") if ev.type == _EV_PHONEME else ""
-            self._events.append((ev.type, ev.text_position, ev.length, ev.sample, name))
-            i += 1
-        return 0
-
-    def phoneme_count(self, word: str, accent: str) -> int:
-        """Phonemes espeak says for ``word`` alone in ``accent`` (cached)."""
-        key = (accent, word)
-        if key not in self._phonemes:
-            _, events = self.synth(word, accent, _DEFAULT_RATE, _DEFAULT_PITCH, _DEFAULT_RANGE)
-            self._phonemes[key] = sum(1 for t, *_r, ph in events if t == _EV_PHONEME and not _is_pause(ph))
-        return self._phonemes[key]
-
-    def synth(self, text: str, voice: str, rate: int, pitch: int, rng: int):
-        """Synthesize in a forked child of this (never used) instance.
-
-        espeak-ng carries state from one utterance to the next (intonation and noise
-        generators), so the same input gives different audio depending on what was said
-        before. A child forked from the pristine instance starts from the same state every
-        time, which makes each utterance a pure function of its inputs (the same audio as
-        the espeak-ng command line). Costs a few milliseconds per utterance.
-        """
-        import pickle
-
-        r, w = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # child: synthesize, send the result, exit without cleanup handlers
-            code = 0
-            try:
-                os.close(r)
-                try:
-                    res = ("ok", self._synth_here(text, voice, rate, pitch, rng))
-                except BaseException as e:  # noqa: BLE001 - forwarded to the parent
-                    res = ("error", f"{type(e).__name__}: {e}")
-                data = pickle.dumps(res, protocol=pickle.HIGHEST_PROTOCOL)
-                with os.fdopen(w, "wb") as f:
-                    f.write(data)
-            except BaseException:  # noqa: BLE001
-                code = 1
-            finally:
-                os._exit(code)
-        os.close(w)
-        with os.fdopen(r, "rb") as f:
-            data = f.read()
-        _, status = os.waitpid(pid, 0)
-        if not data:
-            raise SynthesisError(f"espeak-ng child process died (status {status}) for voice {voice!r} text {text!r}")
-        kind, payload = pickle.loads(data)
-        if kind == "error":
-            raise SynthesisError(payload)
-        return payload
-
-    def _synth_here(self, text: str, voice: str, rate: int, pitch: int, rng: int):
-        # espeak-ng's noise sources draw from libc rand(), whose state the child inherits
-        # from whatever the parent process did; srand(1) is the state a fresh process starts
-        # in (the command line's), so the audio cannot depend on the parent's history.
-        ctypes.CDLL(None).srand(1)
-        if self.lib.espeak_SetVoiceByName(voice.encode()) != 0:
-            raise SynthesisError(f"espeak-ng: unknown voice {voice!r}")
-        self._voice = voice
-        for p, v in ((_PARAM_RATE, rate), (_PARAM_PITCH, pitch), (_PARAM_RANGE, rng), (_PARAM_VOLUME, 100)):
-            self.lib.espeak_SetParameter(p, int(v), 0)
-        self._chunks, self._events = [], []
-        data = text.encode("utf-8") + b"\0"
-        buf = ctypes.create_string_buffer(data)
-        err = self.lib.espeak_Synth(buf, len(data), 0, 1, 0, _CHARS_UTF8 | _ENDPAUSE, None, None)
-        if err != 0:
-            raise SynthesisError(f"espeak-ng: espeak_Synth error {err} for voice {voice!r} text {text!r}")
-        self.lib.espeak_Synchronize()
-        audio = np.concatenate(self._chunks) if self._chunks else np.zeros(0, np.int16)
-        return audio, list(self._events)
+def phoneme_count(word: str, accent: str) -> int:
+    """Phonemes espeak says for ``word`` alone in ``accent`` (cached per process)."""
+    key = (accent, word)
+    if key not in _PHONEME_COUNTS:
+        _, events = EspeakLibrary.get().synth(word, accent, _DEFAULT_RATE, _DEFAULT_PITCH, _DEFAULT_RANGE)
+        _PHONEME_COUNTS[key] = sum(1 for t, *_r, ph in events if t == _EV_PHONEME and not _is_pause(ph))
+    return _PHONEME_COUNTS[key]
 
 
 def word_spans_from_events(
@@ -264,7 +132,13 @@ class EspeakEngine(TTSEngine):
         words = list(words)
         if not words:
             raise SynthesisError(f"espeak-ng voice {voice!r}: no words to say")
-        es = _Espeak.get()
+        try:
+            return self._synthesize(words, voice, prosody)
+        except EspeakError as e:
+            raise SynthesisError(str(e)) from e
+
+    def _synthesize(self, words: List[str], voice: str, prosody: Prosody) -> Synthesized:
+        es = EspeakLibrary.get()
         rate = int(np.clip(_DEFAULT_RATE * prosody.rate, 80, 450))
         pitch = int(np.clip(_DEFAULT_PITCH * prosody.pitch, 0, 99))
         rng = int(np.clip(_DEFAULT_RANGE * prosody.pitch_range, 0, 99))
@@ -273,7 +147,7 @@ class EspeakEngine(TTSEngine):
             raise SynthesisError(f"espeak-ng voice {voice!r}: no audio for {' '.join(words)!r}")
         accent = voice.split("+")[0]
         spans = word_spans_from_events(
-            words, events, len(audio), lambda w: es.phoneme_count(w, accent)
+            words, events, len(audio), lambda w: phoneme_count(w, accent)
         )
         scale = SAMPLE_RATE / es.rate
         samples = resample_to_16k(audio.astype(np.float32) / 32768.0, es.rate)
