@@ -18,14 +18,15 @@ Two operations, each with a CUDA kernel (``kernels/``, loaded through ctypes by
 
 Dispatch: CUDA tensors use the kernel when ``librescorer_kernels.so`` is built
 (``kernels/build.sh``) and loadable, otherwise the reference runs (with a one-time
-warning). CPU tensors always use the reference. The reference is also used on CUDA for
+warning). CPU tensors always take the torch path. It is also taken on CUDA for
 ``k > 128``, for float64 inputs and, in ``arc_similarity``, when an input requires grad (the
 reference is differentiable; the kernels are inference only). Where ``topk_nearest`` and
 ``NearestIndex`` take the torch path, they run ``_topk_fast``, which returns exactly the
 reference's results (``topk_nearest_reference``, tested bit for bit) at about the cost of a
-matmul plus ``torch.topk``: it packs ties only where they decide the k-th place. Tests also run the kernels on
-CPU tensors through the CUDA emulator build (``_kernels_loader.load_emulator()``,
-``kernels/emulator/``); that library is never dispatched to.
+matmul plus ``torch.topk``: it packs ties only where they decide the k-th place. Tests
+also run the kernels on CPU tensors through the CUDA emulator build
+(``_kernels_loader.load_emulator()``, ``kernels/emulator/``); that library is never
+dispatched to.
 
 Semantics shared by kernel and reference (the tests hold both to them):
 
