@@ -7,11 +7,17 @@ split in two halves (seeded); each half is decoded with the scales tuned on the 
 half, and the pooled result is reported, so no reported hypothesis was tuned on itself.
 
 Methods written (under ``prefix``): ``awe_rescore`` (embedding scores on every arc),
-``awe_rescore_oov_recovery`` (plus nearest-spelling alternatives from a large word list),
-``awe_plus_attention`` (with ``attention_model_dir``: the embedding-rescored lattice's
+``awe_rescore_oov_recovery`` (plus nearest-spelling alternatives from a large word list:
+``word_list``, a word-list file such as ``rescorer word-lists``' large.txt, or else the
+first ``word_list_size`` words of ``large_word_list``), ``awe_rescore_context_list`` (the
+same from a context list: ``context_list`` for dev, ``test_context_list`` for test, each
+split's own OOV words among distractors), ``awe_plus_attention`` (with ``attention_model_dir``: the embedding-rescored lattice's
 n-best rescored by an attention decoder, ``rescorer.second_pass``; weight tuned on dev),
-each with wer, iv_wer, oov_wer, oov_tokens_recovered, iv_tokens_broken and
-rescoring_seconds_per_decode_second; and ``<prefix>baseline_tuned`` (same scales grid,
+each with wer, iv_wer, oov_wer, the OOV accounting of ``recovery_counts`` (oov_recall,
+oov_precision, oov_tokens_proposed, iv_tokens_broken), rescoring_seconds_per_decode_second
+and, for the two recovery methods, the list (``word_list``, ``word_list_size``) and the
+chosen abstention margin in ``scales`` (tuned on dev with ``oov_margins``, None being the
+rule before abstention, with the scales and ``oov_lm_scores``); and ``<prefix>baseline_tuned`` (same scales grid,
 embedding weight 0) so the gain is measured against an equally tuned decoder, and
 ``<prefix>lattice_1best`` (the lattice's own best path).
 
@@ -40,6 +46,7 @@ import torch
 from rescorer.corpora.text_sources import large_word_list
 from rescorer.evaluation.rescoring import evaluate, plot_tuning_curve, prepare_all, recovery_counts, tune
 from rescorer.formats.utterances import read_utterance_features
+from rescorer.formats.word_list import WordListError, read_word_list
 from rescorer.lattice.word_lattice import best_path_hypothesis, load_word_lattices, prune
 from rescorer.rescore import Rescorer
 from rescorer.second_pass import AttentionScorer, attention_candidates, pick_best
@@ -48,7 +55,8 @@ from rescorer.wer import compute_wer
 
 log = logging.getLogger(__name__)
 
-METHODS = ("awe_rescore", "awe_rescore_oov_recovery", "awe_plus_attention")
+METHODS = ("awe_rescore", "awe_rescore_oov_recovery", "awe_rescore_context_list", "awe_plus_attention")
+RECOVERY_METHODS = ("awe_rescore_oov_recovery", "awe_rescore_context_list")
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -81,6 +89,10 @@ class TuneSettings:
     prefix: str = ""  # method name prefix, e.g. pocketsphinx_
     methods: Optional[Tuple[str, ...]] = None  # None: all of METHODS
     oov_lm_scores: Optional[Tuple[float, ...]] = None  # OOV recovery: LM costs of a recovered word to tune
+    oov_margins: Optional[Tuple[Optional[float], ...]] = None  # OOV recovery: abstention margins to tune (None: old rule)
+    word_list: Optional[str] = None  # awe_rescore_oov_recovery's list file (default: large_word_list(word_list_size))
+    context_list: Optional[str] = None  # awe_rescore_context_list's list file for dev
+    test_context_list: Optional[str] = None  # ... for test (default: context_list)
     attention_model_dir: Optional[str] = None  # joint CTC/attention model for awe_plus_attention
     device: Optional[str] = None
     save_config: bool = False
@@ -97,6 +109,10 @@ class TuneSettings:
             raise StageError("awe_plus_attention rescores awe_rescore's lattices: add awe_rescore to the methods")
         if not self.methods:
             raise StageError(f"no method to tune; choose from {', '.join(METHODS)}")
+        if "awe_rescore_context_list" in self.methods and not self.context_list:
+            raise StageError("awe_rescore_context_list needs a context list (--context-list FILE, e.g. from rescorer word-lists)")
+        if self.test_context_list and self.cross_validate:
+            raise StageError("cross-validation over dev speakers uses the dev context list only: drop --test-context-list")
 
 
 def _features(path, spec):
@@ -229,23 +245,30 @@ def _tune_and_evaluate(s: TuneSettings):
     attention = None
     if "awe_plus_attention" in wanted and s.attention_model_dir:
         attention = AttentionScorer.from_dir(s.attention_model_dir, device=s.device)
-    for method, recover in (("awe_rescore", False), ("awe_rescore_oov_recovery", True)):
+    for method in ("awe_rescore",) + RECOVERY_METHODS:
         if method not in wanted:
             continue
+        recover = method in RECOVERY_METHODS
+        lists = _word_lists(method, s) if recover else None
         if recover:
-            log.info("embedding a %d-word list for OOV recovery", s.word_list_size)
-            rescorer.set_vocabulary(large_word_list(s.word_list_size))
+            log.info("%s: embedding the %d-word list %s", method, len(lists["dev"]), lists["dev_name"])
+            rescorer.set_vocabulary(lists["dev"])
         pooled_refs, pooled_base, pooled_hyps, seconds, chosen = [], [], [], prune_seconds, []
         pooled_base_tuned = []
         pooled_att, att_seconds, att_chosen = [], 0.0, []
         with_attention = not recover and attention is not None
         # embedding scores are computed once per lattice and shared by the folds
         prep_dev = prepare_all(rescorer, dev_lats, dev_feats, recover=recover)
+        if recover and not s.cross_validate and lists["test"] is not lists["dev"]:
+            log.info("%s: embedding the %d-word list %s for test", method, len(lists["test"]), lists["test_name"])
+            rescorer.set_vocabulary(lists["test"])
         prep_test = prep_dev if s.cross_validate else prepare_all(rescorer, folds[0][1], test_feats, recover=recover)
         for k, (tune_lats, eval_lats) in enumerate(folds):
             prep_tune = {u: prep_dev[u] for u in tune_lats}
             oov_grid = [float(x) for x in s.oov_lm_scores] if recover and s.oov_lm_scores else None
-            best, curve = tune(rescorer, prep_tune, dev_refs, train_vocab=train_vocab, oov_lm_scores=oov_grid, **grid)
+            margins = list(s.oov_margins) if recover and s.oov_margins else None
+            best, curve = tune(rescorer, prep_tune, dev_refs, train_vocab=train_vocab, oov_lm_scores=oov_grid,
+                               oov_margins=margins, **grid)
             base_best, _ = tune(rescorer, prep_tune, dev_refs, awe_scales=[0.0], lm_scales=grid["lm_scales"],
                                 word_insertion_penalties=grid["word_insertion_penalties"], train_vocab=train_vocab)
             curves[f"{method}_fold{k}"] = curve
@@ -285,6 +308,10 @@ def _tune_and_evaluate(s: TuneSettings):
 
         chosen_by_method[method] = chosen
         extra = {"rescoring_seconds": round(seconds, 2), "scales": chosen}
+        if recover:
+            extra.update(word_list=lists["dev_name"], word_list_size=len(lists["dev"]))
+            if not s.cross_validate and lists["test"] is not lists["dev"]:
+                extra.update(test_word_list=lists["test_name"], test_word_list_size=len(lists["test"]))
         if decode_seconds:
             extra["rescoring_seconds_per_decode_second"] = round(seconds / decode_seconds, 4)
         results[s.prefix + method] = summarise(pooled_hyps, extra)
@@ -312,7 +339,28 @@ def _tune_and_evaluate(s: TuneSettings):
     # the chosen scales (fold 0, or the only fold) travel with the model
     chosen = chosen_by_method.get("awe_rescore") or next(iter(chosen_by_method.values()))
     rescorer.config = replace(rescorer.config, **{k: chosen[0][k] for k in ("awe_scale", "lm_scale", "word_insertion_penalty")})
+    # and recovery's own choices (its abstention margin and LM cost), from the large list's run if there was one
+    recovery = next((chosen_by_method[m] for m in RECOVERY_METHODS if m in chosen_by_method), None)
+    if recovery:
+        rescorer.config = replace(rescorer.config, **{k: recovery[0][k] for k in ("oov_margin", "oov_lm_score")})
     return results, rescorer
+
+
+def _word_lists(method: str, s: TuneSettings) -> dict:
+    """The lists a recovery method searches: {"dev", "test": word lists, "dev_name", "test_name"}."""
+    try:
+        if method == "awe_rescore_oov_recovery":
+            if s.word_list:
+                words = read_word_list(s.word_list)
+                return {"dev": words, "test": words, "dev_name": s.word_list, "test_name": s.word_list}
+            words = large_word_list(s.word_list_size)
+            name = f"large_word_list({s.word_list_size})"
+            return {"dev": words, "test": words, "dev_name": name, "test_name": name}
+        dev = read_word_list(s.context_list)
+        test = read_word_list(s.test_context_list) if s.test_context_list else dev
+        return {"dev": dev, "test": test, "dev_name": s.context_list, "test_name": s.test_context_list or s.context_list}
+    except WordListError as e:
+        raise StageError(str(e)) from e
 
 
 def tune_rescoring(settings: TuneSettings, command: str = "rescorer tune") -> Dict[str, dict]:
