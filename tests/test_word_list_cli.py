@@ -102,7 +102,14 @@ def test_tune_reports_both_recovery_methods_with_their_lists(tmp_path, stub_mode
     assert {r["oov_margin"] for r in curve["awe_rescore_context_list_fold0"]} == {0.5, None}
     saved = json.loads((model / "rescorer.json").read_text())["config"]
     assert saved["oov_margin"] == 0.5 and saved["awe_scale"] == toy["awe_rescore"]["scales"][0]["awe_scale"]
-    # the context list is required for its method; a bad list is named
+    # a run of a recovery method alone adds its settings to the scales the model already has
+    (model / "rescorer.json").write_text(json.dumps({"config": {**saved, "awe_scale": 7.0, "oov_margin": None}}))
+    only = [a if a != "awe_rescore,awe_rescore_oov_recovery,awe_rescore_context_list" else "awe_rescore_context_list"
+            for a in args]
+    assert CliRunner().invoke(main, only).exit_code == 0
+    again = json.loads((model / "rescorer.json").read_text())["config"]
+    assert again["awe_scale"] == 7.0 and again["oov_margin"] == 0.5
+    # the context list is required for its method (and, by default, used when given); a bad list is named
     r = CliRunner().invoke(main, [a for a in args if a not in ("--context-list", str(tmp_path / "context.txt"))])
     assert r.exit_code != 0 and "needs a context list" in r.output
     (tmp_path / "context.txt").write_bytes(b"\xff\xfe z")

@@ -25,7 +25,9 @@ Outputs: the methods merged into the WER file ``out`` (with one provenance recor
 corpus, prefix and methods), the dev tuning curve beside it
 (``rescore_tuning_<corpus>_<prefix or lattices>.json`` + .png), and with ``save_config``
 the chosen scales in the model directory (``rescorer.json``, or
-``rescorer_<prefix>.json`` for another decoder's lattices), which ``Rescorer.from_dir`` reads.
+``rescorer_<prefix>.json`` for another decoder's lattices), which ``Rescorer.from_dir`` reads:
+``awe_rescore``'s scales and the recovery methods' margin and OOV LM cost (the large list's
+if both ran). A run of recovery methods alone keeps the scales that file already holds.
 """
 
 from __future__ import annotations
@@ -98,8 +100,9 @@ class TuneSettings:
     save_config: bool = False
 
     def __post_init__(self):
-        if self.methods is None:
-            object.__setattr__(self, "methods", METHODS)
+        if self.methods is None:  # every method whose inputs are given
+            object.__setattr__(self, "methods", tuple(m for m in METHODS
+                                                      if m != "awe_rescore_context_list" or self.context_list))
         if not self.cross_validate and not (self.test_lattices and self.test_features):
             raise StageError("test lattices and test features are needed (or cross-validation over dev speakers)")
         unknown = [m for m in self.methods if m not in METHODS]
@@ -336,14 +339,23 @@ def _tune_and_evaluate(s: TuneSettings):
     curve_path.write_text(json.dumps(curves, indent=1, sort_keys=True))
     key = "awe_rescore_fold0" if "awe_rescore_fold0" in curves else next(k for k in sorted(curves) if k.endswith("fold0"))
     plot_tuning_curve(curves[key], res_dir / f"rescore_tuning_{tag}.png", f"{s.corpus}: dev WER vs embedding weight")
-    # the chosen scales (fold 0, or the only fold) travel with the model
-    chosen = chosen_by_method.get("awe_rescore") or next(iter(chosen_by_method.values()))
+    # the chosen scales (fold 0, or the only fold) travel with the model: awe_rescore's; a run of
+    # recovery methods alone keeps the scales already tuned for the model (or, if none, takes its own)
+    chosen = chosen_by_method.get("awe_rescore")
+    if chosen is None:
+        tuned = _tuned_config_path(s)
+        chosen = [json.loads(tuned.read_text())["config"]] if tuned.exists() else next(iter(chosen_by_method.values()))
     rescorer.config = replace(rescorer.config, **{k: chosen[0][k] for k in ("awe_scale", "lm_scale", "word_insertion_penalty")})
     # and recovery's own choices (its abstention margin and LM cost), from the large list's run if there was one
     recovery = next((chosen_by_method[m] for m in RECOVERY_METHODS if m in chosen_by_method), None)
     if recovery:
         rescorer.config = replace(rescorer.config, **{k: recovery[0][k] for k in ("oov_margin", "oov_lm_score")})
     return results, rescorer
+
+
+def _tuned_config_path(s: TuneSettings) -> Path:
+    """The model's tuned scales for these lattices: rescorer.json, or rescorer_<prefix>.json."""
+    return Path(s.model_dir) / (f"rescorer_{s.prefix.rstrip('_')}.json" if s.prefix else "rescorer.json")
 
 
 def _word_lists(method: str, s: TuneSettings) -> dict:
@@ -386,7 +398,7 @@ def tune_rescoring(settings: TuneSettings, command: str = "rescorer tune") -> Di
     out.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
     if s.save_config:
         # the lattices' own decoder's scales: rescorer.json for ours, rescorer_<prefix>.json for others
-        name = f"rescorer_{s.prefix.rstrip('_')}.json" if s.prefix else None
-        path = rescorer.save_config(s.model_dir, {"tuned_by": doc["rescoring_runs"][run_key]}, name=name)
+        path = rescorer.save_config(s.model_dir, {"tuned_by": doc["rescoring_runs"][run_key]},
+                                    name=_tuned_config_path(s).name)
         log.info("tuned scales saved to %s", path)
     return results
