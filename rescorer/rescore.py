@@ -16,8 +16,9 @@ and final arcs get no embedding score.
 
 OOV recovery (``recover_oov``) adds, next to some word arcs, up to ``oov_topk`` parallel
 arcs (same states, same span, same acoustic score) for the nearest spellings of the arc's
-audio in a large word list (``set_vocabulary``; one ``WordListIndex``, an ``ops.NearestIndex``) whose cosine is at
-least ``oov_min_similarity``; then the lattice is decoded again. A new arc's LM score is
+audio in a word list (``set_vocabulary``: words or a word-list file; one ``WordListIndex``, an
+``ops.NearestIndex``) whose cosine is at least ``oov_min_similarity``, unless recovery
+abstains there (below); then the lattice is decoded again. A new arc's LM score is
 ``oov_lm_score`` (the cost of a word the LM does not know), or the LM's ``<unk>`` score
 when it replaces a ``<unk>`` arc; such arcs are marked (``oov_lm_arcs``) and
 ``apply_scores`` gives them the config's ``oov_lm_score``, so it is tuned on dev like the
@@ -35,11 +36,33 @@ distinct feature-frame spans that get embedded):
   total posterior ~4e-8 for the 32 weakest), where a candidate can never reach the best
   path, while the 32 largest-mass spans hold nearly every unsure word of the 1-best.
 
+Abstention (``oov_margin`` not None; None keeps the rule above unchanged, for comparison).
+Recovery should only replace what the audio contradicts, so a proposal is added only when
+
+- its cosine beats the arc's own embedding score on the same span (the cosine with the
+  arc's word's spelling; ``unk_awe_score`` for ``<unk>``) by at least
+  ``oov_margin + oov_margin_per_doubling * max(0, log2(list size / 1000))``: the more
+  spellings are searched, the higher the best wrong one scores by chance (on the
+  synthetic embedder the best impostor's cosine rises 0.024 per doubling from 1k to 103k
+  words: ``benchmarks/oov_margin_growth.py``, ``results/oov_margin_growth.json``);
+- the arc is not protected: spans shorter than ``oov_min_span_seconds`` and arcs of
+  English function words (``rescorer.text.FUNCTION_WORDS``, with
+  ``oov_protect_function_words``) get no proposals at all;
+- the proposed word has at least ``oov_min_letters`` letters (short words fire falsely).
+
+Each added arc records its evidence (``oov_advantage``: cosine minus the arc's own; -inf
+for guarded proposals) and the lattice its list's size (``meta["oov_word_list_size"]``).
+For tuning, ``embedding_scores(..., abstain_at_decoding=True)`` keeps every proposal and
+``apply_scores`` drops those below each config's required advantage (score -inf), so the
+margin is tuned on dev with the scales, and decoding a prepared lattice under a margin
+gives what a fresh recovery under it gives (tested).
+
 Duplicates are not added: a candidate equal to the arc's own word, or whose (src, dst,
 word) is already in the lattice, is dropped; when several weak arcs between the same
 states (other spans, other acoustic scores) propose one word, the proposal with the
 best score under the recovery config (am, LM and embedding parts; ties: arc order, then
-rank) becomes the one new arc. The lattice package does the editing
+rank; a guarded proposal only when no other proposes that word there) becomes the one
+new arc, and abstention applies after that choice. The lattice package does the editing
 (``rescorer.lattice.edit.add_arcs``); the input lattice and its symbol table are never
 modified: the result uses a table extended by the word list's missing words (built once
 per input table; ids of existing words unchanged). Each distinct span is
@@ -98,7 +121,7 @@ class RescoreConfig:
     # which grows by oov_margin_per_doubling per doubling of the word list beyond 1000 words;
     # None: the rule before abstention (no margin, no guards)
     oov_margin: Optional[float] = 0.1
-    oov_margin_per_doubling: float = 0.02
+    oov_margin_per_doubling: float = 0.025  # measured: results/oov_margin_growth.json (0.024)
     oov_min_letters: int = 4  # proposals with fewer letters (a-z) are not added
     oov_min_span_seconds: float = 0.1  # arcs on shorter spans get no proposals
     oov_protect_function_words: bool = True  # arcs of rescorer.text.FUNCTION_WORDS get no proposals
