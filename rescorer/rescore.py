@@ -16,8 +16,9 @@ and final arcs get no embedding score.
 
 OOV recovery (``recover_oov``) adds, next to some word arcs, up to ``oov_topk`` parallel
 arcs (same states, same span, same acoustic score) for the nearest spellings of the arc's
-audio in a large word list (``set_vocabulary``; one ``WordListIndex``, an ``ops.NearestIndex``) whose cosine is at
-least ``oov_min_similarity``; then the lattice is decoded again. A new arc's LM score is
+audio in a word list (``set_vocabulary``: words or a word-list file; one ``WordListIndex``, an
+``ops.NearestIndex``) whose cosine is at least ``oov_min_similarity``, unless recovery
+abstains there (below); then the lattice is decoded again. A new arc's LM score is
 ``oov_lm_score`` (the cost of a word the LM does not know), or the LM's ``<unk>`` score
 when it replaces a ``<unk>`` arc; such arcs are marked (``oov_lm_arcs``) and
 ``apply_scores`` gives them the config's ``oov_lm_score``, so it is tuned on dev like the
@@ -35,11 +36,33 @@ distinct feature-frame spans that get embedded):
   total posterior ~4e-8 for the 32 weakest), where a candidate can never reach the best
   path, while the 32 largest-mass spans hold nearly every unsure word of the 1-best.
 
+Abstention (``oov_margin`` not None; None keeps the rule above unchanged, for comparison).
+Recovery should only replace what the audio contradicts, so a proposal is added only when
+
+- its cosine beats the arc's own embedding score on the same span (the cosine with the
+  arc's word's spelling; ``unk_awe_score`` for ``<unk>``) by at least
+  ``oov_margin + oov_margin_per_doubling * max(0, log2(list size / 1000))``: the more
+  spellings are searched, the higher the best wrong one scores by chance (on the
+  synthetic embedder the best impostor's cosine rises 0.024 per doubling from 1k to 103k
+  words: ``benchmarks/oov_margin_growth.py``, ``results/oov_margin_growth.json``);
+- the arc is not protected: spans shorter than ``oov_min_span_seconds`` and arcs of
+  English function words (``rescorer.text.FUNCTION_WORDS``, with
+  ``oov_protect_function_words``) get no proposals at all;
+- the proposed word has at least ``oov_min_letters`` letters (short words fire falsely).
+
+Each added arc records its evidence (``oov_advantage``: cosine minus the arc's own; -inf
+for guarded proposals) and the lattice its list's size (``meta["oov_word_list_size"]``).
+For tuning, ``embedding_scores(..., abstain_at_decoding=True)`` keeps every proposal and
+``apply_scores`` drops those below each config's required advantage (score -inf), so the
+margin is tuned on dev with the scales, and decoding a prepared lattice under a margin
+gives what a fresh recovery under it gives (tested).
+
 Duplicates are not added: a candidate equal to the arc's own word, or whose (src, dst,
 word) is already in the lattice, is dropped; when several weak arcs between the same
 states (other spans, other acoustic scores) propose one word, the proposal with the
 best score under the recovery config (am, LM and embedding parts; ties: arc order, then
-rank) becomes the one new arc. The lattice package does the editing
+rank; a guarded proposal only when no other proposes that word there) becomes the one
+new arc, and abstention applies after that choice. The lattice package does the editing
 (``rescorer.lattice.edit.add_arcs``); the input lattice and its symbol table are never
 modified: the result uses a table extended by the word list's missing words (built once
 per input table; ids of existing words unchanged). Each distinct span is
@@ -57,6 +80,7 @@ Usage from a decode script (a few lines)::
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -70,7 +94,8 @@ from rescorer.lattice.scores import Scales, combine, with_scores
 from rescorer.lattice.word_lattice import arc_posteriors, best_path_hypothesis, validate, word_confidences
 from rescorer.models.checkpoint import load_embedder
 from rescorer.ops import NearestIndex, arc_similarity
-from rescorer.text import NotAWordError, normalize_word
+from rescorer.formats.word_list import WordList, is_word_list_file, read_word_list
+from rescorer.text import FUNCTION_WORDS, NotAWordError, normalize_word
 from rescorer.utils import atomic_write_text
 
 CONFIG_FILE = "rescorer.json"
@@ -92,6 +117,14 @@ class RescoreConfig:
     oov_lm_score: float = -10.0  # natural-log LM score of a recovered word the LM lacks
     oov_min_similarity: float = 0.3  # candidates below this cosine are not added
     oov_max_spans: int = 32  # at most this many weak word spans per lattice get candidates (<unk> spans always)
+    # abstention (module doc): a proposal must beat the replaced arc's own similarity by the margin,
+    # which grows by oov_margin_per_doubling per doubling of the word list beyond 1000 words;
+    # None: the rule before abstention (no margin, no guards)
+    oov_margin: Optional[float] = 0.1
+    oov_margin_per_doubling: float = 0.025  # measured: results/oov_margin_growth.json (0.024)
+    oov_min_letters: int = 4  # proposals with fewer letters (a-z) are not added
+    oov_min_span_seconds: float = 0.1  # arcs on shorter spans get no proposals
+    oov_protect_function_words: bool = True  # arcs of rescorer.text.FUNCTION_WORDS get no proposals
     posterior_scale: float = 1.0
     batch_size: int = 256
     ctc_scale: float = 0.0  # weight of the CTC spelling score (rescorer.rescore_ctc; 0: not used)
@@ -102,6 +135,15 @@ class RescoreConfig:
         if unknown:
             raise ValueError(f"unknown rescoring options {sorted(unknown)}")
         return cls(**d)
+
+    def oov_required_advantage(self, list_size: Optional[int]) -> Optional[float]:
+        """How much a proposal's cosine must exceed the replaced arc's own for a list of
+        ``list_size`` words: ``oov_margin + oov_margin_per_doubling * max(0, log2(size / 1000))``
+        (None: no abstention, ``oov_margin`` None)."""
+        if self.oov_margin is None:
+            return None
+        doublings = max(0.0, math.log2(list_size / 1000.0)) if list_size else 0.0
+        return float(self.oov_margin) + float(self.oov_margin_per_doubling) * doublings
 
 
 @dataclass
@@ -395,15 +437,27 @@ class Rescorer:
             return self.span_embeddings(feats, [tuple(p) for p in spans.tolist()])
         return cache.lookup(self, feats, spans)
 
-    def set_vocabulary(self, words: Sequence[str], chunk: int = 65536) -> None:
-        """The large word list that OOV recovery searches (embedded once, in chunks)."""
-        clean = []
-        for w in words:
-            try:
-                clean.append(normalize_word(w))
-            except NotAWordError:
-                continue
-        clean = list(dict.fromkeys(clean))
+    def set_vocabulary(self, words, chunk: int = 65536) -> None:
+        """The word list that OOV recovery searches (embedded once, in chunks).
+
+        ``words``: a sequence of words (normalised; non-words dropped, duplicates once), a
+        ``formats.word_list.WordList``, or the path of a word-list file (read and checked by
+        ``read_word_list``: the same files ``rescorer rescore/tune --word-list`` take).
+        """
+        if is_word_list_file(words):
+            words = read_word_list(words)
+        if isinstance(words, WordList):
+            clean = list(words.words)
+        else:
+            clean = []
+            for w in words:
+                try:
+                    clean.append(normalize_word(w))
+                except NotAWordError:
+                    continue
+            clean = list(dict.fromkeys(clean))
+        if not clean:
+            raise RescoreError("the word list for OOV recovery holds no words")
         with torch.no_grad():
             emb = torch.cat([self.letters.encode_words(clean[i : i + chunk]).float() for i in range(0, len(clean), chunk)])
         self._word_list = WordListIndex(clean, emb.to(self.device))
@@ -509,19 +563,24 @@ class Rescorer:
         config's scales, and its ``oov_lm_score`` on recovered arcs) on a copy of the lattice;
         ``ctc``: per-arc CTC spelling scores, weighted by the config's ``ctc_scale``."""
         c = config or self.config
-        return with_scores(lat, Scales.of(c), awe, c.oov_lm_score, ctc)
+        required = c.oov_required_advantage(lat.meta.get("oov_word_list_size"))
+        return with_scores(lat, Scales.of(c), awe, c.oov_lm_score, ctc, min_oov_advantage=required)
 
-    def embedding_scores(self, lat, feats, config: Optional[RescoreConfig] = None, recover: bool = False):
+    def embedding_scores(self, lat, feats, config: Optional[RescoreConfig] = None, recover: bool = False,
+                         abstain_at_decoding: bool = False):
         """(lattice, awe scores [A], recovered): the work ``rescore`` does before decoding.
 
         The lattice and features are checked once; with ``recover``, OOV arcs are added first
         (the returned lattice is the recovered one) and every distinct span is embedded once
         for both steps. ``apply_scores(lattice, awe, config)`` then decodes under any scales.
+        ``abstain_at_decoding``: keep every proposal, guarded ones too, with its evidence
+        (``oov_advantage``), so that ``apply_scores`` abstains under each config's margin
+        (tuning the margin on dev without redoing the recovery; module doc).
         """
-        return self.embedding_scores_batch([lat], [feats], config, recover)[0]
+        return self.embedding_scores_batch([lat], [feats], config, recover, abstain_at_decoding)[0]
 
     def embedding_scores_batch(self, lats: Sequence, feats: Sequence, config: Optional[RescoreConfig] = None,
-                               recover: bool = False) -> List[tuple]:
+                               recover: bool = False, abstain_at_decoding: bool = False) -> List[tuple]:
         """``embedding_scores`` of several utterances at once: [(lattice, awe, recovered)], in order.
 
         Every distinct span any step can need (the spans of all word arcs; recovered arcs
@@ -545,7 +604,7 @@ class Rescorer:
         for lat, f, cache, a in zip(lats, checked, caches, arc_spans):
             recovered: List[Tuple[str, float, float]] = []
             if recover:  # new lattice, new arcs (on spans already in the cache)
-                lat, recovered = self._recover(lat, f, c, cache)
+                lat, recovered = self._recover(lat, f, c, cache, keep_all=abstain_at_decoding)
                 a = None
             out.append((lat, self._awe_scores(lat, f, cache, a), recovered))
         return out
@@ -594,7 +653,7 @@ class Rescorer:
         self._need_vocabulary()
         return self._recover(lat, self._check(lat, feats), c, span_cache)
 
-    def _recover(self, lat, feats: torch.Tensor, c: RescoreConfig, cache: Optional[SpanCache]):
+    def _recover(self, lat, feats: torch.Tensor, c: RescoreConfig, cache: Optional[SpanCache], keep_all: bool = False):
         word_list = self._word_list
         table, vocab_ids = word_list.table_for(lat.words)
         unchanged = with_table(lat, table)
@@ -613,8 +672,12 @@ class Rescorer:
         is_weak = is_unk | (post[words] < c.oov_posterior_threshold)
         spans, span_of = distinct_arc_spans(lat, words, feats.shape[0], self.frame_shift)
         chosen = select_oov_spans(post[words], span_of, is_unk, is_weak, spans.shape[0], int(c.oov_max_spans))
+        guards = keep_all or c.oov_margin is not None
+        protected = self._protected_arcs(lat, words, c) if guards else torch.zeros(words.shape[0], dtype=torch.bool)
         pick = is_weak & chosen[span_of]
-        arcs, arc_span = words[pick], span_of[pick]  # the arcs that get alternatives, in arc order
+        if not keep_all:
+            pick &= ~protected  # abstaining: a protected arc's span is not even searched for it
+        arcs, arc_span, arc_protected = words[pick], span_of[pick], protected[pick]  # in arc order
         if arcs.numel() == 0:
             return unchanged, []
         qspans, qrow = torch.unique(arc_span, return_inverse=True)
@@ -623,26 +686,69 @@ class Rescorer:
         vals, ids = vals.cpu()[qrow], ids.cpu()[qrow]  # [arcs, k], best first
         cand = vocab_ids[ids.clamp(min=0)]
         ok = (ids >= 0) & torch.isfinite(vals) & (vals >= c.oov_min_similarity) & (cand != labels[arcs][:, None])
+        # the evidence for each proposal: its cosine minus the arc's own (a <unk> arc's is unk_awe_score);
+        # -inf where a guard forbids it (a protected arc, a word shorter than oov_min_letters)
+        advantage = vals - self._own_similarity(lat, arcs, Q, qrow, unk, c)[:, None]
+        if guards:
+            short = word_list.letters[ids.clamp(min=0)] < int(c.oov_min_letters)
+            advantage = advantage.masked_fill(arc_protected[:, None] | short, float("-inf"))
         from_arc = arcs[:, None].expand_as(ids)[ok]  # row-major: arc order, then rank
-        new_label, new_vocab = cand[ok], ids[ok]
+        new_label, new_vocab, advantage = cand[ok], ids[ok], advantage[ok]
         old3 = fsa.arcs.values()[:, :3].long()
         rows = torch.stack([old3[from_arc, 0], old3[from_arc, 1], new_label], 1)
         am = fsa.am_scores[from_arc]
         # a recovered <unk> keeps the LM's <unk> score; another word gets the OOV cost
         lm = torch.where(labels[from_arc] == unk, fsa.lm_scores[from_arc], torch.full_like(am, c.oov_lm_score))
         # several weak arcs between the same states may propose the same word (from other spans,
-        # with other acoustic scores): the proposal that scores best under this config is kept
+        # with other acoustic scores): the proposal that scores best under this config is kept,
+        # a guarded one only when no other proposes that word there (so abstaining after this
+        # choice, at any margin, keeps what abstaining before it would)
         score = combine(Scales.of(c), am, lm, new_label, vals[ok])
+        if guards:
+            score = score.masked_fill(torch.isinf(advantage), float("-inf"))
         keep = new_arc_mask(old3, rows, int(fsa.shape[0]), priority=score)
-        rows, from_arc, new_vocab, am, lm = rows[keep], from_arc[keep], new_vocab[keep], am[keep], lm[keep]
+        required = c.oov_required_advantage(len(word_list))
+        if not keep_all and required is not None:
+            keep &= advantage >= required
+        rows, from_arc, new_vocab, am, lm, advantage = (
+            rows[keep], from_arc[keep], new_vocab[keep], am[keep], lm[keep], advantage[keep])
         if rows.shape[0] == 0:
             return unchanged, []
         sf, ef = fsa.start_frame[from_arc], fsa.end_frame[from_arc]
         attrs = {"start_frame": sf, "end_frame": ef, "am_scores": am, "lm_scores": lm,
-                 "oov_lm_arcs": labels[from_arc] != unk}
+                 "oov_lm_arcs": labels[from_arc] != unk, "oov_advantage": advantage}
         fs = lat.frame_shift
         added = [(word_list.words[i], s * fs, e * fs) for i, s, e in zip(new_vocab.tolist(), sf.tolist(), ef.tolist())]
-        return add_arcs(lat, rows, attrs, table), added
+        out = add_arcs(lat, rows, attrs, table)
+        out.meta["oov_word_list_size"] = len(word_list)
+        return out, added
+
+    def _protected_arcs(self, lat, arcs: torch.Tensor, c: RescoreConfig) -> torch.Tensor:
+        """bool [len(arcs)]: arcs recovery may not replace (span shorter than
+        ``oov_min_span_seconds``; a function word, with ``oov_protect_function_words``)."""
+        fsa = lat.fsa
+        seconds = (fsa.end_frame[arcs] - fsa.start_frame[arcs]).double() * lat.frame_shift
+        out = seconds < float(c.oov_min_span_seconds) - 1e-9
+        if c.oov_protect_function_words:
+            labels = fsa.labels[arcs].long()
+            ids = torch.unique(labels)
+            fw = torch.tensor([lat.words.get(int(i)) in FUNCTION_WORDS for i in ids.tolist()], dtype=torch.bool)
+            out |= fw[torch.searchsorted(ids, labels)]
+        return out
+
+    def _own_similarity(self, lat, arcs: torch.Tensor, Q: torch.Tensor, qrow: torch.Tensor, unk: int,
+                        c: RescoreConfig) -> torch.Tensor:
+        """float32 [len(arcs)]: each arc's own embedding score on its span (what ``awe_scores``
+        gives it: the cosine with its word's spelling; ``unk_awe_score`` for ``<unk>``)."""
+        labels = lat.fsa.labels[arcs].long()
+        own = torch.full((arcs.numel(),), float(c.unk_awe_score), dtype=torch.float32)
+        known = labels != unk
+        if bool(known.any()):
+            uw, w_of = torch.unique(labels[known], return_inverse=True)
+            W = self.spelling_embeddings([lat.words.get(int(x)) for x in uw])
+            pairs = torch.stack([qrow[known], w_of], 1).to(self.device)
+            own[known] = arc_similarity(Q, W, pairs, metric="cosine").float().cpu()
+        return own
 
 
 class WordListIndex:
@@ -660,6 +766,8 @@ class WordListIndex:
             raise ValueError(f"{len(words)} words but {embeddings.shape[0]} spelling embeddings")
         self.words = list(words)
         self.index = NearestIndex(_unit_rows(embeddings.float()), metric="cosine")
+        # letters a-z of each word (apostrophes not counted): the oov_min_letters guard
+        self.letters = torch.tensor([sum(ch.isalpha() for ch in w) for w in self.words], dtype=torch.long)
         self._table: Optional[tuple] = None  # (base table, its size, extended table, word ids)
 
     def __len__(self) -> int:

@@ -36,12 +36,14 @@ METHOD_ORDER = [
     "awe_rescore",
     "awe_plus_attention",
     "awe_rescore_oov_recovery",
+    "awe_rescore_context_list",
     "lattice_oracle",
     "pocketsphinx_1best",
     "pocketsphinx_lattice_1best",
     "pocketsphinx_baseline_tuned",
     "pocketsphinx_awe_rescore",
     "pocketsphinx_awe_rescore_oov_recovery",
+    "pocketsphinx_awe_rescore_context_list",
     "pocketsphinx_lattice_oracle",
 ]
 
@@ -55,6 +57,7 @@ METHOD_LABELS = {
     "awe_rescore": "embedding rescoring",
     "awe_plus_attention": "embedding + attention",
     "awe_rescore_oov_recovery": "embedding rescoring + OOV recovery",
+    "awe_rescore_context_list": "embedding rescoring + OOV recovery (context list)",
     "lattice_oracle": "lattice oracle",
     "pocketsphinx_1best": "pocketsphinx 1-best",
 }

@@ -79,3 +79,33 @@ def letter_ngrams(word: str, n_min: int = 1, n_max: int = 5) -> List[str]:
                 continue
             grams.append(g)
     return grams
+
+
+# English function words: closed-class words (articles, pronouns, determiners,
+# prepositions, conjunctions, auxiliary and modal verbs, their contractions, and a few
+# particles). OOV recovery never replaces a lattice arc that holds one of them
+# (``RescoreConfig.oov_protect_function_words``): they are short, frequent, well modelled by
+# the LM and acoustically weak, so a spelling that happens to be near their audio is far
+# more often a false alarm than an unseen word (the "stopwords" guard of published
+# custom-vocabulary spotters). Written out here rather than taken from an LM's most frequent
+# words, so it does not change with the corpus.
+FUNCTION_WORDS = frozenset("""
+a an the this that these those some any no every each either neither all both half
+i me my mine myself you your yours yourself yourselves he him his himself she her hers herself
+it its itself we us our ours ourselves they them their theirs themselves
+who whom whose which what whatever whoever whichever
+one ones other another such own
+about above across after against along among around as at before behind below beneath
+beside besides between beyond by down during except for from in inside into like near of off
+on onto out outside over past since than through throughout till to toward towards under
+underneath until unto up upon via with within without
+and but or nor so yet if because although though unless whether while whereas
+whereby wherever whenever when where why how then there here
+be am is are was were been being have has had having do does did doing done
+will would shall should can could may might must ought
+not n't very too also just only even ever never still already again
+i'm i've i'll i'd you're you've you'll you'd he's he'll he'd she's she'll she'd
+it's it'll we're we've we'll we'd they're they've they'll they'd that's there's here's
+what's who's let's isn't aren't wasn't weren't hasn't haven't hadn't doesn't don't didn't
+won't wouldn't shan't shouldn't can't cannot couldn't mustn't mightn't
+""".split())

@@ -55,7 +55,8 @@ def test_a_pass_through_verb_returns_its_programs_exit_status(tmp_path):
 
 
 def test_the_command_line_loads_without_k2_or_lhotse():
-    assert lhotse_or_k2_imported_by("rescorer.cli", "rescorer.stages.tune", "rescorer.stages.rescore") == ""
+    assert lhotse_or_k2_imported_by("rescorer.cli", "rescorer.stages.tune", "rescorer.stages.rescore",
+                                    "rescorer.stages.word_lists") == ""
     r = subprocess.run([sys.executable, "-m", "rescorer", "--help"], capture_output=True, text=True, timeout=120,
                        cwd=REPO)
     assert r.returncode == 0 and r.stdout.startswith("Usage: rescorer ")
@@ -86,7 +87,7 @@ def test_recipes_call_the_package_only_through_rescorer_verbs():
                 used.add(verb)
     # every stage the recipes run goes through its verb
     for v in [("segments",), ("export-asr",), ("graphs",), ("train", "embeddings"), ("train", "asr"), ("decode",),
-              ("tune",), ("wer", "collect"), ("config-flags",), ("lattices", "pocketsphinx")]:
+              ("tune",), ("wer", "collect"), ("config-flags",), ("lattices", "pocketsphinx"), ("word-lists",)]:
         assert v in used, f"no recipe runs rescorer {' '.join(v)}"
 
 

@@ -398,6 +398,59 @@ def test_kernels_available_needs_cuda():
         assert ops.kernels_available() is False
 
 
+# ------------------------------------------------------------------ top-k: the fast torch path
+
+def _hard_topk_inputs(dtype):
+    """Random rows plus every case the fast path must hand back to packing: exact duplicates
+    (ties across the k-th place), zero rows and a zero query (all-equal cosines), -0.0 vs
+    +0.0, NaN and inf rows, a NaN query."""
+    g = torch.Generator().manual_seed(11)
+    w = torch.randn(3000, 12, generator=g)
+    w[100:140] = w[3]  # 41 equal rows
+    w[500:520] = 0.0
+    w[600, 0] = float("nan")
+    w[601, 1] = float("inf")
+    w[2999] = -w[5]
+    q = torch.randn(8, 12, generator=g)
+    q[0] = w[3] * 3  # its best 41 are one tie
+    q[1] = 0.0
+    q[2, 4] = float("nan")
+    q[3] = -0.0
+    q[4] = w[5]
+    return q.to(dtype), w.to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.float64])
+@pytest.mark.parametrize("metric", METRICS)
+@pytest.mark.parametrize("k, chunk", [(1, None), (5, 700), (40, 333), (60, 50), (3000, 1024), (3005, None)])
+def test_fast_topk_returns_exactly_the_reference(dtype, metric, k, chunk):
+    """The path CPU searches dispatch to (float top-k + a tie check) returns the packed
+    reference's values and indices bit for bit, ties and NaN included."""
+    q, w = _hard_topk_inputs(dtype)
+    ref_v, ref_i = ops.topk_nearest_reference(q, w, k, metric, chunk=chunk)
+    got_v, got_i = ops._topk_fast(q, w, k, metric, chunk)
+    assert torch.equal(got_i, ref_i)
+    torch.testing.assert_close(got_v, ref_v, rtol=0, atol=0, equal_nan=True)
+    if k == 40 and metric == "cosine" and dtype == torch.float32:
+        assert got_i[0, :41 if k > 41 else k].tolist() == [3] + list(range(100, 139))  # the tie, by index
+    # the entry points use it on CPU, with the index's precomputed norms too
+    v2, i2 = ops.NearestIndex(w, metric).search(q, k, chunk=chunk)
+    assert torch.equal(i2, ref_i)
+
+
+def test_fast_topk_avoids_packing_scores_of_untied_rows(monkeypatch):
+    """Packing (int64 keys for every score) is what made the reference slow: the fast path
+    packs only k candidates of an untied row."""
+    g = torch.Generator().manual_seed(3)
+    q, w = torch.randn(4, 16, generator=g), torch.randn(5000, 16, generator=g)
+    packed = []
+    real = ops._pack
+    monkeypatch.setattr(ops, "_pack", lambda key, *a: packed.append(key.numel()) or real(key, *a))
+    got = ops._topk_fast(q, w, 5, "cosine", 1000)
+    assert max(packed) == 4 * 5
+    assert all(torch.equal(a, b) for a, b in zip(got, ops.topk_nearest_reference(q, w, 5, "cosine", chunk=1000)))
+
+
 # ------------------------------------------------------------------ NearestIndex
 
 @pytest.mark.parametrize("dtype", ALL_DTYPES + [torch.float64])

@@ -181,7 +181,10 @@ def _cap_lattice(**kw):
 
 
 def _cap_rescorer(**cfg):
-    r = _rescorer(**{"oov_topk": 2, "oov_min_similarity": 0.5, **cfg})
+    """A rescorer with the rule before abstention (``oov_margin`` None: no margin, no guards):
+    these tests are about which spans get proposals, caching and the new arcs, and propose
+    short words ("on") that the guards would hold back. Abstention: test_rescore_abstain.py."""
+    r = _rescorer(**{"oov_topk": 2, "oov_min_similarity": 0.5, "oov_margin": None, **cfg})
     r.set_vocabulary(VOCAB)
     return r
 

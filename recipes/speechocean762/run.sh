@@ -12,7 +12,8 @@
 #   4  train the embedder and the CTC model, then the attention model  -> exp/embeddings, exp/ctc, exp/attention
 #   5  decode dev (CTC lattices; attention beam and rescoring)          -> exp/decode_dev_{ctc,attention}
 #   6  pocketsphinx lattices of dev (the external decoder)              -> exp/pocketsphinx
-#   7  rescore CTC and pocketsphinx lattices (2-fold over speakers)     -> exp/wer.json
+#   7  rescore CTC and pocketsphinx lattices (2-fold over speakers),
+#      with OOV recovery from the large and the dev context word list   -> exp/word_lists, exp/wer.json
 #   8  WER table                                                        -> exp/wer.json (printed)
 RECIPE_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source "$RECIPE_DIR/../lib.sh"
@@ -61,9 +62,17 @@ if run_stage 7; then
       --dev-features exp/asr_data/dev.pt --decode-metrics exp/decode_dev_ctc/metrics.json --attention-model-dir exp/attention
     touch exp/.rescored_ctc
   fi
+  word_lists dev
+  lists=(--word-list exp/word_lists/large.txt --context-list exp/word_lists/context_dev.txt)
+  if [ ! -f exp/.rescored_ctc_oov ]; then
+    tune rescore_oov speechocean762_dev --cross-validate --dev-lattices exp/decode_dev_ctc/word_lattices.pt \
+      --dev-features exp/asr_data/dev.pt --decode-metrics exp/decode_dev_ctc/metrics.json "${lists[@]}"
+    touch exp/.rescored_ctc_oov
+  fi
   if [ ! -f exp/.rescored_pocketsphinx ]; then
     tune rescore_pocketsphinx speechocean762_dev --cross-validate --prefix pocketsphinx_ \
-      --dev-lattices exp/pocketsphinx/lattices --dev-features exp/asr_data/dev.pt --decode-metrics exp/pocketsphinx/summary.json
+      --dev-lattices exp/pocketsphinx/lattices --dev-features exp/asr_data/dev.pt --decode-metrics exp/pocketsphinx/summary.json \
+      "${lists[@]}"
     touch exp/.rescored_pocketsphinx
   fi
   rescore_ctc speechocean762_dev --cross-validate --dev-lattices exp/decode_dev_ctc/word_lattices.pt \

@@ -11,6 +11,7 @@
 #   5  decode dev and test: CTC greedy, HLG 1-best, lattice oracle,
 #      word lattices; attention beam search and attention rescoring     -> exp/decode_{dev,test}_{ctc,attention}
 #   6  rescore the CTC lattices (scales tuned on dev, applied to test)  -> exp/wer.json, exp/embeddings/rescorer.json
+#      and OOV recovery from the large list and the context lists     -> exp/word_lists, exp/wer.json
 #   7  WER table                                                        -> exp/wer.json (printed)
 RECIPE_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source "$RECIPE_DIR/../lib.sh"
@@ -43,6 +44,7 @@ fi
 if run_stage 6; then
   log "stage 6: embedding rescoring of the CTC lattices"
   rescore_test synthetic
+  rescore_oov_test synthetic
   rescore_ctc synthetic --dev-lattices exp/decode_dev_ctc/word_lattices.pt --dev-features exp/asr_data/dev.pt \
     --test-lattices exp/decode_test_ctc/word_lattices.pt --test-features exp/asr_data/test.pt \
     --decode-metrics exp/decode_test_ctc/metrics.json

@@ -34,17 +34,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 
-from rescorer.text import NotAWordError, normalize_word
+from rescorer.formats.word_list import WordListError
 from rescorer.tokens import BLANK_ID, BOUNDARY_ID, TOKENS, TokenError, words_to_token_ids
 
 
-class WordListError(ValueError):
-    """A word list that cannot be spotted (the message names the file, line or word)."""
 
 
 @dataclass(frozen=True)
@@ -86,29 +83,6 @@ class SpottingResult:
     @property
     def word_sequence(self) -> List[str]:
         return [w.word for w in self.words]
-
-
-def read_word_list(path: Union[str, Path]) -> List[str]:
-    """Words of a word-list file (one word per line; blank lines and ``#`` comments skipped),
-    normalised (``rescorer.text``) and de-duplicated in order. A line holding several
-    words, a token that is not a word, or an empty list is an error naming the file and line."""
-    path = Path(path)
-    if not path.is_file():
-        raise WordListError(f"{path}: no such word list")
-    words: List[str] = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        s = line.strip()
-        if not s or s.startswith("#"):
-            continue
-        if len(s.split()) != 1:
-            raise WordListError(f"{path}:{n}: one word per line, got {s!r}")
-        try:
-            words.append(normalize_word(s))
-        except NotAWordError as e:
-            raise WordListError(f"{path}:{n}: {e}") from None
-    if not words:
-        raise WordListError(f"{path}: no words")
-    return list(dict.fromkeys(words))
 
 
 def spelling(word: str) -> List[int]:

@@ -78,6 +78,9 @@ def recovery_counts(refs, base_hyps, new_hyps, train_vocab) -> Dict[str, float]:
             "oov_precision": proposed_right / proposed if proposed else None}
 
 
+_UNSET = object()  # a grid without the margin: the rescorer's own
+
+
 def _hyp_words(hyp) -> List[str]:
     return [w.word for w in hyp.words]
 
@@ -94,8 +97,9 @@ class PreparedLattice:
     @classmethod
     def compute(cls, rescorer, lat, feats, recover: bool) -> "PreparedLattice":
         t0 = time.perf_counter()
-        # one check of the lattice, each distinct span embedded once for recovery and scoring
-        lattice, awe, recovered = rescorer.embedding_scores(lat, feats, recover=recover)
+        # one check of the lattice, each distinct span embedded once for recovery and scoring;
+        # every OOV proposal is kept with its evidence, so each config abstains at decoding
+        lattice, awe, recovered = rescorer.embedding_scores(lat, feats, recover=recover, abstain_at_decoding=recover)
         return cls(lattice, awe, recovered, time.perf_counter() - t0)
 
     def decode(self, rescorer, config) -> List[str]:
@@ -121,7 +125,8 @@ def prepare_all(rescorer, lattices: Dict[str, object], feats: Dict[str, torch.Te
     bar = tqdm(total=len(lattices), desc="embedding scores" + (" + OOV recovery" if recover else ""), disable=not progress)
     for batch in batches:
         t0 = time.perf_counter()
-        results = rescorer.embedding_scores_batch([lattices[u] for u in batch], [feats[u] for u in batch], recover=recover)
+        results = rescorer.embedding_scores_batch([lattices[u] for u in batch], [feats[u] for u in batch], recover=recover,
+                                                  abstain_at_decoding=recover)
         share = (time.perf_counter() - t0) / len(batch)
         for uid, (lat, awe, recovered) in zip(batch, results):
             out[uid] = PreparedLattice(lat, awe, recovered, share)
@@ -143,25 +148,35 @@ def tune(
     word_insertion_penalties: Iterable[float],
     train_vocab: Optional[set] = None,
     oov_lm_scores: Optional[Iterable[float]] = None,
+    oov_margins: Optional[Iterable[Optional[float]]] = None,
 ) -> Tuple[object, List[dict]]:
     """Grid search on dev; returns (best RescoreConfig, curve rows {awe_scale, lm_scale, wip, wer}).
 
     ``oov_lm_scores`` (for lattices with recovered arcs) adds the LM cost of a recovered
     word to the grid (rows then carry ``oov_lm_score``); default: the rescorer's own.
+    ``oov_margins`` likewise adds recovery's abstention margin (``RescoreConfig.oov_margin``;
+    None in the grid: the rule before abstention), applied at decoding to lattices
+    prepared with every proposal (rows carry ``oov_margin``). Ties keep the earlier grid point.
     """
     uids = sorted(prepared)
     curve, best = [], None
     oov_grid = [None] if oov_lm_scores is None else [float(x) for x in oov_lm_scores]
-    for a, l, w, o in itertools.product(list(awe_scales), list(lm_scales), list(word_insertion_penalties), oov_grid):
+    margin_grid = [_UNSET] if oov_margins is None else [None if x is None else float(x) for x in oov_margins]
+    for a, l, w, o, mg in itertools.product(list(awe_scales), list(lm_scales), list(word_insertion_penalties), oov_grid,
+                                            margin_grid):
         cfg = replace(rescorer.config, awe_scale=float(a), lm_scale=float(l), word_insertion_penalty=float(w))
         if o is not None:
             cfg = replace(cfg, oov_lm_score=o)
+        if mg is not _UNSET:
+            cfg = replace(cfg, oov_margin=mg)
         hyps = decode_all(rescorer, prepared, cfg)
         m = compute_wer([refs[u] for u in uids], [hyps[u] for u in uids], train_vocab)
         row = {"awe_scale": a, "lm_scale": l, "word_insertion_penalty": w, "wer": m["wer"],
                "iv_wer": m.get("iv_wer"), "oov_wer": m.get("oov_wer")}
         if o is not None:
             row["oov_lm_score"] = o
+        if mg is not _UNSET:
+            row["oov_margin"] = mg
         curve.append(row)
         if best is None or m["wer"] < best[0] - 1e-12:
             best = (m["wer"], cfg)

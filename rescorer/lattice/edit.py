@@ -3,7 +3,8 @@
 No function here modifies its input lattice or symbol table. The per-arc attributes of
 ``word_lattice`` (spans, am / lm scores) travel with every arc; arcs added by OOV
 recovery also carry ``oov_lm_arcs`` (which of them take the OOV LM cost when the lattice
-is scored, ``scores.with_scores``).
+is scored, ``scores.with_scores``) and ``oov_advantage`` (how far each proposal beat the arc
+it stands beside; scoring drops those below the required margin).
 
 - ``add_arcs``: extra arcs between existing states, with their attributes;
 - ``new_arc_mask``: which proposed arcs are new (not in the lattice, not repeated);
@@ -53,7 +54,8 @@ def add_arcs(lat: WordLattice, rows, attrs: Dict[str, object], words=None) -> Wo
     """A new lattice with extra arcs ``rows`` (src, dst, label) between existing states.
 
     ``attrs``: ``start_frame``, ``end_frame``, ``am_scores``, ``lm_scores`` of the new arcs,
-    optionally ``oov_lm_arcs`` (which of them carry the OOV LM cost). ``words``: the
+    optionally ``oov_lm_arcs`` (which of them carry the OOV LM cost) and ``oov_advantage``
+    (the evidence ``scores.with_scores`` abstains on; arcs without one get +inf). ``words``: the
     symbol table of the result (default the lattice's; a larger one for new words).
     States keep their numbers (so topological order and the final state are unchanged);
     arcs are stably re-sorted by source state as k2 requires (each state's old arcs first).
@@ -91,6 +93,11 @@ def add_arcs(lat: WordLattice, rows, attrs: Dict[str, object], words=None) -> Wo
         old_oov = torch.zeros(fsa.num_arcs, dtype=torch.bool)
     new_oov = torch.as_tensor(attrs.get("oov_lm_arcs", torch.zeros(rows.shape[0], dtype=torch.bool))).bool()
     new_fsa.oov_lm_arcs = torch.cat([old_oov.cpu(), new_oov.cpu()])[order].to(torch.int32)
+    old_adv = getattr(fsa, "oov_advantage", None)
+    if "oov_advantage" in attrs or old_adv is not None:  # arcs without a value always pass (+inf)
+        old_adv = torch.full((fsa.num_arcs,), float("inf")) if old_adv is None else old_adv.float().cpu()
+        new_adv = torch.as_tensor(attrs.get("oov_advantage", torch.full((rows.shape[0],), float("inf")))).float().reshape(-1)
+        new_fsa.oov_advantage = torch.cat([old_adv, new_adv.cpu()])[order]
     meta = dict(lat.meta)
     meta["oov_recovery_arcs"] = meta.get("oov_recovery_arcs", 0) + int(rows.shape[0])
     return WordLattice(new_fsa, lat.frame_shift, lat.words if words is None else words, lat.utterance_id, meta)

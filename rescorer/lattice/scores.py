@@ -11,7 +11,8 @@ rescorer attaches as the per-arc attribute ``awe_scores``, absent before rescori
 only by CTC fusion, ``rescorer.rescore_ctc``). Arcs
 that OOV recovery added with the LM cost of a word the LM lacks (per-arc ``oov_lm_arcs``)
 take their LM score from the caller at combination time, so that cost is tuned like
-the scales without redoing the recovery.
+the scales without redoing the recovery; likewise arcs whose recovery evidence
+(``oov_advantage``) is below the caller's required margin are dropped (score -inf) there.
 
 ``Scales`` is the one representation of the weights; a lattice records the ones its
 ``scores`` were combined with in ``meta["scales"]`` as a dict (``Scales.to_dict``).
@@ -85,13 +86,15 @@ def oov_lm_arcs(fsa) -> Optional[torch.Tensor]:
 
 
 def with_scores(lat, scales: Scales, awe: Optional[torch.Tensor] = None, oov_lm_score: Optional[float] = None,
-                ctc: Optional[torch.Tensor] = None):
+                ctc: Optional[torch.Tensor] = None, min_oov_advantage: Optional[float] = None):
     """A copy of ``lat`` whose ``scores`` are combined under ``scales`` (recorded in ``meta``).
 
     ``awe``: per-arc embedding scores, set as ``awe_scores`` and weighted by
     ``scales.awe_scale`` (None: no embedding term). ``oov_lm_score``: the LM score of the
     arcs recovery marked (``oov_lm_arcs``), written into their ``lm_scores`` first.
     ``ctc``: per-arc CTC spelling scores, set as ``ctc_scores`` and weighted by ``scales.ctc_scale``.
+    ``min_oov_advantage``: arcs whose ``oov_advantage`` (recovery's evidence) is below it
+    get score -inf, i.e. no path takes them (recovery abstains there; None: none dropped).
     The input lattice is not modified.
     """
     from rescorer.lattice.word_lattice import WordLattice
@@ -104,8 +107,12 @@ def with_scores(lat, scales: Scales, awe: Optional[torch.Tensor] = None, oov_lm_
         fsa.lm_scores = torch.where(oov, torch.full_like(fsa.lm_scores, float(oov_lm_score)), fsa.lm_scores)
     if ctc is not None:
         fsa.ctc_scores = ctc.to(device=fsa.scores.device, dtype=torch.float32)
-    fsa.scores = combine(scales, fsa.am_scores, fsa.lm_scores, fsa.labels, None if awe is None else fsa.awe_scores,
-                         None if ctc is None else fsa.ctc_scores).to(torch.float32)
+    scores = combine(scales, fsa.am_scores, fsa.lm_scores, fsa.labels, None if awe is None else fsa.awe_scores,
+                     None if ctc is None else fsa.ctc_scores)
+    adv = getattr(fsa, "oov_advantage", None)
+    if adv is not None and min_oov_advantage is not None:
+        scores = scores.masked_fill(adv.to(scores.device) < float(min_oov_advantage), float("-inf"))
+    fsa.scores = scores.to(torch.float32)
     meta = dict(lat.meta)
     meta["scales"] = scales.to_dict()
     return WordLattice(fsa, lat.frame_shift, lat.words, lat.utterance_id, meta)

@@ -7,6 +7,7 @@ One module per stage, each a function of plain arguments that a recipe step runs
 - ``rescore``: sharded, resumable rescoring of a lattice file or directory (``rescorer rescore``).
 - ``tune``: scale tuning on dev (or cross-validation over dev speakers), report on held-out
   data, and the tuned scales written beside the embedder (``rescorer tune``).
+- ``word_lists``: the large and context word lists for OOV recovery, as files (``rescorer word-lists``).
 - ``collect_wer``: the decoders' results merged into a WER file (``rescorer wer collect``).
 
 Training, graph building and decoding keep their own ``main(argv)`` in their packages;

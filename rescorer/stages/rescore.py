@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from rescorer.corpora.text_sources import large_word_list
 from rescorer.formats.utterances import read_utterance_features
+from rescorer.formats.word_list import WordListError, read_word_list
 from rescorer.lattice.word_lattice import load_word_lattices, prune, save_word_lattices
 from rescorer.rescore import Rescorer, batches_by_frames
 from rescorer.stages import StageError
@@ -41,6 +42,7 @@ def rescore_lattices(
     features,
     out_dir,
     recover_oov: bool = False,
+    word_list=None,
     word_list_size: int = 200000,
     device: Optional[str] = None,
     prune_posterior: float = 1e-4,
@@ -55,13 +57,19 @@ def rescore_lattices(
     """Rescore this rank's share of ``lattices``; rank and world size default to torchrun's RANK/WORLD_SIZE.
 
     A bad lattice or an utterance without features costs that utterance only (listed in
-    the rank's errors file); a missing model or tuned configuration is a StageError.
+    the rank's errors file); a missing model or tuned configuration, or a bad word list, is
+    a StageError. ``word_list``: OOV recovery's list file (``formats.word_list``; default
+    the first ``word_list_size`` words of ``large_word_list``).
     Utterances are rescored in batches of at most ``batch_frames`` padded feature frames
     (the embedder runs once per batch; 0: one utterance at a time); the hypotheses are part
     of the output after each batch.
     """
     rank = int(os.environ.get("RANK", 0)) if rank is None else rank
     world = int(os.environ.get("WORLD_SIZE", 1)) if world_size is None else world_size
+    try:  # a bad list is named before any work
+        listed = read_word_list(word_list) if recover_oov and word_list else None
+    except WordListError as e:
+        raise StageError(str(e)) from e
     outdir = Path(out_dir)
     outdir.mkdir(parents=True, exist_ok=True)
     lats = load_word_lattices(lattices)
@@ -71,7 +79,7 @@ def rescore_lattices(
         raise StageError(str(e)) from e
     feats = read_utterance_features(features, expect=rescorer.feature_spec).by_id()
     if recover_oov:
-        rescorer.set_vocabulary(large_word_list(word_list_size))
+        rescorer.set_vocabulary(listed if word_list else large_word_list(word_list_size))
     part_txt = outdir / f"hyps.{rank}.txt"
     done = {}
     if part_txt.exists():

@@ -7,13 +7,19 @@ split in two halves (seeded); each half is decoded with the scales tuned on the 
 half, and the pooled result is reported, so no reported hypothesis was tuned on itself.
 
 Methods written (under ``prefix``): ``awe_rescore`` (embedding scores on every arc),
-``awe_rescore_oov_recovery`` (plus nearest-spelling alternatives from a large word list),
-``awe_plus_attention`` (with ``attention_model_dir``: the embedding-rescored lattice's
+``awe_rescore_oov_recovery`` (plus nearest-spelling alternatives from a large word list:
+``word_list``, a word-list file such as ``rescorer word-lists``' large.txt, or else the
+first ``word_list_size`` words of ``large_word_list``), ``awe_rescore_context_list`` (the
+same from a context list: ``context_list`` for dev, ``test_context_list`` for test, each
+split's own OOV words among distractors), ``awe_plus_attention`` (with ``attention_model_dir``: the embedding-rescored lattice's
 n-best rescored by an attention decoder, ``rescorer.second_pass``; weight tuned on dev),
 ``ctc_word_spotting`` and ``awe_ctc_rescore`` (with ``ctc_model_dir``; ``rescorer.stages.tune_ctc``:
 CTC word spotting over ``word_list``, and embedding + CTC spelling scores with recovery from both),
-each with wer, iv_wer, oov_wer, oov_tokens_recovered, iv_tokens_broken and
-rescoring_seconds_per_decode_second; and ``<prefix>baseline_tuned`` (same scales grid,
+each with wer, iv_wer, oov_wer, the OOV accounting of ``recovery_counts`` (oov_recall,
+oov_precision, oov_tokens_proposed, iv_tokens_broken), rescoring_seconds_per_decode_second
+and, for the two recovery methods, the list (``word_list``, ``word_list_size``) and the
+chosen abstention margin in ``scales`` (tuned on dev with ``oov_margins``, None being the
+rule before abstention, with the scales and ``oov_lm_scores``); and ``<prefix>baseline_tuned`` (same scales grid,
 embedding weight 0) so the gain is measured against an equally tuned decoder, and
 ``<prefix>lattice_1best`` (the lattice's own best path).
 
@@ -21,7 +27,9 @@ Outputs: the methods merged into the WER file ``out`` (with one provenance recor
 corpus, prefix and methods), the dev tuning curve beside it
 (``rescore_tuning_<corpus>_<prefix or lattices>.json`` + .png), and with ``save_config``
 the chosen scales in the model directory (``rescorer.json``, or
-``rescorer_<prefix>.json`` for another decoder's lattices), which ``Rescorer.from_dir`` reads.
+``rescorer_<prefix>.json`` for another decoder's lattices), which ``Rescorer.from_dir`` reads:
+``awe_rescore``'s scales and the recovery methods' margin and OOV LM cost (the large list's
+if both ran). A run of recovery methods alone keeps the scales that file already holds.
 """
 
 from __future__ import annotations
@@ -42,6 +50,7 @@ import torch
 from rescorer.corpora.text_sources import large_word_list
 from rescorer.evaluation.rescoring import evaluate, plot_tuning_curve, prepare_all, recovery_counts, tune
 from rescorer.formats.utterances import read_utterance_features
+from rescorer.formats.word_list import WordListError, read_word_list
 from rescorer.lattice.word_lattice import best_path_hypothesis, load_word_lattices, prune
 from rescorer.rescore import Rescorer
 from rescorer.second_pass import AttentionScorer, attention_candidates, pick_best
@@ -51,7 +60,9 @@ from rescorer.wer import compute_wer
 
 log = logging.getLogger(__name__)
 
-METHODS = ("awe_rescore", "awe_rescore_oov_recovery", "awe_plus_attention", "ctc_word_spotting", "awe_ctc_rescore")
+METHODS = ("awe_rescore", "awe_rescore_oov_recovery", "awe_rescore_context_list", "awe_plus_attention",
+           "ctc_word_spotting", "awe_ctc_rescore")
+RECOVERY_METHODS = ("awe_rescore_oov_recovery", "awe_rescore_context_list")
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -84,6 +95,11 @@ class TuneSettings:
     prefix: str = ""  # method name prefix, e.g. pocketsphinx_
     methods: Optional[Tuple[str, ...]] = None  # None: the embedding methods of METHODS (not the CTC ones)
     oov_lm_scores: Optional[Tuple[float, ...]] = None  # OOV recovery: LM costs of a recovered word to tune
+    oov_margins: Optional[Tuple[Optional[float], ...]] = None  # OOV recovery: abstention margins to tune (None: old rule)
+    word_list: Optional[str] = None  # awe_rescore_oov_recovery's list file (default: large_word_list(word_list_size));
+    # also the words ctc_word_spotting spots and awe_ctc_rescore's recovery searches
+    context_list: Optional[str] = None  # awe_rescore_context_list's list file for dev
+    test_context_list: Optional[str] = None  # ... for test (default: context_list)
     attention_model_dir: Optional[str] = None  # joint CTC/attention model for awe_plus_attention
     device: Optional[str] = None
     save_config: bool = False
@@ -91,7 +107,6 @@ class TuneSettings:
     span_encoding: str = "auto"  # Rescorer's span_encoding: auto, one_pass, isolated
     # CTC methods (rescorer.stages.tune_ctc)
     ctc_model_dir: Optional[str] = None  # the CTC model whose log-probs are spotted / score spellings
-    word_list: Optional[str] = None  # one word per line: spotted, and searched by OOV recovery in awe_ctc_rescore
     ctc_scales: Tuple[float, ...] = (0.0, 0.25, 0.5, 1.0, 2.0)
     ctc_norms: Tuple[str, ...] = ("none", "frame", "token")
     ws_bonuses: Tuple[float, ...] = (1.0, 2.0, 3.0, 4.0)  # ctc_word_spotting: per-token bonus grid
@@ -102,8 +117,9 @@ class TuneSettings:
     ws_token_weight: float = 0.5
 
     def __post_init__(self):
-        if self.methods is None:
-            object.__setattr__(self, "methods", tuple(m for m in METHODS if m not in CTC_METHODS))
+        if self.methods is None:  # every method whose inputs are given (the CTC methods when asked for)
+            object.__setattr__(self, "methods", tuple(m for m in METHODS if m not in CTC_METHODS
+                                                      and (m != "awe_rescore_context_list" or self.context_list)))
         if not self.cross_validate and not (self.test_lattices and self.test_features):
             raise StageError("test lattices and test features are needed (or cross-validation over dev speakers)")
         unknown = [m for m in self.methods if m not in METHODS]
@@ -118,6 +134,10 @@ class TuneSettings:
             raise StageError(f"{', '.join(ctc)} need the CTC model (--ctc-model-dir exp/ctc)")
         if "ctc_word_spotting" in self.methods and not self.word_list:
             raise StageError("ctc_word_spotting needs a word list (--word-list FILE, one word per line)")
+        if "awe_rescore_context_list" in self.methods and not self.context_list:
+            raise StageError("awe_rescore_context_list needs a context list (--context-list FILE, e.g. from rescorer word-lists)")
+        if self.test_context_list and self.cross_validate:
+            raise StageError("cross-validation over dev speakers uses the dev context list only: drop --test-context-list")
 
 
 def _features(path, spec):
@@ -255,24 +275,31 @@ def _tune_and_evaluate(s: TuneSettings):
                                               test_feats, test_refs, missing, decode_seconds, prune_seconds)
         results.update(ctc_results)
         curves.update(ctc_curves)
-    for method, recover in (("awe_rescore", False), ("awe_rescore_oov_recovery", True)):
+    for method in ("awe_rescore",) + RECOVERY_METHODS:
         if method not in wanted:
             continue
+        recover = method in RECOVERY_METHODS
+        lists = _word_lists(method, s) if recover else None
         if recover:
-            log.info("embedding a %d-word list for OOV recovery", s.word_list_size)
-            rescorer.set_vocabulary(large_word_list(s.word_list_size))
+            log.info("%s: embedding the %d-word list %s", method, len(lists["dev"]), lists["dev_name"])
+            rescorer.set_vocabulary(lists["dev"])
         pooled_refs, pooled_base, pooled_hyps, seconds, chosen = [], [], [], prune_seconds, []
         pooled_base_tuned = []
         pooled_att, att_seconds, att_chosen = [], 0.0, []
         with_attention = not recover and attention is not None
         # embedding scores are computed once per lattice and shared by the folds
         prep_dev = prepare_all(rescorer, dev_lats, dev_feats, recover=recover, batch_frames=s.batch_frames)
+        if recover and not s.cross_validate and lists["test"] is not lists["dev"]:
+            log.info("%s: embedding the %d-word list %s for test", method, len(lists["test"]), lists["test_name"])
+            rescorer.set_vocabulary(lists["test"])
         prep_test = prep_dev if s.cross_validate else prepare_all(rescorer, folds[0][1], test_feats, recover=recover,
                                                                   batch_frames=s.batch_frames)
         for k, (tune_lats, eval_lats) in enumerate(folds):
             prep_tune = {u: prep_dev[u] for u in tune_lats}
             oov_grid = [float(x) for x in s.oov_lm_scores] if recover and s.oov_lm_scores else None
-            best, curve = tune(rescorer, prep_tune, dev_refs, train_vocab=train_vocab, oov_lm_scores=oov_grid, **grid)
+            margins = list(s.oov_margins) if recover and s.oov_margins else None
+            best, curve = tune(rescorer, prep_tune, dev_refs, train_vocab=train_vocab, oov_lm_scores=oov_grid,
+                               oov_margins=margins, **grid)
             base_best, _ = tune(rescorer, prep_tune, dev_refs, awe_scales=[0.0], lm_scales=grid["lm_scales"],
                                 word_insertion_penalties=grid["word_insertion_penalties"], train_vocab=train_vocab)
             curves[f"{method}_fold{k}"] = curve
@@ -312,6 +339,10 @@ def _tune_and_evaluate(s: TuneSettings):
 
         chosen_by_method[method] = chosen
         extra = {"rescoring_seconds": round(seconds, 2), "scales": chosen}
+        if recover:
+            extra.update(word_list=lists["dev_name"], word_list_size=len(lists["dev"]))
+            if not s.cross_validate and lists["test"] is not lists["dev"]:
+                extra.update(test_word_list=lists["test_name"], test_word_list_size=len(lists["test"]))
         if decode_seconds:
             extra["rescoring_seconds_per_decode_second"] = round(seconds / decode_seconds, 4)
         results[s.prefix + method] = summarise(pooled_hyps, extra)
@@ -338,11 +369,41 @@ def _tune_and_evaluate(s: TuneSettings):
         (k for k in sorted(curves) if k.endswith("fold0") and curves[k] and "awe_scale" in curves[k][0]), None)
     if key is not None:
         plot_tuning_curve(curves[key], res_dir / f"rescore_tuning_{tag}.png", f"{s.corpus}: dev WER vs embedding weight")
-    # the chosen scales (fold 0, or the only fold) travel with the model
-    chosen = chosen_by_method.get("awe_rescore") or next(iter(chosen_by_method.values()), None)
+    # the chosen scales (fold 0, or the only fold) travel with the model: awe_rescore's; a run of
+    # recovery methods alone keeps the scales already tuned for the model (or, if none, takes its own)
+    chosen = chosen_by_method.get("awe_rescore")
+    if chosen is None:
+        tuned = _tuned_config_path(s)
+        chosen = [json.loads(tuned.read_text())["config"]] if tuned.exists() else next(iter(chosen_by_method.values()), None)
     if chosen:
         rescorer.config = replace(rescorer.config, **{k: chosen[0][k] for k in ("awe_scale", "lm_scale", "word_insertion_penalty")})
+    # and recovery's own choices (its abstention margin and LM cost), from the large list's run if there was one
+    recovery = next((chosen_by_method[m] for m in RECOVERY_METHODS if m in chosen_by_method), None)
+    if recovery:
+        rescorer.config = replace(rescorer.config, **{k: recovery[0][k] for k in ("oov_margin", "oov_lm_score")})
     return results, rescorer
+
+
+def _tuned_config_path(s: TuneSettings) -> Path:
+    """The model's tuned scales for these lattices: rescorer.json, or rescorer_<prefix>.json."""
+    return Path(s.model_dir) / (f"rescorer_{s.prefix.rstrip('_')}.json" if s.prefix else "rescorer.json")
+
+
+def _word_lists(method: str, s: TuneSettings) -> dict:
+    """The lists a recovery method searches: {"dev", "test": word lists, "dev_name", "test_name"}."""
+    try:
+        if method == "awe_rescore_oov_recovery":
+            if s.word_list:
+                words = read_word_list(s.word_list)
+                return {"dev": words, "test": words, "dev_name": s.word_list, "test_name": s.word_list}
+            words = large_word_list(s.word_list_size)
+            name = f"large_word_list({s.word_list_size})"
+            return {"dev": words, "test": words, "dev_name": name, "test_name": name}
+        dev = read_word_list(s.context_list)
+        test = read_word_list(s.test_context_list) if s.test_context_list else dev
+        return {"dev": dev, "test": test, "dev_name": s.context_list, "test_name": s.test_context_list or s.context_list}
+    except WordListError as e:
+        raise StageError(str(e)) from e
 
 
 def tune_rescoring(settings: TuneSettings, command: str = "rescorer tune") -> Dict[str, dict]:
@@ -368,7 +429,7 @@ def tune_rescoring(settings: TuneSettings, command: str = "rescorer tune") -> Di
     out.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
     if s.save_config:
         # the lattices' own decoder's scales: rescorer.json for ours, rescorer_<prefix>.json for others
-        name = f"rescorer_{s.prefix.rstrip('_')}.json" if s.prefix else None
-        path = rescorer.save_config(s.model_dir, {"tuned_by": doc["rescoring_runs"][run_key]}, name=name)
+        path = rescorer.save_config(s.model_dir, {"tuned_by": doc["rescoring_runs"][run_key]},
+                                    name=_tuned_config_path(s).name)
         log.info("tuned scales saved to %s", path)
     return results

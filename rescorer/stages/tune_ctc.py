@@ -26,7 +26,8 @@ from dataclasses import asdict
 from typing import Dict, List, Optional
 
 from rescorer.decoding.ctc_scores import CtcPosteriors
-from rescorer.decoding.word_spotting import SpellingTrie, SpottingConfig, read_word_list
+from rescorer.decoding.word_spotting import SpellingTrie, SpottingConfig
+from rescorer.formats.word_list import read_word_list
 from rescorer.evaluation.ctc_rescoring import prepare_fused_all, spot_all, tune_fused, tune_spotting
 from rescorer.evaluation.rescoring import recovery_counts
 from rescorer.formats.utterances import read_utterance_features
@@ -60,7 +61,7 @@ def ctc_methods(s, rescorer, train_vocab, grid, dev_lats, dev_feats, dev_refs, f
         posteriors = CtcPosteriors.from_dir(s.ctc_model_dir, device=s.device)
     except FileNotFoundError as e:
         raise StageError(str(e)) from e
-    words = read_word_list(s.word_list) if s.word_list else None
+    words = list(read_word_list(s.word_list)) if s.word_list else None
     trie = SpellingTrie(words) if words else None
     if words:
         log.info("word list %s: %d words, %d tree nodes", s.word_list, len(words), len(trie))
