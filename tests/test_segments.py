@@ -82,3 +82,12 @@ def test_wrong_file_is_refused(tmp_path):
     torch.save({"feats": torch.zeros(2, 80)}, tmp_path / "x.pt")
     with pytest.raises(ValueError, match="not a rescorer.word_segments file"):
         read_word_segments(tmp_path / "x.pt")
+
+
+def test_corpus_splits_ignore_feature_manifests_of_any_frontend(tmp_path):
+    from rescorer.corpora.report import corpus_splits
+
+    (tmp_path / "manifests").mkdir()
+    for name in ("train", "dev", "train_fbank", "dev_whisper", "train_whisper"):
+        (tmp_path / "manifests" / f"so_cuts_{name}.jsonl.gz").write_bytes(b"")
+    assert corpus_splits(tmp_path, "so") == ["train", "dev"]

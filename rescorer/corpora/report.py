@@ -11,7 +11,8 @@ SPLIT_ORDER = ("train", "dev", "test")
 
 def corpus_splits(data_dir, corpus: str) -> List[str]:
     found = [p.name[len(f"{corpus}_cuts_") : -len(".jsonl.gz")] for p in (Path(data_dir) / "manifests").glob(f"{corpus}_cuts_*.jsonl.gz")]
-    found = [s for s in found if not s.endswith("_fbank")]
+    # feature manifests are {split}_{frontend} beside {split}: a name extending another is not a split
+    found = [s for s in found if not s.endswith("_fbank") and not any(s.startswith(t + "_") for t in found)]
     return sorted(found, key=lambda s: (SPLIT_ORDER.index(s) if s in SPLIT_ORDER else 99, s))
 
 
