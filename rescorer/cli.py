@@ -499,6 +499,30 @@ def wer_collect_cmd(corpus, decode_metrics, pocketsphinx, out):
     click.echo(json.dumps(entry, indent=1)[:2000])
 
 
+# ------------------------------------------------------------------ evaluate
+
+
+@main.group()
+def evaluate() -> None:
+    """Evaluate trained models."""
+
+
+@evaluate.command("embeddings")
+@click.option("--model-dir", required=True, type=click.Path(exists=True), help="Embedder run (best.pt) or checkpoint.")
+@click.option("--segments", required=True, type=click.Path(dir_okay=False), help="Word segments of the split to evaluate.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="JSON file; the entry goes under --name.")
+@click.option("--name", required=True, help="Entry name, e.g. wordrich_test_pretrained.")
+@click.option("--train-segments", type=click.Path(exists=True, dir_okay=False),
+              help="Training segments defining IV/OOV (default: the vocabulary stored in the checkpoint).")
+def evaluate_embeddings_cmd(model_dir, segments, out, name, train_segments):
+    """Word identification (IV/OOV P@1, 10x list) and AP of an embedder on one split."""
+    from rescorer.stages.evaluate_embeddings import evaluate_embedder
+
+    with _stage_errors():
+        evaluate_embedder(model_dir, segments, out, name, train_segments=train_segments, command=_command_line(),
+                          echo=click.echo)
+
+
 # ------------------------------------------------------------------ recipe config
 
 

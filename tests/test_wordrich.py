@@ -141,6 +141,7 @@ ENGINE_AVAILABLE = {"espeak": HAVE_ESPEAK, "flite": HAVE_FLITE, "festival": HAVE
 
 @needs_lhotse
 @pytest.mark.tts
+@pytest.mark.slow
 @pytest.mark.parametrize("engine_name", ["espeak", "flite", "festival"])
 def test_list_word_spans_hold_their_own_words(tmp_path, engine_name):
     """Each list word's aligned span sounds like that word said alone (same voice and prosody),
