@@ -244,6 +244,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if plan.get("format") != "rescorer.wordrich_plan/1":
             raise ExperimentError(f"{data / 'plan.json'} is not a word-rich corpus plan")
         budget = args.budget or default_budget(plan, counts)
+        if budget < counts[-1]:
+            raise ExperimentError(
+                f"{budget} training segments per condition cannot hold {counts[-1]} word types (one segment each at "
+                f"least); the plan's tiers {plan['config']['type_tiers']} do not balance the counts {counts}: "
+                f"choose counts they balance, or a --budget of {counts[-1]} or more"
+            )
         train_data = load_word_segments(str(data / "segments" / "train.pt"), expect=None)
         list_words = set(plan["train_types"]) | set(plan["held_out"]["dev"]) | set(plan["held_out"]["test"])
         dev = list_word_split(load_word_segments(str(data / "segments" / "dev.pt"), expect=train_data.spec), list_words)

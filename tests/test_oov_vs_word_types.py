@@ -63,7 +63,7 @@ def test_select_copies_the_chosen_segments():
 @pytest.mark.tts
 @pytest.mark.skipif(not (HAVE_ESPEAK and HAVE_LHOTSE and os.path.isfile("/usr/share/dict/american-english")),
                     reason="needs espeak-ng, lhotse and the Debian word list")
-def test_experiment_on_a_tiny_word_rich_corpus(tmp_path, monkeypatch):
+def test_experiment_on_a_tiny_word_rich_corpus(tmp_path, monkeypatch, capsys):
     from rescorer.corpora.wordrich import WordRichConfig, prepare_wordrich
     from rescorer.evaluation import embeddings as ev
     from rescorer.stages.segments import compute_segments
@@ -101,5 +101,8 @@ def test_experiment_on_a_tiny_word_rich_corpus(tmp_path, monkeypatch):
     logs = {n: (tmp_path / "work" / f"types_{n}" / "embeddings" / "log.jsonl").read_text() for n in rows}
     assert script.main(argv) == 0
     assert logs == {n: (tmp_path / "work" / f"types_{n}" / "embeddings" / "log.jsonl").read_text() for n in rows}
-    # a count the plan cannot fill is refused with the reason
+    # counts the plan cannot fill, or that one budget cannot balance, are refused with the reason
     assert script.main([*argv[:5], "64", *argv[6:]]) == 2
+    capsys.readouterr()
+    assert script.main([*argv[:5], "2,32", *argv[6:]]) == 2  # budget min(2 x 4, 32 x 1) = 8 < 32 types
+    assert "8 training segments per condition cannot hold 32 word types" in capsys.readouterr().err
