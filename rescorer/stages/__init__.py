@@ -8,6 +8,7 @@ One module per stage, each a function of plain arguments that a recipe step runs
 - ``tune``: scale tuning on dev (or cross-validation over dev speakers), report on held-out
   data, and the tuned scales written beside the embedder (``rescorer tune``).
 - ``collect_wer``: the decoders' results merged into a WER file (``rescorer wer collect``).
+- ``evaluate_embeddings``: an embedder's P@1 / AP on one split into a JSON file (``rescorer evaluate embeddings``).
 
 Training, graph building and decoding keep their own ``main(argv)`` in their packages;
 the CLI passes arguments through to them. Heavy libraries (k2, lhotse) are imported
