@@ -163,7 +163,10 @@ def run_condition(args, plan, train_data, dev_path: Path, eval_data: WordSegment
                      "segments_per_type of each; carrier and fortunes words excluded",
     }
     entry.update(
-        split="test (list words: held-out test words = OOV, first-tier train words = IV)",
+        split="test, list words",
+        note=(f"word-types experiment (benchmarks/oov_vs_word_types.py): trained on {n_types} list words, "
+              f"{per_type} segments each ({len(subset)} segments, {hours(subset):.2f} h); evaluated on the test "
+              f"split's list words, held-out voices: held-out words (OOV) and first-tier train words (IV)."),
         segments=str(Path(args.data) / "segments" / "test.pt"),
         iv_oov_by=f"the vocabulary of {subset_path}",
         training=training,
@@ -190,6 +193,7 @@ def plot(rows: Dict[int, Dict[str, Any]], path: Path) -> Optional[Path]:
         if any(y is not None for y in ys):
             ax.plot(xs, [float("nan") if y is None else y for y in ys], marker="o", label=label)
     ax.set_xscale("log")
+    ax.minorticks_off()
     ax.set_xticks(xs)
     ax.set_xticklabels([f"{x:,}" for x in xs])
     ax.set_xlabel("training word types (equal segments per condition)")
