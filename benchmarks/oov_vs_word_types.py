@@ -144,7 +144,7 @@ def run_condition(args, plan, train_data, dev_path: Path, eval_data: WordSegment
         t0 = time.time()
         train(config)
         (work / ".done").write_text(f"{time.time() - t0:.1f} s\n")
-    acoustic, letters, _ = load_embedder(run_dir)
+    acoustic, letters, train_config = load_embedder(run_dir)
     result = ev.evaluate_embeddings(acoustic, letters, eval_data, subset.words, distractors=distractors,
                                     max_ap_segments=args.max_ap_segments, seed=args.seed)
     m = result.metrics
@@ -154,6 +154,7 @@ def run_condition(args, plan, train_data, dev_path: Path, eval_data: WordSegment
     entry["more"] = {k: v for k, v in m.items() if k not in TOP_KEYS and k != "counts"}
     entry["counts"] = m["counts"]
     entry["config"] = {
+        **ev.embedder_configuration(acoustic, letters, train_config, data=str(Path(args.data) / "segments" / "test.pt")),
         **info,
         "training_segments": len(subset),
         "training_hours": round(hours(subset), 4),

@@ -91,6 +91,8 @@ def test_wordrich_recipe_end_to_end_and_resumable(tmp_path):
     assert e["counts"]["oov_types"] >= 6 and e["oov_p_at_1"] is not None  # the held-out test words
     assert e["command"].startswith("rescorer evaluate embeddings --model-dir exp/embeddings_wordrich")
     assert {doc[k]["counts"]["train_vocabulary"] for k in doc if k.startswith("so762")} == {4}  # WE CALL IT BEAR
+    assert doc["so762_dev_finetuned"]["config"]["init_from"] == "exp/embeddings_wordrich"
+    assert doc["so762_dev_scratch"]["config"]["init_from"] is None
     # resumable: nothing is synthesized or trained again
     stamp = (fine / "best.pt").stat().st_mtime_ns
     r2 = _run(tmp_path, "--stage", "0", "--stop-stage", "5", "-j", "1", timeout=300)

@@ -40,7 +40,7 @@ def evaluate_embedder(
     try:
         info = ev.read_checkpoint_info(model_dir)
         data = ev.load_segments(segments)
-        acoustic, letters, _ = load_embedder(info["path"])
+        acoustic, letters, train_config = load_embedder(info["path"])
         ev.check_compatible(acoustic, data, source=segments)
         vocab, vocab_source = info["train_vocabulary"], f"training vocabulary stored in {info['path']}"
         if train_segments:
@@ -53,11 +53,13 @@ def evaluate_embedder(
     except ev.EvaluationError as e:
         raise StageError(str(e)) from None
     entry: Dict[str, Any] = {k: result.metrics.get(k) for k in HEADLINE}
+    config = ev.embedder_configuration(acoustic, letters, train_config, data=str(segments))
+    config["init_from"] = (train_config or {}).get("init_from")  # pretrained, then fine-tuned?
     entry.update(
         more={k: v for k, v in result.metrics.items() if k not in HEADLINE and k != "counts"},
         counts=result.metrics["counts"],
+        config=config,
         model=info["path"],
-        model_config=info["config"],
         segments=str(segments),
         iv_oov_by=vocab_source,
         command=command,
