@@ -164,9 +164,10 @@ def evaluate_command(args: argparse.Namespace) -> Dict[str, Any]:
     data = ev.load_segments(str(eval_path))
     ev.check_compatible(acoustic, data, source=str(eval_path))
     kept_rows = None
-    if not args.keep_untrained_ngrams and info["train_vocabulary"]:
-        # what training does after every epoch (--zero-untrained-ngrams); idempotent
-        kept_rows = letters.zero_untrained_buckets_(info["train_vocabulary"])
+    if not args.keep_untrained_ngrams and info["trained_spellings"]:
+        # what training does after every epoch (--zero-untrained-ngrams; a fine-tuned model keeps
+        # the rows of the spellings it was pretrained on too); idempotent
+        kept_rows = letters.zero_untrained_buckets_(info["trained_spellings"])
 
     train_vocab = info["train_vocabulary"]
     vocab_source = f"training vocabulary stored in {info['path']}"

@@ -148,6 +148,34 @@ def prepare_synthetic_cmd(output_dir, config, num_jobs, **opts):
         click.echo(f"{split}: {len(c)} utterances, {sum(x.duration for x in c) / 3600:.2f} h")
 
 
+@prepare.command("wordrich")
+@click.argument("output_dir", type=click.Path(file_okay=False))
+@click.option("--config", type=click.Path(exists=True, dir_okay=False),
+              help="YAML with WordRichConfig fields (top level or a `wordrich` section).")
+@click.option("--seed", type=int)
+@click.option("-j", "--num-jobs", type=int, default=2, show_default=True)
+def prepare_wordrich_cmd(output_dir, config, seed, num_jobs):
+    """Generate the word-type-rich TTS corpus (word-list words in carrier sentences + fortunes) into
+    OUTPUT_DIR (resumable): manifests/wordrich_*, plan.json with the held-out words and voices."""
+    from rescorer.corpora.text_sources import TextSourceError
+    from rescorer.corpora.wordrich import WordRichConfig, load_plan, plan_summary, prepare_wordrich
+
+    d = _load_yaml(config)
+    d = dict(d.get("wordrich", d))
+    if seed is not None:
+        d["seed"] = seed
+    try:
+        m = prepare_wordrich(output_dir, WordRichConfig.from_dict(d), num_jobs=num_jobs)
+    except (ValueError, TextSourceError) as e:  # bad options, a different config for the directory, no word list
+        raise click.ClickException(str(e)) from e
+    summary = plan_summary(load_plan(Path(output_dir) / "plan.json"))
+    for split in ("train", "dev", "test"):
+        c = m[split]["cuts"]
+        s = summary[split]
+        click.echo(f"{split}: {len(c)} of {s['utterances']} utterances, {sum(x.duration for x in c) / 3600:.2f} h, "
+                   f"{s['word_types']} word types ({s['list_word_types']} list words, {s['list_word_tokens']} tokens)")
+
+
 @prepare.command("speechocean762")
 @click.argument("corpus_dir", type=click.Path(exists=True, file_okay=False))
 @click.argument("output_dir", type=click.Path(file_okay=False))
@@ -533,6 +561,30 @@ def wer_collect_cmd(corpus, decode_metrics, pocketsphinx, out):
     with _stage_errors():
         entry = collect_wer(corpus, decode_metrics, pocketsphinx, out, command=_command_line())
     click.echo(json.dumps(entry, indent=1)[:2000])
+
+
+# ------------------------------------------------------------------ evaluate
+
+
+@main.group()
+def evaluate() -> None:
+    """Evaluate trained models."""
+
+
+@evaluate.command("embeddings")
+@click.option("--model-dir", required=True, type=click.Path(exists=True), help="Embedder run (best.pt) or checkpoint.")
+@click.option("--segments", required=True, type=click.Path(dir_okay=False), help="Word segments of the split to evaluate.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="JSON file; the entry goes under --name.")
+@click.option("--name", required=True, help="Entry name, e.g. wordrich_test_pretrained.")
+@click.option("--train-segments", type=click.Path(exists=True, dir_okay=False),
+              help="Training segments defining IV/OOV (default: the vocabulary stored in the checkpoint).")
+def evaluate_embeddings_cmd(model_dir, segments, out, name, train_segments):
+    """Word identification (IV/OOV P@1, 10x list) and AP of an embedder on one split."""
+    from rescorer.stages.evaluate_embeddings import evaluate_embedder
+
+    with _stage_errors():
+        evaluate_embedder(model_dir, segments, out, name, train_segments=train_segments, command=_command_line(),
+                          echo=click.echo)
 
 
 # ------------------------------------------------------------------ recipe config

@@ -388,6 +388,12 @@ def prepare_synthetic(
     else:
         plan = make_plan(cfg)
         atomic_write_text(plan_path, _plan_to_json(plan))
+    return make_audio_and_manifests(plan, out, "synthetic", num_jobs=num_jobs, progress=progress)
+
+
+def make_audio_and_manifests(plan: Plan, out: Path, prefix: str, num_jobs: int = 2, progress: bool = True):
+    """Synthesize what ``plan`` still lacks under ``out/audio`` (failures listed in ``out/failed.json``)
+    and write ``out/manifests/{prefix}_{kind}_{split}.jsonl.gz``; shared by every TTS corpus."""
     audio_dir = out / "audio"
     failures = synthesize_plan(plan, audio_dir, num_jobs=num_jobs, progress=progress)
     if not failures and (out / "failed.json").exists():
@@ -399,7 +405,7 @@ def prepare_synthetic(
     for split in SPLITS:
         recordings, supervisions, cuts = build_manifests(plan, audio_dir, split)
         for kind, m in (("recordings", recordings), ("supervisions", supervisions), ("cuts", cuts)):
-            with atomic_path(out / "manifests" / f"synthetic_{kind}_{split}.jsonl.gz") as tmp:
+            with atomic_path(out / "manifests" / f"{prefix}_{kind}_{split}.jsonl.gz") as tmp:
                 m.to_file(str(tmp))
         manifests[split] = {"recordings": recordings, "supervisions": supervisions, "cuts": cuts}
     return manifests

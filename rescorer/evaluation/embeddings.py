@@ -50,7 +50,7 @@ from rescorer.corpora.text_sources import large_word_list
 from rescorer.formats.word_segments import FORMAT as SEGMENTS_FORMAT
 from rescorer.formats.word_segments import WordSegments, read_word_segments, word_segments_from_dict
 from rescorer.metrics import NoPositivePairsError, crossview_ap, precision_at_k, same_different_ap
-from rescorer.models.checkpoint import CheckpointError, read_embedder_checkpoint
+from rescorer.models.checkpoint import CheckpointError, read_embedder_checkpoint, trained_spellings
 
 PAPER_NOTE = (
     "Bengio & Heigold 2014: 73% P@1 for a 48k-word classifier, 53% when scoring against "
@@ -93,6 +93,8 @@ def read_checkpoint_info(model_dir: str, which: str = "best") -> Dict[str, Any]:
     return {
         "path": str(path),
         "train_vocabulary": ckpt.get("train_vocabulary"),
+        # with the runs it was initialised from: the spellings whose n-gram rows are trained
+        "trained_spellings": trained_spellings(ckpt) if ckpt.get("train_vocabulary") else None,
         "config": ckpt.get("config", {}),
         "epoch": ckpt.get("epoch"),
         "dev_p@1": ckpt.get("dev_p@1"),

@@ -157,6 +157,32 @@ class WordSegments:
         """Per-bin mean and standard deviation over all frames (float64 accumulation)."""
         return feature_stats(self.feats, chunk_frames)
 
+    def select(self, indices: Sequence[int]) -> "WordSegments":
+        """The segments ``indices`` (in that order) as a split of their own: frames copied,
+        the vocabulary reduced to their words (sorted, as every exported split), speakers kept."""
+        idx = torch.as_tensor(list(indices), dtype=torch.long)
+        lengths = self.lengths[idx]
+        offsets = torch.zeros(len(idx) + 1, dtype=torch.long)
+        offsets[1:] = torch.cumsum(lengths, 0)
+        # frame k of the new split comes from offsets[idx[s]] + (k - new offset of s), s its segment
+        seg_of_frame = torch.repeat_interleave(torch.arange(len(idx)), lengths)
+        frame_idx = self.offsets[idx][seg_of_frame] + torch.arange(int(offsets[-1])) - offsets[:-1][seg_of_frame]
+        old_words = self.word_ids[idx].tolist()
+        vocab = sorted({self.words[i] for i in old_words})
+        new_id = {w: i for i, w in enumerate(vocab)}
+        return WordSegments(
+            feats=self.feats[frame_idx],
+            offsets=offsets,
+            word_ids=torch.tensor([new_id[self.words[i]] for i in old_words], dtype=torch.long),
+            words=vocab,
+            speaker_ids=self.speaker_ids[idx].clone(),
+            speakers=list(self.speakers),
+            utterance_ids=[self.utterance_ids[i] for i in idx.tolist()],
+            num_mel_bins=self.num_mel_bins,
+            frame_shift=self.frame_shift,
+            spec=self.spec,
+        )
+
     def to_dict(self) -> Dict[str, object]:
         return {
             "format": FORMAT,

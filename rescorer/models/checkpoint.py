@@ -25,11 +25,12 @@ from __future__ import annotations
 import os
 import pickle
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
 from torch import nn
 
+from rescorer.formats.contract import FBANK
 from rescorer.models.acoustic import AcousticWordEncoder
 from rescorer.models.attention import AttentionModel
 from rescorer.models.ctc import CtcModel
@@ -134,6 +135,55 @@ def read_embedder_checkpoint(
 ) -> Tuple[Path, Dict[str, Any]]:
     """(path, checkpoint dict) of an embedder run or file, without building the models."""
     return _read(location, which, EMBEDDER_FORMAT, "embedder", map_location)
+
+
+def trained_spellings(ckpt: Dict[str, Any]) -> List[str]:
+    """Every spelling an embedder checkpoint was trained on: its run's vocabulary and those of
+    the runs it was initialised from (``train embeddings --init-from``), sorted. Their
+    letter n-gram rows are trained; the others are zeroed (``zero_untrained_buckets_``)."""
+    return sorted(set(ckpt.get("train_vocabulary") or []) | set(ckpt.get("init_vocabulary") or []))
+
+
+def _config_differences(theirs: Dict[str, Any], ours: Dict[str, Any]) -> List[str]:
+    keys = sorted(set(theirs) | set(ours))
+    return [f"{k} ({theirs.get(k, 'absent')!r} there, {ours.get(k, 'absent')!r} here)" for k in keys
+            if theirs.get(k) != ours.get(k)]
+
+
+def init_embedder_from(
+    acoustic: AcousticEncoder, letters: SpellingEncoder, location: PathLike, which: str = "best"
+) -> Tuple[Path, Dict[str, Any]]:
+    """Copy the weights of an embedder checkpoint into freshly built encoders (pretrain, then
+    fine-tune), after checking that both encoders are the same classes with the same
+    constructor arguments: sizes, input frontend and its feature spec. Returns (path, checkpoint).
+    Raises CheckpointError naming every difference otherwise."""
+    path, ckpt = read_embedder_checkpoint(location, which)
+    problems = []
+    for part, kind_key, legacy, config_key, model in (
+        ("acoustic encoder", "acoustic_type", LEGACY_ACOUSTIC_TYPE, "acoustic_config", acoustic),
+        ("spelling encoder", "spelling_type", LEGACY_SPELLING_TYPE, "letters_config", letters),
+    ):
+        kind = ckpt.get(kind_key, legacy)
+        if kind != model.model_type:
+            problems.append(f"{part}: {kind!r} there, {model.model_type!r} here")
+            continue
+        theirs, ours = dict(ckpt[config_key]), dict(model.config)
+        if part == "acoustic encoder":  # an fbank encoder records no spec: it is the default one
+            theirs.setdefault("feature_spec", FBANK.to_json())
+            ours.setdefault("feature_spec", FBANK.to_json())
+            theirs.setdefault("frame_shift", FBANK.frame_shift)
+            ours.setdefault("frame_shift", FBANK.frame_shift)
+        diff = _config_differences(theirs, ours)
+        if diff:
+            problems.append(f"{part} differs in " + ", ".join(diff))
+    if problems:
+        raise CheckpointError(
+            f"{path}: cannot initialise this run from it: " + "; ".join(problems)
+            + " (train with the same encoder sizes, on segments of the same frontend)"
+        )
+    acoustic.load_state_dict(ckpt["acoustic"])
+    letters.load_state_dict(ckpt["letters"])
+    return path, ckpt
 
 
 def load_embedder(

@@ -9,6 +9,7 @@ One module per stage, each a function of plain arguments that a recipe step runs
   data, and the tuned scales written beside the embedder (``rescorer tune``).
 - ``word_lists``: the large and context word lists for OOV recovery, as files (``rescorer word-lists``).
 - ``collect_wer``: the decoders' results merged into a WER file (``rescorer wer collect``).
+- ``evaluate_embeddings``: an embedder's P@1 / AP on one split into a JSON file (``rescorer evaluate embeddings``).
 
 Training, graph building and decoding keep their own ``main(argv)`` in their packages;
 the CLI passes arguments through to them. Heavy libraries (k2, lhotse) are imported

@@ -53,7 +53,15 @@ import torch
 import torch.distributed as dist
 
 from rescorer.metrics import precision_at_k
-from rescorer.models.checkpoint import BEST, LAST, embedder_state, load_checkpoint, save_checkpoint
+from rescorer.models.checkpoint import (
+    BEST,
+    LAST,
+    embedder_state,
+    init_embedder_from,
+    load_checkpoint,
+    save_checkpoint,
+    trained_spellings,
+)
 from rescorer.models.interfaces import AcousticEncoder, SpellingEncoder
 from rescorer.models.letters import DEFAULT_NUM_BUCKETS, SPELLING_VIEWS
 from rescorer.formats.contract import FBANK, FeatureSpec
@@ -123,6 +131,9 @@ class TrainConfig:
     zero_untrained_ngrams: bool = True
     amp: bool = False
     seed: int = 0
+    # fine-tuning: start from another embedder run's (or checkpoint's) best weights, both
+    # encoders; they must be the same classes and sizes for the same frontend and feature spec
+    init_from: Optional[str] = None
     # running
     device: Optional[str] = None  # default: cuda (this rank's GPU) if available, else cpu
     resume: bool = False
@@ -196,10 +207,11 @@ def evaluate(
     return precision_at_k(audio, data.word_ids.to(device), vocab, ks=ks)
 
 
-def _checkpoint_weights(model: JointEmbeddingModel, config: TrainConfig) -> Dict[str, Any]:
+def _checkpoint_weights(model: JointEmbeddingModel, config: TrainConfig, init_vocabulary: List[str]) -> Dict[str, Any]:
     state = embedder_state(model.acoustic, model.letters, dataclasses.asdict(config))
     state["aux_classes"] = None if model.aux_classes is None else model.aux_classes.detach().cpu()
     state["train_vocabulary"] = model.vocabulary
+    state["init_vocabulary"] = init_vocabulary
     return state
 
 
@@ -244,6 +256,17 @@ def _train(config: TrainConfig, rank: int, world: int, device: torch.device, out
         near_negatives=config.near_negatives,
         pronouncer=get_pronouncer(config.lexicon or None) if config.near_negatives > 0 else None,
     )
+    last_path = out / LAST
+    resuming = config.resume and last_path.exists()
+    # spellings the initial weights were trained on: their n-gram rows are kept (not zeroed)
+    init_vocabulary: List[str] = []
+    if config.init_from and not resuming:
+        init_path, init_ckpt = init_embedder_from(acoustic, letters, config.init_from)
+        init_vocabulary = trained_spellings(init_ckpt)
+        if rank == 0:
+            print(f"[train_embeddings] initialised from {init_path} ({len(init_vocabulary)} spellings trained there)",
+                  file=sys.stderr)
+    # the input normalisation is always this training split's own (also when fine-tuning)
     mean, std = train_data.feature_stats()
     acoustic.set_feature_stats(mean, std)
     model.to(device)
@@ -278,9 +301,9 @@ def _train(config: TrainConfig, rank: int, world: int, device: torch.device, out
 
     start_epoch, global_step, best_p1 = 0, 0, -1.0
     history: List[Dict[str, Any]] = []
-    last_path = out / LAST
-    if config.resume and last_path.exists():
+    if resuming:
         ckpt = load_checkpoint(last_path)
+        init_vocabulary = list(ckpt.get("init_vocabulary") or [])
         _check_resumable(ckpt["config"], config)
         model.acoustic.load_state_dict(ckpt["acoustic"])
         model.letters.load_state_dict(ckpt["letters"])
@@ -370,7 +393,7 @@ def _train(config: TrainConfig, rank: int, world: int, device: torch.device, out
         # rows no training spelling uses are untrained noise for unseen words: zero them
         # (no effect on training, which never embeds other words); see zero_untrained_buckets_
         if config.zero_untrained_ngrams:
-            model.letters.zero_untrained_buckets_(model.vocabulary)
+            model.letters.zero_untrained_buckets_(sorted(set(model.vocabulary) | set(init_vocabulary)))
         if rank == 0:
             p = evaluate(model.acoustic, model.letters, dev_data, config.eval_batch_size)
             record["dev_p@1"], record["dev_p@10"] = p[1], p[10]
@@ -378,7 +401,7 @@ def _train(config: TrainConfig, rank: int, world: int, device: torch.device, out
             best_p1 = max(best_p1, p[1])
             record["best_dev_p@1"] = best_p1
             history.append(record)
-            state = _checkpoint_weights(model, config)
+            state = _checkpoint_weights(model, config, init_vocabulary)
             if improved:
                 save_checkpoint({**state, "epoch": epoch + 1, "dev_p@1": p[1]}, out / BEST)
             save_epoch(out, last_path, state, record, optimizer=optimizer, scheduler=scheduler,
@@ -421,6 +444,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> TrainConfig:
         elif field.name == "spelling_views":
             p.add_argument(flag, choices=SPELLING_VIEWS, default=default,
                            help="what the spelling encoder sees: letters, phones or letters+phones (default letters)")
+        elif field.name == "init_from":
+            p.add_argument(flag, default=None, metavar="DIR",
+                           help="embedder run (best.pt) or checkpoint to start from (fine-tuning); same encoder "
+                                "classes, sizes and frontend required")
         elif field.name == "stop_after_epoch":
             p.add_argument(flag, type=int, default=None, help="stop cleanly after this epoch")
         else:

@@ -1,0 +1,97 @@
+"""`train embeddings --init-from`: pretrain, then fine-tune from those weights (CPU, tiny)."""
+
+import json
+
+import pytest
+import torch
+
+from conftest import TINY_EMBEDDER as TINY
+from rescorer.formats.contract import FeatureSpec
+from rescorer.formats.word_segments import write_word_segments
+from rescorer.models.checkpoint import CheckpointError, load_checkpoint, load_embedder
+from rescorer.training.train_embeddings import TrainConfig, parse_args, train
+from synthetic_data import make_synthetic_word_segments, random_words, write_synthetic_word_segments
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    """A run pretrained on 120 words (letter sounds shared by all words), and a fine-tuning
+    set of 40 other words and a dev set of 30 words seen by neither."""
+    d = tmp_path_factory.mktemp("init_from")
+    pre_words = random_words(120, seed=1)
+    fine_words = random_words(40, seed=3, exclude=pre_words)
+    dev_words = random_words(30, seed=2, exclude=pre_words + fine_words)
+    write_synthetic_word_segments(str(d / "pre.pt"), pre_words, segments_per_word=4, seed=1)
+    write_synthetic_word_segments(str(d / "fine.pt"), fine_words, segments_per_word=4, seed=3)
+    write_synthetic_word_segments(str(d / "dev.pt"), dev_words, segments_per_word=3, seed=2)
+    train(TrainConfig(train=str(d / "pre.pt"), dev=str(d / "dev.pt"), out=str(d / "pre"), epochs=8, **TINY))
+    return d
+
+
+def test_init_from_loads_both_encoders_and_keeps_pretrained_spellings(pretrained, tmp_path):
+    d = pretrained
+    out = tmp_path / "fine"
+    # lr 0: the fine-tuning run changes no weight, so what it saves is what it loaded
+    train(TrainConfig(train=str(d / "fine.pt"), dev=str(d / "dev.pt"), out=str(out), epochs=1, init_from=str(d / "pre"),
+                      **{**TINY, "lr": 0.0}))
+    pre = load_checkpoint(d / "pre" / "best.pt")
+    fine = load_checkpoint(out / "last.pt")
+    for part in ("acoustic", "letters"):
+        for name, value in pre[part].items():
+            if name in ("feat_mean", "feat_std"):
+                continue  # the input normalisation is the fine-tuning split's own
+            assert torch.equal(fine[part][name], value), f"{part}.{name} not loaded"
+    assert not torch.equal(fine["acoustic"]["feat_mean"], pre["acoustic"]["feat_mean"])
+    # the pretrained spellings' n-gram rows survive the zeroing of untrained rows
+    assert fine["init_vocabulary"] == sorted(pre["train_vocabulary"])
+    assert set(fine["train_vocabulary"]).isdisjoint(fine["init_vocabulary"])
+    assert fine["config"]["init_from"] == str(d / "pre")
+    # a run initialised from the fine-tuned one carries both vocabularies on
+    out2 = tmp_path / "fine2"
+    train(TrainConfig(train=str(d / "fine.pt"), dev=str(d / "dev.pt"), out=str(out2), epochs=1, init_from=str(out),
+                      **{**TINY, "lr": 0.0}))
+    again = load_checkpoint(out2 / "last.pt")
+    assert again["init_vocabulary"] == sorted(set(pre["train_vocabulary"]) | set(fine["train_vocabulary"]))
+
+
+def test_pretrained_start_beats_training_from_scratch_on_unseen_words(pretrained, tmp_path):
+    d = pretrained
+    common = dict(train=str(d / "fine.pt"), dev=str(d / "dev.pt"), epochs=2, **TINY)
+    train(TrainConfig(out=str(tmp_path / "scratch"), **common))
+    train(TrainConfig(out=str(tmp_path / "tuned"), init_from=str(d / "pre"), **common))
+
+    def best(run):
+        return max(json.loads(line)["dev_p@1"] for line in (run / "log.jsonl").read_text().splitlines())
+
+    assert best(tmp_path / "tuned") >= best(tmp_path / "scratch") + 0.1
+
+
+def test_init_from_refuses_another_architecture_or_frontend(pretrained, tmp_path):
+    d = pretrained
+    common = dict(train=str(d / "fine.pt"), dev=str(d / "dev.pt"), epochs=1, init_from=str(d / "pre"))
+    with pytest.raises(CheckpointError, match=r"acoustic encoder differs in channels \(40 there, 48 here\)"):
+        train(TrainConfig(out=str(tmp_path / "a"), **{**common, **TINY, "channels": 48}))
+    with pytest.raises(CheckpointError, match=r"spelling encoder differs in num_buckets"):
+        train(TrainConfig(out=str(tmp_path / "b"), **{**common, **TINY, "num_buckets": 2048}))
+    with pytest.raises(CheckpointError, match=r"acoustic encoder: 'conv' there, 'state_pooling' here"):
+        train(TrainConfig(out=str(tmp_path / "c"), **{**common, **TINY, "acoustic_encoder": "state_pooling"}))
+    # segments of another frontend (48-dim states every 20 ms): the feature spec differs
+    spec = FeatureSpec("whisper-0000abcd-L3", 48, 0.02)
+    words = random_words(20, seed=7)
+    for name in ("t", "v"):
+        seg = make_synthetic_word_segments(words, segments_per_word=2, seed=4, num_mel_bins=48)
+        write_word_segments(tmp_path / f"{name}.pt", {**seg, "feature_spec": spec.to_json(), "frame_shift": 0.02})
+    with pytest.raises(CheckpointError, match=r"feature_spec \(\{'name': 'fbank'.*\} there, \{'name': 'whisper-0000abcd-L3'.*num_mel_bins \(80 there, 48 here\)"):
+        train(TrainConfig(train=str(tmp_path / "t.pt"), dev=str(tmp_path / "v.pt"), out=str(tmp_path / "d"), epochs=1,
+                          init_from=str(d / "pre"), **TINY))
+    with pytest.raises(FileNotFoundError, match="no embedder checkpoint"):
+        train(TrainConfig(out=str(tmp_path / "e"), **{**common, **TINY, "init_from": str(tmp_path / "none")}))
+    assert not (tmp_path / "a" / "last.pt").exists()
+
+
+def test_init_from_is_a_command_line_option():
+    cfg = parse_args(["--train", "t.pt", "--dev", "d.pt", "--out", "o", "--init-from", "exp/pre"])
+    assert cfg.init_from == "exp/pre"
+    assert parse_args(["--train", "t.pt", "--dev", "d.pt", "--out", "o"]).init_from is None

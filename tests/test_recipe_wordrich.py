@@ -1,0 +1,101 @@
+"""recipes/wordrich: its configs are valid for their programs, and every stage runs (tiny corpus,
+a speechocean762-shaped fixture, one-epoch tiny models), resuming without redoing work."""
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import HAVE_ESPEAK, HAVE_LHOTSE, REPO
+from tests.test_speechocean762 import _fixture_corpus
+
+CONFIGS = [REPO / "recipes" / "wordrich" / "config.yaml", REPO / "recipes" / "wordrich" / "whisper.yaml"]
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_recipe_configs_are_valid_for_their_programs(path):
+    from rescorer.corpora.wordrich import WordRichConfig
+    from rescorer.recipe_config import load_section, to_args
+    from rescorer.training.train_embeddings import parse_args
+
+    doc = yaml.safe_load(path.read_text())
+    cfg = WordRichConfig.from_dict(doc["wordrich"])
+    assert cfg.train_types >= 30000  # the point of the corpus
+    # the tiers give every experiment count (2k, 8k, 32k) the same number of tokens
+    assert {t * cfg.tokens_per_rank()[t - 1] for t in (2000, 8000, 32000)} == {32000}
+    for section in ("embeddings", "finetune"):
+        parse_args(["--train", "t.pt", "--dev", "d.pt", "--out", "o", *to_args(load_section(str(path), section))])
+    # pretraining and fine-tuning build the same encoders (--init-from checks it)
+    pre, fine = doc["embeddings"], doc["finetune"]
+    for key in ("acoustic_encoder", "channels", "dim", "num_blocks", "max_frames", "num_buckets"):
+        assert pre.get(key) == fine.get(key), key
+    assert doc["features"]["frontend"] == ("whisper" if path.name == "whisper.yaml" else "fbank")
+    assert doc["wordrich"] == yaml.safe_load(CONFIGS[0].read_text())["wordrich"]  # one corpus for both
+
+
+TINY = """
+wordrich:
+  type_tiers: [[8, 4], [16, 2], [32, 1]]
+  held_out_dev_types: 5
+  held_out_test_types: 6
+  train_fortunes: 2
+  dev_fortunes: 1
+  test_fortunes: 1
+  engines: [espeak]
+  engine_weights: [1.0]
+  seed: 2
+features:
+  frontend: fbank
+embeddings: &tiny
+  dim: 32
+  channels: 40
+  num_blocks: 2
+  num_buckets: 4096
+  ngram_dim: 32
+  letter_hidden: 64
+  batch_size: 16
+  epochs: 1
+  device: cpu
+  progress: false
+finetune: *tiny
+"""
+
+
+def _run(workdir: Path, *args: str, timeout: float = 900) -> subprocess.CompletedProcess:
+    env = dict(os.environ, WORKDIR=str(workdir), CONFIG=str(workdir / "config.yaml"), SO762_DIR=str(workdir / "so"),
+               OMP_NUM_THREADS="1")
+    return subprocess.run(["bash", str(REPO / "recipes" / "wordrich" / "run.sh"), *args], env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.tts
+@pytest.mark.slow
+@pytest.mark.skipif(not (HAVE_ESPEAK and HAVE_LHOTSE and os.path.isfile("/usr/share/dict/american-english")),
+                    reason="needs espeak-ng, lhotse and the Debian word list")
+def test_wordrich_recipe_end_to_end_and_resumable(tmp_path):
+    _fixture_corpus(tmp_path, n=16, speakers=4)
+    (tmp_path / "config.yaml").write_text(TINY)
+    r = _run(tmp_path, "-j", "1")
+    assert r.returncode == 0, f"recipe failed:\n{r.stdout[-3000:]}\n{r.stderr[-5000:]}"
+    plan = json.loads((tmp_path / "data" / "wordrich" / "plan.json").read_text())
+    assert len(plan["train_types"]) == 32
+    fine = tmp_path / "exp" / "embeddings_so762_finetuned"
+    assert json.loads((fine / "config.json").read_text())["init_from"] == "exp/embeddings_wordrich"
+    doc = json.loads((tmp_path / "exp" / "embeddings.json").read_text())
+    assert set(doc) == {"wordrich_test_pretrained", "so762_dev_pretrained_only", "so762_dev_finetuned",
+                        "so762_dev_scratch"}
+    e = doc["wordrich_test_pretrained"]
+    assert e["counts"]["oov_types"] >= 6 and e["oov_p_at_1"] is not None  # the held-out test words
+    assert e["command"].startswith("rescorer evaluate embeddings --model-dir exp/embeddings_wordrich")
+    assert {doc[k]["counts"]["train_vocabulary"] for k in doc if k.startswith("so762")} == {4}  # WE CALL IT BEAR
+    assert doc["so762_dev_finetuned"]["config"]["init_from"] == "exp/embeddings_wordrich"
+    assert doc["so762_dev_scratch"]["config"]["init_from"] is None
+    # resumable: nothing is synthesized or trained again
+    stamp = (fine / "best.pt").stat().st_mtime_ns
+    r2 = _run(tmp_path, "--stage", "0", "--stop-stage", "5", "-j", "1", timeout=300)
+    assert r2.returncode == 0, r2.stderr[-3000:]
+    assert "is trained; skipping" in r2.stderr and "already exported" in r2.stdout
+    assert (fine / "best.pt").stat().st_mtime_ns == stamp
