@@ -412,7 +412,10 @@ def _chunk_keys(q, qf, w, wf, metric) -> torch.Tensor:
     return key.to(torch.float32)
 
 
-def _topk_reference(queries, vocab, k, metric, chunk=None, vocab_factors=None):
+def _chunked_topk(queries, vocab, k, metric, chunk, vocab_factors, chunk_top):
+    """The loop both torch paths share: query blocks x vocabulary chunks, each chunk's packed
+    top (``chunk_top(q, qf, w, wf, first_row)``, at most k columns) merged into the running
+    best, then sorted, padded to k and unpacked."""
     n, v = queries.shape[0], vocab.shape[0]
     if n == 0 or v == 0:
         return _empty_topk(n, k, metric, queries.device)
@@ -429,8 +432,7 @@ def _topk_reference(queries, vocab, k, metric, chunk=None, vocab_factors=None):
         for vs in range(0, v, chunk):
             w = vocab[vs:vs + chunk].to(cdt)
             wf = _factor(w, metric) if vocab_factors is None else vocab_factors[vs:vs + chunk].to(cdt)
-            packed = _pack(_chunk_keys(q, qf, w, wf, metric), vs)
-            top = packed.topk(min(k, packed.shape[1]), dim=1, sorted=False).values
+            top = chunk_top(q, qf, w, wf, vs)
             if best is not None:
                 both = torch.cat([best, top], dim=1)
                 top = both.topk(min(k, both.shape[1]), dim=1, sorted=False).values
@@ -442,6 +444,16 @@ def _topk_reference(queries, vocab, k, metric, chunk=None, vocab_factors=None):
         out_v.append(vals)
         out_i.append(idx)
     return torch.cat(out_v), torch.cat(out_i)
+
+
+def _topk_reference(queries, vocab, k, metric, chunk=None, vocab_factors=None):
+    """Every key of a chunk packed (``_pack``), then the k largest packed values."""
+
+    def chunk_top(q, qf, w, wf, vs):
+        packed = _pack(_chunk_keys(q, qf, w, wf, metric), vs)
+        return packed.topk(min(k, packed.shape[1]), dim=1, sorted=False).values
+
+    return _chunked_topk(queries, vocab, k, metric, chunk, vocab_factors, chunk_top)
 
 
 def _topk_fast(queries, vocab, k, metric, chunk=None, vocab_factors=None):
@@ -457,43 +469,20 @@ def _topk_fast(queries, vocab, k, metric, chunk=None, vocab_factors=None):
     wider than k, are packed whole, as the reference does. Chunks are merged as the
     reference merges them.
     """
-    n, v = queries.shape[0], vocab.shape[0]
-    if n == 0 or v == 0:
-        return _empty_topk(n, k, metric, queries.device)
-    if chunk is None:
-        chunk = max(1024, _REFERENCE_BUDGET // max(n, 1))
-    chunk = max(1, min(int(chunk), v))
-    qblock = max(1, _REFERENCE_BUDGET // chunk)
-    cdt = torch.float64 if queries.dtype == torch.float64 else torch.float32
-    out_v, out_i = [], []
-    for qs in range(0, n, qblock):
-        q = queries[qs:qs + qblock].to(cdt)
-        qf = _factor(q, metric)
-        best = None
-        for vs in range(0, v, chunk):
-            w = vocab[vs:vs + chunk].to(cdt)
-            wf = _factor(w, metric) if vocab_factors is None else vocab_factors[vs:vs + chunk].to(cdt)
-            key = _chunk_keys(q, qf, w, wf, metric)
-            if key.shape[1] <= k:
-                top = _pack(key, vs)
-            else:
-                vals, cols = key.topk(k + 1, dim=1)
-                clean = ~torch.isnan(vals).any(dim=1) & (vals[:, k - 1] > vals[:, k])
-                top = _pack(vals[:, :k], vs, cols[:, :k])
-                tied = (~clean).nonzero().flatten()
-                if tied.numel():
-                    top[tied] = _pack(key[tied], vs).topk(k, dim=1, sorted=False).values
-            if best is not None:
-                both = torch.cat([best, top], dim=1)
-                top = both.topk(min(k, both.shape[1]), dim=1, sorted=False).values
-            best = top
-        best = best.sort(dim=1, descending=True).values
-        if best.shape[1] < k:
-            best = torch.cat([best, best.new_full((best.shape[0], k - best.shape[1]), _PAD)], dim=1)
-        vals, idx = _unpack(best, metric)
-        out_v.append(vals)
-        out_i.append(idx)
-    return torch.cat(out_v), torch.cat(out_i)
+
+    def chunk_top(q, qf, w, wf, vs):
+        key = _chunk_keys(q, qf, w, wf, metric)
+        if key.shape[1] <= k:
+            return _pack(key, vs)
+        vals, cols = key.topk(k + 1, dim=1)
+        clean = ~torch.isnan(vals).any(dim=1) & (vals[:, k - 1] > vals[:, k])
+        top = _pack(vals[:, :k], vs, cols[:, :k])
+        tied = (~clean).nonzero().flatten()
+        if tied.numel():
+            top[tied] = _pack(key[tied], vs).topk(k, dim=1, sorted=False).values
+        return top
+
+    return _chunked_topk(queries, vocab, k, metric, chunk, vocab_factors, chunk_top)
 
 
 def topk_nearest(queries: torch.Tensor, vocab: torch.Tensor, k: int, metric: str = "cosine",
