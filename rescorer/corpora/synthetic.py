@@ -375,20 +375,27 @@ def prepare_synthetic(
     """
     cfg = config or SyntheticConfig()
     out = Path(output_dir)
+    plan = planned_corpus(out, cfg, "synthetic", make_plan, load_plan, _plan_to_json)
+    return make_audio_and_manifests(plan, out, "synthetic", num_jobs=num_jobs, progress=progress)
+
+
+def planned_corpus(out: Path, cfg, kind: str, make_plan, load_plan, plan_to_json):
+    """The plan of a TTS corpus in ``out``: the one saved there (refused when it was made
+    with another config), or a new one drawn from ``cfg`` and saved; shared by every TTS corpus."""
     (out / "manifests").mkdir(parents=True, exist_ok=True)
     plan_path = out / "plan.json"
     if plan_path.exists():
         plan = load_plan(plan_path)
         if asdict(plan.config) != asdict(cfg):
             raise ValueError(
-                f"{out} was prepared with a different synthetic config; use a new directory or the same options.\n"
+                f"{out} was prepared with a different {kind} config; use a new directory or the same options.\n"
                 f"  existing: {asdict(plan.config)}\n  asked:    {asdict(cfg)}"
             )
-        log.info("resuming synthetic corpus in %s", out)
+        log.info("resuming %s corpus in %s", kind, out)
     else:
         plan = make_plan(cfg)
-        atomic_write_text(plan_path, _plan_to_json(plan))
-    return make_audio_and_manifests(plan, out, "synthetic", num_jobs=num_jobs, progress=progress)
+        atomic_write_text(plan_path, plan_to_json(plan))
+    return plan
 
 
 def make_audio_and_manifests(plan: Plan, out: Path, prefix: str, num_jobs: int = 2, progress: bool = True):

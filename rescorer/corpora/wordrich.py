@@ -42,10 +42,10 @@ from rescorer.corpora.synthetic import (
     PlannedUtterance,
     _split_voices,
     make_audio_and_manifests,
+    planned_corpus,
 )
 from rescorer.corpora.text_sources import TextSourceError, fortune_sentences
 from rescorer.corpora.tts import get_engine
-from rescorer.utils import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -322,17 +322,5 @@ def prepare_wordrich(output_dir, config: Optional[WordRichConfig] = None, num_jo
     """
     cfg = config or WordRichConfig()
     out = Path(output_dir)
-    (out / "manifests").mkdir(parents=True, exist_ok=True)
-    plan_path = out / "plan.json"
-    if plan_path.exists():
-        plan = load_plan(plan_path)
-        if asdict(plan.config) != asdict(cfg):
-            raise ValueError(
-                f"{out} was prepared with a different word-rich config; use a new directory or the same options.\n"
-                f"  existing: {asdict(plan.config)}\n  asked:    {asdict(cfg)}"
-            )
-        log.info("resuming word-rich corpus in %s", out)
-    else:
-        plan = make_plan(cfg)
-        atomic_write_text(plan_path, plan_to_json(plan))
+    plan = planned_corpus(out, cfg, "word-rich", make_plan, load_plan, plan_to_json)
     return make_audio_and_manifests(plan, out, MANIFEST_PREFIX, num_jobs=num_jobs, progress=progress)
