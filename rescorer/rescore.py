@@ -388,6 +388,7 @@ class Rescorer:
         rows = self._spelling_rows(words)  # first: it may grow the matrix
         return self._spelling_matrix[rows]
 
+    @torch.no_grad()  # inference: the spelling matrix (and every score from it) carries no autograd graph
     def _spelling_rows(self, words: Sequence[str]) -> torch.Tensor:
         todo = sorted({w for w in words if w not in self._spelling_row})
         if todo:
