@@ -567,6 +567,14 @@ class Rescorer:
         required = c.oov_required_advantage(lat.meta.get("oov_word_list_size"))
         return with_scores(lat, Scales.of(c), awe, c.oov_lm_score, ctc, min_oov_advantage=required)
 
+    def best_words_batch(self, batch, config: Optional[RescoreConfig] = None) -> List[List[str]]:
+        """The best path's words of every lattice of a ``lattice.batch.LatticeBatch`` (lattices
+        with their awe scores) under the config: what ``apply_scores`` + ``best_path_hypothesis``
+        give one lattice at a time, for all at once (a tuning grid decodes one batch per point)."""
+        c = config or self.config
+        required = [c.oov_required_advantage(lat.meta.get("oov_word_list_size")) for lat in batch.lattices]
+        return batch.best_words(Scales.of(c), c.oov_lm_score, required)
+
     def embedding_scores(self, lat, feats, config: Optional[RescoreConfig] = None, recover: bool = False,
                          abstain_at_decoding: bool = False):
         """(lattice, awe scores [A], recovered): the work ``rescore`` does before decoding.

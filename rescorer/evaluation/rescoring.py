@@ -135,8 +135,23 @@ def prepare_all(rescorer, lattices: Dict[str, object], feats: Dict[str, torch.Te
     return {u: out[u] for u in sorted(out)}
 
 
-def decode_all(rescorer, prepared: Dict[str, PreparedLattice], config) -> Dict[str, List[str]]:
-    return {u: p.decode(rescorer, config) for u, p in prepared.items()}
+def decode_batch(prepared: Dict[str, PreparedLattice]):
+    """The prepared lattices (with their awe scores) as one ``lattice.batch.LatticeBatch``, in
+    ``prepared``'s order: build it once, decode it under every grid point (``decode_all``)."""
+    from rescorer.lattice.batch import LatticeBatch
+
+    return LatticeBatch([p.lattice for p in prepared.values()], [p.awe for p in prepared.values()])
+
+
+def decode_all(rescorer, prepared: Dict[str, PreparedLattice], config, batch=None) -> Dict[str, List[str]]:
+    """Each prepared lattice's best words under ``config`` (equal to ``PreparedLattice.decode``
+    one by one); all lattices decoded together, in ``batch`` (``decode_batch(prepared)``) when given."""
+    if not prepared:
+        return {}
+    batch = batch if batch is not None else decode_batch(prepared)
+    if len(batch) != len(prepared):
+        raise ValueError(f"a batch of {len(batch)} lattices for {len(prepared)} prepared ones")
+    return dict(zip(prepared, rescorer.best_words_batch(batch, config)))
 
 
 def tune(
@@ -159,6 +174,7 @@ def tune(
     prepared with every proposal (rows carry ``oov_margin``). Ties keep the earlier grid point.
     """
     uids = sorted(prepared)
+    batch = decode_batch(prepared) if prepared else None  # built once, decoded at every grid point
     curve, best = [], None
     oov_grid = [None] if oov_lm_scores is None else [float(x) for x in oov_lm_scores]
     margin_grid = [_UNSET] if oov_margins is None else [None if x is None else float(x) for x in oov_margins]
@@ -169,7 +185,7 @@ def tune(
             cfg = replace(cfg, oov_lm_score=o)
         if mg is not _UNSET:
             cfg = replace(cfg, oov_margin=mg)
-        hyps = decode_all(rescorer, prepared, cfg)
+        hyps = decode_all(rescorer, prepared, cfg, batch)
         m = compute_wer([refs[u] for u in uids], [hyps[u] for u in uids], train_vocab)
         row = {"awe_scale": a, "lm_scale": l, "word_insertion_penalty": w, "wer": m["wer"],
                "iv_wer": m.get("iv_wer"), "oov_wer": m.get("oov_wer")}

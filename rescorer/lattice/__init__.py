@@ -1,5 +1,6 @@
 """Word lattices: the k2 word-lattice representation (word_lattice), the score combination
-(scores: ``Scales``, ``with_scores``), editing (edit: ``add_arcs`` and friends), paths
+(scores: ``Scales``, ``with_scores``), many lattices decoded together under many scores
+(batch: ``LatticeBatch``), editing (edit: ``add_arcs`` and friends), paths
 (paths: ``Hypothesis``, n-best sampling, attention re-ranking), HTK SLF import (slf),
 pocketsphinx lattices (pocketsphinx). Word lattices of k2 token (HLG) lattices come from
 ``rescorer.decoding.decode.word_lattice_arcs`` (spans by traversal; its best path equals

@@ -85,6 +85,27 @@ def oov_lm_arcs(fsa) -> Optional[torch.Tensor]:
     return None if mask is None else mask.bool()
 
 
+def arc_scores(scales: Scales, am: torch.Tensor, lm: torch.Tensor, labels: torch.Tensor,
+               awe: Optional[torch.Tensor] = None, ctc: Optional[torch.Tensor] = None,
+               oov_lm: Optional[torch.Tensor] = None, oov_lm_score: Optional[float] = None,
+               advantage: Optional[torch.Tensor] = None, min_advantage=None) -> torch.Tensor:
+    """The float32 ``scores`` of arcs (``with_scores`` per lattice, ``batch.LatticeBatch`` for
+    many at once: one function, so both give the same bits).
+
+    ``oov_lm`` (bool per arc) marks the arcs whose LM score becomes ``oov_lm_score``;
+    arcs whose ``advantage`` is below ``min_advantage`` (a number, or one per arc of
+    ``advantage``'s dtype; -inf drops none) get -inf.
+    """
+    if oov_lm is not None and oov_lm_score is not None:
+        lm = torch.where(oov_lm, torch.full_like(lm, float(oov_lm_score)), lm)
+    scores = combine(scales, am, lm, labels, awe, ctc)
+    if advantage is not None and min_advantage is not None:
+        if not isinstance(min_advantage, torch.Tensor):
+            min_advantage = float(min_advantage)
+        scores = scores.masked_fill(advantage.to(scores.device) < min_advantage, float("-inf"))
+    return scores.to(torch.float32)
+
+
 def with_scores(lat, scales: Scales, awe: Optional[torch.Tensor] = None, oov_lm_score: Optional[float] = None,
                 ctc: Optional[torch.Tensor] = None, min_oov_advantage: Optional[float] = None):
     """A copy of ``lat`` whose ``scores`` are combined under ``scales`` (recorded in ``meta``).
@@ -107,12 +128,9 @@ def with_scores(lat, scales: Scales, awe: Optional[torch.Tensor] = None, oov_lm_
         fsa.lm_scores = torch.where(oov, torch.full_like(fsa.lm_scores, float(oov_lm_score)), fsa.lm_scores)
     if ctc is not None:
         fsa.ctc_scores = ctc.to(device=fsa.scores.device, dtype=torch.float32)
-    scores = combine(scales, fsa.am_scores, fsa.lm_scores, fsa.labels, None if awe is None else fsa.awe_scores,
-                     None if ctc is None else fsa.ctc_scores)
-    adv = getattr(fsa, "oov_advantage", None)
-    if adv is not None and min_oov_advantage is not None:
-        scores = scores.masked_fill(adv.to(scores.device) < float(min_oov_advantage), float("-inf"))
-    fsa.scores = scores.to(torch.float32)
+    fsa.scores = arc_scores(scales, fsa.am_scores, fsa.lm_scores, fsa.labels, None if awe is None else fsa.awe_scores,
+                            None if ctc is None else fsa.ctc_scores, advantage=getattr(fsa, "oov_advantage", None),
+                            min_advantage=min_oov_advantage)
     meta = dict(lat.meta)
     meta["scales"] = scales.to_dict()
     return WordLattice(fsa, lat.frame_shift, lat.words, lat.utterance_id, meta)
