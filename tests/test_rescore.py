@@ -96,6 +96,26 @@ def test_each_distinct_span_and_word_is_embedded_once():
     assert r.letters.calls == 4  # spellings are cached
 
 
+def test_a_batch_embeds_its_new_spellings_in_one_call_and_scores_as_one_at_a_time():
+    a = [(0, 1, "cat", 0, 5, -1.0, -1.0), (0, 1, "cap", 0, 5, -1.0, -1.0), (1, 2, "<unk>", 5, 10, -1.0, -1.0)]
+    b = [(0, 1, "mat", 0, 5, -1.0, -1.0), (0, 1, "cat", 0, 5, -1.0, -1.0), (1, 2, "sat", 5, 10, -1.0, -1.0)]
+    from rescorer.lattice.word_lattice import build_word_lattice, make_word_table
+
+    table = make_word_table(VOCAB)  # one decoder's lattices share one table
+    lats = [build_word_lattice(arcs, table, frame_shift=0.04, utterance_id=u) for arcs, u in ((a, "u1"), (b, "u2"))]
+    feats = [_feats(["cat", "sat"]), _feats(["mat", "sat"])]
+    r = _rescorer(unk_awe_score=-0.5)
+    calls = []
+    encode = r.letters.encode_words
+    r.letters.encode_words = lambda words, **kw: calls.append(sorted(words)) or encode(words, **kw)
+    batched = r.embedding_scores_batch(lats, feats)
+    assert calls == [["cap", "cat", "mat", "sat"]]  # one call for both lattices, no <unk>
+    one = [_rescorer(unk_awe_score=-0.5).embedding_scores(lat, f) for lat, f in zip(lats, feats)]
+    for (_, awe, _), (_, want, _) in zip(batched, one):
+        assert torch.equal(awe, want)
+    assert float(batched[0][1][2]) == -0.5 and not batched[0][1].requires_grad
+
+
 def test_awe_scores_survive_k2_operations():
     import k2
 
