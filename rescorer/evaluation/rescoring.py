@@ -2,7 +2,8 @@
 
 The expensive part (span and spelling embeddings, OOV candidate search) is done once
 per lattice; a grid over (awe_scale, lm_scale, word_insertion_penalty) then only
-recombines per-arc scores and re-runs the best path, so tuning is cheap. Tuning uses the
+recombines per-arc scores and re-runs the best path, so tuning is cheap: all lattices at
+once, one k2 FsaVec built once for the whole grid (``decode_batch``, ``lattice.batch``). Tuning uses the
 dev split only; the chosen scales are written to the model's ``rescorer.json`` and the
 whole curve is returned for plotting and committing.
 
