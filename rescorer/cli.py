@@ -587,6 +587,31 @@ def evaluate_embeddings_cmd(model_dir, segments, out, name, train_segments):
                           echo=click.echo)
 
 
+@wer.command("merge")
+@click.argument("src", type=click.Path(exists=True, dir_okay=False))
+@click.option("--out", default="results/wer.json", show_default=True, type=click.Path(dir_okay=False))
+@click.option("--rename", multiple=True, metavar="OLD=NEW",
+              help="Store corpus OLD as NEW, e.g. speechocean762_dev=speechocean762_dev/whisper (repeatable).")
+@click.option("--set", "fields", multiple=True, metavar="KEY=VALUE", help="A field for every row, e.g. frontend=whisper.")
+@click.option("--run", help="The recipe command that made SRC, recorded with its provenance.")
+def wer_merge_cmd(src, out, rename, fields, run):
+    """Copy a recipe run's WER file (exp/wer.json) into --out: rows, provenance and runs."""
+    from rescorer.stages.collect_wer import merge_wer
+
+    def pairs(items, what):
+        out_ = {}
+        for item in items:
+            key, sep, value = item.partition("=")
+            if not sep or not key or not value:
+                raise click.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint=what)
+            out_[key] = value
+        return out_
+
+    with _stage_errors():
+        merged = merge_wer(src, out, pairs(rename, "--rename"), run, pairs(fields, "--set"))
+    click.echo(json.dumps(merged))
+
+
 # ------------------------------------------------------------------ recipe config
 
 

@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from click.testing import CliRunner
 
 from rescorer.cli import main
@@ -52,3 +54,30 @@ def test_cli_collects_and_prints_the_entry_and_names_a_bad_metrics_file(tmp_path
     bad.write_text(json.dumps({"data": "x"}))
     r = runner.invoke(main, ["wer", "collect", "--corpus", "c", "--decode", str(bad), "--out", str(out)])
     assert r.exit_code != 0 and "no 'methods'" in r.output
+
+
+def test_merge_copies_a_run_under_a_new_name_with_its_provenance(tmp_path):
+    import json
+
+    from rescorer.stages import StageError
+    from rescorer.stages.collect_wer import merge_wer
+
+    src = tmp_path / "exp_wer.json"
+    src.write_text(json.dumps({
+        "corpora": {"so_dev": {"hlg_1best": {"wer": 0.5}, "awe_rescore": {"wer": 0.4}}},
+        "collected": {"so_dev": {"command": "rescorer wer collect", "date": "2026-12-02"}},
+        "decoding_runs": {"so_dev:exp/decode/metrics.json": {"settings": {}}},
+        "rescoring_runs": {"so_dev:ctc:awe_rescore": {"command": "rescorer tune"}, "other:ctc:x": {}},
+    }))
+    out = tmp_path / "results.json"
+    out.write_text(json.dumps({"corpora": {"so_dev": {"hlg_1best": {"wer": 0.7}}}}))
+    assert merge_wer(src, out, {"so_dev": "so_dev/whisper"}, "CONFIG=w.yaml run.sh", {"frontend": "whisper"}) == \
+        {"so_dev/whisper": 2}
+    doc = json.loads(out.read_text())
+    assert doc["corpora"]["so_dev"] == {"hlg_1best": {"wer": 0.7}}  # the default run is kept
+    assert doc["corpora"]["so_dev/whisper"]["awe_rescore"] == {"wer": 0.4, "frontend": "whisper"}
+    assert doc["collected"]["so_dev/whisper"]["recipe"] == "CONFIG=w.yaml run.sh"
+    assert "so_dev/whisper:ctc:awe_rescore" in doc["rescoring_runs"]
+    assert "so_dev/whisper:ctc:x" not in doc["rescoring_runs"] and "other:ctc:x" not in doc["rescoring_runs"]
+    with pytest.raises(StageError, match="no corpus nope"):
+        merge_wer(src, out, {"nope": "x"})

@@ -101,3 +101,40 @@ def collect_wer(
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
     return entry
+
+
+def merge_wer(src, out="results/wer.json", rename: Optional[dict] = None, run: Optional[str] = None,
+              fields: Optional[dict] = None) -> dict:
+    """Copy a recipe run's WER file (its exp/wer.json) into ``out``: every corpus entry, its
+    provenance (``collected``) and its decoding/rescoring runs, a corpus renamed by ``rename``
+    (e.g. speechocean762_dev -> speechocean762_dev/whisper, so runs of another frontend or
+    config sit beside the default's), every row given ``fields`` (e.g. frontend) and every
+    provenance record the recipe command ``run``. Entries of other corpora in ``out`` are kept;
+    a renamed corpus's entry is replaced whole. Returns {new corpus name: number of rows}."""
+    src_doc = _read_json(src, "WER file")
+    if not isinstance(src_doc.get("corpora"), dict) or not src_doc["corpora"]:
+        raise StageError(f"{src}: no 'corpora' in this WER file")
+    rename = dict(rename or {})
+    unknown = sorted(set(rename) - set(src_doc["corpora"]))
+    if unknown:
+        raise StageError(f"{src}: no corpus {', '.join(unknown)} (it has {', '.join(sorted(src_doc['corpora']))})")
+    out = Path(out)
+    doc = json.loads(out.read_text()) if out.exists() else {}
+    merged = {}
+    for corpus, rows in src_doc["corpora"].items():
+        new = rename.get(corpus, corpus)
+        doc.setdefault("corpora", {})[new] = {m: {**r, **(fields or {})} for m, r in rows.items()}
+        merged[new] = len(rows)
+        prov = dict((src_doc.get("collected") or {}).get(corpus) or {})
+        prov.update(merged_from=str(src), **({"recipe": run} if run else {}))
+        doc.setdefault("collected", {})[new] = prov
+        for kind in ("decoding_runs", "rescoring_runs"):
+            for key, value in (src_doc.get(kind) or {}).items():
+                if key.split(":", 1)[0] == corpus:
+                    rec = dict(value) if isinstance(value, dict) else {"value": value}
+                    if run:
+                        rec["recipe"] = run
+                    doc.setdefault(kind, {})[new + key[len(corpus):]] = rec
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    return merged
