@@ -1,15 +1,21 @@
 """Cost of embedding rescoring on CPU against decoding, old and new span encoders, one run.
 
 For one corpus and lattice source (a recipe's outputs: embedder run(s), word lattices,
-features, the decoder's metrics.json with its timing) and each encoder variant
+features, the ASR model and lang directory that decoded them, the decoder's metrics.json)
+and each encoder variant
 ``LABEL=MODEL_DIR:SPAN_ENCODING`` (``isolated``: every distinct span encoded as its own
 segment, the old path; ``one_pass``: the encoder run once per batch of utterances and every
 span pooled from it), measured in this process one after the other:
 
 - rescoring seconds per decoding second at the default pruning (posterior 1e-4): pruning,
   embedding scores (``evaluation.rescoring.prepare_all``, batched) and the best path at
-  the tuned scales, over the decoder's own time for the same utterances (its
-  metrics.json, as ``rescorer tune`` reports it);
+  the tuned scales, over the decoder's time for the same utterances. With
+  ``--decode-model-dir`` and ``--decode-lang-dir`` the decoder runs in this process too
+  (``rescorer.decoding.timed_decode``: CTC forward, HLG search, 1-best, word lattices
+  and writing them, with the beams its metrics.json recorded), once before the variants
+  and once after them; the mean of the two is the divisor, and the metrics.json figure
+  (another run, another load) is kept beside it. Without them the metrics.json figure is
+  the divisor (marked as such in the entry and in RESULTS.md);
 - spans/s (distinct spans embedded per second of span encoding) and arcs/s (lattice arcs
   per rescoring second), and where the time goes (span encoding, the rest of the
   embedding scores, pruning, best path);
@@ -23,7 +29,8 @@ counts. Usage (synthetic recipe outputs; paths relative to --workdir)::
         --variant conv_isolated=exp/embeddings:isolated --variant conv_one_pass=exp/embeddings:one_pass \\
         --dev-lattices exp/decode_dev_ctc/word_lattices.pt --dev-features exp/asr_data/dev.pt \\
         --test-lattices exp/decode_test_ctc/word_lattices.pt --test-features exp/asr_data/test.pt \\
-        --decode-metrics exp/decode_test_ctc/metrics.json --out results/rescore_cost.json
+        --decode-metrics exp/decode_test_ctc/metrics.json --decode-model-dir exp/ctc --decode-lang-dir exp/lang \\
+        --out results/rescore_cost.json
 
 speechocean762 with the Whisper frontend (only a dev split: ``--cross-validate``). The
 recipe trains the state-pooling embedder (exp/embeddings); the conv embedder on the same
@@ -39,7 +46,8 @@ Whisper-state segments is trained with (run in the recipe's WORKDIR)::
         --variant conv_isolated=exp/embeddings_conv:isolated --variant conv_one_pass=exp/embeddings_conv:one_pass \\
         --variant state_pooling_one_pass=exp/embeddings:one_pass \\
         --dev-lattices exp/decode_dev_ctc/word_lattices.pt --dev-features exp/asr_data/dev.pt \\
-        --decode-metrics exp/decode_dev_ctc/metrics.json --out results/rescore_cost.json
+        --decode-metrics exp/decode_dev_ctc/metrics.json --decode-model-dir exp/ctc --decode-lang-dir exp/lang \\
+        --out results/rescore_cost.json
 
 Results for several corpora or lattice sources are merged into one ``--out`` file (one
 entry per ``corpus/lattice_source``), each with its command, machine and date.
@@ -54,6 +62,7 @@ import os
 import platform
 import shlex
 import sys
+import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -64,11 +73,11 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from rescorer.decoding.timed_decode import LatticeDecoder, decode_settings, mean_seconds, metrics_decode_seconds  # noqa: E402
 from rescorer.evaluation.rescoring import evaluate, prepare_all, tune  # noqa: E402
 from rescorer.formats.utterances import read_utterance_features  # noqa: E402
 from rescorer.lattice.word_lattice import best_path_hypothesis, load_word_lattices, prune  # noqa: E402
 from rescorer.rescore import Rescorer  # noqa: E402
-from rescorer.stages.tune import _decode_seconds  # noqa: E402
 from rescorer.wer import compute_wer  # noqa: E402
 
 
@@ -85,15 +94,16 @@ def _variant(text):
 
 
 def _split(path, spec, max_utts, prune_posterior):
-    """(pruned lattices, prune seconds, features, references, speakers) of a split."""
+    """(pruned lattices, prune seconds, arcs as stored) of a split."""
     lats = load_word_lattices(path)
     if max_utts:
         lats = {u: lats[u] for u in sorted(lats)[:max_utts]}
+    stored_arcs = sum(int(l.num_arcs) for l in lats.values())
     t0 = time.perf_counter()
     if prune_posterior:
         lats = {u: prune(l, prune_posterior) for u, l in lats.items()}
     seconds = time.perf_counter() - t0
-    return lats, seconds
+    return lats, seconds, stored_arcs
 
 
 class _Timer:
@@ -124,12 +134,12 @@ def _count_spans(rescorer, lats, feats):
     return spans, arcs
 
 
-def run_variant(label, model_dir, mode, a, dev, test, feats, refs, spk, train_vocab, decode_seconds):
+def run_variant(label, model_dir, mode, a, dev, test, feats, refs, spk, train_vocab):
     torch.manual_seed(0)
     rescorer = Rescorer.from_dir(model_dir, device="cpu", span_encoding=mode)
     rescorer.config = replace(rescorer.config, am_scale=a.am_scale)
     grid = dict(awe_scales=_floats(a.awe_scales), lm_scales=_floats(a.lm_scales), word_insertion_penalties=_floats(a.wips))
-    dev_lats, dev_prune_s = dev
+    dev_lats, dev_prune_s, _ = dev
     prep_dev = prepare_all(rescorer, dev_lats, feats["dev"], recover=False, progress=False, batch_frames=a.batch_frames)
     enc_timer = _Timer(rescorer, "_encode_spans")
     if a.cross_validate:  # the evaluated lattices are all of dev: its preparation is timed (a second time, warm)
@@ -139,7 +149,7 @@ def run_variant(label, model_dir, mode, a, dev, test, feats, refs, spk, train_vo
         folds = [([u for u in dev_lats if spk[u] in half], [u for u in dev_lats if spk[u] not in half]),
                  ([u for u in dev_lats if spk[u] not in half], [u for u in dev_lats if spk[u] in half])]
     else:
-        eval_lats, eval_prune_s = test
+        eval_lats, eval_prune_s, _ = test
         eval_feats, eval_refs = feats["test"], refs["test"]
         folds = [(list(dev_lats), list(eval_lats))]
     t0 = time.perf_counter()
@@ -170,10 +180,20 @@ def run_variant(label, model_dir, mode, a, dev, test, feats, refs, spk, train_vo
         "spans_per_second": round(spans / enc_timer.seconds, 1) if enc_timer.seconds else None,
         "arcs_per_second": round(arcs / total, 1) if total else None,
     }
-    if decode_seconds:
-        row["decode_seconds"] = round(decode_seconds, 3)
-        row["rescoring_seconds_per_decode_second"] = round(total / decode_seconds, 4)
     return row
+
+
+def _ratio(seconds, decode_seconds):
+    return round(seconds / decode_seconds, 4) if decode_seconds else None
+
+
+def _timed_decode(decoder, utterance_ids, after):
+    """One pass of the decoder over the rescored utterances (its lattices written to a scratch directory)."""
+    with tempfile.TemporaryDirectory(prefix="rescore_cost_decode_") as scratch:
+        result = decoder.decode(utterance_ids, scratch)
+    result["after"] = after
+    print(json.dumps({"decode_pass": result}), flush=True)
+    return result
 
 
 def main(argv=None):
@@ -188,7 +208,12 @@ def main(argv=None):
     p.add_argument("--test-features")
     p.add_argument("--cross-validate", action="store_true", help="No test split: 2-fold over dev speakers.")
     p.add_argument("--train-data", default="exp/asr_data/train.pt", help="Acoustic training utterances (IV words).")
-    p.add_argument("--decode-metrics", required=True, help="The decoder's metrics.json (its decoding seconds).")
+    p.add_argument("--decode-metrics", help="The decoder's metrics.json: its settings, and its seconds (beside the "
+                   "ones measured here, or the divisor without --decode-model-dir).")
+    p.add_argument("--decode-model-dir", help="The ASR model that decoded the lattices (exp/ctc): time decoding in this run.")
+    p.add_argument("--decode-lang-dir", help="Its lang directory with HLG (exp/lang).")
+    p.add_argument("--decode-data", help="Features it decoded (default: the evaluated split's --test-features, or "
+                   "--dev-features with --cross-validate).")
     p.add_argument("--prune-posterior", type=float, default=1e-4)
     p.add_argument("--awe-scales", default="0,1,2,4,8,16")
     p.add_argument("--lm-scales", default="0.5,1,2")
@@ -202,6 +227,10 @@ def main(argv=None):
     a = p.parse_args(argv)
     if not a.cross_validate and not (a.test_lattices and a.test_features):
         p.error("--test-lattices and --test-features are needed (or --cross-validate)")
+    if bool(a.decode_model_dir) != bool(a.decode_lang_dir):
+        p.error("--decode-model-dir and --decode-lang-dir go together")
+    if not (a.decode_model_dir or a.decode_metrics):
+        p.error("--decode-model-dir with --decode-lang-dir (decoding timed in this run), or --decode-metrics, is needed")
     out = Path(a.out).resolve()
     command = "python benchmarks/rescore_cost.py " + " ".join(shlex.quote(x) for x in (argv or sys.argv[1:]))
     os.chdir(a.workdir)
@@ -220,23 +249,47 @@ def main(argv=None):
     dev = _split(a.dev_lattices, spec, a.max_utterances, a.prune_posterior)
     test = None if a.cross_validate else _split(a.test_lattices, spec, a.max_utterances, a.prune_posterior)
     evaluated = dev[0] if a.cross_validate else test[0]
-    total_utts = json.loads(Path(a.decode_metrics).read_text()).get("utterances")
-    decode_seconds = _decode_seconds(a.decode_metrics, len(evaluated) / total_utts if total_utts else 1.0)
+    stored_arcs = dev[2] if a.cross_validate else test[2]
+    metrics_s, metrics_what = metrics_decode_seconds(a.decode_metrics, len(evaluated)) if a.decode_metrics else (None, None)
+    decoder = None
+    if a.decode_model_dir:
+        data = a.decode_data or (a.dev_features if a.cross_validate else a.test_features)
+        decoder = LatticeDecoder(a.decode_model_dir, a.decode_lang_dir, data, decode_settings(a.decode_metrics))
     base = {u: [w.word for w in best_path_hypothesis(l).words] for u, l in evaluated.items()}
     eval_refs = refs["dev" if a.cross_validate else "test"]
     base_wer = compute_wer([eval_refs[u] for u in sorted(base)], [base[u] for u in sorted(base)], train_vocab)["wer"]
 
+    utterance_ids = sorted(evaluated)
+    passes = [_timed_decode(decoder, utterance_ids, after=None)] if decoder else []
     rows = []
     for label, model, mode in a.variant:
-        row = run_variant(label, model, mode, a, dev, test, feats, refs, spk, train_vocab, decode_seconds)
+        row = run_variant(label, model, mode, a, dev, test, feats, refs, spk, train_vocab)
         print(json.dumps(row), flush=True)
         rows.append(row)
+    if decoder:  # interleaved: decode, the variants, decode again
+        passes.append(_timed_decode(decoder, utterance_ids, after=rows[-1]["variant"]))
+        decode = {"source": "measured in this run", "seconds": mean_seconds(passes)["total"],
+                  "mean_seconds": mean_seconds(passes), "passes": passes,
+                  "schedule": ", ".join(["decode"] + [r["variant"] for r in rows] + ["decode"]),
+                  "model_dir": a.decode_model_dir, "lang_dir": a.decode_lang_dir, "data": decoder.data_path,
+                  "settings": decoder.settings, "stored_word_lattice_arcs": stored_arcs}
+    else:
+        decode = {"source": "metrics.json (fallback: not measured in this run; another run at another machine load)",
+                  "seconds": round(metrics_s, 3) if metrics_s else None}
+    decode.update({"metrics_json": a.decode_metrics, "metrics_json_seconds": round(metrics_s, 3) if metrics_s else None,
+                   "metrics_json_covers": metrics_what})
+    for row in rows:
+        total = row["seconds"]["total"]
+        row["decode_seconds"] = decode["seconds"]
+        row["rescoring_seconds_per_decode_second"] = _ratio(total, decode["seconds"])
+        row["decode_seconds_metrics_json"] = decode["metrics_json_seconds"]
+        row["rescoring_seconds_per_decode_second_metrics_json"] = _ratio(total, decode["metrics_json_seconds"])
 
     entry = {
         "corpus": a.corpus, "lattice_source": a.lattice_source, "workdir": a.workdir,
         "protocol": "2-fold cross-validation over dev speakers" if a.cross_validate else "scales tuned on dev, WER on test",
         "prune_posterior": a.prune_posterior, "batch_frames": a.batch_frames, "threads": a.threads,
-        "decode_seconds_source": f"{a.decode_metrics} (forward + HLG lattice + 1-best, scaled to the utterances rescored)",
+        "decode": decode,
         "lattice_1best_wer": base_wer, "rows": rows,
         "command": command,
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {a.threads} thread(s), shared with other jobs",

@@ -276,9 +276,33 @@ def test_rescore_cost_section_has_one_table_per_run_with_its_command(tmp_path):
     md = write_results_md(results, tmp_path / "RESULTS.md", results / "plots").read_text()
     section = md.split("## Rescoring cost on CPU: span encoders")[1].split("\n## ")[0]
     cells = [[c.strip() for c in line.strip("|").split("|")] for line in section.splitlines() if line.startswith("|")]
-    assert ["conv_one_pass", "AcousticWordEncoder", "one_pass", "0.041", "5123", "98765", "3.00", "1.50", "0.50", "65.0"] in cells
+    assert ["conv_one_pass", "AcousticWordEncoder", "one_pass", "0.041", "5123", "98765", "3.00", "1.50", "0.50", "65.0",
+            "–"] in cells
     assert "### synthetic/ctc" in section and "`python benchmarks/rescore_cost.py --corpus synthetic`" in section
     assert "lattice 1-best WER 73.3%" in section
+    # an entry without the decoder timed in the run is marked as divided by the metrics.json figure
+    assert "decoding 121.1 s from the decoder's metrics.json (fallback: not measured in this run" in section
+
+    # decoding timed in the run: its mean and passes, the metrics.json figure and ratio beside
+    timed = dict(row, decode_seconds=50.0, rescoring_seconds_per_decode_second=0.1, decode_seconds_metrics_json=125.0,
+                 rescoring_seconds_per_decode_second_metrics_json=0.04)
+    passes = [{"seconds": {"total": 48.0}}, {"seconds": {"total": 52.0}}]
+    decode = {"source": "measured in this run", "seconds": 50.0, "passes": passes,
+              "mean_seconds": {"forward": 2.0, "hlg_lattices": 20.0, "one_best": 1.0, "word_lattices": 25.0, "write": 2.0,
+                               "total": 50.0},
+              "schedule": "decode, conv_one_pass, decode", "metrics_json_seconds": 125.0,
+              "metrics_json_covers": "forward + HLG lattices + 1-best + word lattices"}
+    doc["runs"]["synthetic/ctc"].update(rows=[timed], decode=decode)
+    (results / "rescore_cost.json").write_text(json.dumps(doc))
+    md = write_results_md(results, tmp_path / "RESULTS.md", results / "plots").read_text()
+    section = md.split("## Rescoring cost on CPU: span encoders")[1].split("\n## ")[0]
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in section.splitlines() if line.startswith("|")]
+    assert ["conv_one_pass", "AcousticWordEncoder", "one_pass", "0.100", "5123", "98765", "3.00", "1.50", "0.50", "65.0",
+            "0.040"] in cells
+    assert ("decoding 50.0 s measured in this run (decode, conv_one_pass, decode; mean of 2 passes: 48.0, 52.0 s; "
+            "CTC forward 2.0, HLG search 20.0, 1-best 1.0, word lattices 25.0, writing 2.0), beside 125.0 s from the "
+            "decoder's metrics.json (forward + HLG lattices + 1-best + word lattices)") in section
+    assert "fallback" not in section.split("### synthetic/ctc")[1]
     (results / "rescore_cost.json").write_text(json.dumps({"runs": {"synthetic/ctc": {"rows": []}}}))
     with pytest.raises(ResultsError, match="rescore_cost.json: run 'synthetic/ctc' has no 'rows' list"):
         write_results_md(results, tmp_path / "RESULTS.md", results / "plots")

@@ -476,6 +476,58 @@ def train_vocabulary(train_data: Optional[str], data_path: str) -> Optional[set]
     return {w for t in read_utterance_features(p, expect=None).texts for w in t.split()}
 
 
+# ---------------------------------------------------------------- batching and word lattices
+# (shared by decode_main and rescorer.decoding.timed_decode, which times this same path)
+
+
+def length_batches(offsets: Sequence[int], keep: Sequence[int], max_batch_frames: int) -> List[List[int]]:
+    """Utterance indices sorted by length (shortest first), cut so that a batch's padded
+    frames (size x its longest) stay within ``max_batch_frames`` (at least one utterance each)."""
+    batches: List[List[int]] = []
+    cur: List[int] = []
+    for u in sorted(keep, key=lambda u: offsets[u + 1] - offsets[u]):
+        n = offsets[u + 1] - offsets[u]
+        if cur and (len(cur) + 1) * n > max_batch_frames:
+            batches.append(cur)
+            cur = []
+        cur.append(u)
+    if cur:
+        batches.append(cur)
+    return batches
+
+
+def padded_batch(feats_all: torch.Tensor, offsets: Sequence[int], batch: Sequence[int]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """([B, T, D] float features zero-padded, [B] lengths) of the utterances ``batch``."""
+    lens = torch.tensor([offsets[u + 1] - offsets[u] for u in batch])
+    feats = torch.zeros(len(batch), int(lens.max()), feats_all.shape[1])
+    for i, u in enumerate(batch):
+        feats[i, : lens[i]] = feats_all[offsets[u] : offsets[u + 1]].float()
+    return feats, lens
+
+
+def word_lattices_of(lattices: Dict[str, object], ids: Sequence[str], lang, frame_shift: float,
+                     progress: bool = False) -> Tuple[List, List[str]]:
+    """(word lattices, ids without one) of token lattices, in ``ids`` order: ``word_lattice_arcs``
+    then ``build_word_lattice``; an utterance whose search kept no complete path has nothing
+    to rescore and is listed instead."""
+    import k2
+    from tqdm import tqdm
+
+    table = k2.SymbolTable.from_file(str(lang.dir / "words.txt"))
+    id2word = lang.id2word
+    wls, no_lattice = [], []
+    for uid in tqdm(ids, desc="word lattices", unit="utt", disable=not progress):
+        arcs, finals = word_lattice_arcs(lattices[uid], id2word)
+        if not arcs or not finals:
+            no_lattice.append(uid)
+            continue
+        wls.append(build_word_lattice(
+            arcs, table, frame_shift=frame_shift, final_states=finals, utterance_id=uid,
+            meta={"source": "rescorer.decoding HLG lattice", "lang_dir": str(lang.dir)},
+        ))
+    return wls, no_lattice
+
+
 # ---------------------------------------------------------------- CLI
 
 
@@ -564,26 +616,14 @@ def decode_main(a) -> dict:
     nbest_rows = []
     forward_seconds = 0.0
     id2word = lang.id2word if lang else {}
-    keep_sorted = sorted(keep, key=lambda u: offsets[u + 1] - offsets[u])
-    batches, cur = [], []
-    for u in keep_sorted:
-        n = offsets[u + 1] - offsets[u]
-        if cur and (len(cur) + 1) * n > a.max_batch_frames:
-            batches.append(cur)
-            cur = []
-        cur.append(u)
-    if cur:
-        batches.append(cur)
+    batches = length_batches(offsets, keep, a.max_batch_frames)
     from tqdm import tqdm
 
-    bar = tqdm(total=len(keep_sorted), desc="decoding", unit="utt")
+    bar = tqdm(total=len(keep), desc="decoding", unit="utt")
     with torch.no_grad():
         for b in batches:
             bar.update(len(b))
-            lens = torch.tensor([offsets[u + 1] - offsets[u] for u in b])
-            feats = torch.zeros(len(b), int(lens.max()), feats_all.shape[1])
-            for i, u in enumerate(b):
-                feats[i, : lens[i]] = feats_all[offsets[u] : offsets[u + 1]].float()
+            feats, lens = padded_batch(feats_all, offsets, b)
             feats, lens = feats.to(device), lens.to(device)
             t0 = time.perf_counter()
             lp, out_lens = _model_output(model, feats, lens)
@@ -665,20 +705,8 @@ def decode_main(a) -> dict:
             frame_shift=lattice_shift, subsampling_factor=sub,
         )
     if lattices and a.word_lattices:
-        import k2
-
-        table = k2.SymbolTable.from_file(str(lang.dir / "words.txt"))
-        wls, no_lattice = [], []
         t0 = time.perf_counter()
-        for uid in tqdm([u for u in ids if u in lattices], desc="word lattices", unit="utt"):
-            arcs, finals = word_lattice_arcs(lattices[uid], id2word)
-            if not arcs or not finals:  # the search kept no complete path: nothing to rescore
-                no_lattice.append(uid)
-                continue
-            wls.append(build_word_lattice(
-                arcs, table, frame_shift=lattice_shift, final_states=finals, utterance_id=uid,
-                meta={"source": "rescorer.decoding HLG lattice", "lang_dir": str(lang.dir)},
-            ))
+        wls, no_lattice = word_lattices_of(lattices, [u for u in ids if u in lattices], lang, lattice_shift, progress=True)
         if no_lattice:
             log.warning("%d utterance(s) have no complete path in their lattice (left out of word_lattices.pt, "
                         "listed in metrics.json as no_lattice): %s", len(no_lattice), ", ".join(no_lattice[:5]))
