@@ -60,6 +60,7 @@ def test_select_copies_the_chosen_segments():
         assert sub.utterance_ids[k] == data.utterance_ids[i]
 
 
+@pytest.mark.pipeline
 @pytest.mark.tts
 @pytest.mark.skipif(not (HAVE_ESPEAK and HAVE_LHOTSE and os.path.isfile("/usr/share/dict/american-english")),
                     reason="needs espeak-ng, lhotse and the Debian word list")

@@ -71,6 +71,7 @@ def _run(workdir: Path, *args: str, timeout: float = 900) -> subprocess.Complete
                           capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.pipeline
 @pytest.mark.tts
 @pytest.mark.slow
 @pytest.mark.skipif(not (HAVE_ESPEAK and HAVE_LHOTSE and os.path.isfile("/usr/share/dict/american-english")),
