@@ -296,22 +296,6 @@ def pad_frames(feats: Sequence[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tenso
     return out, lengths
 
 
-def batches_by_frames(lengths: Dict[str, int], max_frames: int) -> List[List[str]]:
-    """Utterance ids in batches whose padded size (utterances x longest) stays within
-    ``max_frames`` (one utterance per batch at least); similar lengths together, so little padding."""
-    order = sorted(lengths, key=lambda u: (lengths[u], u))
-    batches: List[List[str]] = []
-    cur: List[str] = []
-    for u in order:
-        if cur and (len(cur) + 1) * lengths[u] > max_frames:
-            batches.append(cur)
-            cur = []
-        cur.append(u)
-    if cur:
-        batches.append(cur)
-    return batches
-
-
 class Rescorer:
     """A trained embedder + scales; rescoring keeps a cache of spelling embeddings.
 

@@ -84,7 +84,7 @@ def test_one_pass_is_refused_for_an_encoder_that_cannot_and_unknown_modes_are_na
 
 
 def test_batches_by_frames_bound_the_padded_size_and_keep_every_utterance():
-    from rescorer.rescore import batches_by_frames
+    from rescorer.formats.frames import batches_by_frames
 
     lengths = {"a": 100, "b": 300, "c": 120, "d": 5000, "e": 90}
     batches = batches_by_frames(lengths, 400)

@@ -83,6 +83,7 @@ from rescorer.formats.contract import (
     FBANK, LATTICE_FRAME_SHIFT, MIN_INPUT_FRAMES, SUBSAMPLING_FACTOR, UNK, FeatureSpec, check_spec,
 )
 from rescorer.formats.tagged import FormatError, UnsafeFileError
+from rescorer.formats.frames import batches_by_frames
 from rescorer.formats.utterances import read_utterance_features
 from rescorer.lattice.paths import Hypothesis, WordSpan, best_with_attention, oracle_arc_path, sample_paths
 from rescorer.lattice.word_lattice import build_word_lattice, save_word_lattices
@@ -483,17 +484,7 @@ def train_vocabulary(train_data: Optional[str], data_path: str) -> Optional[set]
 def length_batches(offsets: Sequence[int], keep: Sequence[int], max_batch_frames: int) -> List[List[int]]:
     """Utterance indices sorted by length (shortest first), cut so that a batch's padded
     frames (size x its longest) stay within ``max_batch_frames`` (at least one utterance each)."""
-    batches: List[List[int]] = []
-    cur: List[int] = []
-    for u in sorted(keep, key=lambda u: offsets[u + 1] - offsets[u]):
-        n = offsets[u + 1] - offsets[u]
-        if cur and (len(cur) + 1) * n > max_batch_frames:
-            batches.append(cur)
-            cur = []
-        cur.append(u)
-    if cur:
-        batches.append(cur)
-    return batches
+    return batches_by_frames({u: offsets[u + 1] - offsets[u] for u in keep}, max_batch_frames)
 
 
 def padded_batch(feats_all: torch.Tensor, offsets: Sequence[int], batch: Sequence[int]) -> Tuple[torch.Tensor, torch.Tensor]:

@@ -115,7 +115,7 @@ def prepare_all(rescorer, lattices: Dict[str, object], feats: Dict[str, torch.Te
     the batching."""
     from tqdm import tqdm
 
-    from rescorer.rescore import batches_by_frames
+    from rescorer.formats.frames import batches_by_frames
 
     out = {}
     missing = [u for u in lattices if u not in feats]

@@ -17,10 +17,11 @@ from typing import Dict, Optional
 from tqdm import tqdm
 
 from rescorer.corpora.text_sources import large_word_list
+from rescorer.formats.frames import batches_by_frames
 from rescorer.formats.utterances import read_utterance_features
 from rescorer.formats.word_list import WordListError, read_word_list
 from rescorer.lattice.word_lattice import load_word_lattices, prune, save_word_lattices
-from rescorer.rescore import Rescorer, batches_by_frames
+from rescorer.rescore import Rescorer
 from rescorer.stages import StageError
 from rescorer.utils import atomic_write_text
 
