@@ -483,6 +483,9 @@ def rescore_cmd(model_dir, lattices, features, out, recover_oov, word_list, word
 @click.option("--word-list", type=click.Path(exists=True, dir_okay=False),
               help="awe_rescore_oov_recovery's word list file (default: the first --word-list-size words of the built-in list).")
 @click.option("--word-list-size", type=int, default=200000, show_default=True)
+@click.option("--test-word-list", type=click.Path(exists=True, dir_okay=False),
+              help="The CTC methods' word list on test (default: --word-list, which they tune with on dev), "
+                   "e.g. context_test.txt when --word-list is context_dev.txt.")
 @click.option("--context-list", type=click.Path(exists=True, dir_okay=False),
               help="awe_rescore_context_list's list for dev (e.g. rescorer word-lists' context_dev.txt).")
 @click.option("--test-context-list", type=click.Path(exists=True, dir_okay=False),

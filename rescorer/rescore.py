@@ -447,6 +447,12 @@ class Rescorer:
             emb = torch.cat([self.letters.encode_words(clean[i : i + chunk]).float() for i in range(0, len(clean), chunk)])
         self._word_list = WordListIndex(clean, emb.to(self.device))
 
+    def word_list_table(self, base):
+        """``base`` extended by the word list's words (the table recovered lattices get; built once
+        per input table and shared): a lattice moved onto it can take arcs of any listed word."""
+        self._need_vocabulary()
+        return self._word_list.table_for(base)
+
     # ------------------------------------------------------------ scoring
 
     def _check(self, lat, feats: torch.Tensor) -> torch.Tensor:
@@ -777,7 +783,7 @@ class WordListIndex:
         self.index = NearestIndex(_unit_rows(embeddings.float()), metric="cosine")
         # letters a-z of each word (apostrophes not counted): the oov_min_letters guard
         self.letters = torch.tensor([sum(ch.isalpha() for ch in w) for w in self.words], dtype=torch.long)
-        self._table: Optional[tuple] = None  # (base table, its size, extended table, word ids)
+        self._table: Optional[tuple] = None  # (base table, its size, extended table, word ids, its size)
 
     def __len__(self) -> int:
         return len(self.words)
@@ -791,10 +797,10 @@ class WordListIndex:
         """(table, ids): ``base`` extended by the list's missing words (``lattice.edit.extend_table``),
         and each listed word's id in it; ``base`` itself is never modified."""
         hit = self._table
-        if hit is not None and hit[0] is base and hit[1] == len(base):
-            return hit[2], hit[3]
+        if hit is not None and (hit[0] is base and hit[1] == len(base) or hit[2] is base and len(hit[2]) == hit[4]):
+            return hit[2], hit[3]  # base is the last table asked for, or the extension made for it
         table, ids = extend_table(base, self.words)
-        self._table = (base, len(base), table, ids)
+        self._table = (base, len(base), table, ids, len(table))
         return table, ids
 
 

@@ -1,17 +1,18 @@
 """Embedding rescoring fused with the CTC spelling score, and OOV recovery from both.
 
-``CtcFusion.prepare`` does, for one utterance, the work that does not depend on the
-scales (so a grid then only recombines per-arc scores):
+``CtcFusion.prepare_batch`` does, for a batch of utterances, the work that does not depend
+on the scales (so a grid then only recombines per-arc scores):
 
 1. the CTC log-probs (``decoding.ctc_scores.CtcPosteriors``) are computed once;
-2. with ``recover`` and a word list: the embedding's nearest spellings are added as arcs
-   (``Rescorer.recover_oov``, searching the same list), then the CTC word spotter's hits
-   (``decoding.word_spotting.spot``) are added as arcs over their spans
+2. with ``recover`` and a word list: the CTC word spotter's hits (``decoding.word_spotting
+   .spot_batch``, all utterances in one frame loop) are added as arcs over their spans
    (``lattice.span_arcs``: between the states nearest the hit's ends, the best acoustic
    score of the paths they replace, the recovered-word LM cost ``oov_lm_score``, marked
-   like recovery's arcs so that cost is tuned with the scales);
-3. every word arc gets its embedding score (``awe``) and its CTC spelling score over its
-   span (``ctc``, each normalisation of ``ctc_scores.NORMS``, each (span, word) once).
+   like recovery's arcs so that cost is tuned with the scales), then the embedding's
+   nearest spellings (``Rescorer`` OOV recovery, searching the same list);
+3. every word arc gets its embedding score (``awe``; the batch's spans embedded together,
+   ``Rescorer.embedding_scores_batch``) and its CTC spelling score over its span (``ctc``,
+   each normalisation of ``ctc_scores.NORMS``, each (span, word) once).
 
 Scores combine as ``am + lm_scale lm + wip + awe_scale awe + ctc_scale ctc``
 (``lattice.scores``); ``FusedLattice.decode`` gives the best path under a config and a
@@ -21,13 +22,13 @@ normalisation.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
 from rescorer.decoding.ctc_scores import NORMS, CtcPosteriors, SpanScorer, arc_ctc_scores
-from rescorer.decoding.word_spotting import SpellingTrie, SpottedWord, SpottingConfig, spot
+from rescorer.decoding.word_spotting import SpellingTrie, SpottedWord, SpottingConfig, spot_batch
 from rescorer.lattice.edit import add_arcs, extend_table, new_arc_mask
 from rescorer.lattice.span_arcs import arcs_over_spans
 from rescorer.lattice.word_lattice import best_path_hypothesis
@@ -99,20 +100,36 @@ class CtcFusion:
             rescorer.set_vocabulary(list(word_list))  # nearest spellings come from the same list
 
     def prepare(self, lat, feats: torch.Tensor, log_probs: torch.Tensor, recover: bool = False) -> FusedLattice:
-        """The per-arc scores of one utterance (module doc); ``log_probs`` from ``posteriors``."""
+        """The per-arc scores of one utterance (``prepare_batch`` of one)."""
+        return self.prepare_batch([lat], [feats], [log_probs], recover)[0]
+
+    def prepare_batch(self, lats: Sequence, feats: Sequence[torch.Tensor], log_probs: Sequence[torch.Tensor],
+                      recover: bool = False) -> List[FusedLattice]:
+        """The per-arc scores of several utterances (module doc); ``log_probs`` from ``posteriors``.
+        Each result's ``seconds`` is its share of the batch's time."""
         t0 = time.perf_counter()
         c = self.config
         rc = self.rescorer
-        cache = SpanCache()
-        hits: List[SpottedWord] = []
-        n_hit_arcs = 0
+        n = len(lats)
+        hits: List[List[SpottedWord]] = [[] for _ in range(n)]
+        n_hit_arcs = [0] * n
         if recover:
             if self.trie is None:
                 raise ValueError("OOV recovery with CTC fusion needs a word list")
-            lat, _ = rc.recover_oov(lat, feats, span_cache=cache)
-            hits = spot(log_probs, self.trie, c.spotting)
-            lat, n_hit_arcs = add_spotted_arcs(lat, hits, self.posteriors.frame_shift, rc.config.oov_lm_score,
-                                               c.span_tolerance)
-        awe = rc.awe_scores(lat, feats, cache)
-        ctc = arc_ctc_scores(lat, SpanScorer(log_probs, c.floor_per_token), self.posteriors.frame_shift, c.norms)
-        return FusedLattice(lat, awe, ctc, hits, n_hit_arcs, time.perf_counter() - t0)
+            hits = spot_batch(log_probs, self.trie, c.spotting)
+            placed = []
+            for i, (lat, h) in enumerate(zip(lats, hits)):
+                table, _ = rc.word_list_table(lat.words)  # the list's words: spotted arcs need no new table
+                lat, n_hit_arcs[i] = add_spotted_arcs(replace(lat, words=table), h, self.posteriors.frame_shift,
+                                                      rc.config.oov_lm_score, c.span_tolerance)
+                placed.append(lat)
+            lats = placed
+        out = []
+        for (lat, awe, _), lp, h, k in zip(rc.embedding_scores_batch(lats, feats, recover=recover), log_probs, hits,
+                                           n_hit_arcs):
+            ctc = arc_ctc_scores(lat, SpanScorer(lp, c.floor_per_token), self.posteriors.frame_shift, c.norms)
+            out.append(FusedLattice(lat, awe, ctc, h, k))
+        share = (time.perf_counter() - t0) / max(1, n)
+        for f in out:
+            f.seconds = share
+        return out

@@ -100,3 +100,24 @@ def test_fusion_recovers_a_spotted_oov_word():
     cfg = RescoreConfig(awe_scale=0.0, ctc_scale=1.0, oov_lm_score=-3.0)
     assert fused.decode(r, cfg, "token") == ["the", "zebra", "on"]
     assert fused.decode(r, RescoreConfig(awe_scale=0.0, ctc_scale=0.0, oov_lm_score=-3.0), "token") == ["the", "cat", "on"]
+
+
+def test_a_batch_is_prepared_as_its_utterances_one_by_one():
+    from rescorer.decoding.word_spotting import SpottingConfig
+    from rescorer.rescore import RescoreConfig
+    from rescorer.rescore_ctc import CtcFusion, FusionConfig
+
+    r = _rescorer(awe_scale=1.0, oov_topk=2, oov_min_similarity=0.5)
+    fusion = CtcFusion(r, StubPosteriors(), ["zebra", "giraffe"], FusionConfig(spotting=SpottingConfig(bonus=2.0)))
+    lats = [_lattice([(0, 1, "the", 0, 10, -1.0, -1.0), (1, 2, "cat", 10, 20, -1.0, -1.0), (2, 3, "on", 20, 25, -1.0, -1.0)]),
+            _the_cat_or_zebra()]
+    feats = [_feats(["the", "zebra", "on"], frames_per_word=40)[:100], _feats(["the", "cat", "on"], frames_per_word=40)[:100]]
+    lps = [_log_probs(), _log_probs()]
+    batch = fusion.prepare_batch(lats, feats, lps, recover=True)
+    cfg = RescoreConfig(awe_scale=1.0, ctc_scale=1.0, oov_lm_score=-3.0)
+    for lat, f, lp, b in zip(lats, feats, lps, batch):
+        one = fusion.prepare(lat, f, lp, recover=True)
+        assert torch.allclose(one.awe, b.awe) and one.hit_arcs == b.hit_arcs and one.hits == b.hits
+        assert all(torch.allclose(one.ctc[k], b.ctc[k]) for k in one.ctc)
+        assert one.decode(r, cfg, "token") == b.decode(r, cfg, "token")
+    assert batch[0].decode(r, cfg, "token") == ["the", "zebra", "on"]

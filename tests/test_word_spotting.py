@@ -207,3 +207,40 @@ def test_tune_settings_name_what_the_ctc_methods_need():
     with pytest.raises(StageError, match="--word-list"):
         TuneSettings(**base, methods=("ctc_word_spotting",), ctc_model_dir="exp/ctc")
     TuneSettings(**base, methods=("awe_ctc_rescore",), ctc_model_dir="exp/ctc")
+    # test's own list (a context list per split) needs dev's, and a test split to apply it to
+    with pytest.raises(StageError, match="dev word list only"):
+        TuneSettings(**base, methods=("ctc_word_spotting",), ctc_model_dir="exp/ctc", word_list="d.txt",
+                     test_word_list="t.txt")
+    split = {**base, "cross_validate": False, "test_lattices": "tl", "test_features": "tf"}
+    with pytest.raises(StageError, match="give --word-list for dev too"):
+        TuneSettings(**split, methods=("awe_ctc_rescore",), ctc_model_dir="exp/ctc", test_word_list="t.txt")
+    assert TuneSettings(**split, methods=("ctc_word_spotting",), ctc_model_dir="exp/ctc", word_list="d.txt",
+                        test_word_list="t.txt").test_word_list == "t.txt"
+
+
+def test_batched_spotting_equals_the_reference_utterance_by_utterance():
+    """spot_batch (one frame loop for many utterances, beam per utterance) gives spot's hits,
+    on planted words and on noisy log-probs of different lengths; so does the merge."""
+    from rescorer.decoding.word_spotting import (SpellingTrie, SpottingConfig, ctc_word_spotting,
+                                                 ctc_word_spotting_batch, spot, spot_batch)
+
+    trie = SpellingTrie(["zebra", "zeal", "bra", "the", "then", "cat", "cab", "abba", "ab"])
+    g = torch.Generator().manual_seed(3)
+    lps = [planted(40, spell("the", 1) + spell("zebra", 12)), planted(9, spell("ab", 1))]
+    for T in (60, 7, 130, 1, 45):
+        x = torch.randn(T, 29, generator=g) * 3
+        x[:, BLANK_ID] += 2.0
+        lps.append(x.log_softmax(1))
+    cfg = SpottingConfig(bonus=3.0, threshold=-8.0, beam=6.0)
+    ref = [spot(lp, trie, cfg) for lp in lps]
+    assert sum(map(len, ref)) >= 5 and ref[0] and [h.word for h in ref[0]] == ["the", "zebra"]
+    fast = spot_batch(lps, trie, cfg)
+    assert len(fast) == len(lps)
+    for a, b in zip(ref, fast):
+        assert [(h.word, h.start, h.end) for h in a] == [(h.word, h.start, h.end) for h in b]
+        assert [h.score for h in a] == pytest.approx([h.score for h in b], abs=1e-4)
+    # an utterance's hits do not depend on its batch-mates, nor on the batch's frame budget
+    assert [(h.word, h.start) for h in spot_batch(lps[:1], trie, cfg)[0]] == [(h.word, h.start) for h in ref[0]]
+    merged = ctc_word_spotting_batch(lps, trie, cfg, batch_frames=100)
+    assert [m.word_sequence for m in merged] == [ctc_word_spotting(lp, trie, cfg).word_sequence for lp in lps]
+    assert spot_batch([], trie, cfg) == []

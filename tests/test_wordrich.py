@@ -115,6 +115,45 @@ def test_plan_round_trips_and_bad_configs_name_the_problem(tmp_path):
         load_plan(tmp_path / "bad.json")
 
 
+@needs_lhotse
+def test_excluded_words_are_never_spoken(tmp_path):
+    """A real corpus's dev OOV words (its dev words minus its train words) stay out of the
+    corpus: not list words, not inside any fortunes sentence; kept words are not excluded."""
+    from lhotse import SupervisionSegment, SupervisionSet
+
+    from rescorer.corpora.text_sources import TextSourceError
+
+    base = _default_plan()
+    spoken = [w for u in base.utterances for w in u.words]
+    list_words = base.train_types[:3] + base.held_out["test"][:2]
+    fortune_word = next(w for u in base.utterances if u.split == "train" and not set(u.words) & set(base.train_types)
+                        for w in u.words if len(w) > 4 and w not in {"please", "repeat"})
+    kept = base.train_types[3]
+    dev = SupervisionSet.from_segments([
+        SupervisionSegment(id=f"d{i}", recording_id=f"r{i}", start=0, duration=1, text=t)
+        for i, t in enumerate([" ".join(list_words).upper(), f"{fortune_word} {kept}", ""])
+    ])
+    dev.to_file(tmp_path / "dev_sups.jsonl.gz")
+    (tmp_path / "train_words.txt").write_text(f"# the real corpus's train words\n{kept}\n")
+    (tmp_path / "dev_oov.txt").write_text("\n".join(list_words + [fortune_word]) + "\n")
+    plan = _plan(exclude_words_of=[str(tmp_path / "dev_sups.jsonl.gz")], keep_words_of=[str(tmp_path / "train_words.txt")])
+    now = {w for u in plan.utterances for w in u.words}
+    gone = set(list_words) | {fortune_word}
+    assert gone <= set(spoken) and not gone & now
+    # a kept word is not excluded: the same plan as excluding the dev OOV words alone
+    from rescorer.corpora.wordrich import plan_to_json
+
+    alone = _plan(exclude_words_of=[str(tmp_path / "dev_oov.txt")])
+    strip = lambda p: {k: v for k, v in json.loads(plan_to_json(p)).items() if k != "config"}
+    assert strip(alone) == strip(plan)
+    assert len(plan.train_types) == 150 and len(plan.held_out["test"]) == 16  # sizes still as configured
+    with pytest.raises(TextSourceError, match="nope.txt not found"):
+        _plan(exclude_words_of=[str(tmp_path / "nope.txt")])
+    (tmp_path / "carrier.txt").write_text("words\n")
+    with pytest.raises(ValueError, match=r"carrier words \['words'\]"):
+        _plan(exclude_words_of=[str(tmp_path / "carrier.txt")])
+
+
 # ---------------------------------------------------------------- synthesis and alignments
 
 

@@ -6,9 +6,10 @@
 # Size (config.yaml, measured on 2 loaded cores): ~15.5k utterances, ~18 h of audio; synthesis
 # ~35x real time per core, so ~31 CPU-minutes (~16 min on 2 idle cores); then fbank + segments.
 # Stages:
-#   0  synthesize the word-rich corpus (list words in carriers + fortunes) -> data/wordrich (plan.json, manifests)
+#   0  speechocean762 manifests (the config may keep its dev OOV words out of the corpus), then
+#      synthesize the word-rich corpus (list words in carriers + fortunes) -> data/wordrich (plan.json, manifests)
 #   1  features + word segments of it (frontend: the config's features)  -> data/wordrich/segments
-#   2  speechocean762 manifests + segments in the same frontend           -> data/speechocean762/segments
+#   2  speechocean762 segments in the same frontend                       -> data/speechocean762/segments
 #   3  corpus report                                                       -> exp/corpora.json
 #   4  pretrain the embedder on the word-rich corpus                       -> exp/embeddings_wordrich
 #   5  fine-tune it on speechocean762 train (--init-from), and the same
@@ -36,8 +37,15 @@ train_run() {
   touch "$out/.done"
 }
 
+so762_manifests() {
+  if [ ! -f "$SO762/manifests/speechocean762_cuts_dev.jsonl.gz" ]; then
+    rescorer prepare speechocean762 "$SO762_DIR" "$SO762" --dev-speaker-fraction 0.2 --seed 0
+  fi
+}
+
 if run_stage 0; then
-  log "stage 0: synthesize the word-rich corpus ($DATA)"
+  log "stage 0: speechocean762 manifests; synthesize the word-rich corpus ($DATA)"
+  so762_manifests
   rescorer prepare wordrich "$DATA" --config "$CONFIG" -j "$num_jobs"
 fi
 if run_stage 1; then
@@ -46,9 +54,7 @@ if run_stage 1; then
 fi
 if run_stage 2; then
   log "stage 2: speechocean762 ($SO762_DIR) in the same frontend"
-  if [ ! -f "$SO762/manifests/speechocean762_cuts_dev.jsonl.gz" ]; then
-    rescorer prepare speechocean762 "$SO762_DIR" "$SO762" --dev-speaker-fraction 0.2 --seed 0
-  fi
+  so762_manifests
   segments_for "$SO762" speechocean762
 fi
 if run_stage 3; then

@@ -21,6 +21,11 @@ and resumable synthesis of the fortunes corpus (``synthetic.make_audio_and_manif
   OOV-vs-word-types experiment (benchmarks/oov_vs_word_types.py) compares equal hours.
 - Dev/test list utterances also speak words of the first tier (a share ``eval_iv_share``
   of their list tokens): words every such subset trains on, so IV P@1 is comparable.
+- Excluded words (the words of ``exclude_words_of`` minus those of ``keep_words_of``: word-list
+  files or lhotse supervision/cut manifests, e.g. a real corpus's dev minus its train
+  transcripts, i.e. its dev OOV words): never spoken, neither as list words nor inside a
+  fortunes sentence, so that corpus's OOV words stay unseen by pretraining and its OOV
+  P@1 measures unseen words, not words the spelling encoder met in synthetic speech.
 - Deterministic: the whole plan is drawn from the seed first; audio is a pure function of it.
 """
 
@@ -92,12 +97,17 @@ class WordRichConfig:
     seed: int = 0
     word_list: str = DEBIAN_WORD_LIST
     text_dir: Optional[str] = None  # fortunes directory (default: the Debian one)
+    exclude_words_of: Tuple[str, ...] = ()  # word lists / lhotse manifests whose words are never spoken...
+    keep_words_of: Tuple[str, ...] = ()  # ...unless they are words of these (e.g. the real corpus's train)
 
     def __post_init__(self) -> None:
         self.type_tiers = tuple((int(t), int(r)) for t, r in self.type_tiers)
         self.carriers = tuple(self.carriers)
         self.engines = tuple(self.engines)
         self.engine_weights = tuple(float(w) for w in self.engine_weights)
+        for name in ("exclude_words_of", "keep_words_of"):
+            v = getattr(self, name)
+            setattr(self, name, (str(v),) if isinstance(v, (str, Path)) else tuple(str(p) for p in v))
         if not self.type_tiers:
             raise ValueError("type_tiers needs at least one [types, repeats] tier")
         types = [t for t, _ in self.type_tiers]
@@ -159,6 +169,42 @@ def carrier_words(carriers: Sequence[str]) -> List[str]:
     return sorted({w for c in carriers for w in c.replace("{}", " ").split()})
 
 
+def excluded_words(paths: Sequence[str]) -> set:
+    """Normalised words of word-list files and of lhotse supervision/cut manifests' transcripts."""
+    from rescorer.formats.word_list import WordListError, read_word_list
+    from rescorer.text import NotAWordError, split_words
+
+    out: set = set()
+    for p in paths:
+        path = Path(p)
+        if not path.is_file():
+            raise TextSourceError(f"word exclusion: {path} not found")
+        if path.name.endswith((".jsonl.gz", ".jsonl", ".json")):
+            from lhotse import CutSet, SupervisionSet, load_manifest
+
+            try:
+                m = load_manifest(path)
+            except Exception as e:  # lhotse raises plain exceptions for unknown manifests
+                raise TextSourceError(f"word exclusion: {path} is not a lhotse manifest: {e}") from e
+            if isinstance(m, CutSet):
+                sups = [s for c in m for s in c.supervisions]
+            elif isinstance(m, SupervisionSet):
+                sups = list(m)
+            else:
+                raise TextSourceError(f"word exclusion: {path} holds {type(m).__name__}, not supervisions or cuts")
+            for s in sups:
+                try:
+                    out.update(split_words(s.text or ""))
+                except NotAWordError:
+                    continue  # an empty or non-word transcript excludes nothing
+        else:
+            try:
+                out.update(read_word_list(path))
+            except WordListError as e:
+                raise TextSourceError(f"word exclusion: {e}") from e
+    return out
+
+
 def candidate_list_words(cfg: WordRichConfig, excluded: set) -> List[str]:
     """The word list's usable entries (sorted), minus ``excluded`` (fortunes and carrier words)."""
     path = Path(cfg.word_list)
@@ -191,10 +237,16 @@ def make_plan(cfg: WordRichConfig, voices_by_engine: Optional[Dict[str, List[str
     rng = np.random.default_rng(cfg.seed)
     sentences = fortune_sentences(cfg.text_dir, cfg.min_words, cfg.max_words)
     sentences = [sentences[i] for i in rng.permutation(len(sentences))]
+    never = excluded_words(cfg.exclude_words_of) - excluded_words(cfg.keep_words_of)
+    if never:
+        sentences = [s for s in sentences if not never.intersection(s)]
     n_fortunes = cfg.train_fortunes + cfg.dev_fortunes + cfg.test_fortunes
     if n_fortunes > len(sentences):
         raise ValueError(f"{n_fortunes} fortunes sentences asked for, {len(sentences)} available")
-    excluded = {w for s in sentences for w in s} | set(carrier_words(cfg.carriers))
+    if never.intersection(carrier_words(cfg.carriers)):
+        raise ValueError(f"carrier words {sorted(never.intersection(carrier_words(cfg.carriers)))} are in "
+                         "exclude_words_of: change the carriers or the exclusion")
+    excluded = {w for s in sentences for w in s} | set(carrier_words(cfg.carriers)) | never
     pool = candidate_list_words(cfg, excluded)
     need = cfg.train_types + cfg.held_out_dev_types + cfg.held_out_test_types
     if len(pool) < need:

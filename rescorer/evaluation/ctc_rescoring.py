@@ -18,7 +18,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 
-from rescorer.decoding.word_spotting import SpellingTrie, SpottingConfig, SpottingResult, ctc_word_spotting
+from rescorer.decoding.word_spotting import SpellingTrie, SpottingConfig, SpottingResult, ctc_word_spotting_batch
 from rescorer.wer import compute_wer
 
 
@@ -26,7 +26,8 @@ def spot_all(log_probs: Dict[str, torch.Tensor], trie: SpellingTrie, config: Spo
              ) -> Tuple[Dict[str, SpottingResult], float]:
     """(result by utterance, seconds spent spotting and merging)."""
     t0 = time.perf_counter()
-    out = {u: ctc_word_spotting(lp, trie, config) for u, lp in log_probs.items()}
+    uids = list(log_probs)
+    out = dict(zip(uids, ctc_word_spotting_batch([log_probs[u] for u in uids], trie, config)))
     return out, time.perf_counter() - t0
 
 
@@ -49,15 +50,26 @@ def tune_spotting(log_probs: Dict[str, torch.Tensor], trie: SpellingTrie, refs: 
 
 
 def prepare_fused_all(fusion, lattices: Dict[str, object], feats: Dict[str, torch.Tensor],
-                      log_probs: Dict[str, torch.Tensor], recover: bool, progress: bool = True):
+                      log_probs: Dict[str, torch.Tensor], recover: bool, progress: bool = True,
+                      batch_frames: int = 20000):
+    """``CtcFusion.prepare_batch`` over a split, in batches of at most ``batch_frames`` feature frames."""
     from tqdm import tqdm
+
+    from rescorer.formats.frames import batches_by_frames
 
     missing = [u for u in lattices if u not in feats or u not in log_probs]
     if missing:
         raise KeyError(f"no features for {len(missing)} lattices, e.g. {missing[:3]}")
     desc = "embedding + CTC scores" + (" + recovery (embedding and CTC-WS)" if recover else "")
-    return {u: fusion.prepare(lattices[u], feats[u], log_probs[u], recover)
-            for u in tqdm(sorted(lattices), desc=desc, disable=not progress)}
+    uids = sorted(lattices)
+    out = {}
+    with tqdm(total=len(uids), desc=desc, disable=not progress) as bar:
+        for us in batches_by_frames({u: feats[u].shape[0] for u in uids}, batch_frames):
+            done = fusion.prepare_batch([lattices[u] for u in us], [feats[u] for u in us], [log_probs[u] for u in us],
+                                        recover)
+            out.update(zip(us, done))
+            bar.update(len(us))
+    return out
 
 
 def tune_fused(rescorer, prepared: Dict[str, object], refs: Dict[str, List[str]], awe_scales: Iterable[float],

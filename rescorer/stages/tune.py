@@ -97,7 +97,8 @@ class TuneSettings:
     oov_lm_scores: Optional[Tuple[float, ...]] = None  # OOV recovery: LM costs of a recovered word to tune
     oov_margins: Optional[Tuple[Optional[float], ...]] = None  # OOV recovery: abstention margins to tune (None: old rule)
     word_list: Optional[str] = None  # awe_rescore_oov_recovery's list file (default: large_word_list(word_list_size));
-    # also the words ctc_word_spotting spots and awe_ctc_rescore's recovery searches
+    # also the words ctc_word_spotting spots and awe_ctc_rescore's recovery searches (on dev)
+    test_word_list: Optional[str] = None  # the CTC methods' list on test (default: word_list), e.g. context_test.txt
     context_list: Optional[str] = None  # awe_rescore_context_list's list file for dev
     test_context_list: Optional[str] = None  # ... for test (default: context_list)
     attention_model_dir: Optional[str] = None  # joint CTC/attention model for awe_plus_attention
@@ -138,6 +139,10 @@ class TuneSettings:
             raise StageError("awe_rescore_context_list needs a context list (--context-list FILE, e.g. from rescorer word-lists)")
         if self.test_context_list and self.cross_validate:
             raise StageError("cross-validation over dev speakers uses the dev context list only: drop --test-context-list")
+        if self.test_word_list and self.cross_validate:
+            raise StageError("cross-validation over dev speakers uses the dev word list only: drop --test-word-list")
+        if self.test_word_list and not self.word_list:
+            raise StageError("--test-word-list is the CTC methods' list on test: give --word-list for dev too")
 
 
 def _features(path, spec):

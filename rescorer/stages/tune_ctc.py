@@ -65,6 +65,15 @@ def ctc_methods(s, rescorer, train_vocab, grid, dev_lats, dev_feats, dev_refs, f
     trie = SpellingTrie(words) if words else None
     if words:
         log.info("word list %s: %d words, %d tree nodes", s.word_list, len(words), len(trie))
+    # test's own list (a context list names its session's words): tuned with dev's, applied with test's
+    test_words, test_trie = words, trie
+    if s.test_word_list and s.test_word_list != s.word_list:
+        test_words = list(read_word_list(s.test_word_list))
+        test_trie = SpellingTrie(test_words)
+        log.info("test word list %s: %d words", s.test_word_list, len(test_words))
+    lists = {"word_list": s.word_list, "word_list_size": len(words) if words else 0}
+    if test_words is not words:
+        lists.update(test_word_list=s.test_word_list, test_word_list_size=len(test_words))
     dev_ctc = read_utterance_features(s.dev_features, expect=posteriors.feature_spec).by_id()
     test_ctc = dev_ctc if s.cross_validate else read_utterance_features(s.test_features, expect=posteriors.feature_spec).by_id()
     eval_uids = sorted(u for _, ev in folds for u in ev)
@@ -90,7 +99,7 @@ def ctc_methods(s, rescorer, train_vocab, grid, dev_lats, dev_feats, dev_refs, f
                                         s.ws_thresholds, fixed, train_vocab)
             curves[f"ctc_word_spotting_spotting{k}"] = curve
             chosen.append(asdict(best))
-            res, sec = spot_all({u: lp_test[u] for u in eval_lats}, trie, best)
+            res, sec = spot_all({u: lp_test[u] for u in eval_lats}, test_trie, best)
             spot_seconds += sec
             for u in sorted(eval_lats):
                 refs.append(test_refs[u])
@@ -102,8 +111,7 @@ def ctc_methods(s, rescorer, train_vocab, grid, dev_lats, dev_feats, dev_refs, f
             refs.append(test_refs[u])
             base.append([])
             hyps.append([])
-        extra = {"base": "ctc_greedy", "spotting": chosen, "word_list": s.word_list, "word_list_size": len(words),
-                 "hits": hits, "accepted_hits": accepted, "spotting_seconds": round(spot_seconds, 3),
+        extra = {"base": "ctc_greedy", "spotting": chosen, **lists, "hits": hits, "accepted_hits": accepted, "spotting_seconds": round(spot_seconds, 3),
                  "ctc_forward_seconds": round(forward, 3), "rescoring_seconds": round(spot_seconds + forward, 3)}
         for key, sec in (("spotting_seconds_per_decode_second", spot_seconds),
                          ("rescoring_seconds_per_decode_second", spot_seconds + forward)):
@@ -117,9 +125,14 @@ def ctc_methods(s, rescorer, train_vocab, grid, dev_lats, dev_feats, dev_refs, f
         recover = words is not None
         if recover:
             log.info("embedding the %d-word list for OOV recovery", len(words))
-        fusion = CtcFusion(rescorer, posteriors, words, FusionConfig(spotting=fixed, norms=tuple(s.ctc_norms)))
+        fcfg = FusionConfig(spotting=fixed, norms=tuple(s.ctc_norms))
+        fusion = CtcFusion(rescorer, posteriors, words, fcfg)
         prep_dev = prepare_fused_all(fusion, dev_lats, dev_feats, lp_dev, recover)
-        prep_test = prep_dev if s.cross_validate else prepare_fused_all(fusion, folds[0][1], test_feats, lp_test, recover)
+        if not s.cross_validate:
+            test_fusion = fusion if test_words is words else CtcFusion(rescorer, posteriors, test_words, fcfg)
+            prep_test = prepare_fused_all(test_fusion, folds[0][1], test_feats, lp_test, recover)
+        else:
+            prep_test = prep_dev
         refs, base, hyps, chosen = [], [], [], []
         seconds, hit_arcs = prune_seconds + forward, 0
         oov_grid = [float(x) for x in s.oov_lm_scores] if recover and s.oov_lm_scores else None
@@ -146,7 +159,7 @@ def ctc_methods(s, rescorer, train_vocab, grid, dev_lats, dev_feats, dev_refs, f
                  "spotted_arcs_added": hit_arcs, "ctc_forward_seconds": round(forward, 3),
                  "rescoring_seconds": round(seconds, 2)}
         if words:
-            extra.update({"word_list": s.word_list, "word_list_size": len(words)})
+            extra.update(lists)
         v = _per_decode(seconds, decode_seconds)
         if v is not None:
             extra["rescoring_seconds_per_decode_second"] = v

@@ -352,7 +352,7 @@ def _train(config: AsrTrainConfig, rank: int, world: int, device: torch.device, 
         _log(
             f"{config.model} model, size {config.size}: {count_parameters(model) / 1e6:.2f} M parameters; "
             f"train {len(train_data)} utterances ({train_data.hours:.2f} h, {len(train_data.skipped_too_long)} "
-            f"skipped as longer than {config.max_frames} frames, {train_data.ctc_infeasible()} too short for "
+            f"skipped as longer than {config.max_frames} frames, {train_data.ctc_infeasible(model.subsampling_factor)} too short for "
             f"their CTC targets), dev {len(dev_data)}; {steps_per_epoch} steps/epoch x {world} ranks on {device}"
         )
 
