@@ -483,6 +483,9 @@ def rescore_cmd(model_dir, lattices, features, out, recover_oov, word_list, word
 @click.option("--word-list", type=click.Path(exists=True, dir_okay=False),
               help="awe_rescore_oov_recovery's word list file (default: the first --word-list-size words of the built-in list).")
 @click.option("--word-list-size", type=int, default=200000, show_default=True)
+@click.option("--recovery-tuning", type=click.Choice(["two_step", "joint"]), default="two_step", show_default=True,
+              help="OOV recovery methods: two_step tunes the scales with recovered arcs priced out (the rescoring "
+                   "recovery adds to), then recovery's LM cost and margin at those scales; joint searches the product.")
 @click.option("--test-word-list", type=click.Path(exists=True, dir_okay=False),
               help="The CTC methods' word list on test (default: --word-list, which they tune with on dev), "
                    "e.g. context_test.txt when --word-list is context_dev.txt.")

@@ -99,7 +99,12 @@ def test_tune_reports_both_recovery_methods_with_their_lists(tmp_path, stub_mode
         assert [s["oov_margin"] for s in row["scales"]] == [0.5, 0.5]  # both folds: the first of equal WERs
     assert toy["awe_rescore"]["oov_recall"] == 0.0
     curve = json.loads((tmp_path / "rescore_tuning_toy_lattices.json").read_text())
-    assert {r["oov_margin"] for r in curve["awe_rescore_context_list_fold0"]} == {0.5, None}
+    rows = curve["awe_rescore_context_list_fold0"]
+    assert {r["oov_margin"] for r in rows if r["step"] == "recovery"} == {0.5, None}
+    # two steps: the scales with recovered arcs priced out (2 awe scales), then the 2 margins at them
+    assert [r["step"] for r in rows] == ["scales"] * 2 + ["recovery"] * 2
+    assert all(r["oov_lm_score"] <= -1e3 for r in rows[:2]) and rows[0]["wer"] > 0  # no recovery: zebra missed
+    assert {r["awe_scale"] for r in rows[2:]} == {toy["awe_rescore_context_list"]["scales"][0]["awe_scale"]}
     saved = json.loads((model / "rescorer.json").read_text())["config"]
     assert saved["oov_margin"] == 0.5 and saved["awe_scale"] == toy["awe_rescore"]["scales"][0]["awe_scale"]
     # a run of a recovery method alone adds its settings to the scales the model already has

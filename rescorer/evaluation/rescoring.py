@@ -200,6 +200,33 @@ def tune(
     return best[1], curve
 
 
+# an LM cost no recovered arc survives: recovered lattices then decode as if nothing was added
+NO_RECOVERY_LM_SCORE = -1.0e4
+
+
+def tune_recovery(
+    rescorer,
+    prepared: Dict[str, PreparedLattice],
+    refs: Dict[str, List[str]],
+    awe_scales: Iterable[float],
+    lm_scales: Iterable[float],
+    word_insertion_penalties: Iterable[float],
+    train_vocab: Optional[set] = None,
+    oov_lm_scores: Optional[Iterable[float]] = None,
+    oov_margins: Optional[Iterable[Optional[float]]] = None,
+) -> Tuple[object, List[dict]]:
+    """OOV recovery tuned in two steps on dev: the scales first, with every recovered arc
+    priced out (``NO_RECOVERY_LM_SCORE``: the rescoring that recovery adds to, as
+    ``awe_rescore`` tunes it), then recovery's own settings (LM cost, margin) at those
+    scales. Recovery is thus judged against the same rescoring it extends, and the grid
+    costs the sum of the two grids' decodes, not their product. Curve rows say their step."""
+    base, first = tune(rescorer, prepared, refs, awe_scales, lm_scales, word_insertion_penalties, train_vocab,
+                       oov_lm_scores=[NO_RECOVERY_LM_SCORE])
+    best, second = tune(rescorer, prepared, refs, [base.awe_scale], [base.lm_scale], [base.word_insertion_penalty],
+                        train_vocab, oov_lm_scores=oov_lm_scores, oov_margins=oov_margins)
+    return best, [{**r, "step": "scales"} for r in first] + [{**r, "step": "recovery"} for r in second]
+
+
 def evaluate(
     rescorer,
     prepared: Dict[str, PreparedLattice],

@@ -48,7 +48,7 @@ import numpy as np
 import torch
 
 from rescorer.corpora.text_sources import large_word_list
-from rescorer.evaluation.rescoring import evaluate, plot_tuning_curve, prepare_all, recovery_counts, tune
+from rescorer.evaluation.rescoring import evaluate, plot_tuning_curve, prepare_all, recovery_counts, tune, tune_recovery
 from rescorer.formats.utterances import read_utterance_features
 from rescorer.formats.word_list import WordListError, read_word_list
 from rescorer.lattice.word_lattice import best_path_hypothesis, load_word_lattices, prune
@@ -98,6 +98,7 @@ class TuneSettings:
     oov_margins: Optional[Tuple[Optional[float], ...]] = None  # OOV recovery: abstention margins to tune (None: old rule)
     word_list: Optional[str] = None  # awe_rescore_oov_recovery's list file (default: large_word_list(word_list_size));
     # also the words ctc_word_spotting spots and awe_ctc_rescore's recovery searches (on dev)
+    recovery_tuning: str = "two_step"  # recovery methods: two_step (scales, then recovery's settings) or joint
     test_word_list: Optional[str] = None  # the CTC methods' list on test (default: word_list), e.g. context_test.txt
     context_list: Optional[str] = None  # awe_rescore_context_list's list file for dev
     test_context_list: Optional[str] = None  # ... for test (default: context_list)
@@ -139,6 +140,8 @@ class TuneSettings:
             raise StageError("awe_rescore_context_list needs a context list (--context-list FILE, e.g. from rescorer word-lists)")
         if self.test_context_list and self.cross_validate:
             raise StageError("cross-validation over dev speakers uses the dev context list only: drop --test-context-list")
+        if self.recovery_tuning not in ("two_step", "joint"):
+            raise StageError(f"recovery tuning must be two_step or joint, got {self.recovery_tuning!r}")
         if self.test_word_list and self.cross_validate:
             raise StageError("cross-validation over dev speakers uses the dev word list only: drop --test-word-list")
         if self.test_word_list and not self.word_list:
@@ -303,8 +306,9 @@ def _tune_and_evaluate(s: TuneSettings):
             prep_tune = {u: prep_dev[u] for u in tune_lats}
             oov_grid = [float(x) for x in s.oov_lm_scores] if recover and s.oov_lm_scores else None
             margins = list(s.oov_margins) if recover and s.oov_margins else None
-            best, curve = tune(rescorer, prep_tune, dev_refs, train_vocab=train_vocab, oov_lm_scores=oov_grid,
-                               oov_margins=margins, **grid)
+            tuner = tune_recovery if recover and s.recovery_tuning == "two_step" else tune
+            best, curve = tuner(rescorer, prep_tune, dev_refs, train_vocab=train_vocab, oov_lm_scores=oov_grid,
+                                oov_margins=margins, **grid)
             base_best, _ = tune(rescorer, prep_tune, dev_refs, awe_scales=[0.0], lm_scales=grid["lm_scales"],
                                 word_insertion_penalties=grid["word_insertion_penalties"], train_vocab=train_vocab)
             curves[f"{method}_fold{k}"] = curve
