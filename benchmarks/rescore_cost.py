@@ -19,6 +19,12 @@ span pooled from it), measured in this process one after the other:
 - spans/s (distinct spans embedded per second of span encoding) and arcs/s (lattice arcs
   per rescoring second), and where the time goes (span encoding, the rest of the
   embedding scores, pruning, best path);
+- with ``--frontend-cuts`` (the evaluated split's lhotse cuts), the input frontend timed in
+  this run too (``rescorer.frontends.extractor_for_spec``: the frames the models read, made
+  from the audio: cheap for fbank, the Whisper encoder for Whisper states): its real-time
+  factor on those cuts' audio, times the evaluated utterances' audio, added to the decoder's
+  seconds for a second ratio, ``rescoring_seconds_per_decode_second_from_audio``: a decoder
+  that starts from audio pays for its frontend, and the embedder reuses the same frames;
 - the ``awe_rescore`` WER beside it: scales tuned on dev (grid below), WER on test, or
   2-fold cross-validation over dev speakers when there is no test split.
 
@@ -134,6 +140,27 @@ def _count_spans(rescorer, lats, feats):
     return spans, arcs
 
 
+def time_frontend(cuts_path, spec, max_cuts: int = 0):
+    """(seconds per second of audio, audio seconds, cuts) of the frontend that makes ``spec``'s
+    frames, over the cuts' audio (loaded before the clock starts), in this process."""
+    from lhotse import load_manifest
+
+    from rescorer.frontends import extractor_for_spec
+
+    cuts = list(load_manifest(cuts_path))
+    if max_cuts:
+        cuts = cuts[:max_cuts]
+    extractor = extractor_for_spec(spec)
+    audio = [(c.load_audio()[0], c.sampling_rate) for c in cuts]
+    extractor.extract(audio[0][0], audio[0][1])  # the model loaded, outside the clock
+    t0 = time.perf_counter()
+    for samples, sr in audio:
+        extractor.extract(samples, sr)
+    seconds = time.perf_counter() - t0
+    total = sum(len(x) / sr for x, sr in audio)
+    return seconds / total, total, len(cuts)
+
+
 def run_variant(label, model_dir, mode, a, dev, test, feats, refs, spk, train_vocab):
     torch.manual_seed(0)
     rescorer = Rescorer.from_dir(model_dir, device="cpu", span_encoding=mode)
@@ -214,6 +241,9 @@ def main(argv=None):
     p.add_argument("--decode-lang-dir", help="Its lang directory with HLG (exp/lang).")
     p.add_argument("--decode-data", help="Features it decoded (default: the evaluated split's --test-features, or "
                    "--dev-features with --cross-validate).")
+    p.add_argument("--frontend-cuts", help="lhotse cuts of the evaluated split's audio: time the input frontend on "
+                   "them in this run (a second ratio, decoding from audio).")
+    p.add_argument("--frontend-max-cuts", type=int, default=0, help="Time the frontend on the first N cuts (0: all).")
     p.add_argument("--prune-posterior", type=float, default=1e-4)
     p.add_argument("--awe-scales", default="0,1,2,4,8,16")
     p.add_argument("--lm-scales", default="0.5,1,2")
@@ -276,6 +306,15 @@ def main(argv=None):
     else:
         decode = {"source": "metrics.json (fallback: not measured in this run; another run at another machine load)",
                   "seconds": round(metrics_s, 3) if metrics_s else None}
+    if a.frontend_cuts:
+        rtf, audio_s, n_cuts = time_frontend(a.frontend_cuts, spec, a.frontend_max_cuts)
+        eval_feats = feats["dev" if a.cross_validate else "test"]
+        evaluated_audio = sum(int(eval_feats[u].shape[0]) for u in utterance_ids) * spec.frame_shift
+        decode["frontend"] = {"name": spec.name, "cuts": a.frontend_cuts, "timed_cuts": n_cuts,
+                              "timed_audio_seconds": round(audio_s, 1), "real_time_factor": round(rtf, 4),
+                              "evaluated_audio_seconds": round(evaluated_audio, 1),
+                              "seconds": round(rtf * evaluated_audio, 3)}
+        decode["seconds_from_audio"] = round(decode["seconds"] + rtf * evaluated_audio, 3) if decode["seconds"] else None
     decode.update({"metrics_json": a.decode_metrics, "metrics_json_seconds": round(metrics_s, 3) if metrics_s else None,
                    "metrics_json_covers": metrics_what})
     for row in rows:
@@ -284,6 +323,9 @@ def main(argv=None):
         row["rescoring_seconds_per_decode_second"] = _ratio(total, decode["seconds"])
         row["decode_seconds_metrics_json"] = decode["metrics_json_seconds"]
         row["rescoring_seconds_per_decode_second_metrics_json"] = _ratio(total, decode["metrics_json_seconds"])
+        if decode.get("seconds_from_audio"):
+            row["decode_seconds_from_audio"] = decode["seconds_from_audio"]
+            row["rescoring_seconds_per_decode_second_from_audio"] = _ratio(total, decode["seconds_from_audio"])
 
     entry = {
         "corpus": a.corpus, "lattice_source": a.lattice_source, "workdir": a.workdir,

@@ -153,3 +153,32 @@ def test_decoder_options_are_checked(recipe, tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit):
         bench.main(_args(recipe, tmp_path / "x.json"))
     assert "or --decode-metrics, is needed" in capsys.readouterr().err
+
+
+def test_the_frontend_is_timed_on_the_audio_and_gives_the_from_audio_ratio(recipe, tmp_path, monkeypatch):
+    import numpy as np
+    import soundfile as sf
+    from lhotse import CutSet, Recording, RecordingSet
+
+    bench = _bench()
+    recs = []
+    for i in range(2):
+        path = tmp_path / f"a{i}.wav"
+        sf.write(str(path), (0.1 * np.sin(np.arange(16000 * (i + 1)) / 7.0)).astype(np.float32), 16000)
+        recs.append(Recording.from_file(str(path), recording_id=f"r{i}"))
+    cuts = tmp_path / "cuts.jsonl.gz"
+    CutSet.from_manifests(recordings=RecordingSet.from_recordings(recs)).to_file(cuts)
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "rescore_cost.json"
+    bench.main(_args(recipe, out, "--decode-metrics", "exp/decode_dev_ctc/metrics.json", "--frontend-cuts", str(cuts)))
+    dec = json.loads(out.read_text())["runs"]["toy/ctc"]["decode"]
+    fe = dec["frontend"]
+    assert fe["name"] == "fbank" and fe["timed_cuts"] == 2 and fe["timed_audio_seconds"] == pytest.approx(3.0)
+    assert fe["real_time_factor"] > 0
+    # the evaluated utterances' audio: their frames x 10 ms (6 toy utterances of 60 + 12 i frames)
+    assert fe["evaluated_audio_seconds"] == pytest.approx(sum(60 + 12 * i for i in range(6)) * 0.01, abs=0.05)
+    assert dec["seconds_from_audio"] == pytest.approx(dec["seconds"] + fe["seconds"], abs=0.002)
+    for row in json.loads(out.read_text())["runs"]["toy/ctc"]["rows"]:
+        assert row["rescoring_seconds_per_decode_second_from_audio"] == pytest.approx(
+            row["seconds"]["total"] / dec["seconds_from_audio"], abs=1e-4)
+        assert row["rescoring_seconds_per_decode_second_from_audio"] < row["rescoring_seconds_per_decode_second"]
