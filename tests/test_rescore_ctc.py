@@ -121,3 +121,28 @@ def test_a_batch_is_prepared_as_its_utterances_one_by_one():
         assert all(torch.allclose(one.ctc[k], b.ctc[k]) for k in one.ctc)
         assert one.decode(r, cfg, "token") == b.decode(r, cfg, "token")
     assert batch[0].decode(r, cfg, "token") == ["the", "zebra", "on"]
+
+
+def test_fusion_with_added_words_is_tuned_in_two_steps():
+    """Scales (and the CTC normalisation) first with every added arc priced out, then the
+    added words' LM cost at those scales; the chosen cost recovers the spotted word."""
+    from rescorer.decoding.word_spotting import SpottingConfig
+    from rescorer.evaluation.ctc_rescoring import tune_fused
+    from rescorer.rescore_ctc import CtcFusion, FusionConfig
+
+    r = _rescorer(awe_scale=0.0, oov_topk=0)
+    lat = _lattice([(0, 1, "the", 0, 10, -1.0, -1.0), (1, 2, "cat", 10, 20, -1.0, -1.0), (2, 3, "on", 20, 25, -1.0, -1.0)])
+    fusion = CtcFusion(r, StubPosteriors(), ["zebra", "giraffe"], FusionConfig(spotting=SpottingConfig(bonus=2.0)))
+    fused = fusion.prepare(lat, _feats(["the", "zebra", "on"], frames_per_word=40)[:100], _log_probs(), recover=True)
+    refs = {"u": ["the", "zebra", "on"]}
+    best, norm, curve = tune_fused(r, {"u": fused}, refs, [0.0], [0.0, 1.0], ["frame", "token"], [1.0], [0.0],
+                                   oov_lm_scores=[-30.0, -3.0], recovered=True)
+    steps = [row["step"] for row in curve]
+    assert steps == ["scales"] * 3 + ["recovery"] * 6  # ctc 0 (one norm) + ctc 1 x 2 norms; then x 2 LM costs
+    assert all(row["oov_lm_score"] < -1e3 for row in curve[:3])
+    assert curve[0]["ctc_scale"] == 0.0 and all(row["wer"] == curve[0]["wer"] for row in curve[:3])  # zebra unreachable
+    assert best.oov_lm_score == -3.0 and best.ctc_scale == 1.0 and fused.decode(r, best, norm) == ["the", "zebra", "on"]
+    # without added words: one grid over everything
+    _, _, joint = tune_fused(r, {"u": fused}, refs, [0.0], [0.0, 1.0], ["frame", "token"], [1.0], [0.0],
+                             oov_lm_scores=[-30.0, -3.0])
+    assert len(joint) == 6 and "step" not in joint[0]

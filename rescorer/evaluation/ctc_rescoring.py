@@ -19,6 +19,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 import torch
 
 from rescorer.decoding.word_spotting import SpellingTrie, SpottingConfig, SpottingResult, ctc_word_spotting_batch
+from rescorer.evaluation.rescoring import NO_RECOVERY_LM_SCORE
 from rescorer.wer import compute_wer
 
 
@@ -72,20 +73,9 @@ def prepare_fused_all(fusion, lattices: Dict[str, object], feats: Dict[str, torc
     return out
 
 
-def tune_fused(rescorer, prepared: Dict[str, object], refs: Dict[str, List[str]], awe_scales: Iterable[float],
-               ctc_scales: Iterable[float], norms: Sequence[str], lm_scales: Iterable[float],
-               word_insertion_penalties: Iterable[float], train_vocab: Optional[set] = None,
-               oov_lm_scores: Optional[Iterable[float]] = None) -> Tuple[object, str, List[dict]]:
-    """Grid search on dev; returns (best RescoreConfig, best normalisation, curve rows)."""
-    uids = sorted(prepared)
+def _fused_grid(rescorer, prepared, refs, uids, points, train_vocab, step: Optional[str] = None):
     curve, best = [], None
-    oov_grid = [None] if oov_lm_scores is None else [float(x) for x in oov_lm_scores]
-    ctc_scales = [float(x) for x in ctc_scales]
-    for n, a, k, l, w, o in itertools.product(list(norms), [float(x) for x in awe_scales], ctc_scales,
-                                              [float(x) for x in lm_scales],
-                                              [float(x) for x in word_insertion_penalties], oov_grid):
-        if k == 0 and n != norms[0]:
-            continue  # without the CTC term the normalisation does not matter
+    for n, a, k, l, w, o in points:
         cfg = replace(rescorer.config, awe_scale=a, ctc_scale=k, lm_scale=l, word_insertion_penalty=w)
         if o is not None:
             cfg = replace(cfg, oov_lm_score=o)
@@ -95,7 +85,39 @@ def tune_fused(rescorer, prepared: Dict[str, object], refs: Dict[str, List[str]]
                "wer": m["wer"], "iv_wer": m.get("iv_wer"), "oov_wer": m.get("oov_wer")}
         if o is not None:
             row["oov_lm_score"] = o
+        if step:
+            row["step"] = step
         curve.append(row)
         if best is None or m["wer"] < best[0] - 1e-12:
             best = (m["wer"], cfg, n)
     return best[1], best[2], curve
+
+
+def tune_fused(rescorer, prepared: Dict[str, object], refs: Dict[str, List[str]], awe_scales: Iterable[float],
+               ctc_scales: Iterable[float], norms: Sequence[str], lm_scales: Iterable[float],
+               word_insertion_penalties: Iterable[float], train_vocab: Optional[set] = None,
+               oov_lm_scores: Optional[Iterable[float]] = None, recovered: bool = False) -> Tuple[object, str, List[dict]]:
+    """Grid search on dev; returns (best RescoreConfig, best normalisation, curve rows).
+
+    With ``recovered`` lattices (recovery's and the spotter's arcs added), in two steps, as
+    for embedding recovery (``evaluation.rescoring.tune_recovery``): the scales and the
+    normalisation with every added arc priced out, then, at those embedding, LM and insertion
+    scales, the LM cost of an added word (``oov_lm_scores``, default the rescorer's own) with
+    the CTC weight and normalisation again."""
+    uids = sorted(prepared)
+    ctc_scales = [float(x) for x in ctc_scales]
+    scales = [(n, a, k, l, w) for n, a, k, l, w in itertools.product(
+        list(norms), [float(x) for x in awe_scales], ctc_scales, [float(x) for x in lm_scales],
+        [float(x) for x in word_insertion_penalties]) if not (k == 0 and n != norms[0])]  # no CTC term: norm moot
+    oov_grid = [None] if oov_lm_scores is None else [float(x) for x in oov_lm_scores]
+    if not recovered:
+        return _fused_grid(rescorer, prepared, refs, uids, [p + (o,) for p in scales for o in oov_grid], train_vocab)
+    base, norm, first = _fused_grid(rescorer, prepared, refs, uids, [p + (NO_RECOVERY_LM_SCORE,) for p in scales],
+                                    train_vocab, "scales")
+    # step 2 also revisits the CTC weight: with the added arcs priced out it only re-ranked the
+    # decoder's own words, while it is much of the evidence for an added one
+    ctc_points = list(dict.fromkeys((n, k) for n, _, k, _, _ in scales))
+    second_points = [(n, base.awe_scale, k, base.lm_scale, base.word_insertion_penalty, o)
+                     for n, k in ctc_points for o in oov_grid]
+    best, norm, second = _fused_grid(rescorer, prepared, refs, uids, second_points, train_vocab, "recovery")
+    return best, norm, first + second

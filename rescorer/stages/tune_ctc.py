@@ -139,7 +139,7 @@ def ctc_methods(s, rescorer, train_vocab, grid, dev_lats, dev_feats, dev_refs, f
         for k, (tune_lats, eval_lats) in enumerate(folds):
             best, norm, curve = tune_fused(rescorer, {u: prep_dev[u] for u in tune_lats}, dev_refs, grid["awe_scales"],
                                            s.ctc_scales, s.ctc_norms, grid["lm_scales"], grid["word_insertion_penalties"],
-                                           train_vocab, oov_grid)
+                                           train_vocab, oov_grid, recovered=recover)
             curves[f"awe_ctc_rescore_fold{k}"] = curve
             chosen.append({**asdict(best), "ctc_norm": norm})
             t0 = time.perf_counter()
