@@ -584,13 +584,14 @@ def evaluate() -> None:
 @click.option("--name", required=True, help="Entry name, e.g. wordrich_test_pretrained.")
 @click.option("--train-segments", type=click.Path(exists=True, dir_okay=False),
               help="Training segments defining IV/OOV (default: the vocabulary stored in the checkpoint).")
-def evaluate_embeddings_cmd(model_dir, segments, out, name, train_segments):
+@click.option("--note", help="What the run was (data, pretraining), stored with the entry.")
+def evaluate_embeddings_cmd(model_dir, segments, out, name, train_segments, note):
     """Word identification (IV/OOV P@1, 10x list) and AP of an embedder on one split."""
     from rescorer.stages.evaluate_embeddings import evaluate_embedder
 
     with _stage_errors():
         evaluate_embedder(model_dir, segments, out, name, train_segments=train_segments, command=_command_line(),
-                          echo=click.echo)
+                          echo=click.echo, note=note)
 
 
 @wer.command("merge")

@@ -31,6 +31,7 @@ def evaluate_embedder(
     train_segments: Optional[str] = None,
     command: Optional[str] = None,
     echo: Callable[[str], None] = print,
+    note: Optional[str] = None,
 ) -> Dict[str, Any]:
     """Evaluate ``model_dir`` (best.pt) on ``segments``; merge the entry into ``out`` under ``name``."""
     from rescorer.evaluation import embeddings as ev
@@ -66,6 +67,8 @@ def evaluate_embedder(
         machine=f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()}",
         date=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     )
+    if note:
+        entry["note"] = note
     path = Path(out)
     doc = json.loads(path.read_text()) if path.is_file() else {}
     doc[name] = entry
