@@ -95,3 +95,28 @@ def test_init_from_is_a_command_line_option():
     cfg = parse_args(["--train", "t.pt", "--dev", "d.pt", "--out", "o", "--init-from", "exp/pre"])
     assert cfg.init_from == "exp/pre"
     assert parse_args(["--train", "t.pt", "--dev", "d.pt", "--out", "o"]).init_from is None
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_spelling_lr_scale_slows_or_freezes_the_spelling_encoder(pretrained, tmp_path, sparse):
+    """Fine-tuning with --spelling-lr-scale 0 leaves every spelling weight as loaded while the
+    acoustic side trains; a scale in (0, 1) moves the spelling side less than scale 1 does."""
+    d = pretrained
+    common = dict(train=str(d / "fine.pt"), dev=str(d / "dev.pt"), epochs=1, init_from=str(d / "pre"),
+                  **{**TINY, "sparse_ngrams": sparse, "zero_untrained_ngrams": False})
+    pre = load_checkpoint(d / "pre" / "best.pt")
+
+    def moved(run):
+        ck = load_checkpoint(run / "last.pt")
+        return {part: sum(float((ck[part][k].float() - v.float()).abs().sum()) for k, v in pre[part].items()
+                          if k not in ("feat_mean", "feat_std")) for part in ("acoustic", "letters")}
+
+    for scale in (0.0, 0.1, 1.0):
+        train(TrainConfig(out=str(tmp_path / f"s{scale}"), spelling_lr_scale=scale, **common))
+    frozen, slow, full = (moved(tmp_path / f"s{s}") for s in (0.0, 0.1, 1.0))
+    assert frozen["letters"] == 0.0 and frozen["acoustic"] > 0
+    assert 0 < slow["letters"] < full["letters"]
+    with pytest.raises(ValueError, match="give --init-from"):
+        train(TrainConfig(out=str(tmp_path / "x"), spelling_lr_scale=0.0, **{k: v for k, v in common.items() if k != "init_from"}))
+    with pytest.raises(ValueError, match=">= 0"):
+        train(TrainConfig(out=str(tmp_path / "y"), spelling_lr_scale=-1.0, **common))

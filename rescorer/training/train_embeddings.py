@@ -134,6 +134,10 @@ class TrainConfig:
     # fine-tuning: start from another embedder run's (or checkpoint's) best weights, both
     # encoders; they must be the same classes and sizes for the same frontend and feature spec
     init_from: Optional[str] = None
+    # fine-tuning: the spelling encoder's learning rate relative to the acoustic side's. Below 1
+    # its space stays near the one learnt from many word types (unseen words keep their places)
+    # while the acoustic side adapts; 0 freezes it (needs --init-from)
+    spelling_lr_scale: float = 1.0
     # running
     device: Optional[str] = None  # default: cuda (this rank's GPU) if available, else cpu
     resume: bool = False
@@ -154,6 +158,22 @@ _RESUMABLE_CHANGES = {"resume", "stop_after_epoch", "progress", "device", "eval_
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> List[Dict[str, Any]]:
     """No weight decay on biases, norms and the n-gram table (sparse rows, decayed every step otherwise)."""
     return param_groups(model, weight_decay, no_decay_names=("ngrams.weight",))
+
+
+def _scaled_spelling_groups(model, groups: List[Dict[str, Any]], config: "TrainConfig") -> List[Dict[str, Any]]:
+    """``groups`` split so the spelling encoder's parameters learn at ``spelling_lr_scale`` x lr
+    (frozen ones left out); empty groups dropped."""
+    spelling = {id(p) for p in model.letters.parameters()}
+    out = []
+    for g in groups:
+        rest = {k: v for k, v in g.items() if k != "params"}
+        other = [p for p in g["params"] if id(p) not in spelling and p.requires_grad]
+        mine = [p for p in g["params"] if id(p) in spelling and p.requires_grad]
+        if other:
+            out.append({**rest, "params": other})
+        if mine:
+            out.append({**rest, "params": mine, "lr": config.lr * config.spelling_lr_scale})
+    return out
 
 
 def acoustic_encoder_config(config: TrainConfig, spec: FeatureSpec) -> Dict[str, Any]:
@@ -278,7 +298,15 @@ def _train(config: TrainConfig, rank: int, world: int, device: torch.device, out
     total_steps = steps_per_epoch * config.epochs
     lr_factor = lr_lambda(total_steps, config.warmup_fraction, config.min_lr_ratio)
     sparse_optimizer = sparse_scheduler = None
-    if config.sparse_ngrams:
+    if not config.spelling_lr_scale >= 0:
+        raise ValueError(f"--spelling-lr-scale must be >= 0, got {config.spelling_lr_scale}")
+    frozen = config.spelling_lr_scale == 0
+    if frozen:
+        if not config.init_from:
+            raise ValueError("--spelling-lr-scale 0 keeps an initialised spelling encoder: give --init-from")
+        for p in model.letters.parameters():
+            p.requires_grad_(False)
+    if config.sparse_ngrams and not frozen:
         if world > 1 and device.type == "cuda":
             raise ValueError("--sparse-ngrams: NCCL cannot all-reduce sparse gradients; use dense ones with DDP on GPUs")
         model.letters.ngrams.sparse = True
@@ -286,11 +314,12 @@ def _train(config: TrainConfig, rank: int, world: int, device: torch.device, out
         groups = _param_groups(model, config.weight_decay)
         for g in groups:
             g["params"] = [p for p in g["params"] if p is not table]
-        optimizer = torch.optim.AdamW(groups, lr=config.lr)
-        sparse_optimizer = torch.optim.SparseAdam([table], lr=config.lr)
+        optimizer = torch.optim.AdamW(_scaled_spelling_groups(model, groups, config), lr=config.lr)
+        sparse_optimizer = torch.optim.SparseAdam([table], lr=config.lr * config.spelling_lr_scale)
         sparse_scheduler = torch.optim.lr_scheduler.LambdaLR(sparse_optimizer, lr_factor)
     else:
-        optimizer = torch.optim.AdamW(_param_groups(model, config.weight_decay), lr=config.lr)
+        optimizer = torch.optim.AdamW(_scaled_spelling_groups(model, _param_groups(model, config.weight_decay), config),
+                                      lr=config.lr)
     optimizers = [o for o in (optimizer, sparse_optimizer) if o is not None]
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
     schedulers = [s for s in (scheduler, sparse_scheduler) if s is not None]
