@@ -94,6 +94,8 @@ def test_wordrich_recipe_end_to_end_and_resumable(tmp_path):
     assert {doc[k]["counts"]["train_vocabulary"] for k in doc if k.startswith("so762")} == {4}  # WE CALL IT BEAR
     assert doc["so762_dev_finetuned"]["config"]["init_from"] == "exp/embeddings_wordrich"
     assert doc["so762_dev_scratch"]["config"]["init_from"] is None
+    assert e["split"] == "test" and doc["so762_dev_finetuned"]["split"] == "dev"  # from the segments file
+    assert all(doc[k]["train_segments_per_s"] > 0 for k in doc)  # the run's median throughput
     # resumable: nothing is synthesized or trained again
     stamp = (fine / "best.pt").stat().st_mtime_ns
     r2 = _run(tmp_path, "--stage", "0", "--stop-stage", "5", "-j", "1", timeout=300)

@@ -15,6 +15,7 @@ import datetime as _dt
 import json
 import os
 import platform
+import statistics
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional
 
@@ -69,6 +70,13 @@ def evaluate_embedder(
     )
     if note:
         entry["note"] = note
+    split = Path(segments).stem
+    if split in ("train", "dev", "test"):
+        entry["split"] = split
+    run_dir = Path(info["path"]).parent
+    rates = [r["segments_per_s"] for r in ev.read_training_log(str(run_dir)) if "segments_per_s" in r]
+    if rates:  # the run's median training throughput (its log.jsonl)
+        entry["train_segments_per_s"] = statistics.median(rates)
     path = Path(out)
     doc = json.loads(path.read_text()) if path.is_file() else {}
     doc[name] = entry
