@@ -655,16 +655,24 @@ def _rescore_cost_section(doc: Any, source: str) -> List[str]:
                           _fixed(3)(r.get("rescoring_seconds_per_decode_second")), _fixed(0)(r.get("spans_per_second")),
                           _fixed(0)(r.get("arcs_per_second")), _fixed(2)(sec.get("span_encoding")),
                           _fixed(2)(sec.get("embedding_scores_other")), _fixed(2)(sec.get("best_path")),
-                          _pct(r.get("wer")), _fixed(3)(r.get("rescoring_seconds_per_decode_second_metrics_json"))])
+                          _pct(r.get("wer")), _fixed(3)(r.get("rescoring_seconds_per_decode_second_metrics_json")),
+                          _fixed(3)(r.get("rescoring_seconds_per_decode_second_from_audio"))])
         first = rows[0]
+        dec = run.get("decode") if isinstance(run.get("decode"), Mapping) else {}
+        fe = dec.get("frontend") if isinstance(dec.get("frontend"), Mapping) else None
+        frontend = ("" if fe is None else
+                    f" The frontend ({fe.get('name')}), timed in the same run on {fe.get('timed_cuts')} cuts of the "
+                    f"split's audio: real-time factor {_fixed(4)(fe.get('real_time_factor'))}, "
+                    f"{_fixed(1)(fe.get('seconds'))} s for the evaluated audio; the last column divides by the "
+                    f"decoding seconds from audio, {_fixed(1)(dec.get('seconds_from_audio'))} s.")
         out += [f"### {key}", "",
                 f"{first.get('utterances')} utterances, {first.get('arcs')} arcs, {first.get('distinct_spans')} distinct "
                 f"spans; {run.get('protocol')}; lattice 1-best WER {_pct(run.get('lattice_1best_wer'))}%; "
-                f"{_rescore_cost_decoding(run, first)}.", "",
+                f"{_rescore_cost_decoding(run, first)}.{frontend}", "",
                 _table(["variant", "encoder", "spans", "rescoring s / decode s", "spans/s", "arcs/s",
                         "span encoding s", "other scoring s", "best path s", "awe_rescore WER %",
-                        "rescoring s / metrics.json decode s"], table,
-                       ["l", "l", "l", "r", "r", "r", "r", "r", "r", "r", "r"]), "",
+                        "rescoring s / metrics.json decode s", "rescoring s / decode s from audio"], table,
+                       ["l", "l", "l", "r", "r", "r", "r", "r", "r", "r", "r", "r"]), "",
                 f"Command: {_code(run.get('command'))} ({run.get('machine')}, {run.get('date')}).", ""]
     return out
 

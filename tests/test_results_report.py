@@ -277,7 +277,7 @@ def test_rescore_cost_section_has_one_table_per_run_with_its_command(tmp_path):
     section = md.split("## Rescoring cost on CPU: span encoders")[1].split("\n## ")[0]
     cells = [[c.strip() for c in line.strip("|").split("|")] for line in section.splitlines() if line.startswith("|")]
     assert ["conv_one_pass", "AcousticWordEncoder", "one_pass", "0.041", "5123", "98765", "3.00", "1.50", "0.50", "65.0",
-            "–"] in cells
+            "–", "–"] in cells
     assert "### synthetic/ctc" in section and "`python benchmarks/rescore_cost.py --corpus synthetic`" in section
     assert "lattice 1-best WER 73.3%" in section
     # an entry without the decoder timed in the run is marked as divided by the metrics.json figure
@@ -298,11 +298,23 @@ def test_rescore_cost_section_has_one_table_per_run_with_its_command(tmp_path):
     section = md.split("## Rescoring cost on CPU: span encoders")[1].split("\n## ")[0]
     cells = [[c.strip() for c in line.strip("|").split("|")] for line in section.splitlines() if line.startswith("|")]
     assert ["conv_one_pass", "AcousticWordEncoder", "one_pass", "0.100", "5123", "98765", "3.00", "1.50", "0.50", "65.0",
-            "0.040"] in cells
+            "0.040", "–"] in cells
     assert ("decoding 50.0 s measured in this run (decode, conv_one_pass, decode; mean of 2 passes: 48.0, 52.0 s; "
             "CTC forward 2.0, HLG search 20.0, 1-best 1.0, word lattices 25.0, writing 2.0), beside 125.0 s from the "
             "decoder's metrics.json (forward + HLG lattices + 1-best + word lattices)") in section
     assert "fallback" not in section.split("### synthetic/ctc")[1]
+    # the frontend timed on the audio: its line and the from-audio ratio
+    decode.update(frontend={"name": "whisper-1a5afae0-L3", "timed_cuts": 150, "real_time_factor": 0.0073, "seconds": 15.0},
+                  seconds_from_audio=65.0)
+    doc["runs"]["synthetic/ctc"].update(rows=[dict(timed, rescoring_seconds_per_decode_second_from_audio=0.0769)],
+                                        decode=decode)
+    (results / "rescore_cost.json").write_text(json.dumps(doc))
+    section = write_results_md(results, tmp_path / "RESULTS.md", results / "plots").read_text().split(
+        "## Rescoring cost on CPU: span encoders")[1].split("\n## ")[0]
+    assert "The frontend (whisper-1a5afae0-L3), timed in the same run on 150 cuts" in section
+    assert "real-time factor 0.0073, 15.0 s for the evaluated audio" in section and "from audio, 65.0 s." in section
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in section.splitlines() if line.startswith("|")]
+    assert cells[-1][-2:] == ["0.040", "0.077"]
     (results / "rescore_cost.json").write_text(json.dumps({"runs": {"synthetic/ctc": {"rows": []}}}))
     with pytest.raises(ResultsError, match="rescore_cost.json: run 'synthetic/ctc' has no 'rows' list"):
         write_results_md(results, tmp_path / "RESULTS.md", results / "plots")
