@@ -32,7 +32,7 @@ from rescorer.decoding.word_spotting import SpellingTrie, SpottedWord, SpottingC
 from rescorer.lattice.edit import add_arcs, extend_table, new_arc_mask
 from rescorer.lattice.span_arcs import arcs_over_spans
 from rescorer.lattice.word_lattice import best_path_hypothesis
-from rescorer.rescore import Rescorer, SpanCache
+from rescorer.rescore import Rescorer
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ identical frames is the same test made exact.)
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from dataclasses import dataclass
@@ -42,10 +43,18 @@ import torch
 from rescorer.formats.word_list import WordListError
 from rescorer.tokens import BLANK_ID, BOUNDARY_ID, TOKENS, TokenError, words_to_token_ids
 
-# torch 1.13 calls scatter_reduce "beta"; its semantics (amax/amin, include_self) are stable since
-warnings.filterwarnings("ignore", message="scatter_reduce\\(\\) is in beta")
 
+def _quiet_scatter_reduce(fn):
+    """Run ``fn`` without torch 1.13's "scatter_reduce is in beta" warning (its amax/amin and
+    include_self semantics are stable since), leaving the caller's warning filters as they were."""
 
+    @functools.wraps(fn)
+    def wrapped(*args, **kwargs):
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"scatter_reduce\(\) is in beta")
+            return fn(*args, **kwargs)
+
+    return wrapped
 
 
 @dataclass(frozen=True)
@@ -164,6 +173,7 @@ def _reduce_max(keys: torch.Tensor, scores: torch.Tensor, starts: torch.Tensor):
     return uniq, scores[first], starts[first]
 
 
+@_quiet_scatter_reduce
 def spot(log_probs: torch.Tensor, trie: SpellingTrie, config: SpottingConfig = SpottingConfig()) -> List[SpottedWord]:
     """Hits of the trie's words in one utterance's CTC log-probs ``[T, V]`` (module doc),
     non-overlapping, in time order."""
@@ -225,6 +235,7 @@ def spot(log_probs: torch.Tensor, trie: SpellingTrie, config: SpottingConfig = S
     return _non_overlapping(rows, trie, c.bonus, T)
 
 
+@_quiet_scatter_reduce
 def spot_batch(log_probs: Sequence[torch.Tensor], trie: SpellingTrie, config: SpottingConfig = SpottingConfig()
                ) -> List[List[SpottedWord]]:
     """``spot`` of several utterances in one frame loop: the same hits (tested against ``spot``,

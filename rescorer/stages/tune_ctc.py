@@ -111,8 +111,8 @@ def ctc_methods(s, rescorer, train_vocab, grid, dev_lats, dev_feats, dev_refs, f
             refs.append(test_refs[u])
             base.append([])
             hyps.append([])
-        extra = {"base": "ctc_greedy", "spotting": chosen, **lists, "hits": hits, "accepted_hits": accepted, "spotting_seconds": round(spot_seconds, 3),
-                 "ctc_forward_seconds": round(forward, 3), "rescoring_seconds": round(spot_seconds + forward, 3)}
+        extra = {"base": "ctc_greedy", "spotting": chosen, **lists, "hits": hits, "accepted_hits": accepted,
+                 "spotting_seconds": round(spot_seconds, 3), "ctc_forward_seconds": round(forward, 3), "rescoring_seconds": round(spot_seconds + forward, 3)}
         for key, sec in (("spotting_seconds_per_decode_second", spot_seconds),
                          ("rescoring_seconds_per_decode_second", spot_seconds + forward)):
             v = _per_decode(sec, decode_seconds)
