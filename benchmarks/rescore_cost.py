@@ -3,9 +3,11 @@
 For one corpus and lattice source (a recipe's outputs: embedder run(s), word lattices,
 features, the ASR model and lang directory that decoded them, the decoder's metrics.json)
 and each encoder variant
-``LABEL=MODEL_DIR:SPAN_ENCODING`` (``isolated``: every distinct span encoded as its own
-segment, the old path; ``one_pass``: the encoder run once per batch of utterances and every
-span pooled from it), measured in this process one after the other:
+``LABEL=MODEL_DIR:SPAN_ENCODING[:COMPUTE_TYPE]`` (``isolated``: every distinct span encoded
+as its own segment, the old path; ``one_pass``: the encoder run once per batch of utterances
+and every span pooled from it; ``COMPUTE_TYPE``: float32 (default), bfloat16 or auto, the
+one-pass frame layers' precision, ``rescorer.models.precision``), measured in this process
+one after the other:
 
 - rescoring seconds per decoding second at the default pruning (posterior 1e-4): pruning,
   embedding scores (``evaluation.rescoring.prepare_all``, batched) and the best path at
@@ -83,6 +85,7 @@ from rescorer.decoding.timed_decode import LatticeDecoder, decode_settings, mean
 from rescorer.evaluation.rescoring import evaluate, prepare_all, tune  # noqa: E402
 from rescorer.formats.utterances import read_utterance_features  # noqa: E402
 from rescorer.lattice.word_lattice import best_path_hypothesis, load_word_lattices, prune  # noqa: E402
+from rescorer.models.precision import COMPUTE_TYPES  # noqa: E402
 from rescorer.rescore import Rescorer  # noqa: E402
 from rescorer.wer import compute_wer  # noqa: E402
 
@@ -92,11 +95,17 @@ def _floats(text):
 
 
 def _variant(text):
+    """LABEL=MODEL_DIR:SPAN_ENCODING[:COMPUTE_TYPE] -> (label, model dir, span encoding, compute type)."""
     label, _, rest = text.partition("=")
+    compute = "float32"
     model, _, mode = rest.rpartition(":")
+    if mode in COMPUTE_TYPES:
+        compute = mode
+        model, _, mode = model.rpartition(":")
     if not label or not model or mode not in ("one_pass", "isolated", "auto"):
-        raise argparse.ArgumentTypeError(f"--variant {text!r}: expected LABEL=MODEL_DIR:one_pass|isolated|auto")
-    return label, model, mode
+        raise argparse.ArgumentTypeError(f"--variant {text!r}: expected LABEL=MODEL_DIR:one_pass|isolated|auto"
+                                         f"[:{'|'.join(COMPUTE_TYPES)}]")
+    return label, model, mode, compute
 
 
 def _split(path, spec, max_utts, prune_posterior):
@@ -161,9 +170,9 @@ def time_frontend(cuts_path, spec, max_cuts: int = 0):
     return seconds / total, total, len(cuts)
 
 
-def run_variant(label, model_dir, mode, a, dev, test, feats, refs, spk, train_vocab):
+def run_variant(label, model_dir, mode, compute, a, dev, test, feats, refs, spk, train_vocab):
     torch.manual_seed(0)
-    rescorer = Rescorer.from_dir(model_dir, device="cpu", span_encoding=mode)
+    rescorer = Rescorer.from_dir(model_dir, device="cpu", span_encoding=mode, compute_type=compute)
     rescorer.config = replace(rescorer.config, am_scale=a.am_scale)
     grid = dict(awe_scales=_floats(a.awe_scales), lm_scales=_floats(a.lm_scales), word_insertion_penalties=_floats(a.wips))
     dev_lats, dev_prune_s, _ = dev
@@ -198,6 +207,7 @@ def run_variant(label, model_dir, mode, a, dev, test, feats, refs, spk, train_vo
     total = eval_prune_s + prepare_s + decode_best_s
     row = {
         "variant": label, "model_dir": str(model_dir), "span_encoding": mode,
+        "compute_type": compute, "compute_dtype": str(rescorer.compute_dtype).replace("torch.", ""),
         "acoustic_encoder": type(rescorer.acoustic).__name__, "one_pass": rescorer.one_pass,
         "utterances": len(uids), "arcs": arcs, "word_arcs_scored": word_arcs, "distinct_spans": spans,
         "wer": w["wer"], "iv_wer": w.get("iv_wer"), "oov_wer": w.get("oov_wer"), "scales": chosen,
@@ -292,8 +302,8 @@ def main(argv=None):
     utterance_ids = sorted(evaluated)
     passes = [_timed_decode(decoder, utterance_ids, after=None)] if decoder else []
     rows = []
-    for label, model, mode in a.variant:
-        row = run_variant(label, model, mode, a, dev, test, feats, refs, spk, train_vocab)
+    for label, model, mode, compute in a.variant:
+        row = run_variant(label, model, mode, compute, a, dev, test, feats, refs, spk, train_vocab)
         print(json.dumps(row), flush=True)
         rows.append(row)
     if decoder:  # interleaved: decode, the variants, decode again

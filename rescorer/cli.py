@@ -429,8 +429,10 @@ def word_lists_cmd(train_data, splits, out_dir, sources, ratio, seed):
               help="Utterances rescored together: at most this many padded feature frames per encoder pass (0: one at a time).")
 @click.option("--span-encoding", type=click.Choice(["auto", "one_pass", "isolated"]), default="auto", show_default=True,
               help="Spans pooled from one encoder pass per utterance, or each span encoded as a segment (auto: one pass where the encoder can).")
+@click.option("--compute-type", type=click.Choice(["float32", "bfloat16", "auto"]), default="float32", show_default=True,
+              help="Precision of the one-pass frame layers (auto: bfloat16 where the CPU/GPU runs it natively).")
 def rescore_cmd(model_dir, lattices, features, out, recover_oov, word_list, word_list_size, device, prune_posterior, prune_scale,
-                config_name, batch_frames, span_encoding):
+                config_name, batch_frames, span_encoding, compute_type):
     """Rescore lattices with word embeddings; writes rescored lattices and 1-best texts.
 
     Runs sharded under torchrun (each rank takes every WORLD_SIZE-th utterance and writes
@@ -442,7 +444,7 @@ def rescore_cmd(model_dir, lattices, features, out, recover_oov, word_list, word
         summary = rescore_lattices(model_dir, lattices, features, out, recover_oov=recover_oov or bool(word_list),
                                    word_list=word_list, word_list_size=word_list_size, device=device,
                                    prune_posterior=prune_posterior, prune_scale=prune_scale, config_name=config_name,
-                                   batch_frames=batch_frames, span_encoding=span_encoding)
+                                   batch_frames=batch_frames, span_encoding=span_encoding, compute_type=compute_type)
     if summary.errors:
         click.echo(f"rank {summary.rank}: {len(summary.errors)} utterances not rescored (see errors.{summary.rank}.json)",
                    err=True)
@@ -506,6 +508,8 @@ def rescore_cmd(model_dir, lattices, features, out, recover_oov, word_list, word
               help="Utterances whose spans are embedded together: padded feature frames per encoder pass (0: one at a time).")
 @click.option("--span-encoding", type=click.Choice(["auto", "one_pass", "isolated"]), default="auto", show_default=True,
               help="Spans pooled from one encoder pass per utterance, or each encoded as a segment (auto: one pass where the encoder can).")
+@click.option("--compute-type", type=click.Choice(["float32", "bfloat16", "auto"]), default="float32", show_default=True,
+              help="Precision of the one-pass frame layers (auto: bfloat16 where the CPU/GPU runs it natively).")
 @click.option("--device", default=None)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", default="results/wer.json", show_default=True, type=click.Path(dir_okay=False))

@@ -93,6 +93,7 @@ from rescorer.lattice.edit import add_arcs, added_words_on_path, extend_table, n
 from rescorer.lattice.scores import Scales, combine, with_scores
 from rescorer.lattice.word_lattice import arc_posteriors, best_path_hypothesis, validate, word_confidences
 from rescorer.models.checkpoint import load_embedder
+from rescorer.models.precision import resolve_compute_type
 from rescorer.ops import NearestIndex, arc_similarity
 from rescorer.formats.word_list import WordList, is_word_list_file, read_word_list
 from rescorer.text import FUNCTION_WORDS, NotAWordError, normalize_word
@@ -287,15 +288,6 @@ def can_encode_in_one_pass(acoustic) -> bool:
     return callable(getattr(acoustic, "utterance_states", None)) and callable(getattr(acoustic, "pool_spans", None))
 
 
-def pad_frames(feats: Sequence[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Utterances' frames [T_i, F] -> zero-padded float32 [B, max T_i, F] and lengths [B]."""
-    lengths = torch.tensor([int(f.shape[0]) for f in feats], dtype=torch.long)
-    out = torch.zeros(len(feats), int(lengths.max()), int(feats[0].shape[1]))
-    for i, f in enumerate(feats):
-        out[i, : f.shape[0]] = f
-    return out, lengths
-
-
 class Rescorer:
     """A trained embedder + scales; rescoring keeps a cache of spelling embeddings.
 
@@ -308,10 +300,14 @@ class Rescorer:
     the two differ (context through the receptive field): ``benchmarks/rescore_cost.py``
     measures both, cost and WER; on synthetic test one pass cost 9x less and 0.45 WER
     points more, so ``auto`` keeps the conv encoder isolated and ``one_pass`` is a choice.
+
+    ``compute_type``: the one-pass frame layers' precision (``models.precision``):
+    ``float32``, ``bfloat16`` (encoders with ``set_compute_dtype``), or ``auto``
+    (bfloat16 where the device runs it natively, else float32).
     """
 
     def __init__(self, acoustic, letters, config: Optional[RescoreConfig] = None, device: Optional[str] = None,
-                 span_encoding: str = "auto"):
+                 span_encoding: str = "auto", compute_type: str = "float32"):
         if span_encoding not in SPAN_ENCODINGS:
             raise ValueError(f"span_encoding must be one of {', '.join(SPAN_ENCODINGS)}, not {span_encoding!r}")
         if span_encoding == "one_pass" and not can_encode_in_one_pass(acoustic):
@@ -319,6 +315,14 @@ class Rescorer:
                              "(no utterance_states/pool_spans): use span_encoding='isolated'")
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.acoustic = acoustic.to(self.device).eval()
+        dtype = resolve_compute_type(compute_type, self.device)
+        if dtype != torch.float32 and not callable(getattr(acoustic, "set_compute_dtype", None)):
+            if compute_type != "auto":
+                raise ValueError(f"{type(acoustic).__name__} runs in float32 only (compute_type={compute_type!r})")
+            dtype = torch.float32
+        if callable(getattr(acoustic, "set_compute_dtype", None)):
+            acoustic.set_compute_dtype(dtype)
+        self.compute_dtype = dtype
         self.letters = letters.to(self.device).eval()
         self.config = config or RescoreConfig()
         # auto: one pass only where it computes what training learnt (state pooling: exact, tested); the conv
@@ -342,7 +346,7 @@ class Rescorer:
 
     @classmethod
     def from_dir(cls, model_dir, device: Optional[str] = None, config: Optional[RescoreConfig] = None,
-                 config_name: str = CONFIG_FILE, span_encoding: str = "auto") -> "Rescorer":
+                 config_name: str = CONFIG_FILE, span_encoding: str = "auto", compute_type: str = "float32") -> "Rescorer":
         """Load ``model_dir`` (an embedder run: best.pt/last.pt) and its scales (``rescorer.json``;
         ``config_name="rescorer_pocketsphinx.json"`` for those tuned on pocketsphinx lattices).
         Without ``rescorer.json`` the default scales apply; a missing other name is an error."""
@@ -355,7 +359,7 @@ class Rescorer:
             if config_name != CONFIG_FILE and not cfg_path.exists():
                 raise FileNotFoundError(f"{cfg_path}: no such tuned configuration")
             config = RescoreConfig.from_dict(json.loads(cfg_path.read_text())["config"]) if cfg_path.exists() else RescoreConfig()
-        return cls(acoustic, letters, config, device, span_encoding=span_encoding)
+        return cls(acoustic, letters, config, device, span_encoding=span_encoding, compute_type=compute_type)
 
     def save_config(self, model_dir, extra: Optional[dict] = None, name: Optional[str] = None) -> Path:
         """Write the scales to ``model_dir/rescorer.json`` (or ``name``: e.g. scales tuned for another decoder's lattices)."""
@@ -395,8 +399,8 @@ class Rescorer:
     def _encode_spans(self, feats: Sequence[torch.Tensor], spans: Sequence[torch.Tensor]) -> List[torch.Tensor]:
         """Spans [S_i, 2] of several utterances -> their embeddings [S_i, D] on the device.
 
-        One pass: the utterances are padded into one batch, the encoder runs once over it
-        and every span is pooled (gathered by utterance row). Isolated: every span is cut
+        One pass: the encoder runs once over the utterances (``utterance_states``) and every
+        span is pooled from its utterance's states. Isolated: every span is cut
         out and all of them are encoded as segments in length-sorted batches.
         """
         counts = [int(x.shape[0]) for x in spans]
@@ -404,8 +408,7 @@ class Rescorer:
             return [torch.empty(0, self.acoustic.dim, device=self.device) for _ in spans]
         if self.one_pass:
             keep = [i for i, n in enumerate(counts) if n]
-            x, lengths = pad_frames([feats[i] for i in keep])
-            states = self.acoustic.utterance_states(x.to(self.device), lengths.to(self.device))
+            states = self.acoustic.utterance_states([feats[i] for i in keep])
             rows = torch.cat([torch.full((counts[i],), j, dtype=torch.long) for j, i in enumerate(keep)])
             allspans = torch.cat([spans[i] for i in keep]).long()
             emb = self.acoustic.pool_spans(states, rows, allspans[:, 0], allspans[:, 1])
@@ -506,6 +509,45 @@ class Rescorer:
         out[idx] = sim
         return out
 
+    def _batch_awe_scores(self, lats: Sequence, arc_spans: Sequence[tuple], embedded: Sequence[torch.Tensor]) -> List[torch.Tensor]:
+        """``_awe_scores`` of a batch of lattices whose distinct spans are embedded (``embedded``,
+        one [S_i, D] per lattice, the spans of ``_scored_arc_spans``): the cosine of every
+        distinct (span, word) pair of the batch in one row-wise product, then one gather
+        (per-utterance calls cost more in dispatch than in arithmetic). Equal to
+        ``_awe_scores`` lattice by lattice (tested)."""
+        outs, span_rows, word_rows, counts = [], [], [], []
+        base = 0
+        for lat, (idx, uniq, span_of_arc), emb in zip(lats, arc_spans, embedded):
+            labels = lat.fsa.labels.long()
+            unk = lat.words.get(UNK) if UNK in lat.words else -100
+            out = torch.zeros(labels.shape[0], dtype=torch.float32)
+            out[labels == unk] = self.config.unk_awe_score
+            outs.append(out)
+            counts.append(int(idx.numel()))
+            if idx.numel():
+                span_rows.append(span_of_arc + base)
+                word_rows.append(self._spelling_table_rows(lat.words, labels[idx]))
+            base += int(emb.shape[0])
+        if not span_rows:
+            return outs
+        A = torch.cat(list(embedded)).float()
+        words, word_of_arc = torch.unique(torch.cat(word_rows), return_inverse=True)
+        W = self._spelling_matrix[words.to(self.device)].float()
+        # arcs repeat (span, word) pairs (one per LM state): each pair's cosine once, then a gather
+        pairs, pair_of_arc = torch.unique(torch.cat(span_rows) * len(words) + word_of_arc, return_inverse=True)
+        span_of = torch.div(pairs, len(words), rounding_mode="floor").to(A.device)
+        word_of = (pairs % len(words)).to(W.device)
+        sim = (_unit_rows(A)[span_of] * _unit_rows(W)[word_of]).sum(1).cpu()
+        # non-finite embeddings would become 0 in _unit_rows: the arcs that read one get NaN (named below)
+        bad = ~torch.isfinite(A).all(1)[span_of] | ~torch.isfinite(W).all(1)[word_of]
+        sim[bad.cpu()] = float("nan")
+        sim = sim[pair_of_arc]
+        for lat, (idx, _, _), out, part in zip(lats, arc_spans, outs, sim.split(counts)):
+            if not torch.isfinite(part).all():
+                raise RescoreError(f"utterance {lat.utterance_id}: non-finite embedding similarity (NaN in the model?)")
+            out[idx] = part
+        return outs
+
     def _scored_arc_spans(self, lat, num_frames: int, with_unk: bool = False):
         """(word arcs that get an embedding score, their distinct feature-frame spans [S, 2], each
         arc's span index); ``with_unk``: ``<unk>`` arcs too (OOV recovery embeds their spans)."""
@@ -516,8 +558,8 @@ class Rescorer:
             return idx, torch.empty(0, 2, dtype=torch.long), idx
         return (idx, *distinct_arc_spans(lat, idx, num_frames, self.frame_shift))
 
-    def _spelling_matrix_rows(self, table, word_ids: torch.Tensor) -> torch.Tensor:
-        """Spelling embeddings [len(word_ids), D] of a lattice's word ids. Each id's row in the
+    def _spelling_table_rows(self, table, word_ids: torch.Tensor) -> torch.Tensor:
+        """Rows of the spelling matrix of a lattice's word ids (CPU long). Each id's row in the
         spelling matrix is looked up once per symbol table (lattices of one decoder share
         one), so later lattices need no string look-ups."""
         known = self._table_rows
@@ -531,7 +573,12 @@ class Rescorer:
         missing = word_ids[rows[word_ids] < 0]
         if missing.numel():
             rows[missing] = self._spelling_rows([table.get(int(w)) for w in missing]).cpu()
-        return self._spelling_matrix[rows[word_ids].to(self.device)]
+        return rows[word_ids]
+
+    def _spelling_matrix_rows(self, table, word_ids: torch.Tensor) -> torch.Tensor:
+        """Spelling embeddings [len(word_ids), D] of a lattice's word ids (``_spelling_table_rows``)."""
+        rows = self._spelling_table_rows(table, word_ids)  # first: it may grow the matrix
+        return self._spelling_matrix[rows.to(self.device)]
 
     def _prefill_spellings(self, lats: Sequence) -> None:
         """Embed the spellings of a batch's lattice words not cached yet in one call per symbol
@@ -611,9 +658,12 @@ class Rescorer:
         checked = [self._check(lat, f) for lat, f in zip(lats, feats)]
         arc_spans = [self._scored_arc_spans(lat, f.shape[0], with_unk=recover) for lat, f in zip(lats, checked)]
         self._prefill_spellings(lats)
-        caches = [SpanCache() for _ in lats]
         spans = [a[1] for a in arc_spans]
-        for cache, f, sp, emb in zip(caches, checked, spans, self._encode_spans(checked, spans)):
+        embedded = self._encode_spans(checked, spans)
+        if not recover:  # every score at once: one gather and row-wise dot product for the whole batch
+            return [(lat, awe, []) for lat, awe in zip(lats, self._batch_awe_scores(lats, arc_spans, embedded))]
+        caches = [SpanCache() for _ in lats]
+        for cache, f, sp, emb in zip(caches, checked, spans, embedded):
             cache.add(f.shape[0], sp, emb)
         out = []
         for lat, f, cache, a in zip(lats, checked, caches, arc_spans):

@@ -636,7 +636,8 @@ def _rescore_cost_section(doc: Any, source: str) -> List[str]:
            "Embedding rescoring of decoder lattices at the default pruning (posterior 1e-4), each encoder "
            "variant measured in one process one after the other: `isolated` encodes every distinct span as its "
            "own segment (the old path), `one_pass` runs the encoder once per batch of utterances and pools every "
-           "span from it. Rescoring s / decode s: pruning + embedding scores + best path at the tuned scales, over "
+           "span from it; precision: the one-pass frame layers' compute type (`--compute-type`: float32, or "
+           "bfloat16 where the CPU has native bfloat16 units; older runs: float32). Rescoring s / decode s: pruning + embedding scores + best path at the tuned scales, over "
            "the decoder's time for the same utterances (CTC forward, HLG search, 1-best, word lattices and "
            "writing them), measured in the same process, single thread, once before the variants and once after "
            "them (the mean divides); the last ratio column divides by the decoder's own metrics.json figure "
@@ -652,7 +653,7 @@ def _rescore_cost_section(doc: Any, source: str) -> List[str]:
         for r in rows:
             sec = r.get("seconds") if isinstance(r.get("seconds"), Mapping) else {}
             table.append([str(r.get("variant")), str(r.get("acoustic_encoder")), str(r.get("span_encoding")),
-                          _fixed(3)(r.get("rescoring_seconds_per_decode_second")), _fixed(0)(r.get("spans_per_second")),
+                          str(r.get("compute_dtype") or "float32"), _fixed(3)(r.get("rescoring_seconds_per_decode_second")), _fixed(0)(r.get("spans_per_second")),
                           _fixed(0)(r.get("arcs_per_second")), _fixed(2)(sec.get("span_encoding")),
                           _fixed(2)(sec.get("embedding_scores_other")), _fixed(2)(sec.get("best_path")),
                           _pct(r.get("wer")), _fixed(3)(r.get("rescoring_seconds_per_decode_second_metrics_json")),
@@ -669,10 +670,10 @@ def _rescore_cost_section(doc: Any, source: str) -> List[str]:
                 f"{first.get('utterances')} utterances, {first.get('arcs')} arcs, {first.get('distinct_spans')} distinct "
                 f"spans; {run.get('protocol')}; lattice 1-best WER {_pct(run.get('lattice_1best_wer'))}%; "
                 f"{_rescore_cost_decoding(run, first)}.{frontend}", "",
-                _table(["variant", "encoder", "spans", "rescoring s / decode s", "spans/s", "arcs/s",
+                _table(["variant", "encoder", "spans", "precision", "rescoring s / decode s", "spans/s", "arcs/s",
                         "span encoding s", "other scoring s", "best path s", "awe_rescore WER %",
                         "rescoring s / metrics.json decode s", "rescoring s / decode s from audio"], table,
-                       ["l", "l", "l", "r", "r", "r", "r", "r", "r", "r", "r", "r"]), "",
+                       ["l", "l", "l", "l", "r", "r", "r", "r", "r", "r", "r", "r", "r"]), "",
                 f"Command: {_code(run.get('command'))} ({run.get('machine')}, {run.get('date')}).", ""]
     return out
 

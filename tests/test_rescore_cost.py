@@ -182,3 +182,14 @@ def test_the_frontend_is_timed_on_the_audio_and_gives_the_from_audio_ratio(recip
         assert row["rescoring_seconds_per_decode_second_from_audio"] == pytest.approx(
             row["seconds"]["total"] / dec["seconds_from_audio"], abs=1e-4)
         assert row["rescoring_seconds_per_decode_second_from_audio"] < row["rescoring_seconds_per_decode_second"]
+
+
+def test_a_variant_names_its_span_encoding_and_optionally_its_compute_type():
+    import argparse
+
+    bench = _bench()
+    assert bench._variant("old=exp/e:isolated") == ("old", "exp/e", "isolated", "float32")
+    assert bench._variant("bf=dir:with:colons:one_pass:bfloat16") == ("bf", "dir:with:colons", "one_pass", "bfloat16")
+    for bad in ("x=exp/e:fast", "x=exp/e:one_pass:fp8", "=exp/e:one_pass", "x=:one_pass"):
+        with pytest.raises(argparse.ArgumentTypeError, match="expected LABEL=MODEL_DIR"):
+            bench._variant(bad)

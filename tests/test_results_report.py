@@ -276,8 +276,9 @@ def test_rescore_cost_section_has_one_table_per_run_with_its_command(tmp_path):
     md = write_results_md(results, tmp_path / "RESULTS.md", results / "plots").read_text()
     section = md.split("## Rescoring cost on CPU: span encoders")[1].split("\n## ")[0]
     cells = [[c.strip() for c in line.strip("|").split("|")] for line in section.splitlines() if line.startswith("|")]
-    assert ["conv_one_pass", "AcousticWordEncoder", "one_pass", "0.041", "5123", "98765", "3.00", "1.50", "0.50", "65.0",
-            "–", "–"] in cells
+    # a row without compute_dtype (runs before --compute-type) reads float32
+    assert ["conv_one_pass", "AcousticWordEncoder", "one_pass", "float32", "0.041", "5123", "98765", "3.00", "1.50", "0.50",
+            "65.0", "–", "–"] in cells
     assert "### synthetic/ctc" in section and "`python benchmarks/rescore_cost.py --corpus synthetic`" in section
     assert "lattice 1-best WER 73.3%" in section
     # an entry without the decoder timed in the run is marked as divided by the metrics.json figure
@@ -297,7 +298,7 @@ def test_rescore_cost_section_has_one_table_per_run_with_its_command(tmp_path):
     md = write_results_md(results, tmp_path / "RESULTS.md", results / "plots").read_text()
     section = md.split("## Rescoring cost on CPU: span encoders")[1].split("\n## ")[0]
     cells = [[c.strip() for c in line.strip("|").split("|")] for line in section.splitlines() if line.startswith("|")]
-    assert ["conv_one_pass", "AcousticWordEncoder", "one_pass", "0.100", "5123", "98765", "3.00", "1.50", "0.50", "65.0",
+    assert ["conv_one_pass", "AcousticWordEncoder", "one_pass", "float32", "0.100", "5123", "98765", "3.00", "1.50", "0.50", "65.0",
             "0.040", "–"] in cells
     assert ("decoding 50.0 s measured in this run (decode, conv_one_pass, decode; mean of 2 passes: 48.0, 52.0 s; "
             "CTC forward 2.0, HLG search 20.0, 1-best 1.0, word lattices 25.0, writing 2.0), beside 125.0 s from the "

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from rescorer.models.acoustic import AcousticWordEncoder, ConvUtteranceStates
-from rescorer.models.state_pooling import StatePoolingEncoder
+from rescorer.models.state_pooling import StatePoolingEncoder, part_bounds, part_means, span_means
 
 
 def _conv(max_frames=200):
@@ -30,7 +30,7 @@ def test_conv_one_pass_over_a_whole_segment_equals_encoding_it():
 def test_conv_span_pooling_equals_pooling_the_same_output_frames_by_hand():
     enc = _conv(max_frames=24)
     x = torch.randn(50, 12)
-    states = enc.utterance_states(x[None], torch.tensor([50]))
+    states = enc.utterance_states([x])
     frames = states.frames[0]  # [13, C]: every 4th input frame
     spans = torch.tensor([[0, 8], [4, 5], [8, 21], [40, 50], [48, 80], [0, 50]])
     got = enc.encode_spans(x, spans)
@@ -39,6 +39,34 @@ def test_conv_span_pooling_equals_pooling_the_same_output_frames_by_hand():
         want = enc._project(frames[s:e].mean(0, keepdim=True), frames[s:e].amax(0, keepdim=True))[0]
         assert torch.allclose(row, want, atol=1e-5)
     assert torch.allclose(got.norm(dim=1), torch.ones(len(spans)), atol=1e-5)
+
+
+def test_span_means_and_part_means_equal_slicing_and_refuse_empty_spans():
+    torch.manual_seed(2)
+    frames = torch.randn(300, 7)
+    starts = torch.tensor([0, 5, 5, 299, 100, 17, 40, 60])
+    ends = torch.tensor([1, 6, 250, 300, 300, 18, 42, 63])  # lengths 1, 2 and 3: thirds overlap or are single frames
+    got = span_means(frames, starts, ends)
+    want = torch.stack([frames[s:e].mean(0) for s, e in zip(starts.tolist(), ends.tolist())])
+    assert torch.allclose(got, want, atol=1e-6)
+    assert span_means(frames, starts[:0], ends[:0]).shape == (0, 7)
+    with pytest.raises(ValueError, match="at least one frame"):
+        span_means(frames, torch.tensor([4]), torch.tensor([4]))
+    s, e = part_bounds(starts, ends)
+    means = part_means(frames, starts, ends)
+    for i in range(len(starts)):
+        for p in range(4):
+            assert torch.allclose(means[i, p], frames[int(s[i, p]):int(e[i, p])].mean(0), atol=1e-5), (i, p)
+
+
+def test_state_pooling_chunked_frame_layers_give_the_same_states():
+    enc = StatePoolingEncoder(feature_dim=12, dim=8, hidden=16, max_frames=30).eval()
+    utts = [torch.randn(n, 12) for n in (41, 17, 64)]
+    whole = enc.utterance_states(utts)
+    enc.chunk_frames = 10  # chunks cut across utterances
+    chunked = enc.utterance_states(utts)
+    assert torch.allclose(whole.frames, chunked.frames, atol=1e-6)
+    assert whole.offsets.tolist() == [0, 41, 58] and whole.frames.shape[0] == 122
 
 
 def test_range_max_table_equals_brute_force():
@@ -53,14 +81,11 @@ def test_range_max_table_equals_brute_force():
 
 
 @pytest.mark.parametrize("make", [_conv, lambda: StatePoolingEncoder(feature_dim=12, dim=8, hidden=16, max_frames=30).eval()])
-def test_a_batch_of_padded_utterances_pools_what_each_gets_alone(make):
+def test_a_batch_of_utterances_pools_what_each_gets_alone(make):
     enc = make()
     utts = [torch.randn(n, 12) for n in (41, 17, 64)]
     spans = [torch.tensor([[0, 8], [8, 40]]), torch.tensor([[4, 17], [0, 3]]), torch.tensor([[20, 64], [60, 61]])]
-    x = torch.zeros(3, 64, 12)
-    for i, u in enumerate(utts):
-        x[i, : len(u)] = u
-    states = enc.utterance_states(x, torch.tensor([41, 17, 64]))
+    states = enc.utterance_states(utts)
     rows = torch.tensor([0, 0, 1, 1, 2, 2])
     allspans = torch.cat(spans)
     batched = enc.pool_spans(states, rows, allspans[:, 0], allspans[:, 1])
@@ -165,3 +190,77 @@ def test_state_pooling_scores_are_the_same_in_one_pass_and_as_isolated_segments(
     one = Rescorer(acoustic, letters, device="cpu", span_encoding="one_pass").awe_scores(lat, feats)
     iso = Rescorer(acoustic, letters, device="cpu", span_encoding="isolated").awe_scores(lat, feats)
     assert torch.allclose(one, iso, atol=1e-5) and bool((one != 0).any())
+
+
+def test_bfloat16_frame_layers_stay_close_to_float32_and_leave_training_alone():
+    torch.manual_seed(3)
+    enc = StatePoolingEncoder(feature_dim=12, dim=8, hidden=32, max_frames=30).eval()
+    utts = [torch.randn(n, 12) for n in (41, 17, 64)]
+    rows, starts, ends = torch.tensor([0, 1, 2, 2]), torch.tensor([0, 3, 10, 50]), torch.tensor([20, 17, 40, 64])
+    want = enc.pool_spans(enc.utterance_states(utts), rows, starts, ends)
+    keys = set(enc.state_dict())
+    enc.set_compute_dtype(torch.bfloat16)
+    assert enc.compute_dtype == torch.bfloat16
+    assert set(enc.state_dict()) == keys  # the low-precision copy is not saved with the model
+    got = enc.pool_spans(enc.utterance_states(utts), rows, starts, ends)
+    assert got.dtype == torch.float32
+    assert (got * want).sum(1).min() > 0.99 and not torch.equal(got, want)
+    segment = utts[0][:20][None]
+    assert enc(segment, torch.tensor([20])).dtype == torch.float32  # training's forward stays float32
+    enc.set_compute_dtype(torch.float32)
+    assert torch.equal(enc.pool_spans(enc.utterance_states(utts), rows, starts, ends), want)
+    with pytest.raises(ValueError, match="float32 or bfloat16"):
+        enc.set_compute_dtype(torch.float16)
+
+
+def test_compute_type_names_auto_follows_the_hardware_and_float32_only_encoders(monkeypatch):
+    from rescorer.models import precision
+    from rescorer.rescore import Rescorer
+    from tests.test_rescore import StubLetters
+
+    cpu = torch.device("cpu")
+    with pytest.raises(ValueError, match="compute_type must be one of"):
+        precision.resolve_compute_type("fp8", cpu)
+    monkeypatch.setattr(precision, "_cpu_flags", lambda: frozenset({"avx2", "amx_bf16"}))
+    assert precision.resolve_compute_type("auto", cpu) == torch.bfloat16
+    monkeypatch.setattr(precision, "_cpu_flags", lambda: frozenset({"avx2"}))
+    assert precision.resolve_compute_type("auto", cpu) == torch.float32
+    assert precision.resolve_compute_type("bfloat16", cpu) == torch.bfloat16  # asked for: given, if slow
+    with pytest.raises(ValueError, match="float32 only"):
+        Rescorer(_conv(), StubLetters(), device="cpu", compute_type="bfloat16")
+    monkeypatch.setattr(precision, "_cpu_flags", lambda: frozenset({"amx_bf16"}))
+    assert Rescorer(_conv(), StubLetters(), device="cpu", compute_type="auto").compute_dtype == torch.float32
+    pooled = StatePoolingEncoder(feature_dim=80, dim=16)
+    assert Rescorer(pooled, StubLetters(), device="cpu", compute_type="auto").compute_dtype == torch.bfloat16
+    assert pooled.compute_dtype == torch.bfloat16
+
+
+@pytest.mark.lattice
+@pytest.mark.parametrize("encoder", ["conv", "pool"])
+def test_batched_scores_equal_the_per_lattice_awe_scores_and_name_a_nan_utterance(encoder):
+    pytest.importorskip("k2")
+    import numpy as np
+
+    from rescorer.models.letters import LetterNgramEncoder
+    from rescorer.rescore import RescoreConfig, RescoreError, Rescorer
+
+    torch.manual_seed(0)
+    words = ["the", "cat", "sat", "on", "mat", "<unk>"]
+    acoustic = (AcousticWordEncoder(num_mel_bins=80, dim=16, channels=16) if encoder == "conv"
+                else StatePoolingEncoder(feature_dim=80, frame_shift=0.01, dim=16, hidden=16))
+    letters = LetterNgramEncoder(dim=16, num_buckets=1024, ngram_dim=16, hidden=32)
+    r = Rescorer(acoustic, letters, RescoreConfig(unk_awe_score=-0.25), device="cpu")
+    rng = np.random.default_rng(1)
+    lats = [_random_lattice(rng, f"u{i}", n, words) for i, n in enumerate((9, 23, 14))]
+    feats = [torch.randn(4 * n + 3, 80) for n in (9, 23, 14)]
+    batched = r.embedding_scores_batch(lats, feats)
+    for lat, f, (_, awe, rec) in zip(lats, feats, batched):
+        assert rec == []
+        assert torch.allclose(awe, r.awe_scores(lat, f), atol=1e-5)  # the per-lattice path (matrix + gather)
+        labels = lat.fsa.labels.long()
+        assert torch.all(awe[labels == lat.words.get("<unk>")] == -0.25) and torch.all(awe[labels <= 0] == 0)
+        assert awe[(labels > 0) & (labels != lat.words.get("<unk>"))].abs().max() > 0
+    with torch.no_grad():
+        next(acoustic.parameters()).fill_(float("nan"))
+    with pytest.raises(RescoreError, match="utterance u0: non-finite embedding similarity"):
+        r.embedding_scores_batch(lats, feats)

@@ -245,16 +245,20 @@ class AcousticWordEncoder(nn.Module):
     # ------------------------------------------------------------ one pass per utterance
 
     @torch.no_grad()
-    def utterance_states(self, feats: torch.Tensor, lengths: torch.Tensor) -> "ConvUtteranceStates":
-        """The conv stack run ONCE over whole utterances (feats [B, T, F] zero-padded, lengths
-        [B]), ready to pool any number of spans (``pool_spans``).
+    def utterance_states(self, utterances: Sequence[torch.Tensor]) -> "ConvUtteranceStates":
+        """The conv stack run ONCE over whole utterances ([T_i, F] each; zero-padded into one
+        batch here), ready to pool any number of spans (``pool_spans``).
 
         Not the function training learnt: a span's frames see their neighbours through the
         convolutions' receptive field (isolated segments see zeros there). Whether that costs
         quality is measured (``benchmarks/rescore_cost.py``); padding does not leak (masked
         convs), so a batch gives each utterance what it gets alone.
         """
-        lengths = lengths.to(device=feats.device, dtype=torch.long)
+        dev = self.feat_mean.device
+        lengths = torch.tensor([int(u.shape[0]) for u in utterances], dtype=torch.long, device=dev)
+        feats = torch.zeros(len(utterances), int(lengths.max()), int(utterances[0].shape[1]), device=dev)
+        for i, u in enumerate(utterances):
+            feats[i, : u.shape[0]] = u.to(dev)
         x, _, out_lengths = self._conv_stack(feats, lengths)
         return ConvUtteranceStates(x, lengths, out_lengths, self.stride)
 
@@ -292,7 +296,7 @@ class AcousticWordEncoder(nn.Module):
         self.eval()
         try:
             dev = self.feat_mean.device
-            states = self.utterance_states(feats.to(dev)[None], torch.tensor([feats.shape[0]], device=dev))
+            states = self.utterance_states([feats])
             spans = spans.long().reshape(-1, 2)
             return self.pool_spans(states, torch.zeros(len(spans), dtype=torch.long), spans[:, 0], spans[:, 1])
         finally:

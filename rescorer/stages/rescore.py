@@ -54,6 +54,7 @@ def rescore_lattices(
     progress: bool = True,
     batch_frames: int = 20000,
     span_encoding: str = "auto",
+    compute_type: str = "float32",
 ) -> RescoreSummary:
     """Rescore this rank's share of ``lattices``; rank and world size default to torchrun's RANK/WORLD_SIZE.
 
@@ -75,7 +76,8 @@ def rescore_lattices(
     outdir.mkdir(parents=True, exist_ok=True)
     lats = load_word_lattices(lattices)
     try:
-        rescorer = Rescorer.from_dir(model_dir, device=device, config_name=config_name, span_encoding=span_encoding)
+        rescorer = Rescorer.from_dir(model_dir, device=device, config_name=config_name, span_encoding=span_encoding,
+                                     compute_type=compute_type)
     except FileNotFoundError as e:
         raise StageError(str(e)) from e
     feats = read_utterance_features(features, expect=rescorer.feature_spec).by_id()

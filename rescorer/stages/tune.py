@@ -107,6 +107,7 @@ class TuneSettings:
     save_config: bool = False
     batch_frames: int = 20000  # utterances whose spans are embedded in one encoder pass (padded frames)
     span_encoding: str = "auto"  # Rescorer's span_encoding: auto, one_pass, isolated
+    compute_type: str = "float32"  # one-pass frame layers' precision: float32, bfloat16, auto (models.precision)
     # CTC methods (rescorer.stages.tune_ctc)
     ctc_model_dir: Optional[str] = None  # the CTC model whose log-probs are spotted / score spellings
     ctc_scales: Tuple[float, ...] = (0.0, 0.25, 0.5, 1.0, 2.0)
@@ -239,7 +240,8 @@ def _tune_and_evaluate(s: TuneSettings):
     """Returns (results by method, the Rescorer with the scales chosen on dev)."""
     torch.manual_seed(0)
     try:
-        rescorer = Rescorer.from_dir(s.model_dir, device=s.device, span_encoding=s.span_encoding)
+        rescorer = Rescorer.from_dir(s.model_dir, device=s.device, span_encoding=s.span_encoding,
+                                     compute_type=s.compute_type)
     except FileNotFoundError as e:
         raise StageError(str(e)) from e
     rescorer.config = replace(rescorer.config, am_scale=s.am_scale)
