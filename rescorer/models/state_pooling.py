@@ -26,6 +26,9 @@ from torch import nn
 from rescorer.models.registry import ACOUSTIC_ENCODERS
 
 NUM_PARTS = 4  # whole span + three thirds
+# torch 2 asks whether to check a CSR matrix's invariants: ours holds by construction (rows in
+# order, columns ascending within each row, all inside), so no check
+_CSR_OPTIONS = {"check_invariants": False} if int(torch.__version__.split(".")[0]) >= 2 else {}
 
 
 def part_bounds(starts: torch.Tensor, ends: torch.Tensor):
@@ -238,7 +241,7 @@ def span_means(frames: torch.Tensor, starts: torch.Tensor, ends: torch.Tensor) -
     vals = torch.repeat_interleave(1.0 / lengths.to(frames.dtype), lengths)
     with warnings.catch_warnings():  # torch 1.13 calls sparse CSR "beta"; the product is exact and tested
         warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-        weights = torch.sparse_csr_tensor(crow, cols, vals, (lengths.numel(), frames.shape[0]))
+        weights = torch.sparse_csr_tensor(crow, cols, vals, (lengths.numel(), frames.shape[0]), **_CSR_OPTIONS)
     return weights @ frames
 
 
