@@ -481,6 +481,9 @@ def rescore_cmd(model_dir, lattices, features, out, recover_oov, word_list, word
 @click.option("--oov-margins", default=None,
               help="OOV recovery: abstention margins to tune on dev, e.g. 0.3,0.2,0.1,0.05,0,none (none: the rule before "
                    "abstention; equal dev WER keeps the earlier; default: the rescorer config's oov_margin).")
+@click.option("--oov-rival", type=click.Choice(["arc", "lexicon"]), default="arc", show_default=True,
+              help="Recovery: what a proposal must beat by the margin, the replaced arc's word or the best word of "
+                   "the decoder's lexicon on the span.")
 @click.option("--am-scale", type=float, default=1.0, show_default=True)
 @click.option("--word-list", type=click.Path(exists=True, dir_okay=False),
               help="awe_rescore_oov_recovery's word list file (default: the first --word-list-size words of the built-in list).")

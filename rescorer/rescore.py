@@ -40,7 +40,9 @@ Abstention (``oov_margin`` not None; None keeps the rule above unchanged, for co
 Recovery should only replace what the audio contradicts, so a proposal is added only when
 
 - its cosine beats the arc's own embedding score on the same span (the cosine with the
-  arc's word's spelling; ``unk_awe_score`` for ``<unk>``) by at least
+  arc's word's spelling; ``unk_awe_score`` for ``<unk>``), or with ``oov_rival="lexicon"``
+  the best cosine of any other word of the lattice's symbol table (the decoder's lexicon)
+  on that span, whichever is higher, by at least
   ``oov_margin + oov_margin_per_doubling * max(0, log2(list size / 1000))``: the more
   spellings are searched, the higher the best wrong one scores by chance (on the
   synthetic embedder the best impostor's cosine rises 0.024 per doubling from 1k to 103k
@@ -106,6 +108,9 @@ class RescoreError(ValueError):
     """Input that cannot be rescored (the message names the utterance and the problem)."""
 
 
+OOV_RIVALS = ("arc", "lexicon")  # RescoreConfig.oov_rival
+
+
 @dataclass
 class RescoreConfig:
     awe_scale: float = 1.0  # lambda: weight of the embedding similarity
@@ -123,12 +128,20 @@ class RescoreConfig:
     # None: the rule before abstention (no margin, no guards)
     oov_margin: Optional[float] = 0.1
     oov_margin_per_doubling: float = 0.025  # measured: results/oov_margin_growth.json (0.024)
+    # what a proposal must beat by the margin: "arc", the replaced arc's own word; "lexicon", the best
+    # word of the lattice's symbol table (the decoder's lexicon, the arc's word included; the proposal
+    # itself excluded) on the same span: a word the decoder knows that explains the audio better wins
+    oov_rival: str = "arc"
     oov_min_letters: int = 4  # proposals with fewer letters (a-z) are not added
     oov_min_span_seconds: float = 0.1  # arcs on shorter spans get no proposals
     oov_protect_function_words: bool = True  # arcs of rescorer.text.FUNCTION_WORDS get no proposals
     posterior_scale: float = 1.0
     batch_size: int = 256
     ctc_scale: float = 0.0  # weight of the CTC spelling score (rescorer.rescore_ctc; 0: not used)
+
+    def __post_init__(self):
+        if self.oov_rival not in OOV_RIVALS:
+            raise ValueError(f"oov_rival must be one of {', '.join(OOV_RIVALS)}, not {self.oov_rival!r}")
 
     @classmethod
     def from_dict(cls, d: dict) -> "RescoreConfig":
@@ -337,6 +350,7 @@ class Rescorer:
         self._table_rows: Optional[tuple] = None  # (symbol table, its size, row of each word id or -1)
         self._spelling_matrix = torch.empty(0, int(getattr(acoustic, "dim", 0) or 0), device=self.device)
         self._word_list: Optional[WordListIndex] = None  # OOV recovery's word list (set_vocabulary)
+        self._lexicon: Optional[tuple] = None  # (table, its size, ids, index): oov_rival="lexicon"'s words
 
     def features(self, samples: np.ndarray, sampling_rate: int = SAMPLE_RATE, whisper_model: Optional[str] = None) -> torch.Tensor:
         """The frames this rescorer's embedder reads (its frontend: fbank or Whisper states), from audio."""
@@ -753,7 +767,10 @@ class Rescorer:
         ok = (ids >= 0) & torch.isfinite(vals) & (vals >= c.oov_min_similarity) & (cand != labels[arcs][:, None])
         # the evidence for each proposal: its cosine minus the arc's own (a <unk> arc's is unk_awe_score);
         # -inf where a guard forbids it (a protected arc, a word shorter than oov_min_letters)
-        advantage = vals - self._own_similarity(lat, arcs, Q, qrow, unk, c)[:, None]
+        rival = self._own_similarity(lat, arcs, Q, qrow, unk, c)[:, None]
+        if c.oov_rival == "lexicon":
+            rival = torch.maximum(rival, self._lexicon_rival(lat.words, Q, qrow, cand))
+        advantage = vals - rival
         if guards:
             short = word_list.letters[ids.clamp(min=0)] < int(c.oov_min_letters)
             advantage = advantage.masked_fill(arc_protected[:, None] | short, float("-inf"))
@@ -787,6 +804,39 @@ class Rescorer:
         out = add_arcs(lat, rows, attrs, table)
         out.meta["oov_word_list_size"] = len(word_list)
         return out, added
+
+    def _lexicon_rival(self, table, Q: torch.Tensor, qrow: torch.Tensor, cand: torch.Tensor) -> torch.Tensor:
+        """float32 [arcs, k]: for each proposal (``cand``: symbol ids [arcs, k], on spans ``Q[qrow]``),
+        the best cosine of any other word of ``table`` (the decoder's lexicon) on its span."""
+        ids, index = self._lexicon_index(table)
+        if len(index) == 0:
+            return torch.full(cand.shape, float("-inf"))
+        vals, rows = index.search(Q.to(index.vocab.device), min(2, len(index)))
+        vals, best = vals.cpu()[qrow], ids[rows.cpu()][qrow]  # [arcs, 2]: the two best lexicon words
+        if vals.shape[1] == 1:
+            return torch.where(best[:, :1] == cand, torch.tensor(float("-inf")), vals[:, :1])
+        return torch.where(best[:, :1] == cand, vals[:, 1:2], vals[:, :1])
+
+    def _lexicon_index(self, table):
+        """(symbol ids [V], ``ops.NearestIndex`` of their spellings) of the words of a symbol table,
+        built once per table (its special symbols and non-words left out)."""
+        hit = self._lexicon
+        if hit is not None and hit[0] is table and hit[1] == len(table):
+            return hit[2], hit[3]
+        ids, words = [], []
+        for sym in table.symbols:
+            try:
+                w = normalize_word(sym)
+            except NotAWordError:
+                continue
+            if w == sym:
+                ids.append(int(table.get(sym)))
+                words.append(w)
+        emb = torch.cat([self.letters.encode_words(words[i:i + 65536]).float() for i in range(0, len(words), 65536)]) \
+            if words else torch.zeros(0, max(1, self._spelling_matrix.shape[1]))
+        index = NearestIndex(_unit_rows(emb.to(self.device)), metric="cosine")
+        self._lexicon = (table, len(table), torch.tensor(ids, dtype=torch.long), index)
+        return self._lexicon[2], index
 
     def _protected_arcs(self, lat, arcs: torch.Tensor, c: RescoreConfig) -> torch.Tensor:
         """bool [len(arcs)]: arcs recovery may not replace (span shorter than

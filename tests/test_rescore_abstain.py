@@ -179,3 +179,31 @@ def test_set_vocabulary_takes_a_word_list_file(tmp_path):
     assert len(r._word_list) == 2
     with pytest.raises(WordListError, match="no such word list"):
         r.set_vocabulary(tmp_path / "missing.txt")
+
+
+def test_with_the_lexicon_as_rival_a_known_word_that_explains_the_span_better_blocks_the_proposal():
+    # "zeb" (3 letters, cosine 1.0 with the spoken zebra) is a word of the decoder's lexicon
+    lat = _the_zebras()
+    feats = _feats(["the", "zebra"])
+    rec, _ = _rescorer(oov_rival="arc").recover_oov(lat, feats)
+    assert _proposed(lat, rec) == ["zebra"]  # beats the arc's own "zebras" by 0.3
+    r = _rescorer(oov_rival="lexicon")
+    rec, added = r.recover_oov(lat, feats)
+    assert _proposed(lat, rec) == [] and added == []
+    # kept for tuning: its evidence is measured against "zeb" (1.0), not "zebras" (0.7)
+    rec, _ = r.embedding_scores(lat, feats, recover=True, abstain_at_decoding=True)[:2]
+    adv = rec.fsa.oov_advantage[rec.fsa.labels == rec.words["zebra"]]
+    assert float(adv) == pytest.approx(0.0, abs=1e-5)
+    # without "zeb" in the lexicon the best other known word on the span is the arc's own: as "arc"
+    lex = _lattice([(0, 1, "the", 0, 5, 0.0, 0.0), (1, 2, "zebras", 5, 10, 0.0, 0.0)], words=VOCAB)
+    rec, _ = _rescorer(oov_rival="lexicon").recover_oov(lex, feats)
+    assert _proposed(lex, rec) == ["zebra"]
+    # the proposal itself, a lexicon word, is not its own rival (zebra is in VOCAB)
+    assert float(rec.fsa.oov_advantage[rec.fsa.labels == rec.words["zebra"]]) == pytest.approx(0.3, abs=1e-5)
+
+
+def test_an_unknown_rival_is_named():
+    from rescorer.rescore import RescoreConfig
+
+    with pytest.raises(ValueError, match="oov_rival must be one of arc, lexicon"):
+        RescoreConfig(oov_rival="list")

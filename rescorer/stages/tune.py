@@ -108,6 +108,7 @@ class TuneSettings:
     batch_frames: int = 20000  # utterances whose spans are embedded in one encoder pass (padded frames)
     span_encoding: str = "auto"  # Rescorer's span_encoding: auto, one_pass, isolated
     compute_type: str = "float32"  # one-pass frame layers' precision: float32, bfloat16, auto (models.precision)
+    oov_rival: str = "arc"  # recovery: what a proposal must beat by the margin (RescoreConfig.oov_rival)
     # CTC methods (rescorer.stages.tune_ctc)
     ctc_model_dir: Optional[str] = None  # the CTC model whose log-probs are spotted / score spellings
     ctc_scales: Tuple[float, ...] = (0.0, 0.25, 0.5, 1.0, 2.0)
@@ -244,7 +245,7 @@ def _tune_and_evaluate(s: TuneSettings):
                                      compute_type=s.compute_type)
     except FileNotFoundError as e:
         raise StageError(str(e)) from e
-    rescorer.config = replace(rescorer.config, am_scale=s.am_scale)
+    rescorer.config = replace(rescorer.config, am_scale=s.am_scale, oov_rival=s.oov_rival)
     train_vocab = _train_vocab(s.train_data)
     grid = dict(awe_scales=[float(x) for x in s.awe_scales], lm_scales=[float(x) for x in s.lm_scales],
                 word_insertion_penalties=[float(x) for x in s.wips])
