@@ -182,3 +182,11 @@ def test_rescorer_tune_names_bad_input(tmp_path):
     assert r.exit_code != 0 and "unknown method(s) nbest" in r.output
     r = CliRunner().invoke(main, base + ["--cross-validate", "--awe-scales", "0,x"])
     assert r.exit_code != 0 and "--awe-scales" in r.output and "comma-separated numbers" in r.output
+
+
+def test_a_corpus_name_with_a_slash_names_a_tuning_curve_file_not_a_directory():
+    from rescorer.stages.tune import tuning_curve_tag
+
+    assert tuning_curve_tag("speechocean762_dev/whisper_wordrich") == "speechocean762_dev_whisper_wordrich_lattices"
+    assert tuning_curve_tag("synthetic", "pocketsphinx_") == "synthetic_pocketsphinx"
+    assert "/" not in tuning_curve_tag("../a/b", "x") and tuning_curve_tag("///") == "corpus_lattices"

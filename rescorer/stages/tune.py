@@ -39,6 +39,7 @@ import json
 import logging
 import os
 import platform
+import re
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -237,6 +238,13 @@ def _attention_second_pass(rescorer, attention, awe_config, prep_tune, prep_eval
     return {"words": words, "seconds": {u: cand_eval[u][2] for u in words}}, best_scale
 
 
+def tuning_curve_tag(corpus: str, prefix: str = "") -> str:
+    """The file-name part of a run's tuning curve: corpus names such as ``speechocean762_dev/whisper``
+    name a results key, not a directory, so path separators become ``_``."""
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", corpus).strip("_") or "corpus"
+    return f"{safe}_{prefix.rstrip('_') or 'lattices'}"
+
+
 def _tune_and_evaluate(s: TuneSettings):
     """Returns (results by method, the Rescorer with the scales chosen on dev)."""
     torch.manual_seed(0)
@@ -371,7 +379,7 @@ def _tune_and_evaluate(s: TuneSettings):
 
     # tuning curve: committed as JSON + a plot
     res_dir = Path(s.out).parent
-    tag = f"{s.corpus}_{s.prefix.rstrip('_') or 'lattices'}"
+    tag = tuning_curve_tag(s.corpus, s.prefix)
     res_dir.mkdir(parents=True, exist_ok=True)
     curve_path = res_dir / f"rescore_tuning_{tag}.json"
     if curve_path.exists():  # another run's methods (e.g. OOV recovery run separately) are kept
