@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import TINY_EMBEDDER as TINY
-from rescorer.formats.contract import FeatureSpec
+from rescorer.formats.contract import FeatureSpec, FeatureSpecError
 from rescorer.formats.word_segments import write_word_segments
 from rescorer.models.checkpoint import CheckpointError, load_checkpoint, load_embedder
 from rescorer.training.train_embeddings import TrainConfig, parse_args, train
@@ -83,12 +83,33 @@ def test_init_from_refuses_another_architecture_or_frontend(pretrained, tmp_path
     for name in ("t", "v"):
         seg = make_synthetic_word_segments(words, segments_per_word=2, seed=4, num_mel_bins=48)
         write_word_segments(tmp_path / f"{name}.pt", {**seg, "feature_spec": spec.to_json(), "frame_shift": 0.02})
-    with pytest.raises(CheckpointError, match=r"feature_spec \(\{'name': 'fbank'.*\} there, \{'name': 'whisper-0000abcd-L3'.*num_mel_bins \(80 there, 48 here\)"):
+    with pytest.raises(FeatureSpecError, match=r"t.pt: 'whisper-0000abcd-L3' features, expected 'fbank'; 48-dim frames"):
         train(TrainConfig(train=str(tmp_path / "t.pt"), dev=str(tmp_path / "v.pt"), out=str(tmp_path / "d"), epochs=1,
                           init_from=str(d / "pre"), **TINY))
     with pytest.raises(FileNotFoundError, match="no embedder checkpoint"):
         train(TrainConfig(out=str(tmp_path / "e"), **{**common, **TINY, "init_from": str(tmp_path / "none")}))
     assert not (tmp_path / "a" / "last.pt").exists()
+
+
+def test_fine_tuning_on_stacked_layers_reads_the_layers_the_initial_model_knows(tmp_path):
+    l3 = FeatureSpec("whisper-0000abcd-L3", 48, 0.02)
+    l34 = FeatureSpec("whisper-0000abcd-L3-4", 96, 0.02)
+    words = random_words(20, seed=7)
+    for name, spec, seed in (("pre", l3, 4), ("dev3", l3, 5), ("fine", l34, 6), ("dev34", l34, 5)):
+        seg = make_synthetic_word_segments(words, segments_per_word=2, seed=seed, num_mel_bins=48)
+        if spec is l34:  # layer 3 as pretrained, then a layer 4 of noise
+            seg["feats"] = torch.cat([seg["feats"], torch.randn_like(seg["feats"].float()).half()], 1)
+        write_word_segments(tmp_path / f"{name}.pt", {**seg, "feature_spec": spec.to_json(), "frame_shift": 0.02})
+    cfg = {**TINY, "acoustic_encoder": "state_pooling"}
+    train(TrainConfig(train=str(tmp_path / "pre.pt"), dev=str(tmp_path / "dev3.pt"), out=str(tmp_path / "pre"), epochs=1, **cfg))
+    train(TrainConfig(train=str(tmp_path / "fine.pt"), dev=str(tmp_path / "dev34.pt"), out=str(tmp_path / "fine"), epochs=1,
+                      init_from=str(tmp_path / "pre"), **cfg))
+    acoustic, _, _ = load_embedder(str(tmp_path / "fine"))
+    assert FeatureSpec.from_json(acoustic.feature_spec) == l3 and acoustic.feature_dim == 48
+    # from scratch, the same stacked file trains a model of both layers
+    train(TrainConfig(train=str(tmp_path / "fine.pt"), dev=str(tmp_path / "dev34.pt"), out=str(tmp_path / "both"), epochs=1,
+                      **cfg))
+    assert load_embedder(str(tmp_path / "both"))[0].feature_dim == 96
 
 
 def test_init_from_is_a_command_line_option():

@@ -12,13 +12,20 @@ Frame rates are values that files record (``FeatureSpec.to_json`` in the metadat
 every features, segments and lattice file) and readers check (``check_spec``): a
 frontend at 20 ms (e.g. Whisper's encoder states) and 10 ms fbank are never mixed up
 silently.
+
+Stacked layers: a frontend whose frames concatenate several layers of one model names them
+``<model>-L<a>-<b>...`` (e.g. ``whisper-1a5afae0-L3-4``, layers 3 and 4, equal widths, in
+that order). Frames of a subset of those layers of the same model are a column view of
+them (``layer_view``), so one features file serves a model trained on layers 3-4 and one
+trained on layer 3; readers take that view where they are asked for the subset.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 SAMPLE_RATE = 16000
 SUBSAMPLING_FACTOR = 4
@@ -90,3 +97,42 @@ def check_frame_shift(recorded: float, expected: float, source: str) -> None:
         raise FeatureSpecError(
             f"{source}: a frame every {float(recorded) * 1000:g} ms, expected every {float(expected) * 1000:g} ms"
         )
+
+
+_STACKED = re.compile(r"(?P<model>.+)-L(?P<layers>\d+(?:-\d+)*)")
+
+
+def _stacked(spec: FeatureSpec):
+    m = _STACKED.fullmatch(spec.name)
+    if not m:
+        return None
+    layers = [int(k) for k in m.group("layers").split("-")]
+    if len(set(layers)) != len(layers) or spec.dim % len(layers):
+        return None
+    return m.group("model"), layers, spec.dim // len(layers)
+
+
+def layer_view(recorded: FeatureSpec, expected: FeatureSpec) -> Optional[List[int]]:
+    """The columns of ``recorded`` frames that are ``expected`` frames, when ``expected`` is a
+    subset of the stacked layers of the same model at the same frame rate (module doc);
+    None otherwise (including when they are equal: no view needed)."""
+    if recorded == expected or not same_frame_shift(recorded.frame_shift, expected.frame_shift):
+        return None
+    have, want = _stacked(recorded), _stacked(expected)
+    if have is None or want is None or have[0] != want[0] or have[2] != want[2]:
+        return None
+    width = have[2]
+    if not set(want[1]) <= set(have[1]):
+        return None
+    return [have[1].index(k) * width + c for k in want[1] for c in range(width)]
+
+
+def check_spec_or_view(recorded: Optional[FeatureSpec], expected: FeatureSpec, source: str) -> Optional[List[int]]:
+    """``check_spec``, except that a layer view (``layer_view``) of the recorded frames is accepted:
+    returns its columns (None: the frames are ``expected`` as they are)."""
+    if recorded is not None:
+        cols = layer_view(recorded, expected)
+        if cols is not None:
+            return cols
+    check_spec(recorded, expected, source)
+    return None

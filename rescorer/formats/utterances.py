@@ -15,13 +15,13 @@ version-1 field names, so code that builds one by hand (tests, converters) goes 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import torch
 
-from rescorer.formats.contract import FBANK, FeatureSpec, check_spec
+from rescorer.formats.contract import FBANK, FeatureSpec, check_spec_or_view
 from rescorer.formats.tagged import FormatError, read_tagged, require, split_tag, write_tagged
 from rescorer.utils import PathLike
 
@@ -110,7 +110,8 @@ def write_utterance_features(path: PathLike, utts: UtteranceFeatures) -> Path:
 
 
 def read_utterance_features(path: PathLike, expect: Optional[FeatureSpec] = FBANK) -> UtteranceFeatures:
-    """Read and validate a split; with ``expect``, its recorded feature spec must match."""
+    """Read and validate a split; with ``expect``, its recorded feature spec must match (or hold
+    ``expect``'s layers among its stacked layers: those columns are returned, ``contract.layer_view``)."""
     tf = read_tagged(path, FAMILY, versions=(VERSION,), legacy_versions=(1,))
     if tf.legacy is not None:
         utts = utterance_features_from_dict(tf.legacy, source=tf.path)
@@ -123,5 +124,7 @@ def read_utterance_features(path: PathLike, expect: Optional[FeatureSpec] = FBAN
         )
         _validate(utts, tf.path)
     if expect is not None:
-        check_spec(utts.spec, expect, tf.path)
+        cols = check_spec_or_view(utts.spec, expect, tf.path)
+        if cols is not None:  # a subset of the stacked layers recorded (formats.contract.layer_view)
+            utts = replace(utts, feats=utts.feats[:, cols].contiguous(), spec=expect)
     return utts

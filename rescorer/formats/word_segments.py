@@ -23,7 +23,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from rescorer.formats.contract import FBANK, FeatureSpec, check_spec
+from rescorer.formats.contract import FBANK, FeatureSpec, check_spec_or_view
 from rescorer.formats.frames import feature_stats, gather_padded
 from rescorer.formats.tagged import FormatError, read_tagged, require, split_tag, write_tagged
 from rescorer.utils import PathLike
@@ -93,7 +93,8 @@ def write_word_segments(path: PathLike, data: Dict[str, Any]) -> Path:
 
 
 def read_word_segments(path: PathLike, expect: Optional[FeatureSpec] = FBANK) -> Dict[str, Any]:
-    """Read and validate a split -> the flat dict; with ``expect``, its feature spec must match."""
+    """Read and validate a split -> the flat dict; with ``expect``, its feature spec must match (or
+    hold ``expect``'s layers among its stacked layers: those columns, ``contract.layer_view``)."""
     tf = read_tagged(path, FAMILY, versions=(VERSION,), legacy_versions=(1,))
     if tf.legacy is not None:
         rec = word_segments_record(tf.legacy, source=tf.path)
@@ -101,7 +102,10 @@ def read_word_segments(path: PathLike, expect: Optional[FeatureSpec] = FBANK) ->
         require(tf, _TENSORS, ("words", "speakers", "utterance_ids", "feature_spec"))
         rec = word_segments_record({"format": FORMAT, **tf.tensors, **tf.meta}, source=tf.path)
     if expect is not None:
-        check_spec(spec_of(rec), expect, tf.path)
+        cols = check_spec_or_view(spec_of(rec), expect, tf.path)
+        if cols is not None:  # a subset of the stacked layers recorded (formats.contract.layer_view)
+            rec = {**rec, "feats": rec["feats"][:, cols].contiguous(), "feature_spec": expect.to_json(),
+                   "num_mel_bins": expect.dim}
     return rec
 
 

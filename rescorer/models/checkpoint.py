@@ -30,7 +30,7 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 import torch
 from torch import nn
 
-from rescorer.formats.contract import FBANK
+from rescorer.formats.contract import FBANK, FeatureSpec
 from rescorer.models.acoustic import AcousticWordEncoder
 from rescorer.models.attention import AttentionModel
 from rescorer.models.ctc import CtcModel
@@ -148,6 +148,14 @@ def _config_differences(theirs: Dict[str, Any], ours: Dict[str, Any]) -> List[st
     keys = sorted(set(theirs) | set(ours))
     return [f"{k} ({theirs.get(k, 'absent')!r} there, {ours.get(k, 'absent')!r} here)" for k in keys
             if theirs.get(k) != ours.get(k)]
+
+
+def initial_feature_spec(location: PathLike, which: str = "best") -> FeatureSpec:
+    """The feature spec an embedder checkpoint's acoustic encoder was trained on (fbank when it
+    records none)."""
+    _, ckpt = read_embedder_checkpoint(location, which)
+    recorded = dict(ckpt.get("acoustic_config") or {}).get("feature_spec")
+    return FeatureSpec.from_json(recorded) if recorded else FBANK
 
 
 def init_embedder_from(

@@ -58,6 +58,7 @@ from rescorer.models.checkpoint import (
     LAST,
     embedder_state,
     init_embedder_from,
+    initial_feature_spec,
     load_checkpoint,
     save_checkpoint,
     trained_spellings,
@@ -260,7 +261,10 @@ def _train(config: TrainConfig, rank: int, world: int, device: torch.device, out
     from tqdm import tqdm
 
     torch.manual_seed(config.seed)
-    train_data = load_word_segments(config.train, expect=None)
+    # fine-tuning reads the frames its initial model was trained on: a segments file of stacked
+    # layers gives the initial model's layers (formats.contract.layer_view)
+    expect = initial_feature_spec(config.init_from) if config.init_from else None
+    train_data = load_word_segments(config.train, expect=expect)
     dev_data = load_word_segments(config.dev, expect=train_data.spec) if rank == 0 else None
 
     acoustic, letters = build_encoders(config, train_data.spec)
