@@ -106,10 +106,17 @@ def test_fine_tuning_on_stacked_layers_reads_the_layers_the_initial_model_knows(
                       init_from=str(tmp_path / "pre"), **cfg))
     acoustic, _, _ = load_embedder(str(tmp_path / "fine"))
     assert FeatureSpec.from_json(acoustic.feature_spec) == l3 and acoustic.feature_dim == 48
-    # from scratch, the same stacked file trains a model of both layers
+    # from scratch, the same stacked file trains a model of both layers, or of the layers asked for
     train(TrainConfig(train=str(tmp_path / "fine.pt"), dev=str(tmp_path / "dev34.pt"), out=str(tmp_path / "both"), epochs=1,
                       **cfg))
     assert load_embedder(str(tmp_path / "both"))[0].feature_dim == 96
+    train(TrainConfig(train=str(tmp_path / "fine.pt"), dev=str(tmp_path / "dev34.pt"), out=str(tmp_path / "l4"), epochs=1,
+                      input_layers="4", **cfg))
+    l4 = load_embedder(str(tmp_path / "l4"))[0]
+    assert FeatureSpec.from_json(l4.feature_spec) == FeatureSpec("whisper-0000abcd-L4", 48, 0.02)
+    with pytest.raises(FeatureSpecError, match=r"layers \[2\] are not a subset"):
+        train(TrainConfig(train=str(tmp_path / "fine.pt"), dev=str(tmp_path / "dev34.pt"), out=str(tmp_path / "l2"),
+                          epochs=1, input_layers="2", **cfg))
 
 
 def test_init_from_is_a_command_line_option():

@@ -127,6 +127,18 @@ def layer_view(recorded: FeatureSpec, expected: FeatureSpec) -> Optional[List[in
     return [have[1].index(k) * width + c for k in want[1] for c in range(width)]
 
 
+def layer_subset(spec: FeatureSpec, layers) -> FeatureSpec:
+    """The spec of ``layers`` (a subset, in the order given) of ``spec``'s stacked layers."""
+    stacked = _stacked(spec)
+    if stacked is None:
+        raise FeatureSpecError(f"{spec.name!r} frames are not stacked layers (<model>-L<a>-<b>...)")
+    model, have, width = stacked
+    missing = [k for k in layers if k not in have]
+    if not layers or missing or len(set(layers)) != len(layers):
+        raise FeatureSpecError(f"layers {list(layers)} are not a subset of {spec.name!r}'s layers {have}")
+    return FeatureSpec(f"{model}-L{'-'.join(str(k) for k in layers)}", width * len(layers), spec.frame_shift)
+
+
 def check_spec_or_view(recorded: Optional[FeatureSpec], expected: FeatureSpec, source: str) -> Optional[List[int]]:
     """``check_spec``, except that a layer view (``layer_view``) of the recorded frames is accepted:
     returns its columns (None: the frames are ``expected`` as they are)."""

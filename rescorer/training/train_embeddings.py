@@ -65,7 +65,7 @@ from rescorer.models.checkpoint import (
 )
 from rescorer.models.interfaces import AcousticEncoder, SpellingEncoder
 from rescorer.models.letters import DEFAULT_NUM_BUCKETS, SPELLING_VIEWS
-from rescorer.formats.contract import FBANK, FeatureSpec
+from rescorer.formats.contract import FBANK, FeatureSpec, layer_subset, layer_view
 from rescorer.formats.word_segments import WordSegments, load_word_segments
 from rescorer.models.registry import ACOUSTIC_ENCODERS, SPELLING_ENCODERS
 from rescorer.pronunciation import get_pronouncer
@@ -135,6 +135,9 @@ class TrainConfig:
     # fine-tuning: start from another embedder run's (or checkpoint's) best weights, both
     # encoders; they must be the same classes and sizes for the same frontend and feature spec
     init_from: Optional[str] = None
+    # segments of stacked frontend layers (e.g. Whisper layers 3-4): train on these layers only,
+    # comma-separated ("3"; "" = all the file holds). Fine-tuning takes its initial model's layers.
+    input_layers: str = ""
     # fine-tuning: the spelling encoder's learning rate relative to the acoustic side's. Below 1
     # its space stays near the one learnt from many word types (unseen words keep their places)
     # while the acoustic side adapts; 0 freezes it (needs --init-from)
@@ -265,6 +268,12 @@ def _train(config: TrainConfig, rank: int, world: int, device: torch.device, out
     # layers gives the initial model's layers (formats.contract.layer_view)
     expect = initial_feature_spec(config.init_from) if config.init_from else None
     train_data = load_word_segments(config.train, expect=expect)
+    if expect is None and config.input_layers:
+        want = layer_subset(train_data.spec, [int(k) for k in config.input_layers.split(",") if k.strip()])
+        cols = layer_view(train_data.spec, want)
+        if cols is not None:
+            train_data = dataclasses.replace(train_data, feats=train_data.feats[:, cols].contiguous(), spec=want,
+                                             num_mel_bins=want.dim)
     dev_data = load_word_segments(config.dev, expect=train_data.spec) if rank == 0 else None
 
     acoustic, letters = build_encoders(config, train_data.spec)
@@ -481,6 +490,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> TrainConfig:
             p.add_argument(flag, default=None, metavar="DIR",
                            help="embedder run (best.pt) or checkpoint to start from (fine-tuning); same encoder "
                                 "classes, sizes and frontend required")
+        elif field.name == "input_layers":
+            p.add_argument(flag, default="", metavar="K[,K...]",
+                           help="train on these of the segments' stacked layers (e.g. 3 of Whisper layers 3-4; default all)")
         elif field.name == "stop_after_epoch":
             p.add_argument(flag, type=int, default=None, help="stop cleanly after this epoch")
         else:
