@@ -24,7 +24,7 @@ from typing import List, Optional, Sequence
 
 import torch
 
-from rescorer.formats.contract import UNK
+from rescorer.formats.contract import FBANK, UNK, FeatureSpec
 from rescorer.lattice.paths import Hypothesis, best_with_attention
 from rescorer.lattice.word_lattice import nbest
 from rescorer.models.checkpoint import load_asr_model
@@ -39,6 +39,9 @@ class AttentionScorer:
             raise ValueError("attention rescoring needs an encoder-decoder model (a CTC-only model has no decoder)")
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model = model.to(self.device).eval()
+        # the frames its encoder reads (its frontend; they may differ from the embedder's)
+        recorded = getattr(getattr(model, "encoder", None), "feature_spec", None)
+        self.feature_spec = FeatureSpec.from_json(recorded) if recorded else FBANK
 
     @classmethod
     def from_dir(cls, model_dir, device: Optional[str] = None) -> "AttentionScorer":
@@ -47,7 +50,7 @@ class AttentionScorer:
 
     @torch.no_grad()
     def encode(self, feats: torch.Tensor) -> torch.Tensor:
-        """Encoder output [T', C] for one utterance's fbank [T, 80]."""
+        """Encoder output [T', C] for one utterance's frames [T, feature_spec.dim]."""
         x = torch.as_tensor(feats).float().to(self.device)[None]
         enc, lens = self.model.encode(x, torch.tensor([x.shape[1]], device=self.device))
         return enc[0, : int(lens[0])]

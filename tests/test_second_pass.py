@@ -69,3 +69,15 @@ def test_attention_picks_the_sentence_it_prefers_from_the_lattice_nbest():
     assert att[1] > att[0]  # the stub prefers its own sentence
     assert pick_best(hyps, att, 0.0) == ["the", "cap"]
     assert pick_best(hyps, att, 1.0) == ["the", "cat"]
+
+
+def test_the_scorer_reads_its_own_frontend_s_frames():
+    from rescorer.formats.contract import FBANK, FeatureSpec
+    from rescorer.models.attention import AttentionModel
+    from rescorer.second_pass import AttentionScorer
+
+    stacked = FeatureSpec("whisper-1a5afae0-L3-4", 16, 0.02)
+    model = AttentionModel(num_mel_bins=16, d_model=16, num_layers=1, num_heads=2, ffn_dim=32, decoder_layers=1,
+                           decoder_ffn_dim=32, subsampling="conv1d_x2", feature_spec=stacked.to_json())
+    assert AttentionScorer(model, device="cpu").feature_spec == stacked  # tune reads these frames for it
+    assert AttentionScorer(StubAttention(["the"]), device="cpu").feature_spec == FBANK

@@ -289,6 +289,11 @@ def _tune_and_evaluate(s: TuneSettings):
     attention = None
     if "awe_plus_attention" in wanted and s.attention_model_dir:
         attention = AttentionScorer.from_dir(s.attention_model_dir, device=s.device)
+        # its own frames: the whole features where the embedder reads a layer view of them
+        att_dev_feats, att_test_feats = dev_feats, test_feats
+        if attention.feature_spec != rescorer.feature_spec:
+            att_dev_feats = _features(s.dev_features, attention.feature_spec)[0]
+            att_test_feats = att_dev_feats if s.cross_validate else _features(s.test_features, attention.feature_spec)[0]
     if any(m in CTC_METHODS for m in wanted):  # CTC word spotting and fusion: rescorer.stages.tune_ctc
         ctc_results, ctc_curves = ctc_methods(s, rescorer, train_vocab, grid, dev_lats, dev_feats, dev_refs, folds,
                                               test_feats, test_refs, missing, decode_seconds, prune_seconds)
@@ -332,7 +337,7 @@ def _tune_and_evaluate(s: TuneSettings):
             if with_attention:
                 t0 = time.perf_counter()
                 att_hyps, att_scale = _attention_second_pass(
-                    rescorer, attention, best, prep_tune, prep_eval, dev_feats, test_feats, dev_refs, train_vocab, s
+                    rescorer, attention, best, prep_tune, prep_eval, att_dev_feats, att_test_feats, dev_refs, train_vocab, s
                 )
                 att_seconds += sum(t for u, t in att_hyps["seconds"].items())
                 att_chosen.append(att_scale)
