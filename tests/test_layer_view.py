@@ -52,3 +52,16 @@ def test_readers_give_the_view_of_a_stacked_file(tmp_path):
         "feature_spec": L34.to_json()})
     s4 = load_word_segments(str(tmp_path / "s.pt"), expect=L4)
     assert s4.spec == L4 and s4.num_mel_bins == 4 and torch.equal(s4.feats.float(), feats[:, 4:])
+
+
+def test_embedding_evaluation_reads_the_model_s_layers_of_stacked_segments(tmp_path):
+    from rescorer.evaluation.embeddings import load_segments
+    from rescorer.formats.word_segments import write_word_segments
+
+    feats = torch.arange(5 * 8, dtype=torch.float32).reshape(5, 8)
+    write_word_segments(tmp_path / "s.pt", {
+        "feats": feats.half(), "offsets": torch.tensor([0, 2, 5]), "word_ids": torch.tensor([0, 1]), "words": ["a", "b"],
+        "speaker_ids": torch.tensor([0, 0]), "speakers": ["s1"], "utterance_ids": ["u1", "u1"],
+        "feature_spec": L34.to_json()})
+    assert load_segments(str(tmp_path / "s.pt")).feats.shape[1] == 8
+    assert torch.equal(load_segments(str(tmp_path / "s.pt"), L3).feats.float(), feats[:, :4])

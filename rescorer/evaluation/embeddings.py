@@ -48,7 +48,8 @@ import torch
 
 from rescorer.corpora.text_sources import large_word_list
 from rescorer.formats.word_segments import FORMAT as SEGMENTS_FORMAT
-from rescorer.formats.word_segments import WordSegments, read_word_segments, word_segments_from_dict
+from rescorer.formats.contract import FeatureSpec
+from rescorer.formats.word_segments import WordSegments, read_word_segments, record_view, word_segments_from_dict
 from rescorer.metrics import NoPositivePairsError, crossview_ap, precision_at_k, same_different_ap
 from rescorer.models.checkpoint import CheckpointError, read_embedder_checkpoint, trained_spellings
 
@@ -65,12 +66,14 @@ class EvaluationError(ValueError):
 # ---------------------------------------------------------------- inputs
 
 
-def load_segments(path: str) -> WordSegments:
-    """Load a word-segment split, with an error that names the file when it is missing."""
+def load_segments(path: str, expect: Optional[FeatureSpec] = None) -> WordSegments:
+    """Load a word-segment split, with an error that names the file when it is missing; with
+    ``expect`` (the model's frontend), a file of stacked layers gives the model's layers."""
     p = Path(path)
     if not p.is_file():
         raise EvaluationError(f"word segments not found: {p} (run the recipe's segments stage first)")
-    return word_segments_from_dict(read_word_segments(p, expect=None), source=str(p))  # any frontend; the model checks dims
+    rec = read_word_segments(p, expect=None)  # any frontend; the model checks dims (check_compatible)
+    return word_segments_from_dict(record_view(rec, expect) if expect is not None else rec, source=str(p))
 
 
 def check_compatible(acoustic, data: WordSegments, source: str = "segments") -> None:

@@ -23,7 +23,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from rescorer.formats.contract import FBANK, FeatureSpec, check_spec_or_view
+from rescorer.formats.contract import FBANK, FeatureSpec, check_spec_or_view, layer_view
 from rescorer.formats.frames import feature_stats, gather_padded
 from rescorer.formats.tagged import FormatError, read_tagged, require, split_tag, write_tagged
 from rescorer.utils import PathLike
@@ -102,11 +102,18 @@ def read_word_segments(path: PathLike, expect: Optional[FeatureSpec] = FBANK) ->
         require(tf, _TENSORS, ("words", "speakers", "utterance_ids", "feature_spec"))
         rec = word_segments_record({"format": FORMAT, **tf.tensors, **tf.meta}, source=tf.path)
     if expect is not None:
-        cols = check_spec_or_view(spec_of(rec), expect, tf.path)
-        if cols is not None:  # a subset of the stacked layers recorded (formats.contract.layer_view)
-            rec = {**rec, "feats": rec["feats"][:, cols].contiguous(), "feature_spec": expect.to_json(),
-                   "num_mel_bins": expect.dim}
+        check_spec_or_view(spec_of(rec), expect, tf.path)
+        rec = record_view(rec, expect)
     return rec
+
+
+def record_view(rec: Dict[str, Any], expect: FeatureSpec) -> Dict[str, Any]:
+    """A flat record's frames as ``expect``'s, when those are a subset of its stacked layers
+    (``formats.contract.layer_view``: those columns); the record unchanged otherwise."""
+    cols = layer_view(spec_of(rec), expect)
+    if cols is None:
+        return rec
+    return {**rec, "feats": rec["feats"][:, cols].contiguous(), "feature_spec": expect.to_json(), "num_mel_bins": expect.dim}
 
 
 # ---------------------------------------------------------------- one split in memory

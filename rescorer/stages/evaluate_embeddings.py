@@ -36,13 +36,15 @@ def evaluate_embedder(
 ) -> Dict[str, Any]:
     """Evaluate ``model_dir`` (best.pt) on ``segments``; merge the entry into ``out`` under ``name``."""
     from rescorer.evaluation import embeddings as ev
+    from rescorer.formats.contract import FeatureSpec
     from rescorer.models.checkpoint import load_embedder
     from rescorer.utils import atomic_write_text
 
     try:
         info = ev.read_checkpoint_info(model_dir)
-        data = ev.load_segments(segments)
         acoustic, letters, train_config = load_embedder(info["path"])
+        recorded = getattr(acoustic, "feature_spec", None)
+        data = ev.load_segments(segments, FeatureSpec.from_json(recorded) if recorded else None)
         ev.check_compatible(acoustic, data, source=segments)
         vocab, vocab_source = info["train_vocabulary"], f"training vocabulary stored in {info['path']}"
         if train_segments:
