@@ -291,9 +291,10 @@ def _tune_and_evaluate(s: TuneSettings):
         attention = AttentionScorer.from_dir(s.attention_model_dir, device=s.device)
         # its own frames: the whole features where the embedder reads a layer view of them
         att_dev_feats, att_test_feats = dev_feats, test_feats
-        if attention.feature_spec != rescorer.feature_spec:
-            att_dev_feats = _features(s.dev_features, attention.feature_spec)[0]
-            att_test_feats = att_dev_feats if s.cross_validate else _features(s.test_features, attention.feature_spec)[0]
+        att_spec = getattr(attention, "feature_spec", rescorer.feature_spec)  # a scorer without one reads the embedder's
+        if att_spec != rescorer.feature_spec:
+            att_dev_feats = _features(s.dev_features, att_spec)[0]
+            att_test_feats = att_dev_feats if s.cross_validate else _features(s.test_features, att_spec)[0]
     if any(m in CTC_METHODS for m in wanted):  # CTC word spotting and fusion: rescorer.stages.tune_ctc
         ctc_results, ctc_curves = ctc_methods(s, rescorer, train_vocab, grid, dev_lats, dev_feats, dev_refs, folds,
                                               test_feats, test_refs, missing, decode_seconds, prune_seconds)
