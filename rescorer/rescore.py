@@ -460,9 +460,12 @@ class Rescorer:
             clean = list(dict.fromkeys(clean))
         if not clean:
             raise RescoreError("the word list for OOV recovery holds no words")
-        with torch.no_grad():
-            emb = torch.cat([self.letters.encode_words(clean[i : i + chunk]).float() for i in range(0, len(clean), chunk)])
-        self._word_list = WordListIndex(clean, emb.to(self.device))
+        self._word_list = WordListIndex(clean, self._embed_list(clean, chunk).to(self.device))
+
+    @torch.no_grad()
+    def _embed_list(self, words: Sequence[str], chunk: int = 65536) -> torch.Tensor:
+        """Spelling embeddings [len(words), D] of a long list (a word list, a lexicon), in chunks."""
+        return torch.cat([self.letters.encode_words(list(words[i:i + chunk])).float() for i in range(0, len(words), chunk)])
 
     def word_list_table(self, base):
         """``base`` extended by the word list's words (the table recovered lattices get; built once
@@ -506,29 +509,15 @@ class Rescorer:
     def _awe_scores(self, lat, feats: torch.Tensor, cache: Optional[SpanCache], arc_spans=None) -> torch.Tensor:
         """``arc_spans``: (scored arcs, their distinct spans, each arc's span) when already
         computed (``_scored_arc_spans``) for this lattice and these features."""
-        fsa = lat.fsa
-        labels = fsa.labels.long()
-        unk = lat.words.get(UNK) if UNK in lat.words else -100
-        out = torch.zeros(labels.shape[0], dtype=torch.float32)
-        out[labels == unk] = self.config.unk_awe_score
-        idx, uniq_spans, span_of_arc = arc_spans or self._scored_arc_spans(lat, feats.shape[0])
-        if idx.numel() == 0:
-            return out
-        uniq_words, word_of_arc = torch.unique(labels[idx], return_inverse=True)
-        A = self.embed_spans(feats, uniq_spans, cache)
-        W = self._spelling_matrix_rows(lat.words, uniq_words)
-        sim = self._similarity(A, W, span_of_arc, word_of_arc)
-        if not torch.isfinite(sim).all():
-            raise RescoreError(f"utterance {lat.utterance_id}: non-finite embedding similarity (NaN in the model?)")
-        out[idx] = sim
-        return out
+        arc_spans = arc_spans or self._scored_arc_spans(lat, feats.shape[0])
+        return self._batch_awe_scores([lat], [arc_spans], [self.embed_spans(feats, arc_spans[1], cache)])[0]
 
     def _batch_awe_scores(self, lats: Sequence, arc_spans: Sequence[tuple], embedded: Sequence[torch.Tensor]) -> List[torch.Tensor]:
         """``_awe_scores`` of a batch of lattices whose distinct spans are embedded (``embedded``,
         one [S_i, D] per lattice, the spans of ``_scored_arc_spans``): the cosine of every
-        distinct (span, word) pair of the batch in one row-wise product, then one gather
-        (per-utterance calls cost more in dispatch than in arithmetic). Equal to
-        ``_awe_scores`` lattice by lattice (tested)."""
+        distinct (span, word) pair of the batch in one ``ops.arc_similarity`` call (the CUDA
+        kernel on GPU), then one gather (per-utterance calls cost more in dispatch than in
+        arithmetic). ``_awe_scores`` is this for one lattice; batched equals one by one (tested)."""
         outs, span_rows, word_rows, counts = [], [], [], []
         base = 0
         for lat, (idx, uniq, span_of_arc), emb in zip(lats, arc_spans, embedded):
@@ -551,8 +540,8 @@ class Rescorer:
         pairs, pair_of_arc = torch.unique(torch.cat(span_rows) * len(words) + word_of_arc, return_inverse=True)
         span_of = torch.div(pairs, len(words), rounding_mode="floor").to(A.device)
         word_of = (pairs % len(words)).to(W.device)
-        sim = (_unit_rows(A)[span_of] * _unit_rows(W)[word_of]).sum(1).cpu()
-        # non-finite embeddings would become 0 in _unit_rows: the arcs that read one get NaN (named below)
+        sim = arc_similarity(A, W, torch.stack([span_of, word_of.to(A.device)], 1), metric="cosine").float().cpu()
+        # the arcs that read a non-finite embedding get NaN whatever the kernel makes of it (named below)
         bad = ~torch.isfinite(A).all(1)[span_of] | ~torch.isfinite(W).all(1)[word_of]
         sim[bad.cpu()] = float("nan")
         sim = sim[pair_of_arc]
@@ -589,11 +578,6 @@ class Rescorer:
             rows[missing] = self._spelling_rows([table.get(int(w)) for w in missing]).cpu()
         return rows[word_ids]
 
-    def _spelling_matrix_rows(self, table, word_ids: torch.Tensor) -> torch.Tensor:
-        """Spelling embeddings [len(word_ids), D] of a lattice's word ids (``_spelling_table_rows``)."""
-        rows = self._spelling_table_rows(table, word_ids)  # first: it may grow the matrix
-        return self._spelling_matrix[rows.to(self.device)]
-
     def _prefill_spellings(self, lats: Sequence) -> None:
         """Embed the spellings of a batch's lattice words not cached yet in one call per symbol
         table (not one per lattice: each call costs more than the words it embeds)."""
@@ -606,23 +590,7 @@ class Rescorer:
         for table, ids in by_table.values():
             ids = torch.unique(torch.cat(ids)).long()
             if ids.numel():
-                self._spelling_matrix_rows(table, ids)
-
-    def _similarity(self, A: torch.Tensor, W: torch.Tensor, span_of_arc: torch.Tensor, word_of_arc: torch.Tensor) -> torch.Tensor:
-        """Cosine of each arc's span and word embeddings (float32 [arcs], CPU).
-
-        On the CPU, when the span x word table is not much larger than the arcs (a lattice
-        has a few hundred distinct spans and words and thousands of arcs), one matrix
-        product of unit rows and a gather; otherwise (and on GPU) ``ops.arc_similarity``.
-        """
-        if A.device.type == "cpu" and A.shape[0] * W.shape[0] <= 4 * span_of_arc.numel() + 65536:
-            if not (torch.isfinite(A).all() and torch.isfinite(W).all()):
-                return torch.full((span_of_arc.numel(),), float("nan"))
-            table = _unit_rows(A.float()) @ _unit_rows(W.float()).T
-            # one flat gather (2-D advanced indexing costs twice as much; same values)
-            return table.reshape(-1).index_select(0, span_of_arc * W.shape[0] + word_of_arc)
-        arcs = torch.stack([span_of_arc, word_of_arc], 1).to(self.device)
-        return arc_similarity(A, W, arcs, metric="cosine").float().cpu()
+                self._spelling_table_rows(table, ids)
 
     def apply_scores(self, lat, awe: torch.Tensor, config: Optional[RescoreConfig] = None,
                      ctc: Optional[torch.Tensor] = None):
@@ -832,8 +800,7 @@ class Rescorer:
             if w == sym:
                 ids.append(int(table.get(sym)))
                 words.append(w)
-        emb = torch.cat([self.letters.encode_words(words[i:i + 65536]).float() for i in range(0, len(words), 65536)]) \
-            if words else torch.zeros(0, max(1, self._spelling_matrix.shape[1]))
+        emb = self._embed_list(words) if words else torch.zeros(0, max(1, self._spelling_matrix.shape[1]))
         index = NearestIndex(_unit_rows(emb.to(self.device)), metric="cosine")
         self._lexicon = (table, len(table), torch.tensor(ids, dtype=torch.long), index)
         return self._lexicon[2], index

@@ -135,6 +135,21 @@ def _random_lattice(rng, uid, num_frames_lattice, words):
     return _lattice(arcs, words=words, uid=uid)
 
 
+WORDS = ["the", "cat", "sat", "on", "mat", "<unk>"]
+
+
+def _tiny_rescorer(encoder, config, **kw):
+    """A Rescorer of untrained tiny encoders: the conv encoder or the state-pooling one on 80-dim frames."""
+    from rescorer.models.letters import LetterNgramEncoder
+    from rescorer.rescore import Rescorer
+
+    torch.manual_seed(0)
+    acoustic = (AcousticWordEncoder(num_mel_bins=80, dim=16, channels=16) if encoder == "conv"
+                else StatePoolingEncoder(feature_dim=80, frame_shift=0.01, dim=16, hidden=16))
+    letters = LetterNgramEncoder(dim=16, num_buckets=1024, ngram_dim=16, hidden=32)
+    return Rescorer(acoustic, letters, config, device="cpu", **kw)
+
+
 @pytest.mark.lattice
 @pytest.mark.parametrize("encoder, span_encoding", [("conv", "one_pass"), ("conv", "isolated"), ("pool", "auto")])
 @pytest.mark.parametrize("recover", [False, True])
@@ -143,16 +158,11 @@ def test_batched_embedding_scores_and_rescoring_equal_one_utterance_at_a_time(en
     import numpy as np
 
     from rescorer.evaluation.rescoring import prepare_all
-    from rescorer.models.letters import LetterNgramEncoder
-    from rescorer.rescore import RescoreConfig, Rescorer
+    from rescorer.rescore import RescoreConfig
 
-    torch.manual_seed(0)
-    words = ["the", "cat", "sat", "on", "mat", "<unk>"]
-    acoustic = (AcousticWordEncoder(num_mel_bins=80, dim=16, channels=16) if encoder == "conv"
-                else StatePoolingEncoder(feature_dim=80, frame_shift=0.01, dim=16, hidden=16))
-    letters = LetterNgramEncoder(dim=16, num_buckets=1024, ngram_dim=16, hidden=32)
-    r = Rescorer(acoustic, letters, RescoreConfig(awe_scale=2.0, oov_topk=2, oov_min_similarity=-1.0), device="cpu",
-                 span_encoding=span_encoding)
+    words = WORDS
+    r = _tiny_rescorer(encoder, RescoreConfig(awe_scale=2.0, oov_topk=2, oov_min_similarity=-1.0),
+                       span_encoding=span_encoding)
     r.set_vocabulary(["zebra", "cap", "hat", "cat"])
     rng = np.random.default_rng(0)
     lats, feats = {}, {}
@@ -241,15 +251,11 @@ def test_batched_scores_equal_the_per_lattice_awe_scores_and_name_a_nan_utteranc
     pytest.importorskip("k2")
     import numpy as np
 
-    from rescorer.models.letters import LetterNgramEncoder
-    from rescorer.rescore import RescoreConfig, RescoreError, Rescorer
+    from rescorer.rescore import RescoreConfig, RescoreError
 
-    torch.manual_seed(0)
-    words = ["the", "cat", "sat", "on", "mat", "<unk>"]
-    acoustic = (AcousticWordEncoder(num_mel_bins=80, dim=16, channels=16) if encoder == "conv"
-                else StatePoolingEncoder(feature_dim=80, frame_shift=0.01, dim=16, hidden=16))
-    letters = LetterNgramEncoder(dim=16, num_buckets=1024, ngram_dim=16, hidden=32)
-    r = Rescorer(acoustic, letters, RescoreConfig(unk_awe_score=-0.25), device="cpu")
+    words = WORDS
+    r = _tiny_rescorer(encoder, RescoreConfig(unk_awe_score=-0.25))
+    acoustic = r.acoustic
     rng = np.random.default_rng(1)
     lats = [_random_lattice(rng, f"u{i}", n, words) for i, n in enumerate((9, 23, 14))]
     feats = [torch.randn(4 * n + 3, 80) for n in (9, 23, 14)]

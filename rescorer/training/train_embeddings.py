@@ -65,8 +65,8 @@ from rescorer.models.checkpoint import (
 )
 from rescorer.models.interfaces import AcousticEncoder, SpellingEncoder
 from rescorer.models.letters import DEFAULT_NUM_BUCKETS, SPELLING_VIEWS
-from rescorer.formats.contract import FBANK, FeatureSpec, layer_subset, layer_view
-from rescorer.formats.word_segments import WordSegments, load_word_segments
+from rescorer.formats.contract import FBANK, FeatureSpec, layer_subset
+from rescorer.formats.word_segments import WordSegments, load_word_segments, record_view, word_segments_from_dict
 from rescorer.models.registry import ACOUSTIC_ENCODERS, SPELLING_ENCODERS
 from rescorer.pronunciation import get_pronouncer
 from rescorer.training.common import (
@@ -270,10 +270,7 @@ def _train(config: TrainConfig, rank: int, world: int, device: torch.device, out
     train_data = load_word_segments(config.train, expect=expect)
     if expect is None and config.input_layers:
         want = layer_subset(train_data.spec, [int(k) for k in config.input_layers.split(",") if k.strip()])
-        cols = layer_view(train_data.spec, want)
-        if cols is not None:
-            train_data = dataclasses.replace(train_data, feats=train_data.feats[:, cols].contiguous(), spec=want,
-                                             num_mel_bins=want.dim)
+        train_data = word_segments_from_dict(record_view(train_data.to_dict(), want), source=config.train)
     dev_data = load_word_segments(config.dev, expect=train_data.spec) if rank == 0 else None
 
     acoustic, letters = build_encoders(config, train_data.spec)
