@@ -136,14 +136,18 @@ tune() {
 # --methods ctc_word_spotting,awe_ctc_rescore) with the CTC model exp/ctc, when the config has a
 # `rescore_ctc` section (its keys: methods, word_list, grids); skipped otherwise. Scales are not
 # saved with the embedder (the embedding methods' tuned scales stay in rescorer.json).
+# Another decoder's lattices (e.g. --prefix pocketsphinx_) take their own config section
+# (CTC_SECTION, default rescore_ctc) and marker of a finished run (CTC_DONE, default
+# exp/.rescored_ctc_fusion).
 rescore_ctc() {
   local corpus="$1"; shift
-  cfg rescore_ctc
-  if [ "${#CFG[@]}" -eq 0 ]; then log "no rescore_ctc section in $CONFIG: CTC word spotting / fusion skipped"; return 0; fi
-  if [ -f exp/.rescored_ctc_fusion ]; then log "CTC methods done (rm exp/.rescored_ctc_fusion to redo)"; return 0; fi
+  local section="${CTC_SECTION:-rescore_ctc}" done="${CTC_DONE:-exp/.rescored_ctc_fusion}"
+  cfg "$section"
+  if [ "${#CFG[@]}" -eq 0 ]; then log "no $section section in $CONFIG: CTC word spotting / fusion skipped"; return 0; fi
+  if [ -f "$done" ]; then log "CTC methods done (rm $done to redo)"; return 0; fi
   rescorer tune --corpus "$corpus" --model-dir exp/embeddings --ctc-model-dir exp/ctc \
     --train-data exp/asr_data/train.pt --out exp/wer.json "${CFG[@]}" "$@"
-  touch exp/.rescored_ctc_fusion
+  touch "$done"
 }
 
 # decode_dev_test DEV_LIMIT: CTC lattices of dev (its first DEV_LIMIT utterances; 0: all,

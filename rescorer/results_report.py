@@ -555,6 +555,38 @@ def _whisper_frontend_section(doc: Any, source: str) -> List[str]:
             f"Command: {_code(doc.get('command'))} ({doc.get('machine')}, {doc.get('date')}).", ""]
 
 
+_EVIDENCE_RULES = (("arc_margin", "cosine - the replaced arc's own (recovery's rule)"), ("cosine", "cosine"),
+                   ("lexicon_margin", "cosine - best other lexicon word"),
+                   ("lexicon_list_margin", "cosine - best other lexicon or list word"))
+
+
+def _oov_evidence_section(doc: Any, source: str) -> List[str]:
+    """How well each abstention rule ranks right OOV proposals (benchmarks/oov_proposal_evidence.py)."""
+    if not isinstance(doc, Mapping) or not doc:
+        return []
+    lines = ["## OOV recovery: how well each rule separates right proposals", "",
+             f"Every proposal OOV recovery makes from the context list (each utterance's word once, at its best span), "
+             f"ranked by each rule; right when the word is in the utterance's reference (from `{source}`). "
+             "The ceiling: OOV tokens whose word is proposed at all.", ""]
+    for corpus, r in doc.items():
+        rules = r.get("rules")
+        if not isinstance(rules, Mapping) or not rules:
+            raise ResultsError(f"{source}: {corpus}: no 'rules' mapping")
+        names = dict(_EVIDENCE_RULES)
+        rows = [[names.get(k, k.replace("posterior_", "softmax over lexicon + list, t = ")), _fixed(3)(m.get("auc")),
+                 _fixed(3)(m.get("average_precision")), _fixed(2)(m.get("precision_at_10")),
+                 _fixed(2)(m.get("precision_at_50")), str(m.get("right_kept_at_precision_0.8")),
+                 str(m.get("right_kept_at_precision_0.5"))] for k, m in rules.items()]
+        lines += [f"**{corpus}**: {r.get('proposals')} proposals from {r.get('word_list_size')} list words, "
+                  f"{r.get('right_proposals')} right ({r.get('right_in_lexicon')} of them words the decoder's "
+                  f"{r.get('lexicon_size')}-word lexicon has); ceiling {r.get('oov_tokens_proposed')} of "
+                  f"{r.get('oov_tokens')} OOV tokens.", "",
+                  _table(["rule", "AUC", "AP", "P@10", "P@50", "right kept at P 0.8", "at P 0.5"], rows,
+                         ["l", "r", "r", "r", "r", "r", "r"]), "",
+                  f"Command: {_code(r.get('command'))} ({r.get('machine')}, {r.get('date')}).", ""]
+    return lines
+
+
 def _lattice_size_section(doc: Any, source: str) -> List[str]:
     """Bytes per arc of stored word lattices (benchmarks/word_lattice_size.py)."""
     if not isinstance(doc, Mapping) or not doc:
@@ -813,6 +845,8 @@ def build_results_md(results_dir: PathLike, out_path: PathLike, plots_dir: PathL
                                _rel(results_dir / "tuning_beam_ctc_weight.json", base))
     lines += _whisper_frontend_section(_load_optional(results_dir / "whisper_frontend.json"),
                                        _rel(results_dir / "whisper_frontend.json", base))
+    lines += _oov_evidence_section(_load_optional(results_dir / "oov_proposals.json"),
+                                   _rel(results_dir / "oov_proposals.json", base))
     lines += _lattice_size_section(_load_optional(results_dir / "word_lattice_size.json"),
                                    _rel(results_dir / "word_lattice_size.json", base))
     lines += _rescore_cost_section(_load_optional(results_dir / "rescore_cost.json"),

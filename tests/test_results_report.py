@@ -319,3 +319,26 @@ def test_rescore_cost_section_has_one_table_per_run_with_its_command(tmp_path):
     (results / "rescore_cost.json").write_text(json.dumps({"runs": {"synthetic/ctc": {"rows": []}}}))
     with pytest.raises(ResultsError, match="rescore_cost.json: run 'synthetic/ctc' has no 'rows' list"):
         write_results_md(results, tmp_path / "RESULTS.md", results / "plots")
+
+
+def test_oov_evidence_section_has_a_row_per_rule_and_names_a_bad_file(tmp_path):
+    import json
+
+    from rescorer.results_report import ResultsError
+
+    results = _results(tmp_path)
+    rule = {"auc": 0.8343, "average_precision": 0.0451, "precision_at_10": 0.4, "precision_at_50": 0.08,
+            "right_kept_at_precision_0.8": 0, "right_kept_at_precision_0.5": 2}
+    (results / "oov_proposals.json").write_text(json.dumps({"speechocean762_dev/x": {
+        "proposals": 100, "right_proposals": 9, "right_in_lexicon": 7, "lexicon_size": 50, "word_list_size": 20,
+        "oov_tokens": 30, "oov_tokens_proposed": 10, "rules": {"cosine": rule, "posterior_0.05": rule},
+        "command": "python benchmarks/oov_proposal_evidence.py", "machine": "x86_64", "date": "2026-12-03"}}))
+    md = write_results_md(results, tmp_path / "RESULTS.md", results / "plots").read_text()
+    section = md.split("## OOV recovery: how well each rule separates right proposals")[1].split("\n## ")[0]
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in section.splitlines() if line.startswith("|")][2:]
+    assert rows == [["cosine", "0.834", "0.045", "0.40", "0.08", "0", "2"],
+                    ["softmax over lexicon + list, t = 0.05", "0.834", "0.045", "0.40", "0.08", "0", "2"]]
+    assert "ceiling 10 of 30 OOV tokens" in section and "7 of them words the decoder's 50-word lexicon has" in section
+    (results / "oov_proposals.json").write_text(json.dumps({"speechocean762_dev/x": {"proposals": 1}}))
+    with pytest.raises(ResultsError, match="oov_proposals.json: speechocean762_dev/x: no 'rules' mapping"):
+        write_results_md(results, tmp_path / "RESULTS.md", results / "plots")

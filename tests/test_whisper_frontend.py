@@ -197,3 +197,60 @@ def test_segments_and_export_stages_with_the_whisper_frontend(tiny_synthetic, tm
         compute_segments(data, "synthetic", ["dev"], num_jobs=1, echo=lambda s: None)
     with pytest.raises(FeatureSpecError):
         export_asr(data, "synthetic", tmp_path / "asr", ["dev"], echo=lambda s: None, frontend="fbank")
+
+
+@needs_model
+def test_whisper_tail_reproduces_stored_states_and_trains(encoder, one_thread):
+    """The fine-tunable top block over stored layer-3 states gives Whisper's layer 4 (with its
+    final norm) at initialisation, lets gradients reach its weights, and refuses stacks that
+    lack the layer below it."""
+    x = flite_audio("hello world")
+    mel = whisper.log_mel_spectrogram(x)
+    with torch.no_grad():
+        l3, l4 = encoder(mel[None], None, (3, 4))
+    stacked = torch.cat([l3, l4], -1).repeat(2, 1, 1)
+    stacked[1, 20:] = 0.0  # the second utterance is shorter: padding must not reach its states
+    lens = torch.tensor([stacked.shape[1], 20])
+    tail = whisper.WhisperTail(384, 6, [3, 4], 1, 4).load_from(encoder)
+    out = tail(stacked, lens)
+    assert torch.allclose(out[0], stacked[0], atol=1e-4)
+    with torch.no_grad():
+        alone = tail(stacked[1:2, :20], lens[1:])
+    assert torch.allclose(out[1, :20], alone[0], atol=1e-4)
+    out[0, :, 384:].sum().backward()
+    assert tail.blocks[0].qkv.weight.grad is not None and tail.blocks[0].qkv.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="must stack layers \\[2, 3, 4\\] last"):
+        whisper.WhisperTail(384, 6, [3, 4], 2, 4)
+    with pytest.raises(ValueError, match="must stack layers \\[3, 4\\] last"):
+        whisper.WhisperTail(384, 6, [2, 4], 1, 4)
+
+
+def test_ctc_model_with_a_whisper_tail_round_trips_and_checks_its_features():
+    """A CTC model that fine-tunes the top Whisper block keeps it in its config and weights
+    (decoding rebuilds it from the checkpoint, no Whisper directory needed); training on
+    features that are not stacked Whisper layers is refused by name."""
+    from rescorer.formats.contract import FBANK, FeatureSpec
+    from rescorer.models.ctc import CtcModel
+    from rescorer.training.train_asr import whisper_tail_arch
+
+    tail = dict(d_model=8, num_heads=2, stacked_layers=[3, 4], num_blocks=1, num_layers=4)
+    spec = FeatureSpec("whisper-00000000-L3-4", 16, 0.02).to_json()
+    model = CtcModel(num_mel_bins=16, d_model=16, num_layers=1, num_heads=2, ffn_dim=32, conv_kernel=3,
+                     subsampling_channels=16, dropout=0.0, subsampling="conv1d_x2", feature_spec=spec,
+                     whisper_tail=tail).eval()
+    again = CtcModel.from_config(model.config)
+    again.load_state_dict(model.state_dict())
+    feats = torch.randn(2, 30, 16)
+    lens = torch.tensor([30, 21])
+    with torch.no_grad():
+        a, la = model(feats, lens)
+        b, lb = again.eval()(feats, lens)
+    assert torch.equal(la, lb) and torch.allclose(a, b)
+    # the stored top layer is recomputed, not read: changing it changes nothing
+    changed = feats.clone()
+    changed[:, :, 8:] = 0.0
+    with torch.no_grad():
+        c, _ = model(changed, lens)
+    assert torch.allclose(a, c, atol=1e-5)
+    with pytest.raises(ValueError, match="needs Whisper features of stacked layers"):
+        whisper_tail_arch(FBANK, 1)

@@ -80,6 +80,10 @@ if run_stage 7; then
   fi
   rescore_ctc speechocean762_dev --cross-validate --dev-lattices exp/decode_dev_ctc/word_lattices.pt \
     --dev-features exp/asr_data/dev.pt --decode-metrics exp/decode_dev_ctc/metrics.json
+  if [ "$POCKETSPHINX" = 1 ]; then  # pocketsphinx's arcs scored by the project's CTC model on the same audio
+    CTC_SECTION=rescore_ctc_pocketsphinx CTC_DONE=exp/.rescored_pocketsphinx_ctc_fusion rescore_ctc speechocean762_dev --cross-validate --prefix pocketsphinx_ \
+      --dev-lattices exp/pocketsphinx/lattices --dev-features exp/asr_data/dev.pt --decode-metrics exp/pocketsphinx/summary.json
+  fi
 fi
 if run_stage 8; then
   log "stage 8: results"

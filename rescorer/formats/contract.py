@@ -112,6 +112,11 @@ def _stacked(spec: FeatureSpec):
     return m.group("model"), layers, spec.dim // len(layers)
 
 
+def stacked_layers(spec: FeatureSpec):
+    """(model name, layers, values per layer) of stacked-layer frames; None for other frames."""
+    return _stacked(spec)
+
+
 def layer_view(recorded: FeatureSpec, expected: FeatureSpec) -> Optional[List[int]]:
     """The columns of ``recorded`` frames that are ``expected`` frames, when ``expected`` is a
     subset of the stacked layers of the same model at the same frame rate (module doc);

@@ -280,6 +280,7 @@ class ConformerEncoder(nn.Module):
         dropout: float = 0.1,
         subsampling: str = "conv2d",
         feature_spec: Optional[Dict[str, object]] = None,
+        whisper_tail: Optional[Dict[str, object]] = None,
     ):
         super().__init__()
         self.feature_spec = feature_spec  # the frontend it was trained on (FeatureSpec.to_json); None: fbank
@@ -296,6 +297,13 @@ class ConformerEncoder(nn.Module):
         )
         if feature_spec is not None:
             self.config["feature_spec"] = dict(feature_spec)
+        # the top Whisper block(s) fine-tuned over stored lower-layer states (models.whisper.WhisperTail)
+        self.whisper_tail = None
+        if whisper_tail is not None:
+            from rescorer.models.whisper import WhisperTail
+
+            self.whisper_tail = WhisperTail(**whisper_tail)
+            self.config["whisper_tail"] = dict(self.whisper_tail.config)
         self.d_model = d_model
         self.register_buffer("feat_mean", torch.zeros(num_mel_bins))
         self.register_buffer("feat_std", torch.ones(num_mel_bins))
@@ -324,6 +332,8 @@ class ConformerEncoder(nn.Module):
         if bool((feat_lens > feats.shape[1]).any()):
             raise ValueError("a length exceeds the padded time dimension")
         in_mask = length_mask(feat_lens, feats.shape[1])[:, :, None]
+        if self.whisper_tail is not None:
+            feats = self.whisper_tail(feats.float(), feat_lens)
         x = ((feats.float() - self.feat_mean) / self.feat_std) * in_mask
         x = self.subsampling(x)
         out_lens = subsampled_lengths(feat_lens, self.subsampling_factor)

@@ -343,3 +343,59 @@ class WhisperFrontend:
         states = self.encoder(mel[None].to(self.device), None, self.config.layers)
         keep = int(WhisperEncoder.state_lengths(torch.tensor(n)))
         return torch.cat([s[0, :keep] for s in states], dim=-1).cpu()
+
+
+class WhisperTail(nn.Module):
+    """The last ``num_blocks`` blocks of a Whisper encoder, trainable, over stored states.
+
+    Why: fine-tuning the top of the pretrained encoder with the model above it, while the
+    frozen bottom stays in the cached features (computed once). The input is frames of
+    stacked layers (``formats.contract``: ``<model>-L<a>-...-<z>``); the states of layer
+    ``z - num_blocks`` (which must be stored) pass through blocks ``z - num_blocks + 1 ..
+    z``, and their outputs replace the stored columns of those layers (they must be stored
+    too, consecutive at the end of the stack). Initialised from Whisper's weights
+    (``load_from``), the tail reproduces the stored states exactly.
+    """
+
+    def __init__(self, d_model: int, num_heads: int, stacked_layers: Sequence[int], num_blocks: int,
+                 num_layers: int):
+        super().__init__()
+        layers = [int(k) for k in stacked_layers]
+        top = layers[-1]
+        first = top - num_blocks + 1  # the first recomputed layer
+        need = list(range(first - 1, top + 1))
+        if num_blocks < 1 or first < 2 or layers[-len(need):] != need:
+            raise ValueError(
+                f"fine-tuning {num_blocks} Whisper block(s) recomputes layers {first}..{top} from layer {first - 1}: "
+                f"the features must stack layers {need} last (they stack {layers})")
+        self.d_model, self.num_blocks, self.num_layers, self.top = d_model, num_blocks, num_layers, top
+        self.config = dict(d_model=d_model, num_heads=num_heads, stacked_layers=layers, num_blocks=num_blocks,
+                           num_layers=num_layers)
+        self.input_column = (len(layers) - len(need)) * d_model  # the columns of layer first - 1
+        self.blocks = nn.ModuleList([_Block(d_model, num_heads) for _ in range(num_blocks)])
+        # Whisper's final LayerNorm follows its last block only
+        self.final_norm = nn.LayerNorm(d_model) if top == num_layers else None
+
+    @torch.no_grad()
+    def load_from(self, encoder: WhisperEncoder) -> "WhisperTail":
+        """Copy the pretrained blocks (and the final norm) from ``encoder``."""
+        if encoder.d_model != self.d_model or encoder.num_layers != self.num_layers:
+            raise WhisperModelError(f"a Whisper encoder of {encoder.num_layers} layers x {encoder.d_model} for a tail "
+                                    f"of {self.num_layers} x {self.d_model}")
+        for i, block in enumerate(self.blocks):
+            block.load_state_dict(encoder.blocks[self.top - self.num_blocks + i].state_dict())
+        if self.final_norm is not None:
+            self.final_norm.load_state_dict(encoder.final_norm.state_dict())
+        return self
+
+    def forward(self, feats: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """[B, T, stacked dim] -> the same frames with the tail's layers recomputed."""
+        c = self.input_column
+        x = feats[:, :, c:c + self.d_model]
+        key_mask = torch.arange(feats.shape[1], device=feats.device)[None, :] < lengths.to(feats.device)[:, None]
+        outs = []
+        for i, block in enumerate(self.blocks):
+            x = block(x, key_mask)
+            last = i == len(self.blocks) - 1
+            outs.append(self.final_norm(x) if last and self.final_norm is not None else x)
+        return torch.cat([feats[:, :, :c + self.d_model]] + outs, dim=-1)

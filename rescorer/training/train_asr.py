@@ -134,6 +134,12 @@ class AsrTrainConfig:
     seed: int = 0
     select_by: str = "cer"  # best.pt by dev greedy CER (ties: dev loss); or "wer", "loss"
     init_from: Optional[str] = None  # run dir / checkpoint: copy matching weights (e.g. CTC encoder -> attention)
+    # Whisper features: fine-tune the encoder's top N blocks over the stored states of the layer
+    # below them (models.whisper.WhisperTail; 0: the encoder frozen), at lr x whisper_lr_scale;
+    # weights from whisper_model (a CTranslate2 Whisper directory; default: the shipped tiny.en)
+    whisper_finetune_blocks: int = 0
+    whisper_lr_scale: float = 0.1
+    whisper_model: Optional[str] = None
     # running
     device: Optional[str] = None  # default: cuda (this rank's GPU) if available, else cpu
     resume: bool = False
@@ -176,6 +182,30 @@ def input_arch(spec: FeatureSpec) -> Dict[str, Any]:
     elif not same_frame_shift(spec.frame_shift, FBANK.frame_shift):
         raise ValueError(f"{spec.name} features every {spec.frame_shift} s: the ASR models take 10 ms or 20 ms frames")
     return out
+
+
+def whisper_tail_arch(spec: FeatureSpec, num_blocks: int, whisper_model: Optional[str] = None):
+    """(the ``whisper_tail`` architecture entry, the pretrained encoder) for fine-tuning the top
+    ``num_blocks`` Whisper blocks over features of ``spec`` (stacked Whisper layers of the
+    model ``whisper_model`` names: its digest must be the one in the spec's name)."""
+    from rescorer.formats.contract import stacked_layers
+    from rescorer.models import whisper
+
+    stacked = stacked_layers(spec)
+    if stacked is None or not stacked[0].startswith("whisper-"):
+        raise ValueError(f"--whisper-finetune-blocks needs Whisper features of stacked layers, got {spec.name!r}")
+    model_dir = whisper.resolve_model_dir(whisper_model)
+    digest = whisper.file_sha256(model_dir / "model.bin")[:8]
+    if stacked[0] != f"whisper-{digest}":
+        raise whisper.WhisperModelError(
+            f"the features come from {stacked[0]!r} but {model_dir} is whisper-{digest}: pass --whisper-model DIR "
+            "(the model the features were computed with)")
+    encoder = whisper.WhisperEncoder.from_ctranslate2(model_dir)
+    tail = dict(d_model=encoder.d_model, num_heads=encoder.blocks[0].num_heads, stacked_layers=list(stacked[1]),
+                num_blocks=int(num_blocks), num_layers=encoder.num_layers)
+    if stacked[2] != encoder.d_model:
+        raise ValueError(f"{spec.name!r}: {stacked[2]} values per layer, the Whisper model has {encoder.d_model}")
+    return tail, encoder
 
 
 def build_model(model_type: str, arch: Dict[str, Any]) -> nn.Module:
@@ -289,6 +319,22 @@ def train(config: AsrTrainConfig) -> Path:
         teardown_distributed()
 
 
+def _param_groups(model: nn.Module, config: AsrTrainConfig) -> List[Dict[str, Any]]:
+    """AdamW groups: the fine-tuned Whisper blocks (if any) at lr x whisper_lr_scale."""
+    tail = getattr(model.encoder, "whisper_tail", None)
+    if tail is None:
+        return param_groups(model, config.weight_decay)
+    tail_ids = {id(p) for p in tail.parameters()}
+    groups = []
+    for g in param_groups(model, config.weight_decay):
+        own = [p for p in g["params"] if id(p) not in tail_ids]
+        pre = [p for p in g["params"] if id(p) in tail_ids]
+        groups.append({**g, "params": own})
+        if pre:
+            groups.append({**g, "params": pre, "lr": config.lr * config.whisper_lr_scale})
+    return groups
+
+
 def _better(record: Dict[str, Any], best: Optional[Tuple[float, float]], select_by: str) -> Tuple[bool, Tuple[float, float]]:
     first = {"wer": "dev_wer", "cer": "dev_cer", "loss": "dev_loss"}[select_by]
     key = (record[first], record["dev_loss"] if select_by != "loss" else record["dev_wer"])
@@ -309,7 +355,13 @@ def _train(config: AsrTrainConfig, rank: int, world: int, device: torch.device, 
     arch.update(input_arch(train_data.spec))
     if dev_data is not None:
         check_spec(dev_data.spec, train_data.spec, config.dev)
+    pretrained_whisper = None
+    if config.whisper_finetune_blocks:
+        arch["whisper_tail"], pretrained_whisper = whisper_tail_arch(train_data.spec, config.whisper_finetune_blocks,
+                                                                     config.whisper_model)
     model = build_model(config.model, arch)
+    if pretrained_whisper is not None:
+        model.encoder.whisper_tail.load_from(pretrained_whisper)
     mean, std = train_data.feature_stats()
     model.set_feature_stats(mean, std)
     if config.init_from and not (config.resume and (out / LAST).exists()):
@@ -322,7 +374,7 @@ def _train(config: AsrTrainConfig, rank: int, world: int, device: torch.device, 
     sampler = FrameBatchSampler(train_data.lengths, config.batch_frames, seed=config.seed, num_replicas=world, rank=rank)
     steps_per_epoch = len(sampler)
     total_steps = steps_per_epoch * config.epochs
-    optimizer = torch.optim.AdamW(param_groups(model, config.weight_decay), lr=config.lr)
+    optimizer = torch.optim.AdamW(_param_groups(model, config), lr=config.lr)
     warmup = max(1, int(round(total_steps * config.warmup_fraction)))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total_steps, warmup, config.min_lr_ratio))
     use_amp = bool(config.amp and device.type == "cuda")
@@ -451,7 +503,7 @@ def _train(config: AsrTrainConfig, rank: int, world: int, device: torch.device, 
 _OPTIONAL_TYPES = {
     "d_model": int, "num_layers": int, "num_heads": int, "ffn_dim": int, "conv_kernel": int,
     "subsampling_channels": int, "dropout": float, "decoder_layers": int, "decoder_ffn_dim": int,
-    "device": str, "stop_after_epoch": int, "num_threads": int, "init_from": str,
+    "device": str, "stop_after_epoch": int, "num_threads": int, "init_from": str, "whisper_model": str,
 }  # fmt: skip
 
 

@@ -1,0 +1,174 @@
+#!/usr/bin/env python
+"""How well each abstention rule separates right OOV proposals from wrong ones: the
+ceiling on recovery's precision that the embedder sets, whatever the decoder does.
+
+    python benchmarks/oov_proposal_evidence.py --workdir /path/to/so762_run --corpus speechocean762_dev/whisper_wordrich_l34 \\
+        --model-dir exp/embeddings --lattices exp/decode_dev_ctc/word_lattices.pt --features exp/asr_data/dev.pt \\
+        --train-data exp/asr_data/train.pt --word-list exp/word_lists/context_dev.txt --out results/oov_proposals.json
+
+OOV recovery (``Rescorer`` with every proposal kept, as tuning prepares it) proposes list
+words on the weak arcs' spans. Each distinct (utterance, word) proposal, at its best span,
+is right when the word is in the utterance's reference. Every rule below is a score of the
+proposal on its span; for each: ROC AUC, average precision, precision among its top 10 / 25 /
+50 / 100 proposals, and the most right proposals it can keep at precision 0.8 and 0.5:
+
+- ``arc_margin``: cosine minus the replaced arc's own (recovery's rule, ``oov_rival="arc"``);
+- ``cosine``: the proposal's cosine alone;
+- ``lexicon_margin``: cosine minus the best other word of the decoder's lexicon
+  (``oov_rival="lexicon"``);
+- ``lexicon_list_margin``: cosine minus the best other word of the lexicon and the list;
+- ``posterior_<t>``: softmax at temperature t of the cosines over lexicon and list.
+
+Also the ceiling: the share of the reference's OOV tokens (words not in ``--train-data``'s
+transcripts) whose word is proposed somewhere in their utterance. Writes ``--out`` under
+``--corpus`` with command, machine and date.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+from typing import Dict, List
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import numpy as np  # noqa: E402
+
+TOP = (10, 25, 50, 100)
+TEMPERATURES = (0.02, 0.05, 0.1)
+
+
+def ranking_metrics(scores: np.ndarray, labels: np.ndarray) -> Dict[str, object]:
+    """AUC, average precision, precision at the top counts, right proposals kept at precision 0.8 / 0.5."""
+    order = np.argsort(-scores, kind="stable")
+    lab = labels[order].astype(np.float64)
+    pos, n = float(lab.sum()), len(lab)
+    hits = np.cumsum(lab)
+    precision = hits / np.arange(1, n + 1)
+    out: Dict[str, object] = {"average_precision": round(float((precision * lab).sum() / pos), 4) if pos else None}
+    ranks = np.empty(n)
+    ranks[np.argsort(scores, kind="stable")] = np.arange(1, n + 1)  # ties broken arbitrarily
+    neg = n - pos
+    out["auc"] = round(float((ranks[labels == 1].sum() - pos * (pos + 1) / 2) / (pos * neg)), 4) if pos and neg else None
+    for k in TOP:
+        out[f"precision_at_{k}"] = round(float(precision[min(k, n) - 1]), 4) if n else None
+    for p in (0.8, 0.5):
+        ok = np.nonzero(precision >= p)[0]
+        out[f"right_kept_at_precision_{p}"] = int(hits[ok[-1]]) if ok.size else 0
+    return out
+
+
+def measure(a) -> dict:
+    import torch
+
+    from rescorer.evaluation.rescoring import prepare_all
+    from rescorer.formats.word_list import read_word_list
+    from rescorer.lattice.word_lattice import load_word_lattices, prune
+    from rescorer.rescore import Rescorer, _unit_rows
+    from rescorer.stages.tune import _features, _train_vocab
+    from rescorer.text import NotAWordError, normalize_word
+
+    torch.set_num_threads(a.threads)
+    rc = Rescorer.from_dir(a.model_dir)
+    lats = {u: prune(l, a.prune_posterior) for u, l in load_word_lattices(a.lattices).items()}
+    feats, refs, _ = _features(a.features, rc.feature_spec)
+    train_vocab = _train_vocab(a.train_data)
+    words = list(read_word_list(a.word_list))
+    rc.set_vocabulary(words)
+    prepared = prepare_all(rc, lats, feats, recover=True, progress=not a.no_progress)
+
+    # every proposal (added arc with finite evidence), its best span per (utterance, word)
+    best: Dict[tuple, dict] = {}
+    for u, p in prepared.items():
+        fsa = p.lattice.fsa
+        adv = getattr(fsa, "oov_advantage", None)
+        if adv is None:
+            continue
+        for arc in torch.nonzero(torch.isfinite(adv)).flatten().tolist():
+            w = p.lattice.words.get(int(fsa.labels[arc]))
+            row = {"u": u, "w": w, "start": int(fsa.start_frame[arc]), "end": int(fsa.end_frame[arc]),
+                   "arc_margin": float(adv[arc]), "cosine": float(p.awe[arc])}
+            key = (u, w)
+            if key not in best or row["cosine"] > best[key]["cosine"]:
+                best[key] = row
+    table = next(iter(lats.values())).words
+    lexicon = []
+    for sym in table.symbols:
+        try:
+            if normalize_word(sym) == sym:
+                lexicon.append(sym)
+        except NotAWordError:
+            continue
+    L, W = _unit_rows(rc.spelling_embeddings(lexicon)), _unit_rows(rc.spelling_embeddings(words))
+    lex_index, list_index = {w: i for i, w in enumerate(lexicon)}, {w: i for i, w in enumerate(words)}
+    by_utt: Dict[str, List[dict]] = {}
+    for row in best.values():
+        by_utt.setdefault(row["u"], []).append(row)
+    ratio = next(iter(lats.values())).frame_shift / rc.frame_shift  # lattice frames -> feature frames
+    with torch.no_grad():
+        for u, rows in by_utt.items():
+            spans = [(int(round(r["start"] * ratio)), int(round(r["end"] * ratio))) for r in rows]
+            Q = _unit_rows(rc.span_embeddings(feats[u], spans))
+            for r, cl, cw in zip(rows, Q @ L.T, Q @ W.T):
+                c = float(cw[list_index[r["w"]]])
+                if r["w"] in lex_index:
+                    cl[lex_index[r["w"]]] = -2.0
+                cw[list_index[r["w"]]] = -2.0
+                r["lexicon_margin"] = c - float(cl.max())
+                r["lexicon_list_margin"] = c - max(float(cl.max()), float(cw.max()))
+                others = torch.cat([cl, cw, torch.tensor([c])])
+                for t in a.temperatures:
+                    r[f"posterior_{t:g}"] = float(torch.softmax(others / t, 0)[-1])
+    rows = list(best.values())
+    labels = np.array([int(r["w"] in set(refs[r["u"]])) for r in rows])
+    proposed = {(r["u"], r["w"]) for r in rows}
+    oov_tokens = [(u, w) for u in lats for w in refs[u] if w not in train_vocab]
+    ceiling = sum((u, w) in proposed for u, w in oov_tokens)
+    rules = ["arc_margin", "cosine", "lexicon_margin", "lexicon_list_margin"] + [f"posterior_{t:g}" for t in a.temperatures]
+    return {
+        "word_list": a.word_list, "word_list_size": len(words), "lexicon_size": len(lexicon), "utterances": len(lats),
+        "proposals": len(rows), "right_proposals": int(labels.sum()),
+        "oov_tokens": len(oov_tokens), "oov_tokens_proposed": ceiling,
+        "ceiling_oov_recall": round(ceiling / len(oov_tokens), 4) if oov_tokens else None,
+        "right_in_lexicon": int(sum(r["w"] in lex_index for r, y in zip(rows, labels) if y)),
+        "rules": {k: ranking_metrics(np.array([r[k] for r in rows]), labels) for k in rules},
+    }
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--workdir", default=".", help="paths below are relative to it")
+    p.add_argument("--corpus", required=True, help="entry name in --out")
+    p.add_argument("--model-dir", required=True)
+    p.add_argument("--lattices", required=True)
+    p.add_argument("--features", required=True)
+    p.add_argument("--train-data", required=True, help="acoustic training utterances: their words are in-vocabulary")
+    p.add_argument("--word-list", required=True, help="the list recovery proposes from (e.g. the context list)")
+    p.add_argument("--prune-posterior", type=float, default=1e-4)
+    p.add_argument("--temperatures", type=lambda s: [float(x) for x in s.split(",")], default=list(TEMPERATURES))
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--out", required=True)
+    a = p.parse_args(argv)
+    out = Path(a.out).resolve()
+    os.chdir(a.workdir)
+    result = measure(a)
+    result.update(command="python benchmarks/oov_proposal_evidence.py " + " ".join(sys.argv[1:] if argv is None else argv),
+                  machine=f"{platform.machine()}, {os.cpu_count()} cores", date=_dt.date.today().isoformat())
+    data = json.loads(out.read_text()) if out.exists() else {}
+    data[a.corpus] = result
+    out.write_text(json.dumps(data, indent=2) + "\n")
+    print(json.dumps({k: v for k, v in result.items() if k != "rules"}, indent=1))
+    for k, m in result["rules"].items():
+        print(f"{k:22s} AUC {m['auc']}  AP {m['average_precision']}  P@10 {m['precision_at_10']}  P@50 "
+              f"{m['precision_at_50']}  kept@0.8 {m['right_kept_at_precision_0.8']}  kept@0.5 {m['right_kept_at_precision_0.5']}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,25 @@
+"""benchmarks/oov_proposal_evidence.py: the ranking figures each abstention rule is judged by."""
+
+import sys
+
+import numpy as np
+
+from conftest import REPO
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+from oov_proposal_evidence import ranking_metrics  # noqa: E402
+
+
+def test_ranking_metrics_on_known_orders():
+    labels = np.array([1, 0, 1, 0, 0, 0])
+    perfect = ranking_metrics(np.array([0.9, 0.1, 0.8, 0.2, 0.3, 0.0]), labels)
+    assert perfect["auc"] == 1.0 and perfect["average_precision"] == 1.0
+    assert perfect["precision_at_10"] == round(2 / 6, 4)  # fewer proposals than 10: all of them
+    assert perfect["right_kept_at_precision_0.8"] == 2
+    worst = ranking_metrics(np.array([0.0, 0.9, 0.1, 0.8, 0.7, 0.6]), labels)
+    assert worst["auc"] == 0.0 and worst["right_kept_at_precision_0.8"] == 0
+    # right at ranks 1 and 3: AP = (1/1 + 2/3) / 2; precision 0.8 keeps the first only, 0.5 both
+    mixed = ranking_metrics(np.array([0.9, 0.8, 0.7, 0.1, 0.05, 0.0]), labels)
+    assert mixed["average_precision"] == round((1 + 2 / 3) / 2, 4)
+    assert mixed["right_kept_at_precision_0.8"] == 1 and mixed["right_kept_at_precision_0.5"] == 2
+    assert mixed["auc"] == round(7 / 8, 4)  # 8 right-wrong pairs, one misordered
