@@ -285,6 +285,17 @@ def select_oov_spans(post: torch.Tensor, span_of_arc: torch.Tensor, is_unk: torc
     return chosen
 
 
+def _finite(x: torch.Tensor, dim: Optional[int] = None):
+    """``torch.isfinite(x).all()`` (or ``.all(dim)``, a bool tensor): through numpy for CPU
+    tensors, whose check is ~20x faster than torch 1.13's (it was a third of rescoring's
+    per-utterance overhead); torch elsewhere and for dtypes numpy lacks (bfloat16)."""
+    if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64, torch.float16):
+        ok = np.isfinite(x.detach().numpy())
+        return bool(ok.all()) if dim is None else torch.from_numpy(ok.all(dim))
+    ok = torch.isfinite(x)
+    return bool(ok.all()) if dim is None else ok.all(dim)
+
+
 def _unit_rows(x: torch.Tensor) -> torch.Tensor:
     """Rows scaled to unit length; rows of zero or non-finite norm become 0 (cosine 0, as in ``ops``)."""
     n = x.norm(dim=1, keepdim=True)
@@ -487,7 +498,7 @@ class Rescorer:
             )
         if feats.shape[0] == 0:
             raise RescoreError(f"utterance {uid}: no feature frames")
-        if not torch.isfinite(feats).all():
+        if not _finite(feats):
             raise RescoreError(f"utterance {uid}: features contain NaN or inf")
         validate(lat)
         end_sec = float(lat.fsa.end_frame.max()) * lat.frame_shift if lat.num_arcs else 0.0
@@ -542,11 +553,11 @@ class Rescorer:
         word_of = (pairs % len(words)).to(W.device)
         sim = arc_similarity(A, W, torch.stack([span_of, word_of.to(A.device)], 1), metric="cosine").float().cpu()
         # the arcs that read a non-finite embedding get NaN whatever the kernel makes of it (named below)
-        bad = ~torch.isfinite(A).all(1)[span_of] | ~torch.isfinite(W).all(1)[word_of]
+        bad = ~_finite(A, 1).to(span_of.device)[span_of] | ~_finite(W, 1).to(word_of.device)[word_of]
         sim[bad.cpu()] = float("nan")
         sim = sim[pair_of_arc]
         for lat, (idx, _, _), out, part in zip(lats, arc_spans, outs, sim.split(counts)):
-            if not torch.isfinite(part).all():
+            if not _finite(part):
                 raise RescoreError(f"utterance {lat.utterance_id}: non-finite embedding similarity (NaN in the model?)")
             out[idx] = part
         return outs

@@ -158,6 +158,9 @@ def test_recovery_without_vocabulary_is_a_clear_error():
         (torch.zeros(0, 80), "no feature frames"),
         (torch.zeros(40, 40), r"features must be \[frames, 80\]"),
         (torch.full((40, 80), float("nan")), "NaN or inf"),
+        (torch.zeros(40, 80).index_put_((torch.tensor([39]), torch.tensor([79])), torch.tensor(float("inf"))), "NaN or inf"),
+        (torch.zeros(40, 80, dtype=torch.float16).index_put_((torch.tensor([7]), torch.tensor([3])),
+                                                             torch.tensor(float("nan"), dtype=torch.float16)), "NaN or inf"),
         (torch.zeros(4, 80), "wrong features for this lattice"),
     ],
 )
