@@ -254,3 +254,42 @@ def test_ctc_model_with_a_whisper_tail_round_trips_and_checks_its_features():
     assert torch.allclose(a, c, atol=1e-5)
     with pytest.raises(ValueError, match="needs Whisper features of stacked layers"):
         whisper_tail_arch(FBANK, 1)
+
+
+@needs_model
+def test_ctc_training_fine_tunes_the_whisper_block_and_decoding_reloads_it(tmp_path, encoder, one_thread):
+    """train asr --whisper-finetune-blocks 1 on stacked layer-3/4 states: the block starts as
+    Whisper's block 4, trains at its own (scaled) learning rate, is saved with the model and
+    rebuilt by load_asr_model; features of another Whisper model are refused by name."""
+    from rescorer.formats.contract import FeatureSpec
+    from rescorer.formats.utterances import UtteranceFeatures, write_utterance_features
+    from rescorer.models.checkpoint import load_asr_model
+    from rescorer.training.train_asr import AsrTrainConfig, train
+
+    def write(path, name, n, seed):
+        g = torch.Generator().manual_seed(seed)
+        lengths = [40 + 4 * i for i in range(n)]
+        feats = torch.randn(sum(lengths), 768, generator=g)
+        offsets = torch.tensor([0] + lengths).cumsum(0)
+        texts = ["the cat" if i % 2 else "a dog sat" for i in range(n)]
+        write_utterance_features(path, UtteranceFeatures(feats, offsets, texts, [f"u{i}" for i in range(n)],
+                                                         ["s"] * n, FeatureSpec(name, 768, 0.02)))
+
+    write(tmp_path / "train.pt", "whisper-1a5afae0-L3-4", 8, 0)
+    write(tmp_path / "dev.pt", "whisper-1a5afae0-L3-4", 2, 1)
+    cfg = AsrTrainConfig(model="ctc", train=str(tmp_path / "train.pt"), dev=str(tmp_path / "dev.pt"),
+                         out=str(tmp_path / "ctc"), size="tiny", epochs=1, batch_frames=2000, lr=5e-3,
+                         spec_augment=False, progress=False, device="cpu", whisper_finetune_blocks=1,
+                         whisper_lr_scale=0.1)
+    train(cfg)
+    model, config = load_asr_model(tmp_path / "ctc")
+    assert config["whisper_finetune_blocks"] == 1
+    tail = model.encoder.whisper_tail
+    assert tail is not None and tail.config["stacked_layers"] == [3, 4]
+    trained, pretrained = tail.blocks[0].ffn_in.weight, encoder.blocks[3].ffn_in.weight
+    assert not torch.equal(trained, pretrained)  # it trained ...
+    assert float((trained - pretrained).abs().max()) < 0.05  # ... from Whisper's block 4, at a small rate
+    write(tmp_path / "other.pt", "whisper-deadbeef-L3-4", 8, 2)
+    with pytest.raises(whisper.WhisperModelError, match="whisper-deadbeef.*pass --whisper-model"):
+        train(AsrTrainConfig(**{**cfg.__dict__, "train": str(tmp_path / "other.pt"), "dev": str(tmp_path / "other.pt"),
+                                "out": str(tmp_path / "ctc2")}))
