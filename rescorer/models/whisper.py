@@ -354,7 +354,7 @@ class WhisperTail(nn.Module):
     ``z - num_blocks`` (which must be stored) pass through blocks ``z - num_blocks + 1 ..
     z``, and their outputs replace the stored columns of those layers (they must be stored
     too, consecutive at the end of the stack). Initialised from Whisper's weights
-    (``load_from``), the tail reproduces the stored states exactly.
+    (``load_from``), the tail reproduces the stored states (to their storage precision).
     """
 
     def __init__(self, d_model: int, num_heads: int, stacked_layers: Sequence[int], num_blocks: int,
