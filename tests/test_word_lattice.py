@@ -277,3 +277,27 @@ def test_a_directory_of_shards_loads_with_the_table_beside_it(tmp_path):
     assert sorted(lats) == ["u1", "u2"] and lats["u2"].words.get(2) == words.get(2)
     with pytest.raises(WordLatticeError, match="no word-lattice shards"):
         load_word_lattices(tmp_path)  # words.txt only
+
+
+def test_validate_names_the_arc_and_the_problem_of_an_edited_lattice():
+    """validate (run on every lattice rescoring reads) on per-arc attributes changed after building."""
+    from rescorer.lattice.word_lattice import validate
+
+    arcs = [(0, 1, "a", 0, 5, -1.0, -1.0), (1, 2, "b", 5, 9, -1.0, -1.0), (2, 3, "c", 9, 12, -1.0, -1.0)]
+
+    def edited(attr, index, value):
+        lat = build_word_lattice(arcs, _table(), frame_shift=0.01, utterance_id="u7")
+        t = getattr(lat.fsa, attr).clone()
+        t[index] = value
+        setattr(lat.fsa, attr, t)
+        return lat
+
+    validate(build_word_lattice(arcs, _table(), frame_shift=0.01, utterance_id="u7"))
+    for attr, index, value, match in [
+        ("lm_scores", 1, float("nan"), "utterance 'u7', arc 1: NaN in lm_scores"),
+        ("am_scores", 2, float("nan"), "utterance 'u7', arc 2: NaN in am_scores"),
+        ("start_frame", 1, 10, r"utterance 'u7', arc 1: span ends before it starts \(\[10, 9\)\)"),
+        ("end_frame", 2, 9, "utterance 'u7', arc 2: zero-length span for word id"),
+    ]:
+        with pytest.raises(WordLatticeError, match=match):
+            validate(edited(attr, index, value))

@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Hashable, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
+import numpy as np
 import torch
 
 from rescorer.formats.contract import UNK
@@ -367,22 +368,23 @@ def validate(lat: WordLattice) -> None:
     for name in ATTRS_INT + ATTRS_FLOAT:
         if not hasattr(fsa, name):
             raise WordLatticeError(f"{where}: missing per-arc attribute {name!r} (no frame information or scores)")
-    sf, ef = fsa.start_frame, fsa.end_frame
-    labels = fsa.labels
-    bad = (ef < sf).nonzero()
-    if bad.numel():
+    # numpy views of the per-arc tensors: the checks run once per lattice on rescoring's hot path,
+    # where torch's per-call overhead on these small arrays was most of their cost
+    sf, ef = fsa.start_frame.cpu().numpy(), fsa.end_frame.cpu().numpy()
+    labels = fsa.labels.cpu().numpy()
+    bad = np.flatnonzero(ef < sf)
+    if bad.size:
         k = int(bad[0])
         raise WordLatticeError(f"{where}, arc {k}: span ends before it starts ([{int(sf[k])}, {int(ef[k])}))")
-    bad = ((ef == sf) & (labels > 0)).nonzero()
-    if bad.numel():
+    bad = np.flatnonzero((ef == sf) & (labels > 0))
+    if bad.size:
         k = int(bad[0])
         raise WordLatticeError(f"{where}, arc {k}: zero-length span for word id {int(labels[k])}")
     for name in ("am_scores", "lm_scores", "scores"):
-        v = getattr(fsa, name)
-        if torch.isnan(v).any():
-            k = int(torch.isnan(v).nonzero()[0])
-            raise WordLatticeError(f"{where}, arc {k}: NaN in {name}")
-    ids = torch.unique(labels[labels > 0]).tolist()
+        nan = np.isnan(getattr(fsa, name).detach().cpu().float().numpy())
+        if nan.any():
+            raise WordLatticeError(f"{where}, arc {int(np.flatnonzero(nan)[0])}: NaN in {name}")
+    ids = np.unique(labels[labels > 0]).tolist()
     missing = [i for i in ids if i not in lat.words]
     if missing:
         raise WordLatticeError(f"{where}: word ids {missing[:5]} are not in the symbol table")
