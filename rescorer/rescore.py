@@ -572,6 +572,39 @@ class Rescorer:
             return idx, torch.empty(0, 2, dtype=torch.long), idx
         return (idx, *distinct_arc_spans(lat, idx, num_frames, self.frame_shift))
 
+    def _scored_arc_spans_batch(self, lats: Sequence, num_frames: Sequence[int], with_unk: bool = False) -> List[tuple]:
+        """``_scored_arc_spans`` of several lattices, equal to one at a time (tested), in one set of
+        tensor operations over all their arcs: per-lattice calls on ~100 arcs cost mostly torch's
+        per-call overhead."""
+        if not lats:
+            return []
+        fsas = [lat.fsa for lat in lats]
+        counts = torch.tensor([int(f.labels.shape[0]) for f in fsas])
+        lat_of = torch.repeat_interleave(torch.arange(len(lats)), counts)
+        labels = torch.cat([f.labels for f in fsas]).long()
+        unk = torch.tensor([int(lat.words.get(UNK)) if UNK in lat.words else -100 for lat in lats])
+        scored = (labels > 0) if with_unk else (labels > 0) & (labels != unk[lat_of])
+        arcs = scored.nonzero().flatten()
+        owner = lat_of[arcs]
+        ratio = torch.tensor([float(lat.frame_shift) / self.frame_shift for lat in lats], dtype=torch.float64)[owner]
+        frames = torch.tensor([int(n) for n in num_frames])[owner]
+        s = torch.round(torch.cat([f.start_frame for f in fsas])[arcs].double() * ratio).long()
+        e = torch.round(torch.cat([f.end_frame for f in fsas])[arcs].double() * ratio).long()
+        s, e = torch.minimum(s.clamp(min=0), frames), torch.minimum(e.clamp(min=0), frames)
+        e = torch.maximum(e, torch.minimum(s + 1, frames))  # as distinct_arc_spans: at least one frame, inside
+        s = torch.minimum(s, e - 1).clamp(min=0)
+        m = int(max(num_frames)) + 1
+        keys, inverse = torch.unique((owner * m + s) * m + e, return_inverse=True)  # by lattice, start, end
+        key_owner = torch.div(keys, m * m, rounding_mode="floor")
+        key_counts = torch.bincount(key_owner, minlength=len(lats)).tolist()
+        key_first = torch.cumsum(torch.tensor([0] + key_counts[:-1]), 0)
+        spans = torch.stack([torch.div(keys, m, rounding_mode="floor") % m, keys % m], 1)
+        first_arc = torch.cumsum(torch.cat([torch.zeros(1, dtype=torch.long), counts[:-1]]), 0)
+        local = arcs - first_arc[owner]
+        inverse = inverse - key_first[owner]
+        arc_counts = torch.bincount(owner, minlength=len(lats)).tolist()
+        return list(zip(local.split(arc_counts), spans.split(key_counts), inverse.split(arc_counts)))
+
     def _spelling_table_rows(self, table, word_ids: torch.Tensor) -> torch.Tensor:
         """Rows of the spelling matrix of a lattice's word ids (CPU long). Each id's row in the
         spelling matrix is looked up once per symbol table (lattices of one decoder share
@@ -649,7 +682,7 @@ class Rescorer:
         if len(lats) != len(feats):
             raise ValueError(f"{len(lats)} lattices but {len(feats)} feature matrices")
         checked = [self._check(lat, f) for lat, f in zip(lats, feats)]
-        arc_spans = [self._scored_arc_spans(lat, f.shape[0], with_unk=recover) for lat, f in zip(lats, checked)]
+        arc_spans = self._scored_arc_spans_batch(lats, [f.shape[0] for f in checked], with_unk=recover)
         self._prefill_spellings(lats)
         spans = [a[1] for a in arc_spans]
         embedded = self._encode_spans(checked, spans)

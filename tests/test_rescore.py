@@ -509,3 +509,27 @@ def test_rescore_cli_prunes_uses_the_named_tuned_scales_names_bad_input_and_resu
     assert (tmp_path / "d" / "hyps.txt").read_text().startswith("u1\t")
     r = runner.invoke(main, base + ["--out", str(tmp_path / "c"), "--config-name", "rescorer_other.json"])
     assert r.exit_code != 0 and "rescorer_other.json: no such tuned configuration" in r.output
+
+
+@pytest.mark.parametrize("with_unk", [False, True])
+def test_batched_arc_spans_equal_one_lattice_at_a_time(with_unk):
+    """The spans every word arc is scored on, computed for a batch at once, equal the
+    per-lattice ones: lattices of other frame shifts, <unk> arcs, arcs past the features'
+    end, a lattice with no word arc at all, repeated spans."""
+    rs = _rescorer()
+    lats = [
+        _lattice([(0, 1, "the", 0, 5, -1.0, -1.0), (0, 1, "on", 0, 5, -2.0, -1.0), (1, 2, "cat", 5, 10, -1.0, -1.0),
+                  (1, 2, "<unk>", 4, 11, -1.0, -1.0)], uid="u1"),
+        _lattice([(0, 1, None, 0, 3, -1.0, 0.0)], uid="u2"),  # no word arc
+        _lattice([(0, 1, "sat", 0, 40, -1.0, -1.0), (1, 2, "mat", 40, 99, -1.0, -1.0)], frame_shift=0.01, uid="u3"),
+        _lattice([(0, 1, "cat", 2, 3, -1.0, -1.0), (1, 2, "<unk>", 3, 9, -1.0, -1.0)], uid="u4"),
+    ]
+    frames = [40, 12, 60, 33]
+    batch = rs._scored_arc_spans_batch(lats, frames, with_unk=with_unk)
+    assert len(batch) == len(lats)
+    for lat, n, got in zip(lats, frames, batch):
+        want = rs._scored_arc_spans(lat, n, with_unk=with_unk)
+        for g, w in zip(got, want):
+            assert g.dtype == w.dtype and torch.equal(g, w)
+    assert batch[1][0].numel() == 0 and batch[1][1].shape == (0, 2)
+    assert int(batch[2][1][:, 1].max()) == 60  # the arc past the features ends at their end

@@ -98,15 +98,24 @@ class StatePoolingEncoder(nn.Module):
         the weights are)."""
         if dtype not in (torch.float32, torch.bfloat16):
             raise ValueError(f"compute dtype must be float32 or bfloat16, not {dtype}")
-        self._inference_layers = [] if dtype == torch.float32 else [
-            copy.deepcopy(self.frame).eval().to(dtype), copy.deepcopy(self.head).eval().to(dtype)]
+        if dtype == torch.float32:
+            self._inference_layers = []
+            return
+        frame = copy.deepcopy(self.frame).eval()
+        # the feature normalisation folded into the first layer (computed in float32, then cast):
+        # W (x - m) / s + b = (W / s) x + (b - (W / s) m), one pass over the frames fewer
+        first = frame[0]
+        first.weight.div_(self.feat_std)
+        first.bias.sub_(first.weight @ self.feat_mean)
+        self._inference_layers = [frame.to(dtype), copy.deepcopy(self.head).eval().to(dtype)]
 
     def _inference_frame_states(self, feats: torch.Tensor) -> torch.Tensor:
         if not self._inference_layers:
             return self.frame_states(feats)
-        layers = self._inference_layers[0]
-        x = (feats.float() - self.feat_mean) / self.feat_std
-        return layers(x.to(layers[0].weight.dtype)).float()
+        if feats.shape[-1] != self.feature_dim:
+            raise ValueError(f"expected {self.feature_dim}-dim frames, got {tuple(feats.shape)}")
+        layers = self._inference_layers[0]  # normalisation folded in (set_compute_dtype)
+        return layers(feats.to(layers[0].weight.dtype)).float()
 
     def _inference_head(self, means: torch.Tensor) -> torch.Tensor:
         if not self._inference_layers:
