@@ -5,6 +5,7 @@ from click.testing import CliRunner
 
 from rescorer.cli import main
 from rescorer.recipe_config import RecipeConfigError, load_section, to_args
+from tests.conftest import REPO
 
 
 def test_options_become_flags(tmp_path):
@@ -38,3 +39,25 @@ def test_bad_configs_are_named(tmp_path):
     cfg.write_text("ctc:\n  note: \"two\\nlines\"\n")
     r = CliRunner().invoke(main, ["config-flags", str(cfg), "ctc"])
     assert r.exit_code == 1 and "spans lines" in r.output
+
+
+ASR_CONFIGS = sorted((REPO / "recipes").glob("*/*.yaml"))
+
+
+@pytest.mark.parametrize("path", ASR_CONFIGS, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_asr_sections_of_every_recipe_config_parse(path):
+    """Every committed config's `ctc` and `attention` sections are valid `train asr` options
+    (a misspelt key, e.g. of the Whisper fine-tuning options, fails here, not hours into a run)."""
+    import yaml
+
+    from rescorer.recipe_config import load_section, to_args
+    from rescorer.training.train_asr import parse_args
+
+    doc = yaml.safe_load(path.read_text()) or {}
+    for section, model in (("ctc", "ctc"), ("attention", "attention")):
+        if section in doc:
+            cfg = parse_args(["--model", model, "--train", "t.pt", "--dev", "d.pt", "--out", "o",
+                              *to_args(load_section(str(path), section))])
+            assert cfg.model == model
+            if section == "ctc" and "whisper_finetune_blocks" in doc[section]:
+                assert cfg.whisper_finetune_blocks == doc[section]["whisper_finetune_blocks"] >= 1
