@@ -72,7 +72,6 @@ def measure(a) -> dict:
     from rescorer.lattice.word_lattice import load_word_lattices, prune
     from rescorer.rescore import Rescorer, _unit_rows
     from rescorer.stages.tune import _features, _train_vocab
-    from rescorer.text import NotAWordError, normalize_word
 
     torch.set_num_threads(a.threads)
     rc = Rescorer.from_dir(a.model_dir)
@@ -98,14 +97,9 @@ def measure(a) -> dict:
             if key not in best or row["cosine"] > best[key]["cosine"]:
                 best[key] = row
     table = next(iter(lats.values())).words
-    lexicon = []
-    for sym in table.symbols:
-        try:
-            if normalize_word(sym) == sym:
-                lexicon.append(sym)
-        except NotAWordError:
-            continue
-    L, W = _unit_rows(rc.spelling_embeddings(lexicon)), _unit_rows(rc.spelling_embeddings(words))
+    lex_ids, lex_index = rc._lexicon_index(table)  # the decoder's words, as oov_rival="lexicon" embeds them
+    lexicon = [table.get(int(i)) for i in lex_ids]
+    L, W = lex_index.vocab.cpu(), _unit_rows(rc.spelling_embeddings(words))
     lex_index, list_index = {w: i for i, w in enumerate(lexicon)}, {w: i for i, w in enumerate(words)}
     by_utt: Dict[str, List[dict]] = {}
     for row in best.values():
@@ -126,7 +120,8 @@ def measure(a) -> dict:
                 for t in a.temperatures:
                     r[f"posterior_{t:g}"] = float(torch.softmax(others / t, 0)[-1])
     rows = list(best.values())
-    labels = np.array([int(r["w"] in set(refs[r["u"]])) for r in rows])
+    ref_words = {u: set(refs[u]) for u in lats}
+    labels = np.array([int(r["w"] in ref_words[r["u"]]) for r in rows])
     proposed = {(r["u"], r["w"]) for r in rows}
     oov_tokens = [(u, w) for u in lats for w in refs[u] if w not in train_vocab]
     ceiling = sum((u, w) in proposed for u, w in oov_tokens)

@@ -563,19 +563,15 @@ class Rescorer:
         return outs
 
     def _scored_arc_spans(self, lat, num_frames: int, with_unk: bool = False):
-        """(word arcs that get an embedding score, their distinct feature-frame spans [S, 2], each
-        arc's span index); ``with_unk``: ``<unk>`` arcs too (OOV recovery embeds their spans)."""
-        labels = lat.fsa.labels.long()
-        unk = lat.words.get(UNK) if UNK in lat.words else -100
-        idx = (((labels > 0) if with_unk else (labels > 0) & (labels != unk))).nonzero().flatten()
-        if idx.numel() == 0:
-            return idx, torch.empty(0, 2, dtype=torch.long), idx
-        return (idx, *distinct_arc_spans(lat, idx, num_frames, self.frame_shift))
+        """(word arcs that get an embedding score, their distinct feature-frame spans [S, 2]
+        (``distinct_arc_spans``), each arc's span index); ``with_unk``: ``<unk>`` arcs too (OOV
+        recovery embeds their spans). ``_scored_arc_spans_batch`` of one lattice."""
+        return self._scored_arc_spans_batch([lat], [num_frames], with_unk)[0]
 
     def _scored_arc_spans_batch(self, lats: Sequence, num_frames: Sequence[int], with_unk: bool = False) -> List[tuple]:
-        """``_scored_arc_spans`` of several lattices, equal to one at a time (tested), in one set of
-        tensor operations over all their arcs: per-lattice calls on ~100 arcs cost mostly torch's
-        per-call overhead."""
+        """``_scored_arc_spans`` of several lattices in one set of tensor operations over all their
+        arcs (per-lattice calls on ~100 arcs cost mostly torch's per-call overhead); each lattice's
+        spans are ``distinct_arc_spans``' (tested)."""
         if not lats:
             return []
         fsas = [lat.fsa for lat in lats]

@@ -568,11 +568,11 @@ def _oov_evidence_section(doc: Any, source: str) -> List[str]:
              f"Every proposal OOV recovery makes from the context list (each utterance's word once, at its best span), "
              f"ranked by each rule; right when the word is in the utterance's reference (from `{source}`). "
              "The ceiling: OOV tokens whose word is proposed at all.", ""]
+    names = dict(_EVIDENCE_RULES)
     for corpus, r in doc.items():
         rules = r.get("rules")
         if not isinstance(rules, Mapping) or not rules:
             raise ResultsError(f"{source}: {corpus}: no 'rules' mapping")
-        names = dict(_EVIDENCE_RULES)
         rows = [[names.get(k, k.replace("posterior_", "softmax over lexicon + list, t = ")), _fixed(3)(m.get("auc")),
                  _fixed(3)(m.get("average_precision")), _fixed(2)(m.get("precision_at_10")),
                  _fixed(2)(m.get("precision_at_50")), str(m.get("right_kept_at_precision_0.8")),

@@ -524,12 +524,22 @@ def test_batched_arc_spans_equal_one_lattice_at_a_time(with_unk):
         _lattice([(0, 1, "sat", 0, 40, -1.0, -1.0), (1, 2, "mat", 40, 99, -1.0, -1.0)], frame_shift=0.01, uid="u3"),
         _lattice([(0, 1, "cat", 2, 3, -1.0, -1.0), (1, 2, "<unk>", 3, 9, -1.0, -1.0)], uid="u4"),
     ]
+    from rescorer.rescore import distinct_arc_spans
+
+    def one_lattice(lat, n):  # the reference: the arcs scored, and distinct_arc_spans of them
+        labels = lat.fsa.labels.long()
+        idx = ((labels > 0) & ((labels != lat.words.get("<unk>")) | with_unk)).nonzero().flatten()
+        if idx.numel() == 0:
+            return idx, torch.empty(0, 2, dtype=torch.long), idx
+        return (idx, *distinct_arc_spans(lat, idx, n, rs.frame_shift))
+
     frames = [40, 12, 60, 33]
     batch = rs._scored_arc_spans_batch(lats, frames, with_unk=with_unk)
     assert len(batch) == len(lats)
     for lat, n, got in zip(lats, frames, batch):
-        want = rs._scored_arc_spans(lat, n, with_unk=with_unk)
+        want = one_lattice(lat, n)
         for g, w in zip(got, want):
             assert g.dtype == w.dtype and torch.equal(g, w)
+        assert all(torch.equal(a, b) for a, b in zip(rs._scored_arc_spans(lat, n, with_unk=with_unk), want))
     assert batch[1][0].numel() == 0 and batch[1][1].shape == (0, 2)
     assert int(batch[2][1][:, 1].max()) == 60  # the arc past the features ends at their end

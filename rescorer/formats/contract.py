@@ -102,7 +102,8 @@ def check_frame_shift(recorded: float, expected: float, source: str) -> None:
 _STACKED = re.compile(r"(?P<model>.+)-L(?P<layers>\d+(?:-\d+)*)")
 
 
-def _stacked(spec: FeatureSpec):
+def stacked_layers(spec: FeatureSpec):
+    """(model name, layers, values per layer) of stacked-layer frames; None for other frames."""
     m = _STACKED.fullmatch(spec.name)
     if not m:
         return None
@@ -112,18 +113,13 @@ def _stacked(spec: FeatureSpec):
     return m.group("model"), layers, spec.dim // len(layers)
 
 
-def stacked_layers(spec: FeatureSpec):
-    """(model name, layers, values per layer) of stacked-layer frames; None for other frames."""
-    return _stacked(spec)
-
-
 def layer_view(recorded: FeatureSpec, expected: FeatureSpec) -> Optional[List[int]]:
     """The columns of ``recorded`` frames that are ``expected`` frames, when ``expected`` is a
     subset of the stacked layers of the same model at the same frame rate (module doc);
     None otherwise (including when they are equal: no view needed)."""
     if recorded == expected or not same_frame_shift(recorded.frame_shift, expected.frame_shift):
         return None
-    have, want = _stacked(recorded), _stacked(expected)
+    have, want = stacked_layers(recorded), stacked_layers(expected)
     if have is None or want is None or have[0] != want[0] or have[2] != want[2]:
         return None
     width = have[2]
@@ -134,7 +130,7 @@ def layer_view(recorded: FeatureSpec, expected: FeatureSpec) -> Optional[List[in
 
 def layer_subset(spec: FeatureSpec, layers) -> FeatureSpec:
     """The spec of ``layers`` (a subset, in the order given) of ``spec``'s stacked layers."""
-    stacked = _stacked(spec)
+    stacked = stacked_layers(spec)
     if stacked is None:
         raise FeatureSpecError(f"{spec.name!r} frames are not stacked layers (<model>-L<a>-<b>...)")
     model, have, width = stacked
