@@ -12,28 +12,46 @@ import yaml
 from tests.conftest import HAVE_ESPEAK, HAVE_LHOTSE, REPO
 from tests.test_speechocean762 import _fixture_corpus
 
-CONFIGS = [REPO / "recipes" / "wordrich" / "config.yaml", REPO / "recipes" / "wordrich" / "whisper.yaml"]
+CONFIGS = sorted((REPO / "recipes" / "wordrich").glob("*.yaml"))
+# configs that speak another config's corpus (same seed and plan: one synthesis serves both)
+SAME_CORPUS = {"whisper.yaml": "config.yaml", "whisper_32k_l34.yaml": "whisper_32k.yaml"}
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_recipe_configs_are_valid_for_their_programs(path):
+    import sys
+
     from rescorer.corpora.wordrich import WordRichConfig
     from rescorer.recipe_config import load_section, to_args
     from rescorer.training.train_embeddings import parse_args
 
     doc = yaml.safe_load(path.read_text())
     cfg = WordRichConfig.from_dict(doc["wordrich"])
-    assert cfg.train_types >= 30000  # the point of the corpus
-    # the tiers give every experiment count (2k, 8k, 32k) the same number of tokens
-    assert {t * cfg.tokens_per_rank()[t - 1] for t in (2000, 8000, 32000)} == {32000}
-    for section in ("embeddings", "finetune"):
-        parse_args(["--train", "t.pt", "--dev", "d.pt", "--out", "o", *to_args(load_section(str(path), section))])
-    # pretraining and fine-tuning build the same encoders (--init-from checks it)
-    pre, fine = doc["embeddings"], doc["finetune"]
-    for key in ("acoustic_encoder", "channels", "dim", "num_blocks", "max_frames", "num_buckets"):
-        assert pre.get(key) == fine.get(key), key
-    assert doc["features"]["frontend"] == ("whisper" if path.name == "whisper.yaml" else "fbank")
-    assert doc["wordrich"] == yaml.safe_load(CONFIGS[0].read_text())["wordrich"]  # one corpus for both
+    for section in ("embeddings", "finetune", "oov_vs_word_types_train"):
+        if section in doc:
+            parse_args(["--train", "t.pt", "--dev", "d.pt", "--out", "o", *to_args(load_section(str(path), section))])
+    if "embeddings" in doc and "finetune" in doc:
+        # pretraining and fine-tuning build the same encoders (--init-from checks it)
+        pre, fine = doc["embeddings"], doc["finetune"]
+        for key in ("acoustic_encoder", "channels", "dim", "num_blocks", "max_frames", "num_buckets"):
+            assert pre.get(key) == fine.get(key), key
+    if "oov_vs_word_types" in doc:
+        # stage 7's benchmark: its options parse, and the tiers give every type count the same tokens
+        sys.path.insert(0, str(REPO / "benchmarks"))
+        from oov_vs_word_types import parse_args as bench_args
+
+        args, _ = bench_args(["--data", "d", "--work", "w", *to_args(load_section(str(path), "oov_vs_word_types"))])
+        counts = [int(t) for t in args.types.split(",")]
+        assert len(counts) >= 3 and max(counts) >= 8 * min(counts)
+        assert len({t * cfg.tokens_per_rank()[t - 1] for t in counts}) == 1
+    else:
+        assert cfg.train_types >= 30000  # the point of the corpus
+    if path.name in ("config.yaml", "whisper.yaml"):
+        # the tiers give every experiment count (2k, 8k, 32k) the same number of tokens
+        assert {t * cfg.tokens_per_rank()[t - 1] for t in (2000, 8000, 32000)} == {32000}
+    assert doc["features"]["frontend"] == ("whisper" if path.name.startswith("whisper") else "fbank")
+    if path.name in SAME_CORPUS:
+        assert doc["wordrich"] == yaml.safe_load((path.parent / SAME_CORPUS[path.name]).read_text())["wordrich"]
 
 
 TINY = """
@@ -61,6 +79,9 @@ embeddings: &tiny
   device: cpu
   progress: false
 finetune: *tiny
+oov_vs_word_types:
+  types: "8,16,32"
+oov_vs_word_types_train: *tiny
 """
 
 
@@ -86,8 +107,14 @@ def test_wordrich_recipe_end_to_end_and_resumable(tmp_path):
     fine = tmp_path / "exp" / "embeddings_so762_finetuned"
     assert json.loads((fine / "config.json").read_text())["init_from"] == "exp/embeddings_wordrich"
     doc = json.loads((tmp_path / "exp" / "embeddings.json").read_text())
+    doc.pop("description", None)  # the file's header (benchmarks' merge_json)
     assert set(doc) == {"wordrich_test_pretrained", "so762_dev_pretrained_only", "so762_dev_finetuned",
-                        "so762_dev_scratch"}
+                        "so762_dev_scratch", "wordrich_types_8", "wordrich_types_16", "wordrich_types_32"}
+    # stage 7: one row a type count, each trained on the same number of list-word segments
+    types = {k: doc.pop(k) for k in list(doc) if k.startswith("wordrich_types_")}
+    sizes = {t["config"]["training_segments"] for t in types.values()}
+    assert all(28 <= n <= 32 for n in sizes)  # 32 each, less a word whose synthesis failed
+    assert all(t["oov_p_at_1"] is not None for t in types.values())
     e = doc["wordrich_test_pretrained"]
     assert e["counts"]["oov_types"] >= 6 and e["oov_p_at_1"] is not None  # the held-out test words
     assert e["command"].startswith("rescorer evaluate embeddings --model-dir exp/embeddings_wordrich")
