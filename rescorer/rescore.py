@@ -178,6 +178,15 @@ def spans_in_feature_frames(start_frame: torch.Tensor, end_frame: torch.Tensor, 
     return s, e
 
 
+def nonempty_spans(s: torch.Tensor, e: torch.Tensor, frames):
+    """The one rule for an arc's feature-frame span: [s, e) clipped into [0, frames), at least one
+    frame long (``frames``: the utterance's feature frames, an int or one per span)."""
+    frames = torch.as_tensor(frames)
+    s, e = torch.minimum(s.clamp(min=0), frames), torch.minimum(e.clamp(min=0), frames)
+    e = torch.maximum(e, torch.minimum(s + 1, frames))
+    return torch.minimum(s, e - 1).clamp(min=0), e
+
+
 def distinct_arc_spans(lat, arcs: torch.Tensor, num_frames: int, feature_frame_shift: float = FBANK.frame_shift):
     """Feature-frame spans of ``arcs`` (each at least one frame, inside the features).
 
@@ -186,8 +195,7 @@ def distinct_arc_spans(lat, arcs: torch.Tensor, num_frames: int, feature_frame_s
     """
     s, e = spans_in_feature_frames(lat.fsa.start_frame[arcs], lat.fsa.end_frame[arcs], lat.frame_shift, num_frames,
                                    feature_frame_shift)
-    e = torch.maximum(e, torch.minimum(s + 1, torch.tensor(num_frames)))
-    s = torch.minimum(s, e - 1).clamp(min=0)
+    s, e = nonempty_spans(s, e, num_frames)
     # one integer key per span: a 1-D unique (unique over rows is ~10x slower), same (start, end) order
     keys, inverse = torch.unique(s * (num_frames + 1) + e, return_inverse=True)
     return torch.stack([torch.div(keys, num_frames + 1, rounding_mode="floor"), keys % (num_frames + 1)], 1), inverse
@@ -586,9 +594,7 @@ class Rescorer:
         frames = torch.tensor([int(n) for n in num_frames])[owner]
         s = torch.round(torch.cat([f.start_frame for f in fsas])[arcs].double() * ratio).long()
         e = torch.round(torch.cat([f.end_frame for f in fsas])[arcs].double() * ratio).long()
-        s, e = torch.minimum(s.clamp(min=0), frames), torch.minimum(e.clamp(min=0), frames)
-        e = torch.maximum(e, torch.minimum(s + 1, frames))  # as distinct_arc_spans: at least one frame, inside
-        s = torch.minimum(s, e - 1).clamp(min=0)
+        s, e = nonempty_spans(s, e, frames)
         m = int(max(num_frames)) + 1
         keys, inverse = torch.unique((owner * m + s) * m + e, return_inverse=True)  # by lattice, start, end
         key_owner = torch.div(keys, m * m, rounding_mode="floor")
