@@ -17,6 +17,23 @@ def test_parts_cover_the_span_and_are_never_empty():
     assert s[2, 1:].tolist() == [7, 10, 13] and e[2, 1:].tolist() == [10, 13, 16]
 
 
+@pytest.mark.parametrize("parts", [1, 5])
+def test_other_part_counts_pool_the_same_in_one_pass_and_as_segments(parts):
+    s, e = part_bounds(torch.tensor([7, 0]), torch.tensor([17, 3]), parts)
+    assert s.shape == (2, 1 + parts) and (e > s).all()
+    assert e[0, 1:].tolist() == [7 + (i + 1) * 10 // parts for i in range(parts)]  # equal parts, end to end
+    torch.manual_seed(0)
+    enc = StatePoolingEncoder(feature_dim=16, dim=8, hidden=32, max_frames=10, parts=parts)
+    assert enc.head[0].in_features == (1 + parts) * 32 and enc.config["parts"] == parts
+    utt = torch.randn(30, 16)
+    spans = torch.tensor([[0, 5], [3, 4], [10, 30]])
+    isolated = enc.encode_segments([utt[0:5], utt[3:4], utt[10:30]])
+    assert torch.allclose(enc.encode_spans(utt, spans), isolated, atol=1e-5)
+    assert "parts" not in StatePoolingEncoder(feature_dim=16, dim=8, hidden=32).config  # thirds: as before
+    with pytest.raises(ValueError, match="parts"):
+        StatePoolingEncoder(feature_dim=16, parts=0)
+
+
 def test_spans_of_one_utterance_pass_equal_isolated_segments():
     torch.manual_seed(0)
     enc = StatePoolingEncoder(feature_dim=16, dim=8, hidden=32, max_frames=10)
@@ -52,3 +69,8 @@ def test_checkpoint_round_trip_picks_the_class(tmp_path):
     x = torch.randn(30, 8)
     spans = torch.tensor([[0, 4], [4, 20]])
     assert torch.allclose(acoustic.encode_spans(x, spans), enc.encode_spans(x, spans))
+    # a part count other than thirds is recorded and rebuilt
+    enc5 = StatePoolingEncoder(feature_dim=8, dim=16, hidden=16, parts=5).eval()
+    save_embedder(tmp_path / "five" / "best.pt", enc5, letters, {"note": "test"})
+    acoustic5, _, _ = load_embedder(tmp_path / "five")
+    assert acoustic5.parts == 5 and torch.allclose(acoustic5.encode_spans(x, spans), enc5.encode_spans(x, spans))

@@ -8,9 +8,9 @@ one sparse product (``encode_spans``): a lattice's thousands of overlapping span
 cost one pass over the utterance. Training on isolated word segments (``forward``) and
 rescoring spans of an utterance compute exactly the same function (tested).
 
-Pooling: the mean over the whole span and over its three thirds (each third at least one
-frame), so the order of the word's sounds is kept coarsely; then an MLP to ``dim``, unit
-length.
+Pooling: the mean over the whole span and over its ``parts`` equal parts (three by default,
+each at least one frame), so the order of the word's sounds is kept coarsely; then an MLP to
+``dim``, unit length.
 """
 
 from __future__ import annotations
@@ -25,18 +25,19 @@ from torch import nn
 
 from rescorer.models.registry import ACOUSTIC_ENCODERS
 
-NUM_PARTS = 4  # whole span + three thirds
+PARTS = 3  # default: the whole span + three thirds
 # torch 2 asks whether to check a CSR matrix's invariants: ours holds by construction (rows in
 # order, columns ascending within each row, all inside), so no check
 _CSR_OPTIONS = {"check_invariants": False} if int(torch.__version__.split(".")[0]) >= 2 else {}
 
 
-def part_bounds(starts: torch.Tensor, ends: torch.Tensor):
-    """[N, 4] start and end frames of the whole span and of its three thirds (each non-empty)."""
+def part_bounds(starts: torch.Tensor, ends: torch.Tensor, parts: int = PARTS):
+    """[N, 1 + parts] start and end frames of the whole span and of its ``parts`` equal parts
+    (each non-empty)."""
     length = (ends - starts).clamp(min=1)
-    cuts = [starts + torch.div(i * length, 3, rounding_mode="floor") for i in range(4)]
-    s = [starts] + [torch.minimum(cuts[i], ends - 1) for i in range(3)]
-    e = [starts + length] + [torch.maximum(cuts[i + 1], s[i + 1] + 1) for i in range(3)]
+    cuts = [starts + torch.div(i * length, parts, rounding_mode="floor") for i in range(parts + 1)]
+    s = [starts] + [torch.minimum(cuts[i], ends - 1) for i in range(parts)]
+    e = [starts + length] + [torch.maximum(cuts[i + 1], s[i + 1] + 1) for i in range(parts)]
     return torch.stack(s, 1), torch.stack(e, 1)
 
 
@@ -55,12 +56,18 @@ class StatePoolingEncoder(nn.Module):
         max_frames: int = 100,
         dropout: float = 0.1,
         feature_spec: Optional[Dict[str, Any]] = None,
+        parts: int = PARTS,
     ):
         super().__init__()
+        if int(parts) < 1:
+            raise ValueError(f"parts must be at least 1, got {parts}")
         self.config: Dict[str, Any] = dict(
             feature_dim=feature_dim, frame_shift=frame_shift, dim=dim, hidden=hidden, max_frames=max_frames,
             dropout=dropout, feature_spec=feature_spec,
         )
+        if int(parts) != PARTS:  # recorded when not the default (checkpoints before it had thirds)
+            self.config["parts"] = int(parts)
+        self.parts = int(parts)
         self.feature_dim, self.frame_shift, self.dim, self.max_frames = feature_dim, frame_shift, dim, max_frames
         self.feature_spec = feature_spec  # the frontend that makes its input (FeatureSpec.to_json)
         self.chunk_frames = 4096  # rows per frame-layer call in utterance_states (cache-sized; any value gives the same)
@@ -68,7 +75,7 @@ class StatePoolingEncoder(nn.Module):
         self.register_buffer("feat_mean", torch.zeros(feature_dim))
         self.register_buffer("feat_std", torch.ones(feature_dim))
         self.frame = nn.Sequential(nn.Linear(feature_dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, hidden), nn.GELU())
-        self.head = nn.Sequential(nn.Linear(NUM_PARTS * hidden, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, dim))
+        self.head = nn.Sequential(nn.Linear((1 + self.parts) * hidden, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, dim))
 
     @classmethod
     def from_config(cls, config: Dict[str, Any]) -> "StatePoolingEncoder":
@@ -125,7 +132,7 @@ class StatePoolingEncoder(nn.Module):
 
     def _pool_and_project(self, prefix: torch.Tensor, rows: torch.Tensor, starts: torch.Tensor, ends: torch.Tensor) -> torch.Tensor:
         """prefix [R, T+1, H] cumulative sums; spans (row, start, end) -> unit vectors [N, dim]."""
-        s, e = part_bounds(starts, ends)
+        s, e = part_bounds(starts, ends, self.parts)
         r = rows[:, None].expand_as(s)
         sums = prefix[r, e] - prefix[r, s]
         means = sums / (e - s).unsqueeze(-1).to(sums.dtype)
@@ -183,7 +190,7 @@ class StatePoolingEncoder(nn.Module):
         ends = torch.maximum(torch.minimum(ends, T), starts + 1)
         starts, ends = self._crop(starts, ends)
         base = states.offsets[rows]
-        means = part_means(states.frames, starts + base, ends + base)
+        means = part_means(states.frames, starts + base, ends + base, self.parts)
         return F.normalize(self._inference_head(means.reshape(len(rows), -1)), dim=-1).cpu()
 
     @torch.no_grad()
@@ -254,10 +261,10 @@ def span_means(frames: torch.Tensor, starts: torch.Tensor, ends: torch.Tensor) -
     return weights @ frames
 
 
-def part_means(frames: torch.Tensor, starts: torch.Tensor, ends: torch.Tensor) -> torch.Tensor:
-    """Means [N, NUM_PARTS, hidden] of the parts (``part_bounds``) of spans [start, end) of
+def part_means(frames: torch.Tensor, starts: torch.Tensor, ends: torch.Tensor, parts: int = PARTS) -> torch.Tensor:
+    """Means [N, 1 + parts, hidden] of the parts (``part_bounds``) of spans [start, end) of
     ``frames`` (spans non-empty and inside): one ``span_means`` over all parts. (Summing only
     the thirds and adding them up for the whole span measured slower: the product is bound
     by its output, not by the frames it reads.)"""
-    s, e = part_bounds(starts, ends)
-    return span_means(frames, s.flatten(), e.flatten()).view(starts.numel(), NUM_PARTS, frames.shape[1])
+    s, e = part_bounds(starts, ends, parts)
+    return span_means(frames, s.flatten(), e.flatten()).view(starts.numel(), 1 + parts, frames.shape[1])

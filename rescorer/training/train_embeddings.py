@@ -138,6 +138,8 @@ class TrainConfig:
     # segments of stacked frontend layers (e.g. Whisper layers 3-4): train on these layers only,
     # comma-separated ("3"; "" = all the file holds). Fine-tuning takes its initial model's layers.
     input_layers: str = ""
+    # state_pooling: the equal parts of a word's span pooled beside its whole (3: thirds)
+    pooling_parts: int = 3
     # fine-tuning: the spelling encoder's learning rate relative to the acoustic side's. Below 1
     # its space stays near the one learnt from many word types (unseen words keep their places)
     # while the acoustic side adapts; 0 freezes it (needs --init-from)
@@ -184,8 +186,11 @@ def acoustic_encoder_config(config: TrainConfig, spec: FeatureSpec) -> Dict[str,
     """Constructor arguments of the acoustic encoder the config names, for frames of ``spec``
     (the training segments' frontend, recorded so inference computes the same frontend)."""
     if config.acoustic_encoder == "state_pooling":
-        return dict(feature_dim=spec.dim, frame_shift=spec.frame_shift, dim=config.dim, hidden=config.channels,
-                    max_frames=config.max_frames, feature_spec=spec.to_json())
+        out = dict(feature_dim=spec.dim, frame_shift=spec.frame_shift, dim=config.dim, hidden=config.channels,
+                   max_frames=config.max_frames, feature_spec=spec.to_json())
+        if config.pooling_parts != 3:
+            out["parts"] = config.pooling_parts
+        return out
     out: Dict[str, Any] = dict(num_mel_bins=spec.dim, dim=config.dim, channels=config.channels,
                                num_blocks=config.num_blocks, kernel_size=config.kernel_size, max_frames=config.max_frames)
     if spec != FBANK:
