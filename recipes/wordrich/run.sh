@@ -13,7 +13,7 @@
 #   3  corpus report                                                       -> exp/corpora.json
 #   4  pretrain the embedder on the word-rich corpus                       -> exp/embeddings_wordrich
 #   5  fine-tune it on speechocean762 train (--init-from), and the same
-#      training from scratch for comparison                               -> exp/embeddings_so762_{finetuned,scratch}
+#      training from scratch for comparison (spelling side at 1 x lr)     -> exp/embeddings_so762_{finetuned,scratch}
 #   6  evaluate: word-rich test (held-out words and voices); speechocean762
 #      dev for the pretrained, fine-tuned and from-scratch embedders      -> exp/embeddings.json
 #   7  OOV P@1 against training word types (benchmarks/oov_vs_word_types.py; only with a
@@ -72,7 +72,8 @@ if run_stage 5; then
   log "stage 5: fine-tune on speechocean762 train; the same training from scratch"
   train_run exp/embeddings_so762_finetuned finetune "$SO762/segments/train.pt" "$SO762/segments/dev.pt" \
     --init-from exp/embeddings_wordrich
-  train_run exp/embeddings_so762_scratch finetune "$SO762/segments/train.pt" "$SO762/segments/dev.pt"
+  train_run exp/embeddings_so762_scratch finetune "$SO762/segments/train.pt" "$SO762/segments/dev.pt" \
+    --spelling-lr-scale 1  # no pretrained spelling space to keep: both sides at the full rate
 fi
 if run_stage 6; then
   log "stage 6: evaluation"
