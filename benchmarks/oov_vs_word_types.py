@@ -2,6 +2,12 @@
 
     python benchmarks/oov_vs_word_types.py --data recipes/wordrich/data/wordrich --work exp/oov_vs_types \
         --types 2000,8000,32000 --out results/embeddings.json -- --epochs 10 --channels 256 --sparse-ngrams
+    python benchmarks/oov_vs_word_types.py --config recipes/wordrich/whisper_types.yaml \
+        --data $WR/data/wordrich --work $WR/exp/oov_vs_types --out results/embeddings.json
+
+``--config``: the word-rich recipe config that made the corpus; its ``oov_vs_word_types`` section
+gives this program's options and ``oov_vs_word_types_train`` the training options (both before
+any given on the command line, which win).
 
 For each count T, the embedder is trained (``rescorer.training.train_embeddings``; the options
 after ``--`` are its own) on list-word segments of the word-rich train split restricted to the
@@ -218,7 +224,16 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> Tuple[argparse.Namespace
     if "--" in argv:
         cut = argv.index("--")
         argv, train_argv = argv[:cut], argv[cut + 1 :]
+    config = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+    if "--config" in argv[:-1]:
+        config = argv[argv.index("--config") + 1]
+    if config:  # the recipe config's sections first: the command line's options win
+        from rescorer.recipe_config import load_section, to_args
+
+        argv = to_args(load_section(config, "oov_vs_word_types")) + argv
+        train_argv = to_args(load_section(config, "oov_vs_word_types_train")) + train_argv
     p = argparse.ArgumentParser(prog="python benchmarks/oov_vs_word_types.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", default=None, help="word-rich recipe config with oov_vs_word_types(_train) sections")
     p.add_argument("--data", required=True, help="word-rich corpus directory (plan.json, segments/{train,dev,test}.pt)")
     p.add_argument("--work", required=True, help="directory for the subsets and the training runs")
     p.add_argument("--types", default="2000,8000,32000", help="comma-separated training word-type counts")

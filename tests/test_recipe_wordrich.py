@@ -4,6 +4,7 @@ a speechocean762-shaped fixture, one-epoch tiny models), resuming without redoin
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -107,14 +108,8 @@ def test_wordrich_recipe_end_to_end_and_resumable(tmp_path):
     fine = tmp_path / "exp" / "embeddings_so762_finetuned"
     assert json.loads((fine / "config.json").read_text())["init_from"] == "exp/embeddings_wordrich"
     doc = json.loads((tmp_path / "exp" / "embeddings.json").read_text())
-    doc.pop("description", None)  # the file's header (benchmarks' merge_json)
     assert set(doc) == {"wordrich_test_pretrained", "so762_dev_pretrained_only", "so762_dev_finetuned",
-                        "so762_dev_scratch", "wordrich_types_8", "wordrich_types_16", "wordrich_types_32"}
-    # stage 7: one row a type count, each trained on the same number of list-word segments
-    types = {k: doc.pop(k) for k in list(doc) if k.startswith("wordrich_types_")}
-    sizes = {t["config"]["training_segments"] for t in types.values()}
-    assert all(28 <= n <= 32 for n in sizes)  # 32 each, less a word whose synthesis failed
-    assert all(t["oov_p_at_1"] is not None for t in types.values())
+                        "so762_dev_scratch"}
     e = doc["wordrich_test_pretrained"]
     assert e["counts"]["oov_types"] >= 6 and e["oov_p_at_1"] is not None  # the held-out test words
     assert e["command"].startswith("rescorer evaluate embeddings --model-dir exp/embeddings_wordrich")
@@ -129,3 +124,16 @@ def test_wordrich_recipe_end_to_end_and_resumable(tmp_path):
     assert r2.returncode == 0, r2.stderr[-3000:]
     assert "is trained; skipping" in r2.stderr and "already exported" in r2.stdout
     assert (fine / "best.pt").stat().st_mtime_ns == stamp
+    # OOV P@1 against training word types over this corpus, options from the config's sections:
+    # one row a type count, each trained on the same number of list-word segments
+    out = tmp_path / "types.json"
+    r3 = subprocess.run([sys.executable, str(REPO / "benchmarks" / "oov_vs_word_types.py"), "--config",
+                         str(tmp_path / "config.yaml"), "--data", str(tmp_path / "data" / "wordrich"),
+                         "--work", str(tmp_path / "exp" / "oov_vs_types"), "--out", str(out), "--threads", "1"],
+                        capture_output=True, text=True, timeout=600)
+    assert r3.returncode == 0, r3.stderr[-3000:]
+    types = {k: v for k, v in json.loads(out.read_text()).items() if k.startswith("wordrich_types_")}
+    assert set(types) == {"wordrich_types_8", "wordrich_types_16", "wordrich_types_32"}
+    assert all(28 <= t["config"]["training_segments"] <= 32 for t in types.values())  # 32, less a failed word
+    assert all(t["oov_p_at_1"] is not None for t in types.values())
+    assert "--config" in json.dumps(types["wordrich_types_8"])  # the command, recorded

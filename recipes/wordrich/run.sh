@@ -16,9 +16,8 @@
 #      training from scratch for comparison (spelling side at 1 x lr)     -> exp/embeddings_so762_{finetuned,scratch}
 #   6  evaluate: word-rich test (held-out words and voices); speechocean762
 #      dev for the pretrained, fine-tuned and from-scratch embedders      -> exp/embeddings.json
-#   7  OOV P@1 against training word types (benchmarks/oov_vs_word_types.py; only with a
-#      config that has an `oov_vs_word_types` section, e.g. whisper_types.yaml)
-#                                                                          -> exp/embeddings.json, exp/oov_vs_types
+# OOV P@1 against training word types is a benchmark over a corpus of this recipe:
+#   python benchmarks/oov_vs_word_types.py --config recipes/wordrich/whisper_types.yaml --data $WR/data/wordrich ...
 RECIPE_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source "$RECIPE_DIR/../lib.sh"
 SO762_DIR="${SO762_DIR:-$REPO/../shared/data/speechocean762}"
@@ -84,14 +83,4 @@ if run_stage 6; then
     rescorer evaluate embeddings --model-dir "exp/embeddings_${pair%%:*}" --segments "$SO762/segments/dev.pt" \
       --train-segments "$SO762/segments/train.pt" --out exp/embeddings.json --name "${pair#*:}"
   done
-fi
-if run_stage 7; then
-  cfg oov_vs_word_types
-  if [ "${#CFG[@]}" -eq 0 ]; then log "stage 7: no oov_vs_word_types section in $CONFIG; skipping"; else
-    log "stage 7: OOV P@1 against training word types"
-    bench=("${CFG[@]}")
-    cfg oov_vs_word_types_train
-    "$PY" "$REPO/benchmarks/oov_vs_word_types.py" --data "$DATA" --work exp/oov_vs_types --out exp/embeddings.json \
-      "${bench[@]}" -- "${CFG[@]}"
-  fi
 fi
