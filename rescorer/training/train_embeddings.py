@@ -65,6 +65,7 @@ from rescorer.models.checkpoint import (
 )
 from rescorer.models.interfaces import AcousticEncoder, SpellingEncoder
 from rescorer.models.letters import DEFAULT_NUM_BUCKETS, SPELLING_VIEWS
+from rescorer.models.state_pooling import PARTS
 from rescorer.formats.contract import FBANK, FeatureSpec, layer_subset
 from rescorer.formats.word_segments import WordSegments, load_word_segments, record_view, word_segments_from_dict
 from rescorer.models.registry import ACOUSTIC_ENCODERS, SPELLING_ENCODERS
@@ -139,7 +140,7 @@ class TrainConfig:
     # comma-separated ("3"; "" = all the file holds). Fine-tuning takes its initial model's layers.
     input_layers: str = ""
     # state_pooling: the equal parts of a word's span pooled beside its whole (3: thirds)
-    pooling_parts: int = 3
+    pooling_parts: int = PARTS
     # fine-tuning: the spelling encoder's learning rate relative to the acoustic side's. Below 1
     # its space stays near the one learnt from many word types (unseen words keep their places)
     # while the acoustic side adapts; 0 freezes it (needs --init-from)
@@ -188,7 +189,7 @@ def acoustic_encoder_config(config: TrainConfig, spec: FeatureSpec) -> Dict[str,
     if config.acoustic_encoder == "state_pooling":
         out = dict(feature_dim=spec.dim, frame_shift=spec.frame_shift, dim=config.dim, hidden=config.channels,
                    max_frames=config.max_frames, feature_spec=spec.to_json())
-        if config.pooling_parts != 3:
+        if config.pooling_parts != PARTS:  # thirds are not recorded (checkpoints before the option)
             out["parts"] = config.pooling_parts
         return out
     out: Dict[str, Any] = dict(num_mel_bins=spec.dim, dim=config.dim, channels=config.channels,
