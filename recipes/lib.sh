@@ -132,6 +132,17 @@ tune() {
     --train-data exp/asr_data/train.pt --out exp/wer.json --save-config "${CFG[@]}" "$@"
 }
 
+# stored_log_probs SPLIT...: --SPLIT-ctc-log-probs options for the decoder's stored CTC log-probs
+# (decode --save-ctc-log-probs), so that the CTC methods do not run the model again; none for a
+# split decoded before they were stored (the model then runs)
+stored_log_probs() {
+  local split
+  for split in "$@"; do
+    [ -f "exp/decode_${split}_ctc/ctc_log_probs.pt" ] && echo "--${split}-ctc-log-probs=exp/decode_${split}_ctc/ctc_log_probs.pt"
+  done
+  return 0
+}
+
 # rescore_ctc CORPUS [options]: CTC word spotting and embedding + CTC fusion (rescorer tune
 # --methods ctc_word_spotting,awe_ctc_rescore) with the CTC model exp/ctc, when the config has a
 # `rescore_ctc` section (its keys: methods, word_list, grids); skipped otherwise. Scales are not
@@ -153,8 +164,8 @@ rescore_ctc() {
 # decode_dev_test DEV_LIMIT: CTC lattices of dev (its first DEV_LIMIT utterances; 0: all,
 # they only tune a few scales) and of test; the attention model on test
 decode_dev_test() {
-  decode ctc dev ctc_greedy,hlg_1best,lattice_oracle --word-lattices --max-utterances "$1"
-  decode ctc test ctc_greedy,hlg_1best,lattice_oracle --word-lattices
+  decode ctc dev ctc_greedy,hlg_1best,lattice_oracle --word-lattices --save-ctc-log-probs --max-utterances "$1"
+  decode ctc test ctc_greedy,hlg_1best,lattice_oracle --word-lattices --save-ctc-log-probs
   decode attention test attention_beam,hlg_attention_rescore
 }
 

@@ -520,6 +520,12 @@ def rescore_cmd(model_dir, lattices, features, out, recover_oov, word_list, word
               help="Write the tuned scales to MODEL_DIR/rescorer.json (rescorer_<prefix>.json with --prefix).")
 @click.option("--ctc-model-dir", type=click.Path(exists=True),
               help="CTC model for ctc_word_spotting / awe_ctc_rescore (e.g. exp/ctc).")
+@click.option("--dev-ctc-log-probs", type=click.Path(exists=True, dir_okay=False),
+              help="The CTC methods: dev's CTC log-probs as `rescorer decode --save-ctc-log-probs` stored them "
+                   "(exp/decode_dev_ctc/ctc_log_probs.pt), used instead of running --ctc-model-dir again; they must "
+                   "come from that very checkpoint.")
+@click.option("--test-ctc-log-probs", type=click.Path(exists=True, dir_okay=False),
+              help="... and test's.")
 @click.option("--ctc-scales", default="0,0.25,0.5,1,2", show_default=True, help="awe_ctc_rescore: CTC score weights.")
 @click.option("--ctc-norms", default="none,frame,token", show_default=True,
               help="awe_ctc_rescore: CTC score normalisations to choose from on dev.")

@@ -1,8 +1,9 @@
-"""Small helpers for work that must not be lost: the package's one atomic-write helper."""
+"""Small helpers for work that must not be lost: the package's one atomic-write helper, and file digests."""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 from pathlib import Path
 from typing import Iterator, Union
@@ -39,3 +40,12 @@ def atomic_path(path: PathLike, fsync: bool = False) -> Iterator[Path]:
 def atomic_write_text(path: PathLike, text: str, encoding: str = "utf-8") -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding=encoding)
+
+
+def file_sha256(path: PathLike) -> str:
+    """Hex sha256 of a file's bytes (read in 1 MiB blocks): what names a model's weights."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

@@ -263,12 +263,21 @@ class TestLattices:
         torch.save(data, tmp_path / "data" / "test.pt")
         (tmp_path / "train_words.txt").write_text("cat sat mat the\n")
         monkeypatch.setattr(D, "load_asr_model", lambda d: (FakeModel(), {"train": ""}))
+        monkeypatch.setattr(D, "checkpoint_sha256", lambda d, kind: "c" * 64)
         rc = D.main([
             "--model-dir", "m", "--data", str(tmp_path / "data" / "test.pt"), "--lang-dir", str(lang.dir),
             "--out", str(tmp_path / "out"), "--methods", ",".join(D.METHODS),
-            "--train-data", str(tmp_path / "train_words.txt"), "--save-nbest", "10",
+            "--train-data", str(tmp_path / "train_words.txt"), "--save-nbest", "10", "--save-ctc-log-probs",
         ] + (["--word-lattices"] if HAVE_WORD_LATTICE else []))
         assert rc == 0
+        # the model's log-probs, as it gave them, for every decoded utterance (u4 was skipped)
+        from rescorer.formats.ctc_log_probs import read_ctc_log_probs
+
+        stored = read_ctc_log_probs(tmp_path / "out" / "ctc_log_probs.pt")
+        assert list(stored.log_probs) == ["u1", "u2", "u3"] and stored.model_sha256 == "c" * 64
+        assert stored.frame_shift == pytest.approx(0.04)
+        for u in ("u1", "u2", "u3"):
+            assert torch.allclose(stored.log_probs[u], logprobs(specs[u]).float())
         m = json.loads((tmp_path / "out" / "metrics.json").read_text())
         assert list(m["skipped"]) == ["u4"] and "empty audio" in m["skipped"]["u4"]
         g, h, o = (m["methods"][k] for k in ("ctc_greedy", "hlg_1best", "lattice_oracle"))

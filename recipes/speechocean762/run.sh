@@ -49,7 +49,7 @@ if run_stage 4; then
 fi
 if run_stage 5; then
   log "stage 5: decoding dev"
-  decode ctc dev ctc_greedy,hlg_1best,lattice_oracle --word-lattices
+  decode ctc dev ctc_greedy,hlg_1best,lattice_oracle --word-lattices --save-ctc-log-probs
   decode attention dev attention_beam,hlg_attention_rescore
 fi
 if run_stage 6 && [ "$POCKETSPHINX" = 1 ]; then
@@ -79,7 +79,7 @@ if run_stage 7; then
     touch exp/.rescored_pocketsphinx
   fi
   rescore_ctc speechocean762_dev --cross-validate --dev-lattices exp/decode_dev_ctc/word_lattices.pt \
-    --dev-features exp/asr_data/dev.pt --decode-metrics exp/decode_dev_ctc/metrics.json
+    --dev-features exp/asr_data/dev.pt --decode-metrics exp/decode_dev_ctc/metrics.json $(stored_log_probs dev)
   if [ "$POCKETSPHINX" = 1 ]; then  # pocketsphinx's arcs scored by the project's CTC model on the same audio
     CTC_SECTION=rescore_ctc_pocketsphinx CTC_DONE=exp/.rescored_pocketsphinx_ctc_fusion rescore_ctc speechocean762_dev --cross-validate --prefix pocketsphinx_ \
       --dev-lattices exp/pocketsphinx/lattices --dev-features exp/asr_data/dev.pt --decode-metrics exp/pocketsphinx/summary.json

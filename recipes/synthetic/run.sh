@@ -47,7 +47,7 @@ if run_stage 6; then
   rescore_oov_test synthetic
   rescore_ctc synthetic --dev-lattices exp/decode_dev_ctc/word_lattices.pt --dev-features exp/asr_data/dev.pt \
     --test-lattices exp/decode_test_ctc/word_lattices.pt --test-features exp/asr_data/test.pt \
-    --decode-metrics exp/decode_test_ctc/metrics.json
+    --decode-metrics exp/decode_test_ctc/metrics.json $(stored_log_probs dev test)
 fi
 if run_stage 7; then
   log "stage 7: results"

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 from rescorer.decoding.word_spotting import spelling
 from rescorer.formats.contract import FBANK, UNK, FeatureSpec, check_spec
+from rescorer.formats.ctc_log_probs import CtcLogProbs
 from rescorer.tokens import BLANK_ID, TOKENS
 
 NORMS = ("none", "frame", "token")
@@ -42,9 +43,10 @@ class CtcScoreError(ValueError):
 class CtcPosteriors:
     """A CTC model's log-probs for whole utterances (``from_dir``: a ``rescorer train asr`` run)."""
 
-    def __init__(self, model, device: Optional[str] = None):
+    def __init__(self, model, device: Optional[str] = None, model_sha256: Optional[str] = None):
         self.device = torch.device(device or "cpu")
         self.model = model.to(self.device).eval()
+        self.model_sha256 = model_sha256  # the checkpoint file's digest (from_dir): stored log-probs must match it
         recorded = getattr(getattr(model, "encoder", None), "feature_spec", None)
         self.feature_spec = FeatureSpec.from_json(recorded) if recorded else FBANK
         self.subsampling_factor = int(getattr(model, "subsampling_factor", 4))
@@ -53,15 +55,46 @@ class CtcPosteriors:
 
     @classmethod
     def from_dir(cls, model_dir, device: Optional[str] = None) -> "CtcPosteriors":
-        from rescorer.models.checkpoint import load_asr_model
+        from rescorer.models.checkpoint import checkpoint_sha256, load_asr_model
 
         if not Path(model_dir).exists():
             raise FileNotFoundError(f"no CTC model at {model_dir}")
         model, _ = load_asr_model(model_dir)
-        return cls(model, device)
+        return cls(model, device, checkpoint_sha256(model_dir, kind="ASR"))
 
     def check_features(self, spec: Optional[FeatureSpec], source: str) -> None:
         check_spec(spec, self.feature_spec, f"{source} (CTC model)")
+
+    def reuse_or_compute(self, feats_by_id: Dict[str, torch.Tensor], stored: Optional["CtcLogProbs"] = None
+                         ) -> Dict[str, torch.Tensor]:
+        """Log-probs of every utterance of ``feats_by_id``: the decoder's (``stored``, a
+        ``formats.ctc_log_probs`` file of this very checkpoint) where it has them, the model's
+        forward pass for the others (counted in ``seconds``). Stored log-probs must have the
+        frame count the features give this model (else they are of other audio)."""
+        out: Dict[str, torch.Tensor] = {}
+        if stored is not None:
+            if self.model_sha256 is None:
+                raise CtcScoreError(f"{stored.source}: stored log-probs need the CTC model's checkpoint digest "
+                                    f"(CtcPosteriors.from_dir) to be checked against")
+            stored.check_model(self.model_sha256, TOKENS, self.frame_shift)
+            for uid, lp in stored.log_probs.items():
+                if uid not in feats_by_id:
+                    continue
+                want = self.output_frames(int(feats_by_id[uid].shape[0]))
+                if int(lp.shape[0]) != want:
+                    raise CtcScoreError(f"{stored.source}: utterance {uid} has {lp.shape[0]} log-prob frames, its "
+                                        f"features give {want}: log-probs of other audio")
+                out[uid] = lp
+        todo = [u for u in feats_by_id if u not in out]
+        if todo:
+            out.update(zip(todo, self.batch_log_probs([feats_by_id[u] for u in todo])))
+        return {u: out[u] for u in feats_by_id}
+
+    def output_frames(self, num_frames: int) -> int:
+        """Output frames of the model for ``num_frames`` input frames."""
+        from rescorer.models.ctc import subsampled_lengths
+
+        return int(subsampled_lengths(torch.tensor([num_frames]), self.subsampling_factor)[0])
 
     @torch.no_grad()
     def log_probs(self, feats: torch.Tensor) -> torch.Tensor:

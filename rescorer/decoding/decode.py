@@ -52,7 +52,9 @@ at arc posterior ``--word-lattice-prune``, 1e-4 as rescoring prunes, 0 keeps eve
 ``metrics.json`` (per method ``wer``, ``iv_wer``, ``oov_wer``, S/D/I, ``rtf``; the LM's
 OOV rate on the test words; skipped utterances) and, with lattices, ``nbest.jsonl``: per
 utterance the ``--save-nbest`` best distinct hypotheses (words, frame spans, heard
-letters, tokens, am/lm scores; the rescorer's n-best input).
+letters, tokens, am/lm scores; the rescorer's n-best input); with ``--save-ctc-log-probs``
+``ctc_log_probs.pt`` (rescorer.formats.ctc_log_probs: the model's CTC log-probs, which the
+CTC fusion and word spotting of ``rescorer tune`` then reuse instead of running the model again).
 
 RTF per method = (model forward time, shared by all methods, + that method's decoding
 time, lattice generation included for the lattice methods) / audio seconds (feature
@@ -82,12 +84,13 @@ from rescorer.formats import token_lattices
 from rescorer.formats.contract import (
     FBANK, LATTICE_FRAME_SHIFT, MIN_INPUT_FRAMES, SUBSAMPLING_FACTOR, UNK, FeatureSpec, check_spec,
 )
+from rescorer.formats.ctc_log_probs import CtcLogProbs, write_ctc_log_probs
 from rescorer.formats.tagged import FormatError, UnsafeFileError
 from rescorer.formats.frames import batches_by_frames
 from rescorer.formats.utterances import read_utterance_features
 from rescorer.lattice.paths import Hypothesis, WordSpan, best_with_attention, oracle_arc_path, sample_paths
 from rescorer.lattice.word_lattice import build_word_lattice, save_word_lattices
-from rescorer.models.checkpoint import load_asr_model
+from rescorer.models.checkpoint import checkpoint_sha256, load_asr_model
 from rescorer.models.ctc import ctc_greedy_decode
 from rescorer.text import NotAWordError, split_words
 from rescorer.tokens import BOUNDARY_ID, TOKENS, token_ids_to_words
@@ -606,6 +609,7 @@ def decode_main(a) -> dict:
     lattices: Dict[str, object] = {}
     nbest_rows = []
     forward_seconds = 0.0
+    saved_log_probs: Optional[Dict[str, torch.Tensor]] = {} if a.save_ctc_log_probs else None
     id2word = lang.id2word if lang else {}
     batches = length_batches(offsets, keep, a.max_batch_frames)
     from tqdm import tqdm
@@ -623,6 +627,9 @@ def decode_main(a) -> dict:
                 torch.cuda.synchronize()
             enc = None
             forward_seconds += time.perf_counter() - t0
+            if saved_log_probs is not None:
+                for j, u in enumerate(b):
+                    saved_log_probs[ids[u]] = lp[j, : int(out_lens[j])].float().clone()
             if "ctc_greedy" in methods:
                 t0 = time.perf_counter()
                 for u, h in zip(b, ctc_greedy_words(lp, out_lens)):
@@ -695,6 +702,12 @@ def decode_main(a) -> dict:
             out / "lattices.pt", order, [lattices[u] for u in order], lang.dir / "words.txt",
             frame_shift=lattice_shift, subsampling_factor=sub,
         )
+    if saved_log_probs:
+        order = [uid for uid in ids if uid in saved_log_probs]
+        write_ctc_log_probs(out / "ctc_log_probs.pt", CtcLogProbs(
+            {u: saved_log_probs[u] for u in order}, list(TOKENS), lattice_shift,
+            checkpoint_sha256(a.model_dir, kind="ASR")))
+        metrics["ctc_log_probs"] = "ctc_log_probs.pt"
     if lattices and a.word_lattices:
         t0 = time.perf_counter()
         wls, no_lattice = word_lattices_of(lattices, [u for u in ids if u in lattices], lang, lattice_shift, progress=True)
@@ -746,6 +759,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--word-lattices", action="store_true", help="also write word_lattices.pt (rescorer.word_lattices, the rescorer's input) via word_lattice_arcs")
     ap.add_argument("--word-lattice-prune", type=float, default=1e-4,
                     help="word_lattices.pt keeps arcs with posterior >= this (recorded in the file; 0: every arc)")
+    ap.add_argument("--save-ctc-log-probs", action="store_true",
+                    help="also write ctc_log_probs.pt (rescorer.ctc_log_probs): the CTC log-probs, so that "
+                         "rescorer tune --dev-ctc-log-probs need not run the model again")
     ap.add_argument("--save-nbest", type=int, default=0, help="hypotheses per utterance in nbest.jsonl (0: none)")
     return ap
 

@@ -38,7 +38,7 @@ from rescorer.models.interfaces import AcousticEncoder, SpellingEncoder
 from rescorer.models.letters import LetterNgramEncoder
 from rescorer.models.registry import ACOUSTIC_ENCODERS, ASR_MODELS, SPELLING_ENCODERS
 from rescorer.tokens import TOKENS
-from rescorer.utils import atomic_path
+from rescorer.utils import atomic_path, file_sha256
 
 PathLike = Union[str, os.PathLike]
 
@@ -75,6 +75,12 @@ def checkpoint_path(location: PathLike, which: str = "best", kind: str = "model"
     if not path.is_file():
         raise FileNotFoundError(f"no {kind} checkpoint at {path} (train one first)")
     return path
+
+
+def checkpoint_sha256(location: PathLike, which: str = "best", kind: str = "model") -> str:
+    """sha256 of the checkpoint file ``checkpoint_path`` picks: what names the weights that
+    produced a stored output (e.g. ``formats.ctc_log_probs``)."""
+    return file_sha256(checkpoint_path(location, which, kind))
 
 
 def save_checkpoint(state: Dict[str, Any], path: PathLike) -> Path:

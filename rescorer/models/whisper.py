@@ -16,7 +16,6 @@ Nothing is downloaded.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import re
@@ -29,6 +28,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from rescorer.utils import file_sha256  # noqa: F401  (whisper.file_sha256: model.bin's digest)
 
 SAMPLING_RATE = 16000
 N_FFT = 400
@@ -71,14 +72,6 @@ def resolve_model_dir(path: Union[str, Path, None]) -> Path:
             f"{d} is not a CTranslate2 Whisper model directory: missing {', '.join(missing)}"
         )
     return d
-
-
-def file_sha256(path: Union[str, Path]) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 _CT2_DTYPES = {0: np.float32, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.float16}  # CTranslate2 DataType codes

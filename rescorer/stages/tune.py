@@ -112,6 +112,8 @@ class TuneSettings:
     oov_rival: str = "arc"  # recovery: what a proposal must beat by the margin (RescoreConfig.oov_rival)
     # CTC methods (rescorer.stages.tune_ctc)
     ctc_model_dir: Optional[str] = None  # the CTC model whose log-probs are spotted / score spellings
+    dev_ctc_log_probs: Optional[str] = None  # its log-probs as the decoder stored them (decode --save-ctc-log-probs)
+    test_ctc_log_probs: Optional[str] = None
     ctc_scales: Tuple[float, ...] = (0.0, 0.25, 0.5, 1.0, 2.0)
     ctc_norms: Tuple[str, ...] = ("none", "frame", "token")
     ws_bonuses: Tuple[float, ...] = (1.0, 2.0, 3.0, 4.0)  # ctc_word_spotting: per-token bonus grid
@@ -145,6 +147,10 @@ class TuneSettings:
             raise StageError("cross-validation over dev speakers uses the dev context list only: drop --test-context-list")
         if self.recovery_tuning not in ("two_step", "joint"):
             raise StageError(f"recovery tuning must be two_step or joint, got {self.recovery_tuning!r}")
+        if (self.dev_ctc_log_probs or self.test_ctc_log_probs) and not ctc:
+            raise StageError("--dev/test-ctc-log-probs serve the CTC methods: add ctc_word_spotting or awe_ctc_rescore")
+        if self.test_ctc_log_probs and self.cross_validate:
+            raise StageError("cross-validation over dev speakers reads dev only: drop --test-ctc-log-probs")
         if self.test_word_list and self.cross_validate:
             raise StageError("cross-validation over dev speakers uses the dev word list only: drop --test-word-list")
         if self.test_word_list and not self.word_list:

@@ -12,7 +12,8 @@ is the same (tuned on dev or on one half of the dev speakers, reported on the ot
   OOV recovery adds the embedding's nearest spellings and the spotter's hits as arcs.
   Counted against the lattice's own 1-best, like the embedding methods.
 
-Costs: the CTC forward pass (``ctc_forward_seconds``, shared by both), spotting, and the
+Costs: the CTC forward pass (``ctc_forward_seconds``, shared by both; none where the decoder's
+stored log-probs are given, ``--dev-ctc-log-probs``: the row's ``ctc_log_probs`` names them), spotting, and the
 fused lattices' preparation and decoding, each over the evaluated utterances; relative to
 the decoder's time (``rescoring_seconds_per_decode_second``; ``spotting_seconds_per_decode_second``
 for the spotting alone).
@@ -25,8 +26,10 @@ import time
 from dataclasses import asdict
 from typing import Dict, List, Optional
 
-from rescorer.decoding.ctc_scores import CtcPosteriors
+from rescorer.decoding.ctc_scores import CtcPosteriors, CtcScoreError
 from rescorer.decoding.word_spotting import SpellingTrie, SpottingConfig
+from rescorer.formats.ctc_log_probs import read_ctc_log_probs
+from rescorer.formats.tagged import FormatError
 from rescorer.formats.word_list import read_word_list
 from rescorer.evaluation.ctc_rescoring import prepare_fused_all, spot_all, tune_fused, tune_spotting
 from rescorer.evaluation.rescoring import recovery_counts
@@ -53,6 +56,23 @@ def _per_decode(seconds: float, decode_seconds: Optional[float]) -> Optional[flo
     return round(seconds / decode_seconds, 4) if decode_seconds else None
 
 
+def _log_probs(posteriors: CtcPosteriors, feats_by_id, stored_path: Optional[str]):
+    """(utterance id -> log-probs, forward seconds): the decoder's stored ones where given
+    (checked against the model), the model's forward pass for the rest."""
+    stored = None
+    if stored_path:
+        try:
+            stored = read_ctc_log_probs(stored_path)
+        except FormatError as e:
+            raise StageError(str(e)) from e
+    t0 = posteriors.seconds
+    try:
+        out = posteriors.reuse_or_compute(feats_by_id, stored)
+    except (FormatError, CtcScoreError) as e:
+        raise StageError(str(e)) from e
+    return out, posteriors.seconds - t0
+
+
 def ctc_methods(s, rescorer, train_vocab, grid, dev_lats, dev_feats, dev_refs, folds, test_feats, test_refs,
                 missing: List[str], decode_seconds: Optional[float], prune_seconds: float):
     """Results by method name (with ``s.prefix``) and tuning curves of the CTC methods in ``s.methods``."""
@@ -77,16 +97,16 @@ def ctc_methods(s, rescorer, train_vocab, grid, dev_lats, dev_feats, dev_refs, f
     dev_ctc = read_utterance_features(s.dev_features, expect=posteriors.feature_spec).by_id()
     test_ctc = dev_ctc if s.cross_validate else read_utterance_features(s.test_features, expect=posteriors.feature_spec).by_id()
     eval_uids = sorted(u for _, ev in folds for u in ev)
-    t0 = posteriors.seconds
-    lp_dev = dict(zip(sorted(dev_lats), posteriors.batch_log_probs([dev_ctc[u] for u in sorted(dev_lats)])))
-    dev_forward = posteriors.seconds - t0
+    lp_dev, dev_forward = _log_probs(posteriors, {u: dev_ctc[u] for u in sorted(dev_lats)}, s.dev_ctc_log_probs)
     if s.cross_validate:
         lp_test, forward = lp_dev, dev_forward
     else:
-        t0 = posteriors.seconds
-        lp_test = dict(zip(eval_uids, posteriors.batch_log_probs([test_ctc[u] for u in eval_uids])))
-        forward = posteriors.seconds - t0
-    log.info("CTC log-probs: %.1f s for the %d evaluated utterances", forward, len(eval_uids))
+        lp_test, forward = _log_probs(posteriors, {u: test_ctc[u] for u in eval_uids}, s.test_ctc_log_probs)
+    log.info("CTC log-probs: %.1f s of forward passes for the %d evaluated utterances%s", forward, len(eval_uids),
+             " (the rest stored by the decoder)" if (s.test_ctc_log_probs or s.cross_validate and s.dev_ctc_log_probs) else "")
+    test_stored = s.dev_ctc_log_probs if s.cross_validate else s.test_ctc_log_probs
+    # where the evaluated utterances' log-probs came from: the decoder's file costs no forward pass
+    lists["ctc_log_probs"] = test_stored or "computed (ctc_model_dir)"
     results: Dict[str, dict] = {}
     curves: Dict[str, list] = {}
     fixed = SpottingConfig(beam=s.ws_beam, bonus=s.ws_bonus, threshold=s.ws_threshold, token_weight=s.ws_token_weight)
@@ -157,7 +177,7 @@ def ctc_methods(s, rescorer, train_vocab, grid, dev_lats, dev_feats, dev_refs, f
             hyps.append([])
         extra = {"scales": chosen, "ctc_model_dir": s.ctc_model_dir, "oov_recovery": recover,
                  "spotted_arcs_added": hit_arcs, "ctc_forward_seconds": round(forward, 3),
-                 "rescoring_seconds": round(seconds, 2)}
+                 "rescoring_seconds": round(seconds, 2), "ctc_log_probs": lists["ctc_log_probs"]}
         if words:
             extra.update(lists)
         v = _per_decode(seconds, decode_seconds)
