@@ -19,6 +19,16 @@ proposal on its span; for each: ROC AUC, average precision, precision among its 
 - ``lexicon_list_margin``: cosine minus the best other word of the lexicon and the list;
 - ``posterior_<t>``: softmax at temperature t of the cosines over lexicon and list.
 
+With ``--ctc-model-dir`` (and the decoder's ``--ctc-log-probs``, else the model runs), the CTC
+model's letter-level view of the same span (``decoding.ctc_scores.SpanScorer``, per token):
+
+- ``ctc``: the proposal's CTC log-likelihood per token over its span;
+- ``ctc_margin``: that minus the best of its ``--ctc-rivals`` rivals (the lexicon and list
+  words nearest the span by cosine, the proposal left out), each scored the same way: whether
+  the letters prefer the proposal among the words the embedding finds alike;
+- ``rank_mean``: the mean of the proposal's rank fractions under ``posterior_0.05`` (or the
+  first temperature given) and ``ctc_margin`` (no weight to tune: both views count alike).
+
 Also the ceiling: the share of the reference's OOV tokens (words not in ``--train-data``'s
 transcripts) whose word is proposed somewhere in their utterance. Writes ``--out`` under
 ``--corpus`` with command, machine and date.
@@ -126,14 +136,67 @@ def measure(a) -> dict:
     oov_tokens = [(u, w) for u in lats for w in refs[u] if w not in train_vocab]
     ceiling = sum((u, w) in proposed for u, w in oov_tokens)
     rules = ["arc_margin", "cosine", "lexicon_margin", "lexicon_list_margin"] + [f"posterior_{t:g}" for t in a.temperatures]
+    extra = {}
+    if a.ctc_model_dir:
+        extra = ctc_rules(a, rows, by_utt, feats, lats, lexicon, words, L, W, rc, ratio)
+        rules += ["ctc", "ctc_margin", "rank_mean"]
     return {
         "word_list": a.word_list, "word_list_size": len(words), "lexicon_size": len(lexicon), "utterances": len(lats),
         "proposals": len(rows), "right_proposals": int(labels.sum()),
         "oov_tokens": len(oov_tokens), "oov_tokens_proposed": ceiling,
         "ceiling_oov_recall": round(ceiling / len(oov_tokens), 4) if oov_tokens else None,
         "right_in_lexicon": int(sum(r["w"] in lex_index for r, y in zip(rows, labels) if y)),
-        "rules": {k: ranking_metrics(np.array([r[k] for r in rows]), labels) for k in rules},
+        "rules": {k: ranking_metrics(np.array([r[k] for r in rows]), labels) for k in rules}, **extra,
     }
+
+
+def rank_fraction(x: np.ndarray) -> np.ndarray:
+    """Each value's rank among ``x`` as a fraction in (0, 1] (ties share the mean rank)."""
+    order = np.argsort(x, kind="stable")
+    ranks = np.empty(len(x))
+    ranks[order] = np.arange(1, len(x) + 1)
+    _, inv, counts = np.unique(x, return_inverse=True, return_counts=True)
+    sums = np.bincount(inv, weights=ranks)
+    return (sums / counts)[inv] / len(x)
+
+
+def ctc_rules(a, rows, by_utt, feats, lats, lexicon, words, L, W, rc, ratio) -> dict:
+    """Adds ``ctc``, ``ctc_margin`` and ``rank_mean`` to every row (module doc); returns what was used."""
+    import torch
+
+    from rescorer.decoding.ctc_scores import CtcPosteriors, SpanScorer, lattice_spans, normalise
+    from rescorer.formats.ctc_log_probs import read_ctc_log_probs
+    from rescorer.rescore import _unit_rows
+
+    posteriors = CtcPosteriors.from_dir(a.ctc_model_dir)
+    uids = sorted(by_utt)
+    stored = read_ctc_log_probs(a.ctc_log_probs) if a.ctc_log_probs else None
+    lp = posteriors.reuse_or_compute({u: feats[u] for u in uids}, stored)
+    names = lexicon + words
+    shift = next(iter(lats.values())).frame_shift
+    with torch.no_grad():
+        for u in uids:
+            rs = by_utt[u]
+            scorer = SpanScorer(lp[u])
+            fspans = [(int(round(r["start"] * ratio)), int(round(r["end"] * ratio))) for r in rs]
+            Q = _unit_rows(rc.span_embeddings(feats[u], fspans))
+            sims = torch.cat([Q @ L.T, Q @ W.T], 1)
+            spans = lattice_spans(torch.tensor([r["start"] for r in rs]), torch.tensor([r["end"] for r in rs]),
+                                  shift, posteriors.frame_shift, scorer.num_frames)
+            for i, r in enumerate(rs):
+                top = torch.topk(sims[i], min(a.ctc_rivals + 2, sims.shape[1])).indices.tolist()
+                rivals = list(dict.fromkeys(names[j] for j in top if names[j] != r["w"]))[: a.ctc_rivals]
+                cand = [r["w"]] + rivals
+                ll, fr, tok = scorer.scores(spans[i].expand(len(cand), 2), cand)
+                per_token = normalise(ll, fr, tok, "token")
+                r["ctc"] = float(per_token[0])
+                r["ctc_margin"] = float(per_token[0] - per_token[1:].max()) if rivals else float(per_token[0])
+    key = "posterior_0.05" if 0.05 in a.temperatures else f"posterior_{a.temperatures[0]:g}"
+    post = rank_fraction(np.array([r[key] for r in rows]))
+    ctc = rank_fraction(np.array([r["ctc_margin"] for r in rows]))
+    for r, p_, c_ in zip(rows, post, ctc):
+        r["rank_mean"] = float((p_ + c_) / 2)
+    return {"ctc_model_dir": a.ctc_model_dir, "ctc_log_probs": a.ctc_log_probs or "computed", "ctc_rivals": a.ctc_rivals}
 
 
 def main(argv=None) -> None:
@@ -147,6 +210,9 @@ def main(argv=None) -> None:
     p.add_argument("--word-list", required=True, help="the list recovery proposes from (e.g. the context list)")
     p.add_argument("--prune-posterior", type=float, default=1e-4)
     p.add_argument("--temperatures", type=lambda s: [float(x) for x in s.split(",")], default=list(TEMPERATURES))
+    p.add_argument("--ctc-model-dir", help="also rank by the CTC model's spelling scores (module doc)")
+    p.add_argument("--ctc-log-probs", help="the decoder's stored CTC log-probs of --features (decode --save-ctc-log-probs)")
+    p.add_argument("--ctc-rivals", type=int, default=20, help="ctc_margin: the proposal against this many nearest words")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--out", required=True)

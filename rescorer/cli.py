@@ -62,8 +62,9 @@ def _floats(text, option, optional=False):
     return values
 
 
-def _margins(text):
-    """--oov-margins: comma-separated numbers or ``none`` (the rule before abstention); absent: None."""
+def _margins(text, hint: str = "--oov-margins"):
+    """--oov-margins (and the gate thresholds): comma-separated numbers or ``none`` (the rule before
+    abstention / that view not asked); absent: None."""
     if text is None:
         return None
     out = []
@@ -74,9 +75,9 @@ def _margins(text):
         try:
             out.append(float(x))
         except ValueError as e:
-            raise click.BadParameter(f"expected comma-separated numbers or none, got {text!r}", param_hint="--oov-margins") from e
+            raise click.BadParameter(f"expected comma-separated numbers or none, got {text!r}", param_hint=hint) from e
     if not out:
-        raise click.BadParameter("needs at least one margin", param_hint="--oov-margins")
+        raise click.BadParameter("needs at least one value", param_hint=hint)
     return tuple(out)
 
 
@@ -526,6 +527,11 @@ def rescore_cmd(model_dir, lattices, features, out, recover_oov, word_list, word
                    "come from that very checkpoint.")
 @click.option("--test-ctc-log-probs", type=click.Path(exists=True, dir_okay=False),
               help="... and test's.")
+@click.option("--oov-min-posteriors", default=None,
+              help="awe_ctc_rescore with a word list: thresholds on an added word's embedding posterior to tune on dev, "
+                   "e.g. 0.1,0.05,0.02,none (none: not asked; rescore_ctc.EvidenceGate).")
+@click.option("--oov-min-ctc-margins", default=None,
+              help="... and on its CTC per-token margin over its nearest rivals, e.g. 0.5,0,none.")
 @click.option("--ctc-scales", default="0,0.25,0.5,1,2", show_default=True, help="awe_ctc_rescore: CTC score weights.")
 @click.option("--ctc-norms", default="none,frame,token", show_default=True,
               help="awe_ctc_rescore: CTC score normalisations to choose from on dev.")
@@ -537,7 +543,7 @@ def rescore_cmd(model_dir, lattices, features, out, recover_oov, word_list, word
 @click.option("--ws-token-weight", type=float, default=0.5, show_default=True,
               help="Per greedy token, in the greedy path's score a hit must beat.")
 def tune_cmd(methods, awe_scales, lm_scales, wips, oov_lm_scores, oov_margins, attention_scales, ctc_scales, ctc_norms, ws_bonuses,
-             ws_thresholds, **opts):
+             ws_thresholds, oov_min_posteriors, oov_min_ctc_margins, **opts):
     """Tune the rescoring scales on dev, report on test (or cross-validate over dev speakers).
 
     Merges every method's WER into --out, writes the dev tuning curve beside it and, with
@@ -553,7 +559,9 @@ def tune_cmd(methods, awe_scales, lm_scales, wips, oov_lm_scores, oov_margins, a
             oov_margins=_margins(oov_margins),
             attention_scales=_floats(attention_scales, "--attention-scales"),
             ctc_scales=_floats(ctc_scales, "--ctc-scales"), ctc_norms=_names(ctc_norms),
-            ws_bonuses=_floats(ws_bonuses, "--ws-bonuses"), ws_thresholds=_floats(ws_thresholds, "--ws-thresholds"), **opts,
+            ws_bonuses=_floats(ws_bonuses, "--ws-bonuses"), ws_thresholds=_floats(ws_thresholds, "--ws-thresholds"),
+            oov_min_posteriors=_margins(oov_min_posteriors, "--oov-min-posteriors") or (None,),
+            oov_min_ctc_margins=_margins(oov_min_ctc_margins, "--oov-min-ctc-margins") or (None,), **opts,
         )
         results = tune_rescoring(settings, command=_command_line())
     click.echo(json.dumps({m: {k: r.get(k) for k in ("wer", "iv_wer", "oov_wer", "oov_tokens_recovered", "oov_recall",

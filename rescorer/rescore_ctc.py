@@ -17,6 +17,21 @@ on the scales (so a grid then only recombines per-arc scores):
 Scores combine as ``am + lm_scale lm + wip + awe_scale awe + ctc_scale ctc``
 (``lattice.scores``); ``FusedLattice.decode`` gives the best path under a config and a
 normalisation.
+
+Abstention on both views (``FusionConfig.evidence``; ``EvidenceGate``): every added arc gets
+two pieces of evidence for its word over its span, and a gate keeps it only when both clear
+their thresholds (tuned on dev):
+
+- ``posterior``: the word's share of a softmax (temperature ``evidence_temperature``) of the
+  span's cosines with every spelling of the lexicon and the list: how far the embedding puts
+  the word ahead of all the others;
+- ``ctc_margin``: the word's CTC log-likelihood per token over the span minus the best of its
+  ``evidence_rivals`` rivals' (the lexicon and list words nearest the span by cosine): whether
+  the letters prefer it among the words the embedding finds alike.
+
+Why: each view alone separates right from wrong proposals poorly and in different places
+(``benchmarks/oov_proposal_evidence.py`` on speechocean762 dev: average precision 0.13 for
+the posterior, 0.14 for the CTC margin, 0.23 for their rank mean).
 """
 
 from __future__ import annotations
@@ -26,13 +41,15 @@ from dataclasses import dataclass, field, replace
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
+import torch.nn.functional as F
 
-from rescorer.decoding.ctc_scores import NORMS, CtcPosteriors, SpanScorer, arc_ctc_scores
+from rescorer.decoding.ctc_scores import NORMS, CtcPosteriors, SpanScorer, arc_ctc_scores, lattice_spans, normalise
 from rescorer.decoding.word_spotting import SpellingTrie, SpottedWord, SpottingConfig, spot_batch
 from rescorer.lattice.edit import add_arcs, extend_table, new_arc_mask
+from rescorer.lattice.scores import oov_lm_arcs
 from rescorer.lattice.span_arcs import arcs_over_spans
 from rescorer.lattice.word_lattice import best_path_hypothesis
-from rescorer.rescore import Rescorer
+from rescorer.rescore import Rescorer, nonempty_spans
 
 
 @dataclass(frozen=True)
@@ -41,6 +58,36 @@ class FusionConfig:
     norms: Tuple[str, ...] = NORMS
     floor_per_token: float = -20.0  # CTC score per token of a spelling its span is too short for
     span_tolerance: float = 0.12  # seconds: how far a hit's ends may lie from the lattice arcs' ends
+    evidence: bool = False  # compute the added arcs' evidence (module doc), for an EvidenceGate
+    evidence_temperature: float = 0.05  # the posterior's softmax temperature (the benchmark's best single rule)
+    evidence_rivals: int = 20  # the CTC margin's rivals: the words nearest the span by cosine
+
+
+@dataclass(frozen=True)
+class EvidenceGate:
+    """Keeps an added arc only when its evidence clears both thresholds (None: that view not asked)."""
+
+    min_posterior: Optional[float] = None
+    min_ctc_margin: Optional[float] = None
+
+    @property
+    def active(self) -> bool:
+        return self.min_posterior is not None or self.min_ctc_margin is not None
+
+    def failing(self, evidence: Dict[str, torch.Tensor]) -> torch.Tensor:
+        """bool [A]: the arcs this gate drops (evidence of arcs that were not added is +inf)."""
+        drop = torch.zeros_like(evidence["posterior"], dtype=torch.bool)
+        if self.min_posterior is not None:
+            drop |= evidence["posterior"] < self.min_posterior
+        if self.min_ctc_margin is not None:
+            drop |= evidence["ctc_margin"] < self.min_ctc_margin
+        return drop
+
+    def to_dict(self) -> Dict[str, Optional[float]]:
+        return {"oov_min_posterior": self.min_posterior, "oov_min_ctc_margin": self.min_ctc_margin}
+
+
+NO_GATE = EvidenceGate()
 
 
 @dataclass
@@ -51,10 +98,75 @@ class FusedLattice:
     hits: List[SpottedWord] = field(default_factory=list)
     hit_arcs: int = 0  # spotted words added as arcs
     seconds: float = 0.0
+    evidence: Optional[Dict[str, torch.Tensor]] = None  # "posterior", "ctc_margin": per arc, +inf unless added
+    _gated: Dict[EvidenceGate, object] = field(default_factory=dict, repr=False)
 
-    def decode(self, rescorer: Rescorer, config, norm: str) -> List[str]:
-        scored = rescorer.apply_scores(self.lattice, self.awe, config, self.ctc[norm])
+    def gated(self, gate: EvidenceGate = NO_GATE):
+        """The lattice with the added arcs ``gate`` drops taken out of every path (score -inf)."""
+        if not gate.active:
+            return self.lattice
+        if self.evidence is None:
+            raise ValueError("an evidence gate needs the added arcs' evidence (FusionConfig(evidence=True))")
+        if gate not in self._gated:
+            drop = gate.failing(self.evidence)
+            lat = self.lattice
+            if bool(drop.any()):
+                fsa = lat.fsa.clone()
+                fsa.am_scores = torch.where(drop.to(fsa.am_scores.device), torch.full_like(fsa.am_scores, float("-inf")),
+                                            fsa.am_scores)
+                lat = replace(lat, fsa=fsa)
+            self._gated[gate] = lat
+        return self._gated[gate]
+
+    def decode(self, rescorer: Rescorer, config, norm: str, gate: EvidenceGate = NO_GATE) -> List[str]:
+        scored = rescorer.apply_scores(self.gated(gate), self.awe, config, self.ctc[norm])
         return [w.word for w in best_path_hypothesis(scored).words]
+
+
+@torch.no_grad()
+def added_arc_evidence(rc: Rescorer, lat, feats: torch.Tensor, scorer: SpanScorer, ctc_frame_shift: float,
+                       temperature: float, rivals: int) -> Dict[str, torch.Tensor]:
+    """The module doc's ``posterior`` and ``ctc_margin`` of every added arc (``oov_lm_arcs``) of a
+    lattice on the list's table; +inf on the other arcs (no gate drops them)."""
+    fsa = lat.fsa
+    n = int(fsa.labels.shape[0])
+    out = {"posterior": torch.full((n,), float("inf")), "ctc_margin": torch.full((n,), float("inf"))}
+    added = oov_lm_arcs(fsa)
+    if added is None or not bool(added.any()):
+        return out
+    arcs = added.nonzero().flatten()
+    words = [lat.words.get(int(fsa.labels[a])) for a in arcs.tolist()]
+    ratio = float(lat.frame_shift) / rc.frame_shift
+    s = torch.round(fsa.start_frame[arcs].double() * ratio).long()
+    e = torch.round(fsa.end_frame[arcs].double() * ratio).long()
+    s, e = nonempty_spans(s, e, int(feats.shape[0]))
+    spans = torch.stack([s, e], 1)
+    keys, inverse = torch.unique(spans, dim=0, return_inverse=True)  # each distinct span embedded once
+    q = F.normalize(rc.span_embeddings(feats, [tuple(k) for k in keys.tolist()]).float(), dim=-1)
+    ids, index = rc._lexicon_index(lat.words)  # every real word of the table: the lexicon and the list
+    names = [lat.words.get(int(i)) for i in ids.tolist()]
+    column = {w: j for j, w in enumerate(names)}
+    cos = (q.to(index.vocab.device) @ index.vocab.T).float().cpu()[inverse]  # [arcs, words]
+    own = torch.tensor([column.get(w, -1) for w in words])
+    own_cos = F.normalize(rc.spelling_embeddings(words).float(), dim=-1).cpu()
+    own_cos = (own_cos * F.normalize(q.cpu()[inverse], dim=-1)).sum(-1)
+    if bool((own >= 0).any()):
+        cos[(own >= 0).nonzero().flatten(), own[own >= 0]] = -2.0  # the word itself is no rival
+    post = torch.softmax(torch.cat([cos, own_cos[:, None]], 1) / temperature, dim=1)[:, -1]
+    k = min(int(rivals), cos.shape[1])
+    top = torch.topk(cos, k, dim=1).indices
+    cand_words, cand_spans = [], []
+    ctc_spans = lattice_spans(fsa.start_frame[arcs], fsa.end_frame[arcs], lat.frame_shift, ctc_frame_shift,
+                              scorer.num_frames)
+    for i, w in enumerate(words):
+        cand_words += [w] + [names[j] for j in top[i].tolist()]
+        cand_spans.append(ctc_spans[i].expand(1 + k, 2))
+    ll, frames, tokens = scorer.scores(torch.cat(cand_spans), cand_words)
+    per_token = normalise(ll, frames, tokens, "token").reshape(len(words), 1 + k)
+    margin = per_token[:, 0] - (per_token[:, 1:].max(1).values if k else 0.0)
+    out["posterior"][arcs] = post.float()
+    out["ctc_margin"][arcs] = margin.float()
+    return out
 
 
 def add_spotted_arcs(lat, hits: Sequence[SpottedWord], ctc_frame_shift: float, oov_lm_score: float,
@@ -125,10 +237,15 @@ class CtcFusion:
                 placed.append(lat)
             lats = placed
         out = []
-        for (lat, awe, _), lp, h, k in zip(rc.embedding_scores_batch(lats, feats, recover=recover), log_probs, hits,
-                                           n_hit_arcs):
-            ctc = arc_ctc_scores(lat, SpanScorer(lp, c.floor_per_token), self.posteriors.frame_shift, c.norms)
-            out.append(FusedLattice(lat, awe, ctc, h, k))
+        for (lat, awe, _), f, lp, h, k in zip(rc.embedding_scores_batch(lats, feats, recover=recover), feats, log_probs,
+                                              hits, n_hit_arcs):
+            scorer = SpanScorer(lp, c.floor_per_token)
+            ctc = arc_ctc_scores(lat, scorer, self.posteriors.frame_shift, c.norms)
+            evidence = None
+            if recover and c.evidence:
+                evidence = added_arc_evidence(rc, lat, f, scorer, self.posteriors.frame_shift, c.evidence_temperature,
+                                              c.evidence_rivals)
+            out.append(FusedLattice(lat, awe, ctc, h, k, evidence=evidence))
         share = (time.perf_counter() - t0) / max(1, n)
         for f in out:
             f.seconds = share

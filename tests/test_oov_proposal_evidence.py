@@ -7,7 +7,7 @@ import numpy as np
 from conftest import REPO
 
 sys.path.insert(0, str(REPO / "benchmarks"))
-from oov_proposal_evidence import ranking_metrics  # noqa: E402
+from oov_proposal_evidence import rank_fraction, ranking_metrics  # noqa: E402
 
 
 def test_ranking_metrics_on_known_orders():
@@ -23,3 +23,11 @@ def test_ranking_metrics_on_known_orders():
     assert mixed["average_precision"] == round((1 + 2 / 3) / 2, 4)
     assert mixed["right_kept_at_precision_0.8"] == 1 and mixed["right_kept_at_precision_0.5"] == 2
     assert mixed["auc"] == round(7 / 8, 4)  # 8 right-wrong pairs, one misordered
+
+
+def test_rank_fractions_share_ties_and_order_like_the_scores():
+    r = rank_fraction(np.array([0.5, 0.1, 0.9, 0.5]))
+    assert list(r) == [2.5 / 4, 1 / 4, 1.0, 2.5 / 4]  # the two 0.5s share ranks 2 and 3
+    # two views averaged: a proposal first in both stays first
+    both = (rank_fraction(np.array([3.0, 1.0, 2.0])) + rank_fraction(np.array([-1.0, -5.0, -3.0]))) / 2
+    assert int(np.argmax(both)) == 0 and int(np.argmin(both)) == 1

@@ -135,14 +135,55 @@ def test_fusion_with_added_words_is_tuned_in_two_steps():
     fusion = CtcFusion(r, StubPosteriors(), ["zebra", "giraffe"], FusionConfig(spotting=SpottingConfig(bonus=2.0)))
     fused = fusion.prepare(lat, _feats(["the", "zebra", "on"], frames_per_word=40)[:100], _log_probs(), recover=True)
     refs = {"u": ["the", "zebra", "on"]}
-    best, norm, curve = tune_fused(r, {"u": fused}, refs, [0.0], [0.0, 1.0], ["frame", "token"], [1.0], [0.0],
-                                   oov_lm_scores=[-30.0, -3.0], recovered=True)
+    best, norm, curve, gate = tune_fused(r, {"u": fused}, refs, [0.0], [0.0, 1.0], ["frame", "token"], [1.0], [0.0],
+                                         oov_lm_scores=[-30.0, -3.0], recovered=True)
+    assert gate is None  # no gates asked
     steps = [row["step"] for row in curve]
     assert steps == ["scales"] * 3 + ["recovery"] * 6  # ctc 0 (one norm) + ctc 1 x 2 norms; then x 2 LM costs
     assert all(row["oov_lm_score"] < -1e3 for row in curve[:3])
     assert curve[0]["ctc_scale"] == 0.0 and all(row["wer"] == curve[0]["wer"] for row in curve[:3])  # zebra unreachable
     assert best.oov_lm_score == -3.0 and best.ctc_scale == 1.0 and fused.decode(r, best, norm) == ["the", "zebra", "on"]
     # without added words: one grid over everything
-    _, _, joint = tune_fused(r, {"u": fused}, refs, [0.0], [0.0, 1.0], ["frame", "token"], [1.0], [0.0],
-                             oov_lm_scores=[-30.0, -3.0])
+    _, _, joint, _ = tune_fused(r, {"u": fused}, refs, [0.0], [0.0, 1.0], ["frame", "token"], [1.0], [0.0],
+                                oov_lm_scores=[-30.0, -3.0])
     assert len(joint) == 6 and "step" not in joint[0]
+
+
+def test_added_arcs_carry_both_views_evidence_and_a_gate_abstains_on_them():
+    """The spotted word that the audio and the letters both back gets a high embedding posterior
+    and a positive CTC margin; the decoder's own arcs get none (+inf: no gate drops them). A gate
+    above its evidence takes the word out of every path (the decoder's word stays), one below
+    keeps it; tuning picks the gate that recovers the reference's word."""
+    from rescorer.decoding.word_spotting import SpottingConfig
+    from rescorer.evaluation.ctc_rescoring import tune_fused
+    from rescorer.lattice.scores import oov_lm_arcs
+    from rescorer.rescore import RescoreConfig
+    from rescorer.rescore_ctc import CtcFusion, EvidenceGate, FusionConfig
+
+    r = _rescorer(awe_scale=0.0, oov_topk=0)
+    lat = _lattice([(0, 1, "the", 0, 10, -1.0, -1.0), (1, 2, "cat", 10, 20, -1.0, -1.0), (2, 3, "on", 20, 25, -1.0, -1.0)])
+    cfg = FusionConfig(spotting=SpottingConfig(bonus=2.0), evidence=True, evidence_rivals=3)
+    fusion = CtcFusion(r, StubPosteriors(), ["zebra", "giraffe"], cfg)
+    fused = fusion.prepare(lat, _feats(["the", "zebra", "on"], frames_per_word=40)[:100], _log_probs(), recover=True)
+    added = oov_lm_arcs(fused.lattice.fsa)
+    assert int(added.sum()) == 1
+    post, margin = fused.evidence["posterior"], fused.evidence["ctc_margin"]
+    assert torch.isinf(post[~added]).all() and torch.isinf(margin[~added]).all()
+    p, m = float(post[added]), float(margin[added])
+    assert 0.5 < p <= 1.0 and m > 0  # the audio says zebra, and so do its letters, ahead of "cat" and the others
+    rc = RescoreConfig(awe_scale=0.0, ctc_scale=1.0, oov_lm_score=-3.0)
+    assert fused.decode(r, rc, "token") == ["the", "zebra", "on"]
+    assert fused.decode(r, rc, "token", EvidenceGate(min_posterior=p - 0.01, min_ctc_margin=m - 0.01)) == ["the", "zebra", "on"]
+    assert fused.decode(r, rc, "token", EvidenceGate(min_ctc_margin=m + 0.01)) == ["the", "cat", "on"]
+    assert fused.decode(r, rc, "token", EvidenceGate(min_posterior=min(1.0, p + 1e-3) + 1e-3)) == ["the", "cat", "on"]
+    # tuned with the strictest gate first: the one that still recovers zebra wins
+    gates = [EvidenceGate(min_ctc_margin=m + 1.0), EvidenceGate(min_ctc_margin=m - 0.5), None]
+    best, norm, curve, gate = tune_fused(r, {"u": fused}, {"u": ["the", "zebra", "on"]}, [0.0], [1.0], ["token"], [1.0],
+                                         [0.0], oov_lm_scores=[-3.0], recovered=True, gates=gates)
+    assert gate == gates[1] and fused.decode(r, best, norm, gate) == ["the", "zebra", "on"]
+    assert [row.get("oov_min_ctc_margin") for row in curve if row.get("step") == "recovery"] == [m + 1.0, m - 0.5, None]
+    # a gate without the evidence computed is a clear error
+    plain = CtcFusion(r, StubPosteriors(), ["zebra", "giraffe"], FusionConfig(spotting=SpottingConfig(bonus=2.0)))
+    unproven = plain.prepare(lat, _feats(["the", "zebra", "on"], frames_per_word=40)[:100], _log_probs(), recover=True)
+    with pytest.raises(ValueError, match="evidence"):
+        unproven.decode(r, rc, "token", EvidenceGate(min_posterior=0.1))

@@ -75,29 +75,37 @@ def prepare_fused_all(fusion, lattices: Dict[str, object], feats: Dict[str, torc
 
 def _fused_grid(rescorer, prepared, refs, uids, points, train_vocab, step: Optional[str] = None):
     curve, best = [], None
-    for n, a, k, l, w, o in points:
+    for n, a, k, l, w, o, g in points:
         cfg = replace(rescorer.config, awe_scale=a, ctc_scale=k, lm_scale=l, word_insertion_penalty=w)
         if o is not None:
             cfg = replace(cfg, oov_lm_score=o)
-        hyps = [prepared[u].decode(rescorer, cfg, n) for u in uids]
+        hyps = [prepared[u].decode(rescorer, cfg, n) if g is None else prepared[u].decode(rescorer, cfg, n, g)
+                for u in uids]
         m = compute_wer([refs[u] for u in uids], hyps, train_vocab)
         row = {"ctc_norm": n, "awe_scale": a, "ctc_scale": k, "lm_scale": l, "word_insertion_penalty": w,
                "wer": m["wer"], "iv_wer": m.get("iv_wer"), "oov_wer": m.get("oov_wer")}
         if o is not None:
             row["oov_lm_score"] = o
+        if g is not None:
+            row.update(g.to_dict())
         if step:
             row["step"] = step
         curve.append(row)
         if best is None or m["wer"] < best[0] - 1e-12:
-            best = (m["wer"], cfg, n)
-    return best[1], best[2], curve
+            best = (m["wer"], cfg, n, g)
+    return best[1], best[2], curve, best[3]
 
 
 def tune_fused(rescorer, prepared: Dict[str, object], refs: Dict[str, List[str]], awe_scales: Iterable[float],
                ctc_scales: Iterable[float], norms: Sequence[str], lm_scales: Iterable[float],
                word_insertion_penalties: Iterable[float], train_vocab: Optional[set] = None,
-               oov_lm_scores: Optional[Iterable[float]] = None, recovered: bool = False) -> Tuple[object, str, List[dict]]:
-    """Grid search on dev; returns (best RescoreConfig, best normalisation, curve rows).
+               oov_lm_scores: Optional[Iterable[float]] = None, recovered: bool = False,
+               gates: Sequence[object] = (None,)) -> Tuple[object, str, List[dict], object]:
+    """Grid search on dev; returns (best RescoreConfig, best normalisation, curve rows, best gate).
+
+    ``gates``: ``rescore_ctc.EvidenceGate`` s for the added arcs, tried in step 2 with the LM cost
+    (None: every added arc stays). The first of equal dev WER wins: list the strictest first, so
+    that a tie keeps the gate that adds fewer words.
 
     With ``recovered`` lattices (recovery's and the spotter's arcs added), in two steps, as
     for embedding recovery (``evaluation.rescoring.tune_recovery``): the scales and the
@@ -111,13 +119,13 @@ def tune_fused(rescorer, prepared: Dict[str, object], refs: Dict[str, List[str]]
         [float(x) for x in word_insertion_penalties]) if not (k == 0 and n != norms[0])]  # no CTC term: norm moot
     oov_grid = [None] if oov_lm_scores is None else [float(x) for x in oov_lm_scores]
     if not recovered:
-        return _fused_grid(rescorer, prepared, refs, uids, [p + (o,) for p in scales for o in oov_grid], train_vocab)
-    base, norm, first = _fused_grid(rescorer, prepared, refs, uids, [p + (NO_RECOVERY_LM_SCORE,) for p in scales],
-                                    train_vocab, "scales")
+        return _fused_grid(rescorer, prepared, refs, uids, [p + (o, None) for p in scales for o in oov_grid], train_vocab)
+    base, norm, first, _ = _fused_grid(rescorer, prepared, refs, uids,
+                                       [p + (NO_RECOVERY_LM_SCORE, None) for p in scales], train_vocab, "scales")
     # step 2 also revisits the CTC weight: with the added arcs priced out it only re-ranked the
     # decoder's own words, while it is much of the evidence for an added one
     ctc_points = list(dict.fromkeys((n, k) for n, _, k, _, _ in scales))
-    second_points = [(n, base.awe_scale, k, base.lm_scale, base.word_insertion_penalty, o)
-                     for n, k in ctc_points for o in oov_grid]
-    best, norm, second = _fused_grid(rescorer, prepared, refs, uids, second_points, train_vocab, "recovery")
-    return best, norm, first + second
+    second_points = [(n, base.awe_scale, k, base.lm_scale, base.word_insertion_penalty, o, g)
+                     for n, k in ctc_points for o in oov_grid for g in gates]
+    best, norm, second, gate = _fused_grid(rescorer, prepared, refs, uids, second_points, train_vocab, "recovery")
+    return best, norm, first + second, gate

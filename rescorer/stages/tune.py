@@ -113,6 +113,10 @@ class TuneSettings:
     # CTC methods (rescorer.stages.tune_ctc)
     ctc_model_dir: Optional[str] = None  # the CTC model whose log-probs are spotted / score spellings
     dev_ctc_log_probs: Optional[str] = None  # its log-probs as the decoder stored them (decode --save-ctc-log-probs)
+    # awe_ctc_rescore's evidence gate on added arcs (rescore_ctc.EvidenceGate), tuned with the LM cost;
+    # None in a grid: that view not asked. Both (None,): no gate, no evidence computed
+    oov_min_posteriors: Tuple[Optional[float], ...] = (None,)
+    oov_min_ctc_margins: Tuple[Optional[float], ...] = (None,)
     test_ctc_log_probs: Optional[str] = None
     ctc_scales: Tuple[float, ...] = (0.0, 0.25, 0.5, 1.0, 2.0)
     ctc_norms: Tuple[str, ...] = ("none", "frame", "token")

@@ -35,7 +35,7 @@ from rescorer.evaluation.ctc_rescoring import prepare_fused_all, spot_all, tune_
 from rescorer.evaluation.rescoring import recovery_counts
 from rescorer.formats.utterances import read_utterance_features
 from rescorer.lattice.word_lattice import best_path_hypothesis
-from rescorer.rescore_ctc import CtcFusion, FusionConfig
+from rescorer.rescore_ctc import NO_GATE, CtcFusion, EvidenceGate, FusionConfig
 from rescorer.stages import StageError
 from rescorer.wer import compute_wer
 
@@ -145,7 +145,9 @@ def ctc_methods(s, rescorer, train_vocab, grid, dev_lats, dev_feats, dev_refs, f
         recover = words is not None
         if recover:
             log.info("embedding the %d-word list for OOV recovery", len(words))
-        fcfg = FusionConfig(spotting=fixed, norms=tuple(s.ctc_norms))
+        gates = [EvidenceGate(p, m) for p in s.oov_min_posteriors for m in s.oov_min_ctc_margins]
+        gated = recover and any(g.active for g in gates)
+        fcfg = FusionConfig(spotting=fixed, norms=tuple(s.ctc_norms), evidence=gated)
         fusion = CtcFusion(rescorer, posteriors, words, fcfg)
         prep_dev = prepare_fused_all(fusion, dev_lats, dev_feats, lp_dev, recover)
         if not s.cross_validate:
@@ -157,17 +159,19 @@ def ctc_methods(s, rescorer, train_vocab, grid, dev_lats, dev_feats, dev_refs, f
         seconds, hit_arcs = prune_seconds + forward, 0
         oov_grid = [float(x) for x in s.oov_lm_scores] if recover and s.oov_lm_scores else None
         for k, (tune_lats, eval_lats) in enumerate(folds):
-            best, norm, curve = tune_fused(rescorer, {u: prep_dev[u] for u in tune_lats}, dev_refs, grid["awe_scales"],
-                                           s.ctc_scales, s.ctc_norms, grid["lm_scales"], grid["word_insertion_penalties"],
-                                           train_vocab, oov_grid, recovered=recover)
+            best, norm, curve, gate = tune_fused(rescorer, {u: prep_dev[u] for u in tune_lats}, dev_refs,
+                                                 grid["awe_scales"], s.ctc_scales, s.ctc_norms, grid["lm_scales"],
+                                                 grid["word_insertion_penalties"], train_vocab, oov_grid,
+                                                 recovered=recover, gates=gates if gated else (None,))
+            gate = gate or NO_GATE
             curves[f"awe_ctc_rescore_fold{k}"] = curve
-            chosen.append({**asdict(best), "ctc_norm": norm})
+            chosen.append({**asdict(best), "ctc_norm": norm, **(gate.to_dict() if gated else {})})
             t0 = time.perf_counter()
             for u in sorted(eval_lats):
                 p = prep_test[u]
                 refs.append(test_refs[u])
                 base.append([w.word for w in best_path_hypothesis(eval_lats[u]).words])
-                hyps.append(p.decode(rescorer, best, norm))
+                hyps.append(p.decode(rescorer, best, norm, gate))
                 seconds += p.seconds
                 hit_arcs += p.hit_arcs
             seconds += time.perf_counter() - t0
