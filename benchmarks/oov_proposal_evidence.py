@@ -107,7 +107,7 @@ def measure(a) -> dict:
             if key not in best or row["cosine"] > best[key]["cosine"]:
                 best[key] = row
     table = next(iter(lats.values())).words
-    lex_ids, lex_index = rc._lexicon_index(table)  # the decoder's words, as oov_rival="lexicon" embeds them
+    lex_ids, lex_index = rc.spelling_index(table)  # the decoder's words, as oov_rival="lexicon" embeds them
     lexicon = [table.get(int(i)) for i in lex_ids]
     L, W = lex_index.vocab.cpu(), _unit_rows(rc.spelling_embeddings(words))
     lex_index, list_index = {w: i for i, w in enumerate(lexicon)}, {w: i for i, w in enumerate(words)}

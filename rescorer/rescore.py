@@ -822,7 +822,7 @@ class Rescorer:
     def _lexicon_rival(self, table, Q: torch.Tensor, qrow: torch.Tensor, cand: torch.Tensor) -> torch.Tensor:
         """float32 [arcs, k]: for each proposal (``cand``: symbol ids [arcs, k], on spans ``Q[qrow]``),
         the best cosine of any other word of ``table`` (the decoder's lexicon) on its span."""
-        ids, index = self._lexicon_index(table)
+        ids, index = self.spelling_index(table)
         if len(index) == 0:
             return torch.full(cand.shape, float("-inf"))
         vals, rows = index.search(Q.to(index.vocab.device), min(2, len(index)))
@@ -831,7 +831,7 @@ class Rescorer:
             return torch.where(best[:, :1] == cand, torch.tensor(float("-inf")), vals[:, :1])
         return torch.where(best[:, :1] == cand, vals[:, 1:2], vals[:, :1])
 
-    def _lexicon_index(self, table):
+    def spelling_index(self, table):
         """(symbol ids [V], ``ops.NearestIndex`` of their spellings) of the words of a symbol table,
         built once per table (its special symbols and non-words left out)."""
         hit = self._lexicon

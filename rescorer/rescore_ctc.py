@@ -143,13 +143,12 @@ def added_arc_evidence(rc: Rescorer, lat, feats: torch.Tensor, scorer: SpanScore
     spans = torch.stack([s, e], 1)
     keys, inverse = torch.unique(spans, dim=0, return_inverse=True)  # each distinct span embedded once
     q = F.normalize(rc.span_embeddings(feats, [tuple(k) for k in keys.tolist()]).float(), dim=-1)
-    ids, index = rc._lexicon_index(lat.words)  # every real word of the table: the lexicon and the list
+    ids, index = rc.spelling_index(lat.words)  # every real word of the table: the lexicon and the list
     names = [lat.words.get(int(i)) for i in ids.tolist()]
     column = {w: j for j, w in enumerate(names)}
     cos = (q.to(index.vocab.device) @ index.vocab.T).float().cpu()[inverse]  # [arcs, words]
     own = torch.tensor([column.get(w, -1) for w in words])
-    own_cos = F.normalize(rc.spelling_embeddings(words).float(), dim=-1).cpu()
-    own_cos = (own_cos * F.normalize(q.cpu()[inverse], dim=-1)).sum(-1)
+    own_cos = (F.normalize(rc.spelling_embeddings(words).float(), dim=-1).cpu() * q.cpu()[inverse]).sum(-1)
     if bool((own >= 0).any()):
         cos[(own >= 0).nonzero().flatten(), own[own >= 0]] = -2.0  # the word itself is no rival
     post = torch.softmax(torch.cat([cos, own_cos[:, None]], 1) / temperature, dim=1)[:, -1]
