@@ -119,7 +119,11 @@ def measure(a) -> dict:
         for u, rows in by_utt.items():
             spans = [(int(round(r["start"] * ratio)), int(round(r["end"] * ratio))) for r in rows]
             Q = _unit_rows(rc.span_embeddings(feats[u], spans))
+            names = lexicon + words
             for r, cl, cw in zip(rows, Q @ L.T, Q @ W.T):
+                if a.ctc_model_dir:  # the CTC margin's rivals: the words nearest the span, the proposal left out
+                    top = torch.topk(torch.cat([cl, cw]), min(a.ctc_rivals + 2, len(names))).indices.tolist()
+                    r["rivals"] = list(dict.fromkeys(names[j] for j in top if names[j] != r["w"]))[: a.ctc_rivals]
                 c = float(cw[list_index[r["w"]]])
                 if r["w"] in lex_index:
                     cl[lex_index[r["w"]]] = -2.0
@@ -138,7 +142,7 @@ def measure(a) -> dict:
     rules = ["arc_margin", "cosine", "lexicon_margin", "lexicon_list_margin"] + [f"posterior_{t:g}" for t in a.temperatures]
     extra = {}
     if a.ctc_model_dir:
-        extra = ctc_rules(a, rows, by_utt, feats, lats, lexicon, words, L, W, rc, ratio)
+        extra = ctc_rules(a, rows, by_utt, feats, lats)
         rules += ["ctc", "ctc_margin", "rank_mean"]
     return {
         "word_list": a.word_list, "word_list_size": len(words), "lexicon_size": len(lexicon), "utterances": len(lats),
@@ -160,37 +164,30 @@ def rank_fraction(x: np.ndarray) -> np.ndarray:
     return (sums / counts)[inv] / len(x)
 
 
-def ctc_rules(a, rows, by_utt, feats, lats, lexicon, words, L, W, rc, ratio) -> dict:
-    """Adds ``ctc``, ``ctc_margin`` and ``rank_mean`` to every row (module doc); returns what was used."""
+def ctc_rules(a, rows, by_utt, feats, lats) -> dict:
+    """Adds ``ctc``, ``ctc_margin`` and ``rank_mean`` to every row (module doc; each row's ``rivals``
+    come from ``measure``); returns what was used."""
     import torch
 
     from rescorer.decoding.ctc_scores import CtcPosteriors, SpanScorer, lattice_spans, normalise
     from rescorer.formats.ctc_log_probs import read_ctc_log_probs
-    from rescorer.rescore import _unit_rows
 
     posteriors = CtcPosteriors.from_dir(a.ctc_model_dir)
     uids = sorted(by_utt)
     stored = read_ctc_log_probs(a.ctc_log_probs) if a.ctc_log_probs else None
     lp = posteriors.reuse_or_compute({u: feats[u] for u in uids}, stored)
-    names = lexicon + words
     shift = next(iter(lats.values())).frame_shift
-    with torch.no_grad():
-        for u in uids:
-            rs = by_utt[u]
-            scorer = SpanScorer(lp[u])
-            fspans = [(int(round(r["start"] * ratio)), int(round(r["end"] * ratio))) for r in rs]
-            Q = _unit_rows(rc.span_embeddings(feats[u], fspans))
-            sims = torch.cat([Q @ L.T, Q @ W.T], 1)
-            spans = lattice_spans(torch.tensor([r["start"] for r in rs]), torch.tensor([r["end"] for r in rs]),
-                                  shift, posteriors.frame_shift, scorer.num_frames)
-            for i, r in enumerate(rs):
-                top = torch.topk(sims[i], min(a.ctc_rivals + 2, sims.shape[1])).indices.tolist()
-                rivals = list(dict.fromkeys(names[j] for j in top if names[j] != r["w"]))[: a.ctc_rivals]
-                cand = [r["w"]] + rivals
-                ll, fr, tok = scorer.scores(spans[i].expand(len(cand), 2), cand)
-                per_token = normalise(ll, fr, tok, "token")
-                r["ctc"] = float(per_token[0])
-                r["ctc_margin"] = float(per_token[0] - per_token[1:].max()) if rivals else float(per_token[0])
+    for u in uids:
+        rs = by_utt[u]
+        scorer = SpanScorer(lp[u])
+        spans = lattice_spans(torch.tensor([r["start"] for r in rs]), torch.tensor([r["end"] for r in rs]),
+                              shift, posteriors.frame_shift, scorer.num_frames)
+        for i, r in enumerate(rs):
+            cand = [r["w"]] + r.pop("rivals")
+            ll, fr, tok = scorer.scores(spans[i].expand(len(cand), 2), cand)
+            per_token = normalise(ll, fr, tok, "token")
+            r["ctc"] = float(per_token[0])
+            r["ctc_margin"] = float(per_token[0] - per_token[1:].max()) if len(cand) > 1 else float(per_token[0])
     key = "posterior_0.05" if 0.05 in a.temperatures else f"posterior_{a.temperatures[0]:g}"
     post = rank_fraction(np.array([r[key] for r in rows]))
     ctc = rank_fraction(np.array([r["ctc_margin"] for r in rows]))

@@ -49,7 +49,7 @@ from rescorer.lattice.edit import add_arcs, extend_table, new_arc_mask
 from rescorer.lattice.scores import oov_lm_arcs
 from rescorer.lattice.span_arcs import arcs_over_spans
 from rescorer.lattice.word_lattice import best_path_hypothesis
-from rescorer.rescore import Rescorer, nonempty_spans
+from rescorer.rescore import Rescorer, distinct_arc_spans
 
 
 @dataclass(frozen=True)
@@ -87,8 +87,6 @@ class EvidenceGate:
         return {"oov_min_posterior": self.min_posterior, "oov_min_ctc_margin": self.min_ctc_margin}
 
 
-NO_GATE = EvidenceGate()
-
 
 @dataclass
 class FusedLattice:
@@ -101,9 +99,9 @@ class FusedLattice:
     evidence: Optional[Dict[str, torch.Tensor]] = None  # "posterior", "ctc_margin": per arc, +inf unless added
     _gated: Dict[EvidenceGate, object] = field(default_factory=dict, repr=False)
 
-    def gated(self, gate: EvidenceGate = NO_GATE):
+    def gated(self, gate: Optional[EvidenceGate] = None):
         """The lattice with the added arcs ``gate`` drops taken out of every path (score -inf)."""
-        if not gate.active:
+        if gate is None or not gate.active:
             return self.lattice
         if self.evidence is None:
             raise ValueError("an evidence gate needs the added arcs' evidence (FusionConfig(evidence=True))")
@@ -118,7 +116,7 @@ class FusedLattice:
             self._gated[gate] = lat
         return self._gated[gate]
 
-    def decode(self, rescorer: Rescorer, config, norm: str, gate: EvidenceGate = NO_GATE) -> List[str]:
+    def decode(self, rescorer: Rescorer, config, norm: str, gate: Optional[EvidenceGate] = None) -> List[str]:
         scored = rescorer.apply_scores(self.gated(gate), self.awe, config, self.ctc[norm])
         return [w.word for w in best_path_hypothesis(scored).words]
 
@@ -136,12 +134,7 @@ def added_arc_evidence(rc: Rescorer, lat, feats: torch.Tensor, scorer: SpanScore
         return out
     arcs = added.nonzero().flatten()
     words = [lat.words.get(int(fsa.labels[a])) for a in arcs.tolist()]
-    ratio = float(lat.frame_shift) / rc.frame_shift
-    s = torch.round(fsa.start_frame[arcs].double() * ratio).long()
-    e = torch.round(fsa.end_frame[arcs].double() * ratio).long()
-    s, e = nonempty_spans(s, e, int(feats.shape[0]))
-    spans = torch.stack([s, e], 1)
-    keys, inverse = torch.unique(spans, dim=0, return_inverse=True)  # each distinct span embedded once
+    keys, inverse = distinct_arc_spans(lat, arcs, int(feats.shape[0]), rc.frame_shift)  # each span embedded once
     q = F.normalize(rc.span_embeddings(feats, [tuple(k) for k in keys.tolist()]).float(), dim=-1)
     ids, index = rc.spelling_index(lat.words)  # every real word of the table: the lexicon and the list
     names = [lat.words.get(int(i)) for i in ids.tolist()]

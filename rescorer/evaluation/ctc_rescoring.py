@@ -79,8 +79,7 @@ def _fused_grid(rescorer, prepared, refs, uids, points, train_vocab, step: Optio
         cfg = replace(rescorer.config, awe_scale=a, ctc_scale=k, lm_scale=l, word_insertion_penalty=w)
         if o is not None:
             cfg = replace(cfg, oov_lm_score=o)
-        hyps = [prepared[u].decode(rescorer, cfg, n) if g is None else prepared[u].decode(rescorer, cfg, n, g)
-                for u in uids]
+        hyps = [prepared[u].decode(rescorer, cfg, n, g) for u in uids]
         m = compute_wer([refs[u] for u in uids], hyps, train_vocab)
         row = {"ctc_norm": n, "awe_scale": a, "ctc_scale": k, "lm_scale": l, "word_insertion_penalty": w,
                "wer": m["wer"], "iv_wer": m.get("iv_wer"), "oov_wer": m.get("oov_wer")}

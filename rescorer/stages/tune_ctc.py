@@ -35,7 +35,7 @@ from rescorer.evaluation.ctc_rescoring import prepare_fused_all, spot_all, tune_
 from rescorer.evaluation.rescoring import recovery_counts
 from rescorer.formats.utterances import read_utterance_features
 from rescorer.lattice.word_lattice import best_path_hypothesis
-from rescorer.rescore_ctc import NO_GATE, CtcFusion, EvidenceGate, FusionConfig
+from rescorer.rescore_ctc import CtcFusion, EvidenceGate, FusionConfig
 from rescorer.stages import StageError
 from rescorer.wer import compute_wer
 
@@ -163,9 +163,8 @@ def ctc_methods(s, rescorer, train_vocab, grid, dev_lats, dev_feats, dev_refs, f
                                                  grid["awe_scales"], s.ctc_scales, s.ctc_norms, grid["lm_scales"],
                                                  grid["word_insertion_penalties"], train_vocab, oov_grid,
                                                  recovered=recover, gates=gates if gated else (None,))
-            gate = gate or NO_GATE
             curves[f"awe_ctc_rescore_fold{k}"] = curve
-            chosen.append({**asdict(best), "ctc_norm": norm, **(gate.to_dict() if gated else {})})
+            chosen.append({**asdict(best), "ctc_norm": norm, **(gate.to_dict() if gate is not None else {})})
             t0 = time.perf_counter()
             for u in sorted(eval_lats):
                 p = prep_test[u]
