@@ -482,6 +482,10 @@ def rescore_cmd(model_dir, lattices, features, out, recover_oov, word_list, word
 @click.option("--oov-margins", default=None,
               help="OOV recovery: abstention margins to tune on dev, e.g. 0.3,0.2,0.1,0.05,0,none (none: the rule before "
                    "abstention; equal dev WER keeps the earlier; default: the rescorer config's oov_margin).")
+@click.option("--oov-min-precision", type=float, default=None,
+              help="OOV recovery and awe_ctc_rescore: a precision target for the recovered words, met on dev (the most "
+                   "OOV tokens recovered at that precision without raising the dev WER; default: the lowest dev WER). "
+                   "Recovery abstains where dev shows neither.")
 @click.option("--oov-rival", type=click.Choice(["arc", "lexicon"]), default="arc", show_default=True,
               help="Recovery: what a proposal must beat by the margin, the replaced arc's word or the best word of "
                    "the decoder's lexicon on the span.")

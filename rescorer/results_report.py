@@ -252,9 +252,31 @@ def _method_footnotes(rows: Sequence[Mapping[str, Any]]) -> List[str]:
                 bits.append(f"{name}, the same in all {len(scales)} folds: {texts[0]}")
             else:
                 bits.append(f"{name} of the {len(scales)} folds: " + "; ".join(texts))
+        bits += _recovery_choice(r)
         if bits:
             notes.append(f"- {r.get('label', r.get('method'))}: " + "; ".join(bits) + ".")
     return notes
+
+
+def _recovery_choice(r: Mapping[str, Any]) -> List[str]:
+    """What dev decided about recovery: a precision target, and folds where it abstained."""
+    bits = []
+    if _is_num(r.get("oov_min_precision")):
+        bits.append(f"recovery tuned for precision at least {_num(r['oov_min_precision'])} on dev")
+    scales = r.get("scales")
+    if isinstance(scales, list):
+        off = sum(1 for s in scales if isinstance(s, Mapping) and s.get("oov_recovery") == "abstained")
+        if off:
+            folds = "on dev" if len(scales) == 1 else f"in {off} of {len(scales)} folds"
+            why = "precision target not met" if _is_num(r.get("oov_min_precision")) else "no dev WER gain"
+            bits.append(f"recovery abstained {folds} ({why}): no word added there")
+    if _is_num(r.get("added_oov_proposed")):
+        prec = r.get("added_oov_precision")
+        bits.append(f"recovery itself (against the same scales without it): {r.get('added_oov_recovered')} OOV tokens "
+                    f"recovered, {r['added_oov_proposed']} OOV words added"
+                    + (f" (precision {prec:.2f})" if _is_num(prec) else "")
+                    + f", {r.get('added_iv_broken')} IV tokens broken")
+    return bits
 
 
 # ---------------------------------------------------------------------------- plots

@@ -149,6 +149,28 @@ def test_fusion_with_added_words_is_tuned_in_two_steps():
     assert len(joint) == 6 and "step" not in joint[0]
 
 
+def test_fusion_adds_no_word_where_dev_shows_no_gain_or_misses_the_precision_target():
+    """The spotted "zebra" is wrong for this reference: step 2 cannot lower the dev WER, so the
+    tuned fusion prices every added arc out (step 1's point, the decoder's words stay); when it
+    is right, a precision target of 0.8 keeps it."""
+    from rescorer.decoding.word_spotting import SpottingConfig
+    from rescorer.evaluation.ctc_rescoring import tune_fused
+    from rescorer.evaluation.rescoring import abstained
+    from rescorer.rescore_ctc import CtcFusion, FusionConfig
+
+    r = _rescorer(awe_scale=0.0, oov_topk=0)
+    lat = _lattice([(0, 1, "the", 0, 10, -1.0, -1.0), (1, 2, "cat", 10, 20, -1.0, -1.0), (2, 3, "on", 20, 25, -1.0, -1.0)])
+    fusion = CtcFusion(r, StubPosteriors(), ["zebra", "giraffe"], FusionConfig(spotting=SpottingConfig(bonus=2.0)))
+    fused = fusion.prepare(lat, _feats(["the", "zebra", "on"], frames_per_word=40)[:100], _log_probs(), recover=True)
+    for ref, target, adds in ((["the", "cat", "on"], None, False), (["the", "zebra", "on"], 0.8, True)):
+        best, norm, curve, gate = tune_fused(r, {"u": fused}, {"u": ref}, [0.0], [0.0, 1.0], ["token"], [1.0], [0.0],
+                                             oov_lm_scores=[-30.0, -3.0], recovered=True,
+                                             train_vocab={"the", "cat", "on"}, min_precision=target)
+        assert abstained(best) is not adds
+        assert fused.decode(r, best, norm, gate) == (["the", "zebra", "on"] if adds else ["the", "cat", "on"])
+        assert [row["step"] for row in curve if row.get("chosen")] == (["recovery"] if adds else ["scales"])
+
+
 def test_added_arcs_carry_both_views_evidence_and_a_gate_abstains_on_them():
     """The spotted word that the audio and the letters both back gets a high embedding posterior
     and a positive CTC margin; the decoder's own arcs get none (+inf: no gate drops them). A gate

@@ -190,3 +190,59 @@ def test_a_corpus_name_with_a_slash_names_a_tuning_curve_file_not_a_directory():
     assert tuning_curve_tag("speechocean762_dev/whisper_wordrich") == "speechocean762_dev_whisper_wordrich_lattices"
     assert tuning_curve_tag("synthetic", "pocketsphinx_") == "synthetic_pocketsphinx"
     assert "/" not in tuning_curve_tag("../a/b", "x") and tuning_curve_tag("///") == "corpus_lattices"
+
+
+def test_recovery_is_kept_only_for_a_dev_gain_or_a_met_precision_target():
+    from rescorer.evaluation.rescoring import choose_recovery
+
+    off = {"wer": 0.30}
+    rows = [{"wer": 0.31, "added_oov_recovered": 6, "added_oov_precision": 0.5},
+            {"wer": 0.30, "added_oov_recovered": 3, "added_oov_precision": 0.9},
+            {"wer": 0.29, "added_oov_recovered": 2, "added_oov_precision": 0.8},
+            {"wer": 0.29, "added_oov_recovered": 1, "added_oov_precision": 1.0}]
+    assert choose_recovery(off, rows) == 2  # the lowest dev WER, the first of equals
+    assert choose_recovery({"wer": 0.29}, rows) is None  # no gain over rescoring alone: abstain
+    assert choose_recovery(off, rows, min_precision=0.8) == 1  # most recovered at >= 0.8, WER not raised
+    assert choose_recovery(off, rows, min_precision=0.95) == 3
+    assert choose_recovery(off, rows, min_precision=0.4) == 1  # row 0 raises the WER
+    assert choose_recovery({"wer": 0.2}, rows, min_precision=0.5) is None  # every point raises the WER
+    assert choose_recovery(off, [{"wer": 0.2, "added_oov_recovered": 0, "added_oov_precision": None}], 0.5) is None
+
+
+def _recovery_corpus():
+    """u1: the audio says "zebra" and so does the reference; u2: the audio says "zebra" but the
+    reference says "cat" (recovery's word is wrong there). The decoder has "cat" on both."""
+    from tests.test_rescore import CAP_WORDS
+
+    arcs = [(0, 1, "the", 0, 5, 0.0, 0.0), (1, 2, "cat", 5, 10, -1.0, -1.0), (1, 2, "cap", 5, 10, -1.1, -1.0),
+            (1, 2, "mat", 5, 10, -1.2, -1.0)]
+    lats = {u: _lattice(arcs, words=CAP_WORDS, uid=u) for u in ("u1", "u2")}
+    feats = {u: _feats(["the", "zebra"]) for u in lats}
+    refs = {"u1": ["the", "zebra"], "u2": ["the", "cat"]}
+    return lats, feats, refs
+
+
+@pytest.mark.parametrize("utts, min_precision, recovers", [
+    (["u1"], None, True),     # recovery lowers the dev WER
+    (["u2"], None, False),    # it only adds a wrong word: abstain
+    (["u1", "u2"], None, False),  # one right, one wrong: no WER gain, abstain
+    (["u1", "u2"], 0.5, True),    # ... but a precision target of 0.5 is met without raising the WER
+    (["u1", "u2"], 0.8, False),   # ... and one of 0.8 is not
+])
+def test_two_step_recovery_abstains_unless_dev_shows_what_is_asked(utts, min_precision, recovers):
+    from rescorer.evaluation.rescoring import abstained, decode_all, prepare_all, tune_recovery
+    from tests.test_rescore import _cap_rescorer
+
+    lats, feats, refs = _recovery_corpus()
+    lats = {u: lats[u] for u in utts}
+    r = _cap_rescorer(awe_scale=2.0)
+    prepared = prepare_all(r, lats, feats, recover=True, progress=False)
+    best, curve = tune_recovery(r, prepared, refs, [2.0], [1.0], [0.0], train_vocab={"the", "cat", "cap", "mat"},
+                                oov_lm_scores=[-5.0, -2.0], min_precision=min_precision)
+    assert abstained(best) is not recovers
+    assert sum(bool(row.get("chosen")) for row in curve) == 1
+    chosen = next(row for row in curve if row.get("chosen"))
+    assert chosen["step"] == ("recovery" if recovers else "scales")
+    hyps = decode_all(r, prepared, best)
+    assert hyps["u1" if "u1" in utts else "u2"] == (["the", "zebra"] if recovers else ["the", "cat"])
+    assert all("added_oov_precision" in row and "added_iv_broken" in row for row in curve if row["step"] == "recovery")

@@ -342,3 +342,18 @@ def test_oov_evidence_section_has_a_row_per_rule_and_names_a_bad_file(tmp_path):
     (results / "oov_proposals.json").write_text(json.dumps({"speechocean762_dev/x": {"proposals": 1}}))
     with pytest.raises(ResultsError, match="oov_proposals.json: speechocean762_dev/x: no 'rules' mapping"):
         write_results_md(results, tmp_path / "RESULTS.md", results / "plots")
+
+
+def test_footnotes_say_where_recovery_abstained_and_its_precision_target():
+    from rescorer.results_report import _method_footnotes
+
+    rows = [{"method": "awe_ctc_rescore", "label": "fusion", "oov_min_precision": 0.8,
+             "scales": [{"awe_scale": 8.0, "oov_recovery": "abstained"}, {"awe_scale": 4.0}]},
+            {"method": "awe_rescore_oov_recovery", "label": "recovery", "scales": [{"awe_scale": 8.0, "oov_recovery": "abstained"}],
+             "added_oov_recovered": 3, "added_oov_proposed": 4, "added_oov_precision": 0.75, "added_iv_broken": 1},
+            {"method": "awe_rescore", "label": "plain", "scales": [{"awe_scale": 8.0}]}]
+    notes = _method_footnotes(rows)
+    assert "precision at least 0.8" in notes[0] and "abstained in 1 of 2 folds (precision target not met)" in notes[0]
+    assert "abstained on dev (no dev WER gain)" in notes[1]
+    assert "3 OOV tokens recovered, 4 OOV words added (precision 0.75), 1 IV tokens broken" in notes[1]
+    assert "abstained" not in notes[2]

@@ -22,6 +22,14 @@ def _unk_lattice(uid):
     return _lattice(arcs, words=WORDS, uid=uid)
 
 
+def _unk_mat_lattice(uid):
+    # as _unk_lattice, and the decoder prefers "mat" to the spoken "sat": the embedding weight that
+    # fixes it is tuned before recovery (which then needs that weight to beat cat with zebra)
+    arcs = [(0, 1, "the", 0, 5, 0.0, -1.0), (1, 2, "<unk>", 5, 10, -1.0, -3.0), (1, 2, "cat", 5, 10, -1.5, -1.0),
+            (2, 3, "sat", 10, 15, 0.0, -1.0), (2, 3, "mat", 10, 15, 0.0, -0.5)]
+    return _lattice(arcs, words=WORDS + ["mat"], uid=uid)
+
+
 @pytest.fixture
 def stub_model(tmp_path, monkeypatch):
     from rescorer.rescore import Rescorer
@@ -76,7 +84,7 @@ def test_tune_reports_both_recovery_methods_with_their_lists(tmp_path, stub_mode
     from rescorer.lattice.word_lattice import save_word_lattices
 
     model, _ = stub_model
-    save_word_lattices(tmp_path / "dev.pt", [_unk_lattice("u1"), _unk_lattice("u2")])
+    save_word_lattices(tmp_path / "dev.pt", [_unk_mat_lattice("u1"), _unk_mat_lattice("u2")])
     spoken = {"u1": ["the", "zebra", "sat"], "u2": ["the", "zebra", "sat"]}
     _write_utterances(tmp_path / "feats.pt", spoken, {"u1": "a", "u2": "b"})
     _write_utterances(tmp_path / "train.pt", {"t1": ["the", "cat", "sat"]}, {"t1": "a"})
@@ -95,6 +103,8 @@ def test_tune_reports_both_recovery_methods_with_their_lists(tmp_path, stub_mode
         row = toy[method]
         assert row["wer"] == 0.0 and row["oov_recall"] == 1.0 and row["oov_precision"] == 1.0, method
         assert row["iv_tokens_broken"] == 0 and row["oov_tokens_proposed"] == 2
+        # recovery's own part, against the same scales without it: both zebras, nothing broken
+        assert (row["added_oov_recovered"], row["added_oov_precision"], row["added_iv_broken"]) == (2, 1.0, 0)
         assert row["word_list_size"] == size and row["word_list"].endswith(path)
         assert [s["oov_margin"] for s in row["scales"]] == [0.5, 0.5]  # both folds: the first of equal WERs
     assert toy["awe_rescore"]["oov_recall"] == 0.0

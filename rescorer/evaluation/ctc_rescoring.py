@@ -19,7 +19,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 import torch
 
 from rescorer.decoding.word_spotting import SpellingTrie, SpottingConfig, SpottingResult, ctc_word_spotting_batch
-from rescorer.evaluation.rescoring import NO_RECOVERY_LM_SCORE
+from rescorer.evaluation.rescoring import NO_RECOVERY_LM_SCORE, added_counts, choose_recovery, recovery_off
 from rescorer.wer import compute_wer
 
 
@@ -73,33 +73,39 @@ def prepare_fused_all(fusion, lattices: Dict[str, object], feats: Dict[str, torc
     return out
 
 
-def _fused_grid(rescorer, prepared, refs, uids, points, train_vocab, step: Optional[str] = None):
-    curve, best = [], None
+def _fused_grid(rescorer, prepared, refs, uids, points, train_vocab, step: Optional[str] = None, base_hyps=None):
+    """(best config, its normalisation, curve rows, its gate, the configs in curve order)."""
+    curve, best, configs = [], None, []
     for n, a, k, l, w, o, g in points:
         cfg = replace(rescorer.config, awe_scale=a, ctc_scale=k, lm_scale=l, word_insertion_penalty=w)
         if o is not None:
-            cfg = replace(cfg, oov_lm_score=o)
-        hyps = [prepared[u].decode(rescorer, cfg, n, g) for u in uids]
-        m = compute_wer([refs[u] for u in uids], hyps, train_vocab)
+            cfg = recovery_off(cfg) if o <= NO_RECOVERY_LM_SCORE else replace(cfg, oov_lm_score=o)
+        hyps = {u: prepared[u].decode(rescorer, cfg, n, g) for u in uids}
+        m = compute_wer([refs[u] for u in uids], [hyps[u] for u in uids], train_vocab)
         row = {"ctc_norm": n, "awe_scale": a, "ctc_scale": k, "lm_scale": l, "word_insertion_penalty": w,
                "wer": m["wer"], "iv_wer": m.get("iv_wer"), "oov_wer": m.get("oov_wer")}
         if o is not None:
             row["oov_lm_score"] = o
         if g is not None:
             row.update(g.to_dict())
+        if base_hyps is not None:
+            row.update(added_counts([refs[u] for u in uids], [base_hyps[u] for u in uids], [hyps[u] for u in uids],
+                                    train_vocab))
         if step:
             row["step"] = step
         curve.append(row)
+        configs.append((cfg, n, g))
         if best is None or m["wer"] < best[0] - 1e-12:
             best = (m["wer"], cfg, n, g)
-    return best[1], best[2], curve, best[3]
+    return best[1], best[2], curve, best[3], configs
 
 
 def tune_fused(rescorer, prepared: Dict[str, object], refs: Dict[str, List[str]], awe_scales: Iterable[float],
                ctc_scales: Iterable[float], norms: Sequence[str], lm_scales: Iterable[float],
                word_insertion_penalties: Iterable[float], train_vocab: Optional[set] = None,
                oov_lm_scores: Optional[Iterable[float]] = None, recovered: bool = False,
-               gates: Sequence[object] = (None,)) -> Tuple[object, str, List[dict], object]:
+               gates: Sequence[object] = (None,), min_precision: Optional[float] = None
+               ) -> Tuple[object, str, List[dict], object]:
     """Grid search on dev; returns (best RescoreConfig, best normalisation, curve rows, best gate).
 
     ``gates``: ``rescore_ctc.EvidenceGate`` s for the added arcs, tried in step 2 with the LM cost
@@ -110,7 +116,11 @@ def tune_fused(rescorer, prepared: Dict[str, object], refs: Dict[str, List[str]]
     for embedding recovery (``evaluation.rescoring.tune_recovery``): the scales and the
     normalisation with every added arc priced out, then, at those embedding, LM and insertion
     scales, the LM cost of an added word (``oov_lm_scores``, default the rescorer's own) with
-    the CTC weight and normalisation again."""
+    the CTC weight and normalisation again; step 2's rows carry ``added_counts`` against step
+    1's hypotheses. Step 2's point is kept only as ``evaluation.rescoring.choose_recovery``
+    allows (a lower dev WER than step 1's, or the ``min_precision`` target for the added
+    words), else step 1's point is returned, every added arc priced out. The chosen row says
+    ``"chosen": true``."""
     uids = sorted(prepared)
     ctc_scales = [float(x) for x in ctc_scales]
     scales = [(n, a, k, l, w) for n, a, k, l, w in itertools.product(
@@ -118,13 +128,24 @@ def tune_fused(rescorer, prepared: Dict[str, object], refs: Dict[str, List[str]]
         [float(x) for x in word_insertion_penalties]) if not (k == 0 and n != norms[0])]  # no CTC term: norm moot
     oov_grid = [None] if oov_lm_scores is None else [float(x) for x in oov_lm_scores]
     if not recovered:
-        return _fused_grid(rescorer, prepared, refs, uids, [p + (o, None) for p in scales for o in oov_grid], train_vocab)
-    base, norm, first, _ = _fused_grid(rescorer, prepared, refs, uids,
-                                       [p + (NO_RECOVERY_LM_SCORE, None) for p in scales], train_vocab, "scales")
+        best, norm, curve, gate, _ = _fused_grid(rescorer, prepared, refs, uids,
+                                                 [p + (o, None) for p in scales for o in oov_grid], train_vocab)
+        return best, norm, curve, gate
+    base, norm, first, _, _ = _fused_grid(rescorer, prepared, refs, uids,
+                                          [p + (NO_RECOVERY_LM_SCORE, None) for p in scales], train_vocab, "scales")
+    without = {u: prepared[u].decode(rescorer, base, norm) for u in uids}
     # step 2 also revisits the CTC weight: with the added arcs priced out it only re-ranked the
     # decoder's own words, while it is much of the evidence for an added one
     ctc_points = list(dict.fromkeys((n, k) for n, _, k, _, _ in scales))
     second_points = [(n, base.awe_scale, k, base.lm_scale, base.word_insertion_penalty, o, g)
                      for n, k in ctc_points for o in oov_grid for g in gates]
-    best, norm, second, gate = _fused_grid(rescorer, prepared, refs, uids, second_points, train_vocab, "recovery")
-    return best, norm, first + second, gate
+    _, _, second, _, configs = _fused_grid(rescorer, prepared, refs, uids, second_points, train_vocab, "recovery",
+                                           without)
+    i0 = min(range(len(first)), key=lambda i: (first[i]["wer"], i))
+    pick = choose_recovery(first[i0], second, min_precision)
+    if pick is None:
+        first[i0]["chosen"] = True
+        return base, norm, first + second, None
+    second[pick]["chosen"] = True
+    cfg, n, g = configs[pick]
+    return cfg, n, first + second, g

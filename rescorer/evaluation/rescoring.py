@@ -165,6 +165,7 @@ def tune(
     train_vocab: Optional[set] = None,
     oov_lm_scores: Optional[Iterable[float]] = None,
     oov_margins: Optional[Iterable[Optional[float]]] = None,
+    base_hyps: Optional[Dict[str, List[str]]] = None,
 ) -> Tuple[object, List[dict]]:
     """Grid search on dev; returns (best RescoreConfig, curve rows {awe_scale, lm_scale, wip, wer}).
 
@@ -173,6 +174,8 @@ def tune(
     ``oov_margins`` likewise adds recovery's abstention margin (``RescoreConfig.oov_margin``;
     None in the grid: the rule before abstention), applied at decoding to lattices
     prepared with every proposal (rows carry ``oov_margin``). Ties keep the earlier grid point.
+    With ``base_hyps`` (recovery's step 1: the same rescoring without recovery) rows also carry
+    ``added_counts`` against them (what ``choose_recovery`` reads).
     """
     uids = sorted(prepared)
     batch = decode_batch(prepared) if prepared else None  # built once, decoded at every grid point
@@ -194,14 +197,55 @@ def tune(
             row["oov_lm_score"] = o
         if mg is not _UNSET:
             row["oov_margin"] = mg
+        if base_hyps is not None:
+            row.update(added_counts([refs[u] for u in uids], [base_hyps[u] for u in uids], [hyps[u] for u in uids],
+                                    train_vocab))
         curve.append(row)
         if best is None or m["wer"] < best[0] - 1e-12:
             best = (m["wer"], cfg)
     return best[1], curve
 
 
-# an LM cost no recovered arc survives: recovered lattices then decode as if nothing was added
+# an LM cost no recovered arc survives, and a margin no proposal clears (cosines differ by at most
+# 2; it also drops the words recovered in place of <unk>, which keep the decoder's <unk> LM score):
+# recovered lattices then decode as if nothing was added
 NO_RECOVERY_LM_SCORE = -1.0e4
+NO_RECOVERY_MARGIN = 1.0e4
+
+
+def recovery_off(config):
+    """``config`` with every recovered or spotted arc priced out (what ``abstained`` detects)."""
+    return replace(config, oov_lm_score=NO_RECOVERY_LM_SCORE, oov_margin=NO_RECOVERY_MARGIN)
+
+
+def added_counts(refs, without, with_recovery, train_vocab) -> dict:
+    """What recovery itself changed: ``recovery_counts`` of the hypotheses ``with_recovery``
+    against the same rescoring ``without`` it (not against the decoder's 1-best, which also
+    counts what rescoring alone changed), as ``added_oov_recovered``, ``added_oov_proposed``,
+    ``added_oov_precision`` (None: nothing added) and ``added_iv_broken``."""
+    c = recovery_counts(refs, without, with_recovery, train_vocab or set())
+    return {"added_oov_recovered": c["oov_tokens_recovered"], "added_oov_proposed": c["oov_tokens_proposed"],
+            "added_oov_precision": c["oov_precision"], "added_iv_broken": c["iv_tokens_broken"]}
+
+
+def choose_recovery(no_recovery: dict, rows: Sequence[dict], min_precision: Optional[float] = None) -> Optional[int]:
+    """Which recovery grid point to use, by its dev row; None: abstain, recovery off.
+
+    ``no_recovery`` is the row of the same rescoring with every added word priced out.
+    Recovery must earn its place on dev: by default the point of lowest WER (the first of
+    equals), only if that WER is below ``no_recovery``'s. With ``min_precision`` (rows with
+    ``added_counts`` against the no-recovery hypotheses), a user's precision target: among the
+    points whose added OOV words are right at least that often and that do not raise the WER,
+    the one that recovers the most OOV tokens (then the lowest WER); none such, abstain.
+    """
+    eps = 1e-12
+    if min_precision is None:
+        best = min(range(len(rows)), key=lambda i: (rows[i]["wer"], i), default=None)
+        return best if best is not None and rows[best]["wer"] < no_recovery["wer"] - eps else None
+    ok = [i for i, r in enumerate(rows)
+          if r.get("added_oov_precision") is not None and r["added_oov_precision"] >= min_precision - eps
+          and r.get("added_oov_recovered", 0) > 0 and r["wer"] <= no_recovery["wer"] + eps]
+    return min(ok, key=lambda i: (-rows[i]["added_oov_recovered"], rows[i]["wer"], i), default=None)
 
 
 def tune_recovery(
@@ -214,17 +258,39 @@ def tune_recovery(
     train_vocab: Optional[set] = None,
     oov_lm_scores: Optional[Iterable[float]] = None,
     oov_margins: Optional[Iterable[Optional[float]]] = None,
+    min_precision: Optional[float] = None,
 ) -> Tuple[object, List[dict]]:
     """OOV recovery tuned in two steps on dev: the scales first, with every recovered arc
-    priced out (``NO_RECOVERY_LM_SCORE``: the rescoring that recovery adds to, as
-    ``awe_rescore`` tunes it), then recovery's own settings (LM cost, margin) at those
-    scales. Recovery is thus judged against the same rescoring it extends, and the grid
-    costs the sum of the two grids' decodes, not their product. Curve rows say their step."""
+    priced out (``recovery_off``: the rescoring that recovery adds to, as ``awe_rescore``
+    tunes it), then recovery's own settings (LM cost, margin) at those scales. Recovery is
+    thus judged against the same rescoring it extends, and the grid costs the sum of the
+    two grids' decodes, not their product. Curve rows say their step; step 2's rows carry
+    ``added_counts`` against step 1's hypotheses.
+
+    Step 2's point is kept only as ``choose_recovery`` allows (``min_precision``: a precision
+    target for the added words); otherwise the returned config is step 1's, recovery priced
+    out (``abstained``). The chosen row says ``"chosen": true`` either way."""
     base, first = tune(rescorer, prepared, refs, awe_scales, lm_scales, word_insertion_penalties, train_vocab,
-                       oov_lm_scores=[NO_RECOVERY_LM_SCORE])
-    best, second = tune(rescorer, prepared, refs, [base.awe_scale], [base.lm_scale], [base.word_insertion_penalty],
-                        train_vocab, oov_lm_scores=oov_lm_scores, oov_margins=oov_margins)
-    return best, [{**r, "step": "scales"} for r in first] + [{**r, "step": "recovery"} for r in second]
+                       oov_lm_scores=[NO_RECOVERY_LM_SCORE], oov_margins=[NO_RECOVERY_MARGIN])
+    without = decode_all(rescorer, prepared, base)
+    _, second = tune(rescorer, prepared, refs, [base.awe_scale], [base.lm_scale], [base.word_insertion_penalty],
+                     train_vocab, oov_lm_scores=oov_lm_scores, oov_margins=oov_margins, base_hyps=without)
+    first = [{**r, "step": "scales"} for r in first]
+    second = [{**r, "step": "recovery"} for r in second]
+    i0 = min(range(len(first)), key=lambda i: (first[i]["wer"], i))
+    pick = choose_recovery(first[i0], second, min_precision)
+    if pick is None:
+        first[i0]["chosen"] = True
+        return base, first + second
+    second[pick]["chosen"] = True
+    row = second[pick]
+    return replace(base, oov_lm_score=row.get("oov_lm_score", rescorer.config.oov_lm_score),
+                   oov_margin=row.get("oov_margin", rescorer.config.oov_margin)), first + second
+
+
+def abstained(config) -> bool:
+    """Whether a tuned config prices every recovered arc out (``tune_recovery`` abstained)."""
+    return float(getattr(config, "oov_lm_score", 0.0)) <= NO_RECOVERY_LM_SCORE
 
 
 def evaluate(

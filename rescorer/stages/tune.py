@@ -16,10 +16,14 @@ n-best rescored by an attention decoder, ``rescorer.second_pass``; weight tuned 
 ``ctc_word_spotting`` and ``awe_ctc_rescore`` (with ``ctc_model_dir``; ``rescorer.stages.tune_ctc``:
 CTC word spotting over ``word_list``, and embedding + CTC spelling scores with recovery from both),
 each with wer, iv_wer, oov_wer, the OOV accounting of ``recovery_counts`` (oov_recall,
-oov_precision, oov_tokens_proposed, iv_tokens_broken), rescoring_seconds_per_decode_second
+oov_precision, oov_tokens_proposed, iv_tokens_broken: against the lattice's 1-best; for the
+recovery methods also ``added_counts``, what recovery itself changed against the same scales
+without it: added_oov_recovered, added_oov_proposed, added_oov_precision, added_iv_broken), rescoring_seconds_per_decode_second
 and, for the two recovery methods, the list (``word_list``, ``word_list_size``) and the
 chosen abstention margin in ``scales`` (tuned on dev with ``oov_margins``, None being the
-rule before abstention, with the scales and ``oov_lm_scores``); and ``<prefix>baseline_tuned`` (same scales grid,
+rule before abstention, with the scales and ``oov_lm_scores``; ``"oov_recovery": "abstained"`` on
+a fold where dev showed no gain from recovery, or missed ``oov_min_precision``:
+``evaluation.rescoring.choose_recovery``); and ``<prefix>baseline_tuned`` (same scales grid,
 embedding weight 0) so the gain is measured against an equally tuned decoder, and
 ``<prefix>lattice_1best`` (the lattice's own best path).
 
@@ -29,7 +33,7 @@ corpus, prefix and methods), the dev tuning curve beside it
 the chosen scales in the model directory (``rescorer.json``, or
 ``rescorer_<prefix>.json`` for another decoder's lattices), which ``Rescorer.from_dir`` reads:
 ``awe_rescore``'s scales and the recovery methods' margin and OOV LM cost (the large list's
-if both ran). A run of recovery methods alone keeps the scales that file already holds.
+if both ran; not where it abstained). A run of recovery methods alone keeps the scales that file already holds.
 """
 
 from __future__ import annotations
@@ -49,7 +53,8 @@ import numpy as np
 import torch
 
 from rescorer.corpora.text_sources import large_word_list
-from rescorer.evaluation.rescoring import evaluate, plot_tuning_curve, prepare_all, recovery_counts, tune, tune_recovery
+from rescorer.evaluation.rescoring import (abstained, added_counts, decode_all, evaluate, plot_tuning_curve, prepare_all,
+                                          recovery_counts, recovery_off, tune, tune_recovery)
 from rescorer.formats.utterances import read_utterance_features
 from rescorer.formats.word_list import WordListError, read_word_list
 from rescorer.lattice.word_lattice import best_path_hypothesis, load_word_lattices, prune
@@ -110,6 +115,10 @@ class TuneSettings:
     span_encoding: str = "auto"  # Rescorer's span_encoding: auto, one_pass, isolated
     compute_type: str = "float32"  # one-pass frame layers' precision: float32, bfloat16, auto (models.precision)
     oov_rival: str = "arc"  # recovery: what a proposal must beat by the margin (RescoreConfig.oov_rival)
+    # recovery methods (two-step tuning) and awe_ctc_rescore: a precision target for the recovered
+    # words on dev (evaluation.rescoring.choose_recovery); None: the lowest dev WER. Either way
+    # recovery abstains on a fold where dev does not show what is asked
+    oov_min_precision: Optional[float] = None
     # CTC methods (rescorer.stages.tune_ctc)
     ctc_model_dir: Optional[str] = None  # the CTC model whose log-probs are spotted / score spellings
     dev_ctc_log_probs: Optional[str] = None  # its log-probs as the decoder stored them (decode --save-ctc-log-probs)
@@ -149,6 +158,10 @@ class TuneSettings:
             raise StageError("awe_rescore_context_list needs a context list (--context-list FILE, e.g. from rescorer word-lists)")
         if self.test_context_list and self.cross_validate:
             raise StageError("cross-validation over dev speakers uses the dev context list only: drop --test-context-list")
+        if self.oov_min_precision is not None and not 0.0 < self.oov_min_precision <= 1.0:
+            raise StageError(f"--oov-min-precision must be in (0, 1], got {self.oov_min_precision}")
+        if self.oov_min_precision is not None and self.recovery_tuning != "two_step":
+            raise StageError("--oov-min-precision chooses recovery's settings in the two-step tuning: drop --recovery-tuning joint")
         if self.recovery_tuning not in ("two_step", "joint"):
             raise StageError(f"recovery tuning must be two_step or joint, got {self.recovery_tuning!r}")
         if (self.dev_ctc_log_probs or self.test_ctc_log_probs) and not ctc:
@@ -319,7 +332,7 @@ def _tune_and_evaluate(s: TuneSettings):
             log.info("%s: embedding the %d-word list %s", method, len(lists["dev"]), lists["dev_name"])
             rescorer.set_vocabulary(lists["dev"])
         pooled_refs, pooled_base, pooled_hyps, seconds, chosen = [], [], [], prune_seconds, []
-        pooled_base_tuned = []
+        pooled_base_tuned, pooled_without = [], []  # decoder scales only; recovery's scales without recovery
         pooled_att, att_seconds, att_chosen = [], 0.0, []
         with_attention = not recover and attention is not None
         # embedding scores are computed once per lattice and shared by the folds
@@ -333,17 +346,26 @@ def _tune_and_evaluate(s: TuneSettings):
             prep_tune = {u: prep_dev[u] for u in tune_lats}
             oov_grid = [float(x) for x in s.oov_lm_scores] if recover and s.oov_lm_scores else None
             margins = list(s.oov_margins) if recover and s.oov_margins else None
-            tuner = tune_recovery if recover and s.recovery_tuning == "two_step" else tune
-            best, curve = tuner(rescorer, prep_tune, dev_refs, train_vocab=train_vocab, oov_lm_scores=oov_grid,
-                                oov_margins=margins, **grid)
+            if recover and s.recovery_tuning == "two_step":
+                best, curve = tune_recovery(rescorer, prep_tune, dev_refs, train_vocab=train_vocab, oov_lm_scores=oov_grid,
+                                            oov_margins=margins, min_precision=s.oov_min_precision, **grid)
+            else:
+                best, curve = tune(rescorer, prep_tune, dev_refs, train_vocab=train_vocab, oov_lm_scores=oov_grid,
+                                   oov_margins=margins, **grid)
             base_best, _ = tune(rescorer, prep_tune, dev_refs, awe_scales=[0.0], lm_scales=grid["lm_scales"],
                                 word_insertion_penalties=grid["word_insertion_penalties"], train_vocab=train_vocab)
             curves[f"{method}_fold{k}"] = curve
             chosen.append(asdict(best))
+            if recover and abstained(best):
+                chosen[-1]["oov_recovery"] = "abstained"
+                log.warning("%s, fold %d: recovery does not %s on dev: it abstains (the scales of the rescoring "
+                            "it extends)", method, k, "lower the WER" if s.oov_min_precision is None else
+                            f"reach precision {s.oov_min_precision} without raising the WER")
             prep_eval = {u: prep_test[u] for u in eval_lats}
             base = {u: [w.word for w in best_path_hypothesis(lat).words] for u, lat in eval_lats.items()}
             m = evaluate(rescorer, prep_eval, test_refs, base, train_vocab, best)
             mb = evaluate(rescorer, prep_eval, test_refs, base, train_vocab, base_best)
+            without = decode_all(rescorer, prep_eval, recovery_off(best)) if recover else {}
             seconds += m["rescoring_seconds"]  # preparation of the evaluated lattices + their decoding
             if with_attention:
                 t0 = time.perf_counter()
@@ -358,11 +380,12 @@ def _tune_and_evaluate(s: TuneSettings):
                 pooled_base.append(base[u])
                 pooled_hyps.append(m["hypotheses"][u].split())
                 pooled_base_tuned.append(mb["hypotheses"][u].split())
+                pooled_without.append(without.get(u, []))
                 if with_attention:
                     pooled_att.append(att_hyps["words"][u])
         for u in missing:  # no lattice: every method's hypothesis is empty
             pooled_refs.append(test_refs[u])
-            for hyps in (pooled_base, pooled_hyps, pooled_base_tuned) + ((pooled_att,) if with_attention else ()):
+            for hyps in (pooled_base, pooled_hyps, pooled_base_tuned, pooled_without) + ((pooled_att,) if with_attention else ()):
                 hyps.append([])
 
         def summarise(hyps, extra=None):
@@ -375,7 +398,10 @@ def _tune_and_evaluate(s: TuneSettings):
 
         chosen_by_method[method] = chosen
         extra = {"rescoring_seconds": round(seconds, 2), "scales": chosen}
-        if recover:
+        if recover and s.oov_min_precision is not None and s.recovery_tuning == "two_step":
+            extra["oov_min_precision"] = s.oov_min_precision
+        if recover:  # what recovery itself changed, against the same scales without it
+            extra.update(added_counts(pooled_refs, pooled_without, pooled_hyps, train_vocab))
             extra.update(word_list=lists["dev_name"], word_list_size=len(lists["dev"]))
             if not s.cross_validate and lists["test"] is not lists["dev"]:
                 extra.update(test_word_list=lists["test_name"], test_word_list_size=len(lists["test"]))
@@ -414,8 +440,9 @@ def _tune_and_evaluate(s: TuneSettings):
     if chosen:
         rescorer.config = replace(rescorer.config, **{k: chosen[0][k] for k in ("awe_scale", "lm_scale", "word_insertion_penalty")})
     # and recovery's own choices (its abstention margin and LM cost), from the large list's run if there was one
+    # (none where dev abstained: the saved config keeps its own recovery settings)
     recovery = next((chosen_by_method[m] for m in RECOVERY_METHODS if m in chosen_by_method), None)
-    if recovery:
+    if recovery and recovery[0].get("oov_recovery") != "abstained":
         rescorer.config = replace(rescorer.config, **{k: recovery[0][k] for k in ("oov_margin", "oov_lm_score")})
     return results, rescorer
 

@@ -32,7 +32,7 @@ from rescorer.formats.ctc_log_probs import read_ctc_log_probs
 from rescorer.formats.tagged import FormatError
 from rescorer.formats.word_list import read_word_list
 from rescorer.evaluation.ctc_rescoring import prepare_fused_all, spot_all, tune_fused, tune_spotting
-from rescorer.evaluation.rescoring import recovery_counts
+from rescorer.evaluation.rescoring import abstained, added_counts, recovery_counts, recovery_off
 from rescorer.formats.utterances import read_utterance_features
 from rescorer.lattice.word_lattice import best_path_hypothesis
 from rescorer.rescore_ctc import CtcFusion, EvidenceGate, FusionConfig
@@ -155,16 +155,22 @@ def ctc_methods(s, rescorer, train_vocab, grid, dev_lats, dev_feats, dev_refs, f
             prep_test = prepare_fused_all(test_fusion, folds[0][1], test_feats, lp_test, recover)
         else:
             prep_test = prep_dev
-        refs, base, hyps, chosen = [], [], [], []
+        refs, base, hyps, chosen, without = [], [], [], [], []
         seconds, hit_arcs = prune_seconds + forward, 0
         oov_grid = [float(x) for x in s.oov_lm_scores] if recover and s.oov_lm_scores else None
         for k, (tune_lats, eval_lats) in enumerate(folds):
             best, norm, curve, gate = tune_fused(rescorer, {u: prep_dev[u] for u in tune_lats}, dev_refs,
                                                  grid["awe_scales"], s.ctc_scales, s.ctc_norms, grid["lm_scales"],
                                                  grid["word_insertion_penalties"], train_vocab, oov_grid,
-                                                 recovered=recover, gates=gates if gated else (None,))
+                                                 recovered=recover, gates=gates if gated else (None,),
+                                                 min_precision=s.oov_min_precision if recover else None)
             curves[f"awe_ctc_rescore_fold{k}"] = curve
             chosen.append({**asdict(best), "ctc_norm": norm, **(gate.to_dict() if gate is not None else {})})
+            if recover and abstained(best):
+                chosen[-1]["oov_recovery"] = "abstained"
+                log.warning("awe_ctc_rescore, fold %d: the added words do not %s on dev: none is added", k,
+                            "lower the WER" if s.oov_min_precision is None else
+                            f"reach precision {s.oov_min_precision} without raising the WER")
             t0 = time.perf_counter()
             for u in sorted(eval_lats):
                 p = prep_test[u]
@@ -174,15 +180,22 @@ def ctc_methods(s, rescorer, train_vocab, grid, dev_lats, dev_feats, dev_refs, f
                 seconds += p.seconds
                 hit_arcs += p.hit_arcs
             seconds += time.perf_counter() - t0
+            if recover:  # not timed: the same scales without the added words, for what they changed
+                off = recovery_off(best)
+                without += [prep_test[u].decode(rescorer, off, norm) for u in sorted(eval_lats)]
         for u in missing:
             refs.append(test_refs[u])
             base.append([])
             hyps.append([])
+            without.append([])
         extra = {"scales": chosen, "ctc_model_dir": s.ctc_model_dir, "oov_recovery": recover,
+                 **({"oov_min_precision": s.oov_min_precision} if recover and s.oov_min_precision is not None else {}),
                  "spotted_arcs_added": hit_arcs, "ctc_forward_seconds": round(forward, 3),
                  "rescoring_seconds": round(seconds, 2), "ctc_log_probs": lists["ctc_log_probs"]}
         if words:
             extra.update(lists)
+        if recover:
+            extra.update(added_counts(refs, without, hyps, train_vocab))
         v = _per_decode(seconds, decode_seconds)
         if v is not None:
             extra["rescoring_seconds_per_decode_second"] = v

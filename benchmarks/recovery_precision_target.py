@@ -1,0 +1,131 @@
+#!/usr/bin/env python
+"""OOV recovery tuned for a precision target instead of the lowest WER: what each target keeps
+on held-out data (``rescorer tune --oov-min-precision``, ``evaluation.rescoring.choose_recovery``).
+
+    python benchmarks/recovery_precision_target.py --workdir /path/to/synthetic_run \\
+        --config recipes/synthetic/config.yaml --corpus synthetic/whisper_l34_main \\
+        --targets none,0.5,0.8 --out results/recovery_precision_target.json
+
+For each target, runs the recipe's recovery tunings on its lattices (the config sections
+``rescore_oov``: ``awe_rescore_oov_recovery`` and ``awe_rescore_context_list``; ``rescore_ctc``:
+``awe_ctc_rescore``), as the recipe's stage 6 does, with ``--oov-min-precision`` (none: the
+lowest dev WER, recovery kept only when it lowers it) and, for the fusion, the evidence gate
+grid ``--gate-posteriors`` x ``--gate-ctc-margins`` (strict points a precision target can
+choose). Rows per target and method: ``wer``, ``oov_recall``, ``oov_precision``,
+``oov_tokens_recovered``, ``oov_tokens_proposed``, ``iv_tokens_broken``, the folds where
+recovery abstained; with the command, machine and date. Dev tunes, test reports (or 2-fold
+cross-validation over dev speakers with ``--cross-validate``, for corpora without a test split).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Dict, List, Optional
+
+REPO = Path(__file__).resolve().parents[1]
+KEEP = ("wer", "oov_recall", "oov_precision", "oov_tokens_recovered", "oov_tokens_proposed", "oov_tokens",
+        "iv_tokens_broken", "added_oov_recovered", "added_oov_proposed", "added_oov_precision", "added_iv_broken",
+        "word_list_size", "test_word_list_size")
+
+
+def _flags(config: str, section: str) -> List[str]:
+    out = subprocess.run([sys.executable, "-m", "rescorer", "config-flags", config, section], check=True,
+                         capture_output=True, text=True, cwd=REPO).stdout
+    return [x for x in out.splitlines() if x]
+
+
+def _split_args(cross_validate: bool, ctc: bool) -> List[str]:
+    args = ["--dev-lattices", "exp/decode_dev_ctc/word_lattices.pt", "--dev-features", "exp/asr_data/dev.pt"]
+    if cross_validate:
+        args += ["--cross-validate", "--decode-metrics", "exp/decode_dev_ctc/metrics.json"]
+    else:
+        args += ["--test-lattices", "exp/decode_test_ctc/word_lattices.pt", "--test-features", "exp/asr_data/test.pt",
+                 "--decode-metrics", "exp/decode_test_ctc/metrics.json"]
+    if ctc:
+        for split in ("dev",) if cross_validate else ("dev", "test"):
+            stored = Path(f"exp/decode_{split}_ctc/ctc_log_probs.pt")
+            if stored.exists():
+                args.append(f"--{split}-ctc-log-probs={stored}")
+    return args
+
+
+def _run(corpus: str, flags: List[str], extra: List[str], target: Optional[float], out: Path, ctc: bool) -> None:
+    cmd = [sys.executable, "-m", "rescorer", "tune", "--corpus", corpus, "--model-dir", "exp/embeddings",
+           "--train-data", "exp/asr_data/train.pt", "--out", str(out)] + flags + extra
+    if ctc:
+        cmd += ["--ctc-model-dir", "exp/ctc"]
+    if target is not None:
+        cmd += ["--oov-min-precision", str(target)]
+    print("+", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+
+
+def measure(a) -> Dict[str, dict]:
+    os.chdir(a.workdir)
+    targets = [None if t.strip().lower() == "none" else float(t) for t in a.targets.split(",")]
+    oov_list = ["--word-list", "exp/word_lists/large.txt", "--context-list", "exp/word_lists/context_dev.txt"]
+    if not a.cross_validate:
+        oov_list += ["--test-context-list", "exp/word_lists/context_test.txt"]
+    gates = [f"--oov-min-posteriors={a.gate_posteriors}", f"--oov-min-ctc-margins={a.gate_ctc_margins}"]
+    runs = [("rescore_oov", _flags(a.config, "rescore_oov") + oov_list + _split_args(a.cross_validate, False), False),
+            ("rescore_ctc", _flags(a.config, "rescore_ctc") + gates + _split_args(a.cross_validate, True)
+             + ["--methods", "awe_ctc_rescore"], True)]
+    out: Dict[str, dict] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for target in targets:
+            key = "lowest_wer" if target is None else f"precision_{target:g}"
+            wer_file = Path(tmp) / f"{key}.json"
+            for section, flags, ctc in runs:
+                if section not in a.sections.split(","):
+                    continue
+                _run(a.corpus, flags, [], target, wer_file, ctc)
+            rows = json.loads(wer_file.read_text())["corpora"][a.corpus]
+            out[key] = {}
+            for method, r in sorted(rows.items()):
+                if method not in ("awe_rescore_oov_recovery", "awe_rescore_context_list", "awe_ctc_rescore"):
+                    continue
+                row = {k: r[k] for k in KEEP if k in r}
+                row["folds_abstained"] = sum(1 for s in r.get("scales", []) if s.get("oov_recovery") == "abstained")
+                row["folds"] = len(r.get("scales", []))
+                out[key][method] = row
+                print(key, method, row, flush=True)
+    return out
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--workdir", required=True, help="a recipe run's directory (exp/ with lattices, models, word lists)")
+    p.add_argument("--config", required=True, help="that recipe's config (its rescore_oov / rescore_ctc grids)")
+    p.add_argument("--corpus", required=True, help="the entry name in --out")
+    p.add_argument("--targets", default="none,0.5,0.8", help="precision targets; none: the lowest dev WER")
+    p.add_argument("--sections", default="rescore_oov,rescore_ctc", help="which tunings to run")
+    p.add_argument("--gate-posteriors", default="0.5,0.2,0.1,0.05,none", help="the fusion's evidence gate grid")
+    p.add_argument("--gate-ctc-margins", default="1,0.5,0,none", help="... and its CTC margin thresholds")
+    p.add_argument("--cross-validate", action="store_true", help="2-fold over dev speakers (no test split)")
+    p.add_argument("--out", default=str(REPO / "results" / "recovery_precision_target.json"))
+    a = p.parse_args(argv)
+    a.config = str(Path(a.config).resolve())
+    out_path = Path(a.out).resolve()
+    result = measure(a)
+    doc = json.loads(out_path.read_text()) if out_path.exists() else {}
+    doc[a.corpus] = {
+        "targets": result,
+        "protocol": "2-fold cross-validation over dev speakers" if a.cross_validate else "tuned on dev, reported on test",
+        "command": " ".join(["python", "benchmarks/recovery_precision_target.py"] + (argv or sys.argv[1:])),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "date": _dt.date.today().isoformat(),
+    }
+    out_path.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    print(f"wrote {out_path}")
+
+
+if __name__ == "__main__":
+    main()
