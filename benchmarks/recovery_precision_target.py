@@ -34,6 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 KEEP = ("wer", "oov_recall", "oov_precision", "oov_tokens_recovered", "oov_tokens_proposed", "oov_tokens",
         "iv_tokens_broken", "added_oov_recovered", "added_oov_proposed", "added_oov_precision", "added_iv_broken",
         "word_list_size", "test_word_list_size")
+RECOVERY_METHODS = ("awe_rescore_oov_recovery", "awe_rescore_context_list", "awe_ctc_rescore")
 
 
 def _flags(config: str, section: str) -> List[str]:
@@ -87,16 +88,24 @@ def measure(a) -> Dict[str, dict]:
                 if section not in a.sections.split(","):
                     continue
                 _run(a.corpus, flags, [], target, wer_file, ctc)
-            rows = json.loads(wer_file.read_text())["corpora"][a.corpus]
-            out[key] = {}
-            for method, r in sorted(rows.items()):
-                if method not in ("awe_rescore_oov_recovery", "awe_rescore_context_list", "awe_ctc_rescore"):
-                    continue
-                row = {k: r[k] for k in KEEP if k in r}
-                row["folds_abstained"] = sum(1 for s in r.get("scales", []) if s.get("oov_recovery") == "abstained")
-                row["folds"] = len(r.get("scales", []))
-                out[key][method] = row
+            out[key] = summarise(json.loads(wer_file.read_text())["corpora"][a.corpus])
+            for method, row in out[key].items():
                 print(key, method, row, flush=True)
+    return out
+
+
+def summarise(rows: Dict[str, dict]) -> Dict[str, dict]:
+    """The recovery methods' rows of one ``rescorer tune`` output, cut to what a target moves,
+    with how many folds abstained (``"oov_recovery": "abstained"`` in their scales)."""
+    out = {}
+    for method, r in sorted(rows.items()):
+        if method not in RECOVERY_METHODS:
+            continue
+        row = {k: r[k] for k in KEEP if k in r}
+        scales = r.get("scales", [])
+        row["folds_abstained"] = sum(1 for s in scales if s.get("oov_recovery") == "abstained")
+        row["folds"] = len(scales)
+        out[method] = row
     return out
 
 

@@ -1,0 +1,54 @@
+"""benchmarks/recovery_precision_target.py: one `rescorer tune` per precision target and
+section, the recovery rows kept with their abstained folds, and the JSON's provenance."""
+
+import json
+import sys
+
+from conftest import REPO
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+import recovery_precision_target as script  # noqa: E402
+
+
+def _tune_output(target):
+    """A `rescorer tune` output as the recovery methods write it: a strict target abstains."""
+    abstain = target is not None and target >= 0.8
+    scale = {"awe_scale": 4.0, **({"oov_recovery": "abstained"} if abstain else {})}
+    row = {"wer": 0.40 if abstain else 0.38, "oov_recall": 0.0 if abstain else 0.2, "oov_precision": 0.5,
+           "added_oov_recovered": 0 if abstain else 3, "scales": [scale, dict(scale)], "utterances": 9}
+    return {"corpora": {"syn/x": {"awe_rescore_context_list": row, "awe_ctc_rescore": dict(row),
+                                  "awe_rescore": {"wer": 0.41, "scales": [scale]}}}}
+
+
+def test_every_target_runs_each_section_and_keeps_the_recovery_rows(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_run(corpus, flags, extra, target, out, ctc):
+        calls.append((target, ctc, tuple(flags)))
+        out.write_text(json.dumps(_tune_output(target)))
+
+    monkeypatch.setattr(script, "_flags", lambda config, section: [f"--from-{section}"])
+    monkeypatch.setattr(script, "_run", fake_run)
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "out.json"
+    script.main(["--workdir", str(tmp_path), "--config", "c.yaml", "--corpus", "syn/x", "--targets", "none,0.8",
+                 "--out", str(out)])
+    # two targets x two sections; the fusion gets the gate grids and the CTC model
+    assert [(t, c) for t, c, _ in calls] == [(None, False), (None, True), (0.8, False), (0.8, True)]
+    fusion_flags = calls[1][2]
+    assert "--oov-min-posteriors=0.5,0.2,0.1,0.05,none" in fusion_flags and "--methods" in fusion_flags
+    assert "--from-rescore_oov" in calls[0][2] and "--word-list" in calls[0][2]
+    doc = json.loads(out.read_text())["syn/x"]
+    assert set(doc["targets"]) == {"lowest_wer", "precision_0.8"}
+    assert set(doc["targets"]["lowest_wer"]) == {"awe_rescore_context_list", "awe_ctc_rescore"}  # not awe_rescore
+    strict = doc["targets"]["precision_0.8"]["awe_rescore_context_list"]
+    assert strict["folds_abstained"] == 2 and strict["folds"] == 2 and strict["added_oov_recovered"] == 0
+    assert "utterances" not in strict and "scales" not in strict
+    assert doc["targets"]["lowest_wer"]["awe_ctc_rescore"]["folds_abstained"] == 0
+    assert doc["protocol"] == "tuned on dev, reported on test"
+    assert {"command", "machine", "date"} <= set(doc)
+
+
+def test_cross_validation_uses_dev_only(tmp_path):
+    args = script._split_args(cross_validate=True, ctc=False)
+    assert "--cross-validate" in args and not any("test" in a for a in args)
