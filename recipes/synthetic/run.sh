@@ -8,7 +8,8 @@
 #   3  LM (fortunes minus dev/test sentences) and HLG decoding graph    -> exp/lang
 #   4  train the embedder and the CTC model (side by side), then the
 #      joint CTC/attention model                                        -> exp/embeddings, exp/ctc, exp/attention
-#   5  decode dev and test: CTC greedy, HLG 1-best, lattice oracle,
+#   5  decode dev (DEV_UTTERANCES of them, default 0: all; recovery's keep-or-abstain decision
+#      needs dev's OOV tokens) and test: CTC greedy, HLG 1-best, lattice oracle,
 #      word lattices; attention beam search and attention rescoring     -> exp/decode_{dev,test}_{ctc,attention}
 #   6  rescore the CTC lattices (scales tuned on dev, applied to test)  -> exp/wer.json, exp/embeddings/rescorer.json
 #      and OOV recovery from the large list and the context lists     -> exp/word_lists, exp/wer.json
@@ -39,7 +40,7 @@ if run_stage 4; then
 fi
 if run_stage 5; then
   log "stage 5: decoding"
-  decode_dev_test "${DEV_UTTERANCES:-120}"
+  decode_dev_test "${DEV_UTTERANCES:-0}"
 fi
 if run_stage 6; then
   log "stage 6: embedding rescoring of the CTC lattices"
