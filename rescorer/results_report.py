@@ -609,6 +609,38 @@ def _oov_evidence_section(doc: Any, source: str) -> List[str]:
     return lines
 
 
+_RECOVERY_LABELS = {"awe_rescore_oov_recovery": "recovery, large list", "awe_rescore_context_list": "recovery, context list",
+                    "awe_ctc_rescore": "embedding + CTC fusion"}
+
+
+def _recovery_target_section(doc: Any, source: str) -> List[str]:
+    """OOV recovery tuned for a precision target (benchmarks/recovery_precision_target.py)."""
+    if not isinstance(doc, Mapping) or not doc:
+        return []
+    lines = ["## OOV recovery for a precision target", "",
+             "Recovery's settings chosen on dev for the lowest WER (kept only if it lowers dev's WER) or for "
+             "a precision target on the words recovery adds (`rescorer tune --oov-min-precision`); "
+             "figures on held-out data. Added: what recovery itself changed against the same scales "
+             f"without it (OOV tokens recovered / OOV words added, their precision, IV tokens broken). From `{source}`.", ""]
+    for corpus, r in doc.items():
+        targets = r.get("targets")
+        if not isinstance(targets, Mapping) or not targets:
+            raise ResultsError(f"{source}: {corpus}: no 'targets' mapping")
+        rows = []
+        for key, methods in targets.items():
+            target = "lowest WER" if key == "lowest_wer" else key.replace("precision_", "precision ≥ ")
+            for m, x in methods.items():
+                rows.append([target, _RECOVERY_LABELS.get(m, m), _pct(x.get("wer")),
+                             f"{x.get('added_oov_recovered')} / {x.get('added_oov_proposed')}",
+                             _fixed(2)(x.get("added_oov_precision")), str(x.get("added_iv_broken")),
+                             f"{x.get('folds_abstained')} of {x.get('folds')}"])
+        lines += [f"**{corpus}** ({r.get('protocol')}):", "",
+                  _table(["dev choice", "method", "WER %", "added: OOV right / added", "precision", "IV broken",
+                          "abstained"], rows, ["l", "l", "r", "r", "r", "r", "r"]), "",
+                  f"Command: {_code(r.get('command'))} ({r.get('machine')}, {r.get('date')}).", ""]
+    return lines
+
+
 def _lattice_size_section(doc: Any, source: str) -> List[str]:
     """Bytes per arc of stored word lattices (benchmarks/word_lattice_size.py)."""
     if not isinstance(doc, Mapping) or not doc:
@@ -869,6 +901,8 @@ def build_results_md(results_dir: PathLike, out_path: PathLike, plots_dir: PathL
                                        _rel(results_dir / "whisper_frontend.json", base))
     lines += _oov_evidence_section(_load_optional(results_dir / "oov_proposals.json"),
                                    _rel(results_dir / "oov_proposals.json", base))
+    lines += _recovery_target_section(_load_optional(results_dir / "recovery_precision_target.json"),
+                                      _rel(results_dir / "recovery_precision_target.json", base))
     lines += _lattice_size_section(_load_optional(results_dir / "word_lattice_size.json"),
                                    _rel(results_dir / "word_lattice_size.json", base))
     lines += _rescore_cost_section(_load_optional(results_dir / "rescore_cost.json"),
