@@ -530,8 +530,15 @@ def _tuning_section(results_dir: Path, base: Path) -> List[str]:
                         continue
                     best = min(pts, key=lambda p: p["wer"])
                     scales = _scales_text(best)
-                    out.append(f"- `{key}`: {len(pts)} grid points, best WER {_pct(best['wer'])}%"
-                               + (f" at {scales}" if scales else "") + ".")
+                    line = (f"- `{key}`: {len(pts)} grid points, best WER {_pct(best['wer'])}%"
+                            + (f" at {scales}" if scales else ""))
+                    chosen = next((p for p in pts if p.get("chosen")), None)  # two-step recovery tunings
+                    if chosen is not None and chosen.get("step") == "scales":
+                        line += (f"; recovery abstains (no point of step 2 lowers step 1's "
+                                 f"{_pct(chosen['wer'])}%)")
+                    elif chosen is not None and chosen is not best:
+                        line += f"; chosen {_pct(chosen['wer'])}% at {_scales_text(chosen)}"
+                    out.append(line + ".")
                 out.append("")
         png = results_dir / f"{stem}.png"
         if png.exists():

@@ -382,3 +382,18 @@ def test_recovery_target_section_has_a_row_per_target_and_method(tmp_path):
     (results / "recovery_precision_target.json").write_text(json.dumps({"synthetic/x": {"command": "x"}}))
     with pytest.raises(ResultsError, match="recovery_precision_target.json: synthetic/x: no 'targets' mapping"):
         write_results_md(results, tmp_path / "RESULTS.md", results / "plots")
+
+
+def test_tuning_section_says_where_recovery_abstained_or_chose_another_point(tmp_path):
+    import json
+
+    results = _results(tmp_path)
+    off = [{"awe_scale": 4.0, "wer": 0.45, "step": "scales", "chosen": True},
+           {"awe_scale": 4.0, "oov_lm_score": -10.0, "wer": 0.46, "step": "recovery"}]
+    target = [{"awe_scale": 4.0, "wer": 0.45, "step": "scales"},
+              {"awe_scale": 4.0, "wer": 0.44, "step": "recovery"},
+              {"awe_scale": 8.0, "wer": 0.449, "step": "recovery", "chosen": True}]
+    (results / "rescore_tuning_rec_lattices.json").write_text(json.dumps({"off_fold0": off, "target_fold0": target}))
+    md = write_results_md(results, tmp_path / "RESULTS.md", results / "plots").read_text()
+    assert "`off_fold0`: 2 grid points, best WER 45.0% at awe_scale 4; recovery abstains (no point of step 2 lowers step 1's 45.0%)." in md
+    assert "`target_fold0`: 3 grid points, best WER 44.0% at awe_scale 4; chosen 44.9% at awe_scale 8." in md
