@@ -58,9 +58,9 @@ def _split_args(cross_validate: bool, ctc: bool) -> List[str]:
     return args
 
 
-def _run(corpus: str, flags: List[str], extra: List[str], target: Optional[float], out: Path, ctc: bool) -> None:
+def _run(corpus: str, flags: List[str], target: Optional[float], out: Path, ctc: bool) -> None:
     cmd = [sys.executable, "-m", "rescorer", "tune", "--corpus", corpus, "--model-dir", "exp/embeddings",
-           "--train-data", "exp/asr_data/train.pt", "--out", str(out)] + flags + extra
+           "--train-data", "exp/asr_data/train.pt", "--out", str(out)] + flags
     if ctc:
         cmd += ["--ctc-model-dir", "exp/ctc"]
     if target is not None:
@@ -87,7 +87,7 @@ def measure(a) -> Dict[str, dict]:
             for section, flags, ctc in runs:
                 if section not in a.sections.split(","):
                     continue
-                _run(a.corpus, flags, [], target, wer_file, ctc)
+                _run(a.corpus, flags, target, wer_file, ctc)
             out[key] = summarise(json.loads(wer_file.read_text())["corpora"][a.corpus])
             for method, row in out[key].items():
                 print(key, method, row, flush=True)

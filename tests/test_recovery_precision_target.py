@@ -23,7 +23,7 @@ def _tune_output(target):
 def test_every_target_runs_each_section_and_keeps_the_recovery_rows(tmp_path, monkeypatch):
     calls = []
 
-    def fake_run(corpus, flags, extra, target, out, ctc):
+    def fake_run(corpus, flags, target, out, ctc):
         calls.append((target, ctc, tuple(flags)))
         out.write_text(json.dumps(_tune_output(target)))
 

@@ -365,7 +365,11 @@ def _tune_and_evaluate(s: TuneSettings):
             base = {u: [w.word for w in best_path_hypothesis(lat).words] for u, lat in eval_lats.items()}
             m = evaluate(rescorer, prep_eval, test_refs, base, train_vocab, best)
             mb = evaluate(rescorer, prep_eval, test_refs, base, train_vocab, base_best)
-            without = decode_all(rescorer, prep_eval, recovery_off(best)) if recover else {}
+            # what recovery itself changed: the same scales without it (an abstained fold is that already)
+            if recover and not abstained(best):
+                without = decode_all(rescorer, prep_eval, recovery_off(best))
+            else:
+                without = {u: h.split() for u, h in m["hypotheses"].items()} if recover else {}
             seconds += m["rescoring_seconds"]  # preparation of the evaluated lattices + their decoding
             if with_attention:
                 t0 = time.perf_counter()
@@ -398,7 +402,7 @@ def _tune_and_evaluate(s: TuneSettings):
 
         chosen_by_method[method] = chosen
         extra = {"rescoring_seconds": round(seconds, 2), "scales": chosen}
-        if recover and s.oov_min_precision is not None and s.recovery_tuning == "two_step":
+        if recover and s.oov_min_precision is not None:  # validated: two-step tuning only
             extra["oov_min_precision"] = s.oov_min_precision
         if recover:  # what recovery itself changed, against the same scales without it
             extra.update(added_counts(pooled_refs, pooled_without, pooled_hyps, train_vocab))

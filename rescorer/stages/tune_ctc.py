@@ -180,7 +180,9 @@ def ctc_methods(s, rescorer, train_vocab, grid, dev_lats, dev_feats, dev_refs, f
                 seconds += p.seconds
                 hit_arcs += p.hit_arcs
             seconds += time.perf_counter() - t0
-            if recover:  # not timed: the same scales without the added words, for what they changed
+            if recover and abstained(best):  # nothing added: the fold's hypotheses are that already
+                without += hyps[len(hyps) - len(eval_lats):]
+            elif recover:  # not timed: the same scales without the added words, for what they changed
                 off = recovery_off(best)
                 without += [prep_test[u].decode(rescorer, off, norm) for u in sorted(eval_lats)]
         for u in missing:
