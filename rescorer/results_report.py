@@ -37,6 +37,9 @@ METHOD_ORDER = [
     "awe_plus_attention",
     "awe_rescore_oov_recovery",
     "awe_rescore_context_list",
+    "awe_whisper_context_list",
+    "awe_whisper_oov_recovery",
+    "whisper_transcript",
     "lattice_oracle",
     "pocketsphinx_1best",
     "pocketsphinx_lattice_1best",
@@ -58,6 +61,9 @@ METHOD_LABELS = {
     "awe_plus_attention": "embedding + attention",
     "awe_rescore_oov_recovery": "embedding rescoring + OOV recovery",
     "awe_rescore_context_list": "embedding rescoring + OOV recovery (context list)",
+    "awe_whisper_context_list": "embedding rescoring + Whisper's context-list words",
+    "awe_whisper_oov_recovery": "embedding rescoring + Whisper's large-list words",
+    "whisper_transcript": "Whisper tiny.en's own transcript (anchor)",
     "lattice_oracle": "lattice oracle",
     "pocketsphinx_1best": "pocketsphinx 1-best",
 }
@@ -270,6 +276,11 @@ def _recovery_choice(r: Mapping[str, Any]) -> List[str]:
             folds = "on dev" if len(scales) == 1 else f"in {off} of {len(scales)} folds"
             why = "precision target not met" if _is_num(r.get("oov_min_precision")) else "no dev WER gain"
             bits.append(f"recovery abstained {folds} ({why}): no word added there")
+        gates = [s.get("gate", "") for s in scales if isinstance(s, Mapping) and "gate" in s]
+        if gates:  # the Whisper methods: the embedder's gate on the hits, per fold
+            bits.append("embedder gate on the hits chosen on dev: " + ", ".join(
+                "abstained (no dev WER gain)" if g == "abstained" else "none (every hit)" if g is None else f"cosine ≥ {_num(g)}"
+                for g in gates))
     if _is_num(r.get("added_oov_proposed")):
         prec = r.get("added_oov_precision")
         bits.append(f"recovery itself (against the same scales without it): {r.get('added_oov_recovered')} OOV tokens "
@@ -529,15 +540,17 @@ def _tuning_section(results_dir: Path, base: Path) -> List[str]:
                     if not pts:
                         continue
                     best = min(pts, key=lambda p: p["wer"])
-                    scales = _scales_text(best)
+                    scales = _scales_text(best) or (f"gate {best['gate']}" if "gate" in best else "")
                     line = (f"- `{key}`: {len(pts)} grid points, best WER {_pct(best['wer'])}%"
                             + (f" at {scales}" if scales else ""))
                     chosen = next((p for p in pts if p.get("chosen")), None)  # two-step recovery tunings
                     if chosen is not None and chosen.get("step") == "scales":
                         line += (f"; recovery abstains (no point of step 2 lowers step 1's "
                                  f"{_pct(chosen['wer'])}%)")
+                    elif chosen is not None and chosen.get("gate") == "off":
+                        line += f"; the hits abstain (no gate lowers {_pct(chosen['wer'])}% without them)"
                     elif chosen is not None and chosen is not best:
-                        line += f"; chosen {_pct(chosen['wer'])}% at {_scales_text(chosen)}"
+                        line += f"; chosen {_pct(chosen['wer'])}% at {_scales_text(chosen) or chosen.get('gate')}"
                     out.append(line + ".")
                 out.append("")
         png = results_dir / f"{stem}.png"

@@ -64,6 +64,19 @@ def split_words(text: str) -> List[str]:
     return [normalize_word(t) for t in tokens]
 
 
+def words_of(text: str) -> List[str]:
+    """The words of a recogniser's free text (``split_words``'s rules), tokens that are not
+    words (digits, symbols) left out instead of raising: e.g. Whisper writes "3" or "%"."""
+    text = re.sub(r'[.,;:!?"()\[\]{}]', " ", text.translate(_APOSTROPHES))
+    out = []
+    for t in re.split(r"[\s\-\u2013\u2014/]+", text):
+        try:
+            out.append(normalize_word(t))
+        except NotAWordError:
+            pass
+    return out
+
+
 def letter_ngrams(word: str, n_min: int = 1, n_max: int = 5) -> List[str]:
     """Letter n-grams of ``<word>`` for n in [n_min, n_max], with begin/end marks.
 

@@ -31,3 +31,13 @@ def test_rank_fractions_share_ties_and_order_like_the_scores():
     # two views averaged: a proposal first in both stays first
     both = (rank_fraction(np.array([3.0, 1.0, 2.0])) + rank_fraction(np.array([-1.0, -5.0, -3.0]))) / 2
     assert int(np.argmax(both)) == 0 and int(np.argmin(both)) == 1
+
+
+def test_edited_text_puts_the_proposal_in_place_of_the_words_on_its_span():
+    from oov_proposal_evidence import edited_text
+    from rescorer.lattice.paths import WordSpan as W
+
+    hyp = [W("the", 0.0, 0.2), W("cat", 0.2, 0.4), W("a", 0.4, 0.5), W("man", 0.5, 0.8), W("sailed", 0.8, 1.2)]
+    assert edited_text(hyp, 0.2, 0.8, "catamaran") == "the catamaran sailed"
+    assert edited_text(hyp, 1.3, 1.5, "today") == "the cat a man sailed today"  # nothing overlaps: in time order
+    assert edited_text([W("sat", 0.5, 0.7)], 0.1, 0.3, "zebra") == "zebra sat"

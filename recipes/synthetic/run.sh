@@ -13,6 +13,7 @@
 #      word lattices; attention beam search and attention rescoring     -> exp/decode_{dev,test}_{ctc,attention}
 #   6  rescore the CTC lattices (scales tuned on dev, applied to test)  -> exp/wer.json, exp/embeddings/rescorer.json
 #      and OOV recovery from the large list and the context lists     -> exp/word_lists, exp/wer.json
+#      and Whisper's list words spotted into the rescored best paths   -> exp/whisper, exp/wer.json
 #   7  WER table                                                        -> exp/wer.json (printed)
 RECIPE_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source "$RECIPE_DIR/../lib.sh"
@@ -49,6 +50,11 @@ if run_stage 6; then
   rescore_ctc synthetic --dev-lattices exp/decode_dev_ctc/word_lattices.pt --dev-features exp/asr_data/dev.pt \
     --test-lattices exp/decode_test_ctc/word_lattices.pt --test-features exp/asr_data/test.pt \
     --decode-metrics exp/decode_test_ctc/metrics.json $(stored_log_probs dev test)
+  transcribe_splits "$DATA" synthetic dev test
+  rescore_whisper synthetic --dev-lattices exp/decode_dev_ctc/word_lattices.pt --dev-features exp/asr_data/dev.pt \
+    --test-lattices exp/decode_test_ctc/word_lattices.pt --test-features exp/asr_data/test.pt \
+    --decode-metrics exp/decode_test_ctc/metrics.json \
+    --dev-transcripts exp/whisper/transcripts_dev.jsonl --test-transcripts exp/whisper/transcripts_test.jsonl
 fi
 if run_stage 7; then
   log "stage 7: results"

@@ -7,6 +7,8 @@ One module per stage, each a function of plain arguments that a recipe step runs
 - ``rescore``: sharded, resumable rescoring of a lattice file or directory (``rescorer rescore``).
 - ``tune``: scale tuning on dev (or cross-validation over dev speakers), report on held-out
   data, and the tuned scales written beside the embedder (``rescorer tune``).
+- ``transcribe``: Whisper's 1-best per cut, as a transcript file for the second-recogniser
+  methods of ``tune`` (``rescorer transcribe``).
 - ``word_lists``: the large and context word lists for OOV recovery, as files (``rescorer word-lists``).
 - ``collect_wer``: the decoders' results merged into a WER file (``rescorer wer collect``).
 - ``evaluate_embeddings``: an embedder's P@1 / AP on one split into a JSON file (``rescorer evaluate embeddings``).

@@ -62,12 +62,13 @@ from rescorer.rescore import Rescorer
 from rescorer.second_pass import AttentionScorer, attention_candidates, pick_best
 from rescorer.stages import StageError
 from rescorer.stages.tune_ctc import CTC_METHODS, ctc_methods
+from rescorer.stages.tune_whisper import WHISPER_METHODS, whisper_methods
 from rescorer.wer import compute_wer
 
 log = logging.getLogger(__name__)
 
 METHODS = ("awe_rescore", "awe_rescore_oov_recovery", "awe_rescore_context_list", "awe_plus_attention",
-           "ctc_word_spotting", "awe_ctc_rescore")
+           "ctc_word_spotting", "awe_ctc_rescore") + WHISPER_METHODS
 RECOVERY_METHODS = ("awe_rescore_oov_recovery", "awe_rescore_context_list")
 REPO = Path(__file__).resolve().parents[2]
 
@@ -135,10 +136,15 @@ class TuneSettings:
     ws_threshold: float = -5.0
     ws_beam: float = 7.0
     ws_token_weight: float = 0.5
+    # second-recogniser methods (rescorer.stages.tune_whisper): `rescorer transcribe`'s files, and
+    # the embedder's gates on the hits to tune (None in the grid: every hit)
+    dev_transcripts: Optional[str] = None
+    test_transcripts: Optional[str] = None
+    whisper_gates: Tuple[Optional[float], ...] = (None, 0.0, 0.2, 0.4)
 
     def __post_init__(self):
-        if self.methods is None:  # every method whose inputs are given (the CTC methods when asked for)
-            object.__setattr__(self, "methods", tuple(m for m in METHODS if m not in CTC_METHODS
+        if self.methods is None:  # every method whose inputs are given (the CTC and Whisper methods when asked for)
+            object.__setattr__(self, "methods", tuple(m for m in METHODS if m not in CTC_METHODS + WHISPER_METHODS
                                                       and (m != "awe_rescore_context_list" or self.context_list)))
         if not self.cross_validate and not (self.test_lattices and self.test_features):
             raise StageError("test lattices and test features are needed (or cross-validation over dev speakers)")
@@ -154,6 +160,16 @@ class TuneSettings:
             raise StageError(f"{', '.join(ctc)} need the CTC model (--ctc-model-dir exp/ctc)")
         if "ctc_word_spotting" in self.methods and not self.word_list:
             raise StageError("ctc_word_spotting needs a word list (--word-list FILE, one word per line)")
+        whisper = [m for m in self.methods if m in WHISPER_METHODS]
+        if whisper and "awe_rescore" not in self.methods:
+            raise StageError(f"{', '.join(whisper)} spot words into awe_rescore's hypotheses: add awe_rescore to the methods")
+        if whisper and not (self.dev_transcripts and (self.cross_validate or self.test_transcripts)):
+            raise StageError(f"{', '.join(whisper)} need the transcripts (--dev-transcripts, --test-transcripts; "
+                             "from rescorer transcribe)")
+        if self.test_transcripts and self.cross_validate:
+            raise StageError("cross-validation over dev speakers reads dev only: drop --test-transcripts")
+        if "awe_whisper_context_list" in self.methods and not self.context_list:
+            raise StageError("awe_whisper_context_list needs a context list (--context-list FILE)")
         if "awe_rescore_context_list" in self.methods and not self.context_list:
             raise StageError("awe_rescore_context_list needs a context list (--context-list FILE, e.g. from rescorer word-lists)")
         if self.test_context_list and self.cross_validate:
@@ -308,6 +324,7 @@ def _tune_and_evaluate(s: TuneSettings):
     decode_seconds = _decode_seconds(s.decode_metrics, n_eval / total_utts if total_utts else 1.0)
 
     results, curves, chosen_by_method = {}, {}, {}
+    awe_state = {}  # awe_rescore's prepared lattices and per-fold configs, for the Whisper methods
     wanted = list(s.methods)
     attention = None
     if "awe_plus_attention" in wanted and s.attention_model_dir:
@@ -356,6 +373,9 @@ def _tune_and_evaluate(s: TuneSettings):
                                 word_insertion_penalties=grid["word_insertion_penalties"], train_vocab=train_vocab)
             curves[f"{method}_fold{k}"] = curve
             chosen.append(asdict(best))
+            if method == "awe_rescore":
+                awe_state.setdefault("configs", []).append(best)
+                awe_state.update(prep_dev=prep_dev, prep_test=prep_test)
             if recover and abstained(best):
                 chosen[-1]["oov_recovery"] = "abstained"
                 log.warning("%s, fold %d: recovery does not %s on dev: it abstains (the scales of the rescoring "
@@ -422,6 +442,15 @@ def _tune_and_evaluate(s: TuneSettings):
             results[s.prefix + "baseline_tuned"] = summarise(pooled_base_tuned, {"note": "decoder scores only, same grid"})
             results[s.prefix + "lattice_1best"] = summarise(pooled_base, {"note": "the lattice's own best path"})
         log.info("%s: %s", method, {k: results[s.prefix + method][k] for k in ("wer", "iv_wer", "oov_wer")})
+
+    if any(m in WHISPER_METHODS for m in wanted):  # Whisper's list words: rescorer.stages.tune_whisper
+        lists = {m: _word_lists("awe_rescore_context_list" if m == "awe_whisper_context_list" else "awe_rescore_oov_recovery", s)
+                 for m in wanted if m in WHISPER_METHODS}
+        w_results, w_curves = whisper_methods(s, rescorer, train_vocab, lists, awe_state["configs"], awe_state["prep_dev"],
+                                              awe_state["prep_test"], folds, dev_feats, dev_refs, test_feats, test_refs,
+                                              missing, decode_seconds)
+        results.update(w_results)
+        curves.update(w_curves)
 
     # tuning curve: committed as JSON + a plot
     res_dir = Path(s.out).parent

