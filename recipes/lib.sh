@@ -216,7 +216,7 @@ transcribe_splits() {
   done
 }
 
-# rescore_whisper CORPUS [options]: the list words of Whisper's transcripts spotted into
+# rescore_whisper CORPUS [options]: (after word_lists) the list words of Whisper's transcripts spotted into
 # awe_rescore's best paths, the embedder's gate tuned on dev (rescorer tune --methods
 # awe_rescore,awe_whisper_context_list,...; config section rescore_whisper, skipped without it);
 # the embedding methods' saved scales are left as they are
@@ -225,7 +225,6 @@ rescore_whisper() {
   cfg rescore_whisper
   if [ "${#CFG[@]}" -eq 0 ]; then log "no rescore_whisper section in $CONFIG: Whisper list spotting skipped"; return 0; fi
   if [ -f exp/.rescored_whisper ]; then log "Whisper list spotting done (rm exp/.rescored_whisper to redo)"; return 0; fi
-  word_lists dev test
   rescorer tune --corpus "$corpus" --model-dir exp/embeddings --train-data exp/asr_data/train.pt --out exp/wer.json \
     "${CFG[@]}" "$@"
   touch exp/.rescored_whisper

@@ -506,6 +506,9 @@ def transcribe_cmd(cuts, out, whisper_model, beam_size, threads, max_utterances,
               help="OOV recovery and awe_ctc_rescore: a precision target for the recovered words, met on dev (the most "
                    "OOV tokens recovered at that precision without raising the dev WER; default: the lowest dev WER). "
                    "Recovery abstains where dev shows neither.")
+@click.option("--oov-max-sign-p", type=float, default=None,
+              help="OOV recovery, awe_ctc_rescore and the Whisper methods: also ask that the added words help more dev "
+                   "utterances than they hurt, by a one-sided sign test at this p (e.g. 0.05); else recovery abstains.")
 @click.option("--oov-rival", type=click.Choice(["arc", "lexicon"]), default="arc", show_default=True,
               help="Recovery: what a proposal must beat by the margin, the replaced arc's word or the best word of "
                    "the decoder's lexicon on the span.")

@@ -269,24 +269,31 @@ def _recovery_choice(r: Mapping[str, Any]) -> List[str]:
     bits = []
     if _is_num(r.get("oov_min_precision")):
         bits.append(f"recovery tuned for precision at least {_num(r['oov_min_precision'])} on dev")
+    if _is_num(r.get("oov_max_sign_p")):
+        bits.append(f"recovery kept only where it helps more dev utterances than it hurts (sign test p ≤ "
+                    f"{_num(r['oov_max_sign_p'])})")
     scales = r.get("scales")
     if isinstance(scales, list):
         off = sum(1 for s in scales if isinstance(s, Mapping) and s.get("oov_recovery") == "abstained")
         if off:
             folds = "on dev" if len(scales) == 1 else f"in {off} of {len(scales)} folds"
             why = "precision target not met" if _is_num(r.get("oov_min_precision")) else "no dev WER gain"
+            if _is_num(r.get("oov_max_sign_p")):
+                why += " or no significant sign test"
             bits.append(f"recovery abstained {folds} ({why}): no word added there")
         gates = [s.get("gate", "") for s in scales if isinstance(s, Mapping) and "gate" in s]
         if gates:  # the Whisper methods: the embedder's gate on the hits, per fold
             bits.append("embedder gate on the hits chosen on dev: " + ", ".join(
-                "abstained (no dev WER gain)" if g == "abstained" else "none (every hit)" if g is None else f"cosine ≥ {_num(g)}"
+                "abstained" if g == "abstained" else "none (every hit)" if g is None else f"cosine ≥ {_num(g)}"
                 for g in gates))
     if _is_num(r.get("added_oov_proposed")):
         prec = r.get("added_oov_precision")
         bits.append(f"recovery itself (against the same scales without it): {r.get('added_oov_recovered')} OOV tokens "
                     f"recovered, {r['added_oov_proposed']} OOV words added"
                     + (f" (precision {prec:.2f})" if _is_num(prec) else "")
-                    + f", {r.get('added_iv_broken')} IV tokens broken")
+                    + f", {r.get('added_iv_broken')} IV tokens broken"
+                    + (f"; {r['added_utterances_better']} utterances better, {r.get('added_utterances_worse')} worse"
+                       if _is_num(r.get("added_utterances_better")) else ""))
     return bits
 
 

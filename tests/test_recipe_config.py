@@ -61,3 +61,21 @@ def test_asr_sections_of_every_recipe_config_parse(path):
             assert cfg.model == model
             if section == "ctc" and "whisper_finetune_blocks" in doc[section]:
                 assert cfg.whisper_finetune_blocks == doc[section]["whisper_finetune_blocks"] >= 1
+
+
+@pytest.mark.parametrize("path", sorted(str(p) for p in (REPO / "recipes").glob("*/*.yaml")))
+def test_tune_and_transcribe_sections_name_options_that_exist(path):
+    """Every key of a committed config's `rescore*` sections is a `rescorer tune` option, and of
+    its `transcribe` section a `rescorer transcribe` option (a typo would fail hours into a run)."""
+    import yaml
+
+    from rescorer.cli import main
+
+    doc = yaml.safe_load(open(path)) or {}
+    options = {name: {p.name for p in main.commands[name].params} for name in ("tune", "transcribe")}
+    for section, body in doc.items():
+        command = "tune" if section.startswith("rescore") else "transcribe" if section == "transcribe" else None
+        if command is None or not isinstance(body, dict):
+            continue
+        unknown = sorted(k for k in body if k.replace("-", "_") not in options[command])
+        assert not unknown, f"{path}: section {section}: no `rescorer {command}` option for {unknown}"

@@ -246,3 +246,44 @@ def test_two_step_recovery_abstains_unless_dev_shows_what_is_asked(utts, min_pre
     hyps = decode_all(r, prepared, best)
     assert hyps["u1" if "u1" in utts else "u2"] == (["the", "zebra"] if recovers else ["the", "cat"])
     assert all("added_oov_precision" in row and "added_iv_broken" in row for row in curve if row["step"] == "recovery")
+
+
+def test_sign_test_counts_utterances_made_better_and_worse():
+    from rescorer.evaluation.rescoring import paired_sign_test
+
+    refs = [["a", "zebra"], ["a", "cat"], ["the", "ox"], ["x"]]
+    without = [["a", "cap"], ["a", "cat"], ["the", "ax"], ["x"]]
+    with_ = [["a", "zebra"], ["a", "cab"], ["the", "ox"], ["x"]]  # two better, one worse, one unchanged
+    t = paired_sign_test(refs, without, with_)
+    assert (t["added_utterances_better"], t["added_utterances_worse"]) == (2, 1)
+    assert t["added_sign_test_p"] == pytest.approx(4 / 8)  # P(X >= 2 | n = 3, 1/2)
+    assert paired_sign_test(refs, without, without)["added_sign_test_p"] == 1.0
+    ten = paired_sign_test([["a"]] * 10, [["b"]] * 10, [["a"]] * 10)
+    assert ten["added_sign_test_p"] == pytest.approx(1 / 1024, abs=1e-6)  # rounded to 6 places
+
+
+def test_choose_recovery_with_a_sign_test_keeps_only_gains_spread_over_utterances():
+    from rescorer.evaluation.rescoring import choose_recovery
+
+    off = {"wer": 0.50}
+    lucky = {"wer": 0.49, "added_sign_test_p": 0.5, "added_oov_precision": 0.6, "added_oov_recovered": 3}
+    spread = {"wer": 0.495, "added_sign_test_p": 0.01, "added_oov_precision": 0.9, "added_oov_recovered": 2}
+    assert choose_recovery(off, [lucky, spread]) == 0  # the lowest dev WER
+    assert choose_recovery(off, [lucky, spread], max_p=0.05) == 1  # the one whose gain is significant
+    assert choose_recovery(off, [lucky], max_p=0.05) is None  # none: abstain
+    assert choose_recovery(off, [lucky, spread], min_precision=0.5, max_p=0.05) == 1
+
+
+def test_tune_settings_check_the_sign_test_level():
+    from rescorer.stages import StageError
+    from rescorer.stages.tune import TuneSettings
+
+    base = dict(corpus="c", model_dir="m", train_data="t", dev_lattices="d", dev_features="f", awe_scales=(0,),
+                lm_scales=(1,), wips=(0,), am_scale=1.0, attention_scales=(0,), attention_nbest=1, prune_posterior=0,
+                prune_scale=1, word_list_size=10, max_utterances=0, seed=0, out="o", cross_validate=True)
+    with pytest.raises(StageError, match="--oov-max-sign-p must be in"):
+        TuneSettings(**base, oov_max_sign_p=0.0)
+    with pytest.raises(StageError, match="two-step"):
+        TuneSettings(**base, oov_max_sign_p=0.05, recovery_tuning="joint")
+    s = TuneSettings(**base, oov_max_sign_p=0.05)
+    assert s.keep_rule() == {"oov_max_sign_p": 0.05} and "sign test p <= 0.05" in s.abstain_reason()

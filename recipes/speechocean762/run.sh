@@ -14,6 +14,7 @@
 #   6  pocketsphinx lattices of dev (the external decoder)              -> exp/pocketsphinx
 #   7  rescore CTC and pocketsphinx lattices (2-fold over speakers),
 #      with OOV recovery from the large and the dev context word list   -> exp/word_lists, exp/wer.json
+#      and Whisper's list words spotted into the rescored best paths    -> exp/whisper, exp/wer.json
 #   8  WER table                                                        -> exp/wer.json (printed)
 RECIPE_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source "$RECIPE_DIR/../lib.sh"
@@ -84,6 +85,11 @@ if run_stage 7; then
     CTC_SECTION=rescore_ctc_pocketsphinx CTC_DONE=exp/.rescored_pocketsphinx_ctc_fusion rescore_ctc speechocean762_dev --cross-validate --prefix pocketsphinx_ \
       --dev-lattices exp/pocketsphinx/lattices --dev-features exp/asr_data/dev.pt --decode-metrics exp/pocketsphinx/summary.json
   fi
+  # Whisper's own transcript of dev, and its list words spotted into the rescored best paths
+  transcribe_splits "$DATA" speechocean762 dev
+  rescore_whisper speechocean762_dev --cross-validate --dev-lattices exp/decode_dev_ctc/word_lattices.pt \
+    --dev-features exp/asr_data/dev.pt --decode-metrics exp/decode_dev_ctc/metrics.json \
+    --dev-transcripts exp/whisper/transcripts_dev.jsonl
 fi
 if run_stage 8; then
   log "stage 8: results"

@@ -104,8 +104,8 @@ def tune_fused(rescorer, prepared: Dict[str, object], refs: Dict[str, List[str]]
                ctc_scales: Iterable[float], norms: Sequence[str], lm_scales: Iterable[float],
                word_insertion_penalties: Iterable[float], train_vocab: Optional[set] = None,
                oov_lm_scores: Optional[Iterable[float]] = None, recovered: bool = False,
-               gates: Sequence[object] = (None,), min_precision: Optional[float] = None
-               ) -> Tuple[object, str, List[dict], object]:
+               gates: Sequence[object] = (None,), min_precision: Optional[float] = None,
+               max_p: Optional[float] = None) -> Tuple[object, str, List[dict], object]:
     """Grid search on dev; returns (best RescoreConfig, best normalisation, curve rows, best gate).
 
     ``gates``: ``rescore_ctc.EvidenceGate`` s for the added arcs, tried in step 2 with the LM cost
@@ -119,7 +119,7 @@ def tune_fused(rescorer, prepared: Dict[str, object], refs: Dict[str, List[str]]
     the CTC weight and normalisation again; step 2's rows carry ``added_counts`` against step
     1's hypotheses. Step 2's point is kept only as ``evaluation.rescoring.choose_recovery``
     allows (a lower dev WER than step 1's, or the ``min_precision`` target for the added
-    words), else step 1's point is returned, every added arc priced out. The chosen row says
+    words; with ``max_p``, a significant sign test over dev utterances too), else step 1's point is returned, every added arc priced out. The chosen row says
     ``"chosen": true``."""
     uids = sorted(prepared)
     ctc_scales = [float(x) for x in ctc_scales]
@@ -142,7 +142,7 @@ def tune_fused(rescorer, prepared: Dict[str, object], refs: Dict[str, List[str]]
     _, _, second, _, configs = _fused_grid(rescorer, prepared, refs, uids, second_points, train_vocab, "recovery",
                                            without)
     i0 = min(range(len(first)), key=lambda i: (first[i]["wer"], i))
-    pick = choose_recovery(first[i0], second, min_precision)
+    pick = choose_recovery(first[i0], second, min_precision, max_p)
     if pick is None:
         first[i0]["chosen"] = True
         return base, norm, first + second, None

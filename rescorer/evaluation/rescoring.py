@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import time
 from dataclasses import asdict, replace
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
@@ -25,7 +26,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 import torch
 
 from rescorer.lattice.word_lattice import best_path_hypothesis
-from rescorer.wer import align, compute_wer
+from rescorer.wer import align, compute_wer, edit_distance
 
 log = logging.getLogger(__name__)
 
@@ -222,13 +223,35 @@ def added_counts(refs, without, with_recovery, train_vocab) -> dict:
     """What recovery itself changed: ``recovery_counts`` of the hypotheses ``with_recovery``
     against the same rescoring ``without`` it (not against the decoder's 1-best, which also
     counts what rescoring alone changed), as ``added_oov_recovered``, ``added_oov_proposed``,
-    ``added_oov_precision`` (None: nothing added) and ``added_iv_broken``."""
+    ``added_oov_precision`` (None: nothing added) and ``added_iv_broken``; and whether the
+    change helps utterance by utterance (``paired_sign_test``: ``added_utterances_better``,
+    ``added_utterances_worse``, ``added_sign_test_p``)."""
     c = recovery_counts(refs, without, with_recovery, train_vocab or set())
     return {"added_oov_recovered": c["oov_tokens_recovered"], "added_oov_proposed": c["oov_tokens_proposed"],
-            "added_oov_precision": c["oov_precision"], "added_iv_broken": c["iv_tokens_broken"]}
+            "added_oov_precision": c["oov_precision"], "added_iv_broken": c["iv_tokens_broken"],
+            **paired_sign_test(refs, without, with_recovery)}
 
 
-def choose_recovery(no_recovery: dict, rows: Sequence[dict], min_precision: Optional[float] = None) -> Optional[int]:
+def paired_sign_test(refs, without, with_recovery) -> dict:
+    """A one-sided sign test over utterances: of those whose errors (edit distance to the
+    reference) recovery changed, how many it made better and worse, and the chance of at
+    least that many better ones if better and worse were equally likely. Why: a dev gain of
+    a word or two, from one or two utterances, did not hold on test; a gain spread over
+    many utterances is one to keep (``choose_recovery``'s ``max_p``)."""
+    better = worse = 0
+    for r, a, b in zip(refs, without, with_recovery):
+        if list(a) == list(b):
+            continue
+        ea, eb = edit_distance(r, a), edit_distance(r, b)
+        better += eb < ea
+        worse += eb > ea
+    n = better + worse
+    p = sum(math.comb(n, k) for k in range(better, n + 1)) / 2 ** n if n else 1.0
+    return {"added_utterances_better": better, "added_utterances_worse": worse, "added_sign_test_p": round(p, 6)}
+
+
+def choose_recovery(no_recovery: dict, rows: Sequence[dict], min_precision: Optional[float] = None,
+                    max_p: Optional[float] = None) -> Optional[int]:
     """Which recovery grid point to use, by its dev row; None: abstain, recovery off.
 
     ``no_recovery`` is the row of the same rescoring with every added word priced out.
@@ -237,8 +260,13 @@ def choose_recovery(no_recovery: dict, rows: Sequence[dict], min_precision: Opti
     ``added_counts`` against the no-recovery hypotheses), a user's precision target: among the
     points whose added OOV words are right at least that often and that do not raise the WER,
     the one that recovers the most OOV tokens (then the lowest WER); none such, abstain.
+    With ``max_p``, only points whose change is also significant utterance by utterance
+    (``added_sign_test_p`` at most ``max_p``: ``paired_sign_test``) are candidates.
     """
     eps = 1e-12
+    if max_p is not None:
+        rows = [r if r.get("added_sign_test_p", 1.0) <= max_p + eps else {**r, "wer": float("inf"),
+                                                                        "added_oov_precision": None} for r in rows]
     if min_precision is None:
         best = min(range(len(rows)), key=lambda i: (rows[i]["wer"], i), default=None)
         return best if best is not None and rows[best]["wer"] < no_recovery["wer"] - eps else None
@@ -259,6 +287,7 @@ def tune_recovery(
     oov_lm_scores: Optional[Iterable[float]] = None,
     oov_margins: Optional[Iterable[Optional[float]]] = None,
     min_precision: Optional[float] = None,
+    max_p: Optional[float] = None,
 ) -> Tuple[object, List[dict]]:
     """OOV recovery tuned in two steps on dev: the scales first, with every recovered arc
     priced out (``recovery_off``: the rescoring that recovery adds to, as ``awe_rescore``
@@ -268,7 +297,7 @@ def tune_recovery(
     ``added_counts`` against step 1's hypotheses.
 
     Step 2's point is kept only as ``choose_recovery`` allows (``min_precision``: a precision
-    target for the added words); otherwise the returned config is step 1's, recovery priced
+    target for the added words; ``max_p``: a significant sign test over dev utterances); otherwise the returned config is step 1's, recovery priced
     out (``abstained``). The chosen row says ``"chosen": true`` either way."""
     base, first = tune(rescorer, prepared, refs, awe_scales, lm_scales, word_insertion_penalties, train_vocab,
                        oov_lm_scores=[NO_RECOVERY_LM_SCORE], oov_margins=[NO_RECOVERY_MARGIN])
@@ -278,7 +307,7 @@ def tune_recovery(
     first = [{**r, "step": "scales"} for r in first]
     second = [{**r, "step": "recovery"} for r in second]
     i0 = min(range(len(first)), key=lambda i: (first[i]["wer"], i))
-    pick = choose_recovery(first[i0], second, min_precision)
+    pick = choose_recovery(first[i0], second, min_precision, max_p)
     if pick is None:
         first[i0]["chosen"] = True
         return base, first + second

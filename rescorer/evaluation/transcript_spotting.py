@@ -71,10 +71,10 @@ def spot_all(rescorer, hyps: Dict[str, List[WordSpan]], transcripts: Dict[str, L
 
 
 def tune_gate(spotted: Dict[str, SpottedUtterance], refs: Dict[str, List[str]], gates: Sequence[Optional[float]],
-              train_vocab=None, min_precision: Optional[float] = None):
+              train_vocab=None, min_precision: Optional[float] = None, max_p: Optional[float] = None):
     """(the chosen gate, or ``"abstained"``; curve rows): one row per gate (``gate``, WER and
     ``added_counts`` against the hypotheses without hits), then the choice by ``choose_recovery``
-    against the row without hits (``gate: "off"``)."""
+    against the row without hits (``gate: "off"``; ``max_p``: its sign test over dev utterances)."""
     uids = sorted(spotted)
     r = [refs[u] for u in uids]
     without = [[w.word for w in spotted[u].hyp] for u in uids]
@@ -86,7 +86,7 @@ def tune_gate(spotted: Dict[str, SpottedUtterance], refs: Dict[str, List[str]], 
         m = compute_wer(r, hyps, train_vocab)
         rows.append({"gate": g, "wer": m["wer"], "iv_wer": m.get("iv_wer"), "oov_wer": m.get("oov_wer"),
                      **added_counts(r, without, hyps, train_vocab)})
-    pick = choose_recovery(base_row, rows, min_precision)
+    pick = choose_recovery(base_row, rows, min_precision, max_p)
     if pick is None:
         base_row["chosen"] = True
         return "abstained", [base_row] + rows

@@ -120,6 +120,9 @@ class TuneSettings:
     # words on dev (evaluation.rescoring.choose_recovery); None: the lowest dev WER. Either way
     # recovery abstains on a fold where dev does not show what is asked
     oov_min_precision: Optional[float] = None
+    # ... and a significance level: the added words must help more dev utterances than they hurt,
+    # by a one-sided sign test at this p (evaluation.rescoring.paired_sign_test); None: not asked
+    oov_max_sign_p: Optional[float] = None
     # CTC methods (rescorer.stages.tune_ctc)
     ctc_model_dir: Optional[str] = None  # the CTC model whose log-probs are spotted / score spellings
     dev_ctc_log_probs: Optional[str] = None  # its log-probs as the decoder stored them (decode --save-ctc-log-probs)
@@ -141,6 +144,19 @@ class TuneSettings:
     dev_transcripts: Optional[str] = None
     test_transcripts: Optional[str] = None
     whisper_gates: Tuple[Optional[float], ...] = (None, 0.0, 0.2, 0.4)
+
+    def abstain_reason(self) -> str:
+        """Why recovery abstained, for a log line ("... does not <reason> on dev")."""
+        why = "lower the WER" if self.oov_min_precision is None else \
+            f"reach precision {self.oov_min_precision} without raising the WER"
+        if self.oov_max_sign_p is not None:
+            why += f" on more utterances than it hurts (sign test p <= {self.oov_max_sign_p})"
+        return why
+
+    def keep_rule(self) -> dict:
+        """The row fields naming the keep-or-abstain rule dev applied (none: the default)."""
+        return {k: v for k, v in (("oov_min_precision", self.oov_min_precision), ("oov_max_sign_p", self.oov_max_sign_p))
+                if v is not None}
 
     def __post_init__(self):
         if self.methods is None:  # every method whose inputs are given (the CTC and Whisper methods when asked for)
@@ -176,6 +192,10 @@ class TuneSettings:
             raise StageError("cross-validation over dev speakers uses the dev context list only: drop --test-context-list")
         if self.oov_min_precision is not None and not 0.0 < self.oov_min_precision <= 1.0:
             raise StageError(f"--oov-min-precision must be in (0, 1], got {self.oov_min_precision}")
+        if self.oov_max_sign_p is not None and not 0.0 < self.oov_max_sign_p <= 1.0:
+            raise StageError(f"--oov-max-sign-p must be in (0, 1], got {self.oov_max_sign_p}")
+        if self.oov_max_sign_p is not None and self.recovery_tuning != "two_step":
+            raise StageError("--oov-max-sign-p judges recovery's step 2 in the two-step tuning: drop --recovery-tuning joint")
         if self.oov_min_precision is not None and self.recovery_tuning != "two_step":
             raise StageError("--oov-min-precision chooses recovery's settings in the two-step tuning: drop --recovery-tuning joint")
         if self.recovery_tuning not in ("two_step", "joint"):
@@ -365,7 +385,8 @@ def _tune_and_evaluate(s: TuneSettings):
             margins = list(s.oov_margins) if recover and s.oov_margins else None
             if recover and s.recovery_tuning == "two_step":
                 best, curve = tune_recovery(rescorer, prep_tune, dev_refs, train_vocab=train_vocab, oov_lm_scores=oov_grid,
-                                            oov_margins=margins, min_precision=s.oov_min_precision, **grid)
+                                            oov_margins=margins, min_precision=s.oov_min_precision,
+                                            max_p=s.oov_max_sign_p, **grid)
             else:
                 best, curve = tune(rescorer, prep_tune, dev_refs, train_vocab=train_vocab, oov_lm_scores=oov_grid,
                                    oov_margins=margins, **grid)
@@ -379,8 +400,7 @@ def _tune_and_evaluate(s: TuneSettings):
             if recover and abstained(best):
                 chosen[-1]["oov_recovery"] = "abstained"
                 log.warning("%s, fold %d: recovery does not %s on dev: it abstains (the scales of the rescoring "
-                            "it extends)", method, k, "lower the WER" if s.oov_min_precision is None else
-                            f"reach precision {s.oov_min_precision} without raising the WER")
+                            "it extends)", method, k, s.abstain_reason())
             prep_eval = {u: prep_test[u] for u in eval_lats}
             base = {u: [w.word for w in best_path_hypothesis(lat).words] for u, lat in eval_lats.items()}
             m = evaluate(rescorer, prep_eval, test_refs, base, train_vocab, best)
@@ -422,8 +442,8 @@ def _tune_and_evaluate(s: TuneSettings):
 
         chosen_by_method[method] = chosen
         extra = {"rescoring_seconds": round(seconds, 2), "scales": chosen}
-        if recover and s.oov_min_precision is not None:  # validated: two-step tuning only
-            extra["oov_min_precision"] = s.oov_min_precision
+        if recover:  # validated: two-step tuning only
+            extra.update(s.keep_rule())
         if recover:  # what recovery itself changed, against the same scales without it
             extra.update(added_counts(pooled_refs, pooled_without, pooled_hyps, train_vocab))
             extra.update(word_list=lists["dev_name"], word_list_size=len(lists["dev"]))

@@ -163,14 +163,14 @@ def ctc_methods(s, rescorer, train_vocab, grid, dev_lats, dev_feats, dev_refs, f
                                                  grid["awe_scales"], s.ctc_scales, s.ctc_norms, grid["lm_scales"],
                                                  grid["word_insertion_penalties"], train_vocab, oov_grid,
                                                  recovered=recover, gates=gates if gated else (None,),
-                                                 min_precision=s.oov_min_precision if recover else None)
+                                                 min_precision=s.oov_min_precision if recover else None,
+                                                 max_p=s.oov_max_sign_p if recover else None)
             curves[f"awe_ctc_rescore_fold{k}"] = curve
             chosen.append({**asdict(best), "ctc_norm": norm, **(gate.to_dict() if gate is not None else {})})
             if recover and abstained(best):
                 chosen[-1]["oov_recovery"] = "abstained"
                 log.warning("awe_ctc_rescore, fold %d: the added words do not %s on dev: none is added", k,
-                            "lower the WER" if s.oov_min_precision is None else
-                            f"reach precision {s.oov_min_precision} without raising the WER")
+                            s.abstain_reason())
             t0 = time.perf_counter()
             for u in sorted(eval_lats):
                 p = prep_test[u]
@@ -191,7 +191,7 @@ def ctc_methods(s, rescorer, train_vocab, grid, dev_lats, dev_feats, dev_refs, f
             hyps.append([])
             without.append([])
         extra = {"scales": chosen, "ctc_model_dir": s.ctc_model_dir, "oov_recovery": recover,
-                 **({"oov_min_precision": s.oov_min_precision} if recover and s.oov_min_precision is not None else {}),
+                 **(s.keep_rule() if recover else {}),
                  "spotted_arcs_added": hit_arcs, "ctc_forward_seconds": round(forward, 3),
                  "rescoring_seconds": round(seconds, 2), "ctc_log_probs": lists["ctc_log_probs"]}
         if words:

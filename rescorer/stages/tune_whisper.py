@@ -93,13 +93,12 @@ def whisper_methods(s, rescorer, train_vocab, lists: Dict[str, dict], awe_config
         hyps, without, chosen, hits, seconds = [], [], [], 0, t_hyp
         for k, (tune_lats, eval_lats) in enumerate(folds):
             spotted = spot_all(rescorer, hyps_dev[k], dev.words, lst["dev"], dev_feats, rescorer.config.oov_min_letters)
-            gate, curve = tune_gate(spotted, dev_refs, gates, train_vocab, s.oov_min_precision)
+            gate, curve = tune_gate(spotted, dev_refs, gates, train_vocab, s.oov_min_precision, s.oov_max_sign_p)
             curves[f"{method}_fold{k}"] = curve
             chosen.append({"gate": gate})
             if gate == "abstained":
                 log.warning("%s, fold %d: Whisper's list words do not %s on dev: none is added", method, k,
-                            "lower the WER" if s.oov_min_precision is None else
-                            f"reach precision {s.oov_min_precision} without raising the WER")
+                            s.abstain_reason())
             t0 = time.perf_counter()
             ev = spot_all(rescorer, hyps_eval[k], test.words, lst["test"], test_feats, rescorer.config.oov_min_letters)
             seconds += time.perf_counter() - t0
@@ -114,8 +113,7 @@ def whisper_methods(s, rescorer, train_vocab, lists: Dict[str, dict], awe_config
                  **added_counts(refs, without, hyps, train_vocab)}
         if lst["test"] is not lst["dev"] and not s.cross_validate:
             extra.update(test_word_list=lst["test_name"], test_word_list_size=len(lst["test"]))
-        if s.oov_min_precision is not None:
-            extra["oov_min_precision"] = s.oov_min_precision
+        extra.update(s.keep_rule())
         results[s.prefix + method] = summary(hyps, extra)
         log.info("%s: %s", method, {k: results[s.prefix + method][k] for k in ("wer", "oov_recall", "oov_precision")})
     return results, curves
