@@ -211,6 +211,8 @@ def test_rescorer_tune_spots_whisper_list_words_tuned_on_dev(tmp_path, monkeypat
     assert row["wer"] == 0.0 and [c["gate"] for c in row["scales"]] == [0.5, 0.5]
     assert row["added_oov_recovered"] == 2 and row["added_oov_precision"] == 1.0 and row["added_iv_broken"] == 0
     assert row["transcriber"] == {"recogniser": "test"} and row["transcribe_seconds"] == pytest.approx(0.4)
+    # its cost: awe_rescore's, the transcription's and the spotting's
+    assert row["rescoring_seconds"] >= row["transcribe_seconds"] + toy["awe_rescore"]["rescoring_seconds"] - 0.01
     assert toy["whisper_transcript"]["wer"] == pytest.approx(2 / 12)  # the transcript alone: its two wrong words
     curves = json.loads((tmp_path / "rescore_tuning_toy_lattices.json").read_text())
     assert [r_["gate"] for r_ in curves["awe_whisper_context_list_fold0"]] == ["off", None, 0.5]

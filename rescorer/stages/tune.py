@@ -468,7 +468,8 @@ def _tune_and_evaluate(s: TuneSettings):
                  for m in wanted if m in WHISPER_METHODS}
         w_results, w_curves = whisper_methods(s, rescorer, train_vocab, lists, awe_state["configs"], awe_state["prep_dev"],
                                               awe_state["prep_test"], folds, dev_feats, dev_refs, test_feats, test_refs,
-                                              missing, decode_seconds)
+                                              missing, decode_seconds,
+                                              awe_seconds=results[s.prefix + "awe_rescore"].get("rescoring_seconds", 0.0))
         results.update(w_results)
         curves.update(w_curves)
 

@@ -49,10 +49,13 @@ def _read(path: Optional[str], uids, split: str):
 
 
 def whisper_methods(s, rescorer, train_vocab, lists: Dict[str, dict], awe_configs: List, prep_dev, prep_test, folds,
-                    dev_feats, dev_refs, test_feats, test_refs, missing: List[str], decode_seconds: Optional[float]):
+                    dev_feats, dev_refs, test_feats, test_refs, missing: List[str], decode_seconds: Optional[float],
+                    awe_seconds: float = 0.0):
     """Results by method name (with ``s.prefix``) and tuning curves of ``WHISPER_METHODS`` in
     ``s.methods`` (and the ``whisper_transcript`` row). ``lists``: each method's word lists
-    (``{"dev", "test", "dev_name", "test_name"}``); ``awe_configs``: ``awe_rescore``'s config per fold."""
+    (``{"dev", "test", "dev_name", "test_name"}``); ``awe_configs``: ``awe_rescore``'s config per fold;
+    ``awe_seconds``: its rescoring time, part of these methods' cost (``rescoring_seconds``: that,
+    the transcription and the spotting)."""
     wanted = [m for m in s.methods if m in WHISPER_METHODS]
     dev = _read(s.dev_transcripts, list(prep_dev), "dev")
     test = dev if s.cross_validate else _read(s.test_transcripts, [u for _, ev in folds for u in ev], "test")
@@ -87,7 +90,10 @@ def whisper_methods(s, rescorer, train_vocab, lists: Dict[str, dict], awe_config
 
     results, curves = {}, {}
     whisper_hyps = [test.words.get(u, []) for u in eval_uids] + [[] for _ in missing]
-    results[s.prefix + "whisper_transcript"] = summary(whisper_hyps, {**meta, **cost, "note": "the transcript alone"})
+    transcript_cost = dict(cost)
+    if "transcribe_seconds_per_decode_second" in cost:  # the table's cost column: what it takes beside decoding
+        transcript_cost["rescoring_seconds_per_decode_second"] = cost["transcribe_seconds_per_decode_second"]
+    results[s.prefix + "whisper_transcript"] = summary(whisper_hyps, {**meta, **transcript_cost, "note": "the transcript alone"})
     for method in wanted:
         lst = lists[method]
         hyps, without, chosen, hits, seconds = [], [], [], 0, t_hyp
@@ -108,9 +114,12 @@ def whisper_methods(s, rescorer, train_vocab, lists: Dict[str, dict], awe_config
                 hits += 0 if gate == "abstained" else sum(gate is None or c >= gate for c in ev[u].cosines)
         hyps += [[] for _ in missing]
         without += [[] for _ in missing]
+        total = awe_seconds + transcribe_seconds + seconds
         extra = {"scales": chosen, "word_list": lst["dev_name"], "word_list_size": len(lst["dev"]), **meta,
-                 "hits_added": hits, "spotting_seconds": round(seconds, 2), **cost,
+                 "hits_added": hits, "spotting_seconds": round(seconds, 2), **cost, "rescoring_seconds": round(total, 2),
                  **added_counts(refs, without, hyps, train_vocab)}
+        if "transcribe_seconds_per_decode_second" in cost:
+            extra["rescoring_seconds_per_decode_second"] = round(total / decode_seconds, 4)
         if lst["test"] is not lst["dev"] and not s.cross_validate:
             extra.update(test_word_list=lst["test_name"], test_word_list_size=len(lst["test"]))
         extra.update(s.keep_rule())
