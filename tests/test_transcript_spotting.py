@@ -223,3 +223,28 @@ def test_rescorer_tune_spots_whisper_list_words_tuned_on_dev(tmp_path, monkeypat
     r = CliRunner().invoke(main, args + ["--methods", "awe_rescore,awe_whisper_context_list", "--dev-transcripts",
                                          str(tmp_path / "other.jsonl")])
     assert r.exit_code != 0 and "another split" in r.output
+
+
+def test_a_hit_without_times_gets_no_cosine_and_no_gate_keeps_it():
+    import math
+
+    import torch
+
+    from rescorer.decoding.transcript_spotting import TranscriptHit
+    from rescorer.evaluation.transcript_spotting import SpottedUtterance, hit_cosines
+
+    class Stub:
+        frame_shift = 0.01
+
+        def span_embeddings(self, feats, spans):
+            return torch.ones(len(spans), 4)
+
+        def spelling_embeddings(self, words):
+            return torch.ones(len(words), 4)
+
+    hits = [TranscriptHit("zebra", math.nan, math.nan, 1, 2), TranscriptHit("zebra", 0.2, 0.4, 1, 2),
+            TranscriptHit("zebra", 0.4, 0.4, 1, 1)]
+    c = hit_cosines(Stub(), torch.zeros(100, 4), hits)
+    assert c[0] == -math.inf and c[1] == pytest.approx(1.0) and c[2] == -math.inf  # no span, a span, an empty one
+    u = SpottedUtterance(_hyp(["the", "cap"]), hits[:1], c[:1])
+    assert u.words(0.0) == ["the", "cap"] and u.words(None) == ["the", "zebra"]

@@ -41,11 +41,14 @@ class SpottedUtterance:
 
 
 def hit_cosines(rescorer, feats: torch.Tensor, hits: Sequence[TranscriptHit]) -> List[float]:
-    """The embedder's cosine of each hit's spelling with its span's audio (-inf: under one feature frame)."""
+    """The embedder's cosine of each hit's spelling with its span's audio (-inf: under one feature
+    frame, or no span: a path without times)."""
     out = [-math.inf] * len(hits)
     shift, n = rescorer.frame_shift, int(feats.shape[0])
     spans, idx = [], []
     for i, h in enumerate(hits):
+        if not (math.isfinite(h.start) and math.isfinite(h.end)):
+            continue
         s, e = int(round(h.start / shift)), min(n, int(round(h.end / shift)))
         if e > s:
             spans.append((s, e))

@@ -40,7 +40,7 @@ def _read(path: Optional[str], uids, split: str):
     except TranscriptError as e:
         raise StageError(str(e)) from e
     missing = sorted(set(uids) - set(t.words))
-    if len(missing) == len(list(uids)):
+    if missing and len(missing) == len(set(uids)):
         raise StageError(f"{path} has none of the {split} utterances (e.g. {missing[0]}): transcripts of another split?")
     if missing:
         log.warning("%s lacks %d %s utterance(s) (no hits there; empty for whisper_transcript): %s", path, len(missing),
