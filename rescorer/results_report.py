@@ -606,7 +606,9 @@ def _whisper_frontend_section(doc: Any, source: str) -> List[str]:
 
 _EVIDENCE_RULES = (("arc_margin", "cosine - the replaced arc's own (recovery's rule)"), ("cosine", "cosine"),
                    ("lexicon_margin", "cosine - best other lexicon word"),
-                   ("lexicon_list_margin", "cosine - best other lexicon or list word"))
+                   ("lexicon_list_margin", "cosine - best other lexicon or list word"),
+                   ("whisper_margin", "Whisper's log P(1-best with it) - log P(1-best)"),
+                   ("rank_mean_whisper", "mean rank: softmax t = 0.05 and Whisper's margin"))
 
 
 def _oov_evidence_section(doc: Any, source: str) -> List[str]:
