@@ -552,8 +552,11 @@ def _tuning_section(results_dir: Path, base: Path) -> List[str]:
                             + (f" at {scales}" if scales else ""))
                     chosen = next((p for p in pts if p.get("chosen")), None)  # two-step recovery tunings
                     if chosen is not None and chosen.get("step") == "scales":
-                        line += (f"; recovery abstains (no point of step 2 lowers step 1's "
-                                 f"{_pct(chosen['wer'])}%)")
+                        lower = [p for p in pts if p.get("step") == "recovery" and p["wer"] < chosen["wer"] - 1e-12]
+                        line += (f"; recovery abstains (no point of step 2 lowers step 1's {_pct(chosen['wer'])}%)"
+                                 if not lower else
+                                 f"; recovery abstains ({len(lower)} point(s) of step 2 lower step 1's "
+                                 f"{_pct(chosen['wer'])}%, none passing the keep rule, e.g. the sign test)")
                     elif chosen is not None and chosen.get("gate") == "off":
                         line += f"; the hits abstain (no gate lowers {_pct(chosen['wer'])}% without them)"
                     elif chosen is not None and chosen is not best:

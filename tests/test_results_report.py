@@ -393,7 +393,14 @@ def test_tuning_section_says_where_recovery_abstained_or_chose_another_point(tmp
     target = [{"awe_scale": 4.0, "wer": 0.45, "step": "scales"},
               {"awe_scale": 4.0, "wer": 0.44, "step": "recovery"},
               {"awe_scale": 8.0, "wer": 0.449, "step": "recovery", "chosen": True}]
-    (results / "rescore_tuning_rec_lattices.json").write_text(json.dumps({"off_fold0": off, "target_fold0": target}))
+    unsure = [{"awe_scale": 4.0, "wer": 0.45, "step": "scales", "chosen": True},
+              {"awe_scale": 4.0, "wer": 0.449, "step": "recovery", "added_sign_test_p": 0.4}]
+    whisper = [{"gate": "off", "wer": 0.45, "chosen": True}, {"gate": None, "wer": 0.46}]
+    (results / "rescore_tuning_rec_lattices.json").write_text(json.dumps({"off_fold0": off, "target_fold0": target,
+                                                                          "unsure_fold0": unsure, "whisper_fold0": whisper}))
     md = write_results_md(results, tmp_path / "RESULTS.md", results / "plots").read_text()
+    assert ("`unsure_fold0`: 2 grid points, best WER 44.9% at awe_scale 4; recovery abstains (1 point(s) of step 2 "
+            "lower step 1's 45.0%, none passing the keep rule, e.g. the sign test).") in md
+    assert "`whisper_fold0`: 2 grid points, best WER 45.0% at gate off; the hits abstain (no gate lowers 45.0% without them)." in md
     assert "`off_fold0`: 2 grid points, best WER 45.0% at awe_scale 4; recovery abstains (no point of step 2 lowers step 1's 45.0%)." in md
     assert "`target_fold0`: 3 grid points, best WER 44.0% at awe_scale 4; chosen 44.9% at awe_scale 8." in md
