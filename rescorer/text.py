@@ -51,14 +51,18 @@ def is_word(token: str) -> bool:
         return False
 
 
+def _tokens(text: str) -> List[str]:
+    """Whitespace/hyphen-separated tokens of a transcript, sentence punctuation dropped."""
+    text = re.sub(r'[.,;:!?"()\[\]{}]', " ", text.translate(_APOSTROPHES))
+    return [t for t in re.split(r"[\s\-\u2013\u2014/]+", text) if t.strip("'")]
+
+
 def split_words(text: str) -> List[str]:
     """Split a transcript into normalised words; raises NotAWordError on non-word tokens.
 
     Hyphens and whitespace separate words; sentence punctuation (.,;:!?"()) is dropped.
     """
-    text = text.translate(_APOSTROPHES)
-    text = re.sub(r'[.,;:!?"()\[\]{}]', " ", text)
-    tokens = [t for t in re.split(r"[\s\-\u2013\u2014/]+", text) if t.strip("'")]
+    tokens = _tokens(text)
     if not tokens:
         raise NotAWordError(f"transcript has no words: {text!r}")
     return [normalize_word(t) for t in tokens]
@@ -67,14 +71,7 @@ def split_words(text: str) -> List[str]:
 def words_of(text: str) -> List[str]:
     """The words of a recogniser's free text (``split_words``'s rules), tokens that are not
     words (digits, symbols) left out instead of raising: e.g. Whisper writes "3" or "%"."""
-    text = re.sub(r'[.,;:!?"()\[\]{}]', " ", text.translate(_APOSTROPHES))
-    out = []
-    for t in re.split(r"[\s\-\u2013\u2014/]+", text):
-        try:
-            out.append(normalize_word(t))
-        except NotAWordError:
-            pass
-    return out
+    return [normalize_word(t) for t in _tokens(text) if is_word(t)]
 
 
 def letter_ngrams(word: str, n_min: int = 1, n_max: int = 5) -> List[str]:

@@ -119,8 +119,8 @@ def tune_fused(rescorer, prepared: Dict[str, object], refs: Dict[str, List[str]]
     the CTC weight and normalisation again; step 2's rows carry ``added_counts`` against step
     1's hypotheses. Step 2's point is kept only as ``evaluation.rescoring.choose_recovery``
     allows (a lower dev WER than step 1's, or the ``min_precision`` target for the added
-    words; with ``max_p``, a significant sign test over dev utterances too), else step 1's point is returned, every added arc priced out. The chosen row says
-    ``"chosen": true``."""
+    words; with ``max_p``, a significant sign test over dev utterances too), else step 1's
+    point is returned, every added arc priced out. The chosen row says ``"chosen": true``."""
     uids = sorted(prepared)
     ctc_scales = [float(x) for x in ctc_scales]
     scales = [(n, a, k, l, w) for n, a, k, l, w in itertools.product(

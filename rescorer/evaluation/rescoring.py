@@ -264,15 +264,15 @@ def choose_recovery(no_recovery: dict, rows: Sequence[dict], min_precision: Opti
     (``added_sign_test_p`` at most ``max_p``: ``paired_sign_test``) are candidates.
     """
     eps = 1e-12
-    if max_p is not None:
-        rows = [r if r.get("added_sign_test_p", 1.0) <= max_p + eps else {**r, "wer": float("inf"),
-                                                                        "added_oov_precision": None} for r in rows]
+    candidates = [i for i, r in enumerate(rows) if max_p is None or r.get("added_sign_test_p", 1.0) <= max_p + eps]
     if min_precision is None:
-        best = min(range(len(rows)), key=lambda i: (rows[i]["wer"], i), default=None)
+        best = min(candidates, key=lambda i: (rows[i]["wer"], i), default=None)
         return best if best is not None and rows[best]["wer"] < no_recovery["wer"] - eps else None
-    ok = [i for i, r in enumerate(rows)
-          if r.get("added_oov_precision") is not None and r["added_oov_precision"] >= min_precision - eps
-          and r.get("added_oov_recovered", 0) > 0 and r["wer"] <= no_recovery["wer"] + eps]
+    def meets_target(r: dict) -> bool:
+        return (r.get("added_oov_precision") is not None and r["added_oov_precision"] >= min_precision - eps
+                and r.get("added_oov_recovered", 0) > 0 and r["wer"] <= no_recovery["wer"] + eps)
+
+    ok = [i for i in candidates if meets_target(rows[i])]
     return min(ok, key=lambda i: (-rows[i]["added_oov_recovered"], rows[i]["wer"], i), default=None)
 
 
@@ -297,8 +297,8 @@ def tune_recovery(
     ``added_counts`` against step 1's hypotheses.
 
     Step 2's point is kept only as ``choose_recovery`` allows (``min_precision``: a precision
-    target for the added words; ``max_p``: a significant sign test over dev utterances); otherwise the returned config is step 1's, recovery priced
-    out (``abstained``). The chosen row says ``"chosen": true`` either way."""
+    target for the added words; ``max_p``: a significant sign test over dev utterances);
+    otherwise the returned config is step 1's, recovery priced out (``abstained``). The chosen row says ``"chosen": true`` either way."""
     base, first = tune(rescorer, prepared, refs, awe_scales, lm_scales, word_insertion_penalties, train_vocab,
                        oov_lm_scores=[NO_RECOVERY_LM_SCORE], oov_margins=[NO_RECOVERY_MARGIN])
     without = decode_all(rescorer, prepared, base)

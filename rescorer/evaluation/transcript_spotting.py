@@ -22,6 +22,7 @@ import torch
 from rescorer.decoding.transcript_spotting import TranscriptHit, apply_hits, spot_transcript
 from rescorer.evaluation.rescoring import added_counts, choose_recovery
 from rescorer.lattice.paths import WordSpan
+from rescorer.ops import arc_similarity
 from rescorer.wer import compute_wer
 
 
@@ -54,9 +55,10 @@ def hit_cosines(rescorer, feats: torch.Tensor, hits: Sequence[TranscriptHit]) ->
             spans.append((s, e))
             idx.append(i)
     if spans:
-        q = torch.nn.functional.normalize(rescorer.span_embeddings(feats, spans).float(), dim=-1)
-        w = torch.nn.functional.normalize(rescorer.spelling_embeddings([hits[i].word for i in idx]).float(), dim=-1)
-        for i, c in zip(idx, (q * w).sum(-1).cpu().tolist()):
+        q = rescorer.span_embeddings(feats, spans).float()
+        w = rescorer.spelling_embeddings([hits[i].word for i in idx]).float()
+        pairs = torch.arange(len(idx), device=q.device).repeat(2, 1).T  # hit j: span j, word j
+        for i, c in zip(idx, arc_similarity(q, w.to(q.device), pairs, metric="cosine").cpu().tolist()):
             out[i] = float(c)
     return out
 

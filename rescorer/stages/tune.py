@@ -442,9 +442,8 @@ def _tune_and_evaluate(s: TuneSettings):
 
         chosen_by_method[method] = chosen
         extra = {"rescoring_seconds": round(seconds, 2), "scales": chosen}
-        if recover:  # validated: two-step tuning only
+        if recover:  # the keep rule, and what recovery itself changed against the same scales without it
             extra.update(s.keep_rule())
-        if recover:  # what recovery itself changed, against the same scales without it
             extra.update(added_counts(pooled_refs, pooled_without, pooled_hyps, train_vocab))
             extra.update(word_list=lists["dev_name"], word_list_size=len(lists["dev"]))
             if not s.cross_validate and lists["test"] is not lists["dev"]:

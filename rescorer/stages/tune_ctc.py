@@ -44,7 +44,8 @@ log = logging.getLogger(__name__)
 CTC_METHODS = ("ctc_word_spotting", "awe_ctc_rescore")
 
 
-def _summary(refs, base, hyps, train_vocab, extra: dict) -> dict:
+def summary_row(refs, base, hyps, train_vocab, extra: dict) -> dict:
+    """A method's row: WER figures, recovery counts against ``base`` (what the method edits), ``extra``."""
     w = compute_wer(refs, hyps, train_vocab)
     out = {k: w[k] for k in ("wer", "iv_wer", "oov_wer", "substitutions", "deletions", "insertions", "ref_words", "utterances")}
     out.update(recovery_counts(refs, base, hyps, train_vocab))
@@ -138,7 +139,7 @@ def ctc_methods(s, rescorer, train_vocab, grid, dev_lats, dev_feats, dev_refs, f
             v = _per_decode(sec, decode_seconds)
             if v is not None:
                 extra[key] = v
-        results[s.prefix + "ctc_word_spotting"] = _summary(refs, base, hyps, train_vocab, extra)
+        results[s.prefix + "ctc_word_spotting"] = summary_row(refs, base, hyps, train_vocab, extra)
         log.info("ctc_word_spotting: %s", {k: results[s.prefix + "ctc_word_spotting"][k] for k in ("wer", "oov_recall", "oov_precision")})
 
     if "awe_ctc_rescore" in wanted:
@@ -201,6 +202,6 @@ def ctc_methods(s, rescorer, train_vocab, grid, dev_lats, dev_feats, dev_refs, f
         v = _per_decode(seconds, decode_seconds)
         if v is not None:
             extra["rescoring_seconds_per_decode_second"] = v
-        results[s.prefix + "awe_ctc_rescore"] = _summary(refs, base, hyps, train_vocab, extra)
+        results[s.prefix + "awe_ctc_rescore"] = summary_row(refs, base, hyps, train_vocab, extra)
         log.info("awe_ctc_rescore: %s", {k: results[s.prefix + "awe_ctc_rescore"][k] for k in ("wer", "oov_recall", "oov_precision")})
     return results, curves

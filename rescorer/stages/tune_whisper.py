@@ -22,12 +22,12 @@ import logging
 import time
 from typing import Dict, List, Optional
 
-from rescorer.evaluation.rescoring import added_counts, recovery_counts
+from rescorer.evaluation.rescoring import added_counts
 from rescorer.evaluation.transcript_spotting import spot_all, tune_gate
 from rescorer.formats.transcripts import TranscriptError, read_transcripts
 from rescorer.lattice.word_lattice import best_path_hypothesis
 from rescorer.stages import StageError
-from rescorer.wer import compute_wer
+from rescorer.stages.tune_ctc import summary_row
 
 log = logging.getLogger(__name__)
 
@@ -82,11 +82,7 @@ def whisper_methods(s, rescorer, train_vocab, lists: Dict[str, dict], awe_config
         cost["transcribe_seconds_per_decode_second"] = round(transcribe_seconds / decode_seconds, 4)
 
     def summary(hyps, extra):
-        w = compute_wer(refs, hyps, train_vocab)
-        out = {k: w[k] for k in ("wer", "iv_wer", "oov_wer", "substitutions", "deletions", "insertions", "ref_words", "utterances")}
-        out.update(recovery_counts(refs, base, hyps, train_vocab))
-        out.update(extra)
-        return out
+        return summary_row(refs, base, hyps, train_vocab, extra)
 
     results, curves = {}, {}
     whisper_hyps = [test.words.get(u, []) for u in eval_uids] + [[] for _ in missing]
