@@ -574,8 +574,11 @@ def transcribe_cmd(cuts, out, whisper_model, beam_size, threads, max_utterances,
 @click.option("--test-transcripts", type=click.Path(exists=True, dir_okay=False), help="... and test's.")
 @click.option("--whisper-gates", default="none,0,0.2,0.4", show_default=True,
               help="The Whisper methods: the embedder's cosine a hit must reach on its span, tuned on dev (none: every hit).")
+@click.option("--whisper-confidence-gates", default="none,0.2,0.4,0.6,0.8", show_default=True,
+              help="The Whisper methods: the Whisper word confidence (from the transcripts) a hit must reach, tuned on "
+                   "dev jointly with --whisper-gates (none: any).")
 def tune_cmd(methods, awe_scales, lm_scales, wips, oov_lm_scores, oov_margins, attention_scales, ctc_scales, ctc_norms, ws_bonuses,
-             ws_thresholds, oov_min_posteriors, oov_min_ctc_margins, whisper_gates, **opts):
+             ws_thresholds, oov_min_posteriors, oov_min_ctc_margins, whisper_gates, whisper_confidence_gates, **opts):
     """Tune the rescoring scales on dev, report on test (or cross-validate over dev speakers).
 
     Merges every method's WER into --out, writes the dev tuning curve beside it and, with
@@ -594,7 +597,8 @@ def tune_cmd(methods, awe_scales, lm_scales, wips, oov_lm_scores, oov_margins, a
             ws_bonuses=_floats(ws_bonuses, "--ws-bonuses"), ws_thresholds=_floats(ws_thresholds, "--ws-thresholds"),
             oov_min_posteriors=_margins(oov_min_posteriors, "--oov-min-posteriors") or (None,),
             oov_min_ctc_margins=_margins(oov_min_ctc_margins, "--oov-min-ctc-margins") or (None,),
-            whisper_gates=_margins(whisper_gates, "--whisper-gates"), **opts,
+            whisper_gates=_margins(whisper_gates, "--whisper-gates"),
+            whisper_confidence_gates=_margins(whisper_confidence_gates, "--whisper-confidence-gates"), **opts,
         )
         results = tune_rescoring(settings, command=_command_line())
     click.echo(json.dumps({m: {k: r.get(k) for k in ("wer", "iv_wer", "oov_wer", "oov_tokens_recovered", "oov_recall",

@@ -231,6 +231,16 @@ def _runs_for(wer_doc: Mapping[str, Any], corpus: str) -> List[Tuple[str, Mappin
     return [(k, v) for k, v in sorted(runs.items()) if isinstance(v, Mapping) and k.split(":", 1)[0] == corpus]
 
 
+def _gate_text(row: Mapping) -> str:
+    """A Whisper gate (a ``scales`` entry or a curve row): the least embedder cosine and the least
+    Whisper word confidence a hit needs."""
+    g, q = row.get("gate"), row.get("confidence_gate")
+    if g in ("abstained", "off"):
+        return {"abstained": "abstained", "off": "no hits"}[g]
+    parts = ([] if g is None else [f"cosine ≥ {_num(g)}"]) + ([] if q is None else [f"confidence ≥ {_num(q)}"])
+    return " and ".join(parts) or "none (every hit)"
+
+
 def _scales_text(scales: Mapping[str, Any]) -> str:
     return ", ".join(f"{k} {_num(v)}" for k, v in sorted(scales.items()) if _SCALE_KEY.search(k))
 
@@ -281,11 +291,9 @@ def _recovery_choice(r: Mapping[str, Any]) -> List[str]:
             if _is_num(r.get("oov_max_sign_p")):
                 why += " or no significant sign test"
             bits.append(f"recovery abstained {folds} ({why}): no word added there")
-        gates = [s.get("gate", "") for s in scales if isinstance(s, Mapping) and "gate" in s]
-        if gates:  # the Whisper methods: the embedder's gate on the hits, per fold
-            bits.append("embedder gate on the hits chosen on dev: " + ", ".join(
-                "abstained" if g == "abstained" else "none (every hit)" if g is None else f"cosine ≥ {_num(g)}"
-                for g in gates))
+        gates = [s for s in scales if isinstance(s, Mapping) and "gate" in s]
+        if gates:  # the Whisper methods: the gate on the hits, per fold
+            bits.append("gate on the hits chosen on dev: " + ", ".join(_gate_text(g) for g in gates))
     if _is_num(r.get("added_oov_proposed")):
         prec = r.get("added_oov_precision")
         bits.append(f"recovery itself (against the same scales without it): {r.get('added_oov_recovered')} OOV tokens "
@@ -547,7 +555,7 @@ def _tuning_section(results_dir: Path, base: Path) -> List[str]:
                     if not pts:
                         continue
                     best = min(pts, key=lambda p: p["wer"])
-                    scales = _scales_text(best) or (f"gate {best['gate']}" if "gate" in best else "")
+                    scales = _scales_text(best) or (_gate_text(best) if "gate" in best else "")
                     line = (f"- `{key}`: {len(pts)} grid points, best WER {_pct(best['wer'])}%"
                             + (f" at {scales}" if scales else ""))
                     chosen = next((p for p in pts if p.get("chosen")), None)  # two-step recovery tunings
@@ -560,7 +568,7 @@ def _tuning_section(results_dir: Path, base: Path) -> List[str]:
                     elif chosen is not None and chosen.get("gate") == "off":
                         line += f"; the hits abstain (no gate lowers {_pct(chosen['wer'])}% without them)"
                     elif chosen is not None and chosen is not best:
-                        line += f"; chosen {_pct(chosen['wer'])}% at {_scales_text(chosen) or chosen.get('gate')}"
+                        line += f"; chosen {_pct(chosen['wer'])}% at {_scales_text(chosen) or _gate_text(chosen)}"
                     out.append(line + ".")
                 out.append("")
         png = results_dir / f"{stem}.png"

@@ -3,6 +3,7 @@ embedder's gate, the keep-or-abstain tuning, the transcript file, and `rescorer 
 awe_whisper_* methods end to end (stub embedder: the audio names its word)."""
 
 import json
+import math
 
 import pytest
 
@@ -62,33 +63,63 @@ def test_two_hits_do_not_overlap_and_overlapping_hits_are_refused():
 
 # ------------------------------------------------------------------ gate and tuning
 
-def test_the_gate_keeps_hits_by_the_embedders_cosine():
+def test_the_gate_keeps_hits_by_the_embedders_cosine_and_the_recognisers_confidence():
     from rescorer.decoding.transcript_spotting import TranscriptHit
-    from rescorer.evaluation.transcript_spotting import SpottedUtterance
+    from rescorer.evaluation.transcript_spotting import HitGate, SpottedUtterance
 
     u = SpottedUtterance(_hyp(["the", "cap", "sat", "mat"]),
-                         [TranscriptHit("zebra", 0.2, 0.4, 1, 2), TranscriptHit("zebras", 0.6, 0.8, 3, 4)], [0.9, 0.1])
-    assert u.words(None) == ["the", "zebra", "sat", "zebras"]
-    assert u.words(0.5) == ["the", "zebra", "sat", "mat"]
-    assert u.words(0.95) == ["the", "cap", "sat", "mat"]
+                         [TranscriptHit("zebra", 0.2, 0.4, 1, 2), TranscriptHit("zebras", 0.6, 0.8, 3, 4)], [0.9, 0.1],
+                         [0.3, 0.95])
+    assert u.words(HitGate()) == ["the", "zebra", "sat", "zebras"]
+    assert u.words(HitGate(0.5)) == ["the", "zebra", "sat", "mat"]
+    assert u.words(HitGate(0.95)) == ["the", "cap", "sat", "mat"]
+    assert u.words(HitGate(None, 0.5)) == ["the", "cap", "sat", "zebras"]  # the recogniser is sure of "zebras" only
+    assert u.words(HitGate(0.5, 0.5)) == ["the", "cap", "sat", "mat"]  # both must agree
+    # an unknown confidence fails any confidence gate, and passes none
+    unknown = SpottedUtterance(u.hyp, u.hits, u.cosines, [float("nan"), 0.95])
+    assert unknown.words(HitGate(None, 0.0)) == ["the", "cap", "sat", "zebras"]
+    assert unknown.words(HitGate()) == u.words(HitGate())
+
+
+def test_each_hit_takes_the_confidence_of_its_own_transcript_word():
+    from rescorer.decoding.transcript_spotting import spot_transcript
+    from rescorer.evaluation.transcript_spotting import spot_all
+
+    hyp = _hyp(["the", "cat", "a", "man", "hard", "bore"])
+    transcript = "the catamaran in harbour".split()
+    assert [h.source for h in spot_transcript(hyp, transcript, {"catamaran", "harbour"})] == [1, 3]
+
+    class NoSpans:  # every hit lacks a span long enough to embed: cosines -inf, no embedder needed
+        frame_shift = 10.0
+
+    spotted = spot_all(NoSpans(), {"u": hyp}, {"u": transcript}, {"catamaran", "harbour"}, {"u": _feats(1)},
+                       confidences={"u": [0.99, 0.2, 0.9, 0.7]})
+    assert [h.word for h in spotted["u"].hits] == ["catamaran", "harbour"]
+    assert spotted["u"].confidences == [0.2, 0.7]
+
+
+def _feats(n):
+    import torch
+
+    return torch.zeros(n, 4)
 
 
 def _spotted():
     from rescorer.decoding.transcript_spotting import TranscriptHit
     from rescorer.evaluation.transcript_spotting import SpottedUtterance
 
-    right = SpottedUtterance(_hyp(["the", "cap", "sat"]), [TranscriptHit("zebra", 0.2, 0.4, 1, 2)], [0.9])
-    wrong = SpottedUtterance(_hyp(["the", "mat", "sat"]), [TranscriptHit("zebras", 0.2, 0.4, 1, 2)], [0.1])
+    right = SpottedUtterance(_hyp(["the", "cap", "sat"]), [TranscriptHit("zebra", 0.2, 0.4, 1, 2)], [0.9], [0.4])
+    wrong = SpottedUtterance(_hyp(["the", "mat", "sat"]), [TranscriptHit("zebras", 0.2, 0.4, 1, 2)], [0.1], [0.3])
     return {"u1": right, "u2": wrong}, {"u1": ["the", "zebra", "sat"], "u2": ["the", "mat", "sat"]}
 
 
 def test_tuning_keeps_a_gate_only_where_dev_gains_else_abstains():
-    from rescorer.evaluation.transcript_spotting import tune_gate
+    from rescorer.evaluation.transcript_spotting import HitGate, tune_gate
 
     spotted, refs = _spotted()
     vocab = {"the", "cap", "sat", "mat"}
     gate, rows = tune_gate(spotted, refs, [None, 0.5], vocab)
-    assert gate == 0.5  # every hit: one right, one wrong (no gain); 0.5 keeps the right one
+    assert gate == HitGate(0.5, None)  # every hit: one right, one wrong (no gain); 0.5 keeps the right one
     assert rows[0]["gate"] == "off" and rows[0]["wer"] == pytest.approx(1 / 6)
     assert rows[1]["wer"] == pytest.approx(1 / 6) and rows[2]["wer"] == 0.0 and rows[2]["chosen"]
     assert rows[2]["added_oov_recovered"] == 1 and rows[2]["added_oov_precision"] == 1.0
@@ -100,6 +131,20 @@ def test_tuning_keeps_a_gate_only_where_dev_gains_else_abstains():
     assert gate == "abstained"
 
 
+def test_tuning_searches_the_cosine_and_confidence_gates_jointly():
+    from rescorer.evaluation.transcript_spotting import HitGate, tune_gate
+
+    spotted, refs = _spotted()
+    vocab = {"the", "cap", "sat", "mat"}
+    # the cosine alone cannot part them here; the confidence can
+    spotted["u2"].cosines[0] = 0.9
+    gate, rows = tune_gate(spotted, refs, [None, 0.5], vocab, confidence_gates=[None, 0.35, 0.5])
+    assert gate == HitGate(None, 0.35)
+    assert [(r["gate"], r["confidence_gate"]) for r in rows] == [
+        ("off", "off"), (None, None), (0.5, None), (None, 0.35), (0.5, 0.35), (None, 0.5), (0.5, 0.5)]
+    assert [r["wer"] for r in rows[1:]] == pytest.approx([1 / 6, 1 / 6, 0.0, 0.0, 1 / 6, 1 / 6])
+
+
 # ------------------------------------------------------------------ transcript files
 
 def test_transcript_files_round_trip_resume_and_keep_their_writer(tmp_path):
@@ -108,10 +153,13 @@ def test_transcript_files_round_trip_resume_and_keep_their_writer(tmp_path):
     p = tmp_path / "t.jsonl"
     meta = {"recogniser": "whisper", "beam_size": 5}
     with TranscriptWriter(p, meta) as w:
-        w.add("u1", ["The", "Zebra"], seconds=0.5)
+        w.add("u1", ["The", "Zebra"], seconds=0.5, confidences=[0.9, float("nan")])
         w.add("u2", [])
+        with pytest.raises(TranscriptError, match="1 confidences for 2 words"):
+            w.add("u9", ["a", "b"], confidences=[0.5])
     t = read_transcripts(p)
     assert t.words == {"u1": ["the", "zebra"], "u2": []} and t.seconds == {"u1": 0.5} and t.meta == meta
+    assert list(t.confidences) == ["u1"] and t.confidences["u1"][0] == 0.9 and math.isnan(t.confidences["u1"][1])
     # a run killed mid-line: the cut-off utterance is dropped, the rest resumes
     p.write_text(p.read_text() + '{"id": "u3", "wor')
     t = read_transcripts(p)
@@ -119,6 +167,7 @@ def test_transcript_files_round_trip_resume_and_keep_their_writer(tmp_path):
     with TranscriptWriter(p, meta) as w:
         assert set(w.done) == {"u1", "u2"}
         w.add("u3", ["sat"])
+        assert read_transcripts(p).confidences["u1"][0] == 0.9  # the resumed file keeps what was written
         with pytest.raises(TranscriptError, match="already written"):
             w.add("u1", ["x"])
     assert read_transcripts(p).words["u3"] == ["sat"]
@@ -138,6 +187,12 @@ def test_transcript_files_round_trip_resume_and_keep_their_writer(tmp_path):
     ('{"format": "rescorer-transcripts", "version": 1, "meta": {}}\n{"id": "u", "words": ["4x4"]}\n', "line 2 \\(u\\)"),
     ('{"format": "rescorer-transcripts", "version": 1, "meta": {}}\n{"id": "u", "words": ["Cat"]}\n', "canonical"),
     ('{"format": "rescorer-transcripts", "version": 1, "meta": {}}\n{"id": "u", "words": [], "seconds": NaN}\n', "seconds"),
+    ('{"format": "rescorer-transcripts", "version": 1, "meta": {}}\n{"id": "u", "words": ["a"], "confidences": [1.5]}\n',
+     "confidences must be one number in \\[0, 1\\]"),
+    ('{"format": "rescorer-transcripts", "version": 1, "meta": {}}\n{"id": "u", "words": ["a"], "confidences": []}\n',
+     "per word \\(1 words\\)"),
+    ('{"format": "rescorer-transcripts", "version": 1, "meta": {}}\n{"id": "u", "words": ["a"], "confidences": ["x"]}\n',
+     "confidences"),
 ])
 def test_bad_transcript_files_are_named_errors(tmp_path, text, message):
     from rescorer.formats.transcripts import TranscriptError, read_transcripts
@@ -202,20 +257,31 @@ def test_rescorer_tune_spots_whisper_list_words_tuned_on_dev(tmp_path, monkeypat
     assert r.exit_code != 0 and "add awe_rescore" in r.output
     r = CliRunner().invoke(main, args + ["--methods", "awe_rescore,awe_whisper_context_list"])
     assert r.exit_code != 0 and "--dev-transcripts" in r.output
+    # transcripts without word confidences cannot feed a confidence gate: named, with the way out
     r = CliRunner().invoke(main, args + ["--methods", "awe_rescore,awe_whisper_context_list", "--dev-transcripts",
                                          str(tmp_path / "dev.jsonl"), "--whisper-gates", "none,0.5"])
+    assert r.exit_code != 0 and "no word confidences" in r.output and "--whisper-confidence-gates none" in r.output
+    # Whisper is surer of its wrong words here: only the embedder's cosine parts them
+    with TranscriptWriter(tmp_path / "dev_conf.jsonl", {"recogniser": "test"}) as w:
+        for u in sorted(refs):
+            right = lattice_word[u] == "cap"
+            w.add(u, ["the", "zebra" if right else "zebras", "sat"], seconds=0.1,
+                  confidences=[0.99, 0.3 if right else 0.9, 0.99])
+    r = CliRunner().invoke(main, args + ["--methods", "awe_rescore,awe_whisper_context_list", "--dev-transcripts",
+                                         str(tmp_path / "dev_conf.jsonl"), "--whisper-gates", "none,0.5"])
     assert r.exit_code == 0, r.output
     toy = json.loads(out.read_text())["corpora"]["toy"]
     assert toy["awe_rescore"]["wer"] == pytest.approx(2 / 12)  # "cap" stays: the lattice has nothing else
     row = toy["awe_whisper_context_list"]
-    assert row["wer"] == 0.0 and [c["gate"] for c in row["scales"]] == [0.5, 0.5]
+    assert row["wer"] == 0.0 and row["scales"] == [{"gate": 0.5, "confidence_gate": None}] * 2
     assert row["added_oov_recovered"] == 2 and row["added_oov_precision"] == 1.0 and row["added_iv_broken"] == 0
     assert row["transcriber"] == {"recogniser": "test"} and row["transcribe_seconds"] == pytest.approx(0.4)
     # its cost: awe_rescore's, the transcription's and the spotting's
     assert row["rescoring_seconds"] >= row["transcribe_seconds"] + toy["awe_rescore"]["rescoring_seconds"] - 0.01
     assert toy["whisper_transcript"]["wer"] == pytest.approx(2 / 12)  # the transcript alone: its two wrong words
     curves = json.loads((tmp_path / "rescore_tuning_toy_lattices.json").read_text())
-    assert [r_["gate"] for r_ in curves["awe_whisper_context_list_fold0"]] == ["off", None, 0.5]
+    assert [(r_["gate"], r_["confidence_gate"]) for r_ in curves["awe_whisper_context_list_fold0"]][:5] == [
+        ("off", "off"), (None, None), (0.5, None), (None, 0.2), (0.5, 0.2)]
 
     # transcripts of other utterances: a named error, not an empty method
     with TranscriptWriter(tmp_path / "other.jsonl", {"recogniser": "test"}) as w:
@@ -231,7 +297,7 @@ def test_a_hit_without_times_gets_no_cosine_and_no_gate_keeps_it():
     import torch
 
     from rescorer.decoding.transcript_spotting import TranscriptHit
-    from rescorer.evaluation.transcript_spotting import SpottedUtterance, hit_cosines
+    from rescorer.evaluation.transcript_spotting import HitGate, SpottedUtterance, hit_cosines
 
     class Stub:
         frame_shift = 0.01
@@ -247,4 +313,4 @@ def test_a_hit_without_times_gets_no_cosine_and_no_gate_keeps_it():
     c = hit_cosines(Stub(), torch.zeros(100, 4), hits)
     assert c[0] == -math.inf and c[1] == pytest.approx(1.0) and c[2] == -math.inf  # no span, a span, an empty one
     u = SpottedUtterance(_hyp(["the", "cap"]), hits[:1], c[:1])
-    assert u.words(0.0) == ["the", "cap"] and u.words(None) == ["the", "zebra"]
+    assert u.words(HitGate(0.0)) == ["the", "cap"] and u.words(HitGate()) == ["the", "zebra"]

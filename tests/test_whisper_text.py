@@ -31,6 +31,9 @@ def test_transcribes_speech_and_prefers_the_spoken_text(scorer):
     enc = scorer.encode(flite_audio(SENTENCE))
     words = scorer.transcribe(enc, beam_size=2)
     assert {"quick", "brown", "fox", "lazy", "dog"} <= set(words)
+    same, conf = scorer.transcribe_with_confidence(enc, beam_size=2)
+    assert same == words and len(conf) == len(words) and all(0.0 < c <= 1.0 for c in conf)
+    assert np.median(conf) > 0.5  # clear synthetic speech: Whisper is sure of most words
     spoken, wrong = scorer.score(enc, [SENTENCE, "the quick brown box jumps over the hazy dog"])
     assert spoken > wrong + 1.0 and -10.0 < spoken < 0.0
 
@@ -93,6 +96,7 @@ def test_rescorer_transcribe_writes_and_resumes(tmp_path):
     t = read_transcripts(out)
     assert set(t.words) == {"u0", "u1"} and {"fox", "dog"} <= set(t.words["u0"]) and "dog" in t.words["u1"]
     assert t.meta["beam_size"] == 1 and len(t.meta["model_sha256"]) == 64 and t.seconds["u1"] > 0
+    assert t.meta["word_confidence"] == "min_token_prob" and len(t.confidences["u1"]) == len(t.words["u1"])
     # another beam would mix two recognisers' output in one file: refused
     r = CliRunner().invoke(main, ["transcribe", str(cuts), str(out), "--beam-size", "5", "--no-progress"])
     assert r.exit_code != 0 and "was written with" in r.output

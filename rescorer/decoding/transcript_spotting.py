@@ -31,6 +31,7 @@ class TranscriptHit:
     end: float
     first: int  # hypothesis words [first, last) are replaced (first == last: an insertion before ``first``)
     last: int
+    source: int = -1  # the word's position in the transcript (its confidence there), -1: unknown
 
 
 def _letters(word: str) -> int:
@@ -47,9 +48,12 @@ def spot_transcript(hyp: Sequence[WordSpan], transcript: Sequence[str], words: C
         return []
     pairs = kaldialign.align(h, list(transcript), EPS)
     hyp_index, i = [], 0  # the hypothesis position of each pair (the next hypothesis word for an insertion)
-    for a, _ in pairs:
+    source, k = [], 0  # the transcript position of each pair's transcript word
+    for a, b in pairs:
         hyp_index.append(i)
+        source.append(k)
         i += a != EPS
+        k += b != EPS
     present = set(h)
     hits: List[TranscriptHit] = []
     taken = -1  # last pair used by a hit
@@ -69,7 +73,7 @@ def spot_transcript(hyp: Sequence[WordSpan], transcript: Sequence[str], words: C
         else:  # an insertion: between its neighbours
             start = hyp[first - 1].end if first > 0 else (hyp[first].start if first < len(hyp) else 0.0)
             end = hyp[first].start if first < len(hyp) else start
-        hits.append(TranscriptHit(b, float(start), float(max(start, end)), first, last))
+        hits.append(TranscriptHit(b, float(start), float(max(start, end)), first, last, source[j]))
         taken = hi
     return hits
 

@@ -5,13 +5,16 @@ Format: UTF-8 JSON lines. The first line is the header, ``{"format": "rescorer-t
 "version": 1, "meta": {...}}`` (``meta``: who wrote the words, e.g. the Whisper model's
 sha256 and beam size); every other line is ``{"id": <utterance id>, "words": [<word>, ...]}``
 with words in their canonical spelling (``text.normalize_word``) and, optionally,
-``"seconds"``: what transcribing it cost (the method's cost is reported from them).
+``"seconds"``: what transcribing it cost (the method's cost is reported from them), and
+``"confidences"``: one number in [0, 1] per word, how sure the recogniser was of it (``null``
+where it cannot say; the header's ``meta["word_confidence"]`` names the measure), which
+``rescorer tune --whisper-confidence-gates`` gates hits on.
 
 Why a file of its own: transcribing is the slow part (a recogniser's beam search per
 utterance), done once by its stage and resumed where it stopped; tuning then reads it as
 it reads lattices. Reading is plain JSON (no code runs) and checks every line: a missing
 or foreign header, a line that is not a JSON object, an id given twice, words that are not
-words, each named with the file and line. A last line cut off mid-write (a killed run) is
+words, confidences that are not one probability per word, each named with the file and line. A last line cut off mid-write (a killed run) is
 dropped with a warning, so a resumed run redoes that utterance and loses nothing else.
 """
 
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Union
@@ -41,6 +45,7 @@ class Transcripts:
     words: Dict[str, List[str]] = field(default_factory=dict)  # utterance id -> words
     path: str = ""
     seconds: Dict[str, float] = field(default_factory=dict)  # utterance id -> transcription time, where recorded
+    confidences: Dict[str, List[float]] = field(default_factory=dict)  # utterance id -> per word (NaN: unknown), where recorded
 
     def __len__(self) -> int:
         return len(self.words)
@@ -103,6 +108,14 @@ def read_transcripts(path: Union[str, Path]) -> Transcripts:
             if isinstance(sec, bool) or not isinstance(sec, (int, float)) or not 0 <= sec < float("inf"):
                 raise TranscriptError(f"{p}, line {n} ({uid}): seconds must be a non-negative number, got {sec!r}")
             out.seconds[uid] = float(sec)
+        conf = row.get("confidences")
+        if conf is not None:
+            if (not isinstance(conf, list) or len(conf) != len(words)
+                    or not all(c is None or (not isinstance(c, bool) and isinstance(c, (int, float)) and 0 <= c <= 1)
+                               for c in conf)):
+                raise TranscriptError(f"{p}, line {n} ({uid}): confidences must be one number in [0, 1] (or null) "
+                                      f"per word ({len(words)} words)")
+            out.confidences[uid] = [float("nan") if c is None else float(c) for c in conf]
         out.words[uid] = words
     return out
 
@@ -117,11 +130,12 @@ class TranscriptWriter:
         self.meta = json.loads(json.dumps(meta, sort_keys=True))
         self.done: Dict[str, List[str]] = {}
         self._seconds: Dict[str, float] = {}
+        self._confidences: Dict[str, List[float]] = {}
         if self.path.exists() and self.path.stat().st_size > 0:
             old = read_transcripts(self.path)
             if old.meta != self.meta:
                 raise TranscriptError(f"{self.path} was written with {old.meta}, not {self.meta}: remove it or write elsewhere")
-            self.done, self._seconds = old.words, old.seconds
+            self.done, self._seconds, self._confidences = old.words, old.seconds, old.confidences
             self._rewrite(old.words)  # drops a cut-off last line
         else:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -130,14 +144,20 @@ class TranscriptWriter:
 
     def _rewrite(self, words: Dict[str, List[str]]) -> None:
         tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text("".join([_header(self.meta) + "\n"] + [_row(u, w, self._seconds.get(u)) for u, w in words.items()]), encoding="utf-8")
+        tmp.write_text("".join([_header(self.meta) + "\n"] + [_row(u, w, self._seconds.get(u), self._confidences.get(u))
+                                                                for u, w in words.items()]), encoding="utf-8")
         tmp.replace(self.path)
 
-    def add(self, uid: str, words: List[str], seconds: Optional[float] = None) -> None:
+    def add(self, uid: str, words: List[str], seconds: Optional[float] = None,
+            confidences: Optional[List[float]] = None) -> None:
         if uid in self.done:
             raise TranscriptError(f"{self.path}: utterance {uid!r} is already written")
         words = [normalize_word(w) for w in words]
-        self._f.write(_row(uid, words, seconds))
+        if confidences is not None and (len(confidences) != len(words)
+                                        or any(not (0 <= c <= 1) for c in confidences if not math.isnan(c))):
+            raise TranscriptError(f"{self.path}: utterance {uid!r}: {len(confidences)} confidences for {len(words)} "
+                                  "words, or one outside [0, 1]")
+        self._f.write(_row(uid, words, seconds, confidences))
         self._f.flush()
         self.done[uid] = words
 
@@ -151,8 +171,11 @@ class TranscriptWriter:
         self.close()
 
 
-def _row(uid: str, words: List[str], seconds: Optional[float] = None) -> str:
+def _row(uid: str, words: List[str], seconds: Optional[float] = None,
+         confidences: Optional[List[float]] = None) -> str:
     row = {"id": uid, "words": words}
     if seconds is not None:
         row["seconds"] = round(float(seconds), 4)
-    return json.dumps(row) + "\n"
+    if confidences is not None:
+        row["confidences"] = [None if math.isnan(c) else round(float(c), 4) for c in confidences]
+    return json.dumps(row, allow_nan=False) + "\n"

@@ -20,7 +20,7 @@ file is read by the ``tokenizers`` library (data, no code).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Sequence, Union
+from typing import List, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -30,6 +30,7 @@ from rescorer.models.whisper import (HOP_LENGTH, MAX_MEL_FRAMES, SAMPLING_RATE, 
 
 START_TOKENS = ("<|startoftranscript|>", "<|notimestamps|>")  # English-only models: no language token
 PAD_TO_SAMPLES = MAX_MEL_FRAMES * HOP_LENGTH
+SPACE_MARK = "\u0120"  # byte-level BPE's mark of a token that starts with a space
 
 
 class WhisperTextScorer:
@@ -79,13 +80,44 @@ class WhisperTextScorer:
         mel = np.ascontiguousarray(mel.numpy()[None, :, :MAX_MEL_FRAMES], dtype=np.float32)
         return np.array(self.model.encode(self._ct2.StorageView.from_array(mel)))
 
+    def _best_tokens(self, enc, beam_size: int, max_length: int) -> List[int]:
+        res = self.model.generate(enc, [self.start_sequence], beam_size=max(1, int(beam_size)),
+                                  max_length=int(max_length), suppress_blank=True)
+        return [i for i in res[0].sequences_ids[0] if i < self.eot]  # text tokens only
+
     def transcribe(self, encoded: np.ndarray, beam_size: int = 5, max_length: int = 224) -> List[str]:
         """Whisper's 1-best for one encoded utterance, as normalised words (``text.words_of``:
         lower case, punctuation dropped, non-words such as digits left out)."""
-        res = self.model.generate(self._ct2.StorageView.from_array(np.ascontiguousarray(encoded)), [self.start_sequence],
-                                  beam_size=max(1, int(beam_size)), max_length=int(max_length),
-                                  suppress_blank=True)
-        return words_of(self.tokenizer.decode(res[0].sequences_ids[0]))
+        enc = self._ct2.StorageView.from_array(np.ascontiguousarray(encoded))
+        return words_of(self.tokenizer.decode(self._best_tokens(enc, beam_size, max_length)))
+
+    def transcribe_with_confidence(self, encoded: np.ndarray, beam_size: int = 5,
+                                   max_length: int = 224) -> Tuple[List[str], List[float]]:
+        """``transcribe``'s words and each word's confidence: the least probability, teacher-forced
+        over the 1-best, of the tokens that spell it (the tokens of the written word it comes
+        from, e.g. "Anne's," for "anne's"). Why the least: a word is as doubtful as its most
+        doubtful piece, and a misheard name is usually one unlikely token among likely ones.
+        Confidences are NaN where the written words do not map onto the normalised ones."""
+        enc = self._ct2.StorageView.from_array(np.ascontiguousarray(encoded))
+        ids = self._best_tokens(enc, beam_size, max_length)
+        words = words_of(self.tokenizer.decode(ids))
+        if not ids:
+            return words, [float("nan")] * len(words)
+        probs = np.asarray(self.model.align(enc, self.start_sequence, [ids], [MAX_MEL_FRAMES])[0].text_token_probs,
+                           dtype=np.float64)
+        groups: List[List[int]] = []  # token positions of each written word (a new one at each leading space)
+        for k, i in enumerate(ids):
+            if not groups or self.tokenizer.id_to_token(i).startswith(SPACE_MARK):
+                groups.append([])
+            groups[-1].append(k)
+        grouped, conf = [], []
+        for g in groups:
+            for w in words_of(self.tokenizer.decode([ids[k] for k in g])):
+                grouped.append(w)
+                conf.append(float(probs[g].min()))
+        if grouped != words or probs.size != len(ids):  # e.g. a word split across written words
+            return words, [float("nan")] * len(words)
+        return words, conf
 
     def tokens(self, text: str) -> List[int]:
         return self.tokenizer.encode(" " + " ".join(text.split()), add_special_tokens=False).ids

@@ -1,4 +1,5 @@
-"""``rescorer transcribe``: Whisper's 1-best for every cut of a manifest, as a transcript file
+"""``rescorer transcribe``: Whisper's 1-best for every cut of a manifest, with each word's
+confidence (``WhisperTextScorer.transcribe_with_confidence``), as a transcript file
 (``formats.transcripts``), for the second-recogniser methods of ``rescorer tune``.
 
 Resumable: utterances already in the output (written with the same model and beam) are
@@ -42,7 +43,7 @@ def transcribe(cuts_path: str, out: str, whisper_model: Optional[str] = None, be
     if max_utterances > 0:
         cuts = cuts[:max_utterances]
     meta = {"recogniser": "whisper", "model_sha256": file_sha256(model_dir / "model.bin"), "beam_size": int(beam_size),
-            "compute_type": "int8"}
+            "compute_type": "int8", "word_confidence": "min_token_prob"}
     try:
         writer = TranscriptWriter(out, meta)
     except TranscriptError as e:
@@ -63,10 +64,11 @@ def transcribe(cuts_path: str, out: str, whisper_model: Optional[str] = None, be
                 samples = samples.mean(axis=0)
             t0 = time.perf_counter()
             try:
-                words = scorer.transcribe(scorer.encode(samples, c.sampling_rate), beam_size=beam_size)
+                words, confidences = scorer.transcribe_with_confidence(scorer.encode(samples, c.sampling_rate),
+                                                                       beam_size=beam_size)
             except ValueError as e:
                 raise StageError(f"cut {c.id}: {e}") from e
-            writer.add(c.id, words, seconds=time.perf_counter() - t0)
+            writer.add(c.id, words, seconds=time.perf_counter() - t0, confidences=confidences)
             audio_seconds += c.duration
     wall = time.perf_counter() - t_all
     summary = {"out": out, "utterances": len(cuts), "transcribed_now": len(todo), "seconds": round(wall, 1),

@@ -144,6 +144,7 @@ class TuneSettings:
     dev_transcripts: Optional[str] = None
     test_transcripts: Optional[str] = None
     whisper_gates: Tuple[Optional[float], ...] = (None, 0.0, 0.2, 0.4)
+    whisper_confidence_gates: Tuple[Optional[float], ...] = (None, 0.2, 0.4, 0.6, 0.8)
 
     def abstain_reason(self) -> str:
         """Why recovery abstained, for a log line ("... does not <reason> on dev")."""

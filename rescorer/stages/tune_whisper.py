@@ -9,7 +9,8 @@ chose per fold, so the hits land on exactly the hypotheses that method reports:
 - ``awe_whisper_oov_recovery``: the same with the large list (recovery's ``--word-list``);
 - ``whisper_transcript``: the transcript itself as a system, the anchor these two add to.
 
-The embedder's gate on the hits is tuned on dev (``--whisper-gates``) and kept only where
+The gate on the hits, a least embedder cosine (``--whisper-gates``) and a least Whisper word
+confidence (``--whisper-confidence-gates``, from the transcripts), is tuned on dev and kept only where
 dev shows a gain (or ``--oov-min-precision`` is met), else the method abstains. Rows count
 OOV recall / precision / IV tokens broken against the lattice's 1-best like the embedding
 methods, and ``added_*`` against ``awe_rescore``'s hypotheses; the transcription's cost
@@ -48,6 +49,12 @@ def _read(path: Optional[str], uids, split: str):
     return t
 
 
+def _check_confidences(t, gates, flag: str = "--whisper-confidence-gates") -> None:
+    if any(g is not None for g in gates) and t.words and not t.confidences:
+        raise StageError(f"{t.path} has no word confidences (written before rescorer transcribe recorded them): "
+                         f"transcribe again into a new file, or pass {flag} none")
+
+
 def whisper_methods(s, rescorer, train_vocab, lists: Dict[str, dict], awe_configs: List, prep_dev, prep_test, folds,
                     dev_feats, dev_refs, test_feats, test_refs, missing: List[str], decode_seconds: Optional[float],
                     awe_seconds: float = 0.0):
@@ -61,7 +68,9 @@ def whisper_methods(s, rescorer, train_vocab, lists: Dict[str, dict], awe_config
     test = dev if s.cross_validate else _read(s.test_transcripts, [u for _, ev in folds for u in ev], "test")
     meta = {"dev_transcripts": s.dev_transcripts, **({} if s.cross_validate else {"test_transcripts": s.test_transcripts}),
             "transcriber": test.meta}
-    gates = list(s.whisper_gates)
+    gates, conf_gates = list(s.whisper_gates), list(s.whisper_confidence_gates)
+    for t in (dev, test):
+        _check_confidences(t, conf_gates)
     hyps_dev, hyps_eval = [], []  # per fold: awe_rescore's best paths (words with spans)
     t_hyp = 0.0
     for k, (tune_lats, eval_lats) in enumerate(folds):
@@ -94,20 +103,23 @@ def whisper_methods(s, rescorer, train_vocab, lists: Dict[str, dict], awe_config
         lst = lists[method]
         hyps, without, chosen, hits, seconds = [], [], [], 0, t_hyp
         for k, (tune_lats, eval_lats) in enumerate(folds):
-            spotted = spot_all(rescorer, hyps_dev[k], dev.words, lst["dev"], dev_feats, rescorer.config.oov_min_letters)
-            gate, curve = tune_gate(spotted, dev_refs, gates, train_vocab, s.oov_min_precision, s.oov_max_sign_p)
+            spotted = spot_all(rescorer, hyps_dev[k], dev.words, lst["dev"], dev_feats, rescorer.config.oov_min_letters,
+                               dev.confidences)
+            gate, curve = tune_gate(spotted, dev_refs, gates, train_vocab, s.oov_min_precision, s.oov_max_sign_p,
+                                    conf_gates)
             curves[f"{method}_fold{k}"] = curve
-            chosen.append({"gate": gate})
+            chosen.append({"gate": gate} if gate == "abstained" else gate.as_row())
             if gate == "abstained":
                 log.warning("%s, fold %d: Whisper's list words do not %s on dev: none is added", method, k,
                             s.abstain_reason())
             t0 = time.perf_counter()
-            ev = spot_all(rescorer, hyps_eval[k], test.words, lst["test"], test_feats, rescorer.config.oov_min_letters)
+            ev = spot_all(rescorer, hyps_eval[k], test.words, lst["test"], test_feats, rescorer.config.oov_min_letters,
+                          test.confidences)
             seconds += time.perf_counter() - t0
             for u in sorted(eval_lats):
                 without.append([w.word for w in ev[u].hyp])
                 hyps.append(without[-1] if gate == "abstained" else ev[u].words(gate))
-                hits += 0 if gate == "abstained" else sum(gate is None or c >= gate for c in ev[u].cosines)
+                hits += 0 if gate == "abstained" else len(ev[u].kept(gate))
         hyps += [[] for _ in missing]
         without += [[] for _ in missing]
         total = awe_seconds + transcribe_seconds + seconds
