@@ -58,6 +58,8 @@ sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
 
+from rescorer.metrics import roc_auc  # noqa: E402
+
 TOP = (10, 25, 50, 100)
 TEMPERATURES = (0.02, 0.05, 0.1)
 
@@ -70,10 +72,7 @@ def ranking_metrics(scores: np.ndarray, labels: np.ndarray) -> Dict[str, object]
     hits = np.cumsum(lab)
     precision = hits / np.arange(1, n + 1)
     out: Dict[str, object] = {"average_precision": round(float((precision * lab).sum() / pos), 4) if pos else None}
-    ranks = np.empty(n)
-    ranks[np.argsort(scores, kind="stable")] = np.arange(1, n + 1)  # ties broken arbitrarily
-    neg = n - pos
-    out["auc"] = round(float((ranks[labels == 1].sum() - pos * (pos + 1) / 2) / (pos * neg)), 4) if pos and neg else None
+    out["auc"] = round(roc_auc(scores, labels == 1), 4) if 0 < pos < n else None
     for k in TOP:
         out[f"precision_at_{k}"] = round(float(precision[min(k, n) - 1]), 4) if n else None
     for p in (0.8, 0.5):

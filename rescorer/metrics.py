@@ -11,6 +11,8 @@ All similarities are cosines (embeddings are L2-normalised here, whatever the in
   ranking of all N(N-1)/2 pairs is reported.
 - ``crossview_ap``: the same over all (audio segment, spelling) pairs: positive when the
   segment is an instance of the spelling.
+- ``roc_auc``: how well a score parts right items from wrong ones, whatever their shares
+  (e.g. the evidence for a recogniser's proposed words).
 
 Average precision is computed from one sort, tie-aware: pairs with equal scores form one
 threshold, and each positive is credited with the precision at its score's threshold,
@@ -71,6 +73,28 @@ def average_precision(scores: torch.Tensor, positive: torch.Tensor) -> float:
     precision = tp_end.double() / (ends + 1).double()
     new_pos = torch.diff(tp_end, prepend=torch.zeros(1, dtype=torch.long)).double()
     return float((new_pos * precision).sum() / num_pos)
+
+
+def roc_auc(scores, positive) -> float:
+    """Tie-aware area under the ROC curve: the chance that a random positive item scores above a
+    random negative one (ties count half). Why beside ``average_precision``: AP moves with the
+    share of positives, AUC does not, so two evidences over different item sets compare by AUC.
+    Raises NoPositivePairsError without positives or without negatives."""
+    s = torch.as_tensor(scores).reshape(-1).double()
+    pos = torch.as_tensor(positive).reshape(-1).bool()
+    n_pos, n_neg = int(pos.sum()), int((~pos).sum())
+    if n_pos == 0 or n_neg == 0:
+        raise NoPositivePairsError("ROC AUC needs both positive and negative items")
+    order = torch.argsort(s)
+    sorted_s = s[order]
+    ranks = torch.empty_like(s)
+    ranks[order] = torch.arange(1, s.numel() + 1, dtype=torch.float64)
+    # equal scores share their mean rank
+    _, inverse, counts = torch.unique_consecutive(sorted_s, return_inverse=True, return_counts=True)
+    ends = torch.cumsum(counts, 0).double()
+    mean_rank = ends - (counts.double() - 1) / 2
+    ranks[order] = mean_rank[inverse]
+    return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
 def precision_at_k(

@@ -145,3 +145,19 @@ def test_precision_at_k_known_cases():
     assert precision_at_k(audio, truth, vocab, ks=(1, 2, 10)) == {1: 0.0, 2: pytest.approx(1 / 3), 10: 1.0}
     with pytest.raises(ValueError):
         precision_at_k(vocab, torch.tensor([0, 1, 3]), vocab)
+
+
+def test_roc_auc_matches_pair_counting_with_ties():
+    from rescorer.metrics import roc_auc
+
+    rng = np.random.default_rng(3)
+    scores = rng.integers(0, 5, size=40).astype(float)  # many ties
+    positive = rng.random(40) < 0.4
+    p, n = scores[positive], scores[~positive]
+    brute = ((p[:, None] > n[None, :]).sum() + 0.5 * (p[:, None] == n[None, :]).sum()) / (len(p) * len(n))
+    assert roc_auc(scores, positive) == pytest.approx(brute)
+    assert roc_auc([3.0, 2.0, 1.0], [True, True, False]) == 1.0
+    assert roc_auc([1.0, 2.0, 3.0], [True, True, False]) == 0.0
+    assert roc_auc([1.0, 1.0], [True, False]) == 0.5
+    with pytest.raises(NoPositivePairsError):
+        roc_auc([1.0, 2.0], [True, True])

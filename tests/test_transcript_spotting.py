@@ -131,6 +131,18 @@ def test_tuning_keeps_a_gate_only_where_dev_gains_else_abstains():
     assert gate == "abstained"
 
 
+def test_hit_evidence_says_which_evidence_parts_right_hits_from_wrong():
+    from rescorer.evaluation.transcript_spotting import hit_evidence
+
+    spotted, refs = _spotted()  # the right hit: cosine 0.9, confidence 0.4; the wrong: 0.1, 0.3
+    ev = hit_evidence([spotted], refs)
+    assert ev == {"hits": 2, "right": 1, "cosine_roc_auc": 1.0, "cosine_ap": 1.0,
+                  "confidence_roc_auc": 1.0, "confidence_ap": 1.0}
+    spotted["u1"].confidences = [float("nan")]  # unknown ranks last
+    assert hit_evidence([spotted], refs)["confidence_roc_auc"] == 0.0
+    assert hit_evidence([{"u1": spotted["u1"]}], refs)["cosine_roc_auc"] is None  # no wrong hit: undefined
+
+
 def test_tuning_searches_the_cosine_and_confidence_gates_jointly():
     from rescorer.evaluation.transcript_spotting import HitGate, tune_gate
 
@@ -276,6 +288,8 @@ def test_rescorer_tune_spots_whisper_list_words_tuned_on_dev(tmp_path, monkeypat
     assert row["wer"] == 0.0 and row["scales"] == [{"gate": 0.5, "confidence_gate": None}] * 2
     assert row["added_oov_recovered"] == 2 and row["added_oov_precision"] == 1.0 and row["added_iv_broken"] == 0
     assert row["transcriber"] == {"recogniser": "test"} and row["transcribe_seconds"] == pytest.approx(0.4)
+    # on dev, the cosine parts right hits from wrong ones and Whisper's confidence inverts them
+    assert row["dev_hit_evidence"]["cosine_roc_auc"] == 1.0 and row["dev_hit_evidence"]["confidence_roc_auc"] == 0.0
     # its cost: awe_rescore's, the transcription's and the spotting's
     assert row["rescoring_seconds"] >= row["transcribe_seconds"] + toy["awe_rescore"]["rescoring_seconds"] - 0.01
     assert toy["whisper_transcript"]["wer"] == pytest.approx(2 / 12)  # the transcript alone: its two wrong words

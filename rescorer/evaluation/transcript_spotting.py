@@ -26,6 +26,7 @@ import torch
 from rescorer.decoding.transcript_spotting import TranscriptHit, apply_hits, spot_transcript
 from rescorer.evaluation.rescoring import added_counts, choose_recovery
 from rescorer.lattice.paths import WordSpan
+from rescorer.metrics import NoPositivePairsError, average_precision, roc_auc
 from rescorer.ops import arc_similarity
 from rescorer.wer import compute_wer
 
@@ -127,3 +128,29 @@ def tune_gate(spotted: Dict[str, SpottedUtterance], refs: Dict[str, List[str]], 
         return "abstained", [base_row] + rows
     rows[pick]["chosen"] = True
     return grid[pick], [base_row] + rows
+
+
+def hit_evidence(spotted_sets: Sequence[Dict[str, SpottedUtterance]], refs: Dict[str, List[str]]) -> dict:
+    """How well each piece of evidence parts right hits from wrong ones, over every hit of
+    ``spotted_sets`` (e.g. each fold's dev): a hit is right when its word is among its
+    utterance's reference words. ROC AUC and average precision of the embedder's cosine and of
+    the recogniser's confidence (unknown ones rank last); None where undefined."""
+    cos, conf, right = [], [], []
+    for spotted in spotted_sets:
+        for u, su in spotted.items():
+            ref = set(refs.get(u, ()))
+            q = su.confidences or [math.nan] * len(su.hits)
+            for h, c, k in zip(su.hits, su.cosines, q):
+                cos.append(c)
+                conf.append(-math.inf if math.isnan(k) else k)
+                right.append(h.word in ref)
+    out = {"hits": len(right), "right": int(sum(right))}
+    pos = torch.tensor(right, dtype=torch.bool)
+    for name, vals in (("cosine", cos), ("confidence", conf)):
+        x = torch.tensor(vals, dtype=torch.float64).clamp(min=-1e30)  # -inf ranks last, without inf arithmetic
+        try:
+            out[f"{name}_roc_auc"] = round(roc_auc(x, pos), 4)
+            out[f"{name}_ap"] = round(average_precision(x, pos), 4)
+        except NoPositivePairsError:
+            out[f"{name}_roc_auc"] = out[f"{name}_ap"] = None
+    return out

@@ -24,7 +24,7 @@ import time
 from typing import Dict, List, Optional
 
 from rescorer.evaluation.rescoring import added_counts
-from rescorer.evaluation.transcript_spotting import spot_all, tune_gate
+from rescorer.evaluation.transcript_spotting import hit_evidence, spot_all, tune_gate
 from rescorer.formats.transcripts import TranscriptError, read_transcripts
 from rescorer.lattice.word_lattice import best_path_hypothesis
 from rescorer.stages import StageError
@@ -101,13 +101,14 @@ def whisper_methods(s, rescorer, train_vocab, lists: Dict[str, dict], awe_config
     results[s.prefix + "whisper_transcript"] = summary(whisper_hyps, {**meta, **transcript_cost, "note": "the transcript alone"})
     for method in wanted:
         lst = lists[method]
-        hyps, without, chosen, hits, seconds = [], [], [], 0, t_hyp
+        hyps, without, chosen, hits, seconds, dev_spotted = [], [], [], 0, t_hyp, []
         for k, (tune_lats, eval_lats) in enumerate(folds):
             spotted = spot_all(rescorer, hyps_dev[k], dev.words, lst["dev"], dev_feats, rescorer.config.oov_min_letters,
                                dev.confidences)
             gate, curve = tune_gate(spotted, dev_refs, gates, train_vocab, s.oov_min_precision, s.oov_max_sign_p,
                                     conf_gates)
             curves[f"{method}_fold{k}"] = curve
+            dev_spotted.append(spotted)
             chosen.append({"gate": gate} if gate == "abstained" else gate.as_row())
             if gate == "abstained":
                 log.warning("%s, fold %d: Whisper's list words do not %s on dev: none is added", method, k,
@@ -124,7 +125,7 @@ def whisper_methods(s, rescorer, train_vocab, lists: Dict[str, dict], awe_config
         without += [[] for _ in missing]
         total = awe_seconds + transcribe_seconds + seconds
         extra = {"scales": chosen, "word_list": lst["dev_name"], "word_list_size": len(lst["dev"]), **meta,
-                 "hits_added": hits, "spotting_seconds": round(seconds, 2), **cost, "rescoring_seconds": round(total, 2),
+                 "hits_added": hits, "dev_hit_evidence": hit_evidence(dev_spotted, dev_refs), "spotting_seconds": round(seconds, 2), **cost, "rescoring_seconds": round(total, 2),
                  **added_counts(refs, without, hyps, train_vocab)}
         if "transcribe_seconds_per_decode_second" in cost:
             extra["rescoring_seconds_per_decode_second"] = round(total / decode_seconds, 4)
