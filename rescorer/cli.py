@@ -432,8 +432,13 @@ def word_lists_cmd(train_data, splits, out_dir, sources, ratio, seed):
               help="Spans pooled from one encoder pass per utterance, or each span encoded as a segment (auto: one pass where the encoder can).")
 @click.option("--compute-type", type=click.Choice(["float32", "bfloat16", "auto"]), default="float32", show_default=True,
               help="Precision of the one-pass frame layers (auto: bfloat16 where the CPU/GPU runs it natively).")
+@click.option("--transcripts", type=click.Path(exists=True, dir_okay=False),
+              help="A second recogniser's transcripts (rescorer transcribe): its list words the 1-best lacks are put in "
+                   "where the tuned gate keeps them (rescorer tune --save-config with awe_whisper_*).")
+@click.option("--transcript-list", type=click.Path(exists=True, dir_okay=False),
+              help="The words --transcripts may add, one per line (default: --word-list), e.g. a context list.")
 def rescore_cmd(model_dir, lattices, features, out, recover_oov, word_list, word_list_size, device, prune_posterior, prune_scale,
-                config_name, batch_frames, span_encoding, compute_type):
+                config_name, batch_frames, span_encoding, compute_type, transcripts, transcript_list):
     """Rescore lattices with word embeddings; writes rescored lattices and 1-best texts.
 
     Runs sharded under torchrun (each rank takes every WORLD_SIZE-th utterance and writes
@@ -445,7 +450,8 @@ def rescore_cmd(model_dir, lattices, features, out, recover_oov, word_list, word
         summary = rescore_lattices(model_dir, lattices, features, out, recover_oov=recover_oov or bool(word_list),
                                    word_list=word_list, word_list_size=word_list_size, device=device,
                                    prune_posterior=prune_posterior, prune_scale=prune_scale, config_name=config_name,
-                                   batch_frames=batch_frames, span_encoding=span_encoding, compute_type=compute_type)
+                                   batch_frames=batch_frames, span_encoding=span_encoding, compute_type=compute_type,
+                                   transcripts=transcripts, transcript_list=transcript_list)
     if summary.errors:
         click.echo(f"rank {summary.rank}: {len(summary.errors)} utterances not rescored (see errors.{summary.rank}.json)",
                    err=True)

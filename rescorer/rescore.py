@@ -138,6 +138,12 @@ class RescoreConfig:
     posterior_scale: float = 1.0
     batch_size: int = 256
     ctc_scale: float = 0.0  # weight of the CTC spelling score (rescorer.rescore_ctc; 0: not used)
+    # a second recogniser's list words (rescorer.transcript_hits, rescorer rescore --transcripts): the least
+    # embedder cosine and the least recogniser confidence a hit needs (None: no threshold), as tuned on dev;
+    # transcript_abstain: dev tuning found that the hits do not help, so none is added
+    transcript_min_cosine: Optional[float] = None
+    transcript_min_confidence: Optional[float] = None
+    transcript_abstain: bool = False
 
     def __post_init__(self):
         if self.oov_rival not in OOV_RIVALS:

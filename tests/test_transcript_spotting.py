@@ -65,7 +65,7 @@ def test_two_hits_do_not_overlap_and_overlapping_hits_are_refused():
 
 def test_the_gate_keeps_hits_by_the_embedders_cosine_and_the_recognisers_confidence():
     from rescorer.decoding.transcript_spotting import TranscriptHit
-    from rescorer.evaluation.transcript_spotting import HitGate, SpottedUtterance
+    from rescorer.transcript_hits import HitGate, SpottedUtterance
 
     u = SpottedUtterance(_hyp(["the", "cap", "sat", "mat"]),
                          [TranscriptHit("zebra", 0.2, 0.4, 1, 2), TranscriptHit("zebras", 0.6, 0.8, 3, 4)], [0.9, 0.1],
@@ -83,7 +83,7 @@ def test_the_gate_keeps_hits_by_the_embedders_cosine_and_the_recognisers_confide
 
 def test_each_hit_takes_the_confidence_of_its_own_transcript_word():
     from rescorer.decoding.transcript_spotting import spot_transcript
-    from rescorer.evaluation.transcript_spotting import spot_all
+    from rescorer.transcript_hits import spot_all
 
     hyp = _hyp(["the", "cat", "a", "man", "hard", "bore"])
     transcript = "the catamaran in harbour".split()
@@ -106,7 +106,7 @@ def _feats(n):
 
 def _spotted():
     from rescorer.decoding.transcript_spotting import TranscriptHit
-    from rescorer.evaluation.transcript_spotting import SpottedUtterance
+    from rescorer.transcript_hits import SpottedUtterance
 
     right = SpottedUtterance(_hyp(["the", "cap", "sat"]), [TranscriptHit("zebra", 0.2, 0.4, 1, 2)], [0.9], [0.4])
     wrong = SpottedUtterance(_hyp(["the", "mat", "sat"]), [TranscriptHit("zebras", 0.2, 0.4, 1, 2)], [0.1], [0.3])
@@ -114,7 +114,8 @@ def _spotted():
 
 
 def test_tuning_keeps_a_gate_only_where_dev_gains_else_abstains():
-    from rescorer.evaluation.transcript_spotting import HitGate, tune_gate
+    from rescorer.evaluation.transcript_spotting import tune_gate
+    from rescorer.transcript_hits import HitGate
 
     spotted, refs = _spotted()
     vocab = {"the", "cap", "sat", "mat"}
@@ -144,7 +145,8 @@ def test_hit_evidence_says_which_evidence_parts_right_hits_from_wrong():
 
 
 def test_tuning_searches_the_cosine_and_confidence_gates_jointly():
-    from rescorer.evaluation.transcript_spotting import HitGate, tune_gate
+    from rescorer.evaluation.transcript_spotting import tune_gate
+    from rescorer.transcript_hits import HitGate
 
     spotted, refs = _spotted()
     vocab = {"the", "cap", "sat", "mat"}
@@ -297,6 +299,38 @@ def test_rescorer_tune_spots_whisper_list_words_tuned_on_dev(tmp_path, monkeypat
     assert [(r_["gate"], r_["confidence_gate"]) for r_ in curves["awe_whisper_context_list_fold0"]][:5] == [
         ("off", "off"), (None, None), (0.5, None), (None, 0.2), (0.5, 0.2)]
 
+    # the tuned gate travels with the model, and `rescorer rescore --transcripts` applies it
+    def from_dir(cls, model_dir, device=None, **kw):
+        saved = model / "rescorer.json"
+        return _rescorer(**(json.loads(saved.read_text())["config"] if saved.exists() else {}))
+
+    monkeypatch.setattr(Rescorer, "from_dir", classmethod(from_dir))
+    r = CliRunner().invoke(main, args + ["--methods", "awe_rescore,awe_whisper_context_list", "--dev-transcripts",
+                                         str(tmp_path / "dev_conf.jsonl"), "--whisper-gates", "none,0.5",
+                                         "--save-config"])
+    assert r.exit_code == 0, r.output
+    cfg = json.loads((model / "rescorer.json").read_text())["config"]
+    assert (cfg["transcript_min_cosine"], cfg["transcript_min_confidence"], cfg["transcript_abstain"]) == (0.5, None, False)
+    rescore = ["rescore", "--model-dir", str(model), "--lattices", str(tmp_path / "dev_lattices.pt"), "--features",
+               str(tmp_path / "dev.pt"), "--device", "cpu", "--transcripts", str(tmp_path / "dev_conf.jsonl")]
+    r = CliRunner().invoke(main, rescore + ["--out", str(tmp_path / "r0")])
+    assert r.exit_code != 0 and "--transcript-list" in r.output  # which words may be added must be said
+    r = CliRunner().invoke(main, rescore + ["--out", str(tmp_path / "r1"), "--transcript-list",
+                                            str(tmp_path / "context.txt")])
+    assert r.exit_code == 0, r.output
+    hyps = dict(line.split("\t") for line in (tmp_path / "r1" / "hyps.txt").read_text().splitlines())
+    assert hyps == {u: " ".join(w) for u, w in refs.items()}  # the right words in, the wrong ones kept out
+    hits = json.loads((tmp_path / "r1" / "transcript_hits.0.json").read_text())
+    assert [h[0] for h in hits["u1"]] == ["zebra"] and hits["u2"] == []
+    # a confidence gate on transcripts without confidences: named
+    cfg["transcript_min_confidence"] = 0.5
+    (model / "rescorer.json").write_text(json.dumps({"config": cfg}))
+    r = CliRunner().invoke(main, ["rescore", "--model-dir", str(model), "--lattices", str(tmp_path / "dev_lattices.pt"),
+                                  "--features", str(tmp_path / "dev.pt"), "--device", "cpu", "--out", str(tmp_path / "r2"),
+                                  "--transcripts", str(tmp_path / "dev.jsonl"), "--transcript-list",
+                                  str(tmp_path / "context.txt")])
+    assert r.exit_code != 0 and "no word confidences" in r.output
+
     # transcripts of other utterances: a named error, not an empty method
     with TranscriptWriter(tmp_path / "other.jsonl", {"recogniser": "test"}) as w:
         w.add("x1", ["zebra"])
@@ -311,7 +345,7 @@ def test_a_hit_without_times_gets_no_cosine_and_no_gate_keeps_it():
     import torch
 
     from rescorer.decoding.transcript_spotting import TranscriptHit
-    from rescorer.evaluation.transcript_spotting import HitGate, SpottedUtterance, hit_cosines
+    from rescorer.transcript_hits import HitGate, SpottedUtterance, hit_cosines
 
     class Stub:
         frame_shift = 0.01

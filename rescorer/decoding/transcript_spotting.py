@@ -10,7 +10,7 @@ hypothesis lacks there, with at least ``min_letters`` letters, replaces the hypo
 words aligned to it and the hypothesis words beside it that the transcript has nothing
 for (``cat a man`` against ``catamaran``), or is inserted between its neighbours when it
 faces none. The replaced words' times give the new word's span, so a caller can check it
-against the audio (``evaluation.transcript_spotting`` gates each hit on the embedder's
+against the audio (``transcript_hits`` gates each hit on the embedder's
 cosine over that span).
 """
 

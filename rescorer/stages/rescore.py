@@ -9,6 +9,7 @@ skipped, so an interrupted run resumes where it stopped.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,12 +19,16 @@ from tqdm import tqdm
 
 from rescorer.corpora.text_sources import large_word_list
 from rescorer.formats.frames import batches_by_frames
+from rescorer.formats.transcripts import TranscriptError, read_transcripts
 from rescorer.formats.utterances import read_utterance_features
 from rescorer.formats.word_list import WordListError, read_word_list
 from rescorer.lattice.word_lattice import load_word_lattices, prune, save_word_lattices
 from rescorer.rescore import Rescorer
 from rescorer.stages import StageError
+from rescorer.transcript_hits import HitGate, check_confidences, spot_utterance
 from rescorer.utils import atomic_write_text
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -55,6 +60,8 @@ def rescore_lattices(
     batch_frames: int = 20000,
     span_encoding: str = "auto",
     compute_type: str = "float32",
+    transcripts=None,
+    transcript_list=None,
 ) -> RescoreSummary:
     """Rescore this rank's share of ``lattices``; rank and world size default to torchrun's RANK/WORLD_SIZE.
 
@@ -65,12 +72,24 @@ def rescore_lattices(
     Utterances are rescored in batches of at most ``batch_frames`` padded feature frames
     (the embedder runs once per batch; 0: one utterance at a time); the hypotheses are part
     of the output after each batch.
+
+    ``transcripts``: a second recogniser's transcript file (``rescorer transcribe``); its words
+    from ``transcript_list`` (default: ``word_list``) that the rescored 1-best lacks are put in
+    it where the tuned gate keeps them (``RescoreConfig.transcript_*``, ``rescorer.transcript_hits``),
+    and listed per utterance with their spans in ``transcript_hits.<rank>.json``.
     """
     rank = int(os.environ.get("RANK", 0)) if rank is None else rank
     world = int(os.environ.get("WORLD_SIZE", 1)) if world_size is None else world_size
     try:  # a bad list is named before any work
         listed = read_word_list(word_list) if recover_oov and word_list else None
+        if transcripts and not (transcript_list or word_list):
+            raise StageError("--transcripts needs the words it may add: --transcript-list FILE (or --word-list FILE)")
+        spot_list = set(read_word_list(transcript_list or word_list)) if transcripts else None
     except WordListError as e:
+        raise StageError(str(e)) from e
+    try:
+        spoken = read_transcripts(transcripts) if transcripts else None
+    except TranscriptError as e:
         raise StageError(str(e)) from e
     outdir = Path(out_dir)
     outdir.mkdir(parents=True, exist_ok=True)
@@ -83,10 +102,23 @@ def rescore_lattices(
     feats = read_utterance_features(features, expect=rescorer.feature_spec).by_id()
     if recover_oov:
         rescorer.set_vocabulary(listed if word_list else large_word_list(word_list_size))
+    cfg = rescorer.config
+    gate = HitGate(cfg.transcript_min_cosine, cfg.transcript_min_confidence)
+    if spoken is not None:
+        try:
+            check_confidences(spoken, gate, "retune without confidence gates (--whisper-confidence-gates none)")
+        except ValueError as e:
+            raise StageError(str(e)) from e
+        if cfg.transcript_abstain:
+            log.warning("%s: dev tuning found that the transcript's list words do not help (transcript_abstain): "
+                        "none is added", config_name)
     part_txt = outdir / f"hyps.{rank}.txt"
     done = {}
     if part_txt.exists():
         done = dict(line.split("\t", 1) for line in part_txt.read_text().splitlines() if "\t" in line)
+    hits_json = outdir / f"transcript_hits.{rank}.json"
+    hits_done = json.loads(hits_json.read_text()) if spoken is not None and hits_json.exists() else {}
+    no_transcript = []
     mine = [u for k, u in enumerate(sorted(lats)) if k % world == rank]
     summary = RescoreSummary(rank=rank, world_size=world)
     rescored = []
@@ -119,9 +151,23 @@ def rescore_lattices(
         for uid, res in results.items():
             rescored.append(res.lattice)
             done[uid] = res.hypothesis.text
+            if spoken is not None and not cfg.transcript_abstain:
+                if uid not in spoken.words:
+                    no_transcript.append(uid)
+                    continue
+                spotted = spot_utterance(rescorer, res.hypothesis.words, spoken.words[uid], spot_list, feats[uid],
+                                         cfg.oov_min_letters, spoken.confidences.get(uid))
+                words, added = spotted.spotted(gate)
+                done[uid] = " ".join(w.word for w in words)
+                hits_done[uid] = [[w, round(a, 3), round(b, 3)] for w, a, b in added]
+        if spoken is not None:  # before the hypotheses, so a resumed run never lacks an utterance's hits
+            atomic_write_text(hits_json, json.dumps(hits_done, indent=1, sort_keys=True))
         atomic_write_text(part_txt, "".join(f"{u}\t{t}\n" for u, t in sorted(done.items())))
         bar.update(len(batch))
     bar.close()
+    if no_transcript:
+        log.warning("%s lacks %d utterance(s) (rescored without its words): %s", transcripts, len(no_transcript),
+                    ", ".join(no_transcript[:5]))
     if rescored:
         save_word_lattices(outdir / f"rescored.{rank}.pt", rescored)
     if summary.errors:

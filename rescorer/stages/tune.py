@@ -498,6 +498,13 @@ def _tune_and_evaluate(s: TuneSettings):
     recovery = next((chosen_by_method[m] for m in RECOVERY_METHODS if m in chosen_by_method), None)
     if recovery and recovery[0].get("oov_recovery") != "abstained":
         rescorer.config = replace(rescorer.config, **{k: recovery[0][k] for k in ("oov_margin", "oov_lm_score")})
+    # and the gate on a second recogniser's list words (rescorer rescore --transcripts): the context list's, else the large list's
+    spotted = next((results[s.prefix + m]["scales"][0] for m in WHISPER_METHODS if s.prefix + m in results), None)
+    if spotted is not None:
+        abstain = spotted.get("gate") == "abstained"
+        rescorer.config = replace(rescorer.config, transcript_abstain=abstain,
+                                  transcript_min_cosine=None if abstain else spotted.get("gate"),
+                                  transcript_min_confidence=None if abstain else spotted.get("confidence_gate"))
     return results, rescorer
 
 

@@ -24,7 +24,8 @@ import time
 from typing import Dict, List, Optional
 
 from rescorer.evaluation.rescoring import added_counts
-from rescorer.evaluation.transcript_spotting import hit_evidence, spot_all, tune_gate
+from rescorer.evaluation.transcript_spotting import hit_evidence, tune_gate
+from rescorer.transcript_hits import HitGate, check_confidences, spot_all
 from rescorer.formats.transcripts import TranscriptError, read_transcripts
 from rescorer.lattice.word_lattice import best_path_hypothesis
 from rescorer.stages import StageError
@@ -49,12 +50,6 @@ def _read(path: Optional[str], uids, split: str):
     return t
 
 
-def _check_confidences(t, gates, flag: str = "--whisper-confidence-gates") -> None:
-    if any(g is not None for g in gates) and t.words and not t.confidences:
-        raise StageError(f"{t.path} has no word confidences (written before rescorer transcribe recorded them): "
-                         f"transcribe again into a new file, or pass {flag} none")
-
-
 def whisper_methods(s, rescorer, train_vocab, lists: Dict[str, dict], awe_configs: List, prep_dev, prep_test, folds,
                     dev_feats, dev_refs, test_feats, test_refs, missing: List[str], decode_seconds: Optional[float],
                     awe_seconds: float = 0.0):
@@ -70,7 +65,11 @@ def whisper_methods(s, rescorer, train_vocab, lists: Dict[str, dict], awe_config
             "transcriber": test.meta}
     gates, conf_gates = list(s.whisper_gates), list(s.whisper_confidence_gates)
     for t in (dev, test):
-        _check_confidences(t, conf_gates)
+        try:
+            check_confidences(t, HitGate(None, max((q for q in conf_gates if q is not None), default=None)),
+                              "pass --whisper-confidence-gates none")
+        except ValueError as e:
+            raise StageError(str(e)) from e
     hyps_dev, hyps_eval = [], []  # per fold: awe_rescore's best paths (words with spans)
     t_hyp = 0.0
     for k, (tune_lats, eval_lats) in enumerate(folds):
