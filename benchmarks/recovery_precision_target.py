@@ -11,7 +11,8 @@ For each target, runs the recipe's recovery tunings on its lattices (the config 
 ``awe_ctc_rescore``), as the recipe's stage 6 does, with ``--oov-min-precision`` (none: the
 lowest dev WER, recovery kept only when it lowers it) and, for the fusion, the evidence gate
 grid ``--gate-posteriors`` x ``--gate-ctc-margins`` (strict points a precision target can
-choose). Rows per target and method: ``wer``, ``oov_recall``, ``oov_precision``,
+choose); with ``--sections rescore_whisper``, Whisper's list words (``awe_whisper_*``, the
+recipe's transcripts and its gate grids of embedder cosine x Whisper confidence). Rows per target and method: ``wer``, ``oov_recall``, ``oov_precision``,
 ``oov_tokens_recovered``, ``oov_tokens_proposed``, ``iv_tokens_broken``, the folds where
 recovery abstained; with the command, machine and date. Dev tunes, test reports (or 2-fold
 cross-validation over dev speakers with ``--cross-validate``, for corpora without a test split).
@@ -34,7 +35,8 @@ REPO = Path(__file__).resolve().parents[1]
 KEEP = ("wer", "oov_recall", "oov_precision", "oov_tokens_recovered", "oov_tokens_proposed", "oov_tokens",
         "iv_tokens_broken", "added_oov_recovered", "added_oov_proposed", "added_oov_precision", "added_iv_broken",
         "word_list_size", "test_word_list_size")
-RECOVERY_METHODS = ("awe_rescore_oov_recovery", "awe_rescore_context_list", "awe_ctc_rescore")
+RECOVERY_METHODS = ("awe_rescore_oov_recovery", "awe_rescore_context_list", "awe_ctc_rescore",
+                    "awe_whisper_context_list", "awe_whisper_oov_recovery")
 
 
 def _flags(config: str, section: str) -> List[str]:
@@ -58,6 +60,11 @@ def _split_args(cross_validate: bool, ctc: bool) -> List[str]:
     return args
 
 
+def _transcript_args(cross_validate: bool) -> List[str]:
+    args = ["--dev-transcripts", "exp/whisper/transcripts_dev.jsonl"]
+    return args if cross_validate else args + ["--test-transcripts", "exp/whisper/transcripts_test.jsonl"]
+
+
 def _run(corpus: str, flags: List[str], target: Optional[float], out: Path, ctc: bool) -> None:
     cmd = [sys.executable, "-m", "rescorer", "tune", "--corpus", corpus, "--model-dir", "exp/embeddings",
            "--train-data", "exp/asr_data/train.pt", "--out", str(out)] + flags
@@ -78,7 +85,9 @@ def measure(a) -> Dict[str, dict]:
     gates = [f"--oov-min-posteriors={a.gate_posteriors}", f"--oov-min-ctc-margins={a.gate_ctc_margins}"]
     runs = [("rescore_oov", _flags(a.config, "rescore_oov") + oov_list + _split_args(a.cross_validate, False), False),
             ("rescore_ctc", _flags(a.config, "rescore_ctc") + gates + _split_args(a.cross_validate, True)
-             + ["--methods", "awe_ctc_rescore"], True)]
+             + ["--methods", "awe_ctc_rescore"], True),
+            ("rescore_whisper", _flags(a.config, "rescore_whisper") + _split_args(a.cross_validate, False)
+             + _transcript_args(a.cross_validate), False)]
     out: Dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for target in targets:
@@ -103,7 +112,9 @@ def summarise(rows: Dict[str, dict]) -> Dict[str, dict]:
             continue
         row = {k: r[k] for k in KEEP if k in r}
         scales = r.get("scales", [])
-        row["folds_abstained"] = sum(1 for s in scales if s.get("oov_recovery") == "abstained")
+        row["folds_abstained"] = sum(1 for s in scales if "abstained" in (s.get("oov_recovery"), s.get("gate")))
+        if any("gate" in s for s in scales):  # Whisper's list words: the gate each fold chose
+            row["gates"] = [{k: s.get(k) for k in ("gate", "confidence_gate")} for s in scales]
         row["folds"] = len(scales)
         out[method] = row
     return out

@@ -650,7 +650,8 @@ def _oov_evidence_section(doc: Any, source: str) -> List[str]:
 
 
 _RECOVERY_LABELS = {"awe_rescore_oov_recovery": "recovery, large list", "awe_rescore_context_list": "recovery, context list",
-                    "awe_ctc_rescore": "embedding + CTC fusion"}
+                    "awe_ctc_rescore": "embedding + CTC fusion", "awe_whisper_context_list": "Whisper's words, context list",
+                    "awe_whisper_oov_recovery": "Whisper's words, large list"}
 
 
 def _recovery_target_section(doc: Any, source: str) -> List[str]:
@@ -660,7 +661,8 @@ def _recovery_target_section(doc: Any, source: str) -> List[str]:
     lines = ["## OOV recovery for a precision target", "",
              "Recovery's settings chosen on dev for the lowest WER (kept only if it lowers dev's WER) or for "
              "a precision target on the words recovery adds (`rescorer tune --oov-min-precision`); "
-             "figures on held-out data. Added: what recovery itself changed against the same scales "
+             "figures on held-out data. OOV recall: OOV reference tokens right that the lattice's 1-best "
+             "missed, over all OOV tokens. Added: what recovery itself changed against the same scales "
              f"without it (OOV tokens recovered / OOV words added, their precision, IV tokens broken). From `{source}`.", ""]
     for corpus, r in doc.items():
         targets = r.get("targets")
@@ -670,13 +672,13 @@ def _recovery_target_section(doc: Any, source: str) -> List[str]:
         for key, methods in targets.items():
             target = "lowest WER" if key == "lowest_wer" else key.replace("precision_", "precision ≥ ")
             for m, x in methods.items():
-                rows.append([target, _RECOVERY_LABELS.get(m, m), _pct(x.get("wer")),
+                rows.append([target, _RECOVERY_LABELS.get(m, m), _pct(x.get("wer")), _pct(x.get("oov_recall")),
                              f"{x.get('added_oov_recovered')} / {x.get('added_oov_proposed')}",
                              _fixed(2)(x.get("added_oov_precision")), str(x.get("added_iv_broken")),
                              f"{x.get('folds_abstained')} of {x.get('folds')}"])
         lines += [f"**{corpus}** ({r.get('protocol')}):", "",
-                  _table(["dev choice", "method", "WER %", "added: OOV right / added", "precision", "IV broken",
-                          "abstained"], rows, ["l", "l", "r", "r", "r", "r", "r"]), "",
+                  _table(["dev choice", "method", "WER %", "OOV recall %", "added: OOV right / added", "precision",
+                          "IV broken", "abstained"], rows, ["l", "l", "r", "r", "r", "r", "r", "r"]), "",
                   f"Command: {_code(r.get('command'))} ({r.get('machine')}, {r.get('date')}).", ""]
     return lines
 

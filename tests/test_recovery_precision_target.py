@@ -52,3 +52,24 @@ def test_every_target_runs_each_section_and_keeps_the_recovery_rows(tmp_path, mo
 def test_cross_validation_uses_dev_only(tmp_path):
     args = script._split_args(cross_validate=True, ctc=False)
     assert "--cross-validate" in args and not any("test" in a for a in args)
+
+
+def test_the_whisper_section_reads_the_transcripts_and_keeps_each_folds_gate(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_run(corpus, flags, target, out, ctc):
+        calls.append(tuple(flags))
+        gates = [{"gate": "abstained"}, {"gate": 0.2, "confidence_gate": 0.6}]
+        out.write_text(json.dumps({"corpora": {"so/x": {"awe_whisper_context_list": {
+            "wer": 0.36, "oov_recall": 0.4, "scales": gates}}}}))
+
+    monkeypatch.setattr(script, "_flags", lambda config, section: [f"--from-{section}"])
+    monkeypatch.setattr(script, "_run", fake_run)
+    out = tmp_path / "out.json"
+    script.main(["--workdir", str(tmp_path), "--config", "c.yaml", "--corpus", "so/x", "--targets", "0.8",
+                 "--sections", "rescore_whisper", "--cross-validate", "--out", str(out)])
+    (flags,) = calls
+    assert "--from-rescore_whisper" in flags and "--dev-transcripts" in flags and "--test-transcripts" not in flags
+    row = json.loads(out.read_text())["so/x"]["targets"]["precision_0.8"]["awe_whisper_context_list"]
+    assert row["folds_abstained"] == 1 and row["gates"] == [{"gate": "abstained", "confidence_gate": None},
+                                                            {"gate": 0.2, "confidence_gate": 0.6}]

@@ -351,12 +351,16 @@ def test_footnotes_say_where_recovery_abstained_and_its_precision_target():
              "scales": [{"awe_scale": 8.0, "oov_recovery": "abstained"}, {"awe_scale": 4.0}]},
             {"method": "awe_rescore_oov_recovery", "label": "recovery", "scales": [{"awe_scale": 8.0, "oov_recovery": "abstained"}],
              "added_oov_recovered": 3, "added_oov_proposed": 4, "added_oov_precision": 0.75, "added_iv_broken": 1},
-            {"method": "awe_rescore", "label": "plain", "scales": [{"awe_scale": 8.0}]}]
+            {"method": "awe_rescore", "label": "plain", "scales": [{"awe_scale": 8.0}]},
+            {"method": "awe_whisper_context_list", "label": "whisper",
+             "scales": [{"gate": 0.2, "confidence_gate": 0.6}, {"gate": None, "confidence_gate": None},
+                        {"gate": "abstained"}]}]
     notes = _method_footnotes(rows)
     assert "precision at least 0.8" in notes[0] and "abstained in 1 of 2 folds (precision target not met)" in notes[0]
     assert "abstained on dev (no dev WER gain)" in notes[1]
     assert "3 OOV tokens recovered, 4 OOV words added (precision 0.75), 1 IV tokens broken" in notes[1]
     assert "abstained" not in notes[2]
+    assert "gate on the hits chosen on dev: cosine ≥ 0.2 and confidence ≥ 0.6, none (every hit), abstained" in notes[3]
 
 
 def test_recovery_target_section_has_a_row_per_target_and_method(tmp_path):
@@ -365,9 +369,9 @@ def test_recovery_target_section_has_a_row_per_target_and_method(tmp_path):
     from rescorer.results_report import ResultsError
 
     results = _results(tmp_path)
-    kept = {"wer": 0.4711, "added_oov_recovered": 5, "added_oov_proposed": 8, "added_oov_precision": 0.625,
+    kept = {"wer": 0.4711, "oov_recall": 0.25, "added_oov_recovered": 5, "added_oov_proposed": 8, "added_oov_precision": 0.625,
             "added_iv_broken": 2, "folds_abstained": 0, "folds": 1}
-    off = {"wer": 0.4766, "added_oov_recovered": 0, "added_oov_proposed": 0, "added_oov_precision": None,
+    off = {"wer": 0.4766, "oov_recall": 0.0, "added_oov_recovered": 0, "added_oov_proposed": 0, "added_oov_precision": None,
            "added_iv_broken": 0, "folds_abstained": 1, "folds": 1}
     (results / "recovery_precision_target.json").write_text(json.dumps({"synthetic/x": {
         "targets": {"lowest_wer": {"awe_ctc_rescore": kept}, "precision_0.8": {"awe_rescore_context_list": off}},
@@ -376,8 +380,8 @@ def test_recovery_target_section_has_a_row_per_target_and_method(tmp_path):
     md = write_results_md(results, tmp_path / "RESULTS.md", results / "plots").read_text()
     section = md.split("## OOV recovery for a precision target")[1].split("\n## ")[0]
     rows = [[c.strip() for c in line.strip("|").split("|")] for line in section.splitlines() if line.startswith("|")][2:]
-    assert rows == [["lowest WER", "embedding + CTC fusion", "47.1", "5 / 8", "0.62", "2", "0 of 1"],
-                    ["precision ≥ 0.8", "recovery, context list", "47.7", "0 / 0", "–", "0", "1 of 1"]]
+    assert rows == [["lowest WER", "embedding + CTC fusion", "47.1", "25.0", "5 / 8", "0.62", "2", "0 of 1"],
+                    ["precision ≥ 0.8", "recovery, context list", "47.7", "0.0", "0 / 0", "–", "0", "1 of 1"]]
     assert "**synthetic/x** (tuned on dev, reported on test)" in section
     (results / "recovery_precision_target.json").write_text(json.dumps({"synthetic/x": {"command": "x"}}))
     with pytest.raises(ResultsError, match="recovery_precision_target.json: synthetic/x: no 'targets' mapping"):
@@ -395,12 +399,13 @@ def test_tuning_section_says_where_recovery_abstained_or_chose_another_point(tmp
               {"awe_scale": 8.0, "wer": 0.449, "step": "recovery", "chosen": True}]
     unsure = [{"awe_scale": 4.0, "wer": 0.45, "step": "scales", "chosen": True},
               {"awe_scale": 4.0, "wer": 0.449, "step": "recovery", "added_sign_test_p": 0.4}]
-    whisper = [{"gate": "off", "wer": 0.45, "chosen": True}, {"gate": None, "wer": 0.46}]
+    whisper = [{"gate": "off", "wer": 0.45, "chosen": True}, {"gate": None, "wer": 0.46},
+               {"gate": 0.2, "confidence_gate": 0.6, "wer": 0.455}]
     (results / "rescore_tuning_rec_lattices.json").write_text(json.dumps({"off_fold0": off, "target_fold0": target,
                                                                           "unsure_fold0": unsure, "whisper_fold0": whisper}))
     md = write_results_md(results, tmp_path / "RESULTS.md", results / "plots").read_text()
     assert ("`unsure_fold0`: 2 grid points, best WER 44.9% at awe_scale 4; recovery abstains (1 point(s) of step 2 "
             "lower step 1's 45.0%, none passing the keep rule, e.g. the sign test).") in md
-    assert "`whisper_fold0`: 2 grid points, best WER 45.0% at gate off; the hits abstain (no gate lowers 45.0% without them)." in md
+    assert "`whisper_fold0`: 3 grid points, best WER 45.0% at no hits; the hits abstain (no gate lowers 45.0% without them)." in md
     assert "`off_fold0`: 2 grid points, best WER 45.0% at awe_scale 4; recovery abstains (no point of step 2 lowers step 1's 45.0%)." in md
     assert "`target_fold0`: 3 grid points, best WER 44.0% at awe_scale 4; chosen 44.9% at awe_scale 8." in md
