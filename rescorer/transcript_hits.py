@@ -103,9 +103,9 @@ def spot_all(rescorer, hyps: Dict[str, List[WordSpan]], transcripts: Dict[str, L
                               confidences.get(u)) for u in sorted(hyps)}
 
 
-def check_confidences(transcripts, gate: HitGate, skip_hint: str) -> None:
-    """A confidence threshold needs transcripts that record confidences: ValueError naming the
-    file and the way out (``skip_hint``) otherwise."""
-    if gate.confidence is not None and transcripts.words and not transcripts.confidences:
+def check_confidences(transcripts, needed: bool, skip_hint: str) -> None:
+    """A confidence threshold (``needed``) needs transcripts that record confidences: ValueError
+    naming the file and the way out (``skip_hint``) otherwise."""
+    if needed and transcripts.words and not transcripts.confidences:
         raise ValueError(f"{transcripts.path} has no word confidences (written before rescorer transcribe recorded "
                          f"them): transcribe again into a new file, or {skip_hint}")

@@ -106,7 +106,7 @@ def rescore_lattices(
     gate = HitGate(cfg.transcript_min_cosine, cfg.transcript_min_confidence)
     if spoken is not None:
         try:
-            check_confidences(spoken, gate, "retune without confidence gates (--whisper-confidence-gates none)")
+            check_confidences(spoken, gate.confidence is not None, "retune without confidence gates (--whisper-confidence-gates none)")
         except ValueError as e:
             raise StageError(str(e)) from e
         if cfg.transcript_abstain:

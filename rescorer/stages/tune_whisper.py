@@ -25,7 +25,7 @@ from typing import Dict, List, Optional
 
 from rescorer.evaluation.rescoring import added_counts
 from rescorer.evaluation.transcript_spotting import hit_evidence, tune_gate
-from rescorer.transcript_hits import HitGate, check_confidences, spot_all
+from rescorer.transcript_hits import check_confidences, spot_all
 from rescorer.formats.transcripts import TranscriptError, read_transcripts
 from rescorer.lattice.word_lattice import best_path_hypothesis
 from rescorer.stages import StageError
@@ -66,8 +66,7 @@ def whisper_methods(s, rescorer, train_vocab, lists: Dict[str, dict], awe_config
     gates, conf_gates = list(s.whisper_gates), list(s.whisper_confidence_gates)
     for t in (dev, test):
         try:
-            check_confidences(t, HitGate(None, max((q for q in conf_gates if q is not None), default=None)),
-                              "pass --whisper-confidence-gates none")
+            check_confidences(t, any(q is not None for q in conf_gates), "pass --whisper-confidence-gates none")
         except ValueError as e:
             raise StageError(str(e)) from e
     hyps_dev, hyps_eval = [], []  # per fold: awe_rescore's best paths (words with spans)
