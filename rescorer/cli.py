@@ -62,6 +62,15 @@ def _floats(text, option, optional=False):
     return values
 
 
+def _probabilities(text, hint: str):
+    """Comma-separated probabilities in (0, 1), or ``none`` (not asked): the list without the nones."""
+    out = [p for p in _margins(text, hint) if p is not None]
+    bad = [p for p in out if not 0.0 < p < 1.0]
+    if bad:
+        raise click.BadParameter(f"probabilities must lie strictly between 0 and 1, got {bad[0]}", param_hint=hint)
+    return out
+
+
 def _margins(text, hint: str = "--oov-margins"):
     """--oov-margins (and the gate thresholds): comma-separated numbers or ``none`` (the rule before
     abstention / that view not asked); absent: None."""
@@ -583,8 +592,13 @@ def transcribe_cmd(cuts, out, whisper_model, beam_size, threads, max_utterances,
 @click.option("--whisper-confidence-gates", default="none,0.2,0.4,0.6,0.8", show_default=True,
               help="The Whisper methods: the Whisper word confidence (from the transcripts) a hit must reach, tuned on "
                    "dev jointly with --whisper-gates (none: any).")
+@click.option("--whisper-probability-gates", default="none", show_default=True,
+              help="The Whisper methods: also gates on the probability that a hit is right, by a logistic model of its "
+                   "evidence (confidence, cosine, margin over the replaced words, spelling overlap) fitted on dev's "
+                   "hits (none: not tried), e.g. 0.5,0.6,0.7,0.8,0.9.")
 def tune_cmd(methods, awe_scales, lm_scales, wips, oov_lm_scores, oov_margins, attention_scales, ctc_scales, ctc_norms, ws_bonuses,
-             ws_thresholds, oov_min_posteriors, oov_min_ctc_margins, whisper_gates, whisper_confidence_gates, **opts):
+             ws_thresholds, oov_min_posteriors, oov_min_ctc_margins, whisper_gates, whisper_confidence_gates,
+             whisper_probability_gates, **opts):
     """Tune the rescoring scales on dev, report on test (or cross-validate over dev speakers).
 
     Merges every method's WER into --out, writes the dev tuning curve beside it and, with
@@ -604,7 +618,9 @@ def tune_cmd(methods, awe_scales, lm_scales, wips, oov_lm_scores, oov_margins, a
             oov_min_posteriors=_margins(oov_min_posteriors, "--oov-min-posteriors") or (None,),
             oov_min_ctc_margins=_margins(oov_min_ctc_margins, "--oov-min-ctc-margins") or (None,),
             whisper_gates=_margins(whisper_gates, "--whisper-gates"),
-            whisper_confidence_gates=_margins(whisper_confidence_gates, "--whisper-confidence-gates"), **opts,
+            whisper_confidence_gates=_margins(whisper_confidence_gates, "--whisper-confidence-gates"),
+            whisper_probability_gates=tuple(_probabilities(whisper_probability_gates, "--whisper-probability-gates")),
+            **opts,
         )
         results = tune_rescoring(settings, command=_command_line())
     click.echo(json.dumps({m: {k: r.get(k) for k in ("wer", "iv_wer", "oov_wer", "oov_tokens_recovered", "oov_recall",

@@ -144,10 +144,27 @@ class RescoreConfig:
     transcript_min_cosine: Optional[float] = None
     transcript_min_confidence: Optional[float] = None
     transcript_abstain: bool = False
+    # or the least probability of being right by a model of all a hit's evidence (transcript_hits.HitModel,
+    # fitted on dev's hits; kept here as its to_dict())
+    transcript_min_probability: Optional[float] = None
+    transcript_hit_model: Optional[dict] = None
 
     def __post_init__(self):
         if self.oov_rival not in OOV_RIVALS:
             raise ValueError(f"oov_rival must be one of {', '.join(OOV_RIVALS)}, not {self.oov_rival!r}")
+        if self.transcript_min_probability is not None:
+            from rescorer.transcript_hits import HitModel
+
+            if self.transcript_hit_model is None:
+                raise ValueError("transcript_min_probability needs transcript_hit_model (the model it thresholds)")
+            HitModel.from_dict(self.transcript_hit_model)  # a malformed model is named here, not mid-run
+
+    def transcript_gate(self):
+        """The gate on a second recogniser's list words (``transcript_hits.HitGate``) that dev tuning chose."""
+        from rescorer.transcript_hits import HitGate, HitModel
+
+        model = HitModel.from_dict(self.transcript_hit_model) if self.transcript_hit_model is not None else None
+        return HitGate(self.transcript_min_cosine, self.transcript_min_confidence, self.transcript_min_probability, model)
 
     @classmethod
     def from_dict(cls, d: dict) -> "RescoreConfig":

@@ -11,13 +11,20 @@ threshold) and keeps the hits that reach both. Why both: on speechocean762 dev t
 recogniser's confidence separates its right list words from its wrong ones far better than
 the cosine (``dev_hit_evidence`` of the Whisper rows in ``results/wer.json``), and the cosine
 still vetoes hits whose audio does not sound like the word.
+
+The pieces can also be weighed together (``HitModel``): a logistic model over each hit's
+``HIT_FEATURES`` (the confidence, the cosine, the cosine's margin over the replaced words'
+own best cosine on the same span, and how much of the replaced words' spelling the hit
+shares), fitted on dev's hits (``evaluation.transcript_spotting.fit_hit_model``) and kept
+with the model's tuned config, so a gate may instead ask for a least probability that a hit
+is right.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Dict, List, NamedTuple, Optional, Sequence
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 
@@ -26,18 +33,92 @@ from rescorer.lattice.paths import WordSpan
 from rescorer.ops import arc_similarity
 
 
+HIT_FEATURES = ("confidence", "cosine", "cosine_margin", "spelling_overlap")
+
+
+def _edit_distance(a: str, b: str) -> int:
+    row = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        prev, row[0] = row[0], i
+        for j, cb in enumerate(b, 1):
+            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (ca != cb))
+    return row[-1]
+
+
+def hit_features(hit: TranscriptHit, hyp: Sequence[WordSpan], cosine: float, confidence: float,
+                 rival: float) -> Tuple[float, ...]:
+    """One hit's ``HIT_FEATURES``, all finite: an unknown confidence is 0, a cosine that could not
+    be measured (-inf) is -1; the margin over the replaced words' best cosine (``rival``) is 0 for an
+    insertion (nothing replaced); the spelling overlap is 1 - edit distance / longer length
+    between the hit and the replaced words run together (0 for an insertion)."""
+    c = cosine if math.isfinite(cosine) else -1.0
+    replaced = "".join(w.word for w in hyp[hit.first:hit.last])
+    margin = c - rival if math.isfinite(rival) else 0.0
+    overlap = 1.0 - _edit_distance(hit.word, replaced) / max(len(hit.word), len(replaced)) if replaced else 0.0
+    return (0.0 if math.isnan(confidence) else float(confidence), float(c), float(margin), float(overlap))
+
+
+@dataclass(frozen=True)
+class HitModel:
+    """A logistic model of the probability that a hit is right, over standardised ``HIT_FEATURES``:
+    sigmoid(bias + sum(weight * (x - mean) / scale)). Plain numbers, so it is kept as JSON in the
+    tuned config (``to_dict`` / ``from_dict``, which refuses a model of other features)."""
+    weights: Tuple[float, ...]
+    bias: float
+    mean: Tuple[float, ...]
+    scale: Tuple[float, ...]
+    features: Tuple[str, ...] = HIT_FEATURES
+
+    def __post_init__(self):
+        n = len(self.features)
+        if tuple(self.features) != HIT_FEATURES:
+            raise ValueError(f"hit model over features {list(self.features)}; this version computes {list(HIT_FEATURES)}")
+        for name in ("weights", "mean", "scale"):
+            v = getattr(self, name)
+            if len(v) != n or not all(isinstance(x, (int, float)) and math.isfinite(x) for x in v):
+                raise ValueError(f"hit model {name}: expected {n} finite numbers, got {v!r}")
+        if not (isinstance(self.bias, (int, float)) and math.isfinite(self.bias)) or min(self.scale) <= 0:
+            raise ValueError(f"hit model: bias {self.bias!r} must be finite and every scale positive ({self.scale!r})")
+
+    def probability(self, x: Sequence[float]) -> float:
+        z = self.bias + sum(w * (v - m) / s for w, v, m, s in zip(self.weights, x, self.mean, self.scale))
+        return 1.0 / (1.0 + math.exp(-z)) if z >= 0 else math.exp(z) / (1.0 + math.exp(z))
+
+    def to_dict(self) -> dict:
+        return {"features": list(self.features), "weights": [round(w, 6) for w in self.weights],
+                "bias": round(self.bias, 6), "mean": [round(m, 6) for m in self.mean],
+                "scale": [round(s, 6) for s in self.scale]}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "HitModel":
+        if not isinstance(d, dict) or set(d) != {"features", "weights", "bias", "mean", "scale"}:
+            raise ValueError(f"hit model: expected keys features, weights, bias, mean, scale; got {d!r}")
+        return cls(tuple(d["weights"]), d["bias"], tuple(d["mean"]), tuple(d["scale"]), tuple(d["features"]))
+
+
 class HitGate(NamedTuple):
     """The least cosine and the least recogniser confidence a hit needs (None: no threshold;
-    an unknown, NaN, confidence fails any confidence threshold)."""
+    an unknown, NaN, confidence fails any confidence threshold); with ``model``, also the least
+    probability (``probability``) that the model gives the hit."""
     cosine: Optional[float] = None
     confidence: Optional[float] = None
+    probability: Optional[float] = None
+    model: Optional[HitModel] = None
 
-    def keeps(self, cosine: float, confidence: float) -> bool:
+    def keeps(self, cosine: float, confidence: float, features: Optional[Sequence[float]] = None) -> bool:
+        if self.probability is not None:
+            if self.model is None or features is None:
+                raise ValueError("a probability gate needs a hit model and the hits' features")
+            if self.model.probability(features) < self.probability:
+                return False
         return ((self.cosine is None or cosine >= self.cosine)
                 and (self.confidence is None or (not math.isnan(confidence) and confidence >= self.confidence)))
 
     def as_row(self) -> dict:
-        return {"gate": self.cosine, "confidence_gate": self.confidence}
+        row = {"gate": self.cosine, "confidence_gate": self.confidence}
+        if self.probability is not None:
+            row["probability_gate"] = self.probability
+        return row
 
 
 @dataclass
@@ -46,10 +127,18 @@ class SpottedUtterance:
     hits: List[TranscriptHit] = field(default_factory=list)
     cosines: List[float] = field(default_factory=list)  # the embedder's evidence for each hit
     confidences: List[float] = field(default_factory=list)  # the recogniser's (NaN: unknown); empty: none known
+    rivals: List[float] = field(default_factory=list)  # the replaced words' best cosine on the span (NaN: none)
+
+    def features(self) -> List[Tuple[float, ...]]:
+        """Each hit's ``HIT_FEATURES``."""
+        conf = self.confidences or [math.nan] * len(self.hits)
+        rivals = self.rivals or [math.nan] * len(self.hits)
+        return [hit_features(h, self.hyp, c, q, r) for h, c, q, r in zip(self.hits, self.cosines, conf, rivals)]
 
     def kept(self, gate: HitGate) -> List[TranscriptHit]:
         conf = self.confidences or [math.nan] * len(self.hits)
-        return [h for h, c, q in zip(self.hits, self.cosines, conf) if gate.keeps(c, q)]
+        feats = self.features() if gate.probability is not None else [None] * len(self.hits)
+        return [h for h, c, q, f in zip(self.hits, self.cosines, conf, feats) if gate.keeps(c, q, f)]
 
     def words(self, gate: HitGate) -> List[str]:
         """The hypothesis with the hits ``gate`` keeps in place."""
@@ -59,10 +148,14 @@ class SpottedUtterance:
         return apply_hits(self.hyp, self.kept(gate))
 
 
-def hit_cosines(rescorer, feats: torch.Tensor, hits: Sequence[TranscriptHit]) -> List[float]:
+def hit_cosines(rescorer, feats: torch.Tensor, hits: Sequence[TranscriptHit],
+                hyp: Optional[Sequence[WordSpan]] = None):
     """The embedder's cosine of each hit's spelling with its span's audio (-inf: under one feature
-    frame, or no span: a path without times)."""
+    frame, or no span: a path without times). With ``hyp``: (those, the best cosine of the
+    hypothesis words each hit replaces on the same span: NaN for an insertion, -inf where the
+    span could not be measured), from the same span embeddings."""
     out = [-math.inf] * len(hits)
+    rivals = [math.nan if hyp is None or h.last <= h.first else -math.inf for h in hits]
     shift, n = rescorer.frame_shift, int(feats.shape[0])
     spans, idx = [], []
     for i, h in enumerate(hits):
@@ -74,23 +167,36 @@ def hit_cosines(rescorer, feats: torch.Tensor, hits: Sequence[TranscriptHit]) ->
             idx.append(i)
     if spans:
         q = rescorer.span_embeddings(feats, spans).float()
-        w = rescorer.spelling_embeddings([hits[i].word for i in idx]).float()
-        pairs = torch.arange(len(idx), device=q.device).repeat(2, 1).T  # hit j: span j, word j
-        for i, c in zip(idx, arc_similarity(q, w.to(q.device), pairs, metric="cosine").cpu().tolist()):
-            out[i] = float(c)
-    return out
+        words, spans_of, own = [], [], []  # per word to compare: its span's row, whether it is the hit's own
+        for j, i in enumerate(idx):
+            replaced = [] if hyp is None else [w.word for w in hyp[hits[i].first:hits[i].last]]
+            for k, word in enumerate([hits[i].word] + replaced):
+                words.append(word)
+                spans_of.append(j)
+                own.append(k == 0)
+        w = rescorer.spelling_embeddings(words).float()
+        pairs = torch.tensor([[j, k] for k, j in enumerate(spans_of)], dtype=torch.long, device=q.device)
+        sims = arc_similarity(q, w.to(q.device), pairs, metric="cosine").cpu().tolist()
+        for j, is_own, c in zip(spans_of, own, sims):
+            i = idx[j]
+            if is_own:
+                out[i] = float(c)
+            else:
+                rivals[i] = max(rivals[i], float(c))
+    return out if hyp is None else (out, rivals)
 
 
 def spot_utterance(rescorer, hyp: Sequence[WordSpan], transcript: Sequence[str], words, feats: torch.Tensor,
                    min_letters: int = 4, confidences: Optional[Sequence[float]] = None) -> SpottedUtterance:
     """One utterance's hits of ``transcript``'s list words (``words``, a set) on ``hyp``, with
-    their cosines and (from ``confidences``, the transcript's per-word ones) the recogniser's
-    confidence in each."""
+    their cosines (and the replaced words' own) and (from ``confidences``, the transcript's
+    per-word ones) the recogniser's confidence in each."""
     hits = spot_transcript(hyp, transcript, words, min_letters)
     conf = confidences
-    return SpottedUtterance(list(hyp), hits, hit_cosines(rescorer, feats, hits) if hits else [],
+    cos, rivals = hit_cosines(rescorer, feats, hits, hyp) if hits else ([], [])
+    return SpottedUtterance(list(hyp), hits, cos,
                             [conf[h.source] if conf is not None and 0 <= h.source < len(conf) else math.nan
-                             for h in hits])
+                             for h in hits], rivals)
 
 
 def spot_all(rescorer, hyps: Dict[str, List[WordSpan]], transcripts: Dict[str, List[str]], words,

@@ -331,12 +331,140 @@ def test_rescorer_tune_spots_whisper_list_words_tuned_on_dev(tmp_path, monkeypat
                                   str(tmp_path / "context.txt")])
     assert r.exit_code != 0 and "no word confidences" in r.output
 
+    # the evidence weighed by a model fitted on each fold's dev: it learns the cosine, and travels too
+    cfg["transcript_min_confidence"] = None
+    (model / "rescorer.json").write_text(json.dumps({"config": cfg}))
+    r = CliRunner().invoke(main, args + ["--methods", "awe_rescore,awe_whisper_context_list", "--dev-transcripts",
+                                         str(tmp_path / "dev_conf.jsonl"), "--whisper-gates", "none",
+                                         "--whisper-confidence-gates", "none", "--whisper-probability-gates", "0.5",
+                                         "--save-config"])
+    assert r.exit_code == 0, r.output
+    row = json.loads(out.read_text())["corpora"]["toy"]["awe_whisper_context_list"]
+    assert row["wer"] == 0.0 and [s_["probability_gate"] for s_ in row["scales"]] == [0.5, 0.5]
+    assert row["heldout_hit_evidence"]["model_roc_auc"] == 1.0  # each fold's model on the other speaker's hits
+    cfg = json.loads((model / "rescorer.json").read_text())["config"]
+    assert cfg["transcript_min_probability"] == 0.5 and cfg["transcript_hit_model"]["weights"][1] > 0  # the cosine's
+    r = CliRunner().invoke(main, rescore + ["--out", str(tmp_path / "r3"), "--transcript-list",
+                                            str(tmp_path / "context.txt")])
+    assert r.exit_code == 0, r.output
+    hyps = dict(line.split("\t") for line in (tmp_path / "r3" / "hyps.txt").read_text().splitlines())
+    assert hyps == {u: " ".join(w) for u, w in refs.items()}
+    r = CliRunner().invoke(main, args + ["--methods", "awe_rescore,awe_whisper_context_list", "--dev-transcripts",
+                                         str(tmp_path / "dev_conf.jsonl"), "--whisper-probability-gates", "1.5"])
+    assert r.exit_code != 0 and "strictly between 0 and 1" in r.output
+
     # transcripts of other utterances: a named error, not an empty method
     with TranscriptWriter(tmp_path / "other.jsonl", {"recogniser": "test"}) as w:
         w.add("x1", ["zebra"])
     r = CliRunner().invoke(main, args + ["--methods", "awe_rescore,awe_whisper_context_list", "--dev-transcripts",
                                          str(tmp_path / "other.jsonl")])
     assert r.exit_code != 0 and "another split" in r.output
+
+
+# ------------------------------------------------------------------ the evidence weighed together
+
+def _five_hits():
+    """Five utterances, one "zebra" hit each over "cap": right ones with (cosine, confidence)
+    (0.9, 0.3) and (0.3, 0.9), wrong ones with (0.4, 0.4), (0.5, 0.2), (0.2, 0.5): neither piece
+    alone parts them; their sum does."""
+    from rescorer.decoding.transcript_spotting import TranscriptHit
+    from rescorer.transcript_hits import SpottedUtterance
+
+    evidence = {"r1": (0.9, 0.3), "r2": (0.3, 0.9), "w1": (0.4, 0.4), "w2": (0.5, 0.2), "w3": (0.2, 0.5)}
+    spotted = {u: SpottedUtterance(_hyp(["the", "cap", "sat"]), [TranscriptHit("zebra", 0.2, 0.4, 1, 2)], [c], [q])
+               for u, (c, q) in evidence.items()}
+    refs = {u: ["the", "zebra" if u.startswith("r") else "cap", "sat"] for u in evidence}
+    return spotted, refs
+
+
+def test_hit_features_measure_the_margin_over_the_replaced_words_and_their_shared_spelling():
+    from rescorer.decoding.transcript_spotting import TranscriptHit
+    from rescorer.transcript_hits import hit_features
+
+    hyp = _hyp(["the", "gift", "sat"])
+    sub = TranscriptHit("gifts", 0.2, 0.4, 1, 2)
+    conf, cos, margin, overlap = hit_features(sub, hyp, 0.7, 0.9, 0.5)
+    assert (conf, cos, margin) == pytest.approx((0.9, 0.7, 0.2)) and overlap == pytest.approx(1 - 1 / 5)
+    ins = TranscriptHit("zebra", 0.4, 0.4, 1, 1)  # an insertion replaces nothing
+    assert hit_features(ins, hyp, -math.inf, math.nan, math.nan) == (0.0, -1.0, 0.0, 0.0)
+    two = TranscriptHit("catamaran", 0.0, 0.6, 0, 3)
+    assert hit_features(two, _hyp(["cat", "a", "man"]), 0.5, 0.5, 0.1)[3] == pytest.approx(1 - 2 / 9)  # "cataman"
+
+
+def test_hit_cosines_also_give_the_replaced_words_best_cosine_on_the_same_span():
+    import torch
+
+    from rescorer.decoding.transcript_spotting import TranscriptHit
+    from rescorer.transcript_hits import hit_cosines
+
+    class Stub:  # every span sounds like "zebra"; "cat" is halfway there
+        frame_shift = 0.01
+        table = {"zebra": [1.0, 0.0], "cat": [1.0, 1.0], "a": [0.0, 1.0], "man": [-1.0, 0.0]}
+
+        def span_embeddings(self, feats, spans):
+            return torch.tensor([[1.0, 0.0]] * len(spans))
+
+        def spelling_embeddings(self, words):
+            return torch.tensor([self.table[w] for w in words])
+
+    hyp = _hyp(["cat", "a", "man"])
+    hits = [TranscriptHit("zebra", 0.0, 0.6, 0, 3), TranscriptHit("zebra", 0.6, 0.6, 3, 3)]
+    cos, rivals = hit_cosines(Stub(), torch.zeros(100, 2), hits, hyp)
+    assert cos[0] == pytest.approx(1.0) and rivals[0] == pytest.approx(math.sqrt(0.5))  # "cat", the best of the three
+    assert cos[1] == -math.inf and math.isnan(rivals[1])  # an empty insertion: nothing measured, nothing replaced
+    assert hit_cosines(Stub(), torch.zeros(100, 2), hits) == cos  # without the hypothesis: the cosines alone
+
+
+def test_a_hit_model_fitted_on_dev_parts_hits_that_no_single_threshold_can():
+    from rescorer.evaluation.transcript_spotting import fit_hit_model, hit_evidence, tune_gate
+    from rescorer.transcript_hits import HitGate
+
+    spotted, refs = _five_hits()
+    model = fit_hit_model(spotted, refs)
+    p = {u: model.probability(su.features()[0]) for u, su in spotted.items()}
+    assert min(p["r1"], p["r2"]) > max(p["w1"], p["w2"], p["w3"])
+    assert hit_evidence([spotted], refs, [model])["model_roc_auc"] == 1.0
+    assert hit_evidence([spotted], refs)["cosine_roc_auc"] < 1.0  # the cosine alone cannot
+    vocab = {"the", "cap", "sat"}
+    grid = [None, 0.25, 0.35, 0.45, 0.6]
+    gate, rows = tune_gate(spotted, refs, grid, vocab, confidence_gates=grid)
+    assert all(r["wer"] > 0 for r in rows[1:])  # no pair of thresholds adds both right hits and no wrong one
+    gate, rows = tune_gate(spotted, refs, grid, vocab, confidence_gates=grid, probability_gates=[0.5], hit_model=model)
+    assert gate == HitGate(None, None, 0.5, model) and rows[-1]["chosen"] and rows[-1]["wer"] == 0.0
+    assert rows[-1]["probability_gate"] == 0.5 and "probability_gate" not in rows[1]
+    # all right or all wrong: nothing to fit, no probability rows
+    assert fit_hit_model({u: spotted[u] for u in ("r1", "r2")}, refs) is None
+    _, rows = tune_gate({u: spotted[u] for u in ("w1", "w2")}, refs, [None], vocab, probability_gates=[0.5])
+    assert len(rows) == 2
+
+
+def test_a_hit_model_travels_as_json_and_a_malformed_one_is_named():
+    from rescorer.rescore import RescoreConfig
+    from rescorer.evaluation.transcript_spotting import fit_hit_model
+    from rescorer.transcript_hits import HIT_FEATURES, HitModel
+
+    spotted, refs = _five_hits()
+    model = fit_hit_model(spotted, refs)
+    d = json.loads(json.dumps(model.to_dict()))
+    back = HitModel.from_dict(d)
+    x = spotted["r1"].features()[0]
+    assert back.probability(x) == pytest.approx(model.probability(x), abs=1e-5)
+    cfg = RescoreConfig(transcript_min_probability=0.5, transcript_hit_model=d)
+    gate = cfg.transcript_gate()
+    assert gate.probability == 0.5 and gate.model == back
+    assert spotted["r1"].words(gate) == ["the", "zebra", "sat"] and spotted["w1"].words(gate) == ["the", "cap", "sat"]
+    with pytest.raises(ValueError, match="needs transcript_hit_model"):
+        RescoreConfig(transcript_min_probability=0.5)
+    with pytest.raises(ValueError, match="this version computes"):
+        RescoreConfig(transcript_min_probability=0.5, transcript_hit_model={**d, "features": ["cosine"] * len(HIT_FEATURES)})
+    with pytest.raises(ValueError, match="finite numbers"):
+        HitModel.from_dict({**d, "weights": [float("nan")] + d["weights"][1:]})
+    with pytest.raises(ValueError, match="expected keys"):
+        HitModel.from_dict({**d, "code": "import os"})
+    with pytest.raises(ValueError, match="needs a hit model"):
+        from rescorer.transcript_hits import HitGate
+
+        spotted["r1"].words(HitGate(None, None, 0.5))
 
 
 def test_a_hit_without_times_gets_no_cosine_and_no_gate_keeps_it():

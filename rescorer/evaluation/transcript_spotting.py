@@ -5,8 +5,10 @@ the gate are ``rescorer.transcript_hits``).
 ``tune_gate`` picks the gate on dev by the keep-or-abstain rule of the other recovery
 methods (``evaluation.rescoring.choose_recovery``): the hits must lower the dev WER against
 the same rescoring without them (or, with ``min_precision``, reach that precision without
-raising it), else the method abstains and adds nothing. ``hit_evidence`` says how well each
-piece of evidence (embedder cosine, recogniser confidence) parts right hits from wrong ones.
+raising it), else the method abstains and adds nothing. ``fit_hit_model`` weighs the pieces
+of evidence together (``transcript_hits.HitModel``, fitted on dev's hits) for the gates that ask
+for a least probability of being right. ``hit_evidence`` says how well each piece of evidence
+(embedder cosine, recogniser confidence, the fitted model) parts right hits from wrong ones.
 """
 
 from __future__ import annotations
@@ -18,23 +20,70 @@ import torch
 
 from rescorer.evaluation.rescoring import added_counts, choose_recovery
 from rescorer.metrics import NoPositivePairsError, average_precision, roc_auc
-from rescorer.transcript_hits import HitGate, SpottedUtterance
+from rescorer.transcript_hits import HIT_FEATURES, HitGate, HitModel, SpottedUtterance
 from rescorer.wer import compute_wer
+
+
+def hit_labels(spotted: Dict[str, SpottedUtterance], refs: Dict[str, List[str]]):
+    """(each hit's features, whether it is right): right when its word is among its utterance's
+    reference words."""
+    x, y = [], []
+    for u in sorted(spotted):
+        ref = set(refs.get(u, ()))
+        su = spotted[u]
+        x.extend(su.features())
+        y.extend(h.word in ref for h in su.hits)
+    return x, y
+
+
+def fit_hit_model(spotted: Dict[str, SpottedUtterance], refs: Dict[str, List[str]],
+                  l2: float = 1.0) -> Optional[HitModel]:
+    """A logistic ``HitModel`` of dev's hits being right (L2 penalty ``l2`` on the weights of the
+    standardised features, as one more example's worth of evidence: small dev sets stay stable);
+    None where dev has no right hit or no wrong one."""
+    x, y = hit_labels(spotted, refs)
+    if not x or all(y) or not any(y):
+        return None
+    X = torch.tensor(x, dtype=torch.float64)
+    t = torch.tensor(y, dtype=torch.float64)
+    mean = X.mean(0)
+    scale = X.std(0, unbiased=False)
+    scale = torch.where(scale > 1e-6, scale, torch.ones_like(scale))  # a constant feature stays out
+    Z = (X - mean) / scale
+    w = torch.zeros(Z.shape[1], dtype=torch.float64, requires_grad=True)
+    b = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=200, line_search_fn="strong_wolfe")
+
+    def loss():
+        opt.zero_grad()
+        v = torch.nn.functional.binary_cross_entropy_with_logits(Z @ w + b, t, reduction="sum") + 0.5 * l2 * (w * w).sum()
+        v.backward()
+        return v
+
+    opt.step(loss)
+    return HitModel(tuple(w.detach().tolist()), float(b.detach()), tuple(mean.tolist()), tuple(scale.tolist()),
+                    HIT_FEATURES)
 
 
 def tune_gate(spotted: Dict[str, SpottedUtterance], refs: Dict[str, List[str]], gates: Sequence[Optional[float]],
               train_vocab=None, min_precision: Optional[float] = None, max_p: Optional[float] = None,
-              confidence_gates: Sequence[Optional[float]] = (None,)):
+              confidence_gates: Sequence[Optional[float]] = (None,), probability_gates: Sequence[float] = (),
+              hit_model: Optional[HitModel] = None):
     """(the chosen ``HitGate``, or ``"abstained"``; curve rows): one row per pair of a cosine
-    gate (``gates``) and a confidence gate (``confidence_gates``), with WER and ``added_counts``
-    against the hypotheses without hits, then the choice by ``choose_recovery`` against the
-    row without hits (``gate: "off"``; ``max_p``: its sign test over dev utterances)."""
+    gate (``gates``) and a confidence gate (``confidence_gates``), and one per least probability
+    (``probability_gates``) of ``hit_model`` (default: one fitted on these hits; no rows where they
+    are all right or all wrong), with WER and ``added_counts`` against the hypotheses without hits, then the
+    choice by ``choose_recovery`` against the row without hits (``gate: "off"``; ``max_p``: its
+    sign test over dev utterances)."""
     uids = sorted(spotted)
     r = [refs[u] for u in uids]
     without = [[w.word for w in spotted[u].hyp] for u in uids]
     off = compute_wer(r, without, train_vocab)
     base_row = {"gate": "off", "confidence_gate": "off", "wer": off["wer"], "iv_wer": off.get("iv_wer"), "oov_wer": off.get("oov_wer")}
     rows, grid = [], [HitGate(g, q) for q in confidence_gates for g in gates]
+    model = (hit_model or fit_hit_model(spotted, refs)) if probability_gates else None
+    if model is not None:
+        grid += [HitGate(None, None, p, model) for p in probability_gates]
     for gate in grid:
         hyps = [spotted[u].words(gate) for u in uids]
         m = compute_wer(r, hyps, train_vocab)
@@ -48,27 +97,41 @@ def tune_gate(spotted: Dict[str, SpottedUtterance], refs: Dict[str, List[str]], 
     return grid[pick], [base_row] + rows
 
 
-def hit_evidence(spotted_sets: Sequence[Dict[str, SpottedUtterance]], refs: Dict[str, List[str]]) -> dict:
+def _ranking(vals, pos) -> dict:
+    x = torch.tensor(vals, dtype=torch.float64).clamp(min=-1e30)  # -inf ranks last, without inf arithmetic
+    try:
+        return {"roc_auc": round(roc_auc(x, pos), 4), "ap": round(average_precision(x, pos), 4)}
+    except NoPositivePairsError:
+        return {"roc_auc": None, "ap": None}
+
+
+def hit_evidence(spotted_sets: Sequence[Dict[str, SpottedUtterance]], refs: Dict[str, List[str]],
+                 models: Optional[Sequence[Optional[HitModel]]] = None) -> dict:
     """How well each piece of evidence parts right hits from wrong ones, over every hit of
     ``spotted_sets`` (e.g. each fold's dev): a hit is right when its word is among its
     utterance's reference words. ROC AUC and average precision of the embedder's cosine and of
-    the recogniser's confidence (unknown ones rank last); None where undefined."""
-    cos, conf, right = [], [], []
-    for spotted in spotted_sets:
-        for u, su in spotted.items():
+    the recogniser's confidence (unknown ones rank last), and with ``models`` (one per set, e.g.
+    each fold's fitted on the other fold's dev) of the model's probability; None where undefined
+    (or, for the model, where a set has none)."""
+    cos, conf, right, prob = [], [], [], []
+    for k, spotted in enumerate(spotted_sets):
+        model = models[k] if models is not None else None
+        for u in sorted(spotted):
+            su = spotted[u]
             ref = set(refs.get(u, ()))
             q = su.confidences or [math.nan] * len(su.hits)
-            for h, c, k in zip(su.hits, su.cosines, q):
+            for h, c, v, f in zip(su.hits, su.cosines, q, su.features()):
                 cos.append(c)
-                conf.append(-math.inf if math.isnan(k) else k)
+                conf.append(-math.inf if math.isnan(v) else v)
                 right.append(h.word in ref)
+                prob.append(None if model is None else model.probability(f))
     out = {"hits": len(right), "right": int(sum(right))}
     pos = torch.tensor(right, dtype=torch.bool)
     for name, vals in (("cosine", cos), ("confidence", conf)):
-        x = torch.tensor(vals, dtype=torch.float64).clamp(min=-1e30)  # -inf ranks last, without inf arithmetic
-        try:
-            out[f"{name}_roc_auc"] = round(roc_auc(x, pos), 4)
-            out[f"{name}_ap"] = round(average_precision(x, pos), 4)
-        except NoPositivePairsError:
-            out[f"{name}_roc_auc"] = out[f"{name}_ap"] = None
+        for key, v in _ranking(vals, pos).items():
+            out[f"{name}_{key}"] = v
+    if models is not None:
+        ok = None not in prob
+        for key, v in (_ranking(prob, pos) if ok else {"roc_auc": None, "ap": None}).items():
+            out[f"model_{key}"] = v
     return out

@@ -25,7 +25,7 @@ from rescorer.formats.word_list import WordListError, read_word_list
 from rescorer.lattice.word_lattice import load_word_lattices, prune, save_word_lattices
 from rescorer.rescore import Rescorer
 from rescorer.stages import StageError
-from rescorer.transcript_hits import HitGate, check_confidences, spot_utterance
+from rescorer.transcript_hits import check_confidences, spot_utterance
 from rescorer.utils import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -103,7 +103,7 @@ def rescore_lattices(
     if recover_oov:
         rescorer.set_vocabulary(listed if word_list else large_word_list(word_list_size))
     cfg = rescorer.config
-    gate = HitGate(cfg.transcript_min_cosine, cfg.transcript_min_confidence)
+    gate = cfg.transcript_gate()
     if spoken is not None:
         try:
             check_confidences(spoken, gate.confidence is not None, "retune without confidence gates (--whisper-confidence-gates none)")

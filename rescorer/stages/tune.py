@@ -145,6 +145,7 @@ class TuneSettings:
     test_transcripts: Optional[str] = None
     whisper_gates: Tuple[Optional[float], ...] = (None, 0.0, 0.2, 0.4)
     whisper_confidence_gates: Tuple[Optional[float], ...] = (None, 0.2, 0.4, 0.6, 0.8)
+    whisper_probability_gates: Tuple[Optional[float], ...] = ()  # least probability of a hit model (none: not asked)
 
     def abstain_reason(self) -> str:
         """Why recovery abstained, for a log line ("... does not <reason> on dev")."""
@@ -504,7 +505,9 @@ def _tune_and_evaluate(s: TuneSettings):
         abstain = spotted.get("gate") == "abstained"
         rescorer.config = replace(rescorer.config, transcript_abstain=abstain,
                                   transcript_min_cosine=None if abstain else spotted.get("gate"),
-                                  transcript_min_confidence=None if abstain else spotted.get("confidence_gate"))
+                                  transcript_min_confidence=None if abstain else spotted.get("confidence_gate"),
+                                  transcript_min_probability=None if abstain else spotted.get("probability_gate"),
+                                  transcript_hit_model=None if abstain else spotted.get("hit_model"))
     return results, rescorer
 
 

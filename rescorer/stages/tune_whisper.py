@@ -10,8 +10,11 @@ chose per fold, so the hits land on exactly the hypotheses that method reports:
 - ``whisper_transcript``: the transcript itself as a system, the anchor these two add to.
 
 The gate on the hits, a least embedder cosine (``--whisper-gates``) and a least Whisper word
-confidence (``--whisper-confidence-gates``, from the transcripts), is tuned on dev and kept only where
-dev shows a gain (or ``--oov-min-precision`` is met), else the method abstains. Rows count
+confidence (``--whisper-confidence-gates``, from the transcripts), or a least probability of being
+right (``--whisper-probability-gates``) by a model of all the evidence fitted on the fold's dev
+hits, is tuned on dev and kept only where dev shows a gain (or ``--oov-min-precision`` is met),
+else the method abstains. ``heldout_hit_evidence`` ranks the held-out hits by each piece of
+evidence and by the model fitted on the other speakers. Rows count
 OOV recall / precision / IV tokens broken against the lattice's 1-best like the embedding
 methods, and ``added_*`` against ``awe_rescore``'s hypotheses; the transcription's cost
 (the file's recorded seconds) is reported relative to decoding.
@@ -24,7 +27,7 @@ import time
 from typing import Dict, List, Optional
 
 from rescorer.evaluation.rescoring import added_counts
-from rescorer.evaluation.transcript_spotting import hit_evidence, tune_gate
+from rescorer.evaluation.transcript_spotting import fit_hit_model, hit_evidence, tune_gate
 from rescorer.transcript_hits import check_confidences, spot_all
 from rescorer.formats.transcripts import TranscriptError, read_transcripts
 from rescorer.lattice.word_lattice import best_path_hypothesis
@@ -64,6 +67,7 @@ def whisper_methods(s, rescorer, train_vocab, lists: Dict[str, dict], awe_config
     meta = {"dev_transcripts": s.dev_transcripts, **({} if s.cross_validate else {"test_transcripts": s.test_transcripts}),
             "transcriber": test.meta}
     gates, conf_gates = list(s.whisper_gates), list(s.whisper_confidence_gates)
+    prob_gates = [p for p in s.whisper_probability_gates if p is not None]
     for t in (dev, test):
         try:
             check_confidences(t, any(q is not None for q in conf_gates), "pass --whisper-confidence-gates none")
@@ -100,14 +104,18 @@ def whisper_methods(s, rescorer, train_vocab, lists: Dict[str, dict], awe_config
     for method in wanted:
         lst = lists[method]
         hyps, without, chosen, hits, seconds, dev_spotted = [], [], [], 0, t_hyp, []
+        eval_spotted, models = [], []
         for k, (tune_lats, eval_lats) in enumerate(folds):
             spotted = spot_all(rescorer, hyps_dev[k], dev.words, lst["dev"], dev_feats, rescorer.config.oov_min_letters,
                                dev.confidences)
+            model = fit_hit_model(spotted, dev_refs) if prob_gates else None
             gate, curve = tune_gate(spotted, dev_refs, gates, train_vocab, s.oov_min_precision, s.oov_max_sign_p,
-                                    conf_gates)
+                                    conf_gates, prob_gates, model)
             curves[f"{method}_fold{k}"] = curve
             dev_spotted.append(spotted)
-            chosen.append({"gate": gate} if gate == "abstained" else gate.as_row())
+            models.append(model)
+            chosen.append({"gate": gate} if gate == "abstained" else {
+                **gate.as_row(), **({"hit_model": gate.model.to_dict()} if gate.model is not None else {})})
             if gate == "abstained":
                 log.warning("%s, fold %d: Whisper's list words do not %s on dev: none is added", method, k,
                             s.abstain_reason())
@@ -115,6 +123,7 @@ def whisper_methods(s, rescorer, train_vocab, lists: Dict[str, dict], awe_config
             ev = spot_all(rescorer, hyps_eval[k], test.words, lst["test"], test_feats, rescorer.config.oov_min_letters,
                           test.confidences)
             seconds += time.perf_counter() - t0
+            eval_spotted.append(ev)
             for u in sorted(eval_lats):
                 without.append([w.word for w in ev[u].hyp])
                 hyps.append(without[-1] if gate == "abstained" else ev[u].words(gate))
@@ -123,7 +132,9 @@ def whisper_methods(s, rescorer, train_vocab, lists: Dict[str, dict], awe_config
         without += [[] for _ in missing]
         total = awe_seconds + transcribe_seconds + seconds
         extra = {"scales": chosen, "word_list": lst["dev_name"], "word_list_size": len(lst["dev"]), **meta,
-                 "hits_added": hits, "dev_hit_evidence": hit_evidence(dev_spotted, dev_refs), "spotting_seconds": round(seconds, 2), **cost, "rescoring_seconds": round(total, 2),
+                 "hits_added": hits, "dev_hit_evidence": hit_evidence(dev_spotted, dev_refs),
+                 "heldout_hit_evidence": hit_evidence(eval_spotted, test_refs, models if prob_gates else None),
+                 "spotting_seconds": round(seconds, 2), **cost, "rescoring_seconds": round(total, 2),
                  **added_counts(refs, without, hyps, train_vocab)}
         if "transcribe_seconds_per_decode_second" in cost:
             extra["rescoring_seconds_per_decode_second"] = round(total / decode_seconds, 4)
