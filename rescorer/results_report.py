@@ -232,12 +232,13 @@ def _runs_for(wer_doc: Mapping[str, Any], corpus: str) -> List[Tuple[str, Mappin
 
 
 def _gate_text(row: Mapping) -> str:
-    """A Whisper gate (a ``scales`` entry or a curve row): the least embedder cosine and the least
-    Whisper word confidence a hit needs."""
-    g, q = row.get("gate"), row.get("confidence_gate")
+    """A Whisper gate (a ``scales`` entry or a curve row): the least embedder cosine, the least
+    Whisper word confidence and the least probability by the fitted evidence model a hit needs."""
+    g, q, p = row.get("gate"), row.get("confidence_gate"), row.get("probability_gate")
     if g in ("abstained", "off"):
         return {"abstained": "abstained", "off": "no hits"}[g]
-    parts = ([] if g is None else [f"cosine ≥ {_num(g)}"]) + ([] if q is None else [f"confidence ≥ {_num(q)}"])
+    parts = ([] if g is None else [f"cosine ≥ {_num(g)}"]) + ([] if q is None else [f"confidence ≥ {_num(q)}"]) \
+        + ([] if p is None else [f"model probability ≥ {_num(p)}"])
     return " and ".join(parts) or "none (every hit)"
 
 
