@@ -594,7 +594,7 @@ def transcribe_cmd(cuts, out, whisper_model, beam_size, threads, max_utterances,
                    "dev jointly with --whisper-gates (none: any).")
 @click.option("--whisper-probability-gates", default="none", show_default=True,
               help="The Whisper methods: also gates on the probability that a hit is right, by a logistic model of its "
-                   "evidence (confidence, cosine, margin over the replaced words, spelling overlap) fitted on dev's "
+                   "evidence (confidence, cosine, margin over the replaced words, spelling overlap, their lattice posterior) fitted on dev's "
                    "hits (none: not tried), e.g. 0.5,0.6,0.7,0.8,0.9.")
 def tune_cmd(methods, awe_scales, lm_scales, wips, oov_lm_scores, oov_margins, attention_scales, ctc_scales, ctc_norms, ws_bonuses,
              ws_thresholds, oov_min_posteriors, oov_min_ctc_margins, whisper_gates, whisper_confidence_gates,

@@ -14,8 +14,8 @@ still vetoes hits whose audio does not sound like the word.
 
 The pieces can also be weighed together (``HitModel``): a logistic model over each hit's
 ``HIT_FEATURES`` (the confidence, the cosine, the cosine's margin over the replaced words'
-own best cosine on the same span, and how much of the replaced words' spelling the hit
-shares), fitted on dev's hits (``evaluation.transcript_spotting.fit_hit_model``) and kept
+own best cosine on the same span, how much of the replaced words' spelling the hit shares,
+and the lattice's posterior of the words it replaces), fitted on dev's hits (``evaluation.transcript_spotting.fit_hit_model``) and kept
 with the model's tuned config, so a gate may instead ask for a least probability that a hit
 is right.
 """
@@ -33,7 +33,7 @@ from rescorer.lattice.paths import WordSpan
 from rescorer.ops import arc_similarity
 
 
-HIT_FEATURES = ("confidence", "cosine", "cosine_margin", "spelling_overlap")
+HIT_FEATURES = ("confidence", "cosine", "cosine_margin", "spelling_overlap", "replaced_posterior")
 
 
 def _edit_distance(a: str, b: str) -> int:
@@ -46,16 +46,20 @@ def _edit_distance(a: str, b: str) -> int:
 
 
 def hit_features(hit: TranscriptHit, hyp: Sequence[WordSpan], cosine: float, confidence: float,
-                 rival: float) -> Tuple[float, ...]:
+                 rival: float, posteriors: Optional[Sequence[float]] = None) -> Tuple[float, ...]:
     """One hit's ``HIT_FEATURES``, all finite: an unknown confidence is 0, a cosine that could not
     be measured (-inf) is -1; the margin over the replaced words' best cosine (``rival``) is 0 for an
     insertion (nothing replaced); the spelling overlap is 1 - edit distance / longer length
-    between the hit and the replaced words run together (0 for an insertion)."""
+    between the hit and the replaced words run together (0 for an insertion); the replaced
+    posterior is the highest lattice posterior among the replaced words (``posteriors``, one per
+    word of ``hyp``; 0 for an insertion or where none are known)."""
     c = cosine if math.isfinite(cosine) else -1.0
     replaced = "".join(w.word for w in hyp[hit.first:hit.last])
     margin = c - rival if math.isfinite(rival) else 0.0
     overlap = 1.0 - _edit_distance(hit.word, replaced) / max(len(hit.word), len(replaced)) if replaced else 0.0
-    return (0.0 if math.isnan(confidence) else float(confidence), float(c), float(margin), float(overlap))
+    post = [posteriors[i] for i in range(hit.first, hit.last)] if posteriors and len(posteriors) == len(hyp) else []
+    post = max((p for p in post if math.isfinite(p)), default=0.0)
+    return (0.0 if math.isnan(confidence) else float(confidence), float(c), float(margin), float(overlap), float(post))
 
 
 @dataclass(frozen=True)
@@ -128,12 +132,14 @@ class SpottedUtterance:
     cosines: List[float] = field(default_factory=list)  # the embedder's evidence for each hit
     confidences: List[float] = field(default_factory=list)  # the recogniser's (NaN: unknown); empty: none known
     rivals: List[float] = field(default_factory=list)  # the replaced words' best cosine on the span (NaN: none)
+    posteriors: List[float] = field(default_factory=list)  # the lattice's posterior of each hyp word; empty: unknown
 
     def features(self) -> List[Tuple[float, ...]]:
         """Each hit's ``HIT_FEATURES``."""
         conf = self.confidences or [math.nan] * len(self.hits)
         rivals = self.rivals or [math.nan] * len(self.hits)
-        return [hit_features(h, self.hyp, c, q, r) for h, c, q, r in zip(self.hits, self.cosines, conf, rivals)]
+        return [hit_features(h, self.hyp, c, q, r, self.posteriors)
+                for h, c, q, r in zip(self.hits, self.cosines, conf, rivals)]
 
     def kept(self, gate: HitGate) -> List[TranscriptHit]:
         conf = self.confidences or [math.nan] * len(self.hits)
@@ -187,26 +193,29 @@ def hit_cosines(rescorer, feats: torch.Tensor, hits: Sequence[TranscriptHit],
 
 
 def spot_utterance(rescorer, hyp: Sequence[WordSpan], transcript: Sequence[str], words, feats: torch.Tensor,
-                   min_letters: int = 4, confidences: Optional[Sequence[float]] = None) -> SpottedUtterance:
+                   min_letters: int = 4, confidences: Optional[Sequence[float]] = None,
+                   posteriors: Optional[Sequence[float]] = None) -> SpottedUtterance:
     """One utterance's hits of ``transcript``'s list words (``words``, a set) on ``hyp``, with
     their cosines (and the replaced words' own) and (from ``confidences``, the transcript's
-    per-word ones) the recogniser's confidence in each."""
+    per-word ones) the recogniser's confidence in each; ``posteriors``: the lattice's posterior
+    of each word of ``hyp`` (e.g. ``RescoreResult.confidences``)."""
     hits = spot_transcript(hyp, transcript, words, min_letters)
     conf = confidences
     cos, rivals = hit_cosines(rescorer, feats, hits, hyp) if hits else ([], [])
     return SpottedUtterance(list(hyp), hits, cos,
                             [conf[h.source] if conf is not None and 0 <= h.source < len(conf) else math.nan
-                             for h in hits], rivals)
+                             for h in hits], rivals, list(posteriors or []))
 
 
 def spot_all(rescorer, hyps: Dict[str, List[WordSpan]], transcripts: Dict[str, List[str]], words,
              feats: Dict[str, torch.Tensor], min_letters: int = 4,
-             confidences: Optional[Dict[str, List[float]]] = None) -> Dict[str, SpottedUtterance]:
+             confidences: Optional[Dict[str, List[float]]] = None,
+             posteriors: Optional[Dict[str, List[float]]] = None) -> Dict[str, SpottedUtterance]:
     """``spot_utterance`` for every utterance of ``hyps`` (one without a transcript gets no hits)."""
     words = set(words)
-    confidences = confidences or {}
+    confidences, posteriors = confidences or {}, posteriors or {}
     return {u: spot_utterance(rescorer, hyps[u], transcripts.get(u, []), words, feats[u], min_letters,
-                              confidences.get(u)) for u in sorted(hyps)}
+                              confidences.get(u), posteriors.get(u)) for u in sorted(hyps)}
 
 
 def check_confidences(transcripts, needed: bool, skip_hint: str) -> None:

@@ -383,12 +383,14 @@ def test_hit_features_measure_the_margin_over_the_replaced_words_and_their_share
 
     hyp = _hyp(["the", "gift", "sat"])
     sub = TranscriptHit("gifts", 0.2, 0.4, 1, 2)
-    conf, cos, margin, overlap = hit_features(sub, hyp, 0.7, 0.9, 0.5)
-    assert (conf, cos, margin) == pytest.approx((0.9, 0.7, 0.2)) and overlap == pytest.approx(1 - 1 / 5)
+    conf, cos, margin, overlap, post = hit_features(sub, hyp, 0.7, 0.9, 0.5, [1.0, 0.6, 0.9])
+    assert (conf, cos, margin, post) == pytest.approx((0.9, 0.7, 0.2, 0.6)) and overlap == pytest.approx(1 - 1 / 5)
+    assert hit_features(sub, hyp, 0.7, 0.9, 0.5)[4] == 0.0  # no posteriors known
     ins = TranscriptHit("zebra", 0.4, 0.4, 1, 1)  # an insertion replaces nothing
-    assert hit_features(ins, hyp, -math.inf, math.nan, math.nan) == (0.0, -1.0, 0.0, 0.0)
+    assert hit_features(ins, hyp, -math.inf, math.nan, math.nan, [1.0, 0.6, 0.9]) == (0.0, -1.0, 0.0, 0.0, 0.0)
     two = TranscriptHit("catamaran", 0.0, 0.6, 0, 3)
-    assert hit_features(two, _hyp(["cat", "a", "man"]), 0.5, 0.5, 0.1)[3] == pytest.approx(1 - 2 / 9)  # "cataman"
+    f = hit_features(two, _hyp(["cat", "a", "man"]), 0.5, 0.5, 0.1, [0.2, 0.7, 0.4])
+    assert f[3] == pytest.approx(1 - 2 / 9) and f[4] == pytest.approx(0.7)  # "cataman"; the surest replaced word
 
 
 def test_hit_cosines_also_give_the_replaced_words_best_cosine_on_the_same_span():

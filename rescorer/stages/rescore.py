@@ -156,7 +156,7 @@ def rescore_lattices(
                     no_transcript.append(uid)
                     continue
                 spotted = spot_utterance(rescorer, res.hypothesis.words, spoken.words[uid], spot_list, feats[uid],
-                                         cfg.oov_min_letters, spoken.confidences.get(uid))
+                                         cfg.oov_min_letters, spoken.confidences.get(uid), res.confidences)
                 words, added = spotted.spotted(gate)
                 done[uid] = " ".join(w.word for w in words)
                 hits_done[uid] = [[w, round(a, 3), round(b, 3)] for w, a, b in added]

@@ -30,7 +30,7 @@ from rescorer.evaluation.rescoring import added_counts
 from rescorer.evaluation.transcript_spotting import fit_hit_model, hit_evidence, tune_gate
 from rescorer.transcript_hits import check_confidences, spot_all
 from rescorer.formats.transcripts import TranscriptError, read_transcripts
-from rescorer.lattice.word_lattice import best_path_hypothesis
+from rescorer.lattice.word_lattice import best_path_hypothesis, word_confidences
 from rescorer.stages import StageError
 from rescorer.stages.tune_ctc import summary_row
 
@@ -74,14 +74,25 @@ def whisper_methods(s, rescorer, train_vocab, lists: Dict[str, dict], awe_config
         except ValueError as e:
             raise StageError(str(e)) from e
     hyps_dev, hyps_eval = [], []  # per fold: awe_rescore's best paths (words with spans)
+    post_dev, post_eval = [], []  # and, for the evidence model, each path word's lattice posterior
     t_hyp = 0.0
+
+    def paths(prep, uids, cfg, posts):
+        out = {}
+        for u in uids:
+            scored = rescorer.apply_scores(prep[u].lattice, prep[u].awe, cfg)
+            out[u] = best_path_hypothesis(scored).words
+            if prob_gates and out[u]:
+                posts[u] = word_confidences(scored, out[u], scale=cfg.posterior_scale)
+        return out
+
     for k, (tune_lats, eval_lats) in enumerate(folds):
         cfg = awe_configs[k]
-        hyps_dev.append({u: best_path_hypothesis(rescorer.apply_scores(prep_dev[u].lattice, prep_dev[u].awe, cfg)).words
-                         for u in tune_lats})
+        post_dev.append({})
+        hyps_dev.append(paths(prep_dev, tune_lats, cfg, post_dev[-1]))
         t0 = time.perf_counter()
-        hyps_eval.append({u: best_path_hypothesis(rescorer.apply_scores(prep_test[u].lattice, prep_test[u].awe, cfg)).words
-                          for u in eval_lats})
+        post_eval.append({})
+        hyps_eval.append(paths(prep_test, eval_lats, cfg, post_eval[-1]))
         t_hyp += time.perf_counter() - t0
     eval_uids = [u for _, ev in folds for u in sorted(ev)]
     base = [[w.word for w in best_path_hypothesis(ev[u]).words] for _, ev in folds for u in sorted(ev)]
@@ -107,7 +118,7 @@ def whisper_methods(s, rescorer, train_vocab, lists: Dict[str, dict], awe_config
         eval_spotted, models = [], []
         for k, (tune_lats, eval_lats) in enumerate(folds):
             spotted = spot_all(rescorer, hyps_dev[k], dev.words, lst["dev"], dev_feats, rescorer.config.oov_min_letters,
-                               dev.confidences)
+                               dev.confidences, post_dev[k])
             model = fit_hit_model(spotted, dev_refs) if prob_gates else None
             gate, curve = tune_gate(spotted, dev_refs, gates, train_vocab, s.oov_min_precision, s.oov_max_sign_p,
                                     conf_gates, prob_gates, model)
@@ -121,7 +132,7 @@ def whisper_methods(s, rescorer, train_vocab, lists: Dict[str, dict], awe_config
                             s.abstain_reason())
             t0 = time.perf_counter()
             ev = spot_all(rescorer, hyps_eval[k], test.words, lst["test"], test_feats, rescorer.config.oov_min_letters,
-                          test.confidences)
+                          test.confidences, post_eval[k])
             seconds += time.perf_counter() - t0
             eval_spotted.append(ev)
             for u in sorted(eval_lats):
