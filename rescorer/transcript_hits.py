@@ -31,18 +31,10 @@ import torch
 from rescorer.decoding.transcript_spotting import TranscriptHit, apply_hits, spot_transcript
 from rescorer.lattice.paths import WordSpan
 from rescorer.ops import arc_similarity
+from rescorer.wer import edit_distance
 
 
 HIT_FEATURES = ("confidence", "cosine", "cosine_margin", "spelling_overlap", "replaced_posterior")
-
-
-def _edit_distance(a: str, b: str) -> int:
-    row = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        prev, row[0] = row[0], i
-        for j, cb in enumerate(b, 1):
-            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (ca != cb))
-    return row[-1]
 
 
 def hit_features(hit: TranscriptHit, hyp: Sequence[WordSpan], cosine: float, confidence: float,
@@ -56,7 +48,7 @@ def hit_features(hit: TranscriptHit, hyp: Sequence[WordSpan], cosine: float, con
     c = cosine if math.isfinite(cosine) else -1.0
     replaced = "".join(w.word for w in hyp[hit.first:hit.last])
     margin = c - rival if math.isfinite(rival) else 0.0
-    overlap = 1.0 - _edit_distance(hit.word, replaced) / max(len(hit.word), len(replaced)) if replaced else 0.0
+    overlap = 1.0 - edit_distance(list(hit.word), list(replaced)) / max(len(hit.word), len(replaced)) if replaced else 0.0
     post = [posteriors[i] for i in range(hit.first, hit.last)] if posteriors and len(posteriors) == len(hyp) else []
     post = max((p for p in post if math.isfinite(p)), default=0.0)
     return (0.0 if math.isnan(confidence) else float(confidence), float(c), float(margin), float(overlap), float(post))
