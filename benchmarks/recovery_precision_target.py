@@ -114,7 +114,8 @@ def summarise(rows: Dict[str, dict]) -> Dict[str, dict]:
         scales = r.get("scales", [])
         row["folds_abstained"] = sum(1 for s in scales if "abstained" in (s.get("oov_recovery"), s.get("gate")))
         if any("gate" in s for s in scales):  # Whisper's list words: the gate each fold chose
-            row["gates"] = [{k: s.get(k) for k in ("gate", "confidence_gate")} for s in scales]
+            row["gates"] = [{k: s.get(k) for k in ("gate", "confidence_gate", "probability_gate")
+                             if k != "probability_gate" or k in s} for s in scales]
         row["folds"] = len(scales)
         out[method] = row
     return out

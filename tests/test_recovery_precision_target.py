@@ -59,7 +59,8 @@ def test_the_whisper_section_reads_the_transcripts_and_keeps_each_folds_gate(tmp
 
     def fake_run(corpus, flags, target, out, ctc):
         calls.append(tuple(flags))
-        gates = [{"gate": "abstained"}, {"gate": 0.2, "confidence_gate": 0.6}]
+        gates = [{"gate": "abstained"}, {"gate": 0.2, "confidence_gate": 0.6},
+                 {"gate": None, "confidence_gate": None, "probability_gate": 0.7, "hit_model": {"weights": [1.0]}}]
         out.write_text(json.dumps({"corpora": {"so/x": {"awe_whisper_context_list": {
             "wer": 0.36, "oov_recall": 0.4, "scales": gates}}}}))
 
@@ -72,4 +73,6 @@ def test_the_whisper_section_reads_the_transcripts_and_keeps_each_folds_gate(tmp
     assert "--from-rescore_whisper" in flags and "--dev-transcripts" in flags and "--test-transcripts" not in flags
     row = json.loads(out.read_text())["so/x"]["targets"]["precision_0.8"]["awe_whisper_context_list"]
     assert row["folds_abstained"] == 1 and row["gates"] == [{"gate": "abstained", "confidence_gate": None},
-                                                            {"gate": 0.2, "confidence_gate": 0.6}]
+                                                            {"gate": 0.2, "confidence_gate": 0.6},
+                                                            {"gate": None, "confidence_gate": None, "probability_gate": 0.7}]
+    assert row["folds"] == 3
