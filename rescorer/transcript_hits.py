@@ -31,6 +31,7 @@ import torch
 from rescorer.decoding.transcript_spotting import TranscriptHit, apply_hits, spot_transcript
 from rescorer.lattice.paths import WordSpan
 from rescorer.ops import arc_similarity
+from rescorer.text import is_word
 from rescorer.wer import edit_distance
 
 
@@ -150,8 +151,9 @@ def hit_cosines(rescorer, feats: torch.Tensor, hits: Sequence[TranscriptHit],
                 hyp: Optional[Sequence[WordSpan]] = None):
     """The embedder's cosine of each hit's spelling with its span's audio (-inf: under one feature
     frame, or no span: a path without times). With ``hyp``: (those, the best cosine of the
-    hypothesis words each hit replaces on the same span: NaN for an insertion, -inf where the
-    span could not be measured), from the same span embeddings."""
+    hypothesis words each hit replaces on the same span: NaN for an insertion or where none of
+    them has a spelling (``<unk>``), -inf where the span could not be measured), from the same
+    span embeddings."""
     out = [-math.inf] * len(hits)
     rivals = [math.nan if hyp is None or h.last <= h.first else -math.inf for h in hits]
     shift, n = rescorer.frame_shift, int(feats.shape[0])
@@ -167,7 +169,9 @@ def hit_cosines(rescorer, feats: torch.Tensor, hits: Sequence[TranscriptHit],
         q = rescorer.span_embeddings(feats, spans).float()
         words, spans_of, own = [], [], []  # per word to compare: its span's row, whether it is the hit's own
         for j, i in enumerate(idx):
-            replaced = [] if hyp is None else [w.word for w in hyp[hits[i].first:hits[i].last]]
+            replaced = [] if hyp is None else [w.word for w in hyp[hits[i].first:hits[i].last] if is_word(w.word)]
+            if hyp is not None and not replaced:
+                rivals[i] = math.nan  # nothing with a spelling replaced (an insertion, or <unk>)
             for k, word in enumerate([hits[i].word] + replaced):
                 words.append(word)
                 spans_of.append(j)

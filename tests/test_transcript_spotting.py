@@ -415,6 +415,11 @@ def test_hit_cosines_also_give_the_replaced_words_best_cosine_on_the_same_span()
     assert cos[0] == pytest.approx(1.0) and rivals[0] == pytest.approx(math.sqrt(0.5))  # "cat", the best of the three
     assert cos[1] == -math.inf and math.isnan(rivals[1])  # an empty insertion: nothing measured, nothing replaced
     assert hit_cosines(Stub(), torch.zeros(100, 2), hits) == cos  # without the hypothesis: the cosines alone
+    # a replaced <unk> has no spelling: not embedded, and with nothing else replaced there is no rival
+    unk = _hyp(["<unk>", "a"])
+    cos, rivals = hit_cosines(Stub(), torch.zeros(100, 2), [TranscriptHit("zebra", 0.0, 0.2, 0, 1),
+                                                           TranscriptHit("zebra", 0.0, 0.4, 0, 2)], unk)
+    assert cos == pytest.approx([1.0, 1.0]) and math.isnan(rivals[0]) and rivals[1] == pytest.approx(0.0)
 
 
 def test_a_hit_model_fitted_on_dev_parts_hits_that_no_single_threshold_can():
