@@ -15,9 +15,9 @@ still vetoes hits whose audio does not sound like the word.
 The pieces can also be weighed together (``HitModel``): a logistic model over each hit's
 ``HIT_FEATURES`` (the confidence, the cosine, the cosine's margin over the replaced words'
 own best cosine on the same span, how much of the replaced words' spelling the hit shares,
-and the lattice's posterior of the words it replaces), fitted on dev's hits (``evaluation.transcript_spotting.fit_hit_model``) and kept
-with the model's tuned config, so a gate may instead ask for a least probability that a hit
-is right.
+and the lattice's posterior of the words it replaces), fitted on dev's hits
+(``evaluation.transcript_spotting.fit_hit_model``) and kept with the model's tuned config, so a
+gate may instead ask for a least probability that a hit is right.
 """
 
 from __future__ import annotations

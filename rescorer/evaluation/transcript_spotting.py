@@ -120,7 +120,8 @@ def hit_evidence(spotted_sets: Sequence[Dict[str, SpottedUtterance]], refs: Dict
             su = spotted[u]
             ref = set(refs.get(u, ()))
             q = su.confidences or [math.nan] * len(su.hits)
-            for h, c, v, f in zip(su.hits, su.cosines, q, su.features()):
+            feats = su.features() if model is not None else [None] * len(su.hits)  # only the model reads them
+            for h, c, v, f in zip(su.hits, su.cosines, q, feats):
                 cos.append(c)
                 conf.append(-math.inf if math.isnan(v) else v)
                 right.append(h.word in ref)
