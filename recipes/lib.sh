@@ -219,15 +219,18 @@ transcribe_splits() {
 # rescore_whisper CORPUS [options]: (after word_lists) the list words of Whisper's transcripts spotted into
 # awe_rescore's best paths, the embedder's gate tuned on dev (rescorer tune --methods
 # awe_rescore,awe_whisper_context_list,...; config section rescore_whisper, skipped without it);
-# the embedding methods' saved scales are left as they are
+# the embedding methods' saved scales are left as they are. Another decoder's lattices (e.g.
+# --prefix pocketsphinx_) take their own config section (WHISPER_SECTION, default rescore_whisper)
+# and marker of a finished run (WHISPER_DONE, default exp/.rescored_whisper)
 rescore_whisper() {
   local corpus="$1"; shift
-  cfg rescore_whisper
-  if [ "${#CFG[@]}" -eq 0 ]; then log "no rescore_whisper section in $CONFIG: Whisper list spotting skipped"; return 0; fi
-  if [ -f exp/.rescored_whisper ]; then log "Whisper list spotting done (rm exp/.rescored_whisper to redo)"; return 0; fi
+  local section="${WHISPER_SECTION:-rescore_whisper}" done="${WHISPER_DONE:-exp/.rescored_whisper}"
+  cfg "$section"
+  if [ "${#CFG[@]}" -eq 0 ]; then log "no $section section in $CONFIG: Whisper list spotting skipped"; return 0; fi
+  if [ -f "$done" ]; then log "Whisper list spotting done (rm $done to redo)"; return 0; fi
   rescorer tune --corpus "$corpus" --model-dir exp/embeddings --train-data exp/asr_data/train.pt --out exp/wer.json \
     "${CFG[@]}" "$@"
-  touch exp/.rescored_whisper
+  touch "$done"
 }
 
 # wer_table CORPUS [rescorer wer collect options]: the decoders' results into exp/wer.json

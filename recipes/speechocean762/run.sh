@@ -90,6 +90,12 @@ if run_stage 7; then
   rescore_whisper speechocean762_dev --cross-validate --dev-lattices exp/decode_dev_ctc/word_lattices.pt \
     --dev-features exp/asr_data/dev.pt --decode-metrics exp/decode_dev_ctc/metrics.json \
     --dev-transcripts exp/whisper/transcripts_dev.jsonl
+  if [ "$POCKETSPHINX" = 1 ]; then  # ... and into the rescored best paths of pocketsphinx's lattices
+    WHISPER_SECTION=rescore_whisper_pocketsphinx WHISPER_DONE=exp/.rescored_pocketsphinx_whisper \
+      rescore_whisper speechocean762_dev --cross-validate --prefix pocketsphinx_ --dev-lattices exp/pocketsphinx/lattices \
+      --dev-features exp/asr_data/dev.pt --decode-metrics exp/pocketsphinx/summary.json \
+      --dev-transcripts exp/whisper/transcripts_dev.jsonl
+  fi
 fi
 if run_stage 8; then
   log "stage 8: results"
