@@ -148,12 +148,12 @@ class SpottedUtterance:
 
 
 def hit_cosines(rescorer, feats: torch.Tensor, hits: Sequence[TranscriptHit],
-                hyp: Optional[Sequence[WordSpan]] = None):
-    """The embedder's cosine of each hit's spelling with its span's audio (-inf: under one feature
-    frame, or no span: a path without times). With ``hyp``: (those, the best cosine of the
-    hypothesis words each hit replaces on the same span: NaN for an insertion or where none of
-    them has a spelling (``<unk>``), -inf where the span could not be measured), from the same
-    span embeddings."""
+                hyp: Optional[Sequence[WordSpan]] = None) -> Tuple[List[float], List[float]]:
+    """(the embedder's cosine of each hit's spelling with its span's audio (-inf: under one
+    feature frame, or no span: a path without times); the best cosine of the words of ``hyp``
+    each hit replaces, on the same span and from the same span embeddings: NaN for an insertion,
+    where none of them has a spelling (``<unk>``) or without ``hyp``, -inf where the span could
+    not be measured)."""
     out = [-math.inf] * len(hits)
     rivals = [math.nan if hyp is None or h.last <= h.first else -math.inf for h in hits]
     shift, n = rescorer.frame_shift, int(feats.shape[0])
@@ -185,7 +185,7 @@ def hit_cosines(rescorer, feats: torch.Tensor, hits: Sequence[TranscriptHit],
                 out[i] = float(c)
             else:
                 rivals[i] = max(rivals[i], float(c))
-    return out if hyp is None else (out, rivals)
+    return out, rivals
 
 
 def spot_utterance(rescorer, hyp: Sequence[WordSpan], transcript: Sequence[str], words, feats: torch.Tensor,
