@@ -498,3 +498,56 @@ def test_a_hit_without_times_gets_no_cosine_and_no_gate_keeps_it():
     assert c[0] == -math.inf and c[1] == pytest.approx(1.0) and c[2] == -math.inf  # no span, a span, an empty one
     u = SpottedUtterance(_hyp(["the", "cap"]), hits[:1], c[:1])
     assert u.words(HitGate(0.0)) == ["the", "cap"] and u.words(HitGate()) == ["the", "zebra"]
+
+
+def test_the_fusion_builds_on_the_scales_awe_rescore_chose_on_each_fold(tmp_path, monkeypatch):
+    """With awe_rescore among the methods, awe_ctc_rescore starts from that method's per-fold
+    scales and tunes only the CTC terms on top: with a CTC model that knows nothing (uniform
+    log-probs) it gives awe_rescore's hypotheses; without awe_rescore it searches the grid."""
+    import torch
+    from click.testing import CliRunner
+
+    from rescorer.cli import main
+    from rescorer.formats.contract import FBANK
+    from rescorer.lattice.word_lattice import save_word_lattices
+    from rescorer.rescore import Rescorer
+    from rescorer.stages import tune_ctc
+    from rescorer.tokens import TOKENS
+    from tests.test_rescore import _lattice, _rescorer
+    from tests.test_rescoring_eval import _write_utterances
+
+    refs = {"u1": ["the", "cat", "sat"], "u2": ["the", "mat", "sat"], "u3": ["the", "cat", "sat"],
+            "u4": ["the", "mat", "sat"]}
+    wrong = {"cat": "cap", "mat": "cap"}
+    lats = [_lattice([(0, 1, "the", 0, 5, -1.0, -1.0), (1, 2, wrong[refs[u][1]], 5, 10, -1.0, -1.0),
+                      (1, 2, refs[u][1], 5, 10, -1.3, -1.0), (2, 3, "sat", 10, 15, -1.0, -1.0)], uid=u)
+            for u in sorted(refs)]
+    save_word_lattices(tmp_path / "dev_lattices.pt", lats)
+    _write_utterances(tmp_path / "dev.pt", refs, {"u1": "a", "u2": "a", "u3": "b", "u4": "b"})
+    _write_utterances(tmp_path / "train.pt", {"t": ["the", "cap", "cat", "mat", "sat"]}, {"t": "t"})
+
+    class UniformCtc:  # a CTC model with no opinion: every spelling scores alike per token
+        feature_spec, frame_shift, seconds = FBANK, 0.04, 0.0
+
+        def reuse_or_compute(self, feats_by_id, stored=None):
+            return {u: torch.full((f.shape[0] // 4, len(TOKENS)), -math.log(len(TOKENS))) for u, f in feats_by_id.items()}
+
+    monkeypatch.setattr(Rescorer, "from_dir", classmethod(lambda cls, model_dir, device=None, **kw: _rescorer()))
+    monkeypatch.setattr(tune_ctc.CtcPosteriors, "from_dir", classmethod(lambda cls, d, device=None: UniformCtc()))
+    (tmp_path / "model").mkdir()
+    (tmp_path / "ctc").mkdir()
+    out = tmp_path / "wer.json"
+    args = ["tune", "--corpus", "toy", "--model-dir", str(tmp_path / "model"), "--train-data", str(tmp_path / "train.pt"),
+            "--dev-lattices", str(tmp_path / "dev_lattices.pt"), "--dev-features", str(tmp_path / "dev.pt"),
+            "--cross-validate", "--awe-scales", "0,0.5,4", "--lm-scales", "0.5,1", "--wips=0,1", "--out", str(out),
+            "--device", "cpu", "--ctc-model-dir", str(tmp_path / "ctc"), "--ctc-scales", "0,1", "--ctc-norms", "token"]
+    r = CliRunner().invoke(main, args + ["--methods", "awe_rescore,awe_ctc_rescore"])
+    assert r.exit_code == 0, r.output
+    toy = json.loads(out.read_text())["corpora"]["toy"]
+    awe, fused = toy["awe_rescore"], toy["awe_ctc_rescore"]
+    assert fused["base_scales"] == "awe_rescore" and fused["wer"] == awe["wer"] == 0.0
+    keys = ("awe_scale", "lm_scale", "word_insertion_penalty")
+    assert [{k: c[k] for k in keys} for c in fused["scales"]] == [{k: c[k] for k in keys} for c in awe["scales"]]
+    r = CliRunner().invoke(main, args + ["--methods", "awe_ctc_rescore"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(out.read_text())["corpora"]["toy"]["awe_ctc_rescore"]["base_scales"] == "grid"

@@ -346,7 +346,7 @@ def _tune_and_evaluate(s: TuneSettings):
     decode_seconds = _decode_seconds(s.decode_metrics, n_eval / total_utts if total_utts else 1.0)
 
     results, curves, chosen_by_method = {}, {}, {}
-    awe_state = {}  # awe_rescore's prepared lattices and per-fold configs, for the Whisper methods
+    awe_state = {}  # awe_rescore's prepared lattices and per-fold configs, for the CTC and Whisper methods
     wanted = list(s.methods)
     attention = None
     if "awe_plus_attention" in wanted and s.attention_model_dir:
@@ -357,11 +357,6 @@ def _tune_and_evaluate(s: TuneSettings):
         if att_spec != rescorer.feature_spec:
             att_dev_feats = _features(s.dev_features, att_spec)[0]
             att_test_feats = att_dev_feats if s.cross_validate else _features(s.test_features, att_spec)[0]
-    if any(m in CTC_METHODS for m in wanted):  # CTC word spotting and fusion: rescorer.stages.tune_ctc
-        ctc_results, ctc_curves = ctc_methods(s, rescorer, train_vocab, grid, dev_lats, dev_feats, dev_refs, folds,
-                                              test_feats, test_refs, missing, decode_seconds, prune_seconds)
-        results.update(ctc_results)
-        curves.update(ctc_curves)
     for method in ("awe_rescore",) + RECOVERY_METHODS:
         if method not in wanted:
             continue
@@ -464,6 +459,13 @@ def _tune_and_evaluate(s: TuneSettings):
             results[s.prefix + "lattice_1best"] = summarise(pooled_base, {"note": "the lattice's own best path"})
         log.info("%s: %s", method, {k: results[s.prefix + method][k] for k in ("wer", "iv_wer", "oov_wer")})
 
+    if any(m in CTC_METHODS for m in wanted):  # CTC word spotting and fusion: rescorer.stages.tune_ctc
+        # the fusion adds the CTC score to awe_rescore's tuned scales where that method ran too
+        ctc_results, ctc_curves = ctc_methods(s, rescorer, train_vocab, grid, dev_lats, dev_feats, dev_refs, folds,
+                                              test_feats, test_refs, missing, decode_seconds, prune_seconds,
+                                              awe_configs=awe_state.get("configs"))
+        results.update(ctc_results)
+        curves.update(ctc_curves)
     if any(m in WHISPER_METHODS for m in wanted):  # Whisper's list words: rescorer.stages.tune_whisper
         lists = {m: _word_lists("awe_rescore_context_list" if m == "awe_whisper_context_list" else "awe_rescore_oov_recovery", s)
                  for m in wanted if m in WHISPER_METHODS}

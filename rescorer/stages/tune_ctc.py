@@ -10,7 +10,12 @@ is the same (tuned on dev or on one half of the dev speakers, reported on the ot
 - ``awe_ctc_rescore``: the lattices' arcs scored by the embedder and by the CTC spelling
   score, weights and normalisation tuned on dev (``rescore_ctc``); with ``--word-list``
   OOV recovery adds the embedding's nearest spellings and the spotter's hits as arcs.
-  Counted against the lattice's own 1-best, like the embedding methods.
+  Counted against the lattice's own 1-best, like the embedding methods. With ``awe_rescore``
+  among the methods, the fusion starts from the embedding, LM and insertion scales that
+  method chose on the fold and tunes only the CTC weight and normalisation (and recovery's
+  step 2) on top (``base_scales: awe_rescore`` in the row): a CTC weight of 0 is then
+  awe_rescore itself, so the fusion is never tuned on a coarser grid than the method it
+  extends. Without it, the fusion searches the whole grid (``base_scales: grid``).
 
 Costs: the CTC forward pass (``ctc_forward_seconds``, shared by both; none where the decoder's
 stored log-probs are given, ``--dev-ctc-log-probs``: the row's ``ctc_log_probs`` names them), spotting, and the
@@ -75,8 +80,10 @@ def _log_probs(posteriors: CtcPosteriors, feats_by_id, stored_path: Optional[str
 
 
 def ctc_methods(s, rescorer, train_vocab, grid, dev_lats, dev_feats, dev_refs, folds, test_feats, test_refs,
-                missing: List[str], decode_seconds: Optional[float], prune_seconds: float):
-    """Results by method name (with ``s.prefix``) and tuning curves of the CTC methods in ``s.methods``."""
+                missing: List[str], decode_seconds: Optional[float], prune_seconds: float,
+                awe_configs: Optional[List] = None):
+    """Results by method name (with ``s.prefix``) and tuning curves of the CTC methods in ``s.methods``;
+    ``awe_configs``: awe_rescore's config per fold, the fusion's base scales (module doc)."""
     wanted = [m for m in s.methods if m in CTC_METHODS]
     try:
         posteriors = CtcPosteriors.from_dir(s.ctc_model_dir, device=s.device)
@@ -160,9 +167,14 @@ def ctc_methods(s, rescorer, train_vocab, grid, dev_lats, dev_feats, dev_refs, f
         seconds, hit_arcs = prune_seconds + forward, 0
         oov_grid = [float(x) for x in s.oov_lm_scores] if recover and s.oov_lm_scores else None
         for k, (tune_lats, eval_lats) in enumerate(folds):
+            if awe_configs:  # awe_rescore's point on this fold; only the CTC terms are tuned on top
+                a = awe_configs[k]
+                scales = ([a.awe_scale], [a.lm_scale], [a.word_insertion_penalty])
+            else:
+                scales = (grid["awe_scales"], grid["lm_scales"], grid["word_insertion_penalties"])
             best, norm, curve, gate = tune_fused(rescorer, {u: prep_dev[u] for u in tune_lats}, dev_refs,
-                                                 grid["awe_scales"], s.ctc_scales, s.ctc_norms, grid["lm_scales"],
-                                                 grid["word_insertion_penalties"], train_vocab, oov_grid,
+                                                 scales[0], s.ctc_scales, s.ctc_norms, scales[1],
+                                                 scales[2], train_vocab, oov_grid,
                                                  recovered=recover, gates=gates if gated else (None,),
                                                  min_precision=s.oov_min_precision if recover else None,
                                                  max_p=s.oov_max_sign_p if recover else None)
@@ -191,7 +203,8 @@ def ctc_methods(s, rescorer, train_vocab, grid, dev_lats, dev_feats, dev_refs, f
             base.append([])
             hyps.append([])
             without.append([])
-        extra = {"scales": chosen, "ctc_model_dir": s.ctc_model_dir, "oov_recovery": recover,
+        extra = {"scales": chosen, "base_scales": "awe_rescore" if awe_configs else "grid",
+                 "ctc_model_dir": s.ctc_model_dir, "oov_recovery": recover,
                  **(s.keep_rule() if recover else {}),
                  "spotted_arcs_added": hit_arcs, "ctc_forward_seconds": round(forward, 3),
                  "rescoring_seconds": round(seconds, 2), "ctc_log_probs": lists["ctc_log_probs"]}
