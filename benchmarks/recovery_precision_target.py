@@ -12,7 +12,9 @@ For each target, runs the recipe's recovery tunings on its lattices (the config 
 lowest dev WER, recovery kept only when it lowers it) and, for the fusion, the evidence gate
 grid ``--gate-posteriors`` x ``--gate-ctc-margins`` (strict points a precision target can
 choose); with ``--sections rescore_whisper``, Whisper's list words (``awe_whisper_*``, the
-recipe's transcripts and its gate grids of embedder cosine x Whisper confidence). Rows per target and method: ``wer``, ``oov_recall``, ``oov_precision``,
+recipe's transcripts and its gate grids of embedder cosine x Whisper confidence); with
+``rescore_whisper_pocketsphinx``, the same on pocketsphinx's lattices of dev (speechocean762,
+``--cross-validate``; rows ``pocketsphinx_awe_whisper_*``). Rows per target and method: ``wer``, ``oov_recall``, ``oov_precision``,
 ``oov_tokens_recovered``, ``oov_tokens_proposed``, ``iv_tokens_broken``, the folds where
 recovery abstained; with the command, machine and date. Dev tunes, test reports (or 2-fold
 cross-validation over dev speakers with ``--cross-validate``, for corpora without a test split).
@@ -85,9 +87,14 @@ def measure(a) -> Dict[str, dict]:
     gates = [f"--oov-min-posteriors={a.gate_posteriors}", f"--oov-min-ctc-margins={a.gate_ctc_margins}"]
     runs = [("rescore_oov", _flags(a.config, "rescore_oov") + oov_list + _split_args(a.cross_validate, False), False),
             ("rescore_ctc", _flags(a.config, "rescore_ctc") + gates + _split_args(a.cross_validate, True)
-             + ["--methods", "awe_ctc_rescore"], True),
+             + ["--methods", "awe_rescore,awe_ctc_rescore"], True),  # the fusion on awe_rescore's scales
             ("rescore_whisper", _flags(a.config, "rescore_whisper") + _split_args(a.cross_validate, False)
-             + _transcript_args(a.cross_validate), False)]
+             + _transcript_args(a.cross_validate), False),
+            # pocketsphinx's lattices of dev (the speechocean762 recipe's stage 6), rows pocketsphinx_*
+            ("rescore_whisper_pocketsphinx", _flags(a.config, "rescore_whisper_pocketsphinx")
+             + ["--prefix", "pocketsphinx_", "--dev-lattices", "exp/pocketsphinx/lattices", "--dev-features",
+                "exp/asr_data/dev.pt", "--cross-validate", "--decode-metrics", "exp/pocketsphinx/summary.json"]
+             + _transcript_args(True), False)]
     out: Dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for target in targets:
@@ -108,7 +115,7 @@ def summarise(rows: Dict[str, dict]) -> Dict[str, dict]:
     with how many folds abstained (``"oov_recovery": "abstained"`` in their scales)."""
     out = {}
     for method, r in sorted(rows.items()):
-        if method not in RECOVERY_METHODS:
+        if not any(method.endswith(m) for m in RECOVERY_METHODS):  # also another decoder's: pocketsphinx_...
             continue
         row = {k: r[k] for k in KEEP if k in r}
         scales = r.get("scales", [])

@@ -76,3 +76,27 @@ def test_the_whisper_section_reads_the_transcripts_and_keeps_each_folds_gate(tmp
                                                             {"gate": 0.2, "confidence_gate": 0.6},
                                                             {"gate": None, "confidence_gate": None, "probability_gate": 0.7}]
     assert row["folds"] == 3
+
+
+def test_the_pocketsphinx_whisper_section_reads_pocketsphinx_lattices_and_keeps_its_prefixed_rows(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_run(corpus, flags, target, out, ctc):
+        calls.append(tuple(flags))
+        row = {"wer": 0.5, "oov_recall": 0.3, "scales": [{"gate": None, "confidence_gate": 0.8}] * 2}
+        out.write_text(json.dumps({"corpora": {"so/x": {"pocketsphinx_awe_whisper_context_list": row,
+                                                        "pocketsphinx_awe_rescore": {"wer": 0.7},
+                                                        "pocketsphinx_whisper_transcript": {"wer": 0.3}}}}))
+
+    monkeypatch.setattr(script, "_flags", lambda config, section: [f"--from-{section}"])
+    monkeypatch.setattr(script, "_run", fake_run)
+    out = tmp_path / "out.json"
+    script.main(["--workdir", str(tmp_path), "--config", "c.yaml", "--corpus", "so/x", "--targets", "0.8",
+                 "--sections", "rescore_whisper_pocketsphinx", "--cross-validate", "--out", str(out)])
+    (flags,) = calls
+    assert "--from-rescore_whisper_pocketsphinx" in flags and "--dev-transcripts" in flags
+    assert flags[flags.index("--prefix") + 1] == "pocketsphinx_"
+    assert flags[flags.index("--dev-lattices") + 1] == "exp/pocketsphinx/lattices"
+    rows = json.loads(out.read_text())["so/x"]["targets"]["precision_0.8"]
+    assert set(rows) == {"pocketsphinx_awe_whisper_context_list"}  # the recovery row, not the rescoring or anchor
+    assert rows["pocketsphinx_awe_whisper_context_list"]["folds"] == 2
