@@ -37,6 +37,8 @@ METHOD_ORDER = [
     "awe_plus_attention",
     "awe_rescore_oov_recovery",
     "awe_rescore_context_list",
+    "ctc_word_spotting",
+    "awe_ctc_rescore",
     "awe_whisper_context_list",
     "awe_whisper_oov_recovery",
     "whisper_transcript",
@@ -47,6 +49,10 @@ METHOD_ORDER = [
     "pocketsphinx_awe_rescore",
     "pocketsphinx_awe_rescore_oov_recovery",
     "pocketsphinx_awe_rescore_context_list",
+    "pocketsphinx_awe_ctc_rescore",
+    "pocketsphinx_awe_whisper_context_list",
+    "pocketsphinx_awe_whisper_oov_recovery",
+    "pocketsphinx_whisper_transcript",
     "pocketsphinx_lattice_oracle",
 ]
 
@@ -61,6 +67,8 @@ METHOD_LABELS = {
     "awe_plus_attention": "embedding + attention",
     "awe_rescore_oov_recovery": "embedding rescoring + OOV recovery",
     "awe_rescore_context_list": "embedding rescoring + OOV recovery (context list)",
+    "ctc_word_spotting": "CTC word spotting (anchor)",
+    "awe_ctc_rescore": "embedding + CTC fusion",
     "awe_whisper_context_list": "embedding rescoring + Whisper's context-list words",
     "awe_whisper_oov_recovery": "embedding rescoring + Whisper's large-list words",
     "whisper_transcript": "Whisper tiny.en's own transcript (anchor)",
