@@ -681,7 +681,9 @@ def _recovery_target_section(doc: Any, source: str) -> List[str]:
         for key, methods in targets.items():
             target = "lowest WER" if key == "lowest_wer" else key.replace("precision_", "precision ≥ ")
             for m, x in methods.items():
-                rows.append([target, _RECOVERY_LABELS.get(m, m), _pct(x.get("wer")), _pct(x.get("oov_recall")),
+                plain = m.removeprefix("pocketsphinx_")  # another decoder's lattices: its prefix, said in words
+                label = ("pocketsphinx, " if plain != m else "") + _RECOVERY_LABELS.get(plain, plain)
+                rows.append([target, label, _pct(x.get("wer")), _pct(x.get("oov_recall")),
                              f"{x.get('added_oov_recovered')} / {x.get('added_oov_proposed')}",
                              _fixed(2)(x.get("added_oov_precision")), str(x.get("added_iv_broken")),
                              f"{x.get('folds_abstained')} of {x.get('folds')}"])

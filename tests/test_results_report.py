@@ -375,14 +375,17 @@ def test_recovery_target_section_has_a_row_per_target_and_method(tmp_path):
     off = {"wer": 0.4766, "oov_recall": 0.0, "added_oov_recovered": 0, "added_oov_proposed": 0, "added_oov_precision": None,
            "added_iv_broken": 0, "folds_abstained": 1, "folds": 1}
     (results / "recovery_precision_target.json").write_text(json.dumps({"synthetic/x": {
-        "targets": {"lowest_wer": {"awe_ctc_rescore": kept}, "precision_0.8": {"awe_rescore_context_list": off}},
+        "targets": {"lowest_wer": {"awe_ctc_rescore": kept},
+                    "precision_0.8": {"awe_rescore_context_list": off, "pocketsphinx_awe_whisper_context_list": kept}},
         "protocol": "tuned on dev, reported on test", "command": "python benchmarks/recovery_precision_target.py",
         "machine": "x86_64", "date": "2026-12-04"}}))
     md = write_results_md(results, tmp_path / "RESULTS.md", results / "plots").read_text()
     section = md.split("## OOV recovery for a precision target")[1].split("\n## ")[0]
     rows = [[c.strip() for c in line.strip("|").split("|")] for line in section.splitlines() if line.startswith("|")][2:]
     assert rows == [["lowest WER", "embedding + CTC fusion", "47.1", "25.0", "5 / 8", "0.62", "2", "0 of 1"],
-                    ["precision ≥ 0.8", "recovery, context list", "47.7", "0.0", "0 / 0", "–", "0", "1 of 1"]]
+                    ["precision ≥ 0.8", "recovery, context list", "47.7", "0.0", "0 / 0", "–", "0", "1 of 1"],
+                    ["precision ≥ 0.8", "pocketsphinx, Whisper's words, context list", "47.1", "25.0", "5 / 8", "0.62",
+                     "2", "0 of 1"]]
     assert "**synthetic/x** (tuned on dev, reported on test)" in section
     (results / "recovery_precision_target.json").write_text(json.dumps({"synthetic/x": {"command": "x"}}))
     with pytest.raises(ResultsError, match="recovery_precision_target.json: synthetic/x: no 'targets' mapping"):
