@@ -54,24 +54,31 @@ def test_cross_validation_uses_dev_only(tmp_path):
     assert "--cross-validate" in args and not any("test" in a for a in args)
 
 
-def test_the_whisper_section_reads_the_transcripts_and_keeps_each_folds_gate(tmp_path, monkeypatch):
+def _one_section_at_0_8(tmp_path, monkeypatch, section, rows):
+    """Run the script for ``section`` at precision 0.8 (cross-validated) against a `rescorer tune`
+    that writes ``rows``; returns (the flags it was given, the output's rows for that target)."""
     calls = []
 
     def fake_run(corpus, flags, target, out, ctc):
         calls.append(tuple(flags))
-        gates = [{"gate": "abstained"}, {"gate": 0.2, "confidence_gate": 0.6},
-                 {"gate": None, "confidence_gate": None, "probability_gate": 0.7, "hit_model": {"weights": [1.0]}}]
-        out.write_text(json.dumps({"corpora": {"so/x": {"awe_whisper_context_list": {
-            "wer": 0.36, "oov_recall": 0.4, "scales": gates}}}}))
+        out.write_text(json.dumps({"corpora": {"so/x": rows}}))
 
     monkeypatch.setattr(script, "_flags", lambda config, section: [f"--from-{section}"])
     monkeypatch.setattr(script, "_run", fake_run)
     out = tmp_path / "out.json"
     script.main(["--workdir", str(tmp_path), "--config", "c.yaml", "--corpus", "so/x", "--targets", "0.8",
-                 "--sections", "rescore_whisper", "--cross-validate", "--out", str(out)])
+                 "--sections", section, "--cross-validate", "--out", str(out)])
     (flags,) = calls
+    return flags, json.loads(out.read_text())["so/x"]["targets"]["precision_0.8"]
+
+
+def test_the_whisper_section_reads_the_transcripts_and_keeps_each_folds_gate(tmp_path, monkeypatch):
+    gates = [{"gate": "abstained"}, {"gate": 0.2, "confidence_gate": 0.6},
+             {"gate": None, "confidence_gate": None, "probability_gate": 0.7, "hit_model": {"weights": [1.0]}}]
+    flags, rows = _one_section_at_0_8(tmp_path, monkeypatch, "rescore_whisper", {"awe_whisper_context_list": {
+        "wer": 0.36, "oov_recall": 0.4, "scales": gates}})
     assert "--from-rescore_whisper" in flags and "--dev-transcripts" in flags and "--test-transcripts" not in flags
-    row = json.loads(out.read_text())["so/x"]["targets"]["precision_0.8"]["awe_whisper_context_list"]
+    row = rows["awe_whisper_context_list"]
     assert row["folds_abstained"] == 1 and row["gates"] == [{"gate": "abstained", "confidence_gate": None},
                                                             {"gate": 0.2, "confidence_gate": 0.6},
                                                             {"gate": None, "confidence_gate": None, "probability_gate": 0.7}]
@@ -79,24 +86,12 @@ def test_the_whisper_section_reads_the_transcripts_and_keeps_each_folds_gate(tmp
 
 
 def test_the_pocketsphinx_whisper_section_reads_pocketsphinx_lattices_and_keeps_its_prefixed_rows(tmp_path, monkeypatch):
-    calls = []
-
-    def fake_run(corpus, flags, target, out, ctc):
-        calls.append(tuple(flags))
-        row = {"wer": 0.5, "oov_recall": 0.3, "scales": [{"gate": None, "confidence_gate": 0.8}] * 2}
-        out.write_text(json.dumps({"corpora": {"so/x": {"pocketsphinx_awe_whisper_context_list": row,
-                                                        "pocketsphinx_awe_rescore": {"wer": 0.7},
-                                                        "pocketsphinx_whisper_transcript": {"wer": 0.3}}}}))
-
-    monkeypatch.setattr(script, "_flags", lambda config, section: [f"--from-{section}"])
-    monkeypatch.setattr(script, "_run", fake_run)
-    out = tmp_path / "out.json"
-    script.main(["--workdir", str(tmp_path), "--config", "c.yaml", "--corpus", "so/x", "--targets", "0.8",
-                 "--sections", "rescore_whisper_pocketsphinx", "--cross-validate", "--out", str(out)])
-    (flags,) = calls
+    row = {"wer": 0.5, "oov_recall": 0.3, "scales": [{"gate": None, "confidence_gate": 0.8}] * 2}
+    flags, rows = _one_section_at_0_8(tmp_path, monkeypatch, "rescore_whisper_pocketsphinx", {
+        "pocketsphinx_awe_whisper_context_list": row, "pocketsphinx_awe_rescore": {"wer": 0.7},
+        "pocketsphinx_whisper_transcript": {"wer": 0.3}})
     assert "--from-rescore_whisper_pocketsphinx" in flags and "--dev-transcripts" in flags
     assert flags[flags.index("--prefix") + 1] == "pocketsphinx_"
     assert flags[flags.index("--dev-lattices") + 1] == "exp/pocketsphinx/lattices"
-    rows = json.loads(out.read_text())["so/x"]["targets"]["precision_0.8"]
     assert set(rows) == {"pocketsphinx_awe_whisper_context_list"}  # the recovery row, not the rescoring or anchor
     assert rows["pocketsphinx_awe_whisper_context_list"]["folds"] == 2
