@@ -500,6 +500,8 @@ def test_a_hit_without_times_gets_no_cosine_and_no_gate_keeps_it():
     assert u.words(HitGate(0.0)) == ["the", "cap"] and u.words(HitGate()) == ["the", "zebra"]
 
 
+@needs_k2
+@pytest.mark.lattice
 def test_the_fusion_builds_on_the_scales_awe_rescore_chose_on_each_fold(tmp_path, monkeypatch):
     """With awe_rescore among the methods, awe_ctc_rescore starts from that method's per-fold
     scales and tunes only the CTC terms on top: with a CTC model that knows nothing (uniform
