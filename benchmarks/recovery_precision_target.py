@@ -115,7 +115,7 @@ def summarise(rows: Dict[str, dict]) -> Dict[str, dict]:
     with how many folds abstained (``"oov_recovery": "abstained"`` in their scales)."""
     out = {}
     for method, r in sorted(rows.items()):
-        if not any(method.endswith(m) for m in RECOVERY_METHODS):  # also another decoder's: pocketsphinx_...
+        if method.removeprefix("pocketsphinx_") not in RECOVERY_METHODS:  # also another decoder's rows
             continue
         row = {k: r[k] for k in KEEP if k in r}
         scales = r.get("scales", [])

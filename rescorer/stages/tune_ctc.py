@@ -169,12 +169,12 @@ def ctc_methods(s, rescorer, train_vocab, grid, dev_lats, dev_feats, dev_refs, f
         for k, (tune_lats, eval_lats) in enumerate(folds):
             if awe_configs:  # awe_rescore's point on this fold; only the CTC terms are tuned on top
                 a = awe_configs[k]
-                scales = ([a.awe_scale], [a.lm_scale], [a.word_insertion_penalty])
+                awe_grid, lm_grid, wip_grid = [a.awe_scale], [a.lm_scale], [a.word_insertion_penalty]
             else:
-                scales = (grid["awe_scales"], grid["lm_scales"], grid["word_insertion_penalties"])
+                awe_grid, lm_grid, wip_grid = grid["awe_scales"], grid["lm_scales"], grid["word_insertion_penalties"]
             best, norm, curve, gate = tune_fused(rescorer, {u: prep_dev[u] for u in tune_lats}, dev_refs,
-                                                 scales[0], s.ctc_scales, s.ctc_norms, scales[1],
-                                                 scales[2], train_vocab, oov_grid,
+                                                 awe_grid, s.ctc_scales, s.ctc_norms, lm_grid, wip_grid,
+                                                 train_vocab, oov_grid,
                                                  recovered=recover, gates=gates if gated else (None,),
                                                  min_precision=s.oov_min_precision if recover else None,
                                                  max_p=s.oov_max_sign_p if recover else None)
