@@ -659,6 +659,7 @@ def _oov_evidence_section(doc: Any, source: str) -> List[str]:
 
 
 _RECOVERY_LABELS = {"awe_rescore_oov_recovery": "recovery, large list", "awe_rescore_context_list": "recovery, context list",
+                    "ctc_word_spotting": "CTC word spotting (anchor; on CTC greedy)",
                     "awe_ctc_rescore": "embedding + CTC fusion", "awe_whisper_context_list": "Whisper's words, context list",
                     "awe_whisper_oov_recovery": "Whisper's words, large list"}
 
@@ -672,7 +673,8 @@ def _recovery_target_section(doc: Any, source: str) -> List[str]:
              "a precision target on the words recovery adds (`rescorer tune --oov-min-precision`); "
              "figures on held-out data. OOV recall: OOV reference tokens right that the lattice's 1-best "
              "missed, over all OOV tokens. Added: what recovery itself changed against the same scales "
-             f"without it (OOV tokens recovered / OOV words added, their precision, IV tokens broken). From `{source}`.", ""]
+             f"without it (OOV tokens recovered / OOV words added, their precision, IV tokens broken); CTC word "
+             f"spotting's, against the CTC model's greedy output that it edits. From `{source}`.", ""]
     for corpus, r in doc.items():
         targets = r.get("targets")
         if not isinstance(targets, Mapping) or not targets:

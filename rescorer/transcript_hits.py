@@ -43,11 +43,12 @@ def hit_features(hit: TranscriptHit, hyp: Sequence[WordSpan], cosine: float, con
     """One hit's ``HIT_FEATURES``, all finite: an unknown confidence is 0, a cosine that could not
     be measured (-inf) is -1; the margin over the replaced words' best cosine (``rival``) is 0 for an
     insertion (nothing replaced); the spelling overlap is 1 - edit distance / longer length
-    between the hit and the replaced words run together (0 for an insertion); the replaced
+    between the hit and the replaced words run together (0 for an insertion or where none has a
+    spelling, ``<unk>``, as for the cosine's rival); the replaced
     posterior is the highest lattice posterior among the replaced words (``posteriors``, one per
     word of ``hyp``; 0 for an insertion or where none are known)."""
     c = cosine if math.isfinite(cosine) else -1.0
-    replaced = "".join(w.word for w in hyp[hit.first:hit.last])
+    replaced = "".join(w.word for w in hyp[hit.first:hit.last] if is_word(w.word))  # <unk> has no spelling
     margin = c - rival if math.isfinite(rival) else 0.0
     overlap = 1.0 - edit_distance(list(hit.word), list(replaced)) / max(len(hit.word), len(replaced)) if replaced else 0.0
     post = [posteriors[i] for i in range(hit.first, hit.last)] if posteriors and len(posteriors) == len(hyp) else []

@@ -95,3 +95,19 @@ def test_the_pocketsphinx_whisper_section_reads_pocketsphinx_lattices_and_keeps_
     assert flags[flags.index("--dev-lattices") + 1] == "exp/pocketsphinx/lattices"
     assert set(rows) == {"pocketsphinx_awe_whisper_context_list"}  # the recovery row, not the rescoring or anchor
     assert rows["pocketsphinx_awe_whisper_context_list"]["folds"] == 2
+
+
+def test_ctc_word_spotting_is_compared_at_the_same_target_counted_against_its_greedy_output(tmp_path, monkeypatch):
+    """The anchor runs in the CTC section with the fusion; its row's own counts (against the
+    greedy output it edits) fill the added columns, and a fold that abstained is counted."""
+    ws = {"wer": 0.70, "oov_recall": 0.01, "oov_precision": 0.25, "oov_tokens_recovered": 1, "oov_tokens_proposed": 4,
+          "iv_tokens_broken": 2, "base": "ctc_greedy", "spotting": ["abstained", {"bonus": 1.0, "threshold": -3.0}]}
+    fused = {"wer": 0.38, "oov_precision": 0.5, "added_oov_recovered": 0, "scales": [{"awe_scale": 4.0}]}
+    flags, rows = _one_section_at_0_8(tmp_path, monkeypatch, "rescore_ctc",
+                                      {"ctc_word_spotting": ws, "awe_ctc_rescore": fused, "awe_rescore": {"wer": 0.39}})
+    assert flags[flags.index("--methods") + 1] == "awe_rescore,ctc_word_spotting,awe_ctc_rescore"
+    spot = rows["ctc_word_spotting"]
+    assert (spot["added_oov_recovered"], spot["added_oov_proposed"], spot["added_oov_precision"],
+            spot["added_iv_broken"]) == (1, 4, 0.25, 2)
+    assert spot["folds_abstained"] == 1 and spot["folds"] == 2
+    assert set(rows) == {"ctc_word_spotting", "awe_ctc_rescore"}

@@ -391,6 +391,9 @@ def test_hit_features_measure_the_margin_over_the_replaced_words_and_their_share
     two = TranscriptHit("catamaran", 0.0, 0.6, 0, 3)
     f = hit_features(two, _hyp(["cat", "a", "man"]), 0.5, 0.5, 0.1, [0.2, 0.7, 0.4])
     assert f[3] == pytest.approx(1 - 2 / 9) and f[4] == pytest.approx(0.7)  # "cataman"; the surest replaced word
+    # <unk> has no spelling: it shares none with the hit, as the cosine finds no rival in it
+    assert hit_features(two, _hyp(["cat", "<unk>", "man"]), 0.5, 0.5, 0.1)[3] == pytest.approx(1 - 3 / 9)  # "catman"
+    assert hit_features(sub, _hyp(["the", "<unk>", "sat"]), 0.7, 0.9, math.nan)[2:4] == (0.0, 0.0)
 
 
 def test_hit_cosines_also_give_the_replaced_words_best_cosine_on_the_same_span():
@@ -553,3 +556,11 @@ def test_the_fusion_builds_on_the_scales_awe_rescore_chose_on_each_fold(tmp_path
     r = CliRunner().invoke(main, args + ["--methods", "awe_ctc_rescore"])
     assert r.exit_code == 0, r.output
     assert json.loads(out.read_text())["corpora"]["toy"]["awe_ctc_rescore"]["base_scales"] == "grid"
+    # CTC word spotting for a precision target dev cannot meet: each fold keeps the greedy output
+    (tmp_path / "list.txt").write_text("zebra\ncatamaran\n")
+    r = CliRunner().invoke(main, args + ["--methods", "ctc_word_spotting", "--word-list", str(tmp_path / "list.txt"),
+                                         "--ws-bonuses", "0,3", "--ws-thresholds=-50", "--oov-min-precision", "0.9"])
+    assert r.exit_code == 0, r.output
+    ws = json.loads(out.read_text())["corpora"]["toy"]["ctc_word_spotting"]
+    assert ws["spotting"] == ["abstained", "abstained"] and ws["oov_tokens_proposed"] == 0
+    assert ws["oov_min_precision"] == 0.9 and ws["accepted_hits"] == 0

@@ -244,3 +244,25 @@ def test_batched_spotting_equals_the_reference_utterance_by_utterance():
     merged = ctc_word_spotting_batch(lps, trie, cfg, batch_frames=100)
     assert [m.word_sequence for m in merged] == [ctc_word_spotting(lp, trie, cfg).word_sequence for lp in lps]
     assert spot_batch([], trie, cfg) == []
+
+
+def test_spotting_tuned_for_a_precision_target_abstains_where_dev_falls_short():
+    """By default the grid point of lowest WER (the anchor as published); with a precision
+    target, the rule of every recovery method: the spotted words must be right that often."""
+    from rescorer.decoding.word_spotting import SpellingTrie, SpottingConfig
+    from rescorer.evaluation.ctc_rescoring import tune_spotting
+
+    lp = planted(30, spell("the", 0) + spell("zebro", 10))  # greedy hears "zebro", "zebra" a close second
+    lp[18, TOKEN_ID["a"]] = lp[18, TOKEN_ID["o"]] - 0.5
+    lp = lp.log_softmax(1)
+    log_probs = {"a": lp, "b": lp.clone(), "c": lp.clone()}
+    refs = {"a": ["the", "zebra"], "b": ["the", "zebra"], "c": ["the", "zebro"]}  # c said what greedy heard
+    args = (log_probs, SpellingTrie(["zebra"]), refs, [0.0, 1.0], [-50.0], SpottingConfig(token_weight=0.5), {"the"})
+    best, curve = tune_spotting(*args)
+    assert best.bonus == 1.0  # 1 error in 6 words against greedy's 2
+    assert [r["added_oov_proposed"] for r in curve] == [0, 3]
+    assert curve[1]["added_oov_recovered"] == 2 and curve[1]["added_oov_precision"] == pytest.approx(2 / 3)
+    assert tune_spotting(*args, min_precision=0.8)[0] is None  # 2 of 3 right: short of 0.8, the greedy output
+    assert tune_spotting(*args, min_precision=0.6)[0].bonus == 1.0
+    with pytest.raises(ValueError, match="empty grid"):
+        tune_spotting(log_probs, SpellingTrie(["zebra"]), refs, [], [-50.0])

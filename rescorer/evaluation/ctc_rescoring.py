@@ -2,7 +2,7 @@
 
 - ``spot_all`` / ``tune_spotting``: CTC-WS (``decoding.word_spotting.ctc_word_spotting``)
   over utterances' CTC log-probs; the per-token bonus (and the hit threshold) are tuned on
-  dev by WER, since the spotter's beam compares bonus-weighted scores the spotting is
+  dev by WER (or for a precision target on the words it adds), since the spotter's beam compares bonus-weighted scores the spotting is
   rerun for each grid point (it costs a small fraction of decoding).
 - ``prepare_fused_all`` / ``tune_fused``: ``rescore_ctc.CtcFusion`` per lattice, then a
   grid over (awe_scale, ctc_scale, CTC normalisation, lm_scale, wip[, oov_lm_score]) that
@@ -34,20 +34,36 @@ def spot_all(log_probs: Dict[str, torch.Tensor], trie: SpellingTrie, config: Spo
 
 def tune_spotting(log_probs: Dict[str, torch.Tensor], trie: SpellingTrie, refs: Dict[str, List[str]],
                   bonuses: Iterable[float], thresholds: Iterable[float], base: SpottingConfig = SpottingConfig(),
-                  train_vocab: Optional[set] = None) -> Tuple[SpottingConfig, List[dict]]:
-    """Grid on the given (dev) utterances; returns (best config by WER, curve rows)."""
+                  train_vocab: Optional[set] = None, min_precision: Optional[float] = None,
+                  max_p: Optional[float] = None) -> Tuple[Optional[SpottingConfig], List[dict]]:
+    """Grid on the given (dev) utterances; returns (chosen config, curve rows). By default the
+    point of lowest WER, the anchor as published (tuned for WER, kept even where it raises it).
+    With ``min_precision``: the rule every recovery method follows for a precision target
+    (``choose_recovery`` against the greedy output, ``max_p`` its sign test); None where no
+    point meets it (the method abstains: the greedy output). Curve rows carry ``added_counts``
+    against the greedy output."""
     uids = sorted(log_probs)
-    best, curve = None, []
+    r = [refs[u] for u in uids]
+    greedy = None
+    configs, curve = [], []
     for b, th in itertools.product([float(x) for x in bonuses], [float(x) for x in thresholds]):
         cfg = replace(base, bonus=b, threshold=th)
         res, seconds = spot_all({u: log_probs[u] for u in uids}, trie, cfg)
-        m = compute_wer([refs[u] for u in uids], [res[u].word_sequence for u in uids], train_vocab)
+        if greedy is None:
+            greedy = [[w.word for w in res[u].greedy] for u in uids]
+        hyps = [res[u].word_sequence for u in uids]
+        m = compute_wer(r, hyps, train_vocab)
+        configs.append(cfg)
         curve.append({"bonus": b, "threshold": th, "wer": m["wer"], "iv_wer": m.get("iv_wer"),
-                      "oov_wer": m.get("oov_wer"), "accepted": sum(len(r.accepted) for r in res.values()),
-                      "seconds": round(seconds, 3)})
-        if best is None or m["wer"] < best[0] - 1e-12:
-            best = (m["wer"], cfg)
-    return best[1], curve
+                      "oov_wer": m.get("oov_wer"), "accepted": sum(len(x.accepted) for x in res.values()),
+                      "seconds": round(seconds, 3), **added_counts(r, greedy, hyps, train_vocab)})
+    if not curve:
+        raise ValueError("CTC word spotting: an empty grid of bonuses and thresholds")
+    if min_precision is None:
+        return configs[min(range(len(curve)), key=lambda i: (curve[i]["wer"], i))], curve
+    no_spotting = {"wer": compute_wer(r, greedy, train_vocab)["wer"]}
+    best = choose_recovery(no_spotting, curve, min_precision, max_p)
+    return (None if best is None else configs[best]), curve
 
 
 def prepare_fused_all(fusion, lattices: Dict[str, object], feats: Dict[str, torch.Tensor],

@@ -5,7 +5,9 @@ is the same (tuned on dev or on one half of the dev speakers, reported on the ot
 
 - ``ctc_word_spotting``: the CTC model's greedy 1-best with the word list's words spotted
   into it (``decoding.word_spotting``, the anchor of Andrusenko et al. 2024); the bonus and
-  hit threshold are tuned on dev. Its OOV recall / precision / IV tokens broken are counted
+  hit threshold are tuned on dev for the lowest WER, as published, or, with
+  ``--oov-min-precision``, by the precision-target rule of the other methods (abstaining, the
+  greedy output, where dev meets it nowhere), so all are compared at one precision. Its OOV recall / precision / IV tokens broken are counted
   against the CTC greedy 1-best it edits (``base: ctc_greedy`` in the row).
 - ``awe_ctc_rescore``: the lattices' arcs scored by the embedder and by the CTC spelling
   score, weights and normalisation tuned on dev (``rescore_ctc``); with ``--word-list``
@@ -124,22 +126,27 @@ def ctc_methods(s, rescorer, train_vocab, grid, dev_lats, dev_feats, dev_refs, f
         spot_seconds, accepted, hits = 0.0, 0, 0
         for k, (tune_lats, eval_lats) in enumerate(folds):
             best, curve = tune_spotting({u: lp_dev[u] for u in tune_lats}, trie, dev_refs, s.ws_bonuses,
-                                        s.ws_thresholds, fixed, train_vocab)
+                                        s.ws_thresholds, fixed, train_vocab, s.oov_min_precision,
+                                        s.oov_max_sign_p if s.oov_min_precision is not None else None)
             curves[f"ctc_word_spotting_spotting{k}"] = curve
-            chosen.append(asdict(best))
-            res, sec = spot_all({u: lp_test[u] for u in eval_lats}, test_trie, best)
+            chosen.append("abstained" if best is None else asdict(best))
+            if best is None:
+                log.warning("ctc_word_spotting, fold %d: the spotted words do not %s on dev: the greedy output is kept",
+                            k, s.abstain_reason())
+            res, sec = spot_all({u: lp_test[u] for u in eval_lats}, test_trie, best or fixed)
             spot_seconds += sec
             for u in sorted(eval_lats):
                 refs.append(test_refs[u])
                 base.append([w.word for w in res[u].greedy])
-                hyps.append(res[u].word_sequence)
-                accepted += len(res[u].accepted)
+                hyps.append(base[-1] if best is None else res[u].word_sequence)
+                accepted += 0 if best is None else len(res[u].accepted)
                 hits += len(res[u].hits)
         for u in missing:  # as for every method: utterances without a lattice count as empty
             refs.append(test_refs[u])
             base.append([])
             hyps.append([])
         extra = {"base": "ctc_greedy", "spotting": chosen, **lists, "hits": hits, "accepted_hits": accepted,
+                 **(s.keep_rule() if s.oov_min_precision is not None else {}),
                  "spotting_seconds": round(spot_seconds, 3), "ctc_forward_seconds": round(forward, 3), "rescoring_seconds": round(spot_seconds + forward, 3)}
         for key, sec in (("spotting_seconds_per_decode_second", spot_seconds),
                          ("rescoring_seconds_per_decode_second", spot_seconds + forward)):
