@@ -120,13 +120,15 @@ def summarise(rows: Dict[str, dict]) -> Dict[str, dict]:
         if method.removeprefix("pocketsphinx_") not in RECOVERY_METHODS:  # also another decoder's rows
             continue
         row = {k: r[k] for k in KEEP if k in r}
-        scales = r.get("scales", [])
-        row["folds_abstained"] = sum(1 for s in scales if "abstained" in (s.get("oov_recovery"), s.get("gate")))
         if r.get("base") == "ctc_greedy":  # CTC word spotting: all it changes is added, to the greedy output
             row.update(added_oov_recovered=r.get("oov_tokens_recovered"), added_oov_proposed=r.get("oov_tokens_proposed"),
                        added_oov_precision=r.get("oov_precision"), added_iv_broken=r.get("iv_tokens_broken"))
-            scales = r.get("spotting", [])
-            row["folds_abstained"] = sum(1 for s in scales if s == "abstained")
+            folds = r.get("spotting", [])
+            row.update(folds_abstained=folds.count("abstained"), folds=len(folds))
+            out[method] = row
+            continue
+        scales = r.get("scales", [])
+        row["folds_abstained"] = sum(1 for s in scales if "abstained" in (s.get("oov_recovery"), s.get("gate")))
         if any("gate" in s for s in scales):  # Whisper's list words: the gate each fold chose
             row["gates"] = [{k: s.get(k) for k in ("gate", "confidence_gate", "probability_gate")
                              if k != "probability_gate" or k in s} for s in scales]

@@ -2,8 +2,9 @@
 
 - ``spot_all`` / ``tune_spotting``: CTC-WS (``decoding.word_spotting.ctc_word_spotting``)
   over utterances' CTC log-probs; the per-token bonus (and the hit threshold) are tuned on
-  dev by WER (or for a precision target on the words it adds), since the spotter's beam compares bonus-weighted scores the spotting is
-  rerun for each grid point (it costs a small fraction of decoding).
+  dev by WER (or for a precision target on the words it adds); since the spotter's beam
+  compares bonus-weighted scores the spotting is rerun for each grid point (it costs a small
+  fraction of decoding).
 - ``prepare_fused_all`` / ``tune_fused``: ``rescore_ctc.CtcFusion`` per lattice, then a
   grid over (awe_scale, ctc_scale, CTC normalisation, lm_scale, wip[, oov_lm_score]) that
   only recombines per-arc scores.

@@ -7,8 +7,9 @@ is the same (tuned on dev or on one half of the dev speakers, reported on the ot
   into it (``decoding.word_spotting``, the anchor of Andrusenko et al. 2024); the bonus and
   hit threshold are tuned on dev for the lowest WER, as published, or, with
   ``--oov-min-precision``, by the precision-target rule of the other methods (abstaining, the
-  greedy output, where dev meets it nowhere), so all are compared at one precision. Its OOV recall / precision / IV tokens broken are counted
-  against the CTC greedy 1-best it edits (``base: ctc_greedy`` in the row).
+  greedy output, where dev meets it nowhere), so all are compared at one precision. Its OOV
+  recall / precision / IV tokens broken are counted against the CTC greedy 1-best it edits
+  (``base: ctc_greedy`` in the row).
 - ``awe_ctc_rescore``: the lattices' arcs scored by the embedder and by the CTC spelling
   score, weights and normalisation tuned on dev (``rescore_ctc``); with ``--word-list``
   OOV recovery adds the embedding's nearest spellings and the spotter's hits as arcs.
@@ -34,7 +35,7 @@ from dataclasses import asdict
 from typing import Dict, List, Optional
 
 from rescorer.decoding.ctc_scores import CtcPosteriors, CtcScoreError
-from rescorer.decoding.word_spotting import SpellingTrie, SpottingConfig
+from rescorer.decoding.word_spotting import SpellingTrie, SpottingConfig, greedy_words
 from rescorer.formats.ctc_log_probs import read_ctc_log_probs
 from rescorer.formats.tagged import FormatError
 from rescorer.formats.word_list import read_word_list
@@ -130,16 +131,21 @@ def ctc_methods(s, rescorer, train_vocab, grid, dev_lats, dev_feats, dev_refs, f
                                         s.oov_max_sign_p if s.oov_min_precision is not None else None)
             curves[f"ctc_word_spotting_spotting{k}"] = curve
             chosen.append("abstained" if best is None else asdict(best))
-            if best is None:
+            if best is None:  # the greedy output, no spotting
                 log.warning("ctc_word_spotting, fold %d: the spotted words do not %s on dev: the greedy output is kept",
                             k, s.abstain_reason())
-            res, sec = spot_all({u: lp_test[u] for u in eval_lats}, test_trie, best or fixed)
+                for u in sorted(eval_lats):
+                    refs.append(test_refs[u])
+                    base.append([w.word for w in greedy_words(lp_test[u])[0]])
+                    hyps.append(base[-1])
+                continue
+            res, sec = spot_all({u: lp_test[u] for u in eval_lats}, test_trie, best)
             spot_seconds += sec
             for u in sorted(eval_lats):
                 refs.append(test_refs[u])
                 base.append([w.word for w in res[u].greedy])
-                hyps.append(base[-1] if best is None else res[u].word_sequence)
-                accepted += 0 if best is None else len(res[u].accepted)
+                hyps.append(res[u].word_sequence)
+                accepted += len(res[u].accepted)
                 hits += len(res[u].hits)
         for u in missing:  # as for every method: utterances without a lattice count as empty
             refs.append(test_refs[u])
