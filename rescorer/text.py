@@ -10,6 +10,9 @@ symbol table or a big word list maps to the same letter-n-gram embedding:
 - a token that still contains anything else (digits, symbols) is not a word:
   ``normalize_word`` raises ``NotAWordError`` naming it. Transcripts with digits are
   excluded from synthetic text rather than guessed at ("1984" has several readings).
+- a recogniser's free text (``words_of``) is another matter: Whisper writes "14, 15, 18
+  hours a day" for speech the references spell out, so its numbers are spelled the way
+  they are most often said (``spell_numbers``, with num2words) rather than dropped.
 """
 
 from __future__ import annotations
@@ -68,10 +71,61 @@ def split_words(text: str) -> List[str]:
     return [normalize_word(t) for t in tokens]
 
 
+# a number as written: optional currency sign, digits (thousands separated by commas or not),
+# optional decimals, optional suffix (percent, ordinal, a decade's "s")
+_NUMBER_RE = re.compile(r"(?<![\w.,])(\$|£|€)?(\d{1,3}(?:,\d{3})+|\d+)(?:\.(\d+))?(%|st|nd|rd|th|'?s)?(?![\w])",
+                        re.IGNORECASE)
+_CURRENCY = {"$": "dollar", "£": "pound", "€": "euro"}
+
+
+def _spell(match: "re.Match[str]") -> str:
+    from num2words import num2words
+
+    sign, digits, decimals, suffix = match.groups()
+    if len(digits) > 18:  # no reading worth guessing (and beyond num2words): left out as before
+        return " "
+    n = int(digits.replace(",", ""))
+    suffix = (suffix or "").lower()
+    if suffix in ("st", "nd", "rd", "th"):
+        words = num2words(n, to="ordinal")
+    elif "," not in digits and not decimals and not sign and len(digits) == 4 and 1100 <= n <= 2099 and suffix != "%":
+        words = num2words(n, to="year")  # "1990" -> "nineteen ninety", "2005" -> "two thousand and five"
+    else:
+        words = num2words(n)
+    if decimals:  # digit by digit: "3.14" -> "three point one four"
+        words += " point " + " ".join(num2words(int(d)) for d in decimals)
+    if suffix in ("s", "'s"):  # a decade: "1990s" -> "nineteen nineties"
+        words = words[:-1] + "ies" if words.endswith("y") else words + "s"
+    if suffix == "%":
+        words += " percent"
+    if sign:
+        words += " " + _CURRENCY[sign] + ("" if n == 1 and not decimals else "s")
+    return " " + words.replace(",", " ").replace("-", " ") + " "
+
+
+_DIGIT_STRING_RE = re.compile(r"(?<![\w.,])(?:\d+(?:-\d+)+|0\d+)(?![\w])")  # "555-1234", "0351": codes
+
+
+def _spell_digits(match: "re.Match[str]") -> str:
+    from num2words import num2words
+
+    return " " + " ".join(num2words(int(d)) for d in match.group(0) if d.isdigit()) + " "
+
+
+def spell_numbers(text: str) -> str:
+    """``text`` with its written numbers spelled out as they are most often said: "15" ->
+    "fifteen", "1,500" -> "one thousand five hundred", "3rd" -> "third", "1990" and "1990s"
+    -> "nineteen ninety(ies)" (four digits from 1100 to 2099 read as a year), "3.5%" -> "three
+    point five percent", "$5" -> "five dollars"; codes digit by digit ("555-1234", "0351").
+    num2words (pinned) does the spelling."""
+    return _NUMBER_RE.sub(_spell, _DIGIT_STRING_RE.sub(_spell_digits, text))
+
+
 def words_of(text: str) -> List[str]:
-    """The words of a recogniser's free text (``split_words``'s rules), tokens that are not
-    words (digits, symbols) left out instead of raising: e.g. Whisper writes "3" or "%"."""
-    return [normalize_word(t) for t in _tokens(text) if is_word(t)]
+    """The words of a recogniser's free text (``split_words``'s rules), its numbers spelled out
+    (``spell_numbers``: Whisper writes "15" for "fifteen") and other tokens that are not words
+    (symbols) left out instead of raising."""
+    return [normalize_word(t) for t in _tokens(spell_numbers(text)) if is_word(t)]
 
 
 def letter_ngrams(word: str, n_min: int = 1, n_max: int = 5) -> List[str]:

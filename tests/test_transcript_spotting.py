@@ -222,11 +222,23 @@ def test_bad_transcript_files_are_named_errors(tmp_path, text, message):
         read_transcripts(tmp_path / "none.jsonl")
 
 
-def test_words_of_free_text_drops_what_is_not_a_word():
-    from rescorer.text import words_of
+def test_words_of_free_text_spells_numbers_and_drops_what_is_not_a_word():
+    """A recogniser's numbers are spelled as said (references spell them: speechocean762's
+    "fourteen fifteen eighteen hours a day" came back from Whisper as "14, 15, 18 hours a day",
+    and all three words were lost); symbols and mixed tokens are still left out."""
+    from rescorer.text import split_words, words_of
 
-    assert words_of(" It's 3 well-known \"cats\", OK.") == ["it's", "well", "known", "cats", "ok"]
+    assert words_of(" It's 3 well-known \"cats\", OK.") == ["it's", "three", "well", "known", "cats", "ok"]
+    assert words_of("14, 15, 18 hours a day.") == ["fourteen", "fifteen", "eighteen", "hours", "a", "day"]
+    assert words_of("In 1990 I paid $5 for 3.5% of 1,500 cows on the 21st") == (
+        "in nineteen ninety i paid five dollars for three point five percent of one thousand five hundred cows "
+        "on the twenty first").split()
+    assert words_of("the 1990s, $1 and 10:30") == "the nineteen nineties one dollar and ten thirty".split()
+    assert words_of("Call 555-1234 or 0351.") == "call five five five one two three four or zero three five one".split()
+    assert words_of("abc1 x2 # & " + "9" * 40) == []
     assert words_of("") == []
+    with pytest.raises(ValueError, match="outside a-z"):  # references stay strict: no reading is guessed
+        split_words("I have 3 cats")
 
 
 # ------------------------------------------------------------------ rescorer tune end to end

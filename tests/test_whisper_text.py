@@ -39,6 +39,13 @@ def test_transcribes_speech_and_prefers_the_spoken_text(scorer):
 
 
 @needs_model
+def test_numbers_whisper_writes_in_digits_come_back_as_words_with_their_confidence(scorer):
+    enc = scorer.encode(flite_audio("I work fourteen hours a day"))
+    words, conf = scorer.transcribe_with_confidence(enc, beam_size=2)
+    assert "fourteen" in words and all(0.0 < c <= 1.0 for c in conf)  # Whisper writes "14"
+
+
+@needs_model
 def test_bad_audio_is_a_named_error(scorer):
     with pytest.raises(ValueError, match="16000 Hz"):
         scorer.encode(np.zeros(8000, dtype=np.float32), sampling_rate=8000)
