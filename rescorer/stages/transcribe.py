@@ -27,7 +27,7 @@ def transcribe(cuts_path: str, out: str, whisper_model: Optional[str] = None, be
 
     from rescorer.formats.transcripts import TranscriptError, TranscriptWriter
     from rescorer.models.whisper import SAMPLING_RATE, WhisperModelError, resolve_model_dir
-    from rescorer.models.whisper_text import WhisperTextScorer
+    from rescorer.models.whisper_text import DECODING, WhisperTextScorer
     from rescorer.utils import file_sha256
 
     try:
@@ -43,7 +43,7 @@ def transcribe(cuts_path: str, out: str, whisper_model: Optional[str] = None, be
     if max_utterances > 0:
         cuts = cuts[:max_utterances]
     meta = {"recogniser": "whisper", "model_sha256": file_sha256(model_dir / "model.bin"), "beam_size": int(beam_size),
-            "compute_type": "int8", "word_confidence": "min_token_prob"}
+            "compute_type": "int8", "word_confidence": "min_token_prob", "decoding": DECODING}
     try:
         writer = TranscriptWriter(out, meta)
     except TranscriptError as e:
