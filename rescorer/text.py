@@ -78,9 +78,17 @@ _NUMBER_RE = re.compile(r"(?<![\w.,])(\$|£|€)?(\d{1,3}(?:,\d{3})+|\d+)(?:\.(\
 _CURRENCY = {"$": "dollar", "£": "pound", "€": "euro"}
 
 
-def _spell(match: "re.Match[str]") -> str:
-    from num2words import num2words
+def _num2words():
+    try:
+        from num2words import num2words
+    except ImportError as e:  # pragma: no cover - pinned in requirements/*.txt
+        raise ImportError("spelling a recogniser's numbers needs the num2words package (pinned in "
+                          "requirements/*.txt; scripts/setup.sh installs it)") from e
+    return num2words
 
+
+def _spell(match: "re.Match[str]") -> str:
+    num2words = _num2words()
     sign, digits, decimals, suffix = match.groups()
     if len(digits) > 18:  # no reading worth guessing (and beyond num2words): left out as before
         return " "
@@ -107,8 +115,10 @@ _DIGIT_STRING_RE = re.compile(r"(?<![\w.,])(?:\d+(?:-\d+)+|0\d+)(?![\w])")  # "5
 
 
 def _spell_digits(match: "re.Match[str]") -> str:
-    from num2words import num2words
-
+    num2words = _num2words()
+    groups = match.group(0).split("-")
+    if len(groups) == 2 and all(len(g) == 4 and 1100 <= int(g) <= 2099 for g in groups):  # "1990-1995": a range of years
+        return " " + " to ".join(num2words(int(g), to="year") for g in groups).replace("-", " ") + " "
     return " " + " ".join(num2words(int(d)) for d in match.group(0) if d.isdigit()) + " "
 
 
@@ -116,7 +126,8 @@ def spell_numbers(text: str) -> str:
     """``text`` with its written numbers spelled out as they are most often said: "15" ->
     "fifteen", "1,500" -> "one thousand five hundred", "3rd" -> "third", "1990" and "1990s"
     -> "nineteen ninety(ies)" (four digits from 1100 to 2099 read as a year), "3.5%" -> "three
-    point five percent", "$5" -> "five dollars"; codes digit by digit ("555-1234", "0351").
+    point five percent", "$5" -> "five dollars"; codes digit by digit ("555-1234", "0351"), but
+    "1990-1995" as a range of years.
     num2words (pinned) does the spelling."""
     return _NUMBER_RE.sub(_spell, _DIGIT_STRING_RE.sub(_spell_digits, text))
 

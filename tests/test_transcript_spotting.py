@@ -235,6 +235,7 @@ def test_words_of_free_text_spells_numbers_and_drops_what_is_not_a_word():
         "on the twenty first").split()
     assert words_of("the 1990s, $1 and 10:30") == "the nineteen nineties one dollar and ten thirty".split()
     assert words_of("Call 555-1234 or 0351.") == "call five five five one two three four or zero three five one".split()
+    assert words_of("from 1990-1995") == "from nineteen ninety to nineteen ninety five".split()
     assert words_of("abc1 x2 # & " + "9" * 40) == []
     assert words_of("") == []
     with pytest.raises(ValueError, match="outside a-z"):  # references stay strict: no reading is guessed
