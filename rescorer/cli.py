@@ -596,9 +596,14 @@ def transcribe_cmd(cuts, out, whisper_model, beam_size, threads, max_utterances,
               help="The Whisper methods: also gates on the probability that a hit is right, by a logistic model of its "
                    "evidence (confidence, cosine, margin over the replaced words, spelling overlap, their lattice posterior) fitted on dev's "
                    "hits (none: not tried), e.g. 0.5,0.6,0.7,0.8,0.9.")
+@click.option("--whisper-vote-confidences", default="0.2,0.3,0.4,0.5,0.6,0.7", show_default=True,
+              help="whisper_lattice_vote: Whisper's word confidence below which the lattice's word may replace it, "
+                   "tuned on dev.")
+@click.option("--whisper-vote-posteriors", default="0.5,0.7,0.8,0.9,0.95", show_default=True,
+              help="whisper_lattice_vote: ... jointly with the least lattice posterior of the replacing word.")
 def tune_cmd(methods, awe_scales, lm_scales, wips, oov_lm_scores, oov_margins, attention_scales, ctc_scales, ctc_norms, ws_bonuses,
              ws_thresholds, oov_min_posteriors, oov_min_ctc_margins, whisper_gates, whisper_confidence_gates,
-             whisper_probability_gates, **opts):
+             whisper_probability_gates, whisper_vote_confidences, whisper_vote_posteriors, **opts):
     """Tune the rescoring scales on dev, report on test (or cross-validate over dev speakers).
 
     Merges every method's WER into --out, writes the dev tuning curve beside it and, with
@@ -620,6 +625,8 @@ def tune_cmd(methods, awe_scales, lm_scales, wips, oov_lm_scores, oov_margins, a
             whisper_gates=_margins(whisper_gates, "--whisper-gates"),
             whisper_confidence_gates=_margins(whisper_confidence_gates, "--whisper-confidence-gates"),
             whisper_probability_gates=tuple(_probabilities(whisper_probability_gates, "--whisper-probability-gates")),
+            whisper_vote_confidences=_floats(whisper_vote_confidences, "--whisper-vote-confidences"),
+            whisper_vote_posteriors=_floats(whisper_vote_posteriors, "--whisper-vote-posteriors"),
             **opts,
         )
         results = tune_rescoring(settings, command=_command_line())

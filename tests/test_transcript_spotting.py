@@ -577,3 +577,79 @@ def test_the_fusion_builds_on_the_scales_awe_rescore_chose_on_each_fold(tmp_path
     ws = json.loads(out.read_text())["corpora"]["toy"]["ctc_word_spotting"]
     assert ws["spotting"] == ["abstained", "abstained"] and ws["oov_tokens_proposed"] == 0
     assert ws["oov_min_precision"] == 0.9 and ws["accepted_hits"] == 0
+
+
+# ------------------------------------------------------------------ the lattice's words voted into the transcript
+
+def test_vote_takes_the_lattice_word_only_where_the_transcript_is_unsure_and_the_lattice_sure():
+    from rescorer.decoding.transcript_vote import vote
+
+    whisper, conf = ["the", "cut", "sat", "down"], [0.9, 0.3, 0.9, 0.2]
+    path, post = ["the", "cat", "sat", "town", "now"], [1.0, 0.95, 1.0, 0.4, 0.99]
+    assert vote(whisper, conf, path, post, 0.5, 0.9) == ["the", "cat", "sat", "down"]  # "town": the lattice unsure
+    assert vote(whisper, conf, path, post, 0.5, 0.3) == ["the", "cat", "sat", "town"]  # the path's extra "now": dropped
+    assert vote(whisper, conf, path, post, 0.25, 0.3) == ["the", "cut", "sat", "town"]  # Whisper sure enough of "cut"
+    assert vote(whisper, [0.9, math.nan, 0.9, 0.2], path, post, 0.5, 0.9) == whisper  # an unknown confidence: kept
+    assert vote(whisper, None, path, post, 0.5, 0.9) == whisper
+    assert vote([], [], path, post, 0.5, 0.0) == [] and vote(whisper, conf, [], [], 0.5, 0.0) == whisper
+    with pytest.raises(ValueError, match="3 confidences for 4 transcript words"):
+        vote(whisper, conf[:3], path, post, 0.5, 0.9)
+
+
+def test_rescorer_tune_votes_the_lattice_words_into_whispers_transcript_tuned_on_dev(tmp_path, monkeypatch):
+    """Two speakers (the two folds): Whisper unsure and wrong where the lattice is right, sure and
+    right where the lattice is wrong; each fold's dev finds thresholds that take only the former,
+    and the held-out speaker gets them: no error left, where each system alone has two."""
+    from click.testing import CliRunner
+
+    from rescorer.cli import main
+    from rescorer.formats.transcripts import TranscriptWriter
+    from rescorer.lattice.word_lattice import save_word_lattices
+    from rescorer.rescore import Rescorer
+    from tests.test_rescore import _lattice, _rescorer
+    from tests.test_rescoring_eval import _write_utterances
+
+    refs = {"u1": ["the", "cat", "sat"], "u2": ["the", "mat", "sat"], "u3": ["the", "cat", "sat"],
+            "u4": ["the", "mat", "sat"]}
+    lattice_word = {"u1": "cat", "u2": "cap", "u3": "cat", "u4": "cap"}
+    lats = [_lattice([(0, 1, "the", 0, 5, -1.0, -1.0), (1, 2, lattice_word[u], 5, 10, -1.0, -1.0),
+                      (2, 3, "sat", 10, 15, -1.0, -1.0)], uid=u) for u in sorted(refs)]
+    save_word_lattices(tmp_path / "dev_lattices.pt", lats)
+    _write_utterances(tmp_path / "dev.pt", refs, {"u1": "a", "u2": "a", "u3": "b", "u4": "b"})
+    _write_utterances(tmp_path / "train.pt", {"t": ["the", "cat", "cap", "mat", "sat"]}, {"t": "t"})
+    with TranscriptWriter(tmp_path / "dev.jsonl", {"recogniser": "test"}) as w:
+        for u in sorted(refs):
+            right = lattice_word[u] == "cap"  # Whisper right where the lattice is wrong
+            w.add(u, ["the", "mat" if right else "cut", "sat"], seconds=0.1, confidences=[0.9, 0.9 if right else 0.3, 0.9])
+    with TranscriptWriter(tmp_path / "bare.jsonl", {"recogniser": "test"}) as w:
+        for u in sorted(refs):
+            w.add(u, ["the", "cut", "sat"], seconds=0.1)
+    model = tmp_path / "model"
+    model.mkdir()
+    monkeypatch.setattr(Rescorer, "from_dir", classmethod(lambda cls, model_dir, device=None, **kw: _rescorer()))
+    out = tmp_path / "wer.json"
+    args = ["tune", "--corpus", "toy", "--model-dir", str(model), "--train-data", str(tmp_path / "train.pt"),
+            "--dev-lattices", str(tmp_path / "dev_lattices.pt"), "--dev-features", str(tmp_path / "dev.pt"),
+            "--cross-validate", "--awe-scales", "0,1", "--lm-scales", "1", "--wips=0", "--out", str(out),
+            "--device", "cpu", "--dev-transcripts"]
+    r = CliRunner().invoke(main, args + [str(tmp_path / "dev.jsonl"), "--methods", "whisper_lattice_vote"])
+    assert r.exit_code != 0 and "add awe_rescore" in r.output
+    r = CliRunner().invoke(main, args + [str(tmp_path / "bare.jsonl"), "--methods", "awe_rescore,whisper_lattice_vote",
+                                         "--whisper-confidence-gates", "none"])
+    assert r.exit_code != 0 and "no word confidences" in r.output and "whisper_lattice_vote" in r.output
+    r = CliRunner().invoke(main, args + [str(tmp_path / "dev.jsonl"), "--methods", "awe_rescore,whisper_lattice_vote"])
+    assert r.exit_code == 0, r.output
+    toy = json.loads(out.read_text())["corpora"]["toy"]
+    assert toy["awe_rescore"]["wer"] == pytest.approx(2 / 12) and toy["whisper_transcript"]["wer"] == pytest.approx(2 / 12)
+    row = toy["whisper_lattice_vote"]
+    assert row["wer"] == 0.0 and row["scales"] == [{"max_confidence": 0.4, "min_posterior": 0.5}] * 2
+    assert row["added_utterances_better"] == 2 and row["added_utterances_worse"] == 0  # against Whisper alone
+    assert row["rescoring_seconds"] >= row["transcribe_seconds"]
+    curves = json.loads((tmp_path / "rescore_tuning_toy_lattices.json").read_text())["whisper_lattice_vote_fold0"]
+    assert curves[0]["max_confidence"] == "off" and sum(bool(c.get("chosen")) for c in curves) == 1
+    # thresholds that take nothing on dev: the method abstains and keeps the transcript
+    r = CliRunner().invoke(main, args + [str(tmp_path / "dev.jsonl"), "--methods", "awe_rescore,whisper_lattice_vote",
+                                         "--whisper-vote-confidences", "0.1"])
+    assert r.exit_code == 0, r.output
+    row = json.loads(out.read_text())["corpora"]["toy"]["whisper_lattice_vote"]
+    assert row["scales"] == [{"vote": "abstained"}] * 2 and row["wer"] == pytest.approx(2 / 12)

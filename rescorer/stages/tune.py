@@ -62,13 +62,13 @@ from rescorer.rescore import Rescorer
 from rescorer.second_pass import AttentionScorer, attention_candidates, pick_best
 from rescorer.stages import StageError
 from rescorer.stages.tune_ctc import CTC_METHODS, ctc_methods
-from rescorer.stages.tune_whisper import WHISPER_METHODS, whisper_methods
+from rescorer.stages.tune_whisper import VOTE_METHODS, WHISPER_METHODS, whisper_methods
 from rescorer.wer import compute_wer
 
 log = logging.getLogger(__name__)
 
 METHODS = ("awe_rescore", "awe_rescore_oov_recovery", "awe_rescore_context_list", "awe_plus_attention",
-           "ctc_word_spotting", "awe_ctc_rescore") + WHISPER_METHODS
+           "ctc_word_spotting", "awe_ctc_rescore") + WHISPER_METHODS + VOTE_METHODS
 RECOVERY_METHODS = ("awe_rescore_oov_recovery", "awe_rescore_context_list")
 REPO = Path(__file__).resolve().parents[2]
 
@@ -146,6 +146,10 @@ class TuneSettings:
     whisper_gates: Tuple[Optional[float], ...] = (None, 0.0, 0.2, 0.4)
     whisper_confidence_gates: Tuple[Optional[float], ...] = (None, 0.2, 0.4, 0.6, 0.8)
     whisper_probability_gates: Tuple[Optional[float], ...] = ()  # least probability of a hit model (none: not asked)
+    # whisper_lattice_vote (decoding.transcript_vote): the lattice's word replaces Whisper's where
+    # Whisper's confidence is below one of these and the lattice's posterior at least one of those
+    whisper_vote_confidences: Tuple[float, ...] = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
+    whisper_vote_posteriors: Tuple[float, ...] = (0.5, 0.7, 0.8, 0.9, 0.95)
 
     def abstain_reason(self) -> str:
         """Why recovery abstained, for a log line ("... does not <reason> on dev")."""
@@ -163,7 +167,7 @@ class TuneSettings:
     def __post_init__(self):
         if self.methods is None:  # every method whose inputs are given (the CTC and Whisper methods when asked for)
             object.__setattr__(self, "methods", tuple(m for m in METHODS if m not in CTC_METHODS + WHISPER_METHODS
-                                                      and (m != "awe_rescore_context_list" or self.context_list)))
+                                                      + VOTE_METHODS and (m != "awe_rescore_context_list" or self.context_list)))
         if not self.cross_validate and not (self.test_lattices and self.test_features):
             raise StageError("test lattices and test features are needed (or cross-validation over dev speakers)")
         unknown = [m for m in self.methods if m not in METHODS]
@@ -178,9 +182,10 @@ class TuneSettings:
             raise StageError(f"{', '.join(ctc)} need the CTC model (--ctc-model-dir exp/ctc)")
         if "ctc_word_spotting" in self.methods and not self.word_list:
             raise StageError("ctc_word_spotting needs a word list (--word-list FILE, one word per line)")
-        whisper = [m for m in self.methods if m in WHISPER_METHODS]
+        whisper = [m for m in self.methods if m in WHISPER_METHODS + VOTE_METHODS]
         if whisper and "awe_rescore" not in self.methods:
-            raise StageError(f"{', '.join(whisper)} spot words into awe_rescore's hypotheses: add awe_rescore to the methods")
+            raise StageError(f"{', '.join(whisper)} combine Whisper's words with awe_rescore's hypotheses: add awe_rescore "
+                             "to the methods")
         if whisper and not (self.dev_transcripts and (self.cross_validate or self.test_transcripts)):
             raise StageError(f"{', '.join(whisper)} need the transcripts (--dev-transcripts, --test-transcripts; "
                              "from rescorer transcribe)")
@@ -466,7 +471,7 @@ def _tune_and_evaluate(s: TuneSettings):
                                               awe_configs=awe_state.get("configs"))
         results.update(ctc_results)
         curves.update(ctc_curves)
-    if any(m in WHISPER_METHODS for m in wanted):  # Whisper's list words: rescorer.stages.tune_whisper
+    if any(m in WHISPER_METHODS + VOTE_METHODS for m in wanted):  # Whisper's words: rescorer.stages.tune_whisper
         lists = {m: _word_lists("awe_rescore_context_list" if m == "awe_whisper_context_list" else "awe_rescore_oov_recovery", s)
                  for m in wanted if m in WHISPER_METHODS}
         w_results, w_curves = whisper_methods(s, rescorer, train_vocab, lists, awe_state["configs"], awe_state["prep_dev"],

@@ -7,7 +7,11 @@ chose per fold, so the hits land on exactly the hypotheses that method reports:
 - ``awe_whisper_context_list``: the context list's words (``--context-list`` on dev,
   ``--test-context-list`` on test) that the transcript (``rescorer transcribe``) writes;
 - ``awe_whisper_oov_recovery``: the same with the large list (recovery's ``--word-list``);
-- ``whisper_transcript``: the transcript itself as a system, the anchor these two add to.
+- ``whisper_transcript``: the transcript itself as a system, the anchor these two add to;
+- ``whisper_lattice_vote``: the other way round, the transcript as the base and
+  ``awe_rescore``'s word taken where Whisper is unsure and the lattice sure
+  (``decoding.transcript_vote``; the two thresholds, ``--whisper-vote-confidences`` and
+  ``--whisper-vote-posteriors``, tuned on dev; abstaining leaves the transcript).
 
 The gate on the hits, a least embedder cosine (``--whisper-gates``) and a least Whisper word
 confidence (``--whisper-confidence-gates``, from the transcripts), or a least probability of being
@@ -26,17 +30,20 @@ import logging
 import time
 from typing import Dict, List, Optional
 
-from rescorer.evaluation.rescoring import added_counts
+from rescorer.decoding.transcript_vote import vote
+from rescorer.evaluation.rescoring import added_counts, choose_recovery
 from rescorer.evaluation.transcript_spotting import fit_hit_model, hit_evidence, tune_gate
 from rescorer.transcript_hits import check_confidences, spot_all
 from rescorer.formats.transcripts import TranscriptError, read_transcripts
 from rescorer.lattice.word_lattice import best_path_hypothesis, word_confidences
 from rescorer.stages import StageError
 from rescorer.stages.tune_ctc import summary_row
+from rescorer.wer import compute_wer
 
 log = logging.getLogger(__name__)
 
-WHISPER_METHODS = ("awe_whisper_context_list", "awe_whisper_oov_recovery")
+WHISPER_METHODS = ("awe_whisper_context_list", "awe_whisper_oov_recovery")  # list words into the lattice's path
+VOTE_METHODS = ("whisper_lattice_vote",)  # the lattice's words into the transcript
 
 
 def _read(path: Optional[str], uids, split: str):
@@ -62,6 +69,7 @@ def whisper_methods(s, rescorer, train_vocab, lists: Dict[str, dict], awe_config
     ``awe_seconds``: its rescoring time, part of these methods' cost (``rescoring_seconds``: that,
     the transcription and the spotting)."""
     wanted = [m for m in s.methods if m in WHISPER_METHODS]
+    voting = any(m in VOTE_METHODS for m in s.methods)
     dev = _read(s.dev_transcripts, list(prep_dev), "dev")
     test = dev if s.cross_validate else _read(s.test_transcripts, [u for _, ev in folds for u in ev], "test")
     meta = {"dev_transcripts": s.dev_transcripts, **({} if s.cross_validate else {"test_transcripts": s.test_transcripts}),
@@ -71,6 +79,7 @@ def whisper_methods(s, rescorer, train_vocab, lists: Dict[str, dict], awe_config
     for t in (dev, test):
         try:
             check_confidences(t, any(q is not None for q in conf_gates), "pass --whisper-confidence-gates none")
+            check_confidences(t, voting, "whisper_lattice_vote weighs them: leave it out")
         except ValueError as e:
             raise StageError(str(e)) from e
     hyps_dev, hyps_eval = [], []  # per fold: awe_rescore's best paths (words with spans)
@@ -82,7 +91,7 @@ def whisper_methods(s, rescorer, train_vocab, lists: Dict[str, dict], awe_config
         for u in uids:
             scored = rescorer.apply_scores(prep[u].lattice, prep[u].awe, cfg)
             out[u] = best_path_hypothesis(scored).words
-            if prob_gates and out[u]:
+            if (prob_gates or voting) and out[u]:
                 posts[u] = word_confidences(scored, out[u], scale=cfg.posterior_scale)
         return out
 
@@ -112,6 +121,12 @@ def whisper_methods(s, rescorer, train_vocab, lists: Dict[str, dict], awe_config
     if "transcribe_seconds_per_decode_second" in cost:  # the table's cost column: what it takes beside decoding
         transcript_cost["rescoring_seconds_per_decode_second"] = cost["transcribe_seconds_per_decode_second"]
     results[s.prefix + "whisper_transcript"] = summary(whisper_hyps, {**meta, **transcript_cost, "note": "the transcript alone"})
+    if voting:
+        row, vote_curves = _vote_method(s, dev, test, hyps_dev, post_dev, hyps_eval, post_eval, folds, dev_refs, refs,
+                                        whisper_hyps, train_vocab, missing, {**meta, **cost}, summary,
+                                        awe_seconds + transcribe_seconds + t_hyp, decode_seconds)
+        results[s.prefix + "whisper_lattice_vote"] = row
+        curves.update(vote_curves)
     for method in wanted:
         lst = lists[method]
         hyps, without, chosen, hits, seconds, dev_spotted = [], [], [], 0, t_hyp, []
@@ -155,3 +170,47 @@ def whisper_methods(s, rescorer, train_vocab, lists: Dict[str, dict], awe_config
         results[s.prefix + method] = summary(hyps, extra)
         log.info("%s: %s", method, {k: results[s.prefix + method][k] for k in ("wer", "oov_recall", "oov_precision")})
     return results, curves
+
+
+def _vote_method(s, dev, test, hyps_dev, post_dev, hyps_eval, post_eval, folds, dev_refs, refs, whisper_hyps,
+                 train_vocab, missing, extra, summary, seconds, decode_seconds):
+    """``whisper_lattice_vote``'s row and dev curves: per fold, each (confidence, posterior) pair
+    of the grid voted on the fold's dev utterances, the pair chosen by ``choose_recovery``
+    against the transcript alone (the keep-or-abstain rule of every added-word method), applied
+    to its held-out utterances."""
+    def voted(transcripts, hyps, posts, uids, pair):
+        return [vote(transcripts.words.get(u, []), transcripts.confidences.get(u), [w.word for w in hyps[u]],
+                     posts.get(u), *pair) if pair is not None else transcripts.words.get(u, []) for u in uids]
+
+    grid = [(q, p) for q in s.whisper_vote_confidences for p in s.whisper_vote_posteriors]
+    hyps, chosen, curves = [], [], {}
+    for k, (tune_lats, eval_lats) in enumerate(folds):
+        uids = sorted(tune_lats)
+        r = [dev_refs[u] for u in uids]
+        alone = voted(dev, hyps_dev[k], post_dev[k], uids, None)
+        base_row = {"max_confidence": "off", "min_posterior": "off", "wer": compute_wer(r, alone, train_vocab)["wer"]}
+        rows = []
+        for pair in grid:
+            h = voted(dev, hyps_dev[k], post_dev[k], uids, pair)
+            rows.append({"max_confidence": pair[0], "min_posterior": pair[1], "wer": compute_wer(r, h, train_vocab)["wer"],
+                         **added_counts(r, alone, h, train_vocab)})
+        pick = choose_recovery(base_row, rows, s.oov_min_precision, s.oov_max_sign_p)
+        (rows[pick] if pick is not None else base_row)["chosen"] = True
+        curves[f"whisper_lattice_vote_fold{k}"] = [base_row] + rows
+        pair = grid[pick] if pick is not None else None
+        chosen.append({"vote": "abstained"} if pair is None else {"max_confidence": pair[0], "min_posterior": pair[1]})
+        if pair is None:
+            log.warning("whisper_lattice_vote, fold %d: the lattice's words do not %s on dev: the transcript is kept",
+                        k, s.abstain_reason())
+        t0 = time.perf_counter()
+        hyps += voted(test, hyps_eval[k], post_eval[k], sorted(eval_lats), pair)
+        seconds += time.perf_counter() - t0
+    hyps += [[] for _ in missing]
+    row_extra = {"scales": chosen, **extra, "rescoring_seconds": round(seconds, 2),
+                 **added_counts(refs, whisper_hyps, hyps, train_vocab), **s.keep_rule(),
+                 "note": "Whisper's transcript, awe_rescore's word where Whisper is unsure and the lattice sure"}
+    if decode_seconds:
+        row_extra["rescoring_seconds_per_decode_second"] = round(seconds / decode_seconds, 4)
+    row = summary(hyps, row_extra)
+    log.info("whisper_lattice_vote: %s", {k: row[k] for k in ("wer", "oov_recall", "oov_precision")})
+    return row, curves
