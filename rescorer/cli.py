@@ -446,8 +446,12 @@ def word_lists_cmd(train_data, splits, out_dir, sources, ratio, seed):
                    "where the tuned gate keeps them (rescorer tune --save-config with awe_whisper_*).")
 @click.option("--transcript-list", type=click.Path(exists=True, dir_okay=False),
               help="The words --transcripts may add, one per line (default: --word-list), e.g. a context list.")
+@click.option("--transcript-mode", type=click.Choice(["spot", "vote"]), default="spot", show_default=True,
+              help="spot: the transcript's list words put into the rescored 1-best; vote: the transcript is the output, "
+                   "the rescored 1-best's word taken where the transcript is unsure and the lattice sure (rescorer tune "
+                   "--save-config with whisper_lattice_vote).")
 def rescore_cmd(model_dir, lattices, features, out, recover_oov, word_list, word_list_size, device, prune_posterior, prune_scale,
-                config_name, batch_frames, span_encoding, compute_type, transcripts, transcript_list):
+                config_name, batch_frames, span_encoding, compute_type, transcripts, transcript_list, transcript_mode):
     """Rescore lattices with word embeddings; writes rescored lattices and 1-best texts.
 
     Runs sharded under torchrun (each rank takes every WORLD_SIZE-th utterance and writes
@@ -460,7 +464,8 @@ def rescore_cmd(model_dir, lattices, features, out, recover_oov, word_list, word
                                    word_list=word_list, word_list_size=word_list_size, device=device,
                                    prune_posterior=prune_posterior, prune_scale=prune_scale, config_name=config_name,
                                    batch_frames=batch_frames, span_encoding=span_encoding, compute_type=compute_type,
-                                   transcripts=transcripts, transcript_list=transcript_list)
+                                   transcripts=transcripts, transcript_list=transcript_list,
+                                   transcript_mode=transcript_mode)
     if summary.errors:
         click.echo(f"rank {summary.rank}: {len(summary.errors)} utterances not rescored (see errors.{summary.rank}.json)",
                    err=True)

@@ -148,6 +148,12 @@ class RescoreConfig:
     # fitted on dev's hits; kept here as its to_dict())
     transcript_min_probability: Optional[float] = None
     transcript_hit_model: Optional[dict] = None
+    # the other way round (decoding.transcript_vote, rescorer rescore --transcript-mode vote): the
+    # rescored 1-best's word replaces the transcript's where the transcript's confidence is below
+    # vote_max_confidence and the 1-best word's posterior at least vote_min_posterior, as tuned on
+    # dev (whisper_lattice_vote); None: not tuned, or dev abstained (the transcript is kept)
+    vote_max_confidence: Optional[float] = None
+    vote_min_posterior: Optional[float] = None
 
     def __post_init__(self):
         if self.oov_rival not in OOV_RIVALS:

@@ -72,6 +72,7 @@ METHOD_LABELS = {
     "awe_whisper_context_list": "embedding rescoring + Whisper's context-list words",
     "awe_whisper_oov_recovery": "embedding rescoring + Whisper's large-list words",
     "whisper_transcript": "Whisper tiny.en's own transcript (anchor)",
+    "whisper_lattice_vote": "Whisper's transcript + the lattice's words where Whisper is unsure",
     "lattice_oracle": "lattice oracle",
     "pocketsphinx_1best": "pocketsphinx 1-best",
 }
@@ -303,9 +304,17 @@ def _recovery_choice(r: Mapping[str, Any]) -> List[str]:
         gates = [s for s in scales if isinstance(s, Mapping) and "gate" in s]
         if gates:  # the Whisper methods: the gate on the hits, per fold
             bits.append("gate on the hits chosen on dev: " + ", ".join(_gate_text(g) for g in gates))
+    votes = [s for s in scales if isinstance(s, Mapping) and ("max_confidence" in s or "vote" in s)] \
+        if isinstance(scales, list) else []
+    if votes:  # whisper_lattice_vote: its two thresholds, per fold
+        bits.append("the lattice's word taken where, chosen on dev, " + ", ".join(
+            "abstained (Whisper's transcript kept)" if "vote" in v else
+            f"Whisper's confidence < {v['max_confidence']:g} and the lattice's posterior >= {v['min_posterior']:g}"
+            for v in votes))
     if _is_num(r.get("added_oov_proposed")):
         prec = r.get("added_oov_precision")
-        bits.append(f"recovery itself (against the same scales without it): {r.get('added_oov_recovered')} OOV tokens "
+        against = "against Whisper's transcript alone" if votes else "against the same scales without it"
+        bits.append(f"recovery itself ({against}): {r.get('added_oov_recovered')} OOV tokens "
                     f"recovered, {r['added_oov_proposed']} OOV words added"
                     + (f" (precision {prec:.2f})" if _is_num(prec) else "")
                     + f", {r.get('added_iv_broken')} IV tokens broken"

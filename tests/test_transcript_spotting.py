@@ -647,9 +647,34 @@ def test_rescorer_tune_votes_the_lattice_words_into_whispers_transcript_tuned_on
     assert row["rescoring_seconds"] >= row["transcribe_seconds"]
     curves = json.loads((tmp_path / "rescore_tuning_toy_lattices.json").read_text())["whisper_lattice_vote_fold0"]
     assert curves[0]["max_confidence"] == "off" and sum(bool(c.get("chosen")) for c in curves) == 1
+    # the tuned thresholds travel with the model, and `rescorer rescore --transcript-mode vote` applies them
+    def from_dir(cls, model_dir, device=None, **kw):
+        saved = model / "rescorer.json"
+        return _rescorer(**(json.loads(saved.read_text())["config"] if saved.exists() else {}))
+
+    monkeypatch.setattr(Rescorer, "from_dir", classmethod(from_dir))
+    r = CliRunner().invoke(main, args + [str(tmp_path / "dev.jsonl"), "--methods", "awe_rescore,whisper_lattice_vote",
+                                         "--save-config"])
+    assert r.exit_code == 0, r.output
+    cfg = json.loads((model / "rescorer.json").read_text())["config"]
+    assert (cfg["vote_max_confidence"], cfg["vote_min_posterior"]) == (0.4, 0.5)
+    rescore = ["rescore", "--model-dir", str(model), "--lattices", str(tmp_path / "dev_lattices.pt"), "--features",
+               str(tmp_path / "dev.pt"), "--device", "cpu", "--transcript-mode", "vote"]
+    r = CliRunner().invoke(main, rescore + ["--out", str(tmp_path / "v0")])
+    assert r.exit_code != 0 and "give --transcripts" in r.output
+    r = CliRunner().invoke(main, rescore + ["--out", str(tmp_path / "v1"), "--transcripts", str(tmp_path / "bare.jsonl")])
+    assert r.exit_code != 0 and "no word confidences" in r.output
+    r = CliRunner().invoke(main, rescore + ["--out", str(tmp_path / "v2"), "--transcripts", str(tmp_path / "dev.jsonl")])
+    assert r.exit_code == 0, r.output
+    hyps = dict(line.split("\t") for line in (tmp_path / "v2" / "hyps.txt").read_text().splitlines())
+    assert hyps == {u: " ".join(w) for u, w in refs.items()}  # Whisper's sure words, the lattice's where it doubts
     # thresholds that take nothing on dev: the method abstains and keeps the transcript
     r = CliRunner().invoke(main, args + [str(tmp_path / "dev.jsonl"), "--methods", "awe_rescore,whisper_lattice_vote",
-                                         "--whisper-vote-confidences", "0.1"])
+                                         "--whisper-vote-confidences", "0.1", "--save-config"])
     assert r.exit_code == 0, r.output
     row = json.loads(out.read_text())["corpora"]["toy"]["whisper_lattice_vote"]
     assert row["scales"] == [{"vote": "abstained"}] * 2 and row["wer"] == pytest.approx(2 / 12)
+    r = CliRunner().invoke(main, rescore + ["--out", str(tmp_path / "v3"), "--transcripts", str(tmp_path / "dev.jsonl")])
+    assert r.exit_code == 0, r.output
+    hyps = dict(line.split("\t") for line in (tmp_path / "v3" / "hyps.txt").read_text().splitlines())
+    assert hyps["u1"] == "the cut sat" and hyps["u2"] == "the mat sat"  # the transcripts as they are

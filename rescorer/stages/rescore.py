@@ -18,6 +18,7 @@ from typing import Dict, Optional
 from tqdm import tqdm
 
 from rescorer.corpora.text_sources import large_word_list
+from rescorer.decoding.transcript_vote import vote
 from rescorer.formats.frames import batches_by_frames
 from rescorer.formats.transcripts import TranscriptError, read_transcripts
 from rescorer.formats.utterances import read_utterance_features
@@ -62,6 +63,7 @@ def rescore_lattices(
     compute_type: str = "float32",
     transcripts=None,
     transcript_list=None,
+    transcript_mode: str = "spot",
 ) -> RescoreSummary:
     """Rescore this rank's share of ``lattices``; rank and world size default to torchrun's RANK/WORLD_SIZE.
 
@@ -76,15 +78,23 @@ def rescore_lattices(
     ``transcripts``: a second recogniser's transcript file (``rescorer transcribe``); its words
     from ``transcript_list`` (default: ``word_list``) that the rescored 1-best lacks are put in
     it where the tuned gate keeps them (``RescoreConfig.transcript_*``, ``rescorer.transcript_hits``),
-    and listed per utterance with their spans in ``transcript_hits.<rank>.json``.
+    and listed per utterance with their spans in ``transcript_hits.<rank>.json``. With
+    ``transcript_mode="vote"`` the transcript is the output instead, the rescored 1-best's word
+    taken where the transcript is unsure and the lattice sure (``decoding.transcript_vote``, the
+    thresholds ``RescoreConfig.vote_*`` that ``whisper_lattice_vote`` tuned on dev).
     """
+    if transcript_mode not in ("spot", "vote"):
+        raise StageError(f"transcript mode must be spot or vote, not {transcript_mode!r}")
+    voting = transcript_mode == "vote"
+    if voting and not transcripts:
+        raise StageError("--transcript-mode vote votes the lattice's words into a transcript: give --transcripts")
     rank = int(os.environ.get("RANK", 0)) if rank is None else rank
     world = int(os.environ.get("WORLD_SIZE", 1)) if world_size is None else world_size
     try:  # a bad list is named before any work
         listed = read_word_list(word_list) if recover_oov and word_list else None
-        if transcripts and not (transcript_list or word_list):
+        if transcripts and not voting and not (transcript_list or word_list):
             raise StageError("--transcripts needs the words it may add: --transcript-list FILE (or --word-list FILE)")
-        spot_list = set(read_word_list(transcript_list or word_list)) if transcripts else None
+        spot_list = set(read_word_list(transcript_list or word_list)) if transcripts and not voting else None
     except WordListError as e:
         raise StageError(str(e)) from e
     try:
@@ -104,7 +114,15 @@ def rescore_lattices(
         rescorer.set_vocabulary(listed if word_list else large_word_list(word_list_size))
     cfg = rescorer.config
     gate = cfg.transcript_gate()
-    if spoken is not None:
+    if voting:
+        try:
+            check_confidences(spoken, True, "the vote weighs them: transcribe with rescorer transcribe")
+        except ValueError as e:
+            raise StageError(str(e)) from e
+        if cfg.vote_max_confidence is None or cfg.vote_min_posterior is None:
+            log.warning("%s holds no vote thresholds (whisper_lattice_vote not tuned, or dev abstained): the "
+                        "transcripts are output as they are", config_name)
+    elif spoken is not None:
         try:
             check_confidences(spoken, gate.confidence is not None, "retune without confidence gates (--whisper-confidence-gates none)")
         except ValueError as e:
@@ -151,7 +169,16 @@ def rescore_lattices(
         for uid, res in results.items():
             rescored.append(res.lattice)
             done[uid] = res.hypothesis.text
-            if spoken is not None and not cfg.transcript_abstain:
+            if voting:
+                if uid not in spoken.words:
+                    no_transcript.append(uid)
+                    continue
+                words = spoken.words[uid]
+                if cfg.vote_max_confidence is not None and cfg.vote_min_posterior is not None:
+                    words = vote(words, spoken.confidences.get(uid), [w.word for w in res.hypothesis.words],
+                                 res.confidences, cfg.vote_max_confidence, cfg.vote_min_posterior)
+                done[uid] = " ".join(words)
+            elif spoken is not None and not cfg.transcript_abstain:
                 if uid not in spoken.words:
                     no_transcript.append(uid)
                     continue
@@ -160,13 +187,14 @@ def rescore_lattices(
                 words, added = spotted.spotted(gate)
                 done[uid] = " ".join(w.word for w in words)
                 hits_done[uid] = [[w, round(a, 3), round(b, 3)] for w, a, b in added]
-        if spoken is not None:  # before the hypotheses, so a resumed run never lacks an utterance's hits
+        if spoken is not None and not voting:  # before the hypotheses, so a resumed run never lacks an utterance's hits
             atomic_write_text(hits_json, json.dumps(hits_done, indent=1, sort_keys=True))
         atomic_write_text(part_txt, "".join(f"{u}\t{t}\n" for u, t in sorted(done.items())))
         bar.update(len(batch))
     bar.close()
     if no_transcript:
-        log.warning("%s lacks %d utterance(s) (rescored without its words): %s", transcripts, len(no_transcript),
+        log.warning("%s lacks %d utterance(s) (%s): %s", transcripts, len(no_transcript),
+                    "the rescored 1-best output" if voting else "rescored without its words",
                     ", ".join(no_transcript[:5]))
     if rescored:
         save_word_lattices(outdir / f"rescored.{rank}.pt", rescored)
