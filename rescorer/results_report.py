@@ -42,6 +42,7 @@ METHOD_ORDER = [
     "awe_whisper_context_list",
     "awe_whisper_oov_recovery",
     "whisper_transcript",
+    "whisper_lattice_vote",
     "lattice_oracle",
     "pocketsphinx_1best",
     "pocketsphinx_lattice_1best",
@@ -53,6 +54,7 @@ METHOD_ORDER = [
     "pocketsphinx_awe_whisper_context_list",
     "pocketsphinx_awe_whisper_oov_recovery",
     "pocketsphinx_whisper_transcript",
+    "pocketsphinx_whisper_lattice_vote",
     "pocketsphinx_lattice_oracle",
 ]
 
