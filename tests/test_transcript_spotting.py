@@ -246,6 +246,36 @@ def test_words_of_free_text_spells_numbers_and_drops_what_is_not_a_word():
 
 @needs_k2
 @pytest.mark.lattice
+def _write_toy_dev(tmp_path, refs, lattice_word, train_words):
+    """Four dev utterances of two speakers (a, b: the two folds), each lattice one path "the <word> sat"
+    (dev_lattices.pt, dev.pt), and a training split of ``train_words`` (train.pt)."""
+    from rescorer.lattice.word_lattice import save_word_lattices
+    from tests.test_rescore import _lattice
+    from tests.test_rescoring_eval import _write_utterances
+
+    lats = [_lattice([(0, 1, "the", 0, 5, -1.0, -1.0), (1, 2, lattice_word[u], 5, 10, -1.0, -1.0),
+                      (2, 3, "sat", 10, 15, -1.0, -1.0)], uid=u) for u in sorted(refs)]
+    save_word_lattices(tmp_path / "dev_lattices.pt", lats)
+    _write_utterances(tmp_path / "dev.pt", refs, {"u1": "a", "u2": "a", "u3": "b", "u4": "b"})
+    _write_utterances(tmp_path / "train.pt", {"t": train_words}, {"t": "t"})
+
+
+def _toy_tune_args(tmp_path, monkeypatch):
+    """(model dir, WER file, ``rescorer tune`` arguments) over ``_write_toy_dev``'s files, 2-fold, with
+    ``Rescorer.from_dir`` giving the test rescorer."""
+    from rescorer.rescore import Rescorer
+    from tests.test_rescore import _rescorer
+
+    model = tmp_path / "model"
+    model.mkdir()
+    monkeypatch.setattr(Rescorer, "from_dir", classmethod(lambda cls, model_dir, device=None, **kw: _rescorer()))
+    out = tmp_path / "wer.json"
+    return model, out, ["tune", "--corpus", "toy", "--model-dir", str(model), "--train-data", str(tmp_path / "train.pt"),
+                        "--dev-lattices", str(tmp_path / "dev_lattices.pt"), "--dev-features", str(tmp_path / "dev.pt"),
+                        "--cross-validate", "--awe-scales", "0,1", "--lm-scales", "1", "--wips=0", "--out", str(out),
+                        "--device", "cpu"]
+
+
 def test_rescorer_tune_spots_whisper_list_words_tuned_on_dev(tmp_path, monkeypatch):
     """Two speakers (the two folds), each with an utterance where the transcript has the right
     list word the lattice lacks and one where it has a wrong list word: each fold's dev picks the
@@ -253,33 +283,21 @@ def test_rescorer_tune_spots_whisper_list_words_tuned_on_dev(tmp_path, monkeypat
     from click.testing import CliRunner
 
     from rescorer.cli import main
-    from rescorer.lattice.word_lattice import save_word_lattices
     from rescorer.rescore import Rescorer
-    from tests.test_rescore import _lattice, _rescorer
-    from tests.test_rescoring_eval import _write_utterances
+    from tests.test_rescore import _rescorer
 
     refs = {"u1": ["the", "zebra", "sat"], "u2": ["the", "mat", "sat"], "u3": ["the", "zebra", "sat"],
             "u4": ["the", "mat", "sat"]}
     lattice_word = {"u1": "cap", "u2": "mat", "u3": "cap", "u4": "mat"}
-    lats = [_lattice([(0, 1, "the", 0, 5, -1.0, -1.0), (1, 2, lattice_word[u], 5, 10, -1.0, -1.0),
-                      (2, 3, "sat", 10, 15, -1.0, -1.0)], uid=u) for u in sorted(refs)]
-    save_word_lattices(tmp_path / "dev_lattices.pt", lats)
-    _write_utterances(tmp_path / "dev.pt", refs, {"u1": "a", "u2": "a", "u3": "b", "u4": "b"})
-    _write_utterances(tmp_path / "train.pt", {"t": ["the", "cap", "mat", "sat"]}, {"t": "t"})
+    _write_toy_dev(tmp_path, refs, lattice_word, ["the", "cap", "mat", "sat"])
     from rescorer.formats.transcripts import TranscriptWriter
 
     with TranscriptWriter(tmp_path / "dev.jsonl", {"recogniser": "test"}) as w:
         for u in sorted(refs):
             w.add(u, ["the", "zebra" if lattice_word[u] == "cap" else "zebras", "sat"], seconds=0.1)
     (tmp_path / "context.txt").write_text("zebra\nzebras\n")
-    model = tmp_path / "model"
-    model.mkdir()
-    monkeypatch.setattr(Rescorer, "from_dir", classmethod(lambda cls, model_dir, device=None, **kw: _rescorer()))
-    out = tmp_path / "wer.json"
-    args = ["tune", "--corpus", "toy", "--model-dir", str(model), "--train-data", str(tmp_path / "train.pt"),
-            "--dev-lattices", str(tmp_path / "dev_lattices.pt"), "--dev-features", str(tmp_path / "dev.pt"),
-            "--cross-validate", "--awe-scales", "0,1", "--lm-scales", "1", "--wips=0", "--out", str(out),
-            "--device", "cpu", "--context-list", str(tmp_path / "context.txt")]
+    model, out, args = _toy_tune_args(tmp_path, monkeypatch)
+    args += ["--context-list", str(tmp_path / "context.txt")]
     r = CliRunner().invoke(main, args + ["--methods", "awe_whisper_context_list"])
     assert r.exit_code != 0 and "add awe_rescore" in r.output
     r = CliRunner().invoke(main, args + ["--methods", "awe_rescore,awe_whisper_context_list"])
@@ -604,19 +622,13 @@ def test_rescorer_tune_votes_the_lattice_words_into_whispers_transcript_tuned_on
 
     from rescorer.cli import main
     from rescorer.formats.transcripts import TranscriptWriter
-    from rescorer.lattice.word_lattice import save_word_lattices
     from rescorer.rescore import Rescorer
-    from tests.test_rescore import _lattice, _rescorer
-    from tests.test_rescoring_eval import _write_utterances
+    from tests.test_rescore import _rescorer
 
     refs = {"u1": ["the", "cat", "sat"], "u2": ["the", "mat", "sat"], "u3": ["the", "cat", "sat"],
             "u4": ["the", "mat", "sat"]}
     lattice_word = {"u1": "cat", "u2": "cap", "u3": "cat", "u4": "cap"}
-    lats = [_lattice([(0, 1, "the", 0, 5, -1.0, -1.0), (1, 2, lattice_word[u], 5, 10, -1.0, -1.0),
-                      (2, 3, "sat", 10, 15, -1.0, -1.0)], uid=u) for u in sorted(refs)]
-    save_word_lattices(tmp_path / "dev_lattices.pt", lats)
-    _write_utterances(tmp_path / "dev.pt", refs, {"u1": "a", "u2": "a", "u3": "b", "u4": "b"})
-    _write_utterances(tmp_path / "train.pt", {"t": ["the", "cat", "cap", "mat", "sat"]}, {"t": "t"})
+    _write_toy_dev(tmp_path, refs, lattice_word, ["the", "cat", "cap", "mat", "sat"])
     with TranscriptWriter(tmp_path / "dev.jsonl", {"recogniser": "test"}) as w:
         for u in sorted(refs):
             right = lattice_word[u] == "cap"  # Whisper right where the lattice is wrong
@@ -624,14 +636,8 @@ def test_rescorer_tune_votes_the_lattice_words_into_whispers_transcript_tuned_on
     with TranscriptWriter(tmp_path / "bare.jsonl", {"recogniser": "test"}) as w:
         for u in sorted(refs):
             w.add(u, ["the", "cut", "sat"], seconds=0.1)
-    model = tmp_path / "model"
-    model.mkdir()
-    monkeypatch.setattr(Rescorer, "from_dir", classmethod(lambda cls, model_dir, device=None, **kw: _rescorer()))
-    out = tmp_path / "wer.json"
-    args = ["tune", "--corpus", "toy", "--model-dir", str(model), "--train-data", str(tmp_path / "train.pt"),
-            "--dev-lattices", str(tmp_path / "dev_lattices.pt"), "--dev-features", str(tmp_path / "dev.pt"),
-            "--cross-validate", "--awe-scales", "0,1", "--lm-scales", "1", "--wips=0", "--out", str(out),
-            "--device", "cpu", "--dev-transcripts"]
+    model, out, args = _toy_tune_args(tmp_path, monkeypatch)
+    args += ["--dev-transcripts"]
     r = CliRunner().invoke(main, args + [str(tmp_path / "dev.jsonl"), "--methods", "whisper_lattice_vote"])
     assert r.exit_code != 0 and "add awe_rescore" in r.output
     r = CliRunner().invoke(main, args + [str(tmp_path / "bare.jsonl"), "--methods", "awe_rescore,whisper_lattice_vote",
