@@ -244,8 +244,6 @@ def test_words_of_free_text_spells_numbers_and_drops_what_is_not_a_word():
 
 # ------------------------------------------------------------------ rescorer tune end to end
 
-@needs_k2
-@pytest.mark.lattice
 def _write_toy_dev(tmp_path, refs, lattice_word, train_words):
     """Four dev utterances of two speakers (a, b: the two folds), each lattice one path "the <word> sat"
     (dev_lattices.pt, dev.pt), and a training split of ``train_words`` (train.pt)."""
@@ -276,6 +274,8 @@ def _toy_tune_args(tmp_path, monkeypatch):
                         "--device", "cpu"]
 
 
+@needs_k2
+@pytest.mark.lattice
 def test_rescorer_tune_spots_whisper_list_words_tuned_on_dev(tmp_path, monkeypatch):
     """Two speakers (the two folds), each with an utterance where the transcript has the right
     list word the lattice lacks and one where it has a wrong list word: each fold's dev picks the
@@ -614,6 +614,8 @@ def test_vote_takes_the_lattice_word_only_where_the_transcript_is_unsure_and_the
         vote(whisper, conf[:3], path, post, 0.5, 0.9)
 
 
+@needs_k2
+@pytest.mark.lattice
 def test_rescorer_tune_votes_the_lattice_words_into_whispers_transcript_tuned_on_dev(tmp_path, monkeypatch):
     """Two speakers (the two folds): Whisper unsure and wrong where the lattice is right, sure and
     right where the lattice is wrong; each fold's dev finds thresholds that take only the former,
