@@ -102,24 +102,23 @@ class WhisperTextScorer:
         """The beam's text tokens, or a sampled fallback's where the beam's text loops (module
         docstring): the first attempt whose compression ratio is at most the threshold, else
         the one with the lowest ratio."""
-        res = self.model.generate(enc, [self.start_sequence], beam_size=max(1, int(beam_size)),
-                                  max_length=int(max_length), suppress_blank=True)
-        ids = [i for i in res[0].sequences_ids[0] if i < self.eot]  # text tokens only
-        ratio = compression_ratio(self.tokenizer.decode(ids))
-        if ratio <= COMPRESSION_RATIO_THRESHOLD:
-            return ids
-        best = (ratio, ids)
+        def attempt(**sampling) -> Tuple[float, List[int]]:  # (compression ratio, text tokens) of the best hypothesis
+            res = self.model.generate(enc, [self.start_sequence], max_length=int(max_length), suppress_blank=True,
+                                      **sampling)[0]
+            k = int(np.argmax(res.scores)) if len(res.sequences_ids) > 1 else 0
+            ids = [i for i in res.sequences_ids[k] if i < self.eot]  # text tokens only
+            return compression_ratio(self.tokenizer.decode(ids)), ids
+
+        best = attempt(beam_size=max(1, int(beam_size)))
+        if best[0] <= COMPRESSION_RATIO_THRESHOLD:
+            return best[1]
         self._ct2.set_random_seed(0)  # the same samples for the same utterance, whatever ran before
         for t in FALLBACK_TEMPERATURES:
-            res = self.model.generate(enc, [self.start_sequence], beam_size=1, num_hypotheses=FALLBACK_BEST_OF,
-                                      sampling_topk=0, sampling_temperature=t, return_scores=True,
-                                      max_length=int(max_length), suppress_blank=True)
-            k = int(np.argmax(res[0].scores))
-            ids = [i for i in res[0].sequences_ids[k] if i < self.eot]
-            ratio = compression_ratio(self.tokenizer.decode(ids))
-            if ratio <= COMPRESSION_RATIO_THRESHOLD:
-                return ids
-            best = min(best, (ratio, ids))
+            tried = attempt(beam_size=1, num_hypotheses=FALLBACK_BEST_OF, sampling_topk=0, sampling_temperature=t,
+                            return_scores=True)
+            if tried[0] <= COMPRESSION_RATIO_THRESHOLD:
+                return tried[1]
+            best = min(best, tried)
         return best[1]
 
     def transcribe(self, encoded: np.ndarray, beam_size: int = 5, max_length: int = 224) -> List[str]:

@@ -506,11 +506,12 @@ def _tune_and_evaluate(s: TuneSettings):
     recovery = next((chosen_by_method[m] for m in RECOVERY_METHODS if m in chosen_by_method), None)
     if recovery and recovery[0].get("oov_recovery") != "abstained":
         rescorer.config = replace(rescorer.config, **{k: recovery[0][k] for k in ("oov_margin", "oov_lm_score")})
-    # and the gate on a second recogniser's list words (rescorer rescore --transcripts): the context list's, else the large list's
+    # the lattice's words voted into a second recogniser's transcript (rescorer rescore --transcript-mode vote)
     voted = results.get(s.prefix + "whisper_lattice_vote", {}).get("scales", [None])[0]
-    if voted is not None:  # and the lattice's words voted into the transcript (rescorer rescore --transcript-mode vote)
+    if voted is not None:
         rescorer.config = replace(rescorer.config, vote_max_confidence=voted.get("max_confidence"),
                                   vote_min_posterior=voted.get("min_posterior"))
+    # and the gate on a second recogniser's list words (rescorer rescore --transcripts): the context list's, else the large list's
     spotted = next((results[s.prefix + m]["scales"][0] for m in WHISPER_METHODS if s.prefix + m in results), None)
     if spotted is not None:
         abstain = spotted.get("gate") == "abstained"

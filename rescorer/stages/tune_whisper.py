@@ -178,9 +178,11 @@ def _vote_method(s, dev, test, hyps_dev, post_dev, hyps_eval, post_eval, folds, 
     of the grid voted on the fold's dev utterances, the pair chosen by ``choose_recovery``
     against the transcript alone (the keep-or-abstain rule of every added-word method), applied
     to its held-out utterances."""
-    def voted(transcripts, hyps, posts, uids, pair):
+    def voted(transcripts, hyps, posts, uids, pair):  # pair None: the transcripts as they are
+        if pair is None:
+            return [transcripts.words.get(u, []) for u in uids]
         return [vote(transcripts.words.get(u, []), transcripts.confidences.get(u), [w.word for w in hyps[u]],
-                     posts.get(u), *pair) if pair is not None else transcripts.words.get(u, []) for u in uids]
+                     posts.get(u), *pair) for u in uids]
 
     grid = [(q, p) for q in s.whisper_vote_confidences for p in s.whisper_vote_posteriors]
     hyps, chosen, curves = [], [], {}
