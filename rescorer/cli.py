@@ -606,9 +606,13 @@ def transcribe_cmd(cuts, out, whisper_model, beam_size, threads, max_utterances,
                    "tuned on dev.")
 @click.option("--whisper-vote-posteriors", default="0.5,0.7,0.8,0.9,0.95", show_default=True,
               help="whisper_lattice_vote: ... jointly with the least lattice posterior of the replacing word.")
+@click.option("--whisper-vote-drop-confidences", default="none,0.2,0.3,0.4,0.5,0.6,0.7,0.8", show_default=True,
+              help="whisper_lattice_vote: ... and Whisper's word confidence below which a word facing nothing on "
+                   "the lattice's path is dropped (none: never).")
 def tune_cmd(methods, awe_scales, lm_scales, wips, oov_lm_scores, oov_margins, attention_scales, ctc_scales, ctc_norms, ws_bonuses,
              ws_thresholds, oov_min_posteriors, oov_min_ctc_margins, whisper_gates, whisper_confidence_gates,
-             whisper_probability_gates, whisper_vote_confidences, whisper_vote_posteriors, **opts):
+             whisper_probability_gates, whisper_vote_confidences, whisper_vote_posteriors, whisper_vote_drop_confidences,
+             **opts):
     """Tune the rescoring scales on dev, report on test (or cross-validate over dev speakers).
 
     Merges every method's WER into --out, writes the dev tuning curve beside it and, with
@@ -632,6 +636,7 @@ def tune_cmd(methods, awe_scales, lm_scales, wips, oov_lm_scores, oov_margins, a
             whisper_probability_gates=tuple(_probabilities(whisper_probability_gates, "--whisper-probability-gates")),
             whisper_vote_confidences=_floats(whisper_vote_confidences, "--whisper-vote-confidences"),
             whisper_vote_posteriors=_floats(whisper_vote_posteriors, "--whisper-vote-posteriors"),
+            whisper_vote_drop_confidences=_margins(whisper_vote_drop_confidences, "--whisper-vote-drop-confidences"),
             **opts,
         )
         results = tune_rescoring(settings, command=_command_line())

@@ -150,10 +150,12 @@ class RescoreConfig:
     transcript_hit_model: Optional[dict] = None
     # the other way round (decoding.transcript_vote, rescorer rescore --transcript-mode vote): the
     # rescored 1-best's word replaces the transcript's where the transcript's confidence is below
-    # vote_max_confidence and the 1-best word's posterior at least vote_min_posterior, as tuned on
-    # dev (whisper_lattice_vote); None: not tuned, or dev abstained (the transcript is kept)
+    # vote_max_confidence and the 1-best word's posterior at least vote_min_posterior, and a
+    # transcript word facing nothing on the 1-best is dropped below vote_max_drop_confidence, as
+    # tuned on dev (whisper_lattice_vote); None: not tuned, or dev abstained (the transcript is kept)
     vote_max_confidence: Optional[float] = None
     vote_min_posterior: Optional[float] = None
+    vote_max_drop_confidence: Optional[float] = None
 
     def __post_init__(self):
         if self.oov_rival not in OOV_RIVALS:

@@ -312,6 +312,8 @@ def _recovery_choice(r: Mapping[str, Any]) -> List[str]:
         bits.append("the lattice's word taken where, chosen on dev, " + ", ".join(
             "abstained (Whisper's transcript kept)" if "vote" in v else
             f"Whisper's confidence < {v['max_confidence']:g} and the lattice's posterior >= {v['min_posterior']:g}"
+            + (f" (Whisper's words the path lacks dropped below {v['max_drop_confidence']:g})"
+               if _is_num(v.get("max_drop_confidence")) else "")
             for v in votes))
     if _is_num(r.get("added_oov_proposed")):
         prec = r.get("added_oov_precision")

@@ -614,12 +614,27 @@ def test_vote_takes_the_lattice_word_only_where_the_transcript_is_unsure_and_the
         vote(whisper, conf[:3], path, post, 0.5, 0.9)
 
 
+def test_vote_drops_the_transcripts_unsure_words_that_face_nothing_on_the_path():
+    from rescorer.decoding.transcript_vote import vote
+
+    whisper, conf = ["so", "the", "cat", "um", "sat", "there"], [0.3, 0.9, 0.9, 0.1, 0.9, 0.6]
+    path, post = ["the", "cat", "sat"], [1.0, 1.0, 1.0]
+    assert vote(whisper, conf, path, post, 0.5, 0.9) == whisper  # no drop threshold: Whisper's extra words kept
+    assert vote(whisper, conf, path, post, 0.5, 0.9, 0.2) == ["so", "the", "cat", "sat", "there"]
+    assert vote(whisper, conf, path, post, 0.5, 0.9, 0.5) == ["the", "cat", "sat", "there"]  # "there": sure enough
+    assert vote(whisper, conf, path, post, 0.0, 0.9, 0.7) == ["the", "cat", "sat"]  # apart from the replacing threshold
+    nan = [math.nan] * len(whisper)
+    assert vote(whisper, nan, path, post, 0.5, 0.9, 0.7) == whisper  # unknown confidences: never dropped
+    assert vote(whisper, conf, [], [], 0.5, 0.9, 0.7) == ["the", "cat", "sat"]  # an empty path drops every unsure word
+
+
 @needs_k2
 @pytest.mark.lattice
 def test_rescorer_tune_votes_the_lattice_words_into_whispers_transcript_tuned_on_dev(tmp_path, monkeypatch):
     """Two speakers (the two folds): Whisper unsure and wrong where the lattice is right, sure and
     right where the lattice is wrong; each fold's dev finds thresholds that take only the former,
-    and the held-out speaker gets them: no error left, where each system alone has two."""
+    and the held-out speaker gets them: no error left, where each system alone has two (Whisper
+    four: it also adds an unsure word the lattice lacks, which the fold's dev learns to drop)."""
     from click.testing import CliRunner
 
     from rescorer.cli import main
@@ -634,7 +649,10 @@ def test_rescorer_tune_votes_the_lattice_words_into_whispers_transcript_tuned_on
     with TranscriptWriter(tmp_path / "dev.jsonl", {"recogniser": "test"}) as w:
         for u in sorted(refs):
             right = lattice_word[u] == "cap"  # Whisper right where the lattice is wrong
-            w.add(u, ["the", "mat" if right else "cut", "sat"], seconds=0.1, confidences=[0.9, 0.9 if right else 0.3, 0.9])
+            if right:
+                w.add(u, ["the", "mat", "sat"], seconds=0.1, confidences=[0.9, 0.9, 0.9])
+            else:  # ... and unsure and wrong where it is right, with an unsure word of its own after "sat"
+                w.add(u, ["the", "cut", "sat", "so"], seconds=0.1, confidences=[0.9, 0.3, 0.9, 0.2])
     with TranscriptWriter(tmp_path / "bare.jsonl", {"recogniser": "test"}) as w:
         for u in sorted(refs):
             w.add(u, ["the", "cut", "sat"], seconds=0.1)
@@ -648,9 +666,10 @@ def test_rescorer_tune_votes_the_lattice_words_into_whispers_transcript_tuned_on
     r = CliRunner().invoke(main, args + [str(tmp_path / "dev.jsonl"), "--methods", "awe_rescore,whisper_lattice_vote"])
     assert r.exit_code == 0, r.output
     toy = json.loads(out.read_text())["corpora"]["toy"]
-    assert toy["awe_rescore"]["wer"] == pytest.approx(2 / 12) and toy["whisper_transcript"]["wer"] == pytest.approx(2 / 12)
+    assert toy["awe_rescore"]["wer"] == pytest.approx(2 / 12) and toy["whisper_transcript"]["wer"] == pytest.approx(4 / 12)
     row = toy["whisper_lattice_vote"]
-    assert row["wer"] == 0.0 and row["scales"] == [{"max_confidence": 0.4, "min_posterior": 0.5}] * 2
+    assert row["wer"] == 0.0
+    assert row["scales"] == [{"max_confidence": 0.4, "min_posterior": 0.5, "max_drop_confidence": 0.3}] * 2
     assert row["added_utterances_better"] == 2 and row["added_utterances_worse"] == 0  # against Whisper alone
     assert row["rescoring_seconds"] >= row["transcribe_seconds"]
     curves = json.loads((tmp_path / "rescore_tuning_toy_lattices.json").read_text())["whisper_lattice_vote_fold0"]
@@ -665,7 +684,7 @@ def test_rescorer_tune_votes_the_lattice_words_into_whispers_transcript_tuned_on
                                          "--save-config"])
     assert r.exit_code == 0, r.output
     cfg = json.loads((model / "rescorer.json").read_text())["config"]
-    assert (cfg["vote_max_confidence"], cfg["vote_min_posterior"]) == (0.4, 0.5)
+    assert (cfg["vote_max_confidence"], cfg["vote_min_posterior"], cfg["vote_max_drop_confidence"]) == (0.4, 0.5, 0.3)
     rescore = ["rescore", "--model-dir", str(model), "--lattices", str(tmp_path / "dev_lattices.pt"), "--features",
                str(tmp_path / "dev.pt"), "--device", "cpu", "--transcript-mode", "vote"]
     r = CliRunner().invoke(main, rescore + ["--out", str(tmp_path / "v0")])
@@ -678,11 +697,12 @@ def test_rescorer_tune_votes_the_lattice_words_into_whispers_transcript_tuned_on
     assert hyps == {u: " ".join(w) for u, w in refs.items()}  # Whisper's sure words, the lattice's where it doubts
     # thresholds that take nothing on dev: the method abstains and keeps the transcript
     r = CliRunner().invoke(main, args + [str(tmp_path / "dev.jsonl"), "--methods", "awe_rescore,whisper_lattice_vote",
-                                         "--whisper-vote-confidences", "0.1", "--save-config"])
+                                         "--whisper-vote-confidences", "0.1", "--whisper-vote-drop-confidences", "none",
+                                         "--save-config"])
     assert r.exit_code == 0, r.output
     row = json.loads(out.read_text())["corpora"]["toy"]["whisper_lattice_vote"]
-    assert row["scales"] == [{"vote": "abstained"}] * 2 and row["wer"] == pytest.approx(2 / 12)
+    assert row["scales"] == [{"vote": "abstained"}] * 2 and row["wer"] == pytest.approx(4 / 12)
     r = CliRunner().invoke(main, rescore + ["--out", str(tmp_path / "v3"), "--transcripts", str(tmp_path / "dev.jsonl")])
     assert r.exit_code == 0, r.output
     hyps = dict(line.split("\t") for line in (tmp_path / "v3" / "hyps.txt").read_text().splitlines())
-    assert hyps["u1"] == "the cut sat" and hyps["u2"] == "the mat sat"  # the transcripts as they are
+    assert hyps["u1"] == "the cut sat so" and hyps["u2"] == "the mat sat"  # the transcripts as they are

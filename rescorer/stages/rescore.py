@@ -176,7 +176,8 @@ def rescore_lattices(
                 words = spoken.words[uid]
                 if cfg.vote_max_confidence is not None and cfg.vote_min_posterior is not None:
                     words = vote(words, spoken.confidences.get(uid), [w.word for w in res.hypothesis.words],
-                                 res.confidences, cfg.vote_max_confidence, cfg.vote_min_posterior)
+                                 res.confidences, cfg.vote_max_confidence, cfg.vote_min_posterior,
+                                 cfg.vote_max_drop_confidence)
                 done[uid] = " ".join(words)
             elif spoken is not None and not cfg.transcript_abstain:
                 if uid not in spoken.words:

@@ -147,9 +147,11 @@ class TuneSettings:
     whisper_confidence_gates: Tuple[Optional[float], ...] = (None, 0.2, 0.4, 0.6, 0.8)
     whisper_probability_gates: Tuple[Optional[float], ...] = ()  # least probability of a hit model (none: not asked)
     # whisper_lattice_vote (decoding.transcript_vote): the lattice's word replaces Whisper's where
-    # Whisper's confidence is below one of these and the lattice's posterior at least one of those
+    # Whisper's confidence is below one of these and the lattice's posterior at least one of those;
+    # and Whisper's word facing nothing on the path is dropped below one of the last (None: never)
     whisper_vote_confidences: Tuple[float, ...] = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
     whisper_vote_posteriors: Tuple[float, ...] = (0.5, 0.7, 0.8, 0.9, 0.95)
+    whisper_vote_drop_confidences: Tuple[Optional[float], ...] = (None, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 
     def abstain_reason(self) -> str:
         """Why recovery abstained, for a log line ("... does not <reason> on dev")."""
@@ -510,7 +512,8 @@ def _tune_and_evaluate(s: TuneSettings):
     voted = results.get(s.prefix + "whisper_lattice_vote", {}).get("scales", [None])[0]
     if voted is not None:
         rescorer.config = replace(rescorer.config, vote_max_confidence=voted.get("max_confidence"),
-                                  vote_min_posterior=voted.get("min_posterior"))
+                                  vote_min_posterior=voted.get("min_posterior"),
+                                  vote_max_drop_confidence=voted.get("max_drop_confidence"))
     # and the gate on a second recogniser's list words (rescorer rescore --transcripts): the context list's, else the large list's
     spotted = next((results[s.prefix + m]["scales"][0] for m in WHISPER_METHODS if s.prefix + m in results), None)
     if spotted is not None:

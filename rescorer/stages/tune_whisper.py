@@ -9,9 +9,10 @@ chose per fold, so the hits land on exactly the hypotheses that method reports:
 - ``awe_whisper_oov_recovery``: the same with the large list (recovery's ``--word-list``);
 - ``whisper_transcript``: the transcript itself as a system, the anchor these two add to;
 - ``whisper_lattice_vote``: the other way round, the transcript as the base and
-  ``awe_rescore``'s word taken where Whisper is unsure and the lattice sure
-  (``decoding.transcript_vote``; the two thresholds, ``--whisper-vote-confidences`` and
-  ``--whisper-vote-posteriors``, tuned on dev; abstaining leaves the transcript).
+  ``awe_rescore``'s word taken where Whisper is unsure and the lattice sure, and Whisper's unsure
+  words that face nothing on the path dropped (``decoding.transcript_vote``; the thresholds,
+  ``--whisper-vote-confidences``, ``--whisper-vote-posteriors`` and
+  ``--whisper-vote-drop-confidences``, tuned on dev; abstaining leaves the transcript).
 
 The gate on the hits, a least embedder cosine (``--whisper-gates``) and a least Whisper word
 confidence (``--whisper-confidence-gates``, from the transcripts), or a least probability of being
@@ -174,38 +175,40 @@ def whisper_methods(s, rescorer, train_vocab, lists: Dict[str, dict], awe_config
 
 def _vote_method(s, dev, test, hyps_dev, post_dev, hyps_eval, post_eval, folds, dev_refs, refs, whisper_hyps,
                  train_vocab, missing, extra, summary, seconds, decode_seconds):
-    """``whisper_lattice_vote``'s row and dev curves: per fold, each (confidence, posterior) pair
-    of the grid voted on the fold's dev utterances, the pair chosen by ``choose_recovery``
+    """``whisper_lattice_vote``'s row and dev curves: per fold, each (confidence, posterior, drop
+    confidence) point of the grid voted on the fold's dev utterances, the one chosen by ``choose_recovery``
     against the transcript alone (the keep-or-abstain rule of every added-word method), applied
     to its held-out utterances."""
-    def voted(transcripts, hyps, posts, uids, pair):  # pair None: the transcripts as they are
-        if pair is None:
+    def voted(transcripts, hyps, posts, uids, point):  # point None: the transcripts as they are
+        if point is None:
             return [transcripts.words.get(u, []) for u in uids]
         return [vote(transcripts.words.get(u, []), transcripts.confidences.get(u), [w.word for w in hyps[u]],
-                     posts.get(u), *pair) for u in uids]
+                     posts.get(u), *point) for u in uids]
 
-    grid = [(q, p) for q in s.whisper_vote_confidences for p in s.whisper_vote_posteriors]
+    grid = [(q, p, d) for q in s.whisper_vote_confidences for p in s.whisper_vote_posteriors
+            for d in s.whisper_vote_drop_confidences]
     hyps, chosen, curves = [], [], {}
     for k, (tune_lats, eval_lats) in enumerate(folds):
         uids = sorted(tune_lats)
         r = [dev_refs[u] for u in uids]
         alone = voted(dev, hyps_dev[k], post_dev[k], uids, None)
-        base_row = {"max_confidence": "off", "min_posterior": "off", "wer": compute_wer(r, alone, train_vocab)["wer"]}
+        base_row = {"max_confidence": "off", "min_posterior": "off", "max_drop_confidence": "off",
+                    "wer": compute_wer(r, alone, train_vocab)["wer"]}
         rows = []
-        for pair in grid:
-            h = voted(dev, hyps_dev[k], post_dev[k], uids, pair)
-            rows.append({"max_confidence": pair[0], "min_posterior": pair[1], "wer": compute_wer(r, h, train_vocab)["wer"],
+        for point in grid:
+            h = voted(dev, hyps_dev[k], post_dev[k], uids, point)
+            rows.append({**_vote_point(point), "wer": compute_wer(r, h, train_vocab)["wer"],
                          **added_counts(r, alone, h, train_vocab)})
         pick = choose_recovery(base_row, rows, s.oov_min_precision, s.oov_max_sign_p)
         (rows[pick] if pick is not None else base_row)["chosen"] = True
         curves[f"whisper_lattice_vote_fold{k}"] = [base_row] + rows
-        pair = grid[pick] if pick is not None else None
-        chosen.append({"vote": "abstained"} if pair is None else {"max_confidence": pair[0], "min_posterior": pair[1]})
-        if pair is None:
+        point = grid[pick] if pick is not None else None
+        chosen.append({"vote": "abstained"} if point is None else _vote_point(point))
+        if point is None:
             log.warning("whisper_lattice_vote, fold %d: the lattice's words do not %s on dev: the transcript is kept",
                         k, s.abstain_reason())
         t0 = time.perf_counter()
-        hyps += voted(test, hyps_eval[k], post_eval[k], sorted(eval_lats), pair)
+        hyps += voted(test, hyps_eval[k], post_eval[k], sorted(eval_lats), point)
         seconds += time.perf_counter() - t0
     hyps += [[] for _ in missing]
     row_extra = {"scales": chosen, **extra, "rescoring_seconds": round(seconds, 2),
@@ -216,3 +219,8 @@ def _vote_method(s, dev, test, hyps_dev, post_dev, hyps_eval, post_eval, folds, 
     row = summary(hyps, row_extra)
     log.info("whisper_lattice_vote: %s", {k: row[k] for k in ("wer", "oov_recall", "oov_precision")})
     return row, curves
+
+
+def _vote_point(point) -> dict:
+    """A (confidence, posterior, drop confidence) point of the vote's grid as a row's fields."""
+    return dict(zip(("max_confidence", "min_posterior", "max_drop_confidence"), point))
