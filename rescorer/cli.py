@@ -601,14 +601,14 @@ def transcribe_cmd(cuts, out, whisper_model, beam_size, threads, max_utterances,
               help="The Whisper methods: also gates on the probability that a hit is right, by a logistic model of its "
                    "evidence (confidence, cosine, margin over the replaced words, spelling overlap, their lattice posterior) fitted on dev's "
                    "hits (none: not tried), e.g. 0.5,0.6,0.7,0.8,0.9.")
-@click.option("--whisper-vote-confidences", default="0.2,0.3,0.4,0.5,0.6,0.7", show_default=True,
+@click.option("--whisper-vote-confidences", default="0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9", show_default=True,
               help="whisper_lattice_vote: Whisper's word confidence below which the lattice's word may replace it, "
                    "tuned on dev.")
 @click.option("--whisper-vote-posteriors", default="0.5,0.7,0.8,0.9,0.95", show_default=True,
               help="whisper_lattice_vote: ... jointly with the least lattice posterior of the replacing word.")
-@click.option("--whisper-vote-drop-confidences", default="none,0.2,0.3,0.4,0.5,0.6,0.7,0.8", show_default=True,
+@click.option("--whisper-vote-drop-confidences", default="none,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1", show_default=True,
               help="whisper_lattice_vote: ... and Whisper's word confidence below which a word facing nothing on "
-                   "the lattice's path is dropped (none: never).")
+                   "the lattice's path is dropped (none: never; 1: every one).")
 def tune_cmd(methods, awe_scales, lm_scales, wips, oov_lm_scores, oov_margins, attention_scales, ctc_scales, ctc_norms, ws_bonuses,
              ws_thresholds, oov_min_posteriors, oov_min_ctc_margins, whisper_gates, whisper_confidence_gates,
              whisper_probability_gates, whisper_vote_confidences, whisper_vote_posteriors, whisper_vote_drop_confidences,

@@ -149,9 +149,9 @@ class TuneSettings:
     # whisper_lattice_vote (decoding.transcript_vote): the lattice's word replaces Whisper's where
     # Whisper's confidence is below one of these and the lattice's posterior at least one of those;
     # and Whisper's word facing nothing on the path is dropped below one of the last (None: never)
-    whisper_vote_confidences: Tuple[float, ...] = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
+    whisper_vote_confidences: Tuple[float, ...] = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
     whisper_vote_posteriors: Tuple[float, ...] = (0.5, 0.7, 0.8, 0.9, 0.95)
-    whisper_vote_drop_confidences: Tuple[Optional[float], ...] = (None, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
+    whisper_vote_drop_confidences: Tuple[Optional[float], ...] = (None, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 
     def abstain_reason(self) -> str:
         """Why recovery abstained, for a log line ("... does not <reason> on dev")."""
