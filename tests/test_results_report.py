@@ -357,7 +357,9 @@ def test_footnotes_say_where_recovery_abstained_and_its_precision_target():
                         {"gate": "abstained"}, {"gate": None, "confidence_gate": None, "probability_gate": 0.7,
                                                 "hit_model": {"weights": [1.0]}}]},
             {"method": "whisper_lattice_vote", "label": "vote", "scales": [{"max_confidence": 0.6, "min_posterior": 0.9},
-                                                                         {"vote": "abstained"}],
+                                                                         {"vote": "abstained"},
+                                                                         {"max_confidence": 0.5, "min_posterior": 0.7,
+                                                                          "max_drop_confidence": 0.8}],
              "added_oov_recovered": 0, "added_oov_proposed": 0, "added_oov_precision": None, "added_iv_broken": 4}]
     notes = _method_footnotes(rows)
     assert "precision at least 0.8" in notes[0] and "abstained in 1 of 2 folds (precision target not met)" in notes[0]
@@ -365,8 +367,9 @@ def test_footnotes_say_where_recovery_abstained_and_its_precision_target():
     assert "3 OOV tokens recovered, 4 OOV words added (precision 0.75), 1 IV tokens broken" in notes[1]
     assert "abstained" not in notes[2]
     assert "gate on the hits chosen on dev: cosine ≥ 0.2 and confidence ≥ 0.6, none (every hit), abstained, model probability ≥ 0.7" in notes[3]
-    assert ("Whisper's confidence < 0.6 and the lattice's posterior >= 0.9, abstained (Whisper's transcript kept)" in notes[4]
-            and "(against Whisper's transcript alone): 0 OOV tokens recovered" in notes[4])
+    assert ("Whisper's confidence < 0.6 and the lattice's posterior >= 0.9, abstained (Whisper's transcript kept), "
+            "Whisper's confidence < 0.5 and the lattice's posterior >= 0.7 (Whisper's words the path lacks dropped below 0.8)"
+            in notes[4] and "(against Whisper's transcript alone): 0 OOV tokens recovered" in notes[4])
 
 
 def test_recovery_target_section_has_a_row_per_target_and_method(tmp_path):
