@@ -29,19 +29,27 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Dict, List, Optional
+from typing import Dict, List, NamedTuple, Optional
 
 from rescorer.decoding.transcript_vote import vote
 from rescorer.evaluation.rescoring import added_counts, choose_recovery
 from rescorer.evaluation.transcript_spotting import fit_hit_model, hit_evidence, tune_gate
 from rescorer.transcript_hits import check_confidences, spot_all
 from rescorer.formats.transcripts import TranscriptError, read_transcripts
+from rescorer.lattice.paths import WordSpan
 from rescorer.lattice.word_lattice import best_path_hypothesis, word_confidences
 from rescorer.stages import StageError
 from rescorer.stages.tune_ctc import summary_row
 from rescorer.wer import compute_wer
 
 log = logging.getLogger(__name__)
+
+class BestPaths(NamedTuple):
+    """One fold's ``awe_rescore`` best paths by utterance (words with spans) and, where the gates or
+    the vote need them, each path word's lattice posterior."""
+    words: Dict[str, List[WordSpan]]
+    posteriors: Dict[str, List[float]]
+
 
 WHISPER_METHODS = ("awe_whisper_context_list", "awe_whisper_oov_recovery")  # list words into the lattice's path
 VOTE_METHODS = ("whisper_lattice_vote",)  # the lattice's words into the transcript
@@ -83,26 +91,22 @@ def whisper_methods(s, rescorer, train_vocab, lists: Dict[str, dict], awe_config
             check_confidences(t, voting, "whisper_lattice_vote weighs them: leave it out")
         except ValueError as e:
             raise StageError(str(e)) from e
-    hyps_dev, hyps_eval = [], []  # per fold: awe_rescore's best paths (words with spans)
-    post_dev, post_eval = [], []  # and, for the evidence model, each path word's lattice posterior
+    dev_paths, eval_paths = [], []  # per fold: awe_rescore's best paths
     t_hyp = 0.0
 
-    def paths(prep, uids, cfg, posts):
-        out = {}
+    def paths(prep, uids, cfg) -> BestPaths:
+        out = BestPaths({}, {})
         for u in uids:
             scored = rescorer.apply_scores(prep[u].lattice, prep[u].awe, cfg)
-            out[u] = best_path_hypothesis(scored).words
-            if (prob_gates or voting) and out[u]:
-                posts[u] = word_confidences(scored, out[u], scale=cfg.posterior_scale)
+            out.words[u] = best_path_hypothesis(scored).words
+            if (prob_gates or voting) and out.words[u]:
+                out.posteriors[u] = word_confidences(scored, out.words[u], scale=cfg.posterior_scale)
         return out
 
     for k, (tune_lats, eval_lats) in enumerate(folds):
-        cfg = awe_configs[k]
-        post_dev.append({})
-        hyps_dev.append(paths(prep_dev, tune_lats, cfg, post_dev[-1]))
+        dev_paths.append(paths(prep_dev, tune_lats, awe_configs[k]))
         t0 = time.perf_counter()
-        post_eval.append({})
-        hyps_eval.append(paths(prep_test, eval_lats, cfg, post_eval[-1]))
+        eval_paths.append(paths(prep_test, eval_lats, awe_configs[k]))
         t_hyp += time.perf_counter() - t0
     eval_uids = [u for _, ev in folds for u in sorted(ev)]
     base = [[w.word for w in best_path_hypothesis(ev[u]).words] for _, ev in folds for u in sorted(ev)]
@@ -123,7 +127,7 @@ def whisper_methods(s, rescorer, train_vocab, lists: Dict[str, dict], awe_config
         transcript_cost["rescoring_seconds_per_decode_second"] = cost["transcribe_seconds_per_decode_second"]
     results[s.prefix + "whisper_transcript"] = summary(whisper_hyps, {**meta, **transcript_cost, "note": "the transcript alone"})
     if voting:
-        row, vote_curves = _vote_method(s, dev, test, hyps_dev, post_dev, hyps_eval, post_eval, folds, dev_refs, refs,
+        row, vote_curves = _vote_method(s, dev, test, dev_paths, eval_paths, folds, dev_refs, refs,
                                         whisper_hyps, train_vocab, missing, {**meta, **cost}, summary,
                                         awe_seconds + transcribe_seconds + t_hyp, decode_seconds)
         results[s.prefix + "whisper_lattice_vote"] = row
@@ -133,8 +137,8 @@ def whisper_methods(s, rescorer, train_vocab, lists: Dict[str, dict], awe_config
         hyps, without, chosen, hits, seconds, dev_spotted = [], [], [], 0, t_hyp, []
         eval_spotted, models = [], []
         for k, (tune_lats, eval_lats) in enumerate(folds):
-            spotted = spot_all(rescorer, hyps_dev[k], dev.words, lst["dev"], dev_feats, rescorer.config.oov_min_letters,
-                               dev.confidences, post_dev[k])
+            spotted = spot_all(rescorer, dev_paths[k].words, dev.words, lst["dev"], dev_feats,
+                               rescorer.config.oov_min_letters, dev.confidences, dev_paths[k].posteriors)
             model = fit_hit_model(spotted, dev_refs) if prob_gates else None
             gate, curve = tune_gate(spotted, dev_refs, gates, train_vocab, s.oov_min_precision, s.oov_max_sign_p,
                                     conf_gates, prob_gates, model)
@@ -147,8 +151,8 @@ def whisper_methods(s, rescorer, train_vocab, lists: Dict[str, dict], awe_config
                 log.warning("%s, fold %d: Whisper's list words do not %s on dev: none is added", method, k,
                             s.abstain_reason())
             t0 = time.perf_counter()
-            ev = spot_all(rescorer, hyps_eval[k], test.words, lst["test"], test_feats, rescorer.config.oov_min_letters,
-                          test.confidences, post_eval[k])
+            ev = spot_all(rescorer, eval_paths[k].words, test.words, lst["test"], test_feats,
+                          rescorer.config.oov_min_letters, test.confidences, eval_paths[k].posteriors)
             seconds += time.perf_counter() - t0
             eval_spotted.append(ev)
             for u in sorted(eval_lats):
@@ -173,17 +177,17 @@ def whisper_methods(s, rescorer, train_vocab, lists: Dict[str, dict], awe_config
     return results, curves
 
 
-def _vote_method(s, dev, test, hyps_dev, post_dev, hyps_eval, post_eval, folds, dev_refs, refs, whisper_hyps,
+def _vote_method(s, dev, test, dev_paths, eval_paths, folds, dev_refs, refs, whisper_hyps,
                  train_vocab, missing, extra, summary, seconds, decode_seconds):
     """``whisper_lattice_vote``'s row and dev curves: per fold, each (confidence, posterior, drop
     confidence) point of the grid voted on the fold's dev utterances, the one chosen by ``choose_recovery``
     against the transcript alone (the keep-or-abstain rule of every added-word method), applied
     to its held-out utterances."""
-    def voted(transcripts, hyps, posts, uids, point):  # point None: the transcripts as they are
+    def voted(transcripts, paths: BestPaths, uids, point):  # point None: the transcripts as they are
         if point is None:
             return [transcripts.words.get(u, []) for u in uids]
-        return [vote(transcripts.words.get(u, []), transcripts.confidences.get(u), [w.word for w in hyps[u]],
-                     posts.get(u), *point) for u in uids]
+        return [vote(transcripts.words.get(u, []), transcripts.confidences.get(u), [w.word for w in paths.words[u]],
+                     paths.posteriors.get(u), *point) for u in uids]
 
     grid = [(q, p, d) for q in s.whisper_vote_confidences for p in s.whisper_vote_posteriors
             for d in s.whisper_vote_drop_confidences]
@@ -191,12 +195,12 @@ def _vote_method(s, dev, test, hyps_dev, post_dev, hyps_eval, post_eval, folds, 
     for k, (tune_lats, eval_lats) in enumerate(folds):
         uids = sorted(tune_lats)
         r = [dev_refs[u] for u in uids]
-        alone = voted(dev, hyps_dev[k], post_dev[k], uids, None)
+        alone = voted(dev, dev_paths[k], uids, None)
         base_row = {"max_confidence": "off", "min_posterior": "off", "max_drop_confidence": "off",
                     "wer": compute_wer(r, alone, train_vocab)["wer"]}
         rows = []
         for point in grid:
-            h = voted(dev, hyps_dev[k], post_dev[k], uids, point)
+            h = voted(dev, dev_paths[k], uids, point)
             rows.append({**_vote_point(point), "wer": compute_wer(r, h, train_vocab)["wer"],
                          **added_counts(r, alone, h, train_vocab)})
         pick = choose_recovery(base_row, rows, s.oov_min_precision, s.oov_max_sign_p)
@@ -208,7 +212,7 @@ def _vote_method(s, dev, test, hyps_dev, post_dev, hyps_eval, post_eval, folds, 
             log.warning("whisper_lattice_vote, fold %d: the lattice's words do not %s on dev: the transcript is kept",
                         k, s.abstain_reason())
         t0 = time.perf_counter()
-        hyps += voted(test, hyps_eval[k], post_eval[k], sorted(eval_lats), point)
+        hyps += voted(test, eval_paths[k], sorted(eval_lats), point)
         seconds += time.perf_counter() - t0
     hyps += [[] for _ in missing]
     row_extra = {"scales": chosen, **extra, "rescoring_seconds": round(seconds, 2),
