@@ -18,8 +18,8 @@ recipe's transcripts and its gate grids of embedder cosine x Whisper confidence)
 ``rescore_whisper_pocketsphinx``, the same on pocketsphinx's lattices of dev (speechocean762,
 ``--cross-validate``; rows ``pocketsphinx_awe_whisper_*``). Rows per target and method: ``wer``, ``oov_recall``, ``oov_precision``,
 ``oov_tokens_recovered``, ``oov_tokens_proposed``, ``iv_tokens_broken``, the folds where
-recovery abstained; with the command, machine and date. Dev tunes, test reports (or 2-fold
-cross-validation over dev speakers with ``--cross-validate``, for corpora without a test split).
+recovery abstained; with the command, machine and date. Dev tunes, test reports (or
+cross-validation over dev speakers with ``--cross-validate [--folds K]``, for corpora without a test split).
 """
 
 from __future__ import annotations
@@ -49,10 +49,10 @@ def _flags(config: str, section: str) -> List[str]:
     return [x for x in out.splitlines() if x]
 
 
-def _split_args(cross_validate: bool, ctc: bool) -> List[str]:
+def _split_args(cross_validate: bool, ctc: bool, folds: int = 2) -> List[str]:
     args = ["--dev-lattices", "exp/decode_dev_ctc/word_lattices.pt", "--dev-features", "exp/asr_data/dev.pt"]
     if cross_validate:
-        args += ["--cross-validate", "--decode-metrics", "exp/decode_dev_ctc/metrics.json"]
+        args += ["--cross-validate", f"--folds={folds}", "--decode-metrics", "exp/decode_dev_ctc/metrics.json"]
     else:
         args += ["--test-lattices", "exp/decode_test_ctc/word_lattices.pt", "--test-features", "exp/asr_data/test.pt",
                  "--decode-metrics", "exp/decode_test_ctc/metrics.json"]
@@ -87,15 +87,15 @@ def measure(a) -> Dict[str, dict]:
     if not a.cross_validate:
         oov_list += ["--test-context-list", "exp/word_lists/context_test.txt"]
     gates = [f"--oov-min-posteriors={a.gate_posteriors}", f"--oov-min-ctc-margins={a.gate_ctc_margins}"]
-    runs = [("rescore_oov", _flags(a.config, "rescore_oov") + oov_list + _split_args(a.cross_validate, False), False),
-            ("rescore_ctc", _flags(a.config, "rescore_ctc") + gates + _split_args(a.cross_validate, True)
+    runs = [("rescore_oov", _flags(a.config, "rescore_oov") + oov_list + _split_args(a.cross_validate, False, a.folds), False),
+            ("rescore_ctc", _flags(a.config, "rescore_ctc") + gates + _split_args(a.cross_validate, True, a.folds)
              + ["--methods", "awe_rescore,ctc_word_spotting,awe_ctc_rescore"], True),  # the fusion on awe_rescore's scales
-            ("rescore_whisper", _flags(a.config, "rescore_whisper") + _split_args(a.cross_validate, False)
+            ("rescore_whisper", _flags(a.config, "rescore_whisper") + _split_args(a.cross_validate, False, a.folds)
              + _transcript_args(a.cross_validate), False),
             # pocketsphinx's lattices of dev (the speechocean762 recipe's stage 6), rows pocketsphinx_*
             ("rescore_whisper_pocketsphinx", _flags(a.config, "rescore_whisper_pocketsphinx")
              + ["--prefix", "pocketsphinx_", "--dev-lattices", "exp/pocketsphinx/lattices", "--dev-features",
-                "exp/asr_data/dev.pt", "--cross-validate", "--decode-metrics", "exp/pocketsphinx/summary.json"]
+                "exp/asr_data/dev.pt", "--cross-validate", f"--folds={a.folds}", "--decode-metrics", "exp/pocketsphinx/summary.json"]
              + _transcript_args(True), False)]
     out: Dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -146,7 +146,8 @@ def main(argv=None) -> None:
     p.add_argument("--sections", default="rescore_oov,rescore_ctc", help="which tunings to run")
     p.add_argument("--gate-posteriors", default="0.5,0.2,0.1,0.05,none", help="the fusion's evidence gate grid")
     p.add_argument("--gate-ctc-margins", default="1,0.5,0,none", help="... and its CTC margin thresholds")
-    p.add_argument("--cross-validate", action="store_true", help="2-fold over dev speakers (no test split)")
+    p.add_argument("--cross-validate", action="store_true", help="cross-validation over dev speakers (no test split)")
+    p.add_argument("--folds", type=int, default=2, help="... in this many speaker folds")
     p.add_argument("--out", default=str(REPO / "results" / "recovery_precision_target.json"))
     a = p.parse_args(argv)
     a.config = str(Path(a.config).resolve())
@@ -155,7 +156,7 @@ def main(argv=None) -> None:
     doc = json.loads(out_path.read_text()) if out_path.exists() else {}
     doc[a.corpus] = {
         "targets": result,
-        "protocol": "2-fold cross-validation over dev speakers" if a.cross_validate else "tuned on dev, reported on test",
+        "protocol": f"{a.folds}-fold cross-validation over dev speakers" if a.cross_validate else "tuned on dev, reported on test",
         "command": " ".join(["python", "benchmarks/recovery_precision_target.py"] + (argv or sys.argv[1:])),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "date": _dt.date.today().isoformat(),

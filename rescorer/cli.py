@@ -504,7 +504,9 @@ def transcribe_cmd(cuts, out, whisper_model, beam_size, threads, max_utterances,
 @click.option("--dev-features", required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--test-lattices", type=click.Path(exists=True))
 @click.option("--test-features", type=click.Path(exists=True, dir_okay=False))
-@click.option("--cross-validate", is_flag=True, help="No test split: 2-fold cross-validation over dev speakers.")
+@click.option("--cross-validate", is_flag=True, help="No test split: cross-validation over dev speakers (--folds).")
+@click.option("--folds", default=2, show_default=True, type=int,
+              help="With --cross-validate: speaker folds; each reported with the scales tuned on the others.")
 @click.option("--decode-metrics", help="The decoder's metrics.json (rescoring cost relative to decoding; no_lattice utterances).")
 @click.option("--prefix", default="", help="Method name prefix, e.g. pocketsphinx_.")
 @click.option("--methods", default=None,

@@ -165,7 +165,7 @@ def test_rescorer_tune_cross_validates_reports_and_keeps_the_scales_with_the_mod
     assert att["wer"] == 0.0 and att["attention_scales"] == [0.5, 0.5] and att["attention_model_dir"] == str(model)
 
 
-def test_rescorer_tune_names_bad_input(tmp_path):
+def test_rescorer_tune_names_bad_input(tmp_path, monkeypatch):
     from click.testing import CliRunner
 
     from rescorer.cli import main
@@ -182,6 +182,40 @@ def test_rescorer_tune_names_bad_input(tmp_path):
     assert r.exit_code != 0 and "unknown method(s) nbest" in r.output
     r = CliRunner().invoke(main, base + ["--cross-validate", "--awe-scales", "0,x"])
     assert r.exit_code != 0 and "--awe-scales" in r.output and "comma-separated numbers" in r.output
+    from rescorer.rescore import Rescorer
+
+    monkeypatch.setattr(Rescorer, "from_dir", classmethod(lambda cls, model_dir, device=None, **kw: _rescorer()))
+    r = CliRunner().invoke(main, base + ["--cross-validate", "--folds", "3"])
+    assert r.exit_code != 0 and "3-fold cross-validation over speakers needs at least 3 dev speakers" in r.output
+    r = CliRunner().invoke(main, base + ["--folds", "3", "--test-lattices", str(tmp_path / "lats.pt"),
+                                         "--test-features", str(tmp_path / "dev.pt")])
+    assert r.exit_code != 0 and "--folds is the number of speaker folds of --cross-validate" in r.output
+    r = CliRunner().invoke(main, base + ["--cross-validate", "--folds", "1"])
+    assert r.exit_code != 0 and "at least 2 folds" in r.output
+
+
+def test_speaker_folds_report_every_utterance_once_tuned_on_other_speakers():
+    from rescorer.stages.tune import speaker_folds
+
+    speaker_of = {f"u{i}": f"s{i % 7}" for i in range(30)}  # 7 speakers
+    lats = {u: object() for u in speaker_of}
+    for k in (2, 3, 5, 7):
+        folds = speaker_folds(lats, speaker_of, k, seed=0)
+        assert len(folds) == k
+        reported = [u for _, held in folds for u in held]
+        assert sorted(reported) == sorted(lats)  # each utterance reported exactly once
+        for tune, held in folds:
+            assert set(tune) | set(held) == set(lats)
+            assert not {speaker_of[u] for u in tune} & {speaker_of[u] for u in held}  # no speaker on both sides
+        sizes = sorted(len({speaker_of[u] for u in held}) for _, held in folds)
+        assert sizes[-1] - sizes[0] <= 1  # speaker groups as even as they can be
+    # two folds: halves of the permuted speakers, the first half tuned on first (the protocol of every committed 2-fold figure)
+    import numpy as np
+
+    order = np.random.default_rng(0).permutation(sorted(set(speaker_of.values()))).tolist()
+    (tune0, held0), (tune1, held1) = speaker_folds(lats, speaker_of, 2, seed=0)
+    assert {speaker_of[u] for u in tune0} == set(order[:3]) == {speaker_of[u] for u in held1}
+    assert speaker_folds(lats, speaker_of, 3, seed=1) != speaker_folds(lats, speaker_of, 3, seed=0)
 
 
 def test_a_corpus_name_with_a_slash_names_a_tuning_curve_file_not_a_directory():
