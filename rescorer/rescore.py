@@ -156,6 +156,9 @@ class RescoreConfig:
     vote_max_confidence: Optional[float] = None
     vote_min_posterior: Optional[float] = None
     vote_max_drop_confidence: Optional[float] = None
+    # ... voting with the 1-best after the transcript's list words that this gate keeps are spotted
+    # into it (a transcript_hits.HitGate row, as tuned on dev; None: the 1-best as it is)
+    vote_spot_gate: Optional[dict] = None
 
     def __post_init__(self):
         if self.oov_rival not in OOV_RIVALS:
@@ -166,6 +169,8 @@ class RescoreConfig:
             if self.transcript_hit_model is None:
                 raise ValueError("transcript_min_probability needs transcript_hit_model (the model it thresholds)")
             HitModel.from_dict(self.transcript_hit_model)  # a malformed model is named here, not mid-run
+        if self.vote_spot_gate is not None:
+            self.vote_spot_hit_gate()  # likewise a malformed gate
 
     def transcript_gate(self):
         """The gate on a second recogniser's list words (``transcript_hits.HitGate``) that dev tuning chose."""
@@ -173,6 +178,12 @@ class RescoreConfig:
 
         model = HitModel.from_dict(self.transcript_hit_model) if self.transcript_hit_model is not None else None
         return HitGate(self.transcript_min_cosine, self.transcript_min_confidence, self.transcript_min_probability, model)
+
+    def vote_spot_hit_gate(self):
+        """The gate on the transcript's list words spotted into the 1-best before the vote (None: no spotting)."""
+        from rescorer.transcript_hits import HitGate
+
+        return None if self.vote_spot_gate is None else HitGate.from_row(self.vote_spot_gate)
 
     @classmethod
     def from_dict(cls, d: dict) -> "RescoreConfig":

@@ -314,6 +314,8 @@ def _recovery_choice(r: Mapping[str, Any]) -> List[str]:
             f"Whisper's confidence < {v['max_confidence']:g} and the lattice's posterior >= {v['min_posterior']:g}"
             + (f" (Whisper's words the path lacks dropped below {v['max_drop_confidence']:g})"
                if _is_num(v.get("max_drop_confidence")) else "")
+            + (f" on the path with Whisper's large-list words spotted in ({_gate_text(v['spot_gate'])})"
+               if isinstance(v.get("spot_gate"), Mapping) else "")
             for v in votes))
     if _is_num(r.get("added_oov_proposed")):
         prec = r.get("added_oov_precision")

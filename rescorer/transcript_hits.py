@@ -118,6 +118,22 @@ class HitGate(NamedTuple):
             row["probability_gate"] = self.probability
         return row
 
+    @classmethod
+    def from_row(cls, row: dict) -> "HitGate":
+        """The gate of a tuned row (``as_row``, with ``hit_model``: its model's ``to_dict()``, where it
+        has a probability gate); ValueError naming what is wrong with another."""
+        keys = {"gate", "confidence_gate", "probability_gate", "hit_model"}
+        if not isinstance(row, dict) or not {"gate", "confidence_gate"} <= set(row) or set(row) - keys:
+            raise ValueError(f"hit gate: expected keys gate, confidence_gate [, probability_gate, hit_model]; got {row!r}")
+        for k in ("gate", "confidence_gate", "probability_gate"):
+            v = row.get(k)
+            if v is not None and not (isinstance(v, (int, float)) and math.isfinite(v)):
+                raise ValueError(f"hit gate: {k} must be a finite number or null, not {v!r}")
+        model = HitModel.from_dict(row["hit_model"]) if row.get("hit_model") is not None else None
+        if row.get("probability_gate") is not None and model is None:
+            raise ValueError("hit gate: a probability_gate needs its hit_model")
+        return cls(row["gate"], row["confidence_gate"], row.get("probability_gate"), model)
+
 
 @dataclass
 class SpottedUtterance:
@@ -146,6 +162,19 @@ class SpottedUtterance:
 
     def spotted(self, gate: HitGate):
         return apply_hits(self.hyp, self.kept(gate))
+
+    def spotted_path(self, gate: HitGate) -> Tuple[List[WordSpan], Optional[List[float]]]:
+        """(the hypothesis with the hits ``gate`` keeps in place, each of its words' lattice posterior:
+        the path's own, NaN for a word the transcript put there; None where the path's are unknown)."""
+        kept = sorted(self.kept(gate), key=lambda h: (h.first, h.last))
+        words, _ = apply_hits(self.hyp, kept)
+        if len(self.posteriors) != len(self.hyp) or not self.hyp:
+            return words, None
+        post, i = [], 0
+        for h in kept:
+            post += self.posteriors[i:h.first] + [math.nan]
+            i = h.last
+        return words, post + self.posteriors[i:]
 
 
 def hit_cosines(rescorer, feats: torch.Tensor, hits: Sequence[TranscriptHit],

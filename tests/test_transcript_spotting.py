@@ -706,3 +706,90 @@ def test_rescorer_tune_votes_the_lattice_words_into_whispers_transcript_tuned_on
     assert r.exit_code == 0, r.output
     hyps = dict(line.split("\t") for line in (tmp_path / "v3" / "hyps.txt").read_text().splitlines())
     assert hyps["u1"] == "the cut sat so" and hyps["u2"] == "the mat sat"  # the transcripts as they are
+
+
+@needs_k2
+@pytest.mark.lattice
+def test_the_vote_may_take_its_lattice_side_with_whispers_confirmed_list_words_spotted_in(tmp_path, monkeypatch):
+    """Whisper unsure of a right list word the lattice lacks ("zebra" for "cap") and of a wrong one
+    where the lattice is right ("zebras" for "mat"): the plain vote cannot tell them apart (both
+    unsure, the lattice sure of both), but with the large list's words that the audio confirms
+    spotted into the path first, "zebra" stands on both sides and only "zebras" is outvoted. Each
+    fold's dev picks that side; the tuned gate travels with the model, and `rescorer rescore
+    --transcript-mode vote` spots before it votes (and names the list it needs)."""
+    from click.testing import CliRunner
+
+    from rescorer.cli import main
+    from rescorer.formats.transcripts import TranscriptWriter
+    from rescorer.rescore import Rescorer
+    from tests.test_rescore import _rescorer
+
+    refs = {"u1": ["the", "zebra", "sat"], "u2": ["the", "mat", "sat"], "u3": ["the", "zebra", "sat"],
+            "u4": ["the", "mat", "sat"]}
+    lattice_word = {"u1": "cap", "u2": "mat", "u3": "cap", "u4": "mat"}
+    _write_toy_dev(tmp_path, refs, lattice_word, ["the", "cap", "mat", "sat"])
+    with TranscriptWriter(tmp_path / "dev.jsonl", {"recogniser": "test"}) as w:
+        for u in sorted(refs):
+            w.add(u, ["the", "zebra" if lattice_word[u] == "cap" else "zebras", "sat"], seconds=0.1,
+                  confidences=[0.9, 0.3, 0.9])
+    (tmp_path / "large.txt").write_text("zebra\nzebras\n")
+    model, out, args = _toy_tune_args(tmp_path, monkeypatch)
+    args += ["--dev-transcripts", str(tmp_path / "dev.jsonl"), "--word-list", str(tmp_path / "large.txt"),
+             "--whisper-gates", "none,0.5", "--whisper-confidence-gates", "none"]
+    r = CliRunner().invoke(main, args + ["--methods", "awe_rescore,whisper_lattice_vote"])
+    assert r.exit_code == 0, r.output
+    row = json.loads(out.read_text())["corpora"]["toy"]["whisper_lattice_vote"]
+    assert row["scales"] == [{"vote": "abstained"}] * 2 and row["wer"] == pytest.approx(2 / 12)  # the plain path: no gain
+
+    def from_dir(cls, model_dir, device=None, **kw):
+        saved = model / "rescorer.json"
+        return _rescorer(**(json.loads(saved.read_text())["config"] if saved.exists() else {}))
+
+    monkeypatch.setattr(Rescorer, "from_dir", classmethod(from_dir))
+    r = CliRunner().invoke(main, args + ["--methods", "awe_rescore,awe_whisper_oov_recovery,whisper_lattice_vote",
+                                         "--save-config"])
+    assert r.exit_code == 0, r.output
+    toy = json.loads(out.read_text())["corpora"]["toy"]
+    row = toy["whisper_lattice_vote"]
+    gate = {"gate": 0.5, "confidence_gate": None}
+    assert row["wer"] == 0.0 and toy["whisper_transcript"]["wer"] == pytest.approx(2 / 12)
+    assert row["scales"] == [{"max_confidence": 0.4, "min_posterior": 0.5, "max_drop_confidence": None,
+                              "spot_gate": gate}] * 2
+    curves = json.loads((tmp_path / "rescore_tuning_toy_lattices.json").read_text())["whisper_lattice_vote_fold0"]
+    assert {c["lattice_side"] for c in curves} == {"off", "path", "spotted"}
+    assert min(c["wer"] for c in curves if c["lattice_side"] == "path") > 0  # the plain path never gets there
+    cfg = json.loads((model / "rescorer.json").read_text())["config"]
+    assert cfg["vote_spot_gate"] == gate and cfg["vote_max_confidence"] == 0.4
+    rescore = ["rescore", "--model-dir", str(model), "--lattices", str(tmp_path / "dev_lattices.pt"), "--features",
+               str(tmp_path / "dev.pt"), "--device", "cpu", "--transcript-mode", "vote",
+               "--transcripts", str(tmp_path / "dev.jsonl")]
+    r = CliRunner().invoke(main, rescore + ["--out", str(tmp_path / "v0")])
+    assert r.exit_code != 0 and "vote_spot_gate" in r.output and "--transcript-list" in r.output
+    r = CliRunner().invoke(main, rescore + ["--out", str(tmp_path / "v1"), "--transcript-list", str(tmp_path / "large.txt")])
+    assert r.exit_code == 0, r.output
+    hyps = dict(line.split("\t") for line in (tmp_path / "v1" / "hyps.txt").read_text().splitlines())
+    assert hyps == {u: " ".join(w) for u, w in refs.items()}
+
+
+def test_a_spotted_path_keeps_the_paths_posteriors_and_a_gate_reads_back_from_its_row():
+    from rescorer.decoding.transcript_spotting import TranscriptHit
+    from rescorer.lattice.paths import WordSpan
+    from rescorer.rescore import RescoreConfig
+    from rescorer.transcript_hits import HitGate, SpottedUtterance
+
+    hyp = [WordSpan("the", 0.0, 0.2), WordSpan("cap", 0.2, 0.5), WordSpan("sat", 0.5, 0.8)]
+    hit = TranscriptHit("zebra", 0.2, 0.5, 1, 2, 1)
+    su = SpottedUtterance(hyp, [hit], [0.9], [0.3], [math.nan], [1.0, 0.8, 0.7])
+    words, post = su.spotted_path(HitGate(0.5, None))
+    assert [w.word for w in words] == ["the", "zebra", "sat"] and post[0] == 1.0 and math.isnan(post[1]) and post[2] == 0.7
+    words, post = su.spotted_path(HitGate(0.95, None))  # the gate keeps nothing: the path as it was
+    assert [w.word for w in words] == ["the", "cap", "sat"] and post == [1.0, 0.8, 0.7]
+    assert SpottedUtterance(hyp, [hit], [0.9], [0.3]).spotted_path(HitGate(0.5, None))[1] is None  # unknown posteriors
+    gate = HitGate(0.2, 0.4)
+    assert HitGate.from_row(gate.as_row()) == gate
+    for bad, why in (({"gate": 0.2}, "expected keys"), ({"gate": "x", "confidence_gate": None}, "finite number"),
+                     ({"gate": None, "confidence_gate": None, "probability_gate": 0.5}, "needs its hit_model")):
+        with pytest.raises(ValueError, match=why):
+            HitGate.from_row(bad)
+    with pytest.raises(ValueError, match="expected keys"):
+        RescoreConfig(vote_spot_gate={"cosine": 0.2})  # a malformed gate in a saved config is named on load

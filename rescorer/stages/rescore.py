@@ -94,7 +94,9 @@ def rescore_lattices(
         listed = read_word_list(word_list) if recover_oov and word_list else None
         if transcripts and not voting and not (transcript_list or word_list):
             raise StageError("--transcripts needs the words it may add: --transcript-list FILE (or --word-list FILE)")
-        spot_list = set(read_word_list(transcript_list or word_list)) if transcripts and not voting else None
+        # the words a transcript may add: needed to spot them, and by a vote tuned on spotted paths (below)
+        spot_list = set(read_word_list(transcript_list or word_list)) if transcripts and (
+            not voting or transcript_list or word_list) else None
     except WordListError as e:
         raise StageError(str(e)) from e
     try:
@@ -114,6 +116,7 @@ def rescore_lattices(
         rescorer.set_vocabulary(listed if word_list else large_word_list(word_list_size))
     cfg = rescorer.config
     gate = cfg.transcript_gate()
+    vote_gate = cfg.vote_spot_hit_gate() if voting else None  # a vote tuned on the 1-best with the list words spotted in
     if voting:
         try:
             check_confidences(spoken, True, "the vote weighs them: transcribe with rescorer transcribe")
@@ -122,6 +125,9 @@ def rescore_lattices(
         if cfg.vote_max_confidence is None or cfg.vote_min_posterior is None:
             log.warning("%s holds no vote thresholds (whisper_lattice_vote not tuned, or dev abstained): the "
                         "transcripts are output as they are", config_name)
+        elif cfg.vote_spot_gate is not None and spot_list is None:
+            raise StageError(f"{config_name}'s vote was tuned on the 1-best with the transcript's list words spotted "
+                             "in (vote_spot_gate): give the list it was tuned with, --transcript-list FILE (or --word-list FILE)")
     elif spoken is not None:
         try:
             check_confidences(spoken, gate.confidence is not None, "retune without confidence gates (--whisper-confidence-gates none)")
@@ -175,9 +181,12 @@ def rescore_lattices(
                     continue
                 words = spoken.words[uid]
                 if cfg.vote_max_confidence is not None and cfg.vote_min_posterior is not None:
-                    words = vote(words, spoken.confidences.get(uid), [w.word for w in res.hypothesis.words],
-                                 res.confidences, cfg.vote_max_confidence, cfg.vote_min_posterior,
-                                 cfg.vote_max_drop_confidence)
+                    path, posts = res.hypothesis.words, res.confidences
+                    if vote_gate is not None:  # the transcript's words the audio confirms stand on the lattice's side too
+                        path, posts = spot_utterance(rescorer, path, words, spot_list, feats[uid], cfg.oov_min_letters,
+                                                     spoken.confidences.get(uid), posts).spotted_path(vote_gate)
+                    words = vote(words, spoken.confidences.get(uid), [w.word for w in path], posts,
+                                 cfg.vote_max_confidence, cfg.vote_min_posterior, cfg.vote_max_drop_confidence)
                 done[uid] = " ".join(words)
             elif spoken is not None and not cfg.transcript_abstain:
                 if uid not in spoken.words:

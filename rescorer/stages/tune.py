@@ -514,7 +514,8 @@ def _tune_and_evaluate(s: TuneSettings):
     if voted is not None:
         rescorer.config = replace(rescorer.config, vote_max_confidence=voted.get("max_confidence"),
                                   vote_min_posterior=voted.get("min_posterior"),
-                                  vote_max_drop_confidence=voted.get("max_drop_confidence"))
+                                  vote_max_drop_confidence=voted.get("max_drop_confidence"),
+                                  vote_spot_gate=voted.get("spot_gate"))
     # and the gate on a second recogniser's list words (rescorer rescore --transcripts): the context list's, else the large list's
     spotted = next((results[s.prefix + m]["scales"][0] for m in WHISPER_METHODS if s.prefix + m in results), None)
     if spotted is not None:

@@ -34,7 +34,7 @@ from typing import Dict, List, NamedTuple, Optional
 from rescorer.decoding.transcript_vote import vote
 from rescorer.evaluation.rescoring import added_counts, choose_recovery
 from rescorer.evaluation.transcript_spotting import fit_hit_model, hit_evidence, tune_gate
-from rescorer.transcript_hits import check_confidences, spot_all
+from rescorer.transcript_hits import SpottedUtterance, check_confidences, spot_all
 from rescorer.formats.transcripts import TranscriptError, read_transcripts
 from rescorer.lattice.paths import WordSpan
 from rescorer.lattice.word_lattice import best_path_hypothesis, word_confidences
@@ -126,12 +126,8 @@ def whisper_methods(s, rescorer, train_vocab, lists: Dict[str, dict], awe_config
     if "transcribe_seconds_per_decode_second" in cost:  # the table's cost column: what it takes beside decoding
         transcript_cost["rescoring_seconds_per_decode_second"] = cost["transcribe_seconds_per_decode_second"]
     results[s.prefix + "whisper_transcript"] = summary(whisper_hyps, {**meta, **transcript_cost, "note": "the transcript alone"})
-    if voting:
-        row, vote_curves = _vote_method(s, dev, test, dev_paths, eval_paths, folds, dev_refs, refs,
-                                        whisper_hyps, train_vocab, missing, {**meta, **cost}, summary,
-                                        awe_seconds + transcribe_seconds + t_hyp, decode_seconds)
-        results[s.prefix + "whisper_lattice_vote"] = row
-        curves.update(vote_curves)
+    large_list_spots = []  # per fold: (gate, its row, dev hits, held-out hits) of the large list's words, for the vote
+    large_list_seconds = 0.0
     for method in wanted:
         lst = lists[method]
         hyps, without, chosen, hits, seconds, dev_spotted = [], [], [], 0, t_hyp, []
@@ -155,6 +151,8 @@ def whisper_methods(s, rescorer, train_vocab, lists: Dict[str, dict], awe_config
                           rescorer.config.oov_min_letters, test.confidences, eval_paths[k].posteriors)
             seconds += time.perf_counter() - t0
             eval_spotted.append(ev)
+            if method == "awe_whisper_oov_recovery":
+                large_list_spots.append((gate, chosen[-1], spotted, ev))
             for u in sorted(eval_lats):
                 without.append([w.word for w in ev[u].hyp])
                 hyps.append(without[-1] if gate == "abstained" else ev[u].words(gate))
@@ -174,45 +172,88 @@ def whisper_methods(s, rescorer, train_vocab, lists: Dict[str, dict], awe_config
         extra.update(s.keep_rule())
         results[s.prefix + method] = summary(hyps, extra)
         log.info("%s: %s", method, {k: results[s.prefix + method][k] for k in ("wer", "oov_recall", "oov_precision")})
+        if method == "awe_whisper_oov_recovery":
+            large_list_seconds = seconds - t_hyp
+    if voting:
+        sides = [VoteSide("path", dev_paths, eval_paths, [None] * len(folds), 0.0)]
+        if len(large_list_spots) == len(folds):  # the path with the large list's words the fold's gate keeps
+            sides.append(VoteSide("spotted", [_spotted_paths(d, g) for g, _, d, _ in large_list_spots],
+                                  [_spotted_paths(e, g) for g, _, _, e in large_list_spots],
+                                  [None if g == "abstained" else row for g, row, _, _ in large_list_spots],
+                                  large_list_seconds))
+        row, vote_curves = _vote_method(s, dev, test, sides, folds, dev_refs, refs,
+                                        whisper_hyps, train_vocab, missing, {**meta, **cost}, summary,
+                                        awe_seconds + transcribe_seconds + t_hyp, decode_seconds)
+        results[s.prefix + "whisper_lattice_vote"] = row
+        curves.update(vote_curves)
     return results, curves
 
 
-def _vote_method(s, dev, test, dev_paths, eval_paths, folds, dev_refs, refs, whisper_hyps,
+class VoteSide(NamedTuple):
+    """A lattice side the vote may take words from, per fold: ``path``, awe_rescore's best paths, or
+    ``spotted``, those paths with the large list's words that the fold's tuned gate keeps
+    (``awe_whisper_oov_recovery``), where Whisper's words the audio confirms stand on both sides
+    and so are never outvoted; ``gates``: that gate's row per fold (None: none kept);
+    ``seconds``: what building it cost on the held-out utterances."""
+    name: str
+    dev: List[BestPaths]
+    held_out: List[BestPaths]
+    gates: List[Optional[dict]]
+    seconds: float
+
+
+def _spotted_paths(spotted: Dict[str, SpottedUtterance], gate) -> BestPaths:
+    """Each utterance's path with the hits ``gate`` keeps in place (``"abstained"``: the path as it
+    is), and their posteriors (NaN for a hit)."""
+    out = BestPaths({}, {})
+    for u, su in spotted.items():
+        words, post = (su.hyp, su.posteriors or None) if gate == "abstained" else su.spotted_path(gate)
+        out.words[u] = words
+        if post is not None and len(post) == len(words):
+            out.posteriors[u] = post
+    return out
+
+
+def _vote_method(s, dev, test, sides: List[VoteSide], folds, dev_refs, refs, whisper_hyps,
                  train_vocab, missing, extra, summary, seconds, decode_seconds):
-    """``whisper_lattice_vote``'s row and dev curves: per fold, each (confidence, posterior, drop
-    confidence) point of the grid voted on the fold's dev utterances, the one chosen by ``choose_recovery``
-    against the transcript alone (the keep-or-abstain rule of every added-word method), applied
-    to its held-out utterances."""
+    """``whisper_lattice_vote``'s row and dev curves: per fold, each (lattice side, confidence,
+    posterior, drop confidence) point of the grid voted on the fold's dev utterances, the one chosen
+    by ``choose_recovery`` against the transcript alone (the keep-or-abstain rule of every
+    added-word method), applied to its held-out utterances."""
     def voted(transcripts, paths: BestPaths, uids, point):  # point None: the transcripts as they are
         if point is None:
             return [transcripts.words.get(u, []) for u in uids]
         return [vote(transcripts.words.get(u, []), transcripts.confidences.get(u), [w.word for w in paths.words[u]],
                      paths.posteriors.get(u), *point) for u in uids]
 
-    grid = [(q, p, d) for q in s.whisper_vote_confidences for p in s.whisper_vote_posteriors
+    grid = [(side, (q, p, d)) for side in sides for q in s.whisper_vote_confidences for p in s.whisper_vote_posteriors
             for d in s.whisper_vote_drop_confidences]
     hyps, chosen, curves = [], [], {}
     for k, (tune_lats, eval_lats) in enumerate(folds):
         uids = sorted(tune_lats)
         r = [dev_refs[u] for u in uids]
-        alone = voted(dev, dev_paths[k], uids, None)
-        base_row = {"max_confidence": "off", "min_posterior": "off", "max_drop_confidence": "off",
+        alone = voted(dev, sides[0].dev[k], uids, None)
+        base_row = {"lattice_side": "off", "max_confidence": "off", "min_posterior": "off", "max_drop_confidence": "off",
                     "wer": compute_wer(r, alone, train_vocab)["wer"]}
         rows = []
-        for point in grid:
-            h = voted(dev, dev_paths[k], uids, point)
-            rows.append({**_vote_point(point), "wer": compute_wer(r, h, train_vocab)["wer"],
+        for side, point in grid:
+            h = voted(dev, side.dev[k], uids, point)
+            rows.append({"lattice_side": side.name, **_vote_point(point), "wer": compute_wer(r, h, train_vocab)["wer"],
                          **added_counts(r, alone, h, train_vocab)})
         pick = choose_recovery(base_row, rows, s.oov_min_precision, s.oov_max_sign_p)
         (rows[pick] if pick is not None else base_row)["chosen"] = True
         curves[f"whisper_lattice_vote_fold{k}"] = [base_row] + rows
-        point = grid[pick] if pick is not None else None
-        chosen.append({"vote": "abstained"} if point is None else _vote_point(point))
+        side, point = grid[pick] if pick is not None else (sides[0], None)
+        spot_gate = side.gates[k]
+        chosen.append({"vote": "abstained"} if point is None else
+                      {**_vote_point(point), **({"spot_gate": spot_gate} if spot_gate is not None else {})})
+        if spot_gate is not None:
+            seconds += side.seconds / len(folds)  # a share of spotting the held-out paths
         if point is None:
             log.warning("whisper_lattice_vote, fold %d: the lattice's words do not %s on dev: the transcript is kept",
                         k, s.abstain_reason())
         t0 = time.perf_counter()
-        hyps += voted(test, eval_paths[k], sorted(eval_lats), point)
+        hyps += voted(test, side.held_out[k], sorted(eval_lats), point)
         seconds += time.perf_counter() - t0
     hyps += [[] for _ in missing]
     row_extra = {"scales": chosen, **extra, "rescoring_seconds": round(seconds, 2),
