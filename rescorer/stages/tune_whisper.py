@@ -12,7 +12,9 @@ chose per fold, so the hits land on exactly the hypotheses that method reports:
   ``awe_rescore``'s word taken where Whisper is unsure and the lattice sure, and Whisper's unsure
   words that face nothing on the path dropped (``decoding.transcript_vote``; the thresholds,
   ``--whisper-vote-confidences``, ``--whisper-vote-posteriors`` and
-  ``--whisper-vote-drop-confidences``, tuned on dev; abstaining leaves the transcript).
+  ``--whisper-vote-drop-confidences``, tuned on dev; abstaining leaves the transcript). With
+  ``awe_whisper_oov_recovery`` in the same run, dev may also take the path with that method's
+  kept hits in place as the lattice's side (``VoteSide``).
 
 The gate on the hits, a least embedder cosine (``--whisper-gates``) and a least Whisper word
 confidence (``--whisper-confidence-gates``, from the transcripts), or a least probability of being
