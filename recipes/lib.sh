@@ -219,7 +219,9 @@ transcribe_splits() {
 # rescore_whisper CORPUS [options]: (after word_lists) the list words of Whisper's transcripts spotted into
 # awe_rescore's best paths, the embedder's gate tuned on dev (rescorer tune --methods
 # awe_rescore,awe_whisper_context_list,...; config section rescore_whisper, skipped without it);
-# the embedding methods' saved scales are left as they are. Another decoder's lattices (e.g.
+# with --save-config (the recipes pass it for their own lattices) the vote's thresholds and the gate join
+# the model's rescorer.json, for `rescorer rescore --transcripts`: the awe scales re-chosen there on the
+# same grid (every config's rescore_whisper grid is its rescore grid), recovery's settings kept. Another decoder's lattices (e.g.
 # --prefix pocketsphinx_) take their own config section (WHISPER_SECTION, default rescore_whisper)
 # and marker of a finished run (WHISPER_DONE, default exp/.rescored_whisper)
 rescore_whisper() {

@@ -79,3 +79,16 @@ def test_tune_and_transcribe_sections_name_options_that_exist(path):
             continue
         unknown = sorted(k for k in body if k.replace("-", "_") not in options[command])
         assert not unknown, f"{path}: section {section}: no `rescorer {command}` option for {unknown}"
+
+
+@pytest.mark.parametrize("path", sorted(str(p) for p in (REPO / "recipes").glob("*/*.yaml")))
+def test_the_whisper_section_rescores_on_the_rescore_sections_grid(path):
+    """The recipes save the Whisper tuning's choices with the model (`--save-config`), which also
+    re-chooses awe_rescore's scales there: on the rescore section's grid they are the same ones."""
+    import yaml
+
+    doc = yaml.safe_load(open(path)) or {}
+    if not isinstance(doc.get("rescore_whisper"), dict):
+        pytest.skip("no Whisper section")
+    keys = ("awe_scales", "lm_scales", "wips", "prune_posterior", "prune_scale", "am_scale", "posterior_scale")
+    assert {k: doc["rescore_whisper"].get(k) for k in keys} == {k: doc["rescore"].get(k) for k in keys}

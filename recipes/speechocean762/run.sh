@@ -87,7 +87,7 @@ if run_stage 7; then
   fi
   # Whisper's own transcript of dev, and its list words spotted into the rescored best paths
   transcribe_splits "$DATA" speechocean762 dev
-  rescore_whisper speechocean762_dev --cross-validate --dev-lattices exp/decode_dev_ctc/word_lattices.pt \
+  rescore_whisper speechocean762_dev --save-config --cross-validate --dev-lattices exp/decode_dev_ctc/word_lattices.pt \
     --dev-features exp/asr_data/dev.pt --decode-metrics exp/decode_dev_ctc/metrics.json \
     --dev-transcripts exp/whisper/transcripts_dev.jsonl
   if [ "$POCKETSPHINX" = 1 ]; then  # ... and into the rescored best paths of pocketsphinx's lattices

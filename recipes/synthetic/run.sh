@@ -51,7 +51,7 @@ if run_stage 6; then
     --test-lattices exp/decode_test_ctc/word_lattices.pt --test-features exp/asr_data/test.pt \
     --decode-metrics exp/decode_test_ctc/metrics.json $(stored_log_probs dev test)
   transcribe_splits "$DATA" synthetic dev test
-  rescore_whisper synthetic --dev-lattices exp/decode_dev_ctc/word_lattices.pt --dev-features exp/asr_data/dev.pt \
+  rescore_whisper synthetic --save-config --dev-lattices exp/decode_dev_ctc/word_lattices.pt --dev-features exp/asr_data/dev.pt \
     --test-lattices exp/decode_test_ctc/word_lattices.pt --test-features exp/asr_data/test.pt \
     --decode-metrics exp/decode_test_ctc/metrics.json \
     --dev-transcripts exp/whisper/transcripts_dev.jsonl --test-transcripts exp/whisper/transcripts_test.jsonl
