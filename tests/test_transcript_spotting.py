@@ -258,6 +258,25 @@ def _write_toy_dev(tmp_path, refs, lattice_word, train_words):
     _write_utterances(tmp_path / "train.pt", {"t": train_words}, {"t": "t"})
 
 
+def _write_zebra_dev(tmp_path, list_name, confidences=None):
+    """``_write_toy_dev`` with "the zebra sat" said where the lattice has "cap" and "the mat sat"
+    where it has "mat" (right), Whisper's transcript dev.jsonl writing "zebra" (right) and
+    "zebras" (wrong) there (each word with ``confidences``, if given), and the list of both
+    (``list_name``). Returns (refs, each utterance's lattice word)."""
+    from rescorer.formats.transcripts import TranscriptWriter
+
+    refs = {"u1": ["the", "zebra", "sat"], "u2": ["the", "mat", "sat"], "u3": ["the", "zebra", "sat"],
+            "u4": ["the", "mat", "sat"]}
+    lattice_word = {"u1": "cap", "u2": "mat", "u3": "cap", "u4": "mat"}
+    _write_toy_dev(tmp_path, refs, lattice_word, ["the", "cap", "mat", "sat"])
+    with TranscriptWriter(tmp_path / "dev.jsonl", {"recogniser": "test"}) as w:
+        for u in sorted(refs):
+            w.add(u, ["the", "zebra" if lattice_word[u] == "cap" else "zebras", "sat"], seconds=0.1,
+                  confidences=confidences)
+    (tmp_path / list_name).write_text("zebra\nzebras\n")
+    return refs, lattice_word
+
+
 def _toy_tune_args(tmp_path, monkeypatch):
     """(model dir, WER file, ``rescorer tune`` arguments) over ``_write_toy_dev``'s files, 2-fold, with
     ``Rescorer.from_dir`` giving the test rescorer."""
@@ -286,16 +305,9 @@ def test_rescorer_tune_spots_whisper_list_words_tuned_on_dev(tmp_path, monkeypat
     from rescorer.rescore import Rescorer
     from tests.test_rescore import _rescorer
 
-    refs = {"u1": ["the", "zebra", "sat"], "u2": ["the", "mat", "sat"], "u3": ["the", "zebra", "sat"],
-            "u4": ["the", "mat", "sat"]}
-    lattice_word = {"u1": "cap", "u2": "mat", "u3": "cap", "u4": "mat"}
-    _write_toy_dev(tmp_path, refs, lattice_word, ["the", "cap", "mat", "sat"])
+    refs, lattice_word = _write_zebra_dev(tmp_path, "context.txt")
     from rescorer.formats.transcripts import TranscriptWriter
 
-    with TranscriptWriter(tmp_path / "dev.jsonl", {"recogniser": "test"}) as w:
-        for u in sorted(refs):
-            w.add(u, ["the", "zebra" if lattice_word[u] == "cap" else "zebras", "sat"], seconds=0.1)
-    (tmp_path / "context.txt").write_text("zebra\nzebras\n")
     model, out, args = _toy_tune_args(tmp_path, monkeypatch)
     args += ["--context-list", str(tmp_path / "context.txt")]
     r = CliRunner().invoke(main, args + ["--methods", "awe_whisper_context_list"])
@@ -720,19 +732,10 @@ def test_the_vote_may_take_its_lattice_side_with_whispers_confirmed_list_words_s
     from click.testing import CliRunner
 
     from rescorer.cli import main
-    from rescorer.formats.transcripts import TranscriptWriter
     from rescorer.rescore import Rescorer
     from tests.test_rescore import _rescorer
 
-    refs = {"u1": ["the", "zebra", "sat"], "u2": ["the", "mat", "sat"], "u3": ["the", "zebra", "sat"],
-            "u4": ["the", "mat", "sat"]}
-    lattice_word = {"u1": "cap", "u2": "mat", "u3": "cap", "u4": "mat"}
-    _write_toy_dev(tmp_path, refs, lattice_word, ["the", "cap", "mat", "sat"])
-    with TranscriptWriter(tmp_path / "dev.jsonl", {"recogniser": "test"}) as w:
-        for u in sorted(refs):
-            w.add(u, ["the", "zebra" if lattice_word[u] == "cap" else "zebras", "sat"], seconds=0.1,
-                  confidences=[0.9, 0.3, 0.9])
-    (tmp_path / "large.txt").write_text("zebra\nzebras\n")
+    refs, _ = _write_zebra_dev(tmp_path, "large.txt", confidences=[0.9, 0.3, 0.9])
     model, out, args = _toy_tune_args(tmp_path, monkeypatch)
     args += ["--dev-transcripts", str(tmp_path / "dev.jsonl"), "--word-list", str(tmp_path / "large.txt"),
              "--whisper-gates", "none,0.5", "--whisper-confidence-gates", "none"]

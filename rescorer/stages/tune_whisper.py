@@ -179,10 +179,13 @@ def whisper_methods(s, rescorer, train_vocab, lists: Dict[str, dict], awe_config
     if voting:
         sides = [VoteSide("path", dev_paths, eval_paths, [None] * len(folds), 0.0)]
         if len(large_list_spots) == len(folds):  # the path with the large list's words the fold's gate keeps
-            sides.append(VoteSide("spotted", [_spotted_paths(d, g) for g, _, d, _ in large_list_spots],
-                                  [_spotted_paths(e, g) for g, _, _, e in large_list_spots],
-                                  [None if g == "abstained" else row for g, row, _, _ in large_list_spots],
-                                  large_list_seconds))
+            spotted_dev, spotted_eval, spot_rows = [], [], []
+            for gate, gate_row, dev_hits, eval_hits in large_list_spots:  # an abstained fold: the path alone
+                ok = gate != "abstained"
+                spotted_dev.append(_spotted_paths(dev_hits, gate) if ok else None)
+                spotted_eval.append(_spotted_paths(eval_hits, gate) if ok else None)
+                spot_rows.append(gate_row if ok else None)
+            sides.append(VoteSide("spotted", spotted_dev, spotted_eval, spot_rows, large_list_seconds))
         row, vote_curves = _vote_method(s, dev, test, sides, folds, dev_refs, refs,
                                         whisper_hyps, train_vocab, missing, {**meta, **cost}, summary,
                                         awe_seconds + transcribe_seconds + t_hyp, decode_seconds)
@@ -195,23 +198,22 @@ class VoteSide(NamedTuple):
     """A lattice side the vote may take words from, per fold: ``path``, awe_rescore's best paths, or
     ``spotted``, those paths with the large list's words that the fold's tuned gate keeps
     (``awe_whisper_oov_recovery``), where Whisper's words the audio confirms stand on both sides
-    and so are never outvoted; ``gates``: that gate's row per fold (None: none kept);
+    and so are never outvoted; ``gates``: that gate's row per fold (None, with no paths, where the
+    fold's dev abstained: the side is the plain path there and is not voted twice);
     ``seconds``: what building it cost on the held-out utterances."""
     name: str
-    dev: List[BestPaths]
-    held_out: List[BestPaths]
+    dev: List[Optional[BestPaths]]
+    held_out: List[Optional[BestPaths]]
     gates: List[Optional[dict]]
     seconds: float
 
 
 def _spotted_paths(spotted: Dict[str, SpottedUtterance], gate) -> BestPaths:
-    """Each utterance's path with the hits ``gate`` keeps in place (``"abstained"``: the path as it
-    is), and their posteriors (NaN for a hit)."""
+    """Each utterance's path with the hits ``gate`` keeps in place, and their posteriors (NaN for a hit)."""
     out = BestPaths({}, {})
     for u, su in spotted.items():
-        words, post = (su.hyp, su.posteriors or None) if gate == "abstained" else su.spotted_path(gate)
-        out.words[u] = words
-        if post is not None and len(post) == len(words):
+        out.words[u], post = su.spotted_path(gate)
+        if post is not None:
             out.posteriors[u] = post
     return out
 
@@ -237,15 +239,16 @@ def _vote_method(s, dev, test, sides: List[VoteSide], folds, dev_refs, refs, whi
         alone = voted(dev, sides[0].dev[k], uids, None)
         base_row = {"lattice_side": "off", "max_confidence": "off", "min_posterior": "off", "max_drop_confidence": "off",
                     "wer": compute_wer(r, alone, train_vocab)["wer"]}
+        fold_grid = [(side, point) for side, point in grid if side is sides[0] or side.gates[k] is not None]
         rows = []
-        for side, point in grid:
+        for side, point in fold_grid:
             h = voted(dev, side.dev[k], uids, point)
             rows.append({"lattice_side": side.name, **_vote_point(point), "wer": compute_wer(r, h, train_vocab)["wer"],
                          **added_counts(r, alone, h, train_vocab)})
         pick = choose_recovery(base_row, rows, s.oov_min_precision, s.oov_max_sign_p)
         (rows[pick] if pick is not None else base_row)["chosen"] = True
         curves[f"whisper_lattice_vote_fold{k}"] = [base_row] + rows
-        side, point = grid[pick] if pick is not None else (sides[0], None)
+        side, point = fold_grid[pick] if pick is not None else (sides[0], None)
         spot_gate = side.gates[k]
         chosen.append({"vote": "abstained"} if point is None else
                       {**_vote_point(point), **({"spot_gate": spot_gate} if spot_gate is not None else {})})
