@@ -601,8 +601,13 @@ def transcribe_cmd(cuts, out, whisper_model, beam_size, threads, max_utterances,
                    "dev jointly with --whisper-gates (none: any).")
 @click.option("--whisper-probability-gates", default="none", show_default=True,
               help="The Whisper methods: also gates on the probability that a hit is right, by a logistic model of its "
-                   "evidence (confidence, cosine, margin over the replaced words, spelling overlap, their lattice posterior) fitted on dev's "
+                   "evidence (confidence, cosine, margin over the replaced words, spelling overlap, their lattice posterior, "
+                   "--hit-lm's gain) fitted on dev's "
                    "hits (none: not tried), e.g. 0.5,0.6,0.7,0.8,0.9.")
+@click.option("--hit-lm", default="pocketsphinx", show_default=True,
+              help="The Whisper methods: the word LM whose log-probability gain of the path with a hit over the path "
+                   "without is one more piece of the hit model's evidence: pocketsphinx (the general-English trigram "
+                   "bundled with pocketsphinx), an ARPA or pocketsphinx binary LM file, or none.")
 @click.option("--whisper-vote-confidences", default="0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9", show_default=True,
               help="whisper_lattice_vote: Whisper's word confidence below which the lattice's word may replace it, "
                    "tuned on dev.")
@@ -613,8 +618,8 @@ def transcribe_cmd(cuts, out, whisper_model, beam_size, threads, max_utterances,
                    "the lattice's path is dropped (none: never; 1: every one).")
 def tune_cmd(methods, awe_scales, lm_scales, wips, oov_lm_scores, oov_margins, attention_scales, ctc_scales, ctc_norms, ws_bonuses,
              ws_thresholds, oov_min_posteriors, oov_min_ctc_margins, whisper_gates, whisper_confidence_gates,
-             whisper_probability_gates, whisper_vote_confidences, whisper_vote_posteriors, whisper_vote_drop_confidences,
-             **opts):
+             whisper_probability_gates, hit_lm, whisper_vote_confidences, whisper_vote_posteriors,
+             whisper_vote_drop_confidences, **opts):
     """Tune the rescoring scales on dev, report on test (or cross-validate over dev speakers).
 
     Merges every method's WER into --out, writes the dev tuning curve beside it and, with
@@ -636,6 +641,7 @@ def tune_cmd(methods, awe_scales, lm_scales, wips, oov_lm_scores, oov_margins, a
             whisper_gates=_margins(whisper_gates, "--whisper-gates"),
             whisper_confidence_gates=_margins(whisper_confidence_gates, "--whisper-confidence-gates"),
             whisper_probability_gates=tuple(_probabilities(whisper_probability_gates, "--whisper-probability-gates")),
+            hit_lm=None if hit_lm.strip().lower() == "none" else hit_lm,
             whisper_vote_confidences=_floats(whisper_vote_confidences, "--whisper-vote-confidences"),
             whisper_vote_posteriors=_floats(whisper_vote_posteriors, "--whisper-vote-posteriors"),
             whisper_vote_drop_confidences=_margins(whisper_vote_drop_confidences, "--whisper-vote-drop-confidences"),

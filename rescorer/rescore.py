@@ -148,6 +148,9 @@ class RescoreConfig:
     # fitted on dev's hits; kept here as its to_dict())
     transcript_min_probability: Optional[float] = None
     transcript_hit_model: Optional[dict] = None
+    # the word LM of each hit's lm_gain (transcript_hits.load_hit_lm): "pocketsphinx", the bundled
+    # general-English trigram; a path, an ARPA or pocketsphinx binary LM; None: no LM evidence
+    transcript_hit_lm: Optional[str] = "pocketsphinx"
     # the other way round (decoding.transcript_vote, rescorer rescore --transcript-mode vote): the
     # rescored 1-best's word replaces the transcript's where the transcript's confidence is below
     # vote_max_confidence and the 1-best word's posterior at least vote_min_posterior, and a
@@ -168,9 +171,16 @@ class RescoreConfig:
 
             if self.transcript_hit_model is None:
                 raise ValueError("transcript_min_probability needs transcript_hit_model (the model it thresholds)")
-            HitModel.from_dict(self.transcript_hit_model)  # a malformed model is named here, not mid-run
+            model = HitModel.from_dict(self.transcript_hit_model)  # a malformed model is named here, not mid-run
+            if "lm_gain" in model.features and self.transcript_hit_lm is None:
+                raise ValueError("transcript_hit_model weighs lm_gain, which needs transcript_hit_lm (the LM it was "
+                                 "fitted with; \"pocketsphinx\" for the bundled trigram)")
+        if self.transcript_hit_lm is not None and not (isinstance(self.transcript_hit_lm, str) and self.transcript_hit_lm):
+            raise ValueError(f"transcript_hit_lm must be \"pocketsphinx\", an LM file's path or null, not {self.transcript_hit_lm!r}")
         if self.vote_spot_gate is not None:
-            self.vote_spot_hit_gate()  # likewise a malformed gate
+            gate = self.vote_spot_hit_gate()  # likewise a malformed gate
+            if gate.model is not None and "lm_gain" in gate.model.features and self.transcript_hit_lm is None:
+                raise ValueError("vote_spot_gate's hit model weighs lm_gain, which needs transcript_hit_lm")
 
     def transcript_gate(self):
         """The gate on a second recogniser's list words (``transcript_hits.HitGate``) that dev tuning chose."""

@@ -15,7 +15,9 @@ still vetoes hits whose audio does not sound like the word.
 The pieces can also be weighed together (``HitModel``): a logistic model over each hit's
 ``HIT_FEATURES`` (the confidence, the cosine, the cosine's margin over the replaced words'
 own best cosine on the same span, how much of the replaced words' spelling the hit shares,
-and the lattice's posterior of the words it replaces), fitted on dev's hits
+the lattice's posterior of the words it replaces, and a general word LM's log-probability gain of
+the path with the hit over the path without: evidence Whisper's own does not share, ``lm_gain``),
+fitted on dev's hits
 (``evaluation.transcript_spotting.fit_hit_model``) and kept with the model's tuned config, so a
 gate may instead ask for a least probability that a hit is right.
 """
@@ -23,6 +25,7 @@ gate may instead ask for a least probability that a hit is right.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
@@ -35,32 +38,87 @@ from rescorer.text import is_word
 from rescorer.wer import edit_distance
 
 
-HIT_FEATURES = ("confidence", "cosine", "cosine_margin", "spelling_overlap", "replaced_posterior")
+HIT_FEATURES = ("confidence", "cosine", "cosine_margin", "spelling_overlap", "replaced_posterior", "lm_gain")
+# a word the LM lacks scores as this (natural log, about 1e-7) instead of the LM's log-zero, so a
+# list word the LM has never seen costs what a rare word costs, and its context still counts
+LM_FLOOR = math.log(1e-7)
+LM_GAIN_CLIP = 30.0
+HIT_LM_BUNDLED = "pocketsphinx"
+
+
+def load_hit_lm(spec: Optional[str]):
+    """The word LM behind ``lm_gain`` (``RescoreConfig.transcript_hit_lm``): ``"pocketsphinx"``, the
+    general-English trigram bundled with the pocketsphinx wheel (72.5k words); a path, an LM file
+    pocketsphinx reads (ARPA, or its binary form); None: no LM (every hit's gain is 0)."""
+    if spec is None:
+        return None
+    try:
+        import pocketsphinx  # noqa: F401
+    except ImportError as e:
+        raise ValueError(f"transcript_hit_lm {spec!r} is read with pocketsphinx, which is not installed (the lattice "
+                         f"extra, scripts/setup.sh); or ask for no LM (null, --hit-lm none)") from e
+    from rescorer.lattice.pocketsphinx import TrigramLM
+
+    if spec == HIT_LM_BUNDLED:
+        return TrigramLM()
+    if not os.path.isfile(spec):
+        raise FileNotFoundError(f"transcript_hit_lm: no LM file {spec!r} (give an ARPA or pocketsphinx binary LM, "
+                                f"{HIT_LM_BUNDLED!r} for the bundled trigram, or null for none)")
+    try:
+        return TrigramLM(spec)
+    except Exception as e:  # pocketsphinx names no reason; say which file and what it should be
+        raise ValueError(f"transcript_hit_lm: {spec} is not an LM pocketsphinx can read (ARPA or binary): {e}") from e
+
+
+def sentence_logprob(lm, words: Sequence[str]) -> float:
+    """ln P(<s> words </s>) under ``lm`` (``logprob(word, history most recent first)``, trigram
+    histories), each word's term floored at ``LM_FLOOR``."""
+    total, hist = 0.0, ("<s>",)
+    for w in list(words) + ["</s>"]:
+        total += max(lm.logprob(w, hist[:2]), LM_FLOOR)
+        hist = (w,) + hist[:1]
+    return total
+
+
+def lm_gain(lm, hyp: Sequence[WordSpan], hit: TranscriptHit) -> float:
+    """How much likelier ``lm`` finds the path with ``hit`` in place than the path as it is
+    (natural log, clipped to +-``LM_GAIN_CLIP``; words without a spelling, ``<unk>``, left out):
+    "he opens the door" against "he open the door". 0 without an LM."""
+    if lm is None:
+        return 0.0
+    words = [w.word for w in hyp]
+    base = [w for w in words if is_word(w)]
+    alt = [w for w in words[:hit.first] + [hit.word] + words[hit.last:] if is_word(w)]
+    g = sentence_logprob(lm, alt) - sentence_logprob(lm, base)
+    return max(-LM_GAIN_CLIP, min(LM_GAIN_CLIP, g))
 
 
 def hit_features(hit: TranscriptHit, hyp: Sequence[WordSpan], cosine: float, confidence: float,
-                 rival: float, posteriors: Optional[Sequence[float]] = None) -> Tuple[float, ...]:
+                 rival: float, posteriors: Optional[Sequence[float]] = None, gain: float = 0.0) -> Tuple[float, ...]:
     """One hit's ``HIT_FEATURES``, all finite: an unknown confidence is 0, a cosine that could not
     be measured (-inf) is -1; the margin over the replaced words' best cosine (``rival``) is 0 for an
     insertion (nothing replaced); the spelling overlap is 1 - edit distance / longer length
     between the hit and the replaced words run together (0 for an insertion or where none has a
     spelling, ``<unk>``, as for the cosine's rival); the replaced
     posterior is the highest lattice posterior among the replaced words (``posteriors``, one per
-    word of ``hyp``; 0 for an insertion or where none are known)."""
+    word of ``hyp``; 0 for an insertion or where none are known); ``gain``: the hit's ``lm_gain``
+    (NaN counts as 0, no evidence)."""
     c = cosine if math.isfinite(cosine) else -1.0
     replaced = "".join(w.word for w in hyp[hit.first:hit.last] if is_word(w.word))  # <unk> has no spelling
     margin = c - rival if math.isfinite(rival) else 0.0
     overlap = 1.0 - edit_distance(list(hit.word), list(replaced)) / max(len(hit.word), len(replaced)) if replaced else 0.0
     post = [posteriors[i] for i in range(hit.first, hit.last)] if posteriors and len(posteriors) == len(hyp) else []
     post = max((p for p in post if math.isfinite(p)), default=0.0)
-    return (0.0 if math.isnan(confidence) else float(confidence), float(c), float(margin), float(overlap), float(post))
+    return (0.0 if math.isnan(confidence) else float(confidence), float(c), float(margin), float(overlap), float(post),
+            float(gain) if math.isfinite(gain) else 0.0)
 
 
 @dataclass(frozen=True)
 class HitModel:
-    """A logistic model of the probability that a hit is right, over standardised ``HIT_FEATURES``:
+    """A logistic model of the probability that a hit is right, over standardised ``HIT_FEATURES``
+    (``features``: which, by name; a model fitted before ``lm_gain`` existed names the first five):
     sigmoid(bias + sum(weight * (x - mean) / scale)). Plain numbers, so it is kept as JSON in the
-    tuned config (``to_dict`` / ``from_dict``, which refuses a model of other features)."""
+    tuned config (``to_dict`` / ``from_dict``, which refuses a model of features this version lacks)."""
     weights: Tuple[float, ...]
     bias: float
     mean: Tuple[float, ...]
@@ -69,7 +127,8 @@ class HitModel:
 
     def __post_init__(self):
         n = len(self.features)
-        if tuple(self.features) != HIT_FEATURES:
+        unknown = [f for f in self.features if f not in HIT_FEATURES]
+        if unknown or len(set(self.features)) != n or not n:
             raise ValueError(f"hit model over features {list(self.features)}; this version computes {list(HIT_FEATURES)}")
         for name in ("weights", "mean", "scale"):
             v = getattr(self, name)
@@ -79,6 +138,10 @@ class HitModel:
             raise ValueError(f"hit model: bias {self.bias!r} must be finite and every scale positive ({self.scale!r})")
 
     def probability(self, x: Sequence[float]) -> float:
+        """``x``: a hit's ``HIT_FEATURES``, all of them (the model reads the ones it names)."""
+        if len(x) != len(HIT_FEATURES):
+            raise ValueError(f"hit model: expected the {len(HIT_FEATURES)} HIT_FEATURES, got {len(x)} values")
+        x = [x[HIT_FEATURES.index(f)] for f in self.features]
         z = self.bias + sum(w * (v - m) / s for w, v, m, s in zip(self.weights, x, self.mean, self.scale))
         return 1.0 / (1.0 + math.exp(-z)) if z >= 0 else math.exp(z) / (1.0 + math.exp(z))
 
@@ -143,13 +206,15 @@ class SpottedUtterance:
     confidences: List[float] = field(default_factory=list)  # the recogniser's (NaN: unknown); empty: none known
     rivals: List[float] = field(default_factory=list)  # the replaced words' best cosine on the span (NaN: none)
     posteriors: List[float] = field(default_factory=list)  # the lattice's posterior of each hyp word; empty: unknown
+    lm_gains: List[float] = field(default_factory=list)  # each hit's lm_gain; empty: no LM (0)
 
     def features(self) -> List[Tuple[float, ...]]:
         """Each hit's ``HIT_FEATURES``."""
         conf = self.confidences or [math.nan] * len(self.hits)
         rivals = self.rivals or [math.nan] * len(self.hits)
-        return [hit_features(h, self.hyp, c, q, r, self.posteriors)
-                for h, c, q, r in zip(self.hits, self.cosines, conf, rivals)]
+        gains = self.lm_gains or [0.0] * len(self.hits)
+        return [hit_features(h, self.hyp, c, q, r, self.posteriors, g)
+                for h, c, q, r, g in zip(self.hits, self.cosines, conf, rivals, gains)]
 
     def kept(self, gate: HitGate) -> List[TranscriptHit]:
         conf = self.confidences or [math.nan] * len(self.hits)
@@ -220,28 +285,30 @@ def hit_cosines(rescorer, feats: torch.Tensor, hits: Sequence[TranscriptHit],
 
 def spot_utterance(rescorer, hyp: Sequence[WordSpan], transcript: Sequence[str], words, feats: torch.Tensor,
                    min_letters: int = 4, confidences: Optional[Sequence[float]] = None,
-                   posteriors: Optional[Sequence[float]] = None) -> SpottedUtterance:
+                   posteriors: Optional[Sequence[float]] = None, lm=None) -> SpottedUtterance:
     """One utterance's hits of ``transcript``'s list words (``words``, a set) on ``hyp``, with
     their cosines (and the replaced words' own) and (from ``confidences``, the transcript's
     per-word ones) the recogniser's confidence in each; ``posteriors``: the lattice's posterior
-    of each word of ``hyp`` (e.g. ``RescoreResult.confidences``)."""
+    of each word of ``hyp`` (e.g. ``RescoreResult.confidences``); ``lm``: the word LM of each
+    hit's ``lm_gain`` (``load_hit_lm``; None: none)."""
     hits = spot_transcript(hyp, transcript, words, min_letters)
     conf = confidences
     cos, rivals = hit_cosines(rescorer, feats, hits, hyp) if hits else ([], [])
     return SpottedUtterance(list(hyp), hits, cos,
                             [conf[h.source] if conf is not None and 0 <= h.source < len(conf) else math.nan
-                             for h in hits], rivals, list(posteriors or []))
+                             for h in hits], rivals, list(posteriors or []),
+                            [lm_gain(lm, hyp, h) for h in hits] if lm is not None else [])
 
 
 def spot_all(rescorer, hyps: Dict[str, List[WordSpan]], transcripts: Dict[str, List[str]], words,
              feats: Dict[str, torch.Tensor], min_letters: int = 4,
              confidences: Optional[Dict[str, List[float]]] = None,
-             posteriors: Optional[Dict[str, List[float]]] = None) -> Dict[str, SpottedUtterance]:
+             posteriors: Optional[Dict[str, List[float]]] = None, lm=None) -> Dict[str, SpottedUtterance]:
     """``spot_utterance`` for every utterance of ``hyps`` (one without a transcript gets no hits)."""
     words = set(words)
     confidences, posteriors = confidences or {}, posteriors or {}
     return {u: spot_utterance(rescorer, hyps[u], transcripts.get(u, []), words, feats[u], min_letters,
-                              confidences.get(u), posteriors.get(u)) for u in sorted(hyps)}
+                              confidences.get(u), posteriors.get(u), lm) for u in sorted(hyps)}
 
 
 def check_confidences(transcripts, needed: bool, skip_hint: str) -> None:

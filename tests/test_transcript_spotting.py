@@ -354,6 +354,10 @@ def test_rescorer_tune_spots_whisper_list_words_tuned_on_dev(tmp_path, monkeypat
     assert r.exit_code == 0, r.output
     cfg = json.loads((model / "rescorer.json").read_text())["config"]
     assert (cfg["transcript_min_cosine"], cfg["transcript_min_confidence"], cfg["transcript_abstain"]) == (0.5, None, False)
+    assert cfg["transcript_hit_lm"] == "pocketsphinx"  # the LM of the hits' lm_gain travels with the gate
+    r = CliRunner().invoke(main, args + ["--methods", "awe_rescore,awe_whisper_context_list", "--dev-transcripts",
+                                         str(tmp_path / "dev_conf.jsonl"), "--hit-lm", str(tmp_path / "missing.arpa")])
+    assert r.exit_code != 0 and "no LM file" in r.output and "missing.arpa" in r.output
     rescore = ["rescore", "--model-dir", str(model), "--lattices", str(tmp_path / "dev_lattices.pt"), "--features",
                str(tmp_path / "dev.pt"), "--device", "cpu", "--transcripts", str(tmp_path / "dev_conf.jsonl")]
     r = CliRunner().invoke(main, rescore + ["--out", str(tmp_path / "r0")])
@@ -426,17 +430,79 @@ def test_hit_features_measure_the_margin_over_the_replaced_words_and_their_share
 
     hyp = _hyp(["the", "gift", "sat"])
     sub = TranscriptHit("gifts", 0.2, 0.4, 1, 2)
-    conf, cos, margin, overlap, post = hit_features(sub, hyp, 0.7, 0.9, 0.5, [1.0, 0.6, 0.9])
+    conf, cos, margin, overlap, post, gain = hit_features(sub, hyp, 0.7, 0.9, 0.5, [1.0, 0.6, 0.9], 2.5)
+    assert gain == 2.5 and hit_features(sub, hyp, 0.7, 0.9, 0.5, None, math.nan)[5] == 0.0  # NaN: no evidence
     assert (conf, cos, margin, post) == pytest.approx((0.9, 0.7, 0.2, 0.6)) and overlap == pytest.approx(1 - 1 / 5)
     assert hit_features(sub, hyp, 0.7, 0.9, 0.5)[4] == 0.0  # no posteriors known
     ins = TranscriptHit("zebra", 0.4, 0.4, 1, 1)  # an insertion replaces nothing
-    assert hit_features(ins, hyp, -math.inf, math.nan, math.nan, [1.0, 0.6, 0.9]) == (0.0, -1.0, 0.0, 0.0, 0.0)
+    assert hit_features(ins, hyp, -math.inf, math.nan, math.nan, [1.0, 0.6, 0.9]) == (0.0, -1.0, 0.0, 0.0, 0.0, 0.0)
     two = TranscriptHit("catamaran", 0.0, 0.6, 0, 3)
     f = hit_features(two, _hyp(["cat", "a", "man"]), 0.5, 0.5, 0.1, [0.2, 0.7, 0.4])
     assert f[3] == pytest.approx(1 - 2 / 9) and f[4] == pytest.approx(0.7)  # "cataman"; the surest replaced word
     # <unk> has no spelling: it shares none with the hit, as the cosine finds no rival in it
     assert hit_features(two, _hyp(["cat", "<unk>", "man"]), 0.5, 0.5, 0.1)[3] == pytest.approx(1 - 3 / 9)  # "catman"
     assert hit_features(sub, _hyp(["the", "<unk>", "sat"]), 0.7, 0.9, math.nan)[2:4] == (0.0, 0.0)
+
+
+class _BigramLM:
+    """A tiny LM where "he opens" is likely and "he open" is not; other words get log-zero."""
+
+    TABLE = {("he", "<s>"): -1.0, ("opens", "he"): -1.0, ("open", "he"): -6.0, ("the", "opens"): -0.5,
+             ("the", "open"): -0.5, ("door", "the"): -1.0, ("</s>", "door"): -0.5}
+
+    def logprob(self, word, history=()):
+        return self.TABLE.get((word, history[0] if history else None), -1000.0)
+
+
+def test_lm_gain_prefers_the_path_the_lm_finds_likelier_and_floors_unknown_words():
+    from rescorer.decoding.transcript_spotting import TranscriptHit
+    from rescorer.transcript_hits import LM_FLOOR, LM_GAIN_CLIP, lm_gain
+
+    lm = _BigramLM()
+    hyp = _hyp(["he", "open", "the", "door"])
+    right = TranscriptHit("opens", 0.2, 0.4, 1, 2)
+    assert lm_gain(lm, hyp, right) == pytest.approx(5.0)  # -1 against -6 after "he"
+    assert lm_gain(None, hyp, right) == 0.0  # no LM, no evidence
+    # a word the LM lacks costs LM_FLOOR per term (not log-zero), so its context still decides
+    odd = TranscriptHit("zorba", 0.2, 0.4, 1, 2)
+    assert lm_gain(lm, hyp, odd) == pytest.approx(max(-LM_GAIN_CLIP, 2 * LM_FLOOR - (-6.0 - 0.5)))
+    assert lm_gain(lm, _hyp(["he", "open", "<unk>", "the", "door"]), right) == pytest.approx(5.0)  # <unk> left out
+
+
+def test_the_bundled_trigram_prefers_the_grammatical_word_form():
+    pytest.importorskip("pocketsphinx")
+    from rescorer.decoding.transcript_spotting import TranscriptHit
+    from rescorer.transcript_hits import HIT_LM_BUNDLED, lm_gain, load_hit_lm
+
+    lm = load_hit_lm(HIT_LM_BUNDLED)
+    assert load_hit_lm(None) is None
+    assert lm_gain(lm, _hyp(["she", "open", "the", "door"]), TranscriptHit("opens", 0.2, 0.4, 1, 2)) > 1.0
+    assert lm_gain(lm, _hyp(["she", "opens", "the", "door"]), TranscriptHit("open", 0.2, 0.4, 1, 2)) < -1.0
+
+
+def test_a_hit_lm_file_that_is_missing_or_not_an_lm_is_named(tmp_path):
+    pytest.importorskip("pocketsphinx")
+    from rescorer.transcript_hits import load_hit_lm
+
+    with pytest.raises(FileNotFoundError, match="no LM file"):
+        load_hit_lm(str(tmp_path / "missing.arpa"))
+    bad = tmp_path / "bad.arpa"
+    bad.write_bytes(b"\\data\\\nngram 1=2\n\n\\1-grams:\n-1.0 hello\n")  # truncated
+    with pytest.raises(ValueError, match="not an LM pocketsphinx can read"):
+        load_hit_lm(str(bad))
+
+
+def test_a_hit_model_fitted_before_lm_gain_reads_the_features_it_names():
+    from rescorer.transcript_hits import HIT_FEATURES, HitModel
+
+    old = HitModel((1.0, 0.0, 0.0, 0.0, 0.0), 0.0, (0.5,) * 5, (1.0,) * 5, HIT_FEATURES[:5])
+    assert HitModel.from_dict(old.to_dict()) == old
+    x = (0.9, 0.1, 0.0, 0.0, 0.0, 25.0)
+    assert old.probability(x) == pytest.approx(1 / (1 + math.exp(-0.4)))  # the LM's gain is not read
+    lm_only = HitModel((1.0,), 0.0, (0.0,), (10.0,), ("lm_gain",))
+    assert lm_only.probability(x) == pytest.approx(1 / (1 + math.exp(-2.5)))
+    with pytest.raises(ValueError, match="expected the 6 HIT_FEATURES"):
+        old.probability(x[:5])
 
 
 def test_hit_cosines_also_give_the_replaced_words_best_cosine_on_the_same_span():
@@ -511,6 +577,13 @@ def test_a_hit_model_travels_as_json_and_a_malformed_one_is_named():
         RescoreConfig(transcript_min_probability=0.5)
     with pytest.raises(ValueError, match="this version computes"):
         RescoreConfig(transcript_min_probability=0.5, transcript_hit_model={**d, "features": ["cosine"] * len(HIT_FEATURES)})
+    with pytest.raises(ValueError, match="this version computes"):
+        HitModel.from_dict({**d, "features": ["whisper_margin"] + list(HIT_FEATURES[1:])})
+    # a model weighing the LM's evidence cannot run without the LM
+    with pytest.raises(ValueError, match="needs transcript_hit_lm"):
+        RescoreConfig(transcript_min_probability=0.5, transcript_hit_model=d, transcript_hit_lm=None)
+    with pytest.raises(ValueError, match="transcript_hit_lm must be"):
+        RescoreConfig(transcript_hit_lm=3)
     with pytest.raises(ValueError, match="finite numbers"):
         HitModel.from_dict({**d, "weights": [float("nan")] + d["weights"][1:]})
     with pytest.raises(ValueError, match="expected keys"):

@@ -26,7 +26,7 @@ from rescorer.formats.word_list import WordListError, read_word_list
 from rescorer.lattice.word_lattice import load_word_lattices, prune, save_word_lattices
 from rescorer.rescore import Rescorer
 from rescorer.stages import StageError
-from rescorer.transcript_hits import check_confidences, spot_utterance
+from rescorer.transcript_hits import check_confidences, load_hit_lm, spot_utterance
 from rescorer.utils import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -136,6 +136,10 @@ def rescore_lattices(
         if cfg.transcript_abstain:
             log.warning("%s: dev tuning found that the transcript's list words do not help (transcript_abstain): "
                         "none is added", config_name)
+    try:  # the LM of each hit's lm_gain, named before any utterance is rescored
+        hit_lm = load_hit_lm(cfg.transcript_hit_lm) if spoken is not None else None
+    except (OSError, ValueError) as e:
+        raise StageError(str(e)) from e
     part_txt = outdir / f"hyps.{rank}.txt"
     done = {}
     if part_txt.exists():
@@ -184,7 +188,7 @@ def rescore_lattices(
                     path, posts = res.hypothesis.words, res.confidences
                     if vote_gate is not None:  # the transcript's words the audio confirms stand on the lattice's side too
                         path, posts = spot_utterance(rescorer, path, words, spot_list, feats[uid], cfg.oov_min_letters,
-                                                     spoken.confidences.get(uid), posts).spotted_path(vote_gate)
+                                                     spoken.confidences.get(uid), posts, hit_lm).spotted_path(vote_gate)
                     words = vote(words, spoken.confidences.get(uid), [w.word for w in path], posts,
                                  cfg.vote_max_confidence, cfg.vote_min_posterior, cfg.vote_max_drop_confidence)
                 done[uid] = " ".join(words)
@@ -193,7 +197,7 @@ def rescore_lattices(
                     no_transcript.append(uid)
                     continue
                 spotted = spot_utterance(rescorer, res.hypothesis.words, spoken.words[uid], spot_list, feats[uid],
-                                         cfg.oov_min_letters, spoken.confidences.get(uid), res.confidences)
+                                         cfg.oov_min_letters, spoken.confidences.get(uid), res.confidences, hit_lm)
                 words, added = spotted.spotted(gate)
                 done[uid] = " ".join(w.word for w in words)
                 hits_done[uid] = [[w, round(a, 3), round(b, 3)] for w, a, b in added]

@@ -149,6 +149,8 @@ class TuneSettings:
     whisper_gates: Tuple[Optional[float], ...] = (None, 0.0, 0.2, 0.4)
     whisper_confidence_gates: Tuple[Optional[float], ...] = (None, 0.2, 0.4, 0.6, 0.8)
     whisper_probability_gates: Tuple[Optional[float], ...] = ()  # least probability of a hit model (none: not asked)
+    # the word LM of each hit's lm_gain (transcript_hits.load_hit_lm; None: none), saved with the tuned config
+    hit_lm: Optional[str] = "pocketsphinx"
     # whisper_lattice_vote (decoding.transcript_vote): the lattice's word replaces Whisper's where
     # Whisper's confidence is below one of these and the lattice's posterior at least one of those;
     # and Whisper's word facing nothing on the path is dropped below one of the last (None: never)
@@ -328,7 +330,11 @@ def _tune_and_evaluate(s: TuneSettings):
                                      compute_type=s.compute_type)
     except FileNotFoundError as e:
         raise StageError(str(e)) from e
-    rescorer.config = replace(rescorer.config, am_scale=s.am_scale, oov_rival=s.oov_rival)
+    lm_fields = {}
+    if rescorer.config.transcript_hit_lm != s.hit_lm:  # hit models fitted with another LM's evidence no longer apply
+        lm_fields = dict(transcript_hit_lm=s.hit_lm, transcript_min_probability=None, transcript_hit_model=None,
+                         vote_spot_gate=None)
+    rescorer.config = replace(rescorer.config, am_scale=s.am_scale, oov_rival=s.oov_rival, **lm_fields)
     train_vocab = _train_vocab(s.train_data)
     grid = dict(awe_scales=[float(x) for x in s.awe_scales], lm_scales=[float(x) for x in s.lm_scales],
                 word_insertion_penalties=[float(x) for x in s.wips])

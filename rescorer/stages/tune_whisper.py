@@ -36,7 +36,7 @@ from typing import Dict, List, NamedTuple, Optional
 from rescorer.decoding.transcript_vote import vote
 from rescorer.evaluation.rescoring import added_counts, choose_recovery
 from rescorer.evaluation.transcript_spotting import fit_hit_model, hit_evidence, tune_gate
-from rescorer.transcript_hits import SpottedUtterance, check_confidences, spot_all
+from rescorer.transcript_hits import SpottedUtterance, check_confidences, load_hit_lm, spot_all
 from rescorer.formats.transcripts import TranscriptError, read_transcripts
 from rescorer.lattice.paths import WordSpan
 from rescorer.lattice.word_lattice import best_path_hypothesis, word_confidences
@@ -128,6 +128,10 @@ def whisper_methods(s, rescorer, train_vocab, lists: Dict[str, dict], awe_config
     if "transcribe_seconds_per_decode_second" in cost:  # the table's cost column: what it takes beside decoding
         transcript_cost["rescoring_seconds_per_decode_second"] = cost["transcribe_seconds_per_decode_second"]
     results[s.prefix + "whisper_transcript"] = summary(whisper_hyps, {**meta, **transcript_cost, "note": "the transcript alone"})
+    try:  # the LM of each hit's lm_gain
+        hit_lm = load_hit_lm(rescorer.config.transcript_hit_lm)
+    except (OSError, ValueError) as e:
+        raise StageError(str(e)) from e
     large_list_spots = []  # per fold: (gate, its row, dev hits, held-out hits) of the large list's words, for the vote
     large_list_seconds = 0.0
     for method in wanted:
@@ -136,7 +140,7 @@ def whisper_methods(s, rescorer, train_vocab, lists: Dict[str, dict], awe_config
         eval_spotted, models = [], []
         for k, (tune_lats, eval_lats) in enumerate(folds):
             spotted = spot_all(rescorer, dev_paths[k].words, dev.words, lst["dev"], dev_feats,
-                               rescorer.config.oov_min_letters, dev.confidences, dev_paths[k].posteriors)
+                               rescorer.config.oov_min_letters, dev.confidences, dev_paths[k].posteriors, hit_lm)
             model = fit_hit_model(spotted, dev_refs) if prob_gates else None
             gate, curve = tune_gate(spotted, dev_refs, gates, train_vocab, s.oov_min_precision, s.oov_max_sign_p,
                                     conf_gates, prob_gates, model)
@@ -150,7 +154,7 @@ def whisper_methods(s, rescorer, train_vocab, lists: Dict[str, dict], awe_config
                             s.abstain_reason())
             t0 = time.perf_counter()
             ev = spot_all(rescorer, eval_paths[k].words, test.words, lst["test"], test_feats,
-                          rescorer.config.oov_min_letters, test.confidences, eval_paths[k].posteriors)
+                          rescorer.config.oov_min_letters, test.confidences, eval_paths[k].posteriors, hit_lm)
             seconds += time.perf_counter() - t0
             eval_spotted.append(ev)
             if method == "awe_whisper_oov_recovery":
