@@ -358,6 +358,14 @@ def test_rescorer_tune_spots_whisper_list_words_tuned_on_dev(tmp_path, monkeypat
     r = CliRunner().invoke(main, args + ["--methods", "awe_rescore,awe_whisper_context_list", "--dev-transcripts",
                                          str(tmp_path / "dev_conf.jsonl"), "--hit-lm", str(tmp_path / "missing.arpa")])
     assert r.exit_code != 0 and "no LM file" in r.output and "missing.arpa" in r.output
+    # without an LM the hit model leaves lm_gain out, so the saved config runs without one
+    r = CliRunner().invoke(main, args + ["--methods", "awe_rescore,awe_whisper_context_list,whisper_lattice_vote",
+                                         "--dev-transcripts", str(tmp_path / "dev_conf.jsonl"), "--hit-lm", "none",
+                                         "--whisper-probability-gates", "0.5,0.9", "--save-config"])
+    assert r.exit_code == 0, r.output
+    no_lm = json.loads((model / "rescorer.json").read_text())["config"]
+    assert no_lm["transcript_hit_lm"] is None
+    assert "lm_gain" not in (no_lm["transcript_hit_model"] or {}).get("features", [])
     rescore = ["rescore", "--model-dir", str(model), "--lattices", str(tmp_path / "dev_lattices.pt"), "--features",
                str(tmp_path / "dev.pt"), "--device", "cpu", "--transcripts", str(tmp_path / "dev_conf.jsonl")]
     r = CliRunner().invoke(main, rescore + ["--out", str(tmp_path / "r0")])
@@ -543,6 +551,15 @@ def test_a_hit_model_fitted_on_dev_parts_hits_that_no_single_threshold_can():
     model = fit_hit_model(spotted, refs)
     p = {u: model.probability(su.features()[0]) for u, su in spotted.items()}
     assert min(p["r1"], p["r2"]) > max(p["w1"], p["w2"], p["w3"])
+    # features constant on dev (no LM gains, posteriors or rivals; one spelling) stay out of the model, so a
+    # model fitted without an LM runs where there is none
+    assert model.features == ("confidence", "cosine")
+    from rescorer.rescore import RescoreConfig
+
+    RescoreConfig(transcript_min_probability=0.5, transcript_hit_model=model.to_dict(), transcript_hit_lm=None)
+    for u, gain in zip(sorted(spotted), (3.0, 2.0, -1.0, -2.0, 0.5)):
+        spotted[u].lm_gains = [gain]
+    assert "lm_gain" in fit_hit_model(spotted, refs).features
     assert hit_evidence([spotted], refs, [model])["model_roc_auc"] == 1.0
     assert hit_evidence([spotted], refs)["cosine_roc_auc"] < 1.0  # the cosine alone cannot
     vocab = {"the", "cap", "sat"}
@@ -581,7 +598,8 @@ def test_a_hit_model_travels_as_json_and_a_malformed_one_is_named():
         HitModel.from_dict({**d, "features": ["whisper_margin"] + list(HIT_FEATURES[1:])})
     # a model weighing the LM's evidence cannot run without the LM
     with pytest.raises(ValueError, match="needs transcript_hit_lm"):
-        RescoreConfig(transcript_min_probability=0.5, transcript_hit_model=d, transcript_hit_lm=None)
+        RescoreConfig(transcript_min_probability=0.5, transcript_hit_lm=None,
+                      transcript_hit_model=HitModel((1.0,), 0.0, (0.0,), (1.0,), ("lm_gain",)).to_dict())
     with pytest.raises(ValueError, match="transcript_hit_lm must be"):
         RescoreConfig(transcript_hit_lm=3)
     with pytest.raises(ValueError, match="finite numbers"):

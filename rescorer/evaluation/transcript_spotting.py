@@ -40,15 +40,21 @@ def fit_hit_model(spotted: Dict[str, SpottedUtterance], refs: Dict[str, List[str
                   l2: float = 1.0) -> Optional[HitModel]:
     """A logistic ``HitModel`` of dev's hits being right (L2 penalty ``l2`` on the weights of the
     standardised features, as one more example's worth of evidence: small dev sets stay stable);
-    None where dev has no right hit or no wrong one."""
+    None where dev has no right hit or no wrong one, or no feature that varies."""
     x, y = hit_labels(spotted, refs)
     if not x or all(y) or not any(y):
         return None
     X = torch.tensor(x, dtype=torch.float64)
     t = torch.tensor(y, dtype=torch.float64)
+    # a feature constant on dev (lm_gain without an LM, a posterior never known) carries no
+    # evidence: it stays out of the model, which names only the features it weighs
+    keep = X.std(0, unbiased=False) > 1e-6
+    if not bool(keep.any()):
+        return None
+    names = tuple(f for f, k in zip(HIT_FEATURES, keep.tolist()) if k)
+    X = X[:, keep]
     mean = X.mean(0)
     scale = X.std(0, unbiased=False)
-    scale = torch.where(scale > 1e-6, scale, torch.ones_like(scale))  # a constant feature stays out
     Z = (X - mean) / scale
     w = torch.zeros(Z.shape[1], dtype=torch.float64, requires_grad=True)
     b = torch.zeros((), dtype=torch.float64, requires_grad=True)
@@ -61,8 +67,7 @@ def fit_hit_model(spotted: Dict[str, SpottedUtterance], refs: Dict[str, List[str
         return v
 
     opt.step(loss)
-    return HitModel(tuple(w.detach().tolist()), float(b.detach()), tuple(mean.tolist()), tuple(scale.tolist()),
-                    HIT_FEATURES)
+    return HitModel(tuple(w.detach().tolist()), float(b.detach()), tuple(mean.tolist()), tuple(scale.tolist()), names)
 
 
 def tune_gate(spotted: Dict[str, SpottedUtterance], refs: Dict[str, List[str]], gates: Sequence[Optional[float]],
