@@ -560,8 +560,10 @@ def test_a_hit_model_fitted_on_dev_parts_hits_that_no_single_threshold_can():
     for u, gain in zip(sorted(spotted), (3.0, 2.0, -1.0, -2.0, 0.5)):
         spotted[u].lm_gains = [gain]
     assert "lm_gain" in fit_hit_model(spotted, refs).features
+    assert hit_evidence([spotted], refs)["lm_gain_roc_auc"] == 1.0  # reported beside the cosine and confidence
     assert hit_evidence([spotted], refs, [model])["model_roc_auc"] == 1.0
     assert hit_evidence([spotted], refs)["cosine_roc_auc"] < 1.0  # the cosine alone cannot
+    assert "lm_gain_roc_auc" not in hit_evidence([_five_hits()[0]], refs)  # no LM, no row for it
     vocab = {"the", "cap", "sat"}
     grid = [None, 0.25, 0.35, 0.45, 0.6]
     gate, rows = tune_gate(spotted, refs, grid, vocab, confidence_gates=grid)

@@ -114,11 +114,12 @@ def hit_evidence(spotted_sets: Sequence[Dict[str, SpottedUtterance]], refs: Dict
                  models: Optional[Sequence[Optional[HitModel]]] = None) -> dict:
     """How well each piece of evidence parts right hits from wrong ones, over every hit of
     ``spotted_sets`` (e.g. each fold's dev): a hit is right when its word is among its
-    utterance's reference words. ROC AUC and average precision of the embedder's cosine and of
-    the recogniser's confidence (unknown ones rank last), and with ``models`` (one per set, e.g.
+    utterance's reference words. ROC AUC and average precision of the embedder's cosine, of
+    the recogniser's confidence (unknown ones rank last) and, where the hits have them, of the LM's
+    gain (``lm_gain``), and with ``models`` (one per set, e.g.
     each fold's fitted on the other fold's dev) of the model's probability; None where undefined
     (or, for the model, where a set has none)."""
-    cos, conf, right, prob = [], [], [], []
+    cos, conf, right, prob, gains = [], [], [], [], []
     for k, spotted in enumerate(spotted_sets):
         model = models[k] if models is not None else None
         for u in sorted(spotted):
@@ -126,6 +127,7 @@ def hit_evidence(spotted_sets: Sequence[Dict[str, SpottedUtterance]], refs: Dict
             ref = set(refs.get(u, ()))
             q = su.confidences or [math.nan] * len(su.hits)
             feats = su.features() if model is not None else [None] * len(su.hits)  # only the model reads them
+            gains += su.lm_gains if su.lm_gains else [None] * len(su.hits)
             for h, c, v, f in zip(su.hits, su.cosines, q, feats):
                 cos.append(c)
                 conf.append(-math.inf if math.isnan(v) else v)
@@ -133,7 +135,8 @@ def hit_evidence(spotted_sets: Sequence[Dict[str, SpottedUtterance]], refs: Dict
                 prob.append(None if model is None else model.probability(f))
     out = {"hits": len(right), "right": int(sum(right))}
     pos = torch.tensor(right, dtype=torch.bool)
-    for name, vals in (("cosine", cos), ("confidence", conf)):
+    pieces = [("cosine", cos), ("confidence", conf)] + ([("lm_gain", gains)] if gains and None not in gains else [])
+    for name, vals in pieces:
         for key, v in _ranking(vals, pos).items():
             out[f"{name}_{key}"] = v
     if models is not None:
