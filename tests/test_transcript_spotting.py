@@ -398,7 +398,9 @@ def test_rescorer_tune_spots_whisper_list_words_tuned_on_dev(tmp_path, monkeypat
     assert row["wer"] == 0.0 and [s_["probability_gate"] for s_ in row["scales"]] == [0.5, 0.5]
     assert row["heldout_hit_evidence"]["model_roc_auc"] == 1.0  # each fold's model on the other speaker's hits
     cfg = json.loads((model / "rescorer.json").read_text())["config"]
-    assert cfg["transcript_min_probability"] == 0.5 and cfg["transcript_hit_model"]["weights"][1] > 0  # the cosine's
+    m = cfg["transcript_hit_model"]
+    assert cfg["transcript_min_probability"] == 0.5 and m["weights"][m["features"].index("cosine")] > 0
+    assert cfg["transcript_hit_lm"] == "pocketsphinx" and "lm_gain" in m["features"]  # rescore below computes it
     r = CliRunner().invoke(main, rescore + ["--out", str(tmp_path / "r3"), "--transcript-list",
                                             str(tmp_path / "context.txt")])
     assert r.exit_code == 0, r.output
