@@ -182,6 +182,13 @@ class RescoreConfig:
             if gate.model is not None and "lm_gain" in gate.model.features and self.transcript_hit_lm is None:
                 raise ValueError("vote_spot_gate's hit model weighs lm_gain, which needs transcript_hit_lm")
 
+    def lattice_fields(self) -> dict:
+        """The options lattice rescoring itself reads (the second recogniser's ``transcript_*`` and
+        ``vote_*`` left out): what a lattice method's tuned row records as its scales."""
+        from dataclasses import asdict
+
+        return {k: v for k, v in asdict(self).items() if not k.startswith(("transcript_", "vote_"))}
+
     def transcript_gate(self):
         """The gate on a second recogniser's list words (``transcript_hits.HitGate``) that dev tuning chose."""
         from rescorer.transcript_hits import HitGate, HitModel

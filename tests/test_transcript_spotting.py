@@ -329,6 +329,9 @@ def test_rescorer_tune_spots_whisper_list_words_tuned_on_dev(tmp_path, monkeypat
     assert r.exit_code == 0, r.output
     toy = json.loads(out.read_text())["corpora"]["toy"]
     assert toy["awe_rescore"]["wer"] == pytest.approx(2 / 12)  # "cap" stays: the lattice has nothing else
+    # a lattice method's row records the scales it tuned, not the Whisper methods' options
+    assert not [k for k in toy["awe_rescore"]["scales"][0] if k.startswith(("transcript_", "vote_"))]
+    assert toy["awe_rescore"]["scales"][0]["awe_scale"] is not None
     row = toy["awe_whisper_context_list"]
     assert row["wer"] == 0.0 and row["scales"] == [{"gate": 0.5, "confidence_gate": None}] * 2
     assert row["added_oov_recovered"] == 2 and row["added_oov_precision"] == 1.0 and row["added_iv_broken"] == 0

@@ -47,7 +47,7 @@ import os
 import platform
 import re
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
@@ -404,7 +404,7 @@ def _tune_and_evaluate(s: TuneSettings):
             base_best, _ = tune(rescorer, prep_tune, dev_refs, awe_scales=[0.0], lm_scales=grid["lm_scales"],
                                 word_insertion_penalties=grid["word_insertion_penalties"], train_vocab=train_vocab)
             curves[f"{method}_fold{k}"] = curve
-            chosen.append(asdict(best))
+            chosen.append(best.lattice_fields())
             if method == "awe_rescore":
                 awe_state.setdefault("configs", []).append(best)
                 awe_state.update(prep_dev=prep_dev, prep_test=prep_test)

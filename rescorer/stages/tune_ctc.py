@@ -192,7 +192,7 @@ def ctc_methods(s, rescorer, train_vocab, grid, dev_lats, dev_feats, dev_refs, f
                                                  min_precision=s.oov_min_precision if recover else None,
                                                  max_p=s.oov_max_sign_p if recover else None)
             curves[f"awe_ctc_rescore_fold{k}"] = curve
-            chosen.append({**asdict(best), "ctc_norm": norm, **(gate.to_dict() if gate is not None else {})})
+            chosen.append({**best.lattice_fields(), "ctc_norm": norm, **(gate.to_dict() if gate is not None else {})})
             if recover and abstained(best):
                 chosen[-1]["oov_recovery"] = "abstained"
                 log.warning("awe_ctc_rescore, fold %d: the added words do not %s on dev: none is added", k,
