@@ -171,16 +171,27 @@ class RescoreConfig:
 
             if self.transcript_hit_model is None:
                 raise ValueError("transcript_min_probability needs transcript_hit_model (the model it thresholds)")
-            model = HitModel.from_dict(self.transcript_hit_model)  # a malformed model is named here, not mid-run
-            if "lm_gain" in model.features and self.transcript_hit_lm is None:
-                raise ValueError("transcript_hit_model weighs lm_gain, which needs transcript_hit_lm (the LM it was "
-                                 "fitted with; \"pocketsphinx\" for the bundled trigram)")
+            HitModel.from_dict(self.transcript_hit_model)  # a malformed model is named here, not mid-run
         if self.transcript_hit_lm is not None and not (isinstance(self.transcript_hit_lm, str) and self.transcript_hit_lm):
             raise ValueError(f"transcript_hit_lm must be \"pocketsphinx\", an LM file's path or null, not {self.transcript_hit_lm!r}")
         if self.vote_spot_gate is not None:
-            gate = self.vote_spot_hit_gate()  # likewise a malformed gate
-            if gate.model is not None and "lm_gain" in gate.model.features and self.transcript_hit_lm is None:
-                raise ValueError("vote_spot_gate's hit model weighs lm_gain, which needs transcript_hit_lm")
+            self.vote_spot_hit_gate()  # likewise a malformed gate
+        if self.transcript_hit_lm is None:
+            for name in self.hit_models_weighing_lm():
+                raise ValueError(f"{name}'s hit model weighs lm_gain, which needs transcript_hit_lm (the LM it was "
+                                 "fitted with; \"pocketsphinx\" for the bundled trigram)")
+
+    def hit_models_weighing_lm(self) -> List[str]:
+        """Which tuned hit models (``transcript_hit_model``, ``vote_spot_gate``) read ``lm_gain``: spotting
+        needs ``transcript_hit_lm`` for them, and for nothing else."""
+        from rescorer.transcript_hits import weighs_lm
+
+        names = []
+        if self.transcript_min_probability is not None and weighs_lm(self.transcript_gate().model):
+            names.append("transcript_hit_model")
+        if self.vote_spot_gate is not None and weighs_lm(self.vote_spot_hit_gate().model):
+            names.append("vote_spot_gate")
+        return names
 
     def lattice_fields(self) -> dict:
         """The options lattice rescoring itself reads (the second recogniser's ``transcript_*`` and

@@ -39,6 +39,7 @@ from rescorer.wer import edit_distance
 
 
 HIT_FEATURES = ("confidence", "cosine", "cosine_margin", "spelling_overlap", "replaced_posterior", "lm_gain")
+_FEATURE_INDEX = {f: i for i, f in enumerate(HIT_FEATURES)}
 # a word the LM lacks scores as this (natural log, about 1e-7) instead of the LM's log-zero, so a
 # list word the LM has never seen costs what a rare word costs, and its context still counts
 LM_FLOOR = math.log(1e-7)
@@ -80,17 +81,24 @@ def sentence_logprob(lm, words: Sequence[str]) -> float:
     return total
 
 
-def lm_gain(lm, hyp: Sequence[WordSpan], hit: TranscriptHit) -> float:
-    """How much likelier ``lm`` finds the path with ``hit`` in place than the path as it is
+def lm_gains(lm, hyp: Sequence[WordSpan], hits: Sequence[TranscriptHit]) -> List[float]:
+    """How much likelier ``lm`` finds the path with each hit in place than the path as it is
     (natural log, clipped to +-``LM_GAIN_CLIP``; words without a spelling, ``<unk>``, left out):
     "he opens the door" against "he open the door". 0 without an LM."""
     if lm is None:
-        return 0.0
+        return [0.0] * len(hits)
     words = [w.word for w in hyp]
-    base = [w for w in words if is_word(w)]
-    alt = [w for w in words[:hit.first] + [hit.word] + words[hit.last:] if is_word(w)]
-    g = sentence_logprob(lm, alt) - sentence_logprob(lm, base)
-    return max(-LM_GAIN_CLIP, min(LM_GAIN_CLIP, g))
+    base = sentence_logprob(lm, [w for w in words if is_word(w)])  # once for all the hits
+    out = []
+    for hit in hits:
+        alt = [w for w in words[:hit.first] + [hit.word] + words[hit.last:] if is_word(w)]
+        out.append(max(-LM_GAIN_CLIP, min(LM_GAIN_CLIP, sentence_logprob(lm, alt) - base)))
+    return out
+
+
+def lm_gain(lm, hyp: Sequence[WordSpan], hit: TranscriptHit) -> float:
+    """``lm_gains`` of one hit."""
+    return lm_gains(lm, hyp, [hit])[0]
 
 
 def hit_features(hit: TranscriptHit, hyp: Sequence[WordSpan], cosine: float, confidence: float,
@@ -127,7 +135,7 @@ class HitModel:
 
     def __post_init__(self):
         n = len(self.features)
-        unknown = [f for f in self.features if f not in HIT_FEATURES]
+        unknown = [f for f in self.features if f not in _FEATURE_INDEX]
         if unknown or len(set(self.features)) != n or not n:
             raise ValueError(f"hit model over features {list(self.features)}; this version computes {list(HIT_FEATURES)}")
         for name in ("weights", "mean", "scale"):
@@ -141,7 +149,7 @@ class HitModel:
         """``x``: a hit's ``HIT_FEATURES``, all of them (the model reads the ones it names)."""
         if len(x) != len(HIT_FEATURES):
             raise ValueError(f"hit model: expected the {len(HIT_FEATURES)} HIT_FEATURES, got {len(x)} values")
-        x = [x[HIT_FEATURES.index(f)] for f in self.features]
+        x = [x[_FEATURE_INDEX[f]] for f in self.features]
         z = self.bias + sum(w * (v - m) / s for w, v, m, s in zip(self.weights, x, self.mean, self.scale))
         return 1.0 / (1.0 + math.exp(-z)) if z >= 0 else math.exp(z) / (1.0 + math.exp(z))
 
@@ -155,6 +163,11 @@ class HitModel:
         if not isinstance(d, dict) or set(d) != {"features", "weights", "bias", "mean", "scale"}:
             raise ValueError(f"hit model: expected keys features, weights, bias, mean, scale; got {d!r}")
         return cls(tuple(d["weights"]), d["bias"], tuple(d["mean"]), tuple(d["scale"]), tuple(d["features"]))
+
+
+def weighs_lm(model: Optional[HitModel]) -> bool:
+    """Whether ``model`` reads ``lm_gain`` (so spotting must compute it, with the config's LM)."""
+    return model is not None and "lm_gain" in model.features
 
 
 class HitGate(NamedTuple):
@@ -297,7 +310,7 @@ def spot_utterance(rescorer, hyp: Sequence[WordSpan], transcript: Sequence[str],
     return SpottedUtterance(list(hyp), hits, cos,
                             [conf[h.source] if conf is not None and 0 <= h.source < len(conf) else math.nan
                              for h in hits], rivals, list(posteriors or []),
-                            [lm_gain(lm, hyp, h) for h in hits] if lm is not None else [])
+                            lm_gains(lm, hyp, hits) if lm is not None else [])
 
 
 def spot_all(rescorer, hyps: Dict[str, List[WordSpan]], transcripts: Dict[str, List[str]], words,

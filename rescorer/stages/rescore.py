@@ -136,8 +136,8 @@ def rescore_lattices(
         if cfg.transcript_abstain:
             log.warning("%s: dev tuning found that the transcript's list words do not help (transcript_abstain): "
                         "none is added", config_name)
-    try:  # the LM of each hit's lm_gain, named before any utterance is rescored
-        hit_lm = load_hit_lm(cfg.transcript_hit_lm) if spoken is not None else None
+    try:  # the LM of each hit's lm_gain, where a tuned hit model reads it; named before any utterance is rescored
+        hit_lm = load_hit_lm(cfg.transcript_hit_lm) if spoken is not None and cfg.hit_models_weighing_lm() else None
     except (OSError, ValueError) as e:
         raise StageError(str(e)) from e
     part_txt = outdir / f"hyps.{rank}.txt"
