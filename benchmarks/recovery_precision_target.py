@@ -29,6 +29,7 @@ import datetime as _dt
 import json
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -105,7 +106,7 @@ def measure(a) -> Dict[str, dict]:
             for section, flags, ctc in runs:
                 if section not in a.sections.split(","):
                     continue
-                _run(a.corpus, flags, target, wer_file, ctc)
+                _run(a.corpus, flags + shlex.split(a.tune_args), target, wer_file, ctc)
             out[key] = summarise(json.loads(wer_file.read_text())["corpora"][a.corpus])
             for method, row in out[key].items():
                 print(key, method, row, flush=True)
@@ -148,6 +149,8 @@ def main(argv=None) -> None:
     p.add_argument("--gate-ctc-margins", default="1,0.5,0,none", help="... and its CTC margin thresholds")
     p.add_argument("--cross-validate", action="store_true", help="cross-validation over dev speakers (no test split)")
     p.add_argument("--folds", type=int, default=2, help="... in this many speaker folds")
+    p.add_argument("--tune-args", default="", help="more options for every rescorer tune run, e.g. an ablation's "
+                                                   "\"--hit-model-hits own\" (recorded in the row's command)")
     p.add_argument("--out", default=str(REPO / "results" / "recovery_precision_target.json"))
     a = p.parse_args(argv)
     a.config = str(Path(a.config).resolve())
@@ -157,7 +160,7 @@ def main(argv=None) -> None:
     doc[a.corpus] = {
         "targets": result,
         "protocol": f"{a.folds}-fold cross-validation over dev speakers" if a.cross_validate else "tuned on dev, reported on test",
-        "command": " ".join(["python", "benchmarks/recovery_precision_target.py"] + (argv or sys.argv[1:])),
+        "command": shlex.join(["python", "benchmarks/recovery_precision_target.py"] + (argv or sys.argv[1:])),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "date": _dt.date.today().isoformat(),
     }

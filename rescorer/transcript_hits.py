@@ -16,8 +16,9 @@ The pieces can also be weighed together (``HitModel``): a logistic model over ea
 ``HIT_FEATURES`` (the confidence, the cosine, the cosine's margin over the replaced words'
 own best cosine on the same span, how much of the replaced words' spelling the hit shares,
 the lattice's posterior of the words it replaces, and a general word LM's log-probability gain of
-the path with the hit over the path without: evidence Whisper's own does not share, ``lm_gain``),
-fitted on dev's hits
+the path with the hit over the path without: evidence Whisper's own does not share, ``lm_gain``;
+and the hit word's length in letters: Whisper's sure wrong list words are short near-homophones,
+"gave" for "get", while a long list word it writes rarely is one by chance), fitted on dev's hits
 (``evaluation.transcript_spotting.fit_hit_model``) and kept with the model's tuned config, so a
 gate may instead ask for a least probability that a hit is right.
 """
@@ -38,7 +39,7 @@ from rescorer.text import is_word
 from rescorer.wer import edit_distance
 
 
-HIT_FEATURES = ("confidence", "cosine", "cosine_margin", "spelling_overlap", "replaced_posterior", "lm_gain")
+HIT_FEATURES = ("confidence", "cosine", "cosine_margin", "spelling_overlap", "replaced_posterior", "lm_gain", "letters")
 _FEATURE_INDEX = {f: i for i, f in enumerate(HIT_FEATURES)}
 # a word the LM lacks scores as this (natural log, about 1e-7) instead of the LM's log-zero, so a
 # list word the LM has never seen costs what a rare word costs, and its context still counts
@@ -110,7 +111,7 @@ def hit_features(hit: TranscriptHit, hyp: Sequence[WordSpan], cosine: float, con
     spelling, ``<unk>``, as for the cosine's rival); the replaced
     posterior is the highest lattice posterior among the replaced words (``posteriors``, one per
     word of ``hyp``; 0 for an insertion or where none are known); ``gain``: the hit's ``lm_gain``
-    (NaN counts as 0, no evidence)."""
+    (NaN counts as 0, no evidence); ``letters``: the hit word's."""
     c = cosine if math.isfinite(cosine) else -1.0
     replaced = "".join(w.word for w in hyp[hit.first:hit.last] if is_word(w.word))  # <unk> has no spelling
     margin = c - rival if math.isfinite(rival) else 0.0
@@ -118,13 +119,14 @@ def hit_features(hit: TranscriptHit, hyp: Sequence[WordSpan], cosine: float, con
     post = [posteriors[i] for i in range(hit.first, hit.last)] if posteriors and len(posteriors) == len(hyp) else []
     post = max((p for p in post if math.isfinite(p)), default=0.0)
     return (0.0 if math.isnan(confidence) else float(confidence), float(c), float(margin), float(overlap), float(post),
-            float(gain) if math.isfinite(gain) else 0.0)
+            float(gain) if math.isfinite(gain) else 0.0, float(sum(c.isalpha() for c in hit.word)))
 
 
 @dataclass(frozen=True)
 class HitModel:
     """A logistic model of the probability that a hit is right, over standardised ``HIT_FEATURES``
-    (``features``: which, by name; a model fitted before ``lm_gain`` existed names the first five):
+    (``features``: which, by name; a model fitted before ``lm_gain`` and ``letters`` existed names the
+    first five):
     sigmoid(bias + sum(weight * (x - mean) / scale)). Plain numbers, so it is kept as JSON in the
     tuned config (``to_dict`` / ``from_dict``, which refuses a model of features this version lacks)."""
     weights: Tuple[float, ...]

@@ -111,3 +111,19 @@ def test_ctc_word_spotting_is_compared_at_the_same_target_counted_against_its_gr
             spot["added_iv_broken"]) == (1, 4, 0.25, 2)
     assert spot["folds_abstained"] == 1 and spot["folds"] == 2
     assert set(rows) == {"ctc_word_spotting", "awe_ctc_rescore"}
+
+
+def test_an_ablations_tune_args_reach_every_run_and_the_recorded_command(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_run(corpus, flags, target, out, ctc):
+        calls.append(tuple(flags))
+        out.write_text(json.dumps(_tune_output(target)))
+
+    monkeypatch.setattr(script, "_flags", lambda config, section: [f"--from-{section}"])
+    monkeypatch.setattr(script, "_run", fake_run)
+    out = tmp_path / "out.json"
+    script.main(["--workdir", str(tmp_path), "--config", "c.yaml", "--corpus", "syn/x", "--targets", "0.8",
+                 "--tune-args", "--hit-model-hits own", "--out", str(out)])
+    assert len(calls) == 2 and all(c[-2:] == ("--hit-model-hits", "own") for c in calls)
+    assert "--tune-args '--hit-model-hits own'" in json.loads(out.read_text())["syn/x"]["command"]  # re-runnable as written

@@ -368,6 +368,7 @@ def test_rescorer_tune_spots_whisper_list_words_tuned_on_dev(tmp_path, monkeypat
     assert r.exit_code == 0, r.output
     no_lm = json.loads((model / "rescorer.json").read_text())["config"]
     assert no_lm["transcript_hit_lm"] is None
+    assert json.loads(out.read_text())["corpora"]["toy"]["awe_whisper_context_list"]["hit_model_hits"] == "all_lists"
     assert "lm_gain" not in (no_lm["transcript_hit_model"] or {}).get("features", [])
     rescore = ["rescore", "--model-dir", str(model), "--lattices", str(tmp_path / "dev_lattices.pt"), "--features",
                str(tmp_path / "dev.pt"), "--device", "cpu", "--transcripts", str(tmp_path / "dev_conf.jsonl")]
@@ -443,12 +444,13 @@ def test_hit_features_measure_the_margin_over_the_replaced_words_and_their_share
 
     hyp = _hyp(["the", "gift", "sat"])
     sub = TranscriptHit("gifts", 0.2, 0.4, 1, 2)
-    conf, cos, margin, overlap, post, gain = hit_features(sub, hyp, 0.7, 0.9, 0.5, [1.0, 0.6, 0.9], 2.5)
+    conf, cos, margin, overlap, post, gain, letters = hit_features(sub, hyp, 0.7, 0.9, 0.5, [1.0, 0.6, 0.9], 2.5)
+    assert letters == 5 and hit_features(TranscriptHit("anne's", 0.2, 0.4, 1, 2), hyp, 0.7, 0.9, 0.5)[6] == 5
     assert gain == 2.5 and hit_features(sub, hyp, 0.7, 0.9, 0.5, None, math.nan)[5] == 0.0  # NaN: no evidence
     assert (conf, cos, margin, post) == pytest.approx((0.9, 0.7, 0.2, 0.6)) and overlap == pytest.approx(1 - 1 / 5)
     assert hit_features(sub, hyp, 0.7, 0.9, 0.5)[4] == 0.0  # no posteriors known
     ins = TranscriptHit("zebra", 0.4, 0.4, 1, 1)  # an insertion replaces nothing
-    assert hit_features(ins, hyp, -math.inf, math.nan, math.nan, [1.0, 0.6, 0.9]) == (0.0, -1.0, 0.0, 0.0, 0.0, 0.0)
+    assert hit_features(ins, hyp, -math.inf, math.nan, math.nan, [1.0, 0.6, 0.9]) == (0.0, -1.0, 0.0, 0.0, 0.0, 0.0, 5.0)
     two = TranscriptHit("catamaran", 0.0, 0.6, 0, 3)
     f = hit_features(two, _hyp(["cat", "a", "man"]), 0.5, 0.5, 0.1, [0.2, 0.7, 0.4])
     assert f[3] == pytest.approx(1 - 2 / 9) and f[4] == pytest.approx(0.7)  # "cataman"; the surest replaced word
@@ -510,12 +512,14 @@ def test_a_hit_model_fitted_before_lm_gain_reads_the_features_it_names():
 
     old = HitModel((1.0, 0.0, 0.0, 0.0, 0.0), 0.0, (0.5,) * 5, (1.0,) * 5, HIT_FEATURES[:5])
     assert HitModel.from_dict(old.to_dict()) == old
-    x = (0.9, 0.1, 0.0, 0.0, 0.0, 25.0)
-    assert old.probability(x) == pytest.approx(1 / (1 + math.exp(-0.4)))  # the LM's gain is not read
+    x = (0.9, 0.1, 0.0, 0.0, 0.0, 25.0, 7.0)
+    assert old.probability(x) == pytest.approx(1 / (1 + math.exp(-0.4)))  # the LM's gain and the letters are not read
     lm_only = HitModel((1.0,), 0.0, (0.0,), (10.0,), ("lm_gain",))
     assert lm_only.probability(x) == pytest.approx(1 / (1 + math.exp(-2.5)))
-    with pytest.raises(ValueError, match="expected the 6 HIT_FEATURES"):
-        old.probability(x[:5])
+    six = HitModel((0.0,) * 5 + (1.0,), 0.0, (0.0,) * 6, (10.0,) * 6, HIT_FEATURES[:6])  # fitted before the letters
+    assert HitModel.from_dict(six.to_dict()) == six and six.probability(x) == pytest.approx(lm_only.probability(x))
+    with pytest.raises(ValueError, match="expected the 7 HIT_FEATURES"):
+        old.probability(x[:6])
 
 
 def test_hit_cosines_also_give_the_replaced_words_best_cosine_on_the_same_span():
@@ -580,6 +584,30 @@ def test_a_hit_model_fitted_on_dev_parts_hits_that_no_single_threshold_can():
     assert fit_hit_model({u: spotted[u] for u in ("r1", "r2")}, refs) is None
     _, rows = tune_gate({u: spotted[u] for u in ("w1", "w2")}, refs, [None], vocab, probability_gates=[0.5])
     assert len(rows) == 2
+
+
+def test_a_lists_hit_model_is_fitted_on_the_other_lists_hits_too_each_shared_hit_once():
+    from rescorer.decoding.transcript_spotting import TranscriptHit
+    from rescorer.evaluation.transcript_spotting import fit_hit_model, hit_labels
+    from rescorer.transcript_hits import SpottedUtterance
+
+    spotted, refs = _five_hits()
+    context = {u: spotted[u] for u in ("r1", "r2")}  # the context list's own hits: all right, nothing to fit
+    assert fit_hit_model(context, refs) is None
+    # the large list's spotting over the same paths holds those hits too, and the wrong ones
+    x, y = hit_labels(context, refs, [spotted])
+    assert len(x) == 5 and sum(y) == 2  # r1's and r2's hits counted once, not twice
+    model = fit_hit_model(context, refs, pool=[spotted])
+    assert model is not None and model == fit_hit_model(spotted, refs)
+    p = {u: model.probability(su.features()[0]) for u, su in spotted.items()}
+    assert min(p["r1"], p["r2"]) > max(p["w1"], p["w2"], p["w3"])
+    # the same word on the same span from another transcript position is another hit
+    other = {"r1": SpottedUtterance(spotted["r1"].hyp, [TranscriptHit("zebra", 0.2, 0.4, 1, 2, source=3)], [0.1], [0.1])}
+    assert len(hit_labels(context, refs, [other])[0]) == 3
+    # hits on another path (another fold's, another rescoring's) are not pooled
+    moved = {"r1": SpottedUtterance(_hyp(["a", "cap", "sat"]), spotted["r1"].hits, [0.9], [0.3])}
+    with pytest.raises(ValueError, match="r1 lie on another path"):
+        fit_hit_model(context, refs, pool=[moved])
 
 
 def test_a_hit_model_travels_as_json_and_a_malformed_one_is_named():

@@ -24,24 +24,41 @@ from rescorer.transcript_hits import HIT_FEATURES, HitGate, HitModel, SpottedUtt
 from rescorer.wer import compute_wer
 
 
-def hit_labels(spotted: Dict[str, SpottedUtterance], refs: Dict[str, List[str]]):
+def hit_labels(spotted: Dict[str, SpottedUtterance], refs: Dict[str, List[str]],
+               pool: Sequence[Dict[str, SpottedUtterance]] = ()):
     """(each hit's features, whether it is right): right when its word is among its utterance's
-    reference words."""
-    x, y = [], []
-    for u in sorted(spotted):
-        ref = set(refs.get(u, ()))
-        su = spotted[u]
-        x.extend(su.features())
-        y.extend(h.word in ref for h in su.hits)
+    reference words. ``pool``: more spottings over the same paths (other word lists' hits on the
+    same fold's dev); a hit two of them share (same word, replaced words and transcript position)
+    counts once. ValueError where a pooled spotting's path differs from ``spotted``'s."""
+    x, y, seen = [], [], set()
+    for k, sets in enumerate([spotted, *pool]):
+        for u in sorted(sets):
+            su = sets[u]
+            if k and u in spotted and [w.word for w in su.hyp] != [w.word for w in spotted[u].hyp]:
+                raise ValueError(f"pooled hits of {u} lie on another path than the list's own: pool only the "
+                                 f"spottings of one fold's paths")
+            ref = set(refs.get(u, ()))
+            for h, f in zip(su.hits, su.features()):
+                key = (u, h.word, h.first, h.last, h.source)
+                if key in seen:
+                    continue
+                seen.add(key)
+                x.append(f)
+                y.append(h.word in ref)
     return x, y
 
 
 def fit_hit_model(spotted: Dict[str, SpottedUtterance], refs: Dict[str, List[str]],
-                  l2: float = 1.0) -> Optional[HitModel]:
+                  l2: float = 1.0, pool: Sequence[Dict[str, SpottedUtterance]] = ()) -> Optional[HitModel]:
     """A logistic ``HitModel`` of dev's hits being right (L2 penalty ``l2`` on the weights of the
     standardised features, as one more example's worth of evidence: small dev sets stay stable);
-    None where dev has no right hit or no wrong one, or no feature that varies."""
-    x, y = hit_labels(spotted, refs)
+    None where dev has no right hit or no wrong one, or no feature that varies. ``pool``: other
+    word lists' hits on the same paths, fitted on too (``hit_labels``): what a hit's evidence
+    says of it does not depend on which list made it a hit, and a context list's few dozen dev
+    hits fit a model that ranks its held-out hits worse than one fitted on the large list's
+    hundreds as well (``results/recovery_precision_target.json``); the gate's threshold is still
+    tuned on the list's own hits, which carry its prior."""
+    x, y = hit_labels(spotted, refs, pool)
     if not x or all(y) or not any(y):
         return None
     X = torch.tensor(x, dtype=torch.float64)

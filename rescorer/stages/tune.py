@@ -151,6 +151,9 @@ class TuneSettings:
     whisper_probability_gates: Tuple[Optional[float], ...] = ()  # least probability of a hit model (none: not asked)
     # the word LM of each hit's lm_gain (transcript_hits.load_hit_lm; None: none), saved with the tuned config
     hit_lm: Optional[str] = "pocketsphinx"
+    # the dev hits a list's hit model is fitted on: "all_lists", its own and the other lists' of the
+    # same run on the same paths (evaluation.transcript_spotting.fit_hit_model), or "own"
+    hit_model_hits: str = "all_lists"
     # whisper_lattice_vote (decoding.transcript_vote): the lattice's word replaces Whisper's where
     # Whisper's confidence is below one of these and the lattice's posterior at least one of those;
     # and Whisper's word facing nothing on the path is dropped below one of the last (None: never)

@@ -19,7 +19,7 @@ chose per fold, so the hits land on exactly the hypotheses that method reports:
 The gate on the hits, a least embedder cosine (``--whisper-gates``) and a least Whisper word
 confidence (``--whisper-confidence-gates``, from the transcripts), or a least probability of being
 right (``--whisper-probability-gates``) by a model of all the evidence fitted on the fold's dev
-hits, is tuned on dev and kept only where dev shows a gain (or ``--oov-min-precision`` is met),
+hits (of every list this run spots, ``--hit-model-hits all_lists``; ``evaluation.transcript_spotting.fit_hit_model``), is tuned on dev and kept only where dev shows a gain (or ``--oov-min-precision`` is met),
 else the method abstains. ``heldout_hit_evidence`` ranks the held-out hits by each piece of
 evidence and by the model fitted on the other speakers. Rows count
 OOV recall / precision / IV tokens broken against the lattice's 1-best like the embedding
@@ -134,14 +134,18 @@ def whisper_methods(s, rescorer, train_vocab, lists: Dict[str, dict], awe_config
         raise StageError(str(e)) from e
     large_list_spots = []  # per fold: (gate, its row, dev hits, held-out hits) of the large list's words, for the vote
     large_list_seconds = 0.0
+    # every list's dev hits per fold first: a list's hit model is fitted on the other lists' too
+    dev_spots = {m: [spot_all(rescorer, dev_paths[k].words, dev.words, lists[m]["dev"], dev_feats,
+                              rescorer.config.oov_min_letters, dev.confidences, dev_paths[k].posteriors, hit_lm)
+                     for k in range(len(folds))] for m in wanted}
     for method in wanted:
         lst = lists[method]
         hyps, without, chosen, hits, seconds, dev_spotted = [], [], [], 0, t_hyp, []
         eval_spotted, models = [], []
         for k, (tune_lats, eval_lats) in enumerate(folds):
-            spotted = spot_all(rescorer, dev_paths[k].words, dev.words, lst["dev"], dev_feats,
-                               rescorer.config.oov_min_letters, dev.confidences, dev_paths[k].posteriors, hit_lm)
-            model = fit_hit_model(spotted, dev_refs) if prob_gates else None
+            spotted = dev_spots[method][k]
+            pool = [dev_spots[m][k] for m in wanted if m != method] if s.hit_model_hits == "all_lists" else []
+            model = fit_hit_model(spotted, dev_refs, pool=pool) if prob_gates else None
             gate, curve = tune_gate(spotted, dev_refs, gates, train_vocab, s.oov_min_precision, s.oov_max_sign_p,
                                     conf_gates, prob_gates, model)
             curves[f"{method}_fold{k}"] = curve
@@ -167,7 +171,7 @@ def whisper_methods(s, rescorer, train_vocab, lists: Dict[str, dict], awe_config
         without += [[] for _ in missing]
         total = awe_seconds + transcribe_seconds + seconds
         extra = {"scales": chosen, "word_list": lst["dev_name"], "word_list_size": len(lst["dev"]), **meta,
-                 "hits_added": hits, "dev_hit_evidence": hit_evidence(dev_spotted, dev_refs),
+                 "hits_added": hits, **({"hit_model_hits": s.hit_model_hits} if prob_gates else {}), "dev_hit_evidence": hit_evidence(dev_spotted, dev_refs),
                  "heldout_hit_evidence": hit_evidence(eval_spotted, test_refs, models if prob_gates else None),
                  "spotting_seconds": round(seconds, 2), **cost, "rescoring_seconds": round(total, 2),
                  **added_counts(refs, without, hyps, train_vocab)}
