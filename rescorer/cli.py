@@ -608,7 +608,7 @@ def transcribe_cmd(cuts, out, whisper_model, beam_size, threads, max_utterances,
               help="The Whisper methods: the word LM whose log-probability gain of the path with a hit over the path "
                    "without is one more piece of the hit model's evidence: pocketsphinx (the general-English trigram "
                    "bundled with pocketsphinx), an ARPA or pocketsphinx binary LM file, or none.")
-@click.option("--hit-model-hits", type=click.Choice(["all_lists", "own"]), default="all_lists", show_default=True,
+@click.option("--hit-model-hits", type=click.Choice(("all_lists", "own")), default="all_lists", show_default=True,
               help="The Whisper methods: the dev hits a list's hit model is fitted on: all_lists, its own and the other "
                    "list's of this run (a context list's few dozen hits alone fit a model that ranks worse), or own.")
 @click.option("--whisper-vote-confidences", default="0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9", show_default=True,

@@ -321,3 +321,5 @@ def test_tune_settings_check_the_sign_test_level():
         TuneSettings(**base, oov_max_sign_p=0.05, recovery_tuning="joint")
     s = TuneSettings(**base, oov_max_sign_p=0.05)
     assert s.keep_rule() == {"oov_max_sign_p": 0.05} and "sign test p <= 0.05" in s.abstain_reason()
+    with pytest.raises(StageError, match="hit_model_hits must be one of all_lists, own, not 'every'"):
+        TuneSettings(**base, hit_model_hits="every")

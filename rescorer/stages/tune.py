@@ -72,6 +72,7 @@ log = logging.getLogger(__name__)
 METHODS = ("awe_rescore", "awe_rescore_oov_recovery", "awe_rescore_context_list", "awe_plus_attention",
            "ctc_word_spotting", "awe_ctc_rescore") + WHISPER_METHODS + VOTE_METHODS
 RECOVERY_METHODS = ("awe_rescore_oov_recovery", "awe_rescore_context_list")
+HIT_MODEL_HITS = ("all_lists", "own")  # which dev hits a Whisper list's hit model is fitted on
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -182,6 +183,8 @@ class TuneSettings:
             raise StageError("test lattices and test features are needed (or cross-validation over dev speakers)")
         if self.folds < 2:
             raise StageError(f"cross-validation needs at least 2 folds, not {self.folds}")
+        if self.hit_model_hits not in HIT_MODEL_HITS:
+            raise StageError(f"hit_model_hits must be one of {', '.join(HIT_MODEL_HITS)}, not {self.hit_model_hits!r}")
         if self.folds != 2 and not self.cross_validate:
             raise StageError("--folds is the number of speaker folds of --cross-validate: add it, or leave --folds out")
         unknown = [m for m in self.methods if m not in METHODS]

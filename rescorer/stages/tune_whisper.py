@@ -19,8 +19,9 @@ chose per fold, so the hits land on exactly the hypotheses that method reports:
 The gate on the hits, a least embedder cosine (``--whisper-gates``) and a least Whisper word
 confidence (``--whisper-confidence-gates``, from the transcripts), or a least probability of being
 right (``--whisper-probability-gates``) by a model of all the evidence fitted on the fold's dev
-hits (of every list this run spots, ``--hit-model-hits all_lists``; ``evaluation.transcript_spotting.fit_hit_model``), is tuned on dev and kept only where dev shows a gain (or ``--oov-min-precision`` is met),
-else the method abstains. ``heldout_hit_evidence`` ranks the held-out hits by each piece of
+hits (of every list this run spots: ``--hit-model-hits``, ``evaluation.transcript_spotting.fit_hit_model``),
+is tuned on dev and kept only where dev shows a gain (or ``--oov-min-precision`` is met), else
+the method abstains. ``heldout_hit_evidence`` ranks the held-out hits by each piece of
 evidence and by the model fitted on the other speakers. Rows count
 OOV recall / precision / IV tokens broken against the lattice's 1-best like the embedding
 methods, and ``added_*`` against ``awe_rescore``'s hypotheses; the transcription's cost
@@ -171,7 +172,8 @@ def whisper_methods(s, rescorer, train_vocab, lists: Dict[str, dict], awe_config
         without += [[] for _ in missing]
         total = awe_seconds + transcribe_seconds + seconds
         extra = {"scales": chosen, "word_list": lst["dev_name"], "word_list_size": len(lst["dev"]), **meta,
-                 "hits_added": hits, **({"hit_model_hits": s.hit_model_hits} if prob_gates else {}), "dev_hit_evidence": hit_evidence(dev_spotted, dev_refs),
+                 "hits_added": hits, **({"hit_model_hits": s.hit_model_hits} if prob_gates else {}),
+                 "dev_hit_evidence": hit_evidence(dev_spotted, dev_refs),
                  "heldout_hit_evidence": hit_evidence(eval_spotted, test_refs, models if prob_gates else None),
                  "spotting_seconds": round(seconds, 2), **cost, "rescoring_seconds": round(total, 2),
                  **added_counts(refs, without, hyps, train_vocab)}
