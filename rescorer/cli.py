@@ -528,6 +528,10 @@ def transcribe_cmd(cuts, out, whisper_model, beam_size, threads, max_utterances,
               help="OOV recovery and awe_ctc_rescore: a precision target for the recovered words, met on dev (the most "
                    "OOV tokens recovered at that precision without raising the dev WER; default: the lowest dev WER). "
                    "Recovery abstains where dev shows neither.")
+@click.option("--oov-min-precision-z", type=float, default=0.0, show_default=True,
+              help="With --oov-min-precision: a point must meet the target this many standard errors below its dev "
+                   "precision (Wilson score bound of its added OOV words), because the point chosen is the best of many "
+                   "on dev and new speakers get less; 0: its dev precision itself.")
 @click.option("--oov-max-sign-p", type=float, default=None,
               help="OOV recovery, awe_ctc_rescore and the Whisper methods: also ask that the added words help more dev "
                    "utterances than they hurt, by a one-sided sign test at this p (e.g. 0.05); else recovery abstains.")

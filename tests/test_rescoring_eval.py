@@ -308,6 +308,22 @@ def test_choose_recovery_with_a_sign_test_keeps_only_gains_spread_over_utterance
     assert choose_recovery(off, [lucky, spread], min_precision=0.5, max_p=0.05) == 1
 
 
+def test_a_precision_target_with_a_margin_asks_a_few_added_words_for_more_than_many():
+    from rescorer.evaluation.rescoring import choose_recovery, precision_lower_bound
+
+    assert precision_lower_bound(8, 10, 0.0) == pytest.approx(0.8)
+    assert precision_lower_bound(3, 3, 1.0) == pytest.approx(0.75)  # below 1 with all right: not the normal bound's 1
+    # the same precision is surer the more words it rests on
+    assert precision_lower_bound(8, 10, 1.0) < precision_lower_bound(80, 100, 1.0) < 0.8
+    assert precision_lower_bound(0, 0, 1.0) == 0.0
+    off = {"wer": 0.30}
+    rows = [{"wer": 0.28, "added_oov_recovered": 8, "added_oov_proposed": 10, "added_oov_precision": 0.8},
+            {"wer": 0.29, "added_oov_recovered": 6, "added_oov_proposed": 6, "added_oov_precision": 1.0}]
+    assert choose_recovery(off, rows, min_precision=0.8) == 0  # the most OOV words at the target
+    assert choose_recovery(off, rows, min_precision=0.8, precision_z=1.0) == 1  # 8 of 10 may well be 0.7
+    assert choose_recovery(off, rows[:1], min_precision=0.8, precision_z=1.0) is None  # none such: abstain
+
+
 def test_tune_settings_check_the_sign_test_level():
     from rescorer.stages import StageError
     from rescorer.stages.tune import TuneSettings
@@ -323,3 +339,10 @@ def test_tune_settings_check_the_sign_test_level():
     assert s.keep_rule() == {"oov_max_sign_p": 0.05} and "sign test p <= 0.05" in s.abstain_reason()
     with pytest.raises(StageError, match="hit_model_hits must be one of all_lists, own, not 'every'"):
         TuneSettings(**base, hit_model_hits="every")
+    with pytest.raises(StageError, match="margin on --oov-min-precision: give the target"):
+        TuneSettings(**base, oov_min_precision_z=1.0)
+    with pytest.raises(StageError, match="standard errors >= 0"):
+        TuneSettings(**base, oov_min_precision=0.8, oov_min_precision_z=-1.0)
+    s = TuneSettings(**base, oov_min_precision=0.8, oov_min_precision_z=1.0)
+    assert s.keep_rule() == {"oov_min_precision": 0.8, "oov_min_precision_z": 1.0}
+    assert "reach precision 0.8 (1 standard errors down) without raising the WER" in s.abstain_reason()

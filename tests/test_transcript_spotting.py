@@ -312,6 +312,8 @@ def test_rescorer_tune_spots_whisper_list_words_tuned_on_dev(tmp_path, monkeypat
     args += ["--context-list", str(tmp_path / "context.txt")]
     r = CliRunner().invoke(main, args + ["--methods", "awe_whisper_context_list"])
     assert r.exit_code != 0 and "add awe_rescore" in r.output
+    r = CliRunner().invoke(main, args + ["--oov-min-precision-z", "1"])  # a margin without its target
+    assert r.exit_code != 0 and "give the target too" in r.output
     r = CliRunner().invoke(main, args + ["--methods", "awe_rescore,awe_whisper_context_list"])
     assert r.exit_code != 0 and "--dev-transcripts" in r.output
     # transcripts without word confidences cannot feed a confidence gate: named, with the way out

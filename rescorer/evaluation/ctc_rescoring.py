@@ -36,11 +36,12 @@ def spot_all(log_probs: Dict[str, torch.Tensor], trie: SpellingTrie, config: Spo
 def tune_spotting(log_probs: Dict[str, torch.Tensor], trie: SpellingTrie, refs: Dict[str, List[str]],
                   bonuses: Iterable[float], thresholds: Iterable[float], base: SpottingConfig = SpottingConfig(),
                   train_vocab: Optional[set] = None, min_precision: Optional[float] = None,
-                  max_p: Optional[float] = None) -> Tuple[Optional[SpottingConfig], List[dict]]:
+                  max_p: Optional[float] = None, precision_z: float = 0.0) -> Tuple[Optional[SpottingConfig], List[dict]]:
     """Grid on the given (dev) utterances; returns (chosen config, curve rows). By default the
     point of lowest WER, the anchor as published (tuned for WER, kept even where it raises it).
     With ``min_precision``: the rule every recovery method follows for a precision target
-    (``choose_recovery`` against the greedy output, ``max_p`` its sign test); None where no
+    (``choose_recovery`` against the greedy output, ``max_p`` its sign test, ``precision_z`` its
+    margin for dev's optimism); None where no
     point meets it (the method abstains: the greedy output). Curve rows carry ``added_counts``
     against the greedy output."""
     uids = sorted(log_probs)
@@ -63,7 +64,7 @@ def tune_spotting(log_probs: Dict[str, torch.Tensor], trie: SpellingTrie, refs: 
     if min_precision is None:
         return configs[min(range(len(curve)), key=lambda i: (curve[i]["wer"], i))], curve
     no_spotting = {"wer": compute_wer(r, greedy, train_vocab)["wer"]}
-    best = choose_recovery(no_spotting, curve, min_precision, max_p)
+    best = choose_recovery(no_spotting, curve, min_precision, max_p, precision_z)
     return (None if best is None else configs[best]), curve
 
 
@@ -122,7 +123,7 @@ def tune_fused(rescorer, prepared: Dict[str, object], refs: Dict[str, List[str]]
                word_insertion_penalties: Iterable[float], train_vocab: Optional[set] = None,
                oov_lm_scores: Optional[Iterable[float]] = None, recovered: bool = False,
                gates: Sequence[object] = (None,), min_precision: Optional[float] = None,
-               max_p: Optional[float] = None) -> Tuple[object, str, List[dict], object]:
+               max_p: Optional[float] = None, precision_z: float = 0.0) -> Tuple[object, str, List[dict], object]:
     """Grid search on dev; returns (best RescoreConfig, best normalisation, curve rows, best gate).
 
     ``gates``: ``rescore_ctc.EvidenceGate`` s for the added arcs, tried in step 2 with the LM cost
@@ -136,7 +137,8 @@ def tune_fused(rescorer, prepared: Dict[str, object], refs: Dict[str, List[str]]
     the CTC weight and normalisation again; step 2's rows carry ``added_counts`` against step
     1's hypotheses. Step 2's point is kept only as ``evaluation.rescoring.choose_recovery``
     allows (a lower dev WER than step 1's, or the ``min_precision`` target for the added
-    words; with ``max_p``, a significant sign test over dev utterances too), else step 1's
+    words, ``precision_z`` standard errors down; with ``max_p``, a significant sign test over
+    dev utterances too), else step 1's
     point is returned, every added arc priced out. The chosen row says ``"chosen": true``."""
     uids = sorted(prepared)
     ctc_scales = [float(x) for x in ctc_scales]
@@ -159,7 +161,7 @@ def tune_fused(rescorer, prepared: Dict[str, object], refs: Dict[str, List[str]]
     _, _, second, _, configs = _fused_grid(rescorer, prepared, refs, uids, second_points, train_vocab, "recovery",
                                            without)
     i0 = min(range(len(first)), key=lambda i: (first[i]["wer"], i))
-    pick = choose_recovery(first[i0], second, min_precision, max_p)
+    pick = choose_recovery(first[i0], second, min_precision, max_p, precision_z)
     if pick is None:
         first[i0]["chosen"] = True
         return base, norm, first + second, None

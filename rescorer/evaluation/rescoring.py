@@ -250,8 +250,20 @@ def paired_sign_test(refs, without, with_recovery) -> dict:
     return {"added_utterances_better": better, "added_utterances_worse": worse, "added_sign_test_p": round(p, 6)}
 
 
+def precision_lower_bound(right: int, n: int, z: float) -> float:
+    """The Wilson score lower bound of a precision of ``right`` in ``n``, ``z`` standard errors
+    down (0: ``right / n`` itself). Why Wilson: it stays below 1 for 3 right of 3, where the
+    normal approximation's standard error is 0."""
+    if n <= 0:
+        return 0.0
+    p, zz = right / n, z * z
+    centre = p + zz / (2 * n)
+    spread = z * math.sqrt(p * (1 - p) / n + zz / (4 * n * n))
+    return (centre - spread) / (1 + zz / n)
+
+
 def choose_recovery(no_recovery: dict, rows: Sequence[dict], min_precision: Optional[float] = None,
-                    max_p: Optional[float] = None) -> Optional[int]:
+                    max_p: Optional[float] = None, precision_z: float = 0.0) -> Optional[int]:
     """Which recovery grid point to use, by its dev row; None: abstain, recovery off.
 
     ``no_recovery`` is the row of the same rescoring with every added word priced out.
@@ -261,7 +273,11 @@ def choose_recovery(no_recovery: dict, rows: Sequence[dict], min_precision: Opti
     points whose added OOV words are right at least that often and that do not raise the WER,
     the one that recovers the most OOV tokens (then the lowest WER); none such, abstain.
     With ``max_p``, only points whose change is also significant utterance by utterance
-    (``added_sign_test_p`` at most ``max_p``: ``paired_sign_test``) are candidates.
+    (``added_sign_test_p`` at most ``max_p``: ``paired_sign_test``) are candidates. With
+    ``precision_z``, a point's precision must meet the target ``precision_z`` standard errors
+    down (``precision_lower_bound`` of its added OOV words): the point chosen is the best of many
+    on dev, so its own dev precision overstates what new speakers get (README, "Ask a few
+    hundredths above"), and by more where dev added few words.
     """
     eps = 1e-12
     candidates = [i for i, r in enumerate(rows) if max_p is None or r.get("added_sign_test_p", 1.0) <= max_p + eps]
@@ -269,8 +285,11 @@ def choose_recovery(no_recovery: dict, rows: Sequence[dict], min_precision: Opti
         best = min(candidates, key=lambda i: (rows[i]["wer"], i), default=None)
         return best if best is not None and rows[best]["wer"] < no_recovery["wer"] - eps else None
     def meets_target(r: dict) -> bool:
-        return (r.get("added_oov_precision") is not None and r["added_oov_precision"] >= min_precision - eps
-                and r.get("added_oov_recovered", 0) > 0 and r["wer"] <= no_recovery["wer"] + eps)
+        if r.get("added_oov_precision") is None or not r.get("added_oov_recovered", 0) > 0:
+            return False
+        precision = r["added_oov_precision"] if not precision_z else \
+            precision_lower_bound(r["added_oov_recovered"], r["added_oov_proposed"], precision_z)
+        return precision >= min_precision - eps and r["wer"] <= no_recovery["wer"] + eps
 
     ok = [i for i in candidates if meets_target(rows[i])]
     return min(ok, key=lambda i: (-rows[i]["added_oov_recovered"], rows[i]["wer"], i), default=None)
@@ -288,6 +307,7 @@ def tune_recovery(
     oov_margins: Optional[Iterable[Optional[float]]] = None,
     min_precision: Optional[float] = None,
     max_p: Optional[float] = None,
+    precision_z: float = 0.0,
 ) -> Tuple[object, List[dict]]:
     """OOV recovery tuned in two steps on dev: the scales first, with every recovered arc
     priced out (``recovery_off``: the rescoring that recovery adds to, as ``awe_rescore``
@@ -297,7 +317,8 @@ def tune_recovery(
     ``added_counts`` against step 1's hypotheses.
 
     Step 2's point is kept only as ``choose_recovery`` allows (``min_precision``: a precision
-    target for the added words; ``max_p``: a significant sign test over dev utterances);
+    target for the added words, ``precision_z`` standard errors down; ``max_p``: a significant
+    sign test over dev utterances);
     otherwise the returned config is step 1's, recovery priced out (``abstained``). The chosen row says ``"chosen": true`` either way."""
     base, first = tune(rescorer, prepared, refs, awe_scales, lm_scales, word_insertion_penalties, train_vocab,
                        oov_lm_scores=[NO_RECOVERY_LM_SCORE], oov_margins=[NO_RECOVERY_MARGIN])
@@ -307,7 +328,7 @@ def tune_recovery(
     first = [{**r, "step": "scales"} for r in first]
     second = [{**r, "step": "recovery"} for r in second]
     i0 = min(range(len(first)), key=lambda i: (first[i]["wer"], i))
-    pick = choose_recovery(first[i0], second, min_precision, max_p)
+    pick = choose_recovery(first[i0], second, min_precision, max_p, precision_z)
     if pick is None:
         first[i0]["chosen"] = True
         return base, first + second

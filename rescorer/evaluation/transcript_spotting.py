@@ -90,13 +90,13 @@ def fit_hit_model(spotted: Dict[str, SpottedUtterance], refs: Dict[str, List[str
 def tune_gate(spotted: Dict[str, SpottedUtterance], refs: Dict[str, List[str]], gates: Sequence[Optional[float]],
               train_vocab=None, min_precision: Optional[float] = None, max_p: Optional[float] = None,
               confidence_gates: Sequence[Optional[float]] = (None,), probability_gates: Sequence[float] = (),
-              hit_model: Optional[HitModel] = None):
+              hit_model: Optional[HitModel] = None, precision_z: float = 0.0):
     """(the chosen ``HitGate``, or ``"abstained"``; curve rows): one row per pair of a cosine
     gate (``gates``) and a confidence gate (``confidence_gates``), and one per least probability
     (``probability_gates``) of ``hit_model`` (default: one fitted on these hits; no rows where they
     are all right or all wrong), with WER and ``added_counts`` against the hypotheses without hits, then the
     choice by ``choose_recovery`` against the row without hits (``gate: "off"``; ``max_p``: its
-    sign test over dev utterances)."""
+    sign test over dev utterances; ``precision_z``: its margin on ``min_precision``)."""
     uids = sorted(spotted)
     r = [refs[u] for u in uids]
     without = [[w.word for w in spotted[u].hyp] for u in uids]
@@ -111,7 +111,7 @@ def tune_gate(spotted: Dict[str, SpottedUtterance], refs: Dict[str, List[str]], 
         m = compute_wer(r, hyps, train_vocab)
         rows.append({**gate.as_row(), "wer": m["wer"], "iv_wer": m.get("iv_wer"), "oov_wer": m.get("oov_wer"),
                      **added_counts(r, without, hyps, train_vocab)})
-    pick = choose_recovery(base_row, rows, min_precision, max_p)
+    pick = choose_recovery(base_row, rows, min_precision, max_p, precision_z)
     if pick is None:
         base_row["chosen"] = True
         return "abstained", [base_row] + rows

@@ -43,6 +43,7 @@ from __future__ import annotations
 import datetime
 import json
 import logging
+import math
 import os
 import platform
 import re
@@ -124,6 +125,9 @@ class TuneSettings:
     # words on dev (evaluation.rescoring.choose_recovery); None: the lowest dev WER. Either way
     # recovery abstains on a fold where dev does not show what is asked
     oov_min_precision: Optional[float] = None
+    # how many standard errors below its dev precision a point's must still meet oov_min_precision
+    # (evaluation.rescoring.choose_recovery; 0: its dev precision itself)
+    oov_min_precision_z: float = 0.0
     # ... and a significance level: the added words must help more dev utterances than they hurt,
     # by a one-sided sign test at this p (evaluation.rescoring.paired_sign_test); None: not asked
     oov_max_sign_p: Optional[float] = None
@@ -166,13 +170,16 @@ class TuneSettings:
         """Why recovery abstained, for a log line ("... does not <reason> on dev")."""
         why = "lower the WER" if self.oov_min_precision is None else \
             f"reach precision {self.oov_min_precision} without raising the WER"
+        if self.oov_min_precision is not None and self.oov_min_precision_z:
+            why = why.replace(" without", f" ({self.oov_min_precision_z:g} standard errors down) without", 1)
         if self.oov_max_sign_p is not None:
             why += f" on more utterances than it hurts (sign test p <= {self.oov_max_sign_p})"
         return why
 
     def keep_rule(self) -> dict:
         """The row fields naming the keep-or-abstain rule dev applied (none: the default)."""
-        return {k: v for k, v in (("oov_min_precision", self.oov_min_precision), ("oov_max_sign_p", self.oov_max_sign_p))
+        return {k: v for k, v in (("oov_min_precision", self.oov_min_precision), ("oov_max_sign_p", self.oov_max_sign_p),
+                                  ("oov_min_precision_z", self.oov_min_precision_z or None))
                 if v is not None}
 
     def __post_init__(self):
@@ -216,6 +223,10 @@ class TuneSettings:
             raise StageError("cross-validation over dev speakers uses the dev context list only: drop --test-context-list")
         if self.oov_min_precision is not None and not 0.0 < self.oov_min_precision <= 1.0:
             raise StageError(f"--oov-min-precision must be in (0, 1], got {self.oov_min_precision}")
+        if not (math.isfinite(self.oov_min_precision_z) and self.oov_min_precision_z >= 0):
+            raise StageError(f"--oov-min-precision-z must be a number of standard errors >= 0, got {self.oov_min_precision_z}")
+        if self.oov_min_precision_z and self.oov_min_precision is None:
+            raise StageError("--oov-min-precision-z is a margin on --oov-min-precision: give the target too")
         if self.oov_max_sign_p is not None and not 0.0 < self.oov_max_sign_p <= 1.0:
             raise StageError(f"--oov-max-sign-p must be in (0, 1], got {self.oov_max_sign_p}")
         if self.oov_max_sign_p is not None and self.recovery_tuning != "two_step":
@@ -403,7 +414,7 @@ def _tune_and_evaluate(s: TuneSettings):
             if recover and s.recovery_tuning == "two_step":
                 best, curve = tune_recovery(rescorer, prep_tune, dev_refs, train_vocab=train_vocab, oov_lm_scores=oov_grid,
                                             oov_margins=margins, min_precision=s.oov_min_precision,
-                                            max_p=s.oov_max_sign_p, **grid)
+                                            max_p=s.oov_max_sign_p, precision_z=s.oov_min_precision_z, **grid)
             else:
                 best, curve = tune(rescorer, prep_tune, dev_refs, train_vocab=train_vocab, oov_lm_scores=oov_grid,
                                    oov_margins=margins, **grid)

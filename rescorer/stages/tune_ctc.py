@@ -128,7 +128,8 @@ def ctc_methods(s, rescorer, train_vocab, grid, dev_lats, dev_feats, dev_refs, f
         for k, (tune_lats, eval_lats) in enumerate(folds):
             best, curve = tune_spotting({u: lp_dev[u] for u in tune_lats}, trie, dev_refs, s.ws_bonuses,
                                         s.ws_thresholds, fixed, train_vocab, s.oov_min_precision,
-                                        s.oov_max_sign_p if s.oov_min_precision is not None else None)
+                                        s.oov_max_sign_p if s.oov_min_precision is not None else None,
+                                        s.oov_min_precision_z)
             curves[f"ctc_word_spotting_spotting{k}"] = curve
             chosen.append("abstained" if best is None else asdict(best))
             if best is None:  # the greedy output, no spotting
@@ -190,7 +191,8 @@ def ctc_methods(s, rescorer, train_vocab, grid, dev_lats, dev_feats, dev_refs, f
                                                  train_vocab, oov_grid,
                                                  recovered=recover, gates=gates if gated else (None,),
                                                  min_precision=s.oov_min_precision if recover else None,
-                                                 max_p=s.oov_max_sign_p if recover else None)
+                                                 max_p=s.oov_max_sign_p if recover else None,
+                                                 precision_z=s.oov_min_precision_z)
             curves[f"awe_ctc_rescore_fold{k}"] = curve
             chosen.append({**best.lattice_fields(), "ctc_norm": norm, **(gate.to_dict() if gate is not None else {})})
             if recover and abstained(best):

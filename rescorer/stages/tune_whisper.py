@@ -148,7 +148,7 @@ def whisper_methods(s, rescorer, train_vocab, lists: Dict[str, dict], awe_config
             pool = [dev_spots[m][k] for m in wanted if m != method] if s.hit_model_hits == "all_lists" else []
             model = fit_hit_model(spotted, dev_refs, pool=pool) if prob_gates else None
             gate, curve = tune_gate(spotted, dev_refs, gates, train_vocab, s.oov_min_precision, s.oov_max_sign_p,
-                                    conf_gates, prob_gates, model)
+                                    conf_gates, prob_gates, model, s.oov_min_precision_z)
             curves[f"{method}_fold{k}"] = curve
             dev_spotted.append(spotted)
             models.append(model)
@@ -255,7 +255,7 @@ def _vote_method(s, dev, test, sides: List[VoteSide], folds, dev_refs, refs, whi
             h = voted(dev, side.dev[k], uids, point)
             rows.append({"lattice_side": side.name, **_vote_point(point), "wer": compute_wer(r, h, train_vocab)["wer"],
                          **added_counts(r, alone, h, train_vocab)})
-        pick = choose_recovery(base_row, rows, s.oov_min_precision, s.oov_max_sign_p)
+        pick = choose_recovery(base_row, rows, s.oov_min_precision, s.oov_max_sign_p, s.oov_min_precision_z)
         (rows[pick] if pick is not None else base_row)["chosen"] = True
         curves[f"whisper_lattice_vote_fold{k}"] = [base_row] + rows
         side, point = fold_grid[pick] if pick is not None else (sides[0], None)
