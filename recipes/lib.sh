@@ -109,6 +109,26 @@ train_models() {
     log "training the attention model"
     train_asr attention && touch exp/attention/.done
   fi
+  train_ctc_scorer
+}
+
+# train_ctc_scorer: where the config has a `ctc_scorer` section, a second CTC model -> exp/ctc_scorer,
+# the one the CTC methods score spellings with (selected by dev loss: calibrated log-probs, where
+# the decoder's model is selected by its greedy CER and overfits the loss; README, issue 16)
+train_ctc_scorer() {
+  cfg ctc_scorer
+  if [ "${#CFG[@]}" -eq 0 ] || [ -f exp/ctc_scorer/.done ]; then return 0; fi
+  log "training the CTC spelling scorer"
+  rescorer train asr --model ctc --train exp/asr_data/train.pt --dev exp/asr_data/dev.pt \
+    --out exp/ctc_scorer --resume "${CFG[@]}" && touch exp/ctc_scorer/.done
+}
+
+# ctc_scorer_args SPLIT...: the CTC methods' model: exp/ctc_scorer where it was trained (its
+# log-probs computed), else exp/ctc with the decoder's stored log-probs of SPLIT...
+ctc_scorer_args() {
+  if [ -f exp/ctc_scorer/.done ]; then echo "--ctc-model-dir=exp/ctc_scorer"; return 0; fi
+  echo "--ctc-model-dir=exp/ctc"
+  stored_log_probs "$@"
 }
 
 # decode MODEL SPLIT METHODS [options]: k2 decoding -> exp/decode_SPLIT_MODEL (skipped when done)
@@ -156,7 +176,7 @@ rescore_ctc() {
   cfg "$section"
   if [ "${#CFG[@]}" -eq 0 ]; then log "no $section section in $CONFIG: CTC word spotting / fusion skipped"; return 0; fi
   if [ -f "$done" ]; then log "CTC methods done (rm $done to redo)"; return 0; fi
-  rescorer tune --corpus "$corpus" --model-dir exp/embeddings --ctc-model-dir exp/ctc \
+  rescorer tune --corpus "$corpus" --model-dir exp/embeddings \
     --train-data exp/asr_data/train.pt --out exp/wer.json "${CFG[@]}" "$@"
   touch "$done"
 }

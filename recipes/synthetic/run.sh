@@ -49,7 +49,7 @@ if run_stage 6; then
   rescore_oov_test synthetic
   rescore_ctc synthetic --dev-lattices exp/decode_dev_ctc/word_lattices.pt --dev-features exp/asr_data/dev.pt \
     --test-lattices exp/decode_test_ctc/word_lattices.pt --test-features exp/asr_data/test.pt \
-    --decode-metrics exp/decode_test_ctc/metrics.json $(stored_log_probs dev test)
+    --decode-metrics exp/decode_test_ctc/metrics.json $(ctc_scorer_args dev test)
   transcribe_splits "$DATA" synthetic dev test
   rescore_whisper synthetic --save-config --dev-lattices exp/decode_dev_ctc/word_lattices.pt --dev-features exp/asr_data/dev.pt \
     --test-lattices exp/decode_test_ctc/word_lattices.pt --test-features exp/asr_data/test.pt \
