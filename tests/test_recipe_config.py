@@ -46,19 +46,21 @@ ASR_CONFIGS = sorted((REPO / "recipes").glob("*/*.yaml"))
 
 @pytest.mark.parametrize("path", ASR_CONFIGS, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_asr_sections_of_every_recipe_config_parse(path):
-    """Every committed config's `ctc` and `attention` sections are valid `train asr` options
-    (a misspelt key, e.g. of the Whisper fine-tuning options, fails here, not hours into a run)."""
+    """Every committed config's `ctc`, `ctc_scorer` and `attention` sections are valid `train asr`
+    options (a misspelt key, e.g. of the Whisper fine-tuning options, fails here, not hours into a run)."""
     import yaml
 
     from rescorer.recipe_config import load_section, to_args
     from rescorer.training.train_asr import parse_args
 
     doc = yaml.safe_load(path.read_text()) or {}
-    for section, model in (("ctc", "ctc"), ("attention", "attention")):
+    for section, model in (("ctc", "ctc"), ("ctc_scorer", "ctc"), ("attention", "attention")):
         if section in doc:
             cfg = parse_args(["--model", model, "--train", "t.pt", "--dev", "d.pt", "--out", "o",
                               *to_args(load_section(str(path), section))])
             assert cfg.model == model
+            if section == "ctc_scorer":  # the CTC methods' scorer: kept by its dev loss
+                assert cfg.select_by == "loss"
             if section == "ctc" and "whisper_finetune_blocks" in doc[section]:
                 assert cfg.whisper_finetune_blocks == doc[section]["whisper_finetune_blocks"] >= 1
 
