@@ -176,10 +176,10 @@ class RescoreConfig:
             raise ValueError(f"transcript_hit_lm must be \"pocketsphinx\", an LM file's path or null, not {self.transcript_hit_lm!r}")
         if self.vote_spot_gate is not None:
             self.vote_spot_hit_gate()  # likewise a malformed gate
-        if self.transcript_hit_lm is None:
-            for name in self.hit_models_weighing_lm():
-                raise ValueError(f"{name}'s hit model weighs lm_gain, which needs transcript_hit_lm (the LM it was "
-                                 "fitted with; \"pocketsphinx\" for the bundled trigram)")
+        needing_lm = self.hit_models_weighing_lm() if self.transcript_hit_lm is None else []
+        if needing_lm:
+            raise ValueError(f"{needing_lm[0]}'s hit model weighs lm_gain, which needs transcript_hit_lm (the LM it "
+                             "was fitted with; \"pocketsphinx\" for the bundled trigram)")
 
     def hit_models_weighing_lm(self) -> List[str]:
         """Which tuned hit models (``transcript_hit_model``, ``vote_spot_gate``) read ``lm_gain``: spotting

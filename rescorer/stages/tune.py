@@ -168,10 +168,9 @@ class TuneSettings:
 
     def abstain_reason(self) -> str:
         """Why recovery abstained, for a log line ("... does not <reason> on dev")."""
+        margin = f" ({self.oov_min_precision_z:g} standard errors down)" if self.oov_min_precision_z else ""
         why = "lower the WER" if self.oov_min_precision is None else \
-            f"reach precision {self.oov_min_precision} without raising the WER"
-        if self.oov_min_precision is not None and self.oov_min_precision_z:
-            why = why.replace(" without", f" ({self.oov_min_precision_z:g} standard errors down) without", 1)
+            f"reach precision {self.oov_min_precision}{margin} without raising the WER"
         if self.oov_max_sign_p is not None:
             why += f" on more utterances than it hurts (sign test p <= {self.oov_max_sign_p})"
         return why
