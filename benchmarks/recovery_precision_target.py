@@ -8,8 +8,9 @@ on held-out data (``rescorer tune --oov-min-precision``, ``evaluation.rescoring.
 
 For each target, runs the recipe's recovery tunings on its lattices (the config sections
 ``rescore_oov``: ``awe_rescore_oov_recovery`` and ``awe_rescore_context_list``; ``rescore_ctc``:
-``awe_ctc_rescore`` and the anchor it is compared with, ``ctc_word_spotting``, whose words are
-counted against the CTC model's greedy output it edits), as the recipe's stage 6 does, with
+``awe_ctc_rescore`` and the anchors it is compared with, ``ctc_word_spotting`` and
+``lattice_ctc_word_spotting``, whose words are counted against the CTC greedy output or the
+lattice's 1-best that they edit), as the recipe's stage 6 does, with
 ``--oov-min-precision`` (none: the lowest dev WER, recovery kept only when it lowers it; CTC
 word spotting then tuned for WER alone, as published) and, for the fusion, the evidence gate
 grid ``--gate-posteriors`` x ``--gate-ctc-margins`` (strict points a precision target can
@@ -40,7 +41,8 @@ REPO = Path(__file__).resolve().parents[1]
 KEEP = ("wer", "oov_recall", "oov_precision", "oov_tokens_recovered", "oov_tokens_proposed", "oov_tokens",
         "iv_tokens_broken", "added_oov_recovered", "added_oov_proposed", "added_oov_precision", "added_iv_broken",
         "word_list_size", "test_word_list_size")
-RECOVERY_METHODS = ("awe_rescore_oov_recovery", "awe_rescore_context_list", "ctc_word_spotting", "awe_ctc_rescore",
+RECOVERY_METHODS = ("awe_rescore_oov_recovery", "awe_rescore_context_list", "ctc_word_spotting",
+                    "lattice_ctc_word_spotting", "awe_ctc_rescore",
                     "awe_whisper_context_list", "awe_whisper_oov_recovery")
 
 
@@ -90,7 +92,7 @@ def measure(a) -> Dict[str, dict]:
     gates = [f"--oov-min-posteriors={a.gate_posteriors}", f"--oov-min-ctc-margins={a.gate_ctc_margins}"]
     runs = [("rescore_oov", _flags(a.config, "rescore_oov") + oov_list + _split_args(a.cross_validate, False, a.folds), False),
             ("rescore_ctc", _flags(a.config, "rescore_ctc") + gates + _split_args(a.cross_validate, True, a.folds)
-             + ["--methods", "awe_rescore,ctc_word_spotting,awe_ctc_rescore"], True),  # the fusion on awe_rescore's scales
+             + ["--methods", "awe_rescore,ctc_word_spotting,lattice_ctc_word_spotting,awe_ctc_rescore"], True),  # the fusion on awe_rescore's scales
             ("rescore_whisper", _flags(a.config, "rescore_whisper") + _split_args(a.cross_validate, False, a.folds)
              + _transcript_args(a.cross_validate), False),
             # pocketsphinx's lattices of dev (the speechocean762 recipe's stage 6), rows pocketsphinx_*
@@ -121,7 +123,7 @@ def summarise(rows: Dict[str, dict]) -> Dict[str, dict]:
         if method.removeprefix("pocketsphinx_") not in RECOVERY_METHODS:  # also another decoder's rows
             continue
         row = {k: r[k] for k in KEEP if k in r}
-        if r.get("base") == "ctc_greedy":  # CTC word spotting: all it changes is added, to the greedy output
+        if r.get("base") in ("ctc_greedy", "lattice_1best"):  # CTC word spotting: all it changes is added, to what it edits
             row.update(added_oov_recovered=r.get("oov_tokens_recovered"), added_oov_proposed=r.get("oov_tokens_proposed"),
                        added_oov_precision=r.get("oov_precision"), added_iv_broken=r.get("iv_tokens_broken"))
             folds = r.get("spotting", [])

@@ -164,7 +164,8 @@ stored_log_probs() {
 }
 
 # rescore_ctc CORPUS [options]: CTC word spotting and embedding + CTC fusion (rescorer tune
-# --methods ctc_word_spotting,awe_ctc_rescore) with the CTC model exp/ctc, when the config has a
+# --methods ctc_word_spotting,lattice_ctc_word_spotting,awe_ctc_rescore) with the CTC model of
+# ctc_scorer_args, when the config has a
 # `rescore_ctc` section (its keys: methods, word_list, grids); skipped otherwise. Scales are not
 # saved with the embedder (the embedding methods' tuned scales stay in rescorer.json).
 # Another decoder's lattices (e.g. --prefix pocketsphinx_) take their own config section

@@ -511,10 +511,11 @@ def transcribe_cmd(cuts, out, whisper_model, beam_size, threads, max_utterances,
 @click.option("--prefix", default="", help="Method name prefix, e.g. pocketsphinx_.")
 @click.option("--methods", default=None,
               help="Comma-separated, from awe_rescore, awe_rescore_oov_recovery, awe_rescore_context_list, "
-                   "awe_plus_attention, ctc_word_spotting, awe_ctc_rescore, awe_whisper_context_list, "
-                   "awe_whisper_oov_recovery (default: the first four; awe_rescore_context_list needs --context-list, "
-                   "awe_plus_attention --attention-model-dir, the CTC methods --ctc-model-dir, ctc_word_spotting "
-                   "--word-list, the Whisper methods --dev/--test-transcripts and awe_rescore).")
+                   "awe_plus_attention, ctc_word_spotting, lattice_ctc_word_spotting (CTC-WS into the lattice's "
+                   "1-best), awe_ctc_rescore, awe_whisper_context_list, awe_whisper_oov_recovery, whisper_lattice_vote "
+                   "(default: the first four; awe_rescore_context_list needs --context-list, "
+                   "awe_plus_attention --attention-model-dir, the CTC methods --ctc-model-dir, the word spotting "
+                   "methods --word-list, the Whisper methods --dev/--test-transcripts and awe_rescore).")
 @click.option("--awe-scales", default="0,1,2,4,8,16,32", show_default=True)
 @click.option("--lm-scales", default="0.5,1,2", show_default=True)
 @click.option("--wips", default="-2,0,2", show_default=True, help="Word insertion penalties (write --wips=-2,0,2).")

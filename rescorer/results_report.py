@@ -38,6 +38,7 @@ METHOD_ORDER = [
     "awe_rescore_oov_recovery",
     "awe_rescore_context_list",
     "ctc_word_spotting",
+    "lattice_ctc_word_spotting",
     "awe_ctc_rescore",
     "awe_whisper_context_list",
     "awe_whisper_oov_recovery",
@@ -50,6 +51,7 @@ METHOD_ORDER = [
     "pocketsphinx_awe_rescore",
     "pocketsphinx_awe_rescore_oov_recovery",
     "pocketsphinx_awe_rescore_context_list",
+    "pocketsphinx_lattice_ctc_word_spotting",
     "pocketsphinx_awe_ctc_rescore",
     "pocketsphinx_awe_whisper_context_list",
     "pocketsphinx_awe_whisper_oov_recovery",
@@ -70,6 +72,7 @@ METHOD_LABELS = {
     "awe_rescore_oov_recovery": "embedding rescoring + OOV recovery",
     "awe_rescore_context_list": "embedding rescoring + OOV recovery (context list)",
     "ctc_word_spotting": "CTC word spotting (anchor)",
+    "lattice_ctc_word_spotting": "CTC word spotting into the lattice's 1-best (anchor)",
     "awe_ctc_rescore": "embedding + CTC fusion",
     "awe_whisper_context_list": "embedding rescoring + Whisper's context-list words",
     "awe_whisper_oov_recovery": "embedding rescoring + Whisper's large-list words",
@@ -675,6 +678,7 @@ def _oov_evidence_section(doc: Any, source: str) -> List[str]:
 
 _RECOVERY_LABELS = {"awe_rescore_oov_recovery": "recovery, large list", "awe_rescore_context_list": "recovery, context list",
                     "ctc_word_spotting": "CTC word spotting (anchor; on CTC greedy)",
+                    "lattice_ctc_word_spotting": "CTC word spotting (anchor; on the lattice's 1-best)",
                     "awe_ctc_rescore": "embedding + CTC fusion", "awe_whisper_context_list": "Whisper's words, context list",
                     "awe_whisper_oov_recovery": "Whisper's words, large list"}
 

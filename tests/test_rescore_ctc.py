@@ -209,3 +209,56 @@ def test_added_arcs_carry_both_views_evidence_and_a_gate_abstains_on_them():
     unproven = plain.prepare(lat, _feats(["the", "zebra", "on"], frames_per_word=40)[:100], _log_probs(), recover=True)
     with pytest.raises(ValueError, match="evidence"):
         unproven.decode(r, rc, "token", EvidenceGate(min_posterior=0.1))
+
+
+def test_rescorer_tune_spots_words_into_the_lattices_1best_as_well_as_the_greedy_one(tmp_path, monkeypatch):
+    """`lattice_ctc_word_spotting`: CTC-WS with the same hits, merged into each lattice's 1-best
+    (the decoder the lattice methods edit) instead of the CTC greedy 1-best: here the lattice
+    heard "sat" that the CTC greedy output drops, so only the lattice's edit is right."""
+    import json
+
+    from click.testing import CliRunner
+
+    from rescorer.cli import main
+    from rescorer.formats.contract import FBANK
+    from rescorer.lattice.word_lattice import save_word_lattices
+    from rescorer.rescore import Rescorer
+    from rescorer.stages import tune_ctc
+    from rescorer.tokens import TOKEN_ID
+    from tests.test_rescoring_eval import _write_utterances
+
+    refs = {u: ["the", "zebra", "sat"] for u in ("u1", "u2", "u3", "u4")}
+    lats = [_lattice([(0, 1, "the", 0, 5, -1.0, -1.0), (1, 2, "cap", 5, 10, -1.0, -1.0),
+                      (2, 3, "sat", 10, 15, -1.0, -1.0)], uid=u) for u in sorted(refs)]
+    save_word_lattices(tmp_path / "dev_lattices.pt", lats)
+    _write_utterances(tmp_path / "dev.pt", refs, {"u1": "a", "u2": "a", "u3": "b", "u4": "b"})
+    _write_utterances(tmp_path / "train.pt", {"t": ["the", "cap", "cat", "sat"]}, {"t": "t"})
+    lp = planted(20, spell("the", 0, step=1) + spell("zebro", 5, step=1))  # greedy: "the zebro", no "sat"
+    lp[9, TOKEN_ID["a"]] = lp[9, TOKEN_ID["o"]] - 0.5
+    lp = lp.log_softmax(1)
+
+    class PlantedCtc:  # at the lattices' frame rate, so a lattice frame is a CTC frame
+        feature_spec, frame_shift, seconds = FBANK, 0.04, 0.0
+
+        def reuse_or_compute(self, feats_by_id, stored=None):
+            return {u: lp.clone() for u in feats_by_id}
+
+    monkeypatch.setattr(Rescorer, "from_dir", classmethod(lambda cls, model_dir, device=None, **kw: _rescorer()))
+    monkeypatch.setattr(tune_ctc.CtcPosteriors, "from_dir", classmethod(lambda cls, d, device=None: PlantedCtc()))
+    (tmp_path / "model").mkdir()
+    (tmp_path / "ctc").mkdir()
+    (tmp_path / "list.txt").write_text("zebra\ncatamaran\n")
+    out = tmp_path / "wer.json"
+    r = CliRunner().invoke(main, [
+        "tune", "--corpus", "toy", "--model-dir", str(tmp_path / "model"), "--train-data", str(tmp_path / "train.pt"),
+        "--dev-lattices", str(tmp_path / "dev_lattices.pt"), "--dev-features", str(tmp_path / "dev.pt"),
+        "--cross-validate", "--out", str(out), "--device", "cpu", "--ctc-model-dir", str(tmp_path / "ctc"),
+        "--methods", "ctc_word_spotting,lattice_ctc_word_spotting", "--word-list", str(tmp_path / "list.txt"),
+        "--ws-bonuses", "0,1", "--ws-thresholds=-50", "--prefix", "ps_"])
+    assert r.exit_code == 0, r.output
+    toy = json.loads(out.read_text())["corpora"]["toy"]
+    on_lattice, on_greedy = toy["ps_lattice_ctc_word_spotting"], toy["ps_ctc_word_spotting"]
+    assert on_lattice["base"] == "lattice_1best" and on_greedy["base"] == "ctc_greedy"
+    assert on_lattice["wer"] == 0.0 and on_lattice["oov_recall"] == 1.0 and on_lattice["accepted_hits"] == 4
+    assert on_greedy["wer"] == pytest.approx(1 / 3) and on_greedy["oov_recall"] == 1.0
+    assert [c["bonus"] for c in on_lattice["spotting"]] == [1.0, 1.0]

@@ -86,6 +86,38 @@ def test_replace_greedy_keeps_words_outside_the_hit():
     assert [w.word for w in words] == ["a", "b", "c", "d"] and acc == []
 
 
+def test_spotted_words_merge_into_another_decoders_1best_on_ctc_frames():
+    """CTC-WS as an add-on to any decoder: the same hits are accepted (against the CTC model's
+    best path), and they replace the words of the 1-best given, placed on CTC frames by time."""
+    from rescorer.decoding.word_spotting import SpellingTrie, SpottingConfig, base_words, ctc_word_spotting
+
+    lp = planted(30, spell("the", 0) + spell("zebro", 10))
+    lp[18, TOKEN_ID["a"]] = lp[18, TOKEN_ID["o"]] - 0.5
+    lp = lp.log_softmax(1)
+    trie, cfg = SpellingTrie(["zebra"]), SpottingConfig(bonus=1.0, token_weight=0.5)
+    # pocketsphinx-like 1-best with its own words and times (seconds; 40 ms CTC frames)
+    base = base_words([("a", 0.0, 0.16), ("cap", 0.4, 0.6), ("sad", 0.6, 0.8), ("now", 0.8, 1.0)], 0.04, 30)
+    assert [(w.start, w.end) for w in base] == [(0, 4), (10, 15), (15, 20), (20, 25)]
+    greedy = ctc_word_spotting(lp, trie, cfg)
+    r = ctc_word_spotting(lp, trie, cfg, base=base)
+    assert [(h.word, h.start, h.end) for h in r.accepted] == [(h.word, h.start, h.end) for h in greedy.accepted]
+    assert r.greedy == base
+    # the hit spans frames 10-21: "cap" and "sad" lie inside it, "now" keeps 4 of its 5 frames
+    assert r.word_sequence == ["a", "zebra", "now"]
+    assert greedy.word_sequence == ["the", "zebra"]
+    # a hit that does not beat the CTC best path edits nothing, whatever the base
+    assert ctc_word_spotting(lp, trie, SpottingConfig(bonus=0.0, threshold=-50.0), base=base).word_sequence == \
+        ["a", "cap", "sad", "now"]
+    # times clip to the utterance and keep at least a frame; a word without times cannot be placed
+    assert base_words([("x", 1.15, 1.3), ("y", 0.5, 0.5)], 0.04, 30) == [("x", 29, 30), ("y", 12, 13)]
+    with pytest.raises(ValueError, match="'uh' has no time span"):
+        base_words([("uh", math.nan, math.nan)], 0.04, 30)
+    with pytest.raises(ValueError, match="2 base word sequences for 1 utterances"):
+        from rescorer.decoding.word_spotting import ctc_word_spotting_batch
+
+        ctc_word_spotting_batch([lp], trie, cfg, bases=[base, base])
+
+
 def test_overlapping_hits_keep_the_best():
     from rescorer.decoding.word_spotting import SpellingTrie, spot
 

@@ -28,6 +28,12 @@ score beats the greedy path's score over the same frames: the sum of the per-fra
 log-probs plus ``token_weight`` per greedy token started there. (NeMo compares with the
 overlapping greedy words' own scores, which skip blank frames; comparing both paths over
 identical frames is the same test made exact.)
+
+Another decoder's 1-best (``base_words``: an HLG or pocketsphinx lattice's best path, its
+word times put on CTC frames) can take the greedy words' place: the hits accepted are the
+same (the test above is against the CTC model's best path, whatever is edited), and they
+replace the base's words they overlap. This is CTC-WS as an add-on to any decoder, the
+anchor for rescoring that decoder's lattices.
 """
 
 from __future__ import annotations
@@ -88,8 +94,8 @@ class GreedyWord(NamedTuple):
 
 @dataclass
 class SpottingResult:
-    words: List[GreedyWord]  # the greedy words after replacement, in time order
-    greedy: List[GreedyWord]  # the greedy 1-best
+    words: List[GreedyWord]  # the edited words after replacement, in time order
+    greedy: List[GreedyWord]  # the words edited: the CTC greedy 1-best, or the base given
     hits: List[SpottedWord]  # spotted (non-overlapping) hits
     accepted: List[SpottedWord]  # hits that beat the greedy path and replaced its words
 
@@ -399,26 +405,50 @@ def replace_greedy(greedy: Sequence[GreedyWord], hits: Sequence[SpottedWord], gr
     return sorted(out, key=lambda w: (w.start, w.end)), accepted
 
 
-def ctc_word_spotting(log_probs: torch.Tensor, trie: SpellingTrie, config: SpottingConfig = SpottingConfig()) -> SpottingResult:
-    """Spot the trie's words and merge them into the CTC greedy 1-best (module doc)."""
+def base_words(spans: Sequence[Tuple[str, float, float]], ctc_frame_shift: float, num_frames: int) -> List[GreedyWord]:
+    """Another decoder's words ``(word, start_sec, end_sec)`` on CTC frames [start, end) (times
+    rounded, clipped to the utterance, at least one frame), for ``base=`` of CTC-WS. A word
+    without a time span cannot be placed: ValueError naming it."""
+    if not ctc_frame_shift > 0:
+        raise ValueError(f"CTC frame shift must be positive, got {ctc_frame_shift}")
+    out = []
+    for word, start, end in spans:
+        if not (math.isfinite(start) and math.isfinite(end)):
+            raise ValueError(f"word {word!r} has no time span ({start}, {end}): CTC word spotting cannot place it")
+        s = min(max(int(round(start / ctc_frame_shift)), 0), num_frames)
+        e = min(max(int(round(end / ctc_frame_shift)), s + 1), max(num_frames, s + 1))
+        out.append(GreedyWord(word, s, e))
+    return out
+
+
+def _merge(log_probs: torch.Tensor, hits: Sequence[SpottedWord], config: SpottingConfig,
+           base: Optional[Sequence[GreedyWord]]) -> SpottingResult:
     greedy, token_starts = greedy_words(log_probs)
-    hits = spot(log_probs, trie, config)
-    words, accepted = replace_greedy(greedy, hits, GreedyScores(log_probs, token_starts, config.token_weight),
+    edited = greedy if base is None else list(base)
+    words, accepted = replace_greedy(edited, hits, GreedyScores(log_probs, token_starts, config.token_weight),
                                      config.min_overlap)
-    return SpottingResult(words, greedy, hits, accepted)
+    return SpottingResult(words, edited, list(hits), accepted)
+
+
+def ctc_word_spotting(log_probs: torch.Tensor, trie: SpellingTrie, config: SpottingConfig = SpottingConfig(),
+                      base: Optional[Sequence[GreedyWord]] = None) -> SpottingResult:
+    """Spot the trie's words and merge them into the CTC greedy 1-best, or into ``base`` (another
+    decoder's words on CTC frames, ``base_words``) where given (module doc)."""
+    return _merge(log_probs, spot(log_probs, trie, config), config, base)
 
 
 def ctc_word_spotting_batch(log_probs: Sequence[torch.Tensor], trie: SpellingTrie,
-                            config: SpottingConfig = SpottingConfig(), batch_frames: int = 20000) -> List[SpottingResult]:
-    """``ctc_word_spotting`` of many utterances, spotted together (``spot_batch``) in batches of
-    at most ``batch_frames`` padded CTC frames; the same results, in the order given."""
+                            config: SpottingConfig = SpottingConfig(), batch_frames: int = 20000,
+                            bases: Optional[Sequence[Sequence[GreedyWord]]] = None) -> List[SpottingResult]:
+    """``ctc_word_spotting`` of many utterances (with ``bases``: each one's base words), spotted
+    together (``spot_batch``) in batches of at most ``batch_frames`` padded CTC frames; the same
+    results, in the order given."""
     from rescorer.formats.frames import batches_by_frames
 
+    if bases is not None and len(bases) != len(log_probs):
+        raise ValueError(f"{len(bases)} base word sequences for {len(log_probs)} utterances")
     out: Dict[int, SpottingResult] = {}
     for batch in batches_by_frames({i: int(lp.shape[0]) for i, lp in enumerate(log_probs)}, batch_frames):
         for i, hits in zip(batch, spot_batch([log_probs[i] for i in batch], trie, config)):
-            greedy, token_starts = greedy_words(log_probs[i])
-            words, accepted = replace_greedy(greedy, hits, GreedyScores(log_probs[i], token_starts, config.token_weight),
-                                             config.min_overlap)
-            out[i] = SpottingResult(words, greedy, hits, accepted)
+            out[i] = _merge(log_probs[i], hits, config, None if bases is None else bases[i])
     return [out[i] for i in range(len(log_probs))]

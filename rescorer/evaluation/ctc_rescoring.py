@@ -1,7 +1,7 @@
 """A split through CTC word spotting or CTC fusion: prepare once, tune on dev, decode.
 
 - ``spot_all`` / ``tune_spotting``: CTC-WS (``decoding.word_spotting.ctc_word_spotting``)
-  over utterances' CTC log-probs; the per-token bonus (and the hit threshold) are tuned on
+  over utterances' CTC log-probs, editing the CTC greedy 1-best or another decoder's; the per-token bonus (and the hit threshold) are tuned on
   dev by WER (or for a precision target on the words it adds); since the spotter's beam
   compares bonus-weighted scores the spotting is rerun for each grid point (it costs a small
   fraction of decoding).
@@ -19,38 +19,46 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 
-from rescorer.decoding.word_spotting import SpellingTrie, SpottingConfig, SpottingResult, ctc_word_spotting_batch
+from rescorer.decoding.word_spotting import (GreedyWord, SpellingTrie, SpottingConfig, SpottingResult,
+                                             ctc_word_spotting_batch)
 from rescorer.evaluation.rescoring import NO_RECOVERY_LM_SCORE, added_counts, choose_recovery, recovery_off
 from rescorer.wer import compute_wer
 
 
-def spot_all(log_probs: Dict[str, torch.Tensor], trie: SpellingTrie, config: SpottingConfig
-             ) -> Tuple[Dict[str, SpottingResult], float]:
-    """(result by utterance, seconds spent spotting and merging)."""
+def spot_all(log_probs: Dict[str, torch.Tensor], trie: SpellingTrie, config: SpottingConfig,
+             bases: Optional[Dict[str, List[GreedyWord]]] = None) -> Tuple[Dict[str, SpottingResult], float]:
+    """(result by utterance, seconds spent spotting and merging); ``bases``: the words each
+    utterance's hits replace (another decoder's 1-best on CTC frames), else the CTC greedy 1-best."""
     t0 = time.perf_counter()
     uids = list(log_probs)
-    out = dict(zip(uids, ctc_word_spotting_batch([log_probs[u] for u in uids], trie, config)))
+    if bases is not None:
+        missing = [u for u in uids if u not in bases]
+        if missing:
+            raise KeyError(f"no base words for {len(missing)} utterances, e.g. {missing[:3]}")
+    out = dict(zip(uids, ctc_word_spotting_batch([log_probs[u] for u in uids], trie, config,
+                                                 bases=None if bases is None else [bases[u] for u in uids])))
     return out, time.perf_counter() - t0
 
 
 def tune_spotting(log_probs: Dict[str, torch.Tensor], trie: SpellingTrie, refs: Dict[str, List[str]],
                   bonuses: Iterable[float], thresholds: Iterable[float], base: SpottingConfig = SpottingConfig(),
                   train_vocab: Optional[set] = None, min_precision: Optional[float] = None,
-                  max_p: Optional[float] = None, precision_z: float = 0.0) -> Tuple[Optional[SpottingConfig], List[dict]]:
+                  max_p: Optional[float] = None, precision_z: float = 0.0,
+                  bases: Optional[Dict[str, List[GreedyWord]]] = None) -> Tuple[Optional[SpottingConfig], List[dict]]:
     """Grid on the given (dev) utterances; returns (chosen config, curve rows). By default the
     point of lowest WER, the anchor as published (tuned for WER, kept even where it raises it).
     With ``min_precision``: the rule every recovery method follows for a precision target
     (``choose_recovery`` against the greedy output, ``max_p`` its sign test, ``precision_z`` its
     margin for dev's optimism); None where no
     point meets it (the method abstains: the greedy output). Curve rows carry ``added_counts``
-    against the greedy output."""
+    against the greedy output. ``bases`` (``spot_all``): the words edited instead of the greedy ones."""
     uids = sorted(log_probs)
     r = [refs[u] for u in uids]
     greedy = None
     configs, curve = [], []
     for b, th in itertools.product([float(x) for x in bonuses], [float(x) for x in thresholds]):
         cfg = replace(base, bonus=b, threshold=th)
-        res, seconds = spot_all({u: log_probs[u] for u in uids}, trie, cfg)
+        res, seconds = spot_all({u: log_probs[u] for u in uids}, trie, cfg, bases)
         if greedy is None:
             greedy = [[w.word for w in res[u].greedy] for u in uids]
         hyps = [res[u].word_sequence for u in uids]

@@ -15,8 +15,9 @@ first ``word_list_size`` words of ``large_word_list``), ``awe_rescore_context_li
 same from a context list: ``context_list`` for dev, ``test_context_list`` for test, each
 split's own OOV words among distractors), ``awe_plus_attention`` (with ``attention_model_dir``: the embedding-rescored lattice's
 n-best rescored by an attention decoder, ``rescorer.second_pass``; weight tuned on dev),
-``ctc_word_spotting`` and ``awe_ctc_rescore`` (with ``ctc_model_dir``; ``rescorer.stages.tune_ctc``:
-CTC word spotting over ``word_list``, and embedding + CTC spelling scores with recovery from both),
+``ctc_word_spotting``, ``lattice_ctc_word_spotting`` and ``awe_ctc_rescore`` (with ``ctc_model_dir``;
+``rescorer.stages.tune_ctc``: CTC word spotting over ``word_list`` into the CTC greedy 1-best or into
+the lattice's, and embedding + CTC spelling scores with recovery from both),
 each with wer, iv_wer, oov_wer, the OOV accounting of ``recovery_counts`` (oov_recall,
 oov_precision, oov_tokens_proposed, iv_tokens_broken: against the lattice's 1-best; for the
 recovery methods also ``added_counts``, what recovery itself changed against the same scales
@@ -71,7 +72,7 @@ from rescorer.wer import compute_wer
 log = logging.getLogger(__name__)
 
 METHODS = ("awe_rescore", "awe_rescore_oov_recovery", "awe_rescore_context_list", "awe_plus_attention",
-           "ctc_word_spotting", "awe_ctc_rescore") + WHISPER_METHODS + VOTE_METHODS
+           "ctc_word_spotting", "lattice_ctc_word_spotting", "awe_ctc_rescore") + WHISPER_METHODS + VOTE_METHODS
 RECOVERY_METHODS = ("awe_rescore_oov_recovery", "awe_rescore_context_list")
 HIT_MODEL_HITS = ("all_lists", "own")  # which dev hits a Whisper list's hit model is fitted on
 REPO = Path(__file__).resolve().parents[2]
@@ -203,8 +204,10 @@ class TuneSettings:
         ctc = [m for m in self.methods if m in CTC_METHODS]
         if ctc and not self.ctc_model_dir:
             raise StageError(f"{', '.join(ctc)} need the CTC model (--ctc-model-dir exp/ctc)")
-        if "ctc_word_spotting" in self.methods and not self.word_list:
-            raise StageError("ctc_word_spotting needs a word list (--word-list FILE, one word per line)")
+        spotting = [m for m in self.methods if m in ("ctc_word_spotting", "lattice_ctc_word_spotting")]
+        if spotting and not self.word_list:
+            raise StageError(f"{', '.join(spotting)} need{'s' if len(spotting) == 1 else ''} a word list "
+                             "(--word-list FILE, one word per line)")
         whisper = [m for m in self.methods if m in WHISPER_METHODS + VOTE_METHODS]
         if whisper and "awe_rescore" not in self.methods:
             raise StageError(f"{', '.join(whisper)} combine Whisper's words with awe_rescore's hypotheses: add awe_rescore "

@@ -10,6 +10,10 @@ is the same (tuned on dev or on one half of the dev speakers, reported on the ot
   greedy output, where dev meets it nowhere), so all are compared at one precision. Its OOV
   recall / precision / IV tokens broken are counted against the CTC greedy 1-best it edits
   (``base: ctc_greedy`` in the row).
+- ``lattice_ctc_word_spotting``: the same spotting (same hits accepted, same tuning) merged
+  into each lattice's 1-best instead (``base: lattice_1best``): CTC-WS added to the decoder
+  whose lattices are rescored (an HLG decoder, pocketsphinx), the anchor the lattice methods
+  are compared with on equal terms, since both edit the same 1-best.
 - ``awe_ctc_rescore``: the lattices' arcs scored by the embedder and by the CTC spelling
   score, weights and normalisation tuned on dev (``rescore_ctc``); with ``--word-list``
   OOV recovery adds the embedding's nearest spellings and the spotter's hits as arcs.
@@ -35,7 +39,7 @@ from dataclasses import asdict
 from typing import Dict, List, Optional
 
 from rescorer.decoding.ctc_scores import CtcPosteriors, CtcScoreError
-from rescorer.decoding.word_spotting import SpellingTrie, SpottingConfig, greedy_words
+from rescorer.decoding.word_spotting import SpellingTrie, SpottingConfig, base_words, greedy_words
 from rescorer.formats.ctc_log_probs import read_ctc_log_probs
 from rescorer.formats.tagged import FormatError
 from rescorer.formats.word_list import read_word_list
@@ -49,7 +53,7 @@ from rescorer.wer import compute_wer
 
 log = logging.getLogger(__name__)
 
-CTC_METHODS = ("ctc_word_spotting", "awe_ctc_rescore")
+CTC_METHODS = ("ctc_word_spotting", "lattice_ctc_word_spotting", "awe_ctc_rescore")
 
 
 def summary_row(refs, base, hyps, train_vocab, extra: dict) -> dict:
@@ -80,6 +84,70 @@ def _log_probs(posteriors: CtcPosteriors, feats_by_id, stored_path: Optional[str
     except (FormatError, CtcScoreError) as e:
         raise StageError(str(e)) from e
     return out, posteriors.seconds - t0
+
+
+def lattice_bases(lats, log_probs, ctc_frame_shift: float) -> Dict[str, list]:
+    """Each lattice's 1-best words on its CTC frames: what ``lattice_ctc_word_spotting`` edits."""
+    out = {}
+    for u, lat in lats.items():
+        words = best_path_hypothesis(lat).words
+        try:
+            out[u] = base_words([(w.word, w.start, w.end) for w in words], ctc_frame_shift, int(log_probs[u].shape[0]))
+        except ValueError as e:
+            raise StageError(f"utterance {u}: {e}") from e
+    return out
+
+
+def _spotting_method(s, method, trie, test_trie, train_vocab, folds, lp_dev, lp_test, dev_refs, test_refs, missing,
+                     on_lattice: bool, ctc_frame_shift, fixed, lists, forward, decode_seconds):
+    """(row, curve per fold) of CTC-WS editing the CTC greedy 1-best, or (``on_lattice``) each of
+    the folds' lattices' 1-best."""
+    refs, base, hyps, chosen, curves = [], [], [], [], []
+    spot_seconds, accepted, hits = 0.0, 0, 0
+    for k, (tune_lats, eval_lats) in enumerate(folds):
+        dev_bases = lattice_bases(tune_lats, lp_dev, ctc_frame_shift) if on_lattice else None
+        eval_bases = lattice_bases(eval_lats, lp_test, ctc_frame_shift) if on_lattice else None
+        best, curve = tune_spotting({u: lp_dev[u] for u in tune_lats}, trie, dev_refs, s.ws_bonuses,
+                                    s.ws_thresholds, fixed, train_vocab, s.oov_min_precision,
+                                    s.oov_max_sign_p if s.oov_min_precision is not None else None,
+                                    s.oov_min_precision_z, bases=dev_bases)
+        curves.append(curve)
+        chosen.append("abstained" if best is None else asdict(best))
+        if best is None:  # the edited output, no spotting
+            log.warning("%s, fold %d: the spotted words do not %s on dev: the %s is kept", method, k,
+                        s.abstain_reason(), "lattice's 1-best" if on_lattice else "greedy output")
+            for u in sorted(eval_lats):
+                refs.append(test_refs[u])
+                if on_lattice:
+                    base.append([w.word for w in eval_bases[u]])
+                else:
+                    base.append([w.word for w in greedy_words(lp_test[u])[0]])
+                hyps.append(base[-1])
+            continue
+        res, sec = spot_all({u: lp_test[u] for u in eval_lats}, test_trie, best, eval_bases)
+        spot_seconds += sec
+        for u in sorted(eval_lats):
+            refs.append(test_refs[u])
+            base.append([w.word for w in res[u].greedy])
+            hyps.append(res[u].word_sequence)
+            accepted += len(res[u].accepted)
+            hits += len(res[u].hits)
+    for u in missing:  # as for every method: utterances without a lattice count as empty
+        refs.append(test_refs[u])
+        base.append([])
+        hyps.append([])
+    extra = {"base": "lattice_1best" if on_lattice else "ctc_greedy", "spotting": chosen, **lists, "hits": hits,
+             "accepted_hits": accepted, **(s.keep_rule() if s.oov_min_precision is not None else {}),
+             "spotting_seconds": round(spot_seconds, 3), "ctc_forward_seconds": round(forward, 3),
+             "rescoring_seconds": round(spot_seconds + forward, 3)}
+    for key, sec in (("spotting_seconds_per_decode_second", spot_seconds),
+                     ("rescoring_seconds_per_decode_second", spot_seconds + forward)):
+        v = _per_decode(sec, decode_seconds)
+        if v is not None:
+            extra[key] = v
+    row = summary_row(refs, base, hyps, train_vocab, extra)
+    log.info("%s: %s", method, {k: row[k] for k in ("wer", "oov_recall", "oov_precision")})
+    return row, curves
 
 
 def ctc_methods(s, rescorer, train_vocab, grid, dev_lats, dev_feats, dev_refs, folds, test_feats, test_refs,
@@ -122,46 +190,14 @@ def ctc_methods(s, rescorer, train_vocab, grid, dev_lats, dev_feats, dev_refs, f
     curves: Dict[str, list] = {}
     fixed = SpottingConfig(beam=s.ws_beam, bonus=s.ws_bonus, threshold=s.ws_threshold, token_weight=s.ws_token_weight)
 
-    if "ctc_word_spotting" in wanted:
-        refs, base, hyps, chosen = [], [], [], []
-        spot_seconds, accepted, hits = 0.0, 0, 0
-        for k, (tune_lats, eval_lats) in enumerate(folds):
-            best, curve = tune_spotting({u: lp_dev[u] for u in tune_lats}, trie, dev_refs, s.ws_bonuses,
-                                        s.ws_thresholds, fixed, train_vocab, s.oov_min_precision,
-                                        s.oov_max_sign_p if s.oov_min_precision is not None else None,
-                                        s.oov_min_precision_z)
-            curves[f"ctc_word_spotting_spotting{k}"] = curve
-            chosen.append("abstained" if best is None else asdict(best))
-            if best is None:  # the greedy output, no spotting
-                log.warning("ctc_word_spotting, fold %d: the spotted words do not %s on dev: the greedy output is kept",
-                            k, s.abstain_reason())
-                for u in sorted(eval_lats):
-                    refs.append(test_refs[u])
-                    base.append([w.word for w in greedy_words(lp_test[u])[0]])
-                    hyps.append(base[-1])
-                continue
-            res, sec = spot_all({u: lp_test[u] for u in eval_lats}, test_trie, best)
-            spot_seconds += sec
-            for u in sorted(eval_lats):
-                refs.append(test_refs[u])
-                base.append([w.word for w in res[u].greedy])
-                hyps.append(res[u].word_sequence)
-                accepted += len(res[u].accepted)
-                hits += len(res[u].hits)
-        for u in missing:  # as for every method: utterances without a lattice count as empty
-            refs.append(test_refs[u])
-            base.append([])
-            hyps.append([])
-        extra = {"base": "ctc_greedy", "spotting": chosen, **lists, "hits": hits, "accepted_hits": accepted,
-                 **(s.keep_rule() if s.oov_min_precision is not None else {}),
-                 "spotting_seconds": round(spot_seconds, 3), "ctc_forward_seconds": round(forward, 3), "rescoring_seconds": round(spot_seconds + forward, 3)}
-        for key, sec in (("spotting_seconds_per_decode_second", spot_seconds),
-                         ("rescoring_seconds_per_decode_second", spot_seconds + forward)):
-            v = _per_decode(sec, decode_seconds)
-            if v is not None:
-                extra[key] = v
-        results[s.prefix + "ctc_word_spotting"] = summary_row(refs, base, hyps, train_vocab, extra)
-        log.info("ctc_word_spotting: %s", {k: results[s.prefix + "ctc_word_spotting"][k] for k in ("wer", "oov_recall", "oov_precision")})
+    for method in ("ctc_word_spotting", "lattice_ctc_word_spotting"):
+        if method in wanted:
+            on_lattice = method == "lattice_ctc_word_spotting"
+            results[s.prefix + method], curve_by_fold = _spotting_method(
+                s, method, trie, test_trie, train_vocab, folds, lp_dev, lp_test, dev_refs, test_refs, missing,
+                on_lattice, posteriors.frame_shift, fixed, lists, forward, decode_seconds)
+            for k, curve in enumerate(curve_by_fold):
+                curves[f"{method}_spotting{k}"] = curve
 
     if "awe_ctc_rescore" in wanted:
         recover = words is not None
