@@ -9,8 +9,8 @@ on held-out data (``rescorer tune --oov-min-precision``, ``evaluation.rescoring.
 For each target, runs the recipe's recovery tunings on its lattices (the config sections
 ``rescore_oov``: ``awe_rescore_oov_recovery`` and ``awe_rescore_context_list``; ``rescore_ctc``:
 ``awe_ctc_rescore`` and the anchors it is compared with, ``ctc_word_spotting`` and
-``lattice_ctc_word_spotting``, whose words are counted against the CTC greedy output or the
-lattice's 1-best that they edit), as the recipe's stage 6 does, with
+``lattice_ctc_word_spotting``: the first's words are counted against the CTC greedy output it
+edits, the second's added words against the tuned lattice 1-best it edits), as the recipe's stage 6 does, with
 ``--oov-min-precision`` (none: the lowest dev WER, recovery kept only when it lowers it; CTC
 word spotting then tuned for WER alone, as published) and, for the fusion, the evidence gate
 grid ``--gate-posteriors`` x ``--gate-ctc-margins`` (strict points a precision target can
@@ -123,9 +123,10 @@ def summarise(rows: Dict[str, dict]) -> Dict[str, dict]:
         if method.removeprefix("pocketsphinx_") not in RECOVERY_METHODS:  # also another decoder's rows
             continue
         row = {k: r[k] for k in KEEP if k in r}
-        if r.get("base") in ("ctc_greedy", "lattice_1best"):  # CTC word spotting: all it changes is added, to what it edits
-            row.update(added_oov_recovered=r.get("oov_tokens_recovered"), added_oov_proposed=r.get("oov_tokens_proposed"),
-                       added_oov_precision=r.get("oov_precision"), added_iv_broken=r.get("iv_tokens_broken"))
+        if "spotting" in r:  # CTC word spotting; into the greedy output, all it changes is added to it
+            if r.get("base") == "ctc_greedy":
+                row.update(added_oov_recovered=r.get("oov_tokens_recovered"), added_oov_proposed=r.get("oov_tokens_proposed"),
+                           added_oov_precision=r.get("oov_precision"), added_iv_broken=r.get("iv_tokens_broken"))
             folds = r.get("spotting", [])
             row.update(folds_abstained=folds.count("abstained"), folds=len(folds))
             out[method] = row

@@ -104,7 +104,8 @@ def test_ctc_word_spotting_is_compared_at_the_same_target_counted_against_its_gr
           "iv_tokens_broken": 2, "base": "ctc_greedy", "spotting": ["abstained", {"bonus": 1.0, "threshold": -3.0}]}
     fused = {"wer": 0.38, "oov_precision": 0.5, "added_oov_recovered": 0, "scales": [{"awe_scale": 4.0}]}
     on_lattice = {**ws, "wer": 0.40, "oov_tokens_recovered": 3, "oov_precision": 0.6, "base": "lattice_1best",
-                  "spotting": [{"bonus": 2.0, "threshold": -3.0}] * 2}
+                  "spotting": [{"bonus": 2.0, "threshold": -3.0}] * 2, "added_oov_recovered": 2,
+                  "added_oov_proposed": 5, "edits": "baseline_tuned"}
     flags, rows = _one_section_at_0_8(tmp_path, monkeypatch, "rescore_ctc",
                                       {"ctc_word_spotting": ws, "lattice_ctc_word_spotting": on_lattice,
                                        "awe_ctc_rescore": fused, "awe_rescore": {"wer": 0.39}})
@@ -113,9 +114,9 @@ def test_ctc_word_spotting_is_compared_at_the_same_target_counted_against_its_gr
     assert (spot["added_oov_recovered"], spot["added_oov_proposed"], spot["added_oov_precision"],
             spot["added_iv_broken"]) == (1, 4, 0.25, 2)
     assert spot["folds_abstained"] == 1 and spot["folds"] == 2
-    # the anchor on the lattice's 1-best: its counts are against that 1-best, all of them added
-    assert (rows["lattice_ctc_word_spotting"]["added_oov_recovered"], rows["lattice_ctc_word_spotting"]["folds_abstained"]
-            ) == (3, 0)
+    # the anchor on the lattice's tuned 1-best: its added words are its own counts against it
+    assert (rows["lattice_ctc_word_spotting"]["added_oov_recovered"], rows["lattice_ctc_word_spotting"]["added_oov_proposed"],
+            rows["lattice_ctc_word_spotting"]["oov_tokens_recovered"]) == (2, 5, 3)
     assert set(rows) == {"ctc_word_spotting", "lattice_ctc_word_spotting", "awe_ctc_rescore"}
 
 

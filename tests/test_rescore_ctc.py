@@ -213,8 +213,9 @@ def test_added_arcs_carry_both_views_evidence_and_a_gate_abstains_on_them():
 
 def test_rescorer_tune_spots_words_into_the_lattices_1best_as_well_as_the_greedy_one(tmp_path, monkeypatch):
     """`lattice_ctc_word_spotting`: CTC-WS with the same hits, merged into each lattice's 1-best
-    (the decoder the lattice methods edit) instead of the CTC greedy 1-best: here the lattice
-    heard "sat" that the CTC greedy output drops, so only the lattice's edit is right."""
+    under the decoder's scales tuned on dev, instead of the CTC greedy 1-best: here the lattice
+    heard "sat" (at a higher LM weight than its own) that the CTC greedy output drops, so only
+    the tuned lattice's edit is right."""
     import json
 
     from click.testing import CliRunner
@@ -228,8 +229,10 @@ def test_rescorer_tune_spots_words_into_the_lattices_1best_as_well_as_the_greedy
     from tests.test_rescoring_eval import _write_utterances
 
     refs = {u: ["the", "zebra", "sat"] for u in ("u1", "u2", "u3", "u4")}
+    # "mat" wins at the lattice's own LM weight (1), "sat" at twice it
     lats = [_lattice([(0, 1, "the", 0, 5, -1.0, -1.0), (1, 2, "cap", 5, 10, -1.0, -1.0),
-                      (2, 3, "sat", 10, 15, -1.0, -1.0)], uid=u) for u in sorted(refs)]
+                      (2, 3, "mat", 10, 15, -1.0, -1.0), (2, 3, "sat", 10, 15, -1.6, -0.5)], uid=u)
+            for u in sorted(refs)]
     save_word_lattices(tmp_path / "dev_lattices.pt", lats)
     _write_utterances(tmp_path / "dev.pt", refs, {"u1": "a", "u2": "a", "u3": "b", "u4": "b"})
     _write_utterances(tmp_path / "train.pt", {"t": ["the", "cap", "cat", "sat"]}, {"t": "t"})
@@ -262,3 +265,6 @@ def test_rescorer_tune_spots_words_into_the_lattices_1best_as_well_as_the_greedy
     assert on_lattice["wer"] == 0.0 and on_lattice["oov_recall"] == 1.0 and on_lattice["accepted_hits"] == 4
     assert on_greedy["wer"] == pytest.approx(1 / 3) and on_greedy["oov_recall"] == 1.0
     assert [c["bonus"] for c in on_lattice["spotting"]] == [1.0, 1.0]
+    assert [d["lm_scale"] for d in on_lattice["decoder_scales"]] == [2.0, 2.0] and on_lattice["edits"] == "baseline_tuned"
+    # counted against the lattice's own 1-best ("the cap mat"), added against the tuned one ("the cap sat")
+    assert on_lattice["iv_tokens_broken"] == 0 and on_lattice["added_oov_recovered"] == 4

@@ -10,10 +10,12 @@ is the same (tuned on dev or on one half of the dev speakers, reported on the ot
   greedy output, where dev meets it nowhere), so all are compared at one precision. Its OOV
   recall / precision / IV tokens broken are counted against the CTC greedy 1-best it edits
   (``base: ctc_greedy`` in the row).
-- ``lattice_ctc_word_spotting``: the same spotting (same hits accepted, same tuning) merged
-  into each lattice's 1-best instead (``base: lattice_1best``): CTC-WS added to the decoder
-  whose lattices are rescored (an HLG decoder, pocketsphinx), the anchor the lattice methods
-  are compared with on equal terms, since both edit the same 1-best.
+- ``lattice_ctc_word_spotting``: the same spotting (same hits accepted) merged instead into
+  each lattice's 1-best under the decoder's LM scale and insertion penalty tuned on the fold's
+  dev (the ``baseline_tuned`` path; ``decoder_scales`` in the row): CTC-WS added to the decoder
+  whose lattices are rescored (an HLG decoder, pocketsphinx) as its user would run it, the
+  anchor the lattice methods are compared with on the same lattices. Its OOV counts are
+  against the lattice's own 1-best, like theirs; ``added_*``, against the 1-best it edits.
 - ``awe_ctc_rescore``: the lattices' arcs scored by the embedder and by the CTC spelling
   score, weights and normalisation tuned on dev (``rescore_ctc``); with ``--word-list``
   OOV recovery adds the embedding's nearest spellings and the spotter's hits as arcs.
@@ -38,13 +40,15 @@ import time
 from dataclasses import asdict
 from typing import Dict, List, Optional
 
+import torch
+
 from rescorer.decoding.ctc_scores import CtcPosteriors, CtcScoreError
 from rescorer.decoding.word_spotting import SpellingTrie, SpottingConfig, base_words, greedy_words
 from rescorer.formats.ctc_log_probs import read_ctc_log_probs
 from rescorer.formats.tagged import FormatError
 from rescorer.formats.word_list import read_word_list
 from rescorer.evaluation.ctc_rescoring import prepare_fused_all, spot_all, tune_fused, tune_spotting
-from rescorer.evaluation.rescoring import abstained, added_counts, recovery_counts, recovery_off
+from rescorer.evaluation.rescoring import PreparedLattice, abstained, added_counts, recovery_counts, recovery_off, tune
 from rescorer.formats.utterances import read_utterance_features
 from rescorer.lattice.word_lattice import best_path_hypothesis
 from rescorer.rescore_ctc import CtcFusion, EvidenceGate, FusionConfig
@@ -86,11 +90,21 @@ def _log_probs(posteriors: CtcPosteriors, feats_by_id, stored_path: Optional[str
     return out, posteriors.seconds - t0
 
 
-def lattice_bases(lats, log_probs, ctc_frame_shift: float) -> Dict[str, list]:
-    """Each lattice's 1-best words on its CTC frames: what ``lattice_ctc_word_spotting`` edits."""
+def tune_decoder_scales(rescorer, lats, refs, grid, train_vocab):
+    """The LM scale and insertion penalty (no embedding term) of lowest WER on ``lats``: the decoder
+    as its user would tune it, whose 1-best ``lattice_ctc_word_spotting`` edits."""
+    prepared = {u: PreparedLattice(lat, torch.zeros(lat.fsa.labels.shape[0]), None, 0.0) for u, lat in sorted(lats.items())}
+    best, _ = tune(rescorer, prepared, refs, awe_scales=[0.0], lm_scales=grid["lm_scales"],
+                   word_insertion_penalties=grid["word_insertion_penalties"], train_vocab=train_vocab)
+    return best
+
+
+def lattice_bases(lats, log_probs, ctc_frame_shift: float, rescorer=None, config=None) -> Dict[str, list]:
+    """Each lattice's 1-best words (under ``config``'s scales where given) on its CTC frames."""
     out = {}
     for u, lat in lats.items():
-        words = best_path_hypothesis(lat).words
+        path = lat if config is None else rescorer.apply_scores(lat, None, config)
+        words = best_path_hypothesis(path).words
         try:
             out[u] = base_words([(w.word, w.start, w.end) for w in words], ctc_frame_shift, int(log_probs[u].shape[0]))
         except ValueError as e:
@@ -98,15 +112,21 @@ def lattice_bases(lats, log_probs, ctc_frame_shift: float) -> Dict[str, list]:
     return out
 
 
-def _spotting_method(s, method, trie, test_trie, train_vocab, folds, lp_dev, lp_test, dev_refs, test_refs, missing,
-                     on_lattice: bool, ctc_frame_shift, fixed, lists, forward, decode_seconds):
-    """(row, curve per fold) of CTC-WS editing the CTC greedy 1-best, or (``on_lattice``) each of
-    the folds' lattices' 1-best."""
-    refs, base, hyps, chosen, curves = [], [], [], [], []
+def _spotting_method(s, method, rescorer, grid, trie, test_trie, train_vocab, folds, lp_dev, lp_test, dev_refs,
+                     test_refs, missing, on_lattice: bool, ctc_frame_shift, fixed, lists, forward, decode_seconds):
+    """(row, curve per fold) of CTC-WS editing the CTC greedy 1-best, or (``on_lattice``) each
+    lattice's 1-best under the decoder's scales tuned on the fold's dev (``tune_decoder_scales``).
+    The lattice variant's OOV counts are against the lattice's own 1-best, like every lattice
+    method's; what the spotting changed in the 1-best it edits is in the ``added_*`` counts."""
+    refs, base, edited, hyps, chosen, curves, decoder = [], [], [], [], [], [], []
     spot_seconds, accepted, hits = 0.0, 0, 0
     for k, (tune_lats, eval_lats) in enumerate(folds):
-        dev_bases = lattice_bases(tune_lats, lp_dev, ctc_frame_shift) if on_lattice else None
-        eval_bases = lattice_bases(eval_lats, lp_test, ctc_frame_shift) if on_lattice else None
+        dev_bases = eval_bases = None
+        if on_lattice:
+            scales = tune_decoder_scales(rescorer, tune_lats, dev_refs, grid, train_vocab)
+            decoder.append({"lm_scale": scales.lm_scale, "word_insertion_penalty": scales.word_insertion_penalty})
+            dev_bases = lattice_bases(tune_lats, lp_dev, ctc_frame_shift, rescorer, scales)
+            eval_bases = lattice_bases(eval_lats, lp_test, ctc_frame_shift, rescorer, scales)
         best, curve = tune_spotting({u: lp_dev[u] for u in tune_lats}, trie, dev_refs, s.ws_bonuses,
                                     s.ws_thresholds, fixed, train_vocab, s.oov_min_precision,
                                     s.oov_max_sign_p if s.oov_min_precision is not None else None,
@@ -115,31 +135,33 @@ def _spotting_method(s, method, trie, test_trie, train_vocab, folds, lp_dev, lp_
         chosen.append("abstained" if best is None else asdict(best))
         if best is None:  # the edited output, no spotting
             log.warning("%s, fold %d: the spotted words do not %s on dev: the %s is kept", method, k,
-                        s.abstain_reason(), "lattice's 1-best" if on_lattice else "greedy output")
-            for u in sorted(eval_lats):
-                refs.append(test_refs[u])
-                if on_lattice:
-                    base.append([w.word for w in eval_bases[u]])
-                else:
-                    base.append([w.word for w in greedy_words(lp_test[u])[0]])
-                hyps.append(base[-1])
-            continue
-        res, sec = spot_all({u: lp_test[u] for u in eval_lats}, test_trie, best, eval_bases)
-        spot_seconds += sec
+                        s.abstain_reason(), "tuned lattice 1-best" if on_lattice else "greedy output")
+            res = None
+        else:
+            res, sec = spot_all({u: lp_test[u] for u in eval_lats}, test_trie, best, eval_bases)
+            spot_seconds += sec
         for u in sorted(eval_lats):
             refs.append(test_refs[u])
-            base.append([w.word for w in res[u].greedy])
-            hyps.append(res[u].word_sequence)
-            accepted += len(res[u].accepted)
-            hits += len(res[u].hits)
+            if res is None:
+                words = [w.word for w in (eval_bases[u] if on_lattice else greedy_words(lp_test[u])[0])]
+                edited.append(words)
+                hyps.append(words)
+            else:
+                edited.append([w.word for w in res[u].greedy])
+                hyps.append(res[u].word_sequence)
+                accepted += len(res[u].accepted)
+                hits += len(res[u].hits)
+            base.append([w.word for w in best_path_hypothesis(eval_lats[u]).words] if on_lattice else edited[-1])
     for u in missing:  # as for every method: utterances without a lattice count as empty
         refs.append(test_refs[u])
-        base.append([])
-        hyps.append([])
+        for x in (base, edited, hyps):
+            x.append([])
     extra = {"base": "lattice_1best" if on_lattice else "ctc_greedy", "spotting": chosen, **lists, "hits": hits,
              "accepted_hits": accepted, **(s.keep_rule() if s.oov_min_precision is not None else {}),
              "spotting_seconds": round(spot_seconds, 3), "ctc_forward_seconds": round(forward, 3),
              "rescoring_seconds": round(spot_seconds + forward, 3)}
+    if on_lattice:  # what the spotting changed in the tuned 1-best it edits
+        extra.update(edits="baseline_tuned", decoder_scales=decoder, **added_counts(refs, edited, hyps, train_vocab))
     for key, sec in (("spotting_seconds_per_decode_second", spot_seconds),
                      ("rescoring_seconds_per_decode_second", spot_seconds + forward)):
         v = _per_decode(sec, decode_seconds)
@@ -194,8 +216,8 @@ def ctc_methods(s, rescorer, train_vocab, grid, dev_lats, dev_feats, dev_refs, f
         if method in wanted:
             on_lattice = method == "lattice_ctc_word_spotting"
             results[s.prefix + method], curve_by_fold = _spotting_method(
-                s, method, trie, test_trie, train_vocab, folds, lp_dev, lp_test, dev_refs, test_refs, missing,
-                on_lattice, posteriors.frame_shift, fixed, lists, forward, decode_seconds)
+                s, method, rescorer, grid, trie, test_trie, train_vocab, folds, lp_dev, lp_test, dev_refs, test_refs,
+                missing, on_lattice, posteriors.frame_shift, fixed, lists, forward, decode_seconds)
             for k, curve in enumerate(curve_by_fold):
                 curves[f"{method}_spotting{k}"] = curve
 
