@@ -589,6 +589,10 @@ def transcribe_cmd(cuts, out, whisper_model, beam_size, threads, max_utterances,
 @click.option("--ctc-scales", default="0,0.25,0.5,1,2", show_default=True, help="awe_ctc_rescore: CTC score weights.")
 @click.option("--ctc-norms", default="none,frame,token", show_default=True,
               help="awe_ctc_rescore: CTC score normalisations to choose from on dev.")
+@click.option("--ctc-temperatures", default="1", show_default=True,
+              help="awe_ctc_rescore: the CTC log-probs' temperature (softmax(log_probs / T)); a grid, e.g. 1,1.5,2,2.5,3, "
+                   "is fitted on each fold's dev transcripts by CTC loss (recalibrates a model kept by its greedy "
+                   "error rate, overconfident by then).")
 @click.option("--ws-bonuses", default="1,2,3,4", show_default=True, help="ctc_word_spotting: per-token bonus grid.")
 @click.option("--ws-thresholds", default="-5", show_default=True, help="ctc_word_spotting: hit threshold grid.")
 @click.option("--ws-bonus", type=float, default=3.0, show_default=True, help="awe_ctc_rescore's spotter: per-token bonus.")
@@ -624,7 +628,8 @@ def transcribe_cmd(cuts, out, whisper_model, beam_size, threads, max_utterances,
 @click.option("--whisper-vote-drop-confidences", default="none,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1", show_default=True,
               help="whisper_lattice_vote: ... and Whisper's word confidence below which a word facing nothing on "
                    "the lattice's path is dropped (none: never; 1: every one).")
-def tune_cmd(methods, awe_scales, lm_scales, wips, oov_lm_scores, oov_margins, attention_scales, ctc_scales, ctc_norms, ws_bonuses,
+def tune_cmd(methods, awe_scales, lm_scales, wips, oov_lm_scores, oov_margins, attention_scales, ctc_scales, ctc_norms,
+             ctc_temperatures, ws_bonuses,
              ws_thresholds, oov_min_posteriors, oov_min_ctc_margins, whisper_gates, whisper_confidence_gates,
              whisper_probability_gates, hit_lm, whisper_vote_confidences, whisper_vote_posteriors,
              whisper_vote_drop_confidences, **opts):
@@ -643,6 +648,7 @@ def tune_cmd(methods, awe_scales, lm_scales, wips, oov_lm_scores, oov_margins, a
             oov_margins=_margins(oov_margins),
             attention_scales=_floats(attention_scales, "--attention-scales"),
             ctc_scales=_floats(ctc_scales, "--ctc-scales"), ctc_norms=_names(ctc_norms),
+            ctc_temperatures=_floats(ctc_temperatures, "--ctc-temperatures"),
             ws_bonuses=_floats(ws_bonuses, "--ws-bonuses"), ws_thresholds=_floats(ws_thresholds, "--ws-thresholds"),
             oov_min_posteriors=_margins(oov_min_posteriors, "--oov-min-posteriors") or (None,),
             oov_min_ctc_margins=_margins(oov_min_ctc_margins, "--oov-min-ctc-margins") or (None,),

@@ -252,7 +252,7 @@ def test_rescorer_tune_spots_words_into_the_lattices_1best_as_well_as_the_greedy
     (tmp_path / "ctc").mkdir()
     (tmp_path / "list.txt").write_text("zebra\ncatamaran\n")
     out = tmp_path / "wer.json"
-    r = CliRunner().invoke(main, [
+    r = CliRunner().invoke(main, args := [
         "tune", "--corpus", "toy", "--model-dir", str(tmp_path / "model"), "--train-data", str(tmp_path / "train.pt"),
         "--dev-lattices", str(tmp_path / "dev_lattices.pt"), "--dev-features", str(tmp_path / "dev.pt"),
         "--cross-validate", "--out", str(out), "--device", "cpu", "--ctc-model-dir", str(tmp_path / "ctc"),
@@ -268,3 +268,13 @@ def test_rescorer_tune_spots_words_into_the_lattices_1best_as_well_as_the_greedy
     assert [d["lm_scale"] for d in on_lattice["decoder_scales"]] == [2.0, 2.0] and on_lattice["edits"] == "baseline_tuned"
     # counted against the lattice's own 1-best ("the cap mat"), added against the tuned one ("the cap sat")
     assert on_lattice["iv_tokens_broken"] == 0 and on_lattice["added_oov_recovered"] == 4
+    # the fusion's log-probs at a temperature fitted on each fold's dev transcripts; spotting keeps the model's
+    both = "lattice_ctc_word_spotting,awe_ctc_rescore"
+    r = CliRunner().invoke(main, [both if a.startswith("ctc_word_spotting,") else a for a in args]
+                           + ["--ctc-scales", "0,1", "--ctc-norms", "token", "--ctc-temperatures", "1,3"])
+    assert r.exit_code == 0, r.output
+    toy = json.loads(out.read_text())["corpora"]["toy"]
+    fitted = toy["ps_awe_ctc_rescore"]["ctc_temperature"]
+    assert len(fitted) == 2 and set(fitted) <= {1.0, 3.0}
+    assert "ctc_temperature" not in toy["ps_lattice_ctc_word_spotting"]
+    assert toy["ps_lattice_ctc_word_spotting"]["wer"] == 0.0

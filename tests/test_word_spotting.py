@@ -239,6 +239,10 @@ def test_tune_settings_name_what_the_ctc_methods_need():
     with pytest.raises(StageError, match="--word-list"):
         TuneSettings(**base, methods=("ctc_word_spotting",), ctc_model_dir="exp/ctc")
     TuneSettings(**base, methods=("awe_ctc_rescore",), ctc_model_dir="exp/ctc")
+    with pytest.raises(StageError, match="--ctc-temperatures must be positive"):
+        TuneSettings(**base, methods=("awe_ctc_rescore",), ctc_model_dir="exp/ctc", ctc_temperatures=(1.0, -2.0))
+    with pytest.raises(StageError, match="add that method"):
+        TuneSettings(**base, ctc_temperatures=(1.0, 2.0))
     # test's own list (a context list per split) needs dev's, and a test split to apply it to
     with pytest.raises(StageError, match="dev word list only"):
         TuneSettings(**base, methods=("ctc_word_spotting",), ctc_model_dir="exp/ctc", word_list="d.txt",
@@ -298,3 +302,28 @@ def test_spotting_tuned_for_a_precision_target_abstains_where_dev_falls_short():
     assert tune_spotting(*args, min_precision=0.6)[0].bonus == 1.0
     with pytest.raises(ValueError, match="empty grid"):
         tune_spotting(log_probs, SpellingTrie(["zebra"]), refs, [], [-50.0])
+
+
+def test_a_temperature_fitted_on_transcripts_flattens_an_overconfident_model():
+    """A model sure of a wrong letter ("zebro" for "zebra") pays a huge CTC loss; a temperature
+    above 1 spreads its mass (the greedy output unchanged), too high a one spreads it everywhere:
+    the fitted temperature lies between, and is the grid's lowest loss."""
+    from rescorer.decoding.ctc_scores import CtcScoreError, ctc_loss_per_token, fit_temperature, with_temperature
+
+    sure = planted(30, spell("the", 0) + spell("zebro", 10), floor=-30.0)
+    flat = with_temperature(sure, 3.0)
+    assert torch.equal(flat.argmax(1), sure.argmax(1))
+    assert torch.allclose(flat.exp().sum(1), torch.ones(30), atol=1e-5)
+    assert with_temperature(sure, 1.0) is sure
+    lps, texts = {"a": sure, "b": sure.clone()}, {"a": ["the", "zebra"], "b": ["the", "zebro"]}
+    grid = [1.0, 2.0, 4.0, 8.0, 16.0, 64.0]
+    t, losses = fit_temperature(lps, texts, grid)
+    assert 1.0 < t < 64.0 and losses[t] == min(losses.values())
+    assert losses[1.0] > 2 * losses[t]
+    # utterances whose transcript the tokens cannot spell are left out; none left: a named error
+    loss, used = ctc_loss_per_token({**lps, "c": sure}, {**texts, "c": ["naïve"]})
+    assert used == 2 and loss == pytest.approx(ctc_loss_per_token(lps, texts)[0])
+    with pytest.raises(CtcScoreError, match="no utterance with a transcript"):
+        ctc_loss_per_token({"c": sure}, {"c": ["naïve"]})
+    with pytest.raises(CtcScoreError, match="positive number"):
+        with_temperature(sure, 0.0)

@@ -13,6 +13,11 @@ cannot emit it: it gets a finite floor, ``floor_per_token`` x tokens, never -inf
 ``<unk>`` has no spelling: its score is the best unconstrained path over the span (the
 per-frame best log-probs summed), with the greedy tokens there as its token count.
 
+``fit_temperature`` recalibrates a model's log-probs for scoring: ``softmax(log_probs / T)``
+with the T of lowest CTC loss on dev transcripts. A CTC model kept by its greedy error rate
+was trained past its lowest dev loss and is overconfident (T > 1 flattens it); the argmax,
+so the greedy output, does not change, and stored log-probs need no second model.
+
 Normalisations (``NORMS``): ``none`` (the log-likelihood), ``frame`` (per frame of the
 span), ``token`` (per token of the spelling). Lattice spans are converted from the
 lattice's frames to the CTC frames by time (``lattice_spans``): our own lattices are
@@ -31,7 +36,7 @@ import torch.nn.functional as F
 from rescorer.decoding.word_spotting import spelling
 from rescorer.formats.contract import FBANK, UNK, FeatureSpec, check_spec
 from rescorer.formats.ctc_log_probs import CtcLogProbs
-from rescorer.tokens import BLANK_ID, TOKENS
+from rescorer.tokens import BLANK_ID, TOKENS, TokenError, words_to_token_ids
 
 NORMS = ("none", "frame", "token")
 
@@ -252,3 +257,46 @@ def arc_ctc_scores(lat, scorer: SpanScorer, ctc_frame_shift: float, norms: Seque
     for n in norms:
         out[n][idx] = normalise(ll, frames, tokens, n).float()
     return out
+
+
+def with_temperature(log_probs: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``log_softmax(log_probs / temperature)``: the same argmax, flatter (T > 1) or sharper."""
+    if not (math.isfinite(temperature) and temperature > 0):
+        raise CtcScoreError(f"CTC temperature must be a positive number, got {temperature}")
+    return log_probs if temperature == 1.0 else (log_probs / temperature).log_softmax(-1)
+
+
+def ctc_loss_per_token(log_probs: Dict[str, torch.Tensor], transcripts: Dict[str, Sequence[str]],
+                       temperature: float = 1.0, batch: int = 64) -> Tuple[float, int]:
+    """(CTC loss per target token, utterances used) of the transcripts under the log-probs at a
+    temperature; utterances whose words have no spelling in the tokens, or too short for theirs, are left out."""
+    items = []
+    for u in sorted(log_probs):
+        try:
+            target = words_to_token_ids(list(transcripts.get(u, ())))
+        except TokenError:
+            continue
+        if target and min_frames(target) <= log_probs[u].shape[0]:
+            items.append((log_probs[u], target))
+    if not items:
+        raise CtcScoreError("no utterance with a transcript the CTC log-probs can score")
+    total, tokens = 0.0, 0
+    for i in range(0, len(items), batch):
+        chunk = items[i:i + batch]
+        lps = [with_temperature(lp.float(), temperature) for lp, _ in chunk]
+        x = torch.nn.utils.rnn.pad_sequence(lps)  # [T, B, V]
+        y = torch.cat([torch.tensor(t) for _, t in chunk])
+        loss = F.ctc_loss(x, y, torch.tensor([lp.shape[0] for lp in lps]), torch.tensor([len(t) for _, t in chunk]),
+                          blank=BLANK_ID, reduction="sum", zero_infinity=True)
+        total += float(loss)
+        tokens += sum(len(t) for _, t in chunk)
+    return total / tokens, len(items)
+
+
+def fit_temperature(log_probs: Dict[str, torch.Tensor], transcripts: Dict[str, Sequence[str]],
+                    temperatures: Sequence[float]) -> Tuple[float, Dict[float, float]]:
+    """(the temperature of lowest CTC loss per token on these utterances' transcripts, the loss at each)."""
+    if not temperatures:
+        raise CtcScoreError("an empty grid of CTC temperatures")
+    losses = {float(t): ctc_loss_per_token(log_probs, transcripts, float(t))[0] for t in temperatures}
+    return min(losses, key=lambda t: (losses[t], abs(t - 1.0))), losses

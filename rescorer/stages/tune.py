@@ -142,6 +142,8 @@ class TuneSettings:
     test_ctc_log_probs: Optional[str] = None
     ctc_scales: Tuple[float, ...] = (0.0, 0.25, 0.5, 1.0, 2.0)
     ctc_norms: Tuple[str, ...] = ("none", "frame", "token")
+    # awe_ctc_rescore's CTC log-prob temperature; a grid: fitted per fold on dev transcripts (tune_ctc)
+    ctc_temperatures: Tuple[float, ...] = (1.0,)
     ws_bonuses: Tuple[float, ...] = (1.0, 2.0, 3.0, 4.0)  # ctc_word_spotting: per-token bonus grid
     ws_thresholds: Tuple[float, ...] = (-5.0,)  # ctc_word_spotting: hit threshold grid
     ws_bonus: float = 3.0  # awe_ctc_rescore's spotter (fixed: its lattices are prepared once)
@@ -243,6 +245,10 @@ class TuneSettings:
             raise StageError("cross-validation over dev speakers reads dev only: drop --test-ctc-log-probs")
         if self.test_word_list and self.cross_validate:
             raise StageError("cross-validation over dev speakers uses the dev word list only: drop --test-word-list")
+        if not self.ctc_temperatures or not all(math.isfinite(t) and t > 0 for t in self.ctc_temperatures):
+            raise StageError(f"--ctc-temperatures must be positive numbers, got {list(self.ctc_temperatures)}")
+        if self.ctc_temperatures != (1.0,) and "awe_ctc_rescore" not in self.methods:
+            raise StageError("--ctc-temperatures recalibrates awe_ctc_rescore's CTC log-probs: add that method")
         if self.test_word_list and not self.word_list:
             raise StageError("--test-word-list is the CTC methods' list on test: give --word-list for dev too")
 

@@ -26,6 +26,14 @@ is the same (tuned on dev or on one half of the dev speakers, reported on the ot
   awe_rescore itself, so the fusion is never tuned on a coarser grid than the method it
   extends. Without it, the fusion searches the whole grid (``base_scales: grid``).
 
+With ``ctc_temperatures`` a grid, the fusion's log-probs are recalibrated first on each fold
+(``decoding.ctc_scores.fit_temperature``: the temperature of lowest CTC loss on the fold's dev
+transcripts, ``ctc_temperature`` in its row; one value: that temperature, 1 the model's own
+log-probs): its spelling scores are weighed against the embedding's and the LM's, so their
+calibration matters. It costs a division per frame, and spares a second, better-calibrated
+model. CTC word spotting keeps the model's log-probs, as published (its bonus and threshold
+are tuned in their units).
+
 Costs: the CTC forward pass (``ctc_forward_seconds``, shared by both; none where the decoder's
 stored log-probs are given, ``--dev-ctc-log-probs``: the row's ``ctc_log_probs`` names them), spotting, and the
 fused lattices' preparation and decoding, each over the evaluated utterances; relative to
@@ -42,7 +50,7 @@ from typing import Dict, List, Optional
 
 import torch
 
-from rescorer.decoding.ctc_scores import CtcPosteriors, CtcScoreError
+from rescorer.decoding.ctc_scores import CtcPosteriors, CtcScoreError, fit_temperature, with_temperature
 from rescorer.decoding.word_spotting import SpellingTrie, SpottingConfig, base_words, greedy_words
 from rescorer.formats.ctc_log_probs import read_ctc_log_probs
 from rescorer.formats.tagged import FormatError
@@ -109,6 +117,24 @@ def lattice_bases(lats, log_probs, ctc_frame_shift: float, rescorer=None, config
             out[u] = base_words([(w.word, w.start, w.end) for w in words], ctc_frame_shift, int(log_probs[u].shape[0]))
         except ValueError as e:
             raise StageError(f"utterance {u}: {e}") from e
+    return out
+
+
+def _fold_temperatures(s, lp_dev, dev_refs, folds) -> List[float]:
+    """Each fold's CTC temperature: the one given, or of a grid the one of lowest CTC loss on the
+    fold's tuning utterances' transcripts (``decoding.ctc_scores.fit_temperature``)."""
+    grid = [float(t) for t in s.ctc_temperatures]
+    if len(grid) == 1:
+        return grid * len(folds)
+    out = []
+    for k, (tune_lats, _) in enumerate(folds):
+        try:
+            t, losses = fit_temperature({u: lp_dev[u] for u in tune_lats}, dev_refs, grid)
+        except CtcScoreError as e:
+            raise StageError(f"fitting the CTC temperature on fold {k}'s dev: {e}") from e
+        log.info("fold %d: CTC temperature %g (dev CTC loss per token %s)", k, t,
+                 ", ".join(f"{x:g}: {v:.4f}" for x, v in losses.items()))
+        out.append(t)
     return out
 
 
@@ -208,6 +234,14 @@ def ctc_methods(s, rescorer, train_vocab, grid, dev_lats, dev_feats, dev_refs, f
     test_stored = s.dev_ctc_log_probs if s.cross_validate else s.test_ctc_log_probs
     # where the evaluated utterances' log-probs came from: the decoder's file costs no forward pass
     lists["ctc_log_probs"] = test_stored or "computed (ctc_model_dir)"
+    at_temperature = {}  # temperature -> (dev log-probs, test log-probs) at it
+
+    def log_probs_at(t: float):
+        if t not in at_temperature:
+            d = {u: with_temperature(lp, t) for u, lp in lp_dev.items()}
+            at_temperature[t] = (d, d if lp_test is lp_dev else {u: with_temperature(lp, t) for u, lp in lp_test.items()})
+        return at_temperature[t]
+
     results: Dict[str, dict] = {}
     curves: Dict[str, list] = {}
     fixed = SpottingConfig(beam=s.ws_beam, bonus=s.ws_bonus, threshold=s.ws_threshold, token_weight=s.ws_token_weight)
@@ -216,8 +250,8 @@ def ctc_methods(s, rescorer, train_vocab, grid, dev_lats, dev_feats, dev_refs, f
         if method in wanted:
             on_lattice = method == "lattice_ctc_word_spotting"
             results[s.prefix + method], curve_by_fold = _spotting_method(
-                s, method, rescorer, grid, trie, test_trie, train_vocab, folds, lp_dev, lp_test, dev_refs, test_refs,
-                missing, on_lattice, posteriors.frame_shift, fixed, lists, forward, decode_seconds)
+                s, method, rescorer, grid, trie, test_trie, train_vocab, folds, lp_dev, lp_test,
+                dev_refs, test_refs, missing, on_lattice, posteriors.frame_shift, fixed, lists, forward, decode_seconds)
             for k, curve in enumerate(curve_by_fold):
                 curves[f"{method}_spotting{k}"] = curve
 
@@ -228,17 +262,20 @@ def ctc_methods(s, rescorer, train_vocab, grid, dev_lats, dev_feats, dev_refs, f
         gates = [EvidenceGate(p, m) for p in s.oov_min_posteriors for m in s.oov_min_ctc_margins]
         gated = recover and any(g.active for g in gates)
         fcfg = FusionConfig(spotting=fixed, norms=tuple(s.ctc_norms), evidence=gated)
+        temps = _fold_temperatures(s, lp_dev, dev_refs, folds)
         fusion = CtcFusion(rescorer, posteriors, words, fcfg)
-        prep_dev = prepare_fused_all(fusion, dev_lats, dev_feats, lp_dev, recover)
-        if not s.cross_validate:
-            test_fusion = fusion if test_words is words else CtcFusion(rescorer, posteriors, test_words, fcfg)
-            prep_test = prepare_fused_all(test_fusion, folds[0][1], test_feats, lp_test, recover)
-        else:
-            prep_test = prep_dev
+        test_fusion = fusion if test_words is words else CtcFusion(rescorer, posteriors, test_words, fcfg)
+        prepared = {}  # temperature -> (dev lattices, test lattices) prepared at it
+        for t in dict.fromkeys(temps):
+            lp_dev_t, lp_test_t = log_probs_at(t)
+            prep_dev = prepare_fused_all(fusion, dev_lats, dev_feats, lp_dev_t, recover)
+            prepared[t] = (prep_dev, prep_dev if s.cross_validate
+                           else prepare_fused_all(test_fusion, folds[0][1], test_feats, lp_test_t, recover))
         refs, base, hyps, chosen, without = [], [], [], [], []
         seconds, hit_arcs = prune_seconds + forward, 0
         oov_grid = [float(x) for x in s.oov_lm_scores] if recover and s.oov_lm_scores else None
         for k, (tune_lats, eval_lats) in enumerate(folds):
+            prep_dev, prep_test = prepared[temps[k]]
             if awe_configs:  # awe_rescore's point on this fold; only the CTC terms are tuned on top
                 a = awe_configs[k]
                 awe_grid, lm_grid, wip_grid = [a.awe_scale], [a.lm_scale], [a.word_insertion_penalty]
@@ -280,7 +317,8 @@ def ctc_methods(s, rescorer, train_vocab, grid, dev_lats, dev_feats, dev_refs, f
                  "ctc_model_dir": s.ctc_model_dir, "oov_recovery": recover,
                  **(s.keep_rule() if recover else {}),
                  "spotted_arcs_added": hit_arcs, "ctc_forward_seconds": round(forward, 3),
-                 "rescoring_seconds": round(seconds, 2), "ctc_log_probs": lists["ctc_log_probs"]}
+                 "rescoring_seconds": round(seconds, 2), "ctc_log_probs": lists["ctc_log_probs"],
+                 "ctc_temperature": temps}
         if words:
             extra.update(lists)
         if recover:
