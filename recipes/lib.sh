@@ -123,10 +123,12 @@ train_ctc_scorer() {
     --out exp/ctc_scorer --resume "${CFG[@]}" && touch exp/ctc_scorer/.done
 }
 
-# ctc_scorer_args SPLIT...: the CTC methods' model: exp/ctc_scorer where it was trained (its
-# log-probs computed), else exp/ctc with the decoder's stored log-probs of SPLIT...
+# ctc_scorer_args SPLIT...: the CTC methods' model: exp/ctc_scorer where the config asks for one
+# (a `ctc_scorer` section) and it was trained (its log-probs computed), else exp/ctc with the
+# decoder's stored log-probs of SPLIT... (a scorer left in the workdir by another config is not used)
 ctc_scorer_args() {
-  if [ -f exp/ctc_scorer/.done ]; then echo "--ctc-model-dir=exp/ctc_scorer"; return 0; fi
+  cfg ctc_scorer
+  if [ "${#CFG[@]}" -gt 0 ] && [ -f exp/ctc_scorer/.done ]; then echo "--ctc-model-dir=exp/ctc_scorer"; return 0; fi
   echo "--ctc-model-dir=exp/ctc"
   stored_log_probs "$@"
 }
