@@ -450,8 +450,13 @@ def word_lists_cmd(train_data, splits, out_dir, sources, ratio, seed):
               help="spot: the transcript's list words put into the rescored 1-best; vote: the transcript is the output, "
                    "the rescored 1-best's word taken where the transcript is unsure and the lattice sure (rescorer tune "
                    "--save-config with whisper_lattice_vote).")
+@click.option("--ctc-model-dir", type=click.Path(exists=True, file_okay=False),
+              help="The embedding + CTC fusion with this CTC model's spelling scores (and, with a word list, recovery from "
+                   "its word spotter too), under scales awe_ctc_rescore tuned: --config-name rescorer_ctc_fusion.json "
+                   "(rescorer tune --save-config).")
 def rescore_cmd(model_dir, lattices, features, out, recover_oov, word_list, word_list_size, device, prune_posterior, prune_scale,
-                config_name, batch_frames, span_encoding, compute_type, transcripts, transcript_list, transcript_mode):
+                config_name, batch_frames, span_encoding, compute_type, transcripts, transcript_list, transcript_mode,
+                ctc_model_dir):
     """Rescore lattices with word embeddings; writes rescored lattices and 1-best texts.
 
     Runs sharded under torchrun (each rank takes every WORLD_SIZE-th utterance and writes
@@ -465,7 +470,7 @@ def rescore_cmd(model_dir, lattices, features, out, recover_oov, word_list, word
                                    prune_posterior=prune_posterior, prune_scale=prune_scale, config_name=config_name,
                                    batch_frames=batch_frames, span_encoding=span_encoding, compute_type=compute_type,
                                    transcripts=transcripts, transcript_list=transcript_list,
-                                   transcript_mode=transcript_mode)
+                                   transcript_mode=transcript_mode, ctc_model_dir=ctc_model_dir)
     if summary.errors:
         click.echo(f"rank {summary.rank}: {len(summary.errors)} utterances not rescored (see errors.{summary.rank}.json)",
                    err=True)

@@ -138,6 +138,10 @@ class RescoreConfig:
     posterior_scale: float = 1.0
     batch_size: int = 256
     ctc_scale: float = 0.0  # weight of the CTC spelling score (rescorer.rescore_ctc; 0: not used)
+    # the CTC spelling score's normalisation (decoding.ctc_scores.NORMS) and its log-probs' temperature,
+    # as awe_ctc_rescore tuned them (rescorer rescore --ctc-model-dir; None: not tuned for the fusion)
+    ctc_norm: Optional[str] = None
+    ctc_temperature: float = 1.0
     # a second recogniser's list words (rescorer.transcript_hits, rescorer rescore --transcripts): the least
     # embedder cosine and the least recogniser confidence a hit needs (None: no threshold), as tuned on dev;
     # transcript_abstain: dev tuning found that the hits do not help, so none is added
@@ -164,6 +168,11 @@ class RescoreConfig:
     vote_spot_gate: Optional[dict] = None
 
     def __post_init__(self):
+        if self.ctc_norm is not None and self.ctc_norm not in ("none", "frame", "token"):
+            raise ValueError(f"ctc_norm must be none, frame, token or null, not {self.ctc_norm!r}")
+        if not (isinstance(self.ctc_temperature, (int, float)) and math.isfinite(self.ctc_temperature)
+                and self.ctc_temperature > 0):
+            raise ValueError(f"ctc_temperature must be a positive number, not {self.ctc_temperature!r}")
         if self.oov_rival not in OOV_RIVALS:
             raise ValueError(f"oov_rival must be one of {', '.join(OOV_RIVALS)}, not {self.oov_rival!r}")
         if self.transcript_min_probability is not None:
@@ -237,6 +246,13 @@ class RescoreResult:
     confidences: List[float] = field(default_factory=list)  # arc posterior of each 1-best word
     # OOV recovery: (word, start, end) of each 1-best word that recovery added (a word + span the input lattice lacks)
     recovered: List[Tuple[str, float, float]] = field(default_factory=list)
+
+
+def save_rescore_config(model_dir, config: RescoreConfig, extra: Optional[dict] = None, name: Optional[str] = None) -> Path:
+    """Write ``config`` to ``model_dir/name`` (default ``rescorer.json``), which ``Rescorer.from_dir`` reads."""
+    path = Path(model_dir) / (name or CONFIG_FILE)
+    atomic_write_text(path, json.dumps({"config": asdict(config), **(extra or {})}, indent=1, sort_keys=True))
+    return path
 
 
 def spans_in_feature_frames(start_frame: torch.Tensor, end_frame: torch.Tensor, lattice_frame_shift: float, num_frames: int,
@@ -466,9 +482,7 @@ class Rescorer:
 
     def save_config(self, model_dir, extra: Optional[dict] = None, name: Optional[str] = None) -> Path:
         """Write the scales to ``model_dir/rescorer.json`` (or ``name``: e.g. scales tuned for another decoder's lattices)."""
-        path = Path(model_dir) / (name or CONFIG_FILE)
-        atomic_write_text(path, json.dumps({"config": asdict(self.config), **(extra or {})}, indent=1, sort_keys=True))
-        return path
+        return save_rescore_config(model_dir, self.config, extra, name)
 
     # ------------------------------------------------------------ embeddings
 

@@ -43,13 +43,14 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
-from rescorer.decoding.ctc_scores import NORMS, CtcPosteriors, SpanScorer, arc_ctc_scores, lattice_spans, normalise
+from rescorer.decoding.ctc_scores import (NORMS, CtcPosteriors, SpanScorer, arc_ctc_scores, lattice_spans, normalise,
+                                          with_temperature)
 from rescorer.decoding.word_spotting import SpellingTrie, SpottedWord, SpottingConfig, spot_batch
 from rescorer.lattice.edit import add_arcs, extend_table, new_arc_mask
 from rescorer.lattice.scores import oov_lm_arcs
 from rescorer.lattice.span_arcs import arcs_over_spans
 from rescorer.lattice.word_lattice import best_path_hypothesis
-from rescorer.rescore import Rescorer, distinct_arc_spans
+from rescorer.rescore import RescoreConfig, Rescorer, RescoreResult, added_words_on_path, distinct_arc_spans, word_confidences
 
 
 @dataclass(frozen=True)
@@ -242,3 +243,37 @@ class CtcFusion:
         for f in out:
             f.seconds = share
         return out
+
+    def rescore_batch(self, lats: Sequence, feats: Sequence[torch.Tensor], log_probs: Sequence[torch.Tensor],
+                      config: Optional[RescoreConfig] = None, recover: bool = False) -> List[RescoreResult]:
+        """The fused rescoring of several utterances under a tuned config (the rescorer's own by
+        default: ``ctc_scale``, ``ctc_norm`` and ``ctc_temperature`` as ``awe_ctc_rescore`` chose
+        them), as ``Rescorer.rescore_batch`` gives embedding rescoring's: scored lattice, best path,
+        its words' posteriors, the added words on it. ``log_probs``: the model's own (the
+        temperature is applied here)."""
+        c = config or self.rescorer.config
+        if c.ctc_norm is None:
+            raise ValueError("this config was not tuned for the CTC fusion (no ctc_norm): rescorer tune --methods "
+                             "awe_ctc_rescore --save-config writes one")
+        if c.ctc_norm not in self.config.norms:
+            raise ValueError(f"the fusion computes CTC scores normalised by {', '.join(self.config.norms)}, "
+                             f"not {c.ctc_norm!r}")
+        scaled = [with_temperature(lp, c.ctc_temperature) for lp in log_probs]
+        out = []
+        for given, fused in zip(lats, self.prepare_batch(lats, feats, scaled, recover)):
+            scored = self.rescorer.apply_scores(fused.lattice, fused.awe, c, fused.ctc[c.ctc_norm])
+            hyp = best_path_hypothesis(scored)
+            conf = word_confidences(scored, hyp.words, scale=c.posterior_scale) if hyp.words else []
+            out.append(RescoreResult(scored, hyp, conf, added_words_on_path(given, hyp.words, _added_spans(fused.lattice))))
+        return out
+
+
+def _added_spans(lat) -> List[Tuple[str, float, float]]:
+    """(word, start, end) in seconds of the arcs recovery or the spotter added (``oov_lm_arcs``)."""
+    fsa = lat.fsa
+    added = oov_lm_arcs(fsa)
+    if added is None:
+        return []
+    idx = added.nonzero().flatten().tolist()
+    return [(lat.words.get(int(fsa.labels[i])), float(fsa.start_frame[i]) * lat.frame_shift,
+             float(fsa.end_frame[i]) * lat.frame_shift) for i in idx]

@@ -278,3 +278,80 @@ def test_rescorer_tune_spots_words_into_the_lattices_1best_as_well_as_the_greedy
     assert len(fitted) == 2 and set(fitted) <= {1.0, 3.0}
     assert "ctc_temperature" not in toy["ps_lattice_ctc_word_spotting"]
     assert toy["ps_lattice_ctc_word_spotting"]["wer"] == 0.0
+
+
+def test_the_tuned_fusion_travels_with_the_model_and_rescorer_rescore_applies_it(tmp_path, monkeypatch):
+    """`rescorer tune --save-config` with awe_ctc_rescore keeps the fusion's scales, CTC
+    normalisation and temperature beside the embedder (rescorer[_prefix]_ctc_fusion.json, not
+    the embedding methods' file); `rescorer rescore --ctc-model-dir` applies them, recovering the
+    spotted word on new lattices as tuning did; a config without them is refused by name."""
+    import json
+
+    from click.testing import CliRunner
+
+    from rescorer.cli import main
+    from rescorer.formats.contract import FBANK
+    from rescorer.lattice.word_lattice import save_word_lattices
+    from rescorer.rescore import Rescorer
+    from rescorer.stages import tune_ctc
+    from rescorer.tokens import TOKEN_ID
+    from tests.test_rescoring_eval import _write_utterances
+
+    refs = {u: ["the", "zebra", "sat"] for u in ("u1", "u2", "u3", "u4")}
+    lats = [_lattice([(0, 1, "the", 0, 5, -1.0, -1.0), (1, 2, "cap", 5, 10, -1.0, -1.0),
+                      (2, 3, "sat", 10, 15, -1.0, -1.0)], uid=u) for u in sorted(refs)]
+    save_word_lattices(tmp_path / "dev_lattices.pt", lats)
+    _write_utterances(tmp_path / "dev.pt", refs, {"u1": "a", "u2": "a", "u3": "b", "u4": "b"})
+    _write_utterances(tmp_path / "train.pt", {"t": ["the", "cap", "cat", "sat"]}, {"t": "t"})
+    lp = planted(20, spell("the", 0, step=1) + spell("zebra", 5, step=1) + spell("sat", 11, step=1))
+
+    class PlantedCtc:
+        feature_spec, frame_shift, seconds = FBANK, 0.04, 0.0
+
+        def reuse_or_compute(self, feats_by_id, stored=None):
+            return {u: lp.clone() for u in feats_by_id}
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (tmp_path / "ctc").mkdir()
+
+    def from_dir(cls, model_dir, device=None, config_name="rescorer.json", **kw):
+        saved = model / config_name
+        return _rescorer(**(json.loads(saved.read_text())["config"] if saved.exists() else {}))
+
+    monkeypatch.setattr(Rescorer, "from_dir", classmethod(from_dir))
+    monkeypatch.setattr(tune_ctc.CtcPosteriors, "from_dir", classmethod(lambda cls, d, device=None: PlantedCtc()))
+    (tmp_path / "list.txt").write_text("zebra\ncatamaran\n")
+    out = tmp_path / "wer.json"
+    r = CliRunner().invoke(main, [
+        "tune", "--corpus", "toy", "--model-dir", str(model), "--train-data", str(tmp_path / "train.pt"),
+        "--dev-lattices", str(tmp_path / "dev_lattices.pt"), "--dev-features", str(tmp_path / "dev.pt"),
+        "--cross-validate", "--out", str(out), "--device", "cpu", "--ctc-model-dir", str(tmp_path / "ctc"),
+        "--methods", "awe_ctc_rescore", "--word-list", str(tmp_path / "list.txt"), "--awe-scales", "0",
+        "--ctc-scales", "0,1", "--ctc-norms", "token", "--ctc-temperatures", "1,2", "--oov-lm-scores=-1",
+        "--prefix", "ps_", "--save-config"])
+    assert r.exit_code == 0, r.output
+    row = json.loads(out.read_text())["corpora"]["toy"]["ps_awe_ctc_rescore"]
+    assert row["wer"] == 0.0  # the spotted "zebra" replaces "cap" on every held-out speaker
+    assert not (model / "rescorer_ps.json").exists()  # no embedding method tuned: its scales left alone
+    saved = json.loads((model / "rescorer_ps_ctc_fusion.json").read_text())
+    cfg = saved["config"]
+    first = row["scales"][0]
+    assert (cfg["ctc_scale"], cfg["ctc_norm"], cfg["ctc_temperature"]) == (first["ctc_scale"], "token", row["ctc_temperature"][0])
+    assert saved["ctc_model_dir"] == str(tmp_path / "ctc")
+
+    rescore = ["rescore", "--model-dir", str(model), "--lattices", str(tmp_path / "dev_lattices.pt"), "--features",
+               str(tmp_path / "dev.pt"), "--device", "cpu", "--ctc-model-dir", str(tmp_path / "ctc"),
+               "--word-list", str(tmp_path / "list.txt")]
+    r = CliRunner().invoke(main, rescore + ["--out", str(tmp_path / "r1"), "--config-name", "rescorer_ps_ctc_fusion.json"])
+    assert r.exit_code == 0, r.output
+    hyps = dict(line.split("\t") for line in (tmp_path / "r1" / "hyps.txt").read_text().splitlines())
+    assert hyps == {u: "the zebra sat" for u in refs}
+    # embedding rescoring alone keeps "cap": the word came from the CTC word spotter
+    r = CliRunner().invoke(main, rescore[:-4] + ["--out", str(tmp_path / "r2")])
+    assert r.exit_code == 0, r.output
+    assert "zebra" not in (tmp_path / "r2" / "hyps.txt").read_text()
+    # the fusion under a config it was not tuned with: named, nothing written
+    r = CliRunner().invoke(main, rescore + ["--out", str(tmp_path / "r3")])
+    assert r.exit_code != 0 and "not tuned for the CTC fusion" in r.output and "rescorer_ctc_fusion.json" in r.output
+    assert not (tmp_path / "r3" / "hyps.txt").exists()

@@ -64,6 +64,7 @@ def rescore_lattices(
     transcripts=None,
     transcript_list=None,
     transcript_mode: str = "spot",
+    ctc_model_dir=None,
 ) -> RescoreSummary:
     """Rescore this rank's share of ``lattices``; rank and world size default to torchrun's RANK/WORLD_SIZE.
 
@@ -82,6 +83,12 @@ def rescore_lattices(
     ``transcript_mode="vote"`` the transcript is the output instead, the rescored 1-best's word
     taken where the transcript is unsure and the lattice sure (``decoding.transcript_vote``, the
     thresholds ``RescoreConfig.vote_*`` that ``whisper_lattice_vote`` tuned on dev).
+
+    ``ctc_model_dir``: the embedding + CTC fusion instead (``rescore_ctc.CtcFusion``) with that CTC
+    model's spelling scores, under a config ``awe_ctc_rescore`` tuned (``config_name``, e.g.
+    ``rescorer_ctc_fusion.json`` from ``rescorer tune --save-config``: its ``ctc_scale``,
+    ``ctc_norm``, ``ctc_temperature``); with ``recover_oov`` the list's words are recovered from
+    both the embedding and the CTC word spotter (its default settings, as ``rescorer tune``'s).
     """
     if transcript_mode not in ("spot", "vote"):
         raise StageError(f"transcript mode must be spot or vote, not {transcript_mode!r}")
@@ -112,9 +119,12 @@ def rescore_lattices(
     except FileNotFoundError as e:
         raise StageError(str(e)) from e
     feats = read_utterance_features(features, expect=rescorer.feature_spec).by_id()
-    if recover_oov:
-        rescorer.set_vocabulary(listed if word_list else large_word_list(word_list_size))
     cfg = rescorer.config
+    recovery_list = (listed if word_list else large_word_list(word_list_size)) if recover_oov else None
+    fusion, ctc_feats = _ctc_fusion(rescorer, ctc_model_dir, features, recovery_list, config_name, device,
+                                    bool(transcripts)) if ctc_model_dir else (None, None)
+    if recover_oov and fusion is None:  # (the fusion searches the same list, set there)
+        rescorer.set_vocabulary(recovery_list)
     gate = cfg.transcript_gate()
     vote_gate = cfg.vote_spot_hit_gate() if voting else None  # a vote tuned on the 1-best with the list words spotted in
     if voting:
@@ -168,12 +178,12 @@ def rescore_lattices(
             except ValueError as e:  # a bad lattice costs that utterance only
                 summary.errors[uid] = str(e)
         try:  # the batch's spans embedded in one encoder pass
-            results = dict(zip(pruned, rescorer.rescore_batch(list(pruned.values()), [feats[u] for u in pruned],
-                                                              recover=recover_oov)))
+            results = dict(zip(pruned, _rescore_batch(rescorer, fusion, [pruned[u] for u in pruned], list(pruned), feats,
+                                                      ctc_feats, recover_oov)))
         except ValueError:  # a bad lattice or features in the batch: one at a time, so it costs that utterance only
             for uid in pruned:
                 try:
-                    results[uid] = rescorer.rescore(pruned[uid], feats[uid], recover=recover_oov)
+                    results[uid] = _rescore_batch(rescorer, fusion, [pruned[uid]], [uid], feats, ctc_feats, recover_oov)[0]
                 except ValueError as e:
                     summary.errors[uid] = str(e)
         for uid, res in results.items():
@@ -230,3 +240,30 @@ def rescore_lattices(
         summary.merged_utterances = len(lines)
         atomic_write_text(summary.hyps_path, "\n".join(sorted(lines)) + "\n")
     return summary
+
+
+def _ctc_fusion(rescorer, ctc_model_dir, features, words, config_name: str, device, with_transcripts: bool):
+    """(the fusion ``rescore_lattices`` runs with ``ctc_model_dir``, the features its CTC model reads);
+    a StageError when the config or the model cannot serve."""
+    from rescorer.decoding.ctc_scores import CtcPosteriors
+    from rescorer.rescore_ctc import CtcFusion, FusionConfig
+
+    if with_transcripts:
+        raise StageError("--ctc-model-dir (the CTC fusion) and --transcripts do not combine: rescore with one of them")
+    if rescorer.config.ctc_norm is None:
+        raise StageError(f"{config_name} was not tuned for the CTC fusion (no ctc_norm): rescorer tune --methods "
+                         "awe_ctc_rescore --save-config writes rescorer_ctc_fusion.json; pass it with --config-name")
+    try:
+        posteriors = CtcPosteriors.from_dir(ctc_model_dir, device=device)
+    except FileNotFoundError as e:
+        raise StageError(str(e)) from e
+    ctc_feats = read_utterance_features(features, expect=posteriors.feature_spec).by_id()
+    return CtcFusion(rescorer, posteriors, words, FusionConfig(norms=(rescorer.config.ctc_norm,))), ctc_feats
+
+
+def _rescore_batch(rescorer, fusion, lats, uids, feats, ctc_feats, recover: bool):
+    """Embedding rescoring of the utterances, or with ``fusion`` the fused rescoring (its CTC model's log-probs first)."""
+    if fusion is None:
+        return rescorer.rescore_batch(lats, [feats[u] for u in uids], recover=recover)
+    log_probs = fusion.posteriors.reuse_or_compute({u: ctc_feats[u] for u in uids})
+    return fusion.rescore_batch(lats, [feats[u] for u in uids], [log_probs[u] for u in uids], recover=recover)

@@ -62,10 +62,10 @@ from rescorer.evaluation.rescoring import (abstained, added_counts, decode_all, 
 from rescorer.formats.utterances import read_utterance_features
 from rescorer.formats.word_list import WordListError, read_word_list
 from rescorer.lattice.word_lattice import best_path_hypothesis, load_word_lattices, prune
-from rescorer.rescore import Rescorer
+from rescorer.rescore import Rescorer, save_rescore_config
 from rescorer.second_pass import AttentionScorer, attention_candidates, pick_best
 from rescorer.stages import StageError
-from rescorer.stages.tune_ctc import CTC_METHODS, ctc_methods
+from rescorer.stages.tune_ctc import CTC_METHODS, ctc_methods, fusion_config
 from rescorer.stages.tune_whisper import VOTE_METHODS, WHISPER_METHODS, whisper_methods
 from rescorer.wer import compute_wer
 
@@ -622,9 +622,21 @@ def tune_rescoring(settings: TuneSettings, command: str = "rescorer tune") -> Di
         "protocol": f"{s.folds}-fold cross-validation over dev speakers" if s.cross_validate else "scales tuned on dev, reported on test",
     }
     out.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
-    if s.save_config:
+    if s.save_config and any(m not in CTC_METHODS for m in s.methods):
         # the lattices' own decoder's scales: rescorer.json for ours, rescorer_<prefix>.json for others
         path = rescorer.save_config(s.model_dir, {"tuned_by": doc["rescoring_runs"][run_key]},
                                     name=_tuned_config_path(s).name)
         log.info("tuned scales saved to %s", path)
+    fused = results.get(s.prefix + "awe_ctc_rescore")
+    if s.save_config and fused is not None:  # the fusion's own: rescorer[_<prefix>]_ctc_fusion.json
+        config = fusion_config(fused)
+        if config is None:
+            log.warning("awe_ctc_rescore chose an evidence gate, which rescorer rescore does not apply: its scales "
+                        "are not saved")
+        else:
+            name = _tuned_config_path(s).stem + "_ctc_fusion.json"
+            path = save_rescore_config(s.model_dir, config, {"tuned_by": doc["rescoring_runs"][run_key],
+                                                             "ctc_model_dir": s.ctc_model_dir}, name=name)
+            log.info("the fusion's tuned scales saved to %s (rescorer rescore --ctc-model-dir %s --config-name %s)",
+                     path, s.ctc_model_dir, name)
     return results

@@ -263,14 +263,16 @@ def ctc_methods(s, rescorer, train_vocab, grid, dev_lats, dev_feats, dev_refs, f
         gated = recover and any(g.active for g in gates)
         fcfg = FusionConfig(spotting=fixed, norms=tuple(s.ctc_norms), evidence=gated)
         temps = _fold_temperatures(s, lp_dev, dev_refs, folds)
+        # dev's lattices first, all of them: a CtcFusion sets the rescorer's recovery list (test's own after)
         fusion = CtcFusion(rescorer, posteriors, words, fcfg)
-        test_fusion = fusion if test_words is words else CtcFusion(rescorer, posteriors, test_words, fcfg)
-        prepared = {}  # temperature -> (dev lattices, test lattices) prepared at it
-        for t in dict.fromkeys(temps):
-            lp_dev_t, lp_test_t = log_probs_at(t)
-            prep_dev = prepare_fused_all(fusion, dev_lats, dev_feats, lp_dev_t, recover)
-            prepared[t] = (prep_dev, prep_dev if s.cross_validate
-                           else prepare_fused_all(test_fusion, folds[0][1], test_feats, lp_test_t, recover))
+        prep_by_t = {t: prepare_fused_all(fusion, dev_lats, dev_feats, log_probs_at(t)[0], recover)
+                     for t in dict.fromkeys(temps)}
+        if not s.cross_validate:
+            test_fusion = fusion if test_words is words else CtcFusion(rescorer, posteriors, test_words, fcfg)
+            prepared = {t: (p, prepare_fused_all(test_fusion, folds[0][1], test_feats, log_probs_at(t)[1], recover))
+                        for t, p in prep_by_t.items()}
+        else:
+            prepared = {t: (p, p) for t, p in prep_by_t.items()}
         refs, base, hyps, chosen, without = [], [], [], [], []
         seconds, hit_arcs = prune_seconds + forward, 0
         oov_grid = [float(x) for x in s.oov_lm_scores] if recover and s.oov_lm_scores else None
@@ -289,7 +291,8 @@ def ctc_methods(s, rescorer, train_vocab, grid, dev_lats, dev_feats, dev_refs, f
                                                  max_p=s.oov_max_sign_p if recover else None,
                                                  precision_z=s.oov_min_precision_z)
             curves[f"awe_ctc_rescore_fold{k}"] = curve
-            chosen.append({**best.lattice_fields(), "ctc_norm": norm, **(gate.to_dict() if gate is not None else {})})
+            chosen.append({**best.lattice_fields(), "ctc_norm": norm, "ctc_temperature": temps[k],
+                           **(gate.to_dict() if gate is not None else {})})
             if recover and abstained(best):
                 chosen[-1]["oov_recovery"] = "abstained"
                 log.warning("awe_ctc_rescore, fold %d: the added words do not %s on dev: none is added", k,
@@ -329,3 +332,18 @@ def ctc_methods(s, rescorer, train_vocab, grid, dev_lats, dev_feats, dev_refs, f
         results[s.prefix + "awe_ctc_rescore"] = summary_row(refs, base, hyps, train_vocab, extra)
         log.info("awe_ctc_rescore: %s", {k: results[s.prefix + "awe_ctc_rescore"][k] for k in ("wer", "oov_recall", "oov_precision")})
     return results, curves
+
+
+def fusion_config(row: dict):
+    """The config ``rescorer rescore --ctc-model-dir`` applies: an ``awe_ctc_rescore`` row's first
+    fold's scales (as the embedding methods keep theirs); None where that fold chose an evidence
+    gate, which rescoring does not apply."""
+    from dataclasses import fields
+
+    from rescorer.rescore import RescoreConfig
+
+    first = row["scales"][0]
+    if any(first.get(k) is not None for k in ("min_posterior", "min_ctc_margin")):
+        return None
+    names = {f.name for f in fields(RescoreConfig)}
+    return RescoreConfig(**{k: v for k, v in first.items() if k in names})
