@@ -339,6 +339,7 @@ def test_the_tuned_fusion_travels_with_the_model_and_rescorer_rescore_applies_it
     first = row["scales"][0]
     assert (cfg["ctc_scale"], cfg["ctc_norm"], cfg["ctc_temperature"]) == (first["ctc_scale"], "token", row["ctc_temperature"][0])
     assert saved["ctc_model_dir"] == str(tmp_path / "ctc")
+    assert saved["ctc_spotting"] == {"beam": 7.0, "bonus": 3.0, "threshold": -5.0, "token_weight": 0.5}
 
     rescore = ["rescore", "--model-dir", str(model), "--lattices", str(tmp_path / "dev_lattices.pt"), "--features",
                str(tmp_path / "dev.pt"), "--device", "cpu", "--ctc-model-dir", str(tmp_path / "ctc"),
@@ -355,3 +356,13 @@ def test_the_tuned_fusion_travels_with_the_model_and_rescorer_rescore_applies_it
     r = CliRunner().invoke(main, rescore + ["--out", str(tmp_path / "r3")])
     assert r.exit_code != 0 and "not tuned for the CTC fusion" in r.output and "rescorer_ctc_fusion.json" in r.output
     assert not (tmp_path / "r3" / "hyps.txt").exists()
+    # the spotter as tuned: a threshold no hit clears takes the spotted word away again
+    fused = model / "rescorer_ps_ctc_fusion.json"
+    doc = json.loads(fused.read_text())
+    fused.write_text(json.dumps({**doc, "ctc_spotting": {**doc["ctc_spotting"], "threshold": 1000.0}}))
+    r = CliRunner().invoke(main, rescore + ["--out", str(tmp_path / "r4"), "--config-name", fused.name])
+    assert r.exit_code == 0, r.output
+    assert "zebra" not in (tmp_path / "r4" / "hyps.txt").read_text()
+    fused.write_text(json.dumps({**doc, "ctc_spotting": {"beam": "wide"}}))
+    r = CliRunner().invoke(main, rescore + ["--out", str(tmp_path / "r5"), "--config-name", fused.name])
+    assert r.exit_code != 0 and "ctc_spotting" in r.output and fused.name in r.output

@@ -87,8 +87,8 @@ def rescore_lattices(
     ``ctc_model_dir``: the embedding + CTC fusion instead (``rescore_ctc.CtcFusion``) with that CTC
     model's spelling scores, under a config ``awe_ctc_rescore`` tuned (``config_name``, e.g.
     ``rescorer_ctc_fusion.json`` from ``rescorer tune --save-config``: its ``ctc_scale``,
-    ``ctc_norm``, ``ctc_temperature``); with ``recover_oov`` the list's words are recovered from
-    both the embedding and the CTC word spotter (its default settings, as ``rescorer tune``'s).
+    ``ctc_norm``, ``ctc_temperature``, and beside them the spotter's settings, ``ctc_spotting``);
+    with ``recover_oov`` the list's words are recovered from both the embedding and the spotter.
     """
     if transcript_mode not in ("spot", "vote"):
         raise StageError(f"transcript mode must be spot or vote, not {transcript_mode!r}")
@@ -121,7 +121,7 @@ def rescore_lattices(
     feats = read_utterance_features(features, expect=rescorer.feature_spec).by_id()
     cfg = rescorer.config
     recovery_list = (listed if word_list else large_word_list(word_list_size)) if recover_oov else None
-    fusion, ctc_feats = _ctc_fusion(rescorer, ctc_model_dir, features, recovery_list, config_name, device,
+    fusion, ctc_feats = _ctc_fusion(rescorer, model_dir, ctc_model_dir, features, recovery_list, config_name, device,
                                     bool(transcripts)) if ctc_model_dir else (None, None)
     if recover_oov and fusion is None:  # (the fusion searches the same list, set there)
         rescorer.set_vocabulary(recovery_list)
@@ -242,7 +242,7 @@ def rescore_lattices(
     return summary
 
 
-def _ctc_fusion(rescorer, ctc_model_dir, features, words, config_name: str, device, with_transcripts: bool):
+def _ctc_fusion(rescorer, model_dir, ctc_model_dir, features, words, config_name: str, device, with_transcripts: bool):
     """(the fusion ``rescore_lattices`` runs with ``ctc_model_dir``, the features its CTC model reads);
     a StageError when the config or the model cannot serve."""
     from rescorer.decoding.ctc_scores import CtcPosteriors
@@ -258,7 +258,25 @@ def _ctc_fusion(rescorer, ctc_model_dir, features, words, config_name: str, devi
     except FileNotFoundError as e:
         raise StageError(str(e)) from e
     ctc_feats = read_utterance_features(features, expect=posteriors.feature_spec).by_id()
-    return CtcFusion(rescorer, posteriors, words, FusionConfig(norms=(rescorer.config.ctc_norm,))), ctc_feats
+    spotting = _tuned_spotting(model_dir, config_name)
+    return CtcFusion(rescorer, posteriors, words, FusionConfig(spotting=spotting, norms=(rescorer.config.ctc_norm,))), ctc_feats
+
+
+def _tuned_spotting(model_dir, config_name: str):
+    """The fusion's spotter settings saved beside its scales (``ctc_spotting``; the defaults
+    where an older file has none); a malformed entry is a StageError naming the file."""
+    from rescorer.decoding.word_spotting import SpottingConfig
+
+    path = Path(model_dir) / config_name if Path(model_dir).is_dir() else Path(model_dir).parent / config_name
+    saved = json.loads(path.read_text()).get("ctc_spotting") if path.exists() else None
+    if saved is None:
+        return SpottingConfig()
+    try:
+        if not isinstance(saved, dict) or not all(isinstance(v, (int, float)) for v in saved.values()):
+            raise ValueError(f"expected numbers by name, got {saved!r}")
+        return SpottingConfig(**saved)
+    except (TypeError, ValueError) as e:
+        raise StageError(f"{path}: ctc_spotting: {e}") from e
 
 
 def _rescore_batch(rescorer, fusion, lats, uids, feats, ctc_feats, recover: bool):

@@ -635,8 +635,11 @@ def tune_rescoring(settings: TuneSettings, command: str = "rescorer tune") -> Di
                         "are not saved")
         else:
             name = _tuned_config_path(s).stem + "_ctc_fusion.json"
+            spotting = {"beam": s.ws_beam, "bonus": s.ws_bonus, "threshold": s.ws_threshold,
+                        "token_weight": s.ws_token_weight}  # the fusion's spotter, as it ran here
             path = save_rescore_config(s.model_dir, config, {"tuned_by": doc["rescoring_runs"][run_key],
-                                                             "ctc_model_dir": s.ctc_model_dir}, name=name)
+                                                             "ctc_model_dir": s.ctc_model_dir,
+                                                             "ctc_spotting": spotting}, name=name)
             log.info("the fusion's tuned scales saved to %s (rescorer rescore --ctc-model-dir %s --config-name %s)",
                      path, s.ctc_model_dir, name)
     return results
