@@ -52,14 +52,14 @@ def _flags(config: str, section: str) -> List[str]:
     return [x for x in out.splitlines() if x]
 
 
-def _split_args(cross_validate: bool, ctc: bool, folds: int = 2) -> List[str]:
+def _split_args(cross_validate: bool, ctc: bool, folds: int = 2, stored_log_probs: bool = True) -> List[str]:
     args = ["--dev-lattices", "exp/decode_dev_ctc/word_lattices.pt", "--dev-features", "exp/asr_data/dev.pt"]
     if cross_validate:
         args += ["--cross-validate", f"--folds={folds}", "--decode-metrics", "exp/decode_dev_ctc/metrics.json"]
     else:
         args += ["--test-lattices", "exp/decode_test_ctc/word_lattices.pt", "--test-features", "exp/asr_data/test.pt",
                  "--decode-metrics", "exp/decode_test_ctc/metrics.json"]
-    if ctc:
+    if ctc and stored_log_probs:  # the decoder's log-probs, which only its own CTC model may stand in for
         for split in ("dev",) if cross_validate else ("dev", "test"):
             stored = Path(f"exp/decode_{split}_ctc/ctc_log_probs.pt")
             if stored.exists():
@@ -72,11 +72,12 @@ def _transcript_args(cross_validate: bool) -> List[str]:
     return args if cross_validate else args + ["--test-transcripts", "exp/whisper/transcripts_test.jsonl"]
 
 
-def _run(corpus: str, flags: List[str], target: Optional[float], out: Path, ctc: bool) -> None:
+def _run(corpus: str, flags: List[str], target: Optional[float], out: Path, ctc) -> None:
+    """One ``rescorer tune``; ``ctc``: the CTC model directory of the CTC methods (falsy: none)."""
     cmd = [sys.executable, "-m", "rescorer", "tune", "--corpus", corpus, "--model-dir", "exp/embeddings",
            "--train-data", "exp/asr_data/train.pt", "--out", str(out)] + flags
     if ctc:
-        cmd += ["--ctc-model-dir", "exp/ctc"]
+        cmd += ["--ctc-model-dir", ctc if isinstance(ctc, str) else "exp/ctc"]
     if target is not None:
         cmd += ["--oov-min-precision", str(target)]
     print("+", " ".join(cmd), flush=True)
@@ -91,8 +92,10 @@ def measure(a) -> Dict[str, dict]:
         oov_list += ["--test-context-list", "exp/word_lists/context_test.txt"]
     gates = [f"--oov-min-posteriors={a.gate_posteriors}", f"--oov-min-ctc-margins={a.gate_ctc_margins}"]
     runs = [("rescore_oov", _flags(a.config, "rescore_oov") + oov_list + _split_args(a.cross_validate, False, a.folds), False),
-            ("rescore_ctc", _flags(a.config, "rescore_ctc") + gates + _split_args(a.cross_validate, True, a.folds)
-             + ["--methods", "awe_rescore,ctc_word_spotting,lattice_ctc_word_spotting,awe_ctc_rescore"], True),  # the fusion on awe_rescore's scales
+            ("rescore_ctc", _flags(a.config, "rescore_ctc") + gates
+             + _split_args(a.cross_validate, True, a.folds, stored_log_probs=a.ctc_model_dir == "exp/ctc")
+             + ["--methods", "awe_rescore,ctc_word_spotting,lattice_ctc_word_spotting,awe_ctc_rescore"],
+             a.ctc_model_dir),  # the fusion on awe_rescore's scales
             ("rescore_whisper", _flags(a.config, "rescore_whisper") + _split_args(a.cross_validate, False, a.folds)
              + _transcript_args(a.cross_validate), False),
             # pocketsphinx's lattices of dev (the speechocean762 recipe's stage 6), rows pocketsphinx_*
@@ -150,6 +153,9 @@ def main(argv=None) -> None:
     p.add_argument("--sections", default="rescore_oov,rescore_ctc", help="which tunings to run")
     p.add_argument("--gate-posteriors", default="0.5,0.2,0.1,0.05,none", help="the fusion's evidence gate grid")
     p.add_argument("--gate-ctc-margins", default="1,0.5,0,none", help="... and its CTC margin thresholds")
+    p.add_argument("--ctc-model-dir", default="exp/ctc", help="the CTC methods' model, under --workdir (exp/ctc, "
+                                                             "the decoder's, with its stored log-probs; or e.g. "
+                                                             "exp/ctc_scorer)")
     p.add_argument("--cross-validate", action="store_true", help="cross-validation over dev speakers (no test split)")
     p.add_argument("--folds", type=int, default=2, help="... in this many speaker folds")
     p.add_argument("--tune-args", default="", help="more options for every rescorer tune run, e.g. an ablation's "

@@ -33,8 +33,8 @@ def test_every_target_runs_each_section_and_keeps_the_recovery_rows(tmp_path, mo
     out = tmp_path / "out.json"
     script.main(["--workdir", str(tmp_path), "--config", "c.yaml", "--corpus", "syn/x", "--targets", "none,0.8",
                  "--out", str(out)])
-    # two targets x two sections; the fusion gets the gate grids and the CTC model
-    assert [(t, c) for t, c, _ in calls] == [(None, False), (None, True), (0.8, False), (0.8, True)]
+    # two targets x two sections; the fusion gets the gate grids and the CTC model (the decoder's by default)
+    assert [(t, c) for t, c, _ in calls] == [(None, False), (None, "exp/ctc"), (0.8, False), (0.8, "exp/ctc")]
     fusion_flags = calls[1][2]
     assert "--oov-min-posteriors=0.5,0.2,0.1,0.05,none" in fusion_flags and "--methods" in fusion_flags
     assert "--from-rescore_oov" in calls[0][2] and "--word-list" in calls[0][2]
@@ -52,6 +52,14 @@ def test_every_target_runs_each_section_and_keeps_the_recovery_rows(tmp_path, mo
 def test_cross_validation_uses_dev_only(tmp_path):
     args = script._split_args(cross_validate=True, ctc=False)
     assert "--cross-validate" in args and not any("test" in a for a in args)
+
+
+def test_the_decoders_stored_log_probs_serve_only_its_own_ctc_model(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "exp" / "decode_dev_ctc").mkdir(parents=True)
+    (tmp_path / "exp" / "decode_dev_ctc" / "ctc_log_probs.pt").write_bytes(b"")
+    assert "--dev-ctc-log-probs=exp/decode_dev_ctc/ctc_log_probs.pt" in script._split_args(True, True)
+    assert not any("log-probs" in a for a in script._split_args(True, True, stored_log_probs=False))
 
 
 def _one_section_at_0_8(tmp_path, monkeypatch, section, rows):
