@@ -91,6 +91,7 @@ import numpy as np
 import torch
 
 from rescorer.formats.contract import FBANK, SAMPLE_RATE, UNK, FeatureSpec
+from rescorer.decoding.ctc_scores import NORMS
 from rescorer.lattice.edit import add_arcs, added_words_on_path, extend_table, new_arc_mask, with_table
 from rescorer.lattice.scores import Scales, combine, with_scores
 from rescorer.lattice.word_lattice import arc_posteriors, best_path_hypothesis, validate, word_confidences
@@ -168,8 +169,8 @@ class RescoreConfig:
     vote_spot_gate: Optional[dict] = None
 
     def __post_init__(self):
-        if self.ctc_norm is not None and self.ctc_norm not in ("none", "frame", "token"):
-            raise ValueError(f"ctc_norm must be none, frame, token or null, not {self.ctc_norm!r}")
+        if self.ctc_norm is not None and self.ctc_norm not in NORMS:
+            raise ValueError(f"ctc_norm must be one of {', '.join(NORMS)} or null, not {self.ctc_norm!r}")
         if not (isinstance(self.ctc_temperature, (int, float)) and math.isfinite(self.ctc_temperature)
                 and self.ctc_temperature > 0):
             raise ValueError(f"ctc_temperature must be a positive number, not {self.ctc_temperature!r}")
@@ -246,6 +247,13 @@ class RescoreResult:
     confidences: List[float] = field(default_factory=list)  # arc posterior of each 1-best word
     # OOV recovery: (word, start, end) of each 1-best word that recovery added (a word + span the input lattice lacks)
     recovered: List[Tuple[str, float, float]] = field(default_factory=list)
+
+
+def tuned_config_path(model_dir, config_name: str = CONFIG_FILE) -> Path:
+    """Where a model's tuned scales live: ``config_name`` in the model directory (beside the
+    checkpoint file where ``model_dir`` names one)."""
+    model_dir = Path(model_dir)
+    return model_dir / config_name if model_dir.is_dir() else model_dir.parent / config_name
 
 
 def save_rescore_config(model_dir, config: RescoreConfig, extra: Optional[dict] = None, name: Optional[str] = None) -> Path:
@@ -474,7 +482,7 @@ class Rescorer:
             raise FileNotFoundError(f"no rescorer model at {model_dir}")
         acoustic, letters, _ = load_embedder(str(model_dir))
         if config is None:
-            cfg_path = model_dir / config_name if model_dir.is_dir() else model_dir.parent / config_name
+            cfg_path = tuned_config_path(model_dir, config_name)
             if config_name != CONFIG_FILE and not cfg_path.exists():
                 raise FileNotFoundError(f"{cfg_path}: no such tuned configuration")
             config = RescoreConfig.from_dict(json.loads(cfg_path.read_text())["config"]) if cfg_path.exists() else RescoreConfig()
@@ -794,7 +802,7 @@ class Rescorer:
         OOV recovery (see module doc) runs first; it needs ``set_vocabulary``.
         """
         c = config or self.config
-        return self._decode(lat, *self.embedding_scores(lat, feats, c, recover), c)
+        return self.result(lat, *self.embedding_scores(lat, feats, c, recover), c)
 
     def rescore_batch(self, lats: Sequence, feats: Sequence, config: Optional[RescoreConfig] = None,
                       recover: bool = False) -> List[RescoreResult]:
@@ -803,11 +811,14 @@ class Rescorer:
         c = config or self.config
         out = []
         for given, (lat, awe, recovered) in zip(lats, self.embedding_scores_batch(lats, feats, c, recover)):
-            out.append(self._decode(given, lat, awe, recovered, c))
+            out.append(self.result(given, lat, awe, recovered, c))
         return out
 
-    def _decode(self, given, lat, awe, recovered, c: RescoreConfig) -> RescoreResult:
-        scored = self.apply_scores(lat, awe, c)
+    def result(self, given, lat, awe, recovered, c: RescoreConfig, ctc: Optional[torch.Tensor] = None) -> RescoreResult:
+        """The ``RescoreResult`` of a prepared lattice (``lat``, with its ``awe`` and, for the CTC
+        fusion, ``ctc`` per-arc scores) under ``c``; ``given``: the lattice before recovery added
+        ``recovered`` (word, start, end) arcs, so the result names the added words on its path."""
+        scored = self.apply_scores(lat, awe, c, ctc)
         hyp = best_path_hypothesis(scored)
         conf = word_confidences(scored, hyp.words, scale=c.posterior_scale) if hyp.words else []
         return RescoreResult(scored, hyp, conf, added_words_on_path(given, hyp.words, recovered))

@@ -50,7 +50,7 @@ from rescorer.lattice.edit import add_arcs, extend_table, new_arc_mask
 from rescorer.lattice.scores import oov_lm_arcs
 from rescorer.lattice.span_arcs import arcs_over_spans
 from rescorer.lattice.word_lattice import best_path_hypothesis
-from rescorer.rescore import RescoreConfig, Rescorer, RescoreResult, added_words_on_path, distinct_arc_spans, word_confidences
+from rescorer.rescore import RescoreConfig, Rescorer, RescoreResult, distinct_arc_spans
 
 
 @dataclass(frozen=True)
@@ -261,10 +261,8 @@ class CtcFusion:
         scaled = [with_temperature(lp, c.ctc_temperature) for lp in log_probs]
         out = []
         for given, fused in zip(lats, self.prepare_batch(lats, feats, scaled, recover)):
-            scored = self.rescorer.apply_scores(fused.lattice, fused.awe, c, fused.ctc[c.ctc_norm])
-            hyp = best_path_hypothesis(scored)
-            conf = word_confidences(scored, hyp.words, scale=c.posterior_scale) if hyp.words else []
-            out.append(RescoreResult(scored, hyp, conf, added_words_on_path(given, hyp.words, _added_spans(fused.lattice))))
+            out.append(self.rescorer.result(given, fused.lattice, fused.awe, _added_spans(fused.lattice), c,
+                                            fused.ctc[c.ctc_norm]))
         return out
 
 

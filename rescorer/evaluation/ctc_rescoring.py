@@ -54,24 +54,24 @@ def tune_spotting(log_probs: Dict[str, torch.Tensor], trie: SpellingTrie, refs: 
     against the greedy output. ``bases`` (``spot_all``): the words edited instead of the greedy ones."""
     uids = sorted(log_probs)
     r = [refs[u] for u in uids]
-    greedy = None
+    edited = None  # the words spotting edits: the greedy output, or the bases
     configs, curve = [], []
     for b, th in itertools.product([float(x) for x in bonuses], [float(x) for x in thresholds]):
         cfg = replace(base, bonus=b, threshold=th)
         res, seconds = spot_all({u: log_probs[u] for u in uids}, trie, cfg, bases)
-        if greedy is None:
-            greedy = [[w.word for w in res[u].greedy] for u in uids]
+        if edited is None:
+            edited = [[w.word for w in res[u].greedy] for u in uids]
         hyps = [res[u].word_sequence for u in uids]
         m = compute_wer(r, hyps, train_vocab)
         configs.append(cfg)
         curve.append({"bonus": b, "threshold": th, "wer": m["wer"], "iv_wer": m.get("iv_wer"),
                       "oov_wer": m.get("oov_wer"), "accepted": sum(len(x.accepted) for x in res.values()),
-                      "seconds": round(seconds, 3), **added_counts(r, greedy, hyps, train_vocab)})
+                      "seconds": round(seconds, 3), **added_counts(r, edited, hyps, train_vocab)})
     if not curve:
         raise ValueError("CTC word spotting: an empty grid of bonuses and thresholds")
     if min_precision is None:
         return configs[min(range(len(curve)), key=lambda i: (curve[i]["wer"], i))], curve
-    no_spotting = {"wer": compute_wer(r, greedy, train_vocab)["wer"]}
+    no_spotting = {"wer": compute_wer(r, edited, train_vocab)["wer"]}
     best = choose_recovery(no_spotting, curve, min_precision, max_p, precision_z)
     return (None if best is None else configs[best]), curve
 

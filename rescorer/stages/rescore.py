@@ -24,7 +24,7 @@ from rescorer.formats.transcripts import TranscriptError, read_transcripts
 from rescorer.formats.utterances import read_utterance_features
 from rescorer.formats.word_list import WordListError, read_word_list
 from rescorer.lattice.word_lattice import load_word_lattices, prune, save_word_lattices
-from rescorer.rescore import Rescorer
+from rescorer.rescore import Rescorer, tuned_config_path
 from rescorer.stages import StageError
 from rescorer.transcript_hits import check_confidences, load_hit_lm, spot_utterance
 from rescorer.utils import atomic_write_text
@@ -243,7 +243,8 @@ def rescore_lattices(
 
 
 def _ctc_fusion(rescorer, model_dir, ctc_model_dir, features, words, config_name: str, device, with_transcripts: bool):
-    """(the fusion ``rescore_lattices`` runs with ``ctc_model_dir``, the features its CTC model reads);
+    """(the fusion ``rescore_lattices`` runs with ``ctc_model_dir``, the features its CTC model reads:
+    None where they are the embedder's);
     a StageError when the config or the model cannot serve."""
     from rescorer.decoding.ctc_scores import CtcPosteriors
     from rescorer.rescore_ctc import CtcFusion, FusionConfig
@@ -257,7 +258,8 @@ def _ctc_fusion(rescorer, model_dir, ctc_model_dir, features, words, config_name
         posteriors = CtcPosteriors.from_dir(ctc_model_dir, device=device)
     except FileNotFoundError as e:
         raise StageError(str(e)) from e
-    ctc_feats = read_utterance_features(features, expect=posteriors.feature_spec).by_id()
+    same_frames = posteriors.feature_spec == rescorer.feature_spec  # then the embedder's frames serve (read once)
+    ctc_feats = None if same_frames else read_utterance_features(features, expect=posteriors.feature_spec).by_id()
     spotting = _tuned_spotting(model_dir, config_name)
     return CtcFusion(rescorer, posteriors, words, FusionConfig(spotting=spotting, norms=(rescorer.config.ctc_norm,))), ctc_feats
 
@@ -267,7 +269,7 @@ def _tuned_spotting(model_dir, config_name: str):
     where an older file has none); a malformed entry is a StageError naming the file."""
     from rescorer.decoding.word_spotting import SpottingConfig
 
-    path = Path(model_dir) / config_name if Path(model_dir).is_dir() else Path(model_dir).parent / config_name
+    path = tuned_config_path(model_dir, config_name)
     saved = json.loads(path.read_text()).get("ctc_spotting") if path.exists() else None
     if saved is None:
         return SpottingConfig()
@@ -283,5 +285,6 @@ def _rescore_batch(rescorer, fusion, lats, uids, feats, ctc_feats, recover: bool
     """Embedding rescoring of the utterances, or with ``fusion`` the fused rescoring (its CTC model's log-probs first)."""
     if fusion is None:
         return rescorer.rescore_batch(lats, [feats[u] for u in uids], recover=recover)
+    ctc_feats = feats if ctc_feats is None else ctc_feats
     log_probs = fusion.posteriors.reuse_or_compute({u: ctc_feats[u] for u in uids})
     return fusion.rescore_batch(lats, [feats[u] for u in uids], [log_probs[u] for u in uids], recover=recover)
