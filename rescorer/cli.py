@@ -450,10 +450,11 @@ def word_lists_cmd(train_data, splits, out_dir, sources, ratio, seed):
               help="spot: the transcript's list words put into the rescored 1-best; vote: the transcript is the output, "
                    "the rescored 1-best's word taken where the transcript is unsure and the lattice sure (rescorer tune "
                    "--save-config with whisper_lattice_vote).")
-@click.option("--ctc-model-dir", type=click.Path(exists=True, file_okay=False),
+@click.option("--ctc-model-dir", type=click.Path(exists=True),
               help="The embedding + CTC fusion with this CTC model's spelling scores (and, with a word list, recovery from "
                    "its word spotter too), under scales awe_ctc_rescore tuned: --config-name rescorer_ctc_fusion.json "
-                   "(rescorer tune --save-config).")
+                   "(rescorer tune --save-config). A run directory (its best.pt) or one checkpoint file, e.g. the run's "
+                   "checkpoint of lowest dev loss, exp/ctc/best_loss.pt.")
 def rescore_cmd(model_dir, lattices, features, out, recover_oov, word_list, word_list_size, device, prune_posterior, prune_scale,
                 config_name, batch_frames, span_encoding, compute_type, transcripts, transcript_list, transcript_mode,
                 ctc_model_dir):
@@ -579,7 +580,8 @@ def transcribe_cmd(cuts, out, whisper_model, beam_size, threads, max_utterances,
 @click.option("--save-config", is_flag=True,
               help="Write the tuned scales to MODEL_DIR/rescorer.json (rescorer_<prefix>.json with --prefix).")
 @click.option("--ctc-model-dir", type=click.Path(exists=True),
-              help="CTC model for ctc_word_spotting / awe_ctc_rescore (e.g. exp/ctc).")
+              help="CTC model for ctc_word_spotting / awe_ctc_rescore: a run directory (its best.pt, e.g. exp/ctc) or one "
+                   "checkpoint file (exp/ctc/best_loss.pt: the run's lowest dev loss, calibrated spelling scores).")
 @click.option("--dev-ctc-log-probs", type=click.Path(exists=True, dir_okay=False),
               help="The CTC methods: dev's CTC log-probs as `rescorer decode --save-ctc-log-probs` stored them "
                    "(exp/decode_dev_ctc/ctc_log_probs.pt), used instead of running --ctc-model-dir again; they must "

@@ -11,7 +11,7 @@ from rescorer.formats.contract import FBANK
 from rescorer.formats.utterances import read_utterance_features
 from rescorer.models.ctc import ENCODER_PRESETS, CtcModel, ctc_greedy_decode, ctc_loss
 from rescorer.tokens import TokenError, pad_token_ids, token_ids_to_words
-from rescorer.models.checkpoint import load_asr_model
+from rescorer.models.checkpoint import checkpoint_path, load_asr_model
 from rescorer.training.asr_data import (
     FORMAT,
     FrameBatchSampler,
@@ -192,7 +192,7 @@ def test_ctc_training_run_learns_and_best_reproduces(data_dir, tmp_path):
     assert log[-1]["loss"] < 0.6 * log[0]["loss"]
     assert min(r["dev_wer"] for r in log) < 0.9 and min(r["dev_cer"] for r in log) < 0.5
     assert all(r["frames_per_s"] > 0 for r in log)
-    assert {p.name for p in out.iterdir()} == {"best.pt", "last.pt", "log.jsonl", "config.json"}
+    assert {p.name for p in out.iterdir()} == {"best.pt", "best_loss.pt", "last.pt", "log.jsonl", "config.json"}
     model, config = load_asr_model(out)
     assert config["model"] == "ctc" and not model.training
     dev = load_utterances(data_dir / "dev.pt")
@@ -202,6 +202,48 @@ def test_ctc_training_run_learns_and_best_reproduces(data_dir, tmp_path):
     assert again["dev_wer"] == best["dev"]["dev_wer"]
     mean, _ = load_utterances(data_dir / "train.pt").feature_stats()
     assert torch.allclose(model.encoder.feat_mean, mean)
+    # beside best.pt (by CER), the checkpoint of lowest dev loss: the first epoch that reached it
+    losses = [r["dev_loss"] for r in log]
+    kept = torch.load(out / "best_loss.pt")
+    assert kept["epoch"] == losses.index(min(losses)) + 1 and kept["dev"]["dev_loss"] == min(losses)
+    scorer, _ = load_asr_model(out, which="best_loss")
+    assert evaluate(scorer, dev)["dev_loss"] == pytest.approx(min(losses), rel=1e-6)
+    assert checkpoint_path(out, "best_loss") == out / "best_loss.pt"
+
+
+def test_best_loss_checkpoint_of_a_run_selected_by_loss_is_its_best(data_dir, tmp_path):
+    out = train(AsrTrainConfig(model="ctc", train=str(data_dir / "train.pt"), dev=str(data_dir / "dev.pt"),
+                               out=str(tmp_path / "ctc"), epochs=2, select_by="loss", **TINY))
+    assert not (out / "best_loss.pt").exists()  # best.pt is that checkpoint already
+    assert checkpoint_path(out, "best_loss") == out / "best.pt"
+    (out / "config.json").write_text(json.dumps({"select_by": "cer"}))
+    with pytest.raises(FileNotFoundError, match="lowest dev loss"):  # e.g. a run from before best_loss.pt was kept
+        checkpoint_path(out, "best_loss")
+    with pytest.raises(ValueError, match="best_loss"):
+        checkpoint_path(out, "newest")
+
+
+def test_a_file_that_is_not_a_checkpoint_is_refused_by_name(data_dir, tmp_path):
+    from types import SimpleNamespace
+
+    from rescorer.models.checkpoint import CheckpointError
+    from rescorer.stages import StageError
+    from rescorer.stages.rescore import _ctc_fusion
+
+    junk = tmp_path / "notes.txt"
+    junk.write_text("not a model\n")
+    with pytest.raises(CheckpointError, match="notes.txt"):
+        load_asr_model(junk)
+    out = train(AsrTrainConfig(model="ctc", train=str(data_dir / "train.pt"), dev=str(data_dir / "dev.pt"),
+                               out=str(tmp_path / "ctc"), epochs=1, **TINY))
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes((out / "best_loss.pt").read_bytes()[:1000])  # an interrupted copy
+    with pytest.raises(CheckpointError, match="cut.pt"):
+        load_asr_model(cut)
+    rescorer = SimpleNamespace(config=SimpleNamespace(ctc_norm="token"))
+    for bad in (junk, cut):  # rescorer rescore --ctc-model-dir FILE: a stage error, not a traceback
+        with pytest.raises(StageError, match=bad.name):
+            _ctc_fusion(rescorer, tmp_path, str(bad), None, None, "rescorer_ctc_fusion.json", "cpu", False)
 
 
 def test_attention_training_run_and_init_from_ctc(data_dir, tmp_path):
@@ -246,6 +288,8 @@ def test_resume_after_interruption_gives_identical_weights(data_dir, tmp_path):
     _states_equal(a, b)
     assert [r["dev_wer"] for r in a["history"]] == [r["dev_wer"] for r in b["history"]]
     assert len((part / "log.jsonl").read_text().splitlines()) == 3
+    # the best-loss checkpoint is judged over the whole history, also across the interruption
+    assert torch.load(full / "best_loss.pt")["epoch"] == torch.load(part / "best_loss.pt")["epoch"]
 
 
 def test_cli_arguments_map_to_config():

@@ -156,7 +156,7 @@ def test_best_falls_back_to_last_and_missing_is_named(tmp_path):
     assert checkpoint_path(tmp_path, "last") == tmp_path / "last.pt"
     assert load_asr_model(tmp_path)[1] == {"epoch": 2} and load_asr_model(tmp_path, "last")[1] == {"epoch": 1}
     assert type(load_asr_model(tmp_path)[0]) is ASR_MODELS.get("ctc")
-    with pytest.raises(ValueError, match="'best' or 'last'"):
+    with pytest.raises(ValueError, match="one of best, last, best_loss"):
         checkpoint_path(tmp_path, "newest")
     with pytest.raises(CheckpointError, match="not an embedder checkpoint"):
         load_embedder(tmp_path)

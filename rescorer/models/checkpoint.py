@@ -9,8 +9,9 @@
   the token set they were trained on.
 
 A run directory holds ``best.pt`` (best dev score) and ``last.pt`` (everything resuming
-needs); ``checkpoint_path`` picks one (``best`` falls back to ``last.pt`` while no
-``best.pt`` exists). Writes are atomic: a temporary file, fsync, then ``os.replace``.
+needs), and an ASR run selected by error rate also ``best_loss.pt`` (lowest dev loss: the CTC
+methods' spelling scorer); ``checkpoint_path`` picks one (``best`` falls back to ``last.pt``
+while no ``best.pt`` exists). Writes are atomic: a temporary file, fsync, then ``os.replace``.
 
 Trust: checkpoints hold configs with Python floats and optimizer states. torch >= 2 reads
 them with ``weights_only=True`` (plain data only; anything else is refused). torch 1.13's
@@ -22,6 +23,7 @@ Files that users hand to the rescorer (lattices, features, segments) never take 
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 from pathlib import Path
@@ -46,6 +48,10 @@ EMBEDDER_FORMAT = "rescorer.embedder/1"
 ASR_FORMAT = "rescorer.asr/1"
 BEST = "best.pt"
 LAST = "last.pt"
+# an ASR run selected by error rate also keeps its checkpoint of lowest dev loss: the CTC methods
+# score spellings with it (calibrated log-probs; by the epoch of best CER the loss has long risen)
+BEST_LOSS = "best_loss.pt"
+CHECKPOINTS = ("best", "last", "best_loss")
 # what an embedder checkpoint without recorded types holds (written before they were recorded)
 LEGACY_ACOUSTIC_TYPE = AcousticWordEncoder.model_type
 LEGACY_SPELLING_TYPE = LetterNgramEncoder.model_type
@@ -64,17 +70,34 @@ class CheckpointError(ValueError):
 
 def checkpoint_path(location: PathLike, which: str = "best", kind: str = "model") -> Path:
     """The checkpoint file of a run directory (``which``: "best", falling back to last.pt
-    while no best.pt exists, or "last"), or ``location`` itself when it is a file."""
-    if which not in ("best", "last"):
-        raise ValueError(f"which must be 'best' or 'last', got {which!r}")
+    while no best.pt exists; "last"; or "best_loss", an ASR run's checkpoint of lowest dev
+    loss: best_loss.pt, or best.pt where the run selects by loss and keeps no other), or
+    ``location`` itself when it is a file."""
+    if which not in CHECKPOINTS:
+        raise ValueError(f"which must be one of {', '.join(CHECKPOINTS)}, got {which!r}")
     path = Path(location)
     if path.is_dir():
+        if which == "best_loss":
+            return _best_loss_path(path, kind)
         path = path / (BEST if which == "best" else LAST)
         if which == "best" and not path.exists():
             path = path.with_name(LAST)
     if not path.is_file():
         raise FileNotFoundError(f"no {kind} checkpoint at {path} (train one first)")
     return path
+
+
+def _best_loss_path(run: Path, kind: str) -> Path:
+    if (run / BEST_LOSS).is_file():
+        return run / BEST_LOSS
+    try:
+        select_by = json.loads((run / "config.json").read_text()).get("select_by")
+    except (OSError, ValueError, AttributeError):
+        select_by = None
+    if select_by == "loss" and (run / BEST).is_file():
+        return run / BEST
+    raise FileNotFoundError(f"no {kind} checkpoint of lowest dev loss in {run}: no {BEST_LOSS}, and its best.pt is not "
+                            f"selected by loss (a run trained before {BEST_LOSS} was kept, or not an ASR run)")
 
 
 def checkpoint_sha256(location: PathLike, which: str = "best", kind: str = "model") -> str:
@@ -94,14 +117,24 @@ def save_checkpoint(state: Dict[str, Any], path: PathLike) -> Path:
 def load_checkpoint(path: PathLike, map_location: Any = "cpu") -> Any:
     """Read a checkpoint this project wrote (see the module docstring for the trust rule)."""
     if _TORCH_MAJOR < 2:  # weights_only cannot read Python floats here: the trusted path
-        return torch.load(str(path), map_location=map_location)
+        try:
+            return torch.load(str(path), map_location=map_location)
+        except (pickle.UnpicklingError, RuntimeError, EOFError) as e:  # not a torch file at all, or cut short
+            raise CheckpointError(f"{path}: not a checkpoint ({_first_line(e)})") from e
     try:
         return torch.load(str(path), map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         raise CheckpointError(
             f"{path}: not a checkpoint of this project: it holds objects other than plain data, "
-            f"refusing to unpickle it ({str(e).splitlines()[0]})"
+            f"refusing to unpickle it ({_first_line(e)})"
         ) from None
+    except (RuntimeError, EOFError) as e:  # not a torch file at all, or cut short
+        raise CheckpointError(f"{path}: not a checkpoint ({_first_line(e)})") from e
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
 
 
 def _read(location: PathLike, which: str, fmt: str, kind: str, map_location: Any) -> Tuple[Path, Dict[str, Any]]:

@@ -256,7 +256,7 @@ def _ctc_fusion(rescorer, model_dir, ctc_model_dir, features, words, config_name
                          "awe_ctc_rescore --save-config writes rescorer_ctc_fusion.json; pass it with --config-name")
     try:
         posteriors = CtcPosteriors.from_dir(ctc_model_dir, device=device)
-    except FileNotFoundError as e:
+    except (FileNotFoundError, ValueError) as e:  # no checkpoint there, or a file that is not one
         raise StageError(str(e)) from e
     same_frames = posteriors.feature_spec == rescorer.feature_spec  # then the embedder's frames serve (read once)
     ctc_feats = None if same_frames else read_utterance_features(features, expect=posteriors.feature_spec).by_id()

@@ -206,7 +206,7 @@ def ctc_methods(s, rescorer, train_vocab, grid, dev_lats, dev_feats, dev_refs, f
     wanted = [m for m in s.methods if m in CTC_METHODS]
     try:
         posteriors = CtcPosteriors.from_dir(s.ctc_model_dir, device=s.device)
-    except FileNotFoundError as e:
+    except (FileNotFoundError, ValueError) as e:  # no checkpoint there, or a file that is not one
         raise StageError(str(e)) from e
     words = list(read_word_list(s.word_list)) if s.word_list else None
     trie = SpellingTrie(words) if words else None
@@ -221,8 +221,12 @@ def ctc_methods(s, rescorer, train_vocab, grid, dev_lats, dev_feats, dev_refs, f
     lists = {"word_list": s.word_list, "word_list_size": len(words) if words else 0}
     if test_words is not words:
         lists.update(test_word_list=s.test_word_list, test_word_list_size=len(test_words))
-    dev_ctc = read_utterance_features(s.dev_features, expect=posteriors.feature_spec).by_id()
-    test_ctc = dev_ctc if s.cross_validate else read_utterance_features(s.test_features, expect=posteriors.feature_spec).by_id()
+    if posteriors.feature_spec == rescorer.feature_spec:  # the embedder's frames serve: not read again
+        dev_ctc, test_ctc = dev_feats, test_feats
+    else:
+        dev_ctc = read_utterance_features(s.dev_features, expect=posteriors.feature_spec).by_id()
+        test_ctc = dev_ctc if s.cross_validate else read_utterance_features(s.test_features,
+                                                                            expect=posteriors.feature_spec).by_id()
     eval_uids = sorted(u for _, ev in folds for u in ev)
     lp_dev, dev_forward = _log_probs(posteriors, {u: dev_ctc[u] for u in sorted(dev_lats)}, s.dev_ctc_log_probs)
     if s.cross_validate:

@@ -37,7 +37,10 @@ writes ``last.pt`` (weights, optimizer, schedule, scaler, sampler and RNG states
 history; everything ``--resume`` needs) and, when the dev CER improved (ties: lower dev
 loss; ``--select-by wer`` / ``loss`` select by dev WER / dev loss instead; CER is the
 default because letter-CTC greedy WER stays near or above 100 % long into training,
-when CER already measures progress), ``best.pt``. Writes are atomic.
+when CER already measures progress), ``best.pt``; and, selected by anything but the loss,
+``best_loss.pt`` when the dev loss fell: the CTC methods' spelling scorer (``checkpoint_path(..,
+"best_loss")``), calibrated where ``best.pt`` is kept long after the loss began to rise, so no
+second run trains one. Writes are atomic.
 One JSON line per epoch goes to ``log.jsonl``: loss, dev loss, dev WER/CER, frames/s.
 
 Utterances longer than ``--max-frames`` (3000 = 30 s) are skipped and counted
@@ -64,7 +67,7 @@ from torch import nn
 
 from rescorer.formats.contract import FBANK, FeatureSpec, check_spec, same_frame_shift
 from rescorer.models.attention import DECODER_PRESETS, AttentionModel
-from rescorer.models.checkpoint import BEST, LAST, asr_state, load_checkpoint, read_asr_checkpoint, save_checkpoint
+from rescorer.models.checkpoint import BEST, BEST_LOSS, LAST, asr_state, load_checkpoint, read_asr_checkpoint, save_checkpoint
 from rescorer.models.ctc import ENCODER_PRESETS, count_parameters, ctc_greedy_decode, ctc_loss
 from rescorer.models.registry import ASR_MODELS
 from rescorer.tokens import pad_token_ids, token_ids_to_words
@@ -132,7 +135,7 @@ class AsrTrainConfig:
     grad_clip: float = 5.0
     amp: bool = False
     seed: int = 0
-    select_by: str = "cer"  # best.pt by dev greedy CER (ties: dev loss); or "wer", "loss"
+    select_by: str = "cer"  # best.pt by dev greedy CER (ties: dev loss); or "wer", "loss" (else also best_loss.pt)
     init_from: Optional[str] = None  # run dir / checkpoint: copy matching weights (e.g. CTC encoder -> attention)
     # Whisper features: fine-tune the encoder's top N blocks over the stored states of the layer
     # below them (models.whisper.WhisperTail; 0: the encoder frozen), at lr x whisper_lr_scale;
@@ -481,9 +484,11 @@ def _train(config: AsrTrainConfig, rank: int, world: int, device: torch.device, 
             record["best_dev_cer"] = min(r["dev_cer"] for r in history + [record])
             history.append(record)
             state = asr_state(model, dataclasses.asdict(config))
+            dev = {k: v for k, v in record.items() if k.startswith("dev_")}
             if improved:
-                dev = {k: v for k, v in record.items() if k.startswith("dev_")}
                 save_checkpoint({**state, "epoch": epoch + 1, "dev": dev}, out / BEST)
+            if config.select_by != "loss" and all(record["dev_loss"] < r["dev_loss"] for r in history[:-1]):
+                save_checkpoint({**state, "epoch": epoch + 1, "dev": dev}, out / BEST_LOSS)
             save_epoch(out, last_path, state, record, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
                        sampler=sampler, epoch=epoch + 1, global_step=global_step, best=best, history=history)
             _log(
