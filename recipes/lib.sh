@@ -109,28 +109,25 @@ train_models() {
     log "training the attention model"
     train_asr attention && touch exp/attention/.done
   fi
-  train_ctc_scorer
 }
 
-# train_ctc_scorer: where the config has a `ctc_scorer` section, a second CTC model -> exp/ctc_scorer,
-# the one the CTC methods score spellings with (selected by dev loss: calibrated log-probs, where
-# the decoder's model is selected by its greedy CER and overfits the loss; README, issue 16)
-train_ctc_scorer() {
-  cfg ctc_scorer
-  if [ "${#CFG[@]}" -eq 0 ] || [ -f exp/ctc_scorer/.done ]; then return 0; fi
-  log "training the CTC spelling scorer"
-  rescorer train asr --model ctc --train exp/asr_data/train.pt --dev exp/asr_data/dev.pt \
-    --out exp/ctc_scorer --resume "${CFG[@]}" && touch exp/ctc_scorer/.done
-}
-
-# ctc_scorer_args SPLIT...: the CTC methods' model: exp/ctc_scorer where the config asks for one
-# (a `ctc_scorer` section) and it was trained (its log-probs computed), else exp/ctc with the
-# decoder's stored log-probs of SPLIT... (a scorer left in the workdir by another config is not used)
+# ctc_scorer_args SPLIT...: the CTC methods' model: the CTC run's checkpoint of lowest dev loss
+# (exp/ctc/best_loss.pt, kept beside its best.pt by CER: calibrated log-probs where best.pt
+# overfits the loss; README, issue 16) where the config's `ctc_scorer` section asks for it
+# (`checkpoint: best_loss`), else exp/ctc's best.pt with the decoder's stored log-probs of SPLIT...
 ctc_scorer_args() {
   cfg ctc_scorer
-  if [ "${#CFG[@]}" -gt 0 ] && [ -f exp/ctc_scorer/.done ]; then echo "--ctc-model-dir=exp/ctc_scorer"; return 0; fi
-  echo "--ctc-model-dir=exp/ctc"
-  stored_log_probs "$@"
+  if [ "${#CFG[@]}" -eq 0 ]; then
+    echo "--ctc-model-dir=exp/ctc"
+    stored_log_probs "$@"
+    return 0
+  fi
+  if [ "${CFG[*]}" != "--checkpoint=best_loss" ]; then
+    log "config section ctc_scorer: expected only 'checkpoint: best_loss', got ${CFG[*]}"
+    return 1
+  fi
+  [ -f exp/ctc/best_loss.pt ] || { log "exp/ctc has no best_loss.pt (a CTC run trained before it was kept: retrain, or drop the ctc_scorer section)"; return 1; }
+  echo "--ctc-model-dir=exp/ctc/best_loss.pt"
 }
 
 # decode MODEL SPLIT METHODS [options]: k2 decoding -> exp/decode_SPLIT_MODEL (skipped when done)

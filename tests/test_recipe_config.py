@@ -46,21 +46,24 @@ ASR_CONFIGS = sorted((REPO / "recipes").glob("*/*.yaml"))
 
 @pytest.mark.parametrize("path", ASR_CONFIGS, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_asr_sections_of_every_recipe_config_parse(path):
-    """Every committed config's `ctc`, `ctc_scorer` and `attention` sections are valid `train asr`
-    options (a misspelt key, e.g. of the Whisper fine-tuning options, fails here, not hours into a run)."""
+    """Every committed config's `ctc` and `attention` sections are valid `train asr` options (a
+    misspelt key, e.g. of the Whisper fine-tuning options, fails here, not hours into a run), and
+    a `ctc_scorer` section asks for what recipes/lib.sh reads: the CTC run's best-loss checkpoint,
+    which a CTC run selected by anything but the loss keeps."""
     import yaml
 
     from rescorer.recipe_config import load_section, to_args
     from rescorer.training.train_asr import parse_args
 
     doc = yaml.safe_load(path.read_text()) or {}
-    for section, model in (("ctc", "ctc"), ("ctc_scorer", "ctc"), ("attention", "attention")):
+    if "ctc_scorer" in doc:
+        assert doc["ctc_scorer"] == {"checkpoint": "best_loss"} and "ctc" in doc
+        assert doc["ctc"].get("select_by", "cer") != "loss"  # else best.pt is that checkpoint: no scorer section needed
+    for section, model in (("ctc", "ctc"), ("attention", "attention")):
         if section in doc:
             cfg = parse_args(["--model", model, "--train", "t.pt", "--dev", "d.pt", "--out", "o",
                               *to_args(load_section(str(path), section))])
             assert cfg.model == model
-            if section == "ctc_scorer":  # the CTC methods' scorer: kept by its dev loss
-                assert cfg.select_by == "loss"
             if section == "ctc" and "whisper_finetune_blocks" in doc[section]:
                 assert cfg.whisper_finetune_blocks == doc[section]["whisper_finetune_blocks"] >= 1
 
@@ -94,3 +97,36 @@ def test_the_whisper_section_rescores_on_the_rescore_sections_grid(path):
         pytest.skip("no Whisper section")
     keys = ("awe_scales", "lm_scales", "wips", "prune_posterior", "prune_scale", "am_scale", "posterior_scale")
     assert {k: doc["rescore_whisper"].get(k) for k in keys} == {k: doc["rescore"].get(k) for k in keys}
+
+
+def _ctc_scorer_args(tmp_path, config_lines, splits=("dev",)):
+    """recipes/lib.sh's ctc_scorer_args alone (its functions cut out of the file; cfg and log stubbed)
+    in a workdir ``tmp_path``, for a config whose ctc_scorer section gives ``config_lines``."""
+    import subprocess
+
+    lib = REPO / "recipes" / "lib.sh"
+    script = f"""
+set -euo pipefail
+log() {{ echo "LOG: $*" >&2; }}
+cfg() {{ CFG=({' '.join(config_lines)}); }}
+source <(sed -n '/^stored_log_probs() {{/,/^}}/p;/^ctc_scorer_args() {{/,/^}}/p' {lib})
+args="$(ctc_scorer_args {' '.join(splits)})"
+echo "$args"
+"""
+    return subprocess.run(["bash", "-c", script], cwd=tmp_path, capture_output=True, text=True)
+
+
+def test_recipes_score_spellings_with_the_ctc_runs_best_loss_checkpoint_where_the_config_asks(tmp_path):
+    (tmp_path / "exp" / "ctc").mkdir(parents=True)
+    (tmp_path / "exp" / "decode_dev_ctc").mkdir()
+    (tmp_path / "exp" / "decode_dev_ctc" / "ctc_log_probs.pt").write_bytes(b"")
+    r = _ctc_scorer_args(tmp_path, [])  # no section: the decoder's model and its stored log-probs
+    assert r.returncode == 0 and r.stdout.split() == ["--ctc-model-dir=exp/ctc",
+                                                     "--dev-ctc-log-probs=exp/decode_dev_ctc/ctc_log_probs.pt"]
+    r = _ctc_scorer_args(tmp_path, ["--checkpoint=best_loss"])  # asked for, but the run predates best_loss.pt
+    assert r.returncode != 0 and "no best_loss.pt" in r.stderr
+    (tmp_path / "exp" / "ctc" / "best_loss.pt").write_bytes(b"")
+    r = _ctc_scorer_args(tmp_path, ["--checkpoint=best_loss"])  # no stored log-probs: they are best.pt's
+    assert r.returncode == 0 and r.stdout.split() == ["--ctc-model-dir=exp/ctc/best_loss.pt"]
+    r = _ctc_scorer_args(tmp_path, ["--size=small", "--epochs=8"])  # an old scorer-training section
+    assert r.returncode != 0 and "expected only 'checkpoint: best_loss'" in r.stderr

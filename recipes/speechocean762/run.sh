@@ -79,12 +79,16 @@ if run_stage 7; then
       "${lists[@]}"
     touch exp/.rescored_pocketsphinx
   fi
+  scorer="$(ctc_scorer_args dev)"  # an assignment, so that a config it refuses stops the recipe
+  # shellcheck disable=SC2086  # one option per word
   rescore_ctc speechocean762_dev --cross-validate --dev-lattices exp/decode_dev_ctc/word_lattices.pt \
-    --dev-features exp/asr_data/dev.pt --decode-metrics exp/decode_dev_ctc/metrics.json $(ctc_scorer_args dev)
+    --dev-features exp/asr_data/dev.pt --decode-metrics exp/decode_dev_ctc/metrics.json $scorer
   if [ "$POCKETSPHINX" = 1 ]; then  # pocketsphinx's arcs scored by the project's CTC model on the same audio
+    scorer="$(ctc_scorer_args)"
+    # shellcheck disable=SC2086
     CTC_SECTION=rescore_ctc_pocketsphinx CTC_DONE=exp/.rescored_pocketsphinx_ctc_fusion rescore_ctc speechocean762_dev --cross-validate --prefix pocketsphinx_ \
       --dev-lattices exp/pocketsphinx/lattices --dev-features exp/asr_data/dev.pt --decode-metrics exp/pocketsphinx/summary.json \
-      $(ctc_scorer_args)
+      $scorer
   fi
   # Whisper's own transcript of dev, and its list words spotted into the rescored best paths
   transcribe_splits "$DATA" speechocean762 dev

@@ -47,9 +47,11 @@ if run_stage 6; then
   log "stage 6: embedding rescoring of the CTC lattices"
   rescore_test synthetic
   rescore_oov_test synthetic
+  scorer="$(ctc_scorer_args dev test)"  # an assignment, so that a config it refuses stops the recipe
+  # shellcheck disable=SC2086  # one option per word
   rescore_ctc synthetic --dev-lattices exp/decode_dev_ctc/word_lattices.pt --dev-features exp/asr_data/dev.pt \
     --test-lattices exp/decode_test_ctc/word_lattices.pt --test-features exp/asr_data/test.pt \
-    --decode-metrics exp/decode_test_ctc/metrics.json $(ctc_scorer_args dev test)
+    --decode-metrics exp/decode_test_ctc/metrics.json $scorer
   transcribe_splits "$DATA" synthetic dev test
   rescore_whisper synthetic --save-config --dev-lattices exp/decode_dev_ctc/word_lattices.pt --dev-features exp/asr_data/dev.pt \
     --test-lattices exp/decode_test_ctc/word_lattices.pt --test-features exp/asr_data/test.pt \
