@@ -246,6 +246,32 @@ def test_a_file_that_is_not_a_checkpoint_is_refused_by_name(data_dir, tmp_path):
             _ctc_fusion(rescorer, tmp_path, str(bad), None, None, "rescorer_ctc_fusion.json", "cpu", False)
 
 
+def test_the_fusion_refuses_a_ctc_checkpoint_other_than_the_one_it_was_tuned_with(data_dir, tmp_path):
+    """A fusion config records its CTC checkpoint's digest (rescorer tune --save-config); rescorer
+    rescore with the run's best.pt for scales tuned on its best_loss.pt is refused by name."""
+    from types import SimpleNamespace
+
+    from rescorer.models.checkpoint import checkpoint_sha256
+    from rescorer.stages import StageError
+    from rescorer.stages.rescore import _check_tuned_checkpoint, _ctc_fusion
+
+    out = train(AsrTrainConfig(model="ctc", train=str(data_dir / "train.pt"), dev=str(data_dir / "dev.pt"),
+                               out=str(tmp_path / "ctc"), epochs=3, **TINY))
+    model_dir = tmp_path / "embedder"
+    model_dir.mkdir()
+    tuned = checkpoint_sha256(out / "best_loss.pt")
+    (model_dir / "rescorer_ctc_fusion.json").write_text(json.dumps(
+        {"config": {}, "ctc_model_dir": str(out / "best_loss.pt"), "ctc_model_sha256": tuned}))
+    rescorer = SimpleNamespace(config=SimpleNamespace(ctc_norm="token"))
+    (out / "best.pt").write_bytes((out / "last.pt").read_bytes())  # a checkpoint that differs from best_loss.pt
+    with pytest.raises(StageError, match="tuned with the CTC checkpoint .*best_loss.pt .* not .*ctc"):
+        _ctc_fusion(rescorer, model_dir, str(out), None, None, "rescorer_ctc_fusion.json", "cpu", False)
+    _check_tuned_checkpoint(model_dir, "rescorer_ctc_fusion.json", out / "best_loss.pt", tuned)  # the same one: fine
+    _check_tuned_checkpoint(model_dir, "rescorer_ctc_fusion.json", out, None)  # nothing to compare: fine
+    (model_dir / "rescorer_ctc_fusion.json").write_text(json.dumps({"config": {}}))  # tuned before digests: fine
+    _check_tuned_checkpoint(model_dir, "rescorer_ctc_fusion.json", out, checkpoint_sha256(out))
+
+
 def test_attention_training_run_and_init_from_ctc(data_dir, tmp_path):
     common = dict(train=str(data_dir / "train.pt"), dev=str(data_dir / "dev.pt"), **TINY)
     ctc_dir = train(AsrTrainConfig(model="ctc", out=str(tmp_path / "ctc"), epochs=2, **common))

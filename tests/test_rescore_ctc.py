@@ -306,7 +306,7 @@ def test_the_tuned_fusion_travels_with_the_model_and_rescorer_rescore_applies_it
     lp = planted(20, spell("the", 0, step=1) + spell("zebra", 5, step=1) + spell("sat", 11, step=1))
 
     class PlantedCtc:
-        feature_spec, frame_shift, seconds = FBANK, 0.04, 0.0
+        feature_spec, frame_shift, seconds, model_sha256 = FBANK, 0.04, 0.0, None
 
         def reuse_or_compute(self, feats_by_id, stored=None):
             return {u: lp.clone() for u in feats_by_id}

@@ -258,10 +258,24 @@ def _ctc_fusion(rescorer, model_dir, ctc_model_dir, features, words, config_name
         posteriors = CtcPosteriors.from_dir(ctc_model_dir, device=device)
     except (FileNotFoundError, ValueError) as e:  # no checkpoint there, or a file that is not one
         raise StageError(str(e)) from e
+    _check_tuned_checkpoint(model_dir, config_name, ctc_model_dir, posteriors.model_sha256)
     same_frames = posteriors.feature_spec == rescorer.feature_spec  # then the embedder's frames serve (read once)
     ctc_feats = None if same_frames else read_utterance_features(features, expect=posteriors.feature_spec).by_id()
     spotting = _tuned_spotting(model_dir, config_name)
     return CtcFusion(rescorer, posteriors, words, FusionConfig(spotting=spotting, norms=(rescorer.config.ctc_norm,))), ctc_feats
+
+
+def _check_tuned_checkpoint(model_dir, config_name: str, given, sha256: Optional[str]) -> None:
+    """The fusion's scales hold for the CTC checkpoint they were tuned with (``ctc_model_sha256`` in
+    the config file, where recorded): another one, e.g. the run's best.pt for a config tuned with its
+    best_loss.pt, is a StageError naming both, not a silent mismatch."""
+    path = tuned_config_path(model_dir, config_name)
+    doc = json.loads(path.read_text()) if path.exists() else {}
+    tuned = doc.get("ctc_model_sha256") if isinstance(doc, dict) else None
+    if tuned and sha256 and tuned != sha256:
+        raise StageError(f"{path.name} was tuned with the CTC checkpoint {doc.get('ctc_model_dir')} (sha256 {tuned[:12]}...), "
+                         f"not {given} (sha256 {sha256[:12]}...): pass that checkpoint to --ctc-model-dir, or tune "
+                         f"the fusion again with this one")
 
 
 def _tuned_spotting(model_dir, config_name: str):

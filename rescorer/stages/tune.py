@@ -639,6 +639,7 @@ def tune_rescoring(settings: TuneSettings, command: str = "rescorer tune") -> Di
                         "token_weight": s.ws_token_weight}  # the fusion's spotter, as it ran here
             path = save_rescore_config(s.model_dir, config, {"tuned_by": doc["rescoring_runs"][run_key],
                                                              "ctc_model_dir": s.ctc_model_dir,
+                                                             "ctc_model_sha256": fused.get("ctc_model_sha256"),
                                                              "ctc_spotting": spotting}, name=name)
             log.info("the fusion's tuned scales saved to %s (rescorer rescore --ctc-model-dir %s --config-name %s)",
                      path, s.ctc_model_dir, name)

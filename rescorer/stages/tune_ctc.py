@@ -321,7 +321,8 @@ def ctc_methods(s, rescorer, train_vocab, grid, dev_lats, dev_feats, dev_refs, f
             hyps.append([])
             without.append([])
         extra = {"scales": chosen, "base_scales": "awe_rescore" if awe_configs else "grid",
-                 "ctc_model_dir": s.ctc_model_dir, "oov_recovery": recover,
+                 "ctc_model_dir": s.ctc_model_dir, "ctc_model_sha256": getattr(posteriors, "model_sha256", None),
+                 "oov_recovery": recover,
                  **(s.keep_rule() if recover else {}),
                  "spotted_arcs_added": hit_arcs, "ctc_forward_seconds": round(forward, 3),
                  "rescoring_seconds": round(seconds, 2), "ctc_log_probs": lists["ctc_log_probs"],
