@@ -280,7 +280,7 @@ def test_rescorer_tune_spots_words_into_the_lattices_1best_as_well_as_the_greedy
     assert toy["ps_lattice_ctc_word_spotting"]["wer"] == 0.0
 
 
-def test_the_tuned_fusion_travels_with_the_model_and_rescorer_rescore_applies_it(tmp_path, monkeypatch):
+def test_the_tuned_fusion_travels_with_the_model_and_rescorer_rescore_applies_it(tmp_path, monkeypatch, caplog):
     """`rescorer tune --save-config` with awe_ctc_rescore keeps the fusion's scales, CTC
     normalisation and temperature beside the embedder (rescorer[_prefix]_ctc_fusion.json, not
     the embedding methods' file); `rescorer rescore --ctc-model-dir` applies them, recovering the
@@ -363,6 +363,12 @@ def test_the_tuned_fusion_travels_with_the_model_and_rescorer_rescore_applies_it
     r = CliRunner().invoke(main, rescore + ["--out", str(tmp_path / "r4"), "--config-name", fused.name])
     assert r.exit_code == 0, r.output
     assert "zebra" not in (tmp_path / "r4" / "hyps.txt").read_text()
+    # a fusion whose recovery abstained on dev prices every added word out: rescoring skips the search
+    fused.write_text(json.dumps({**doc, "config": {**doc["config"], "oov_lm_score": -1.0e4, "oov_margin": 1.0e4}}))
+    r = CliRunner().invoke(main, rescore + ["--out", str(tmp_path / "r6"), "--config-name", fused.name])
+    assert r.exit_code == 0, r.output
+    assert "abstained from OOV recovery" in caplog.text
+    assert (tmp_path / "r6" / "hyps.txt").read_text() == (tmp_path / "r2" / "hyps.txt").read_text()
     fused.write_text(json.dumps({**doc, "ctc_spotting": {"beam": "wide"}}))
     r = CliRunner().invoke(main, rescore + ["--out", str(tmp_path / "r5"), "--config-name", fused.name])
     assert r.exit_code != 0 and "ctc_spotting" in r.output and fused.name in r.output

@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from rescorer.corpora.text_sources import large_word_list
 from rescorer.decoding.transcript_vote import vote
+from rescorer.evaluation.rescoring import abstained as recovery_abstained
 from rescorer.formats.frames import batches_by_frames
 from rescorer.formats.transcripts import TranscriptError, read_transcripts
 from rescorer.formats.utterances import read_utterance_features
@@ -120,6 +121,10 @@ def rescore_lattices(
         raise StageError(str(e)) from e
     feats = read_utterance_features(features, expect=rescorer.feature_spec).by_id()
     cfg = rescorer.config
+    if recover_oov and recovery_abstained(cfg):  # every added word would be priced out: spare the search
+        log.warning("%s abstained from OOV recovery (on dev the added words did not help): rescoring without it, "
+                    "as its output would be the same", config_name)
+        recover_oov = False
     recovery_list = (listed if word_list else large_word_list(word_list_size)) if recover_oov else None
     fusion, ctc_feats = _ctc_fusion(rescorer, model_dir, ctc_model_dir, features, recovery_list, config_name, device,
                                     bool(transcripts)) if ctc_model_dir else (None, None)
