@@ -155,7 +155,7 @@ def main(argv=None) -> None:
     p.add_argument("--gate-ctc-margins", default="1,0.5,0,none", help="... and its CTC margin thresholds")
     p.add_argument("--ctc-model-dir", default="exp/ctc", help="the CTC methods' model, under --workdir (exp/ctc, "
                                                              "the decoder's, with its stored log-probs; or e.g. "
-                                                             "exp/ctc_scorer)")
+                                                             "exp/ctc/best_loss.pt)")
     p.add_argument("--cross-validate", action="store_true", help="cross-validation over dev speakers (no test split)")
     p.add_argument("--folds", type=int, default=2, help="... in this many speaker folds")
     p.add_argument("--tune-args", default="", help="more options for every rescorer tune run, e.g. an ablation's "

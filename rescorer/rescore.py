@@ -110,6 +110,10 @@ class RescoreError(ValueError):
 
 
 OOV_RIVALS = ("arc", "lexicon")  # RescoreConfig.oov_rival
+# where tuning abstained from recovery, a recovered or spotted arc is priced out with these: the
+# lattices then decode as if nothing was added (RescoreConfig.recovery_abstained)
+NO_RECOVERY_LM_SCORE = -1.0e4
+NO_RECOVERY_MARGIN = 1.0e4
 
 
 @dataclass
@@ -202,6 +206,10 @@ class RescoreConfig:
         if self.vote_spot_gate is not None and weighs_lm(self.vote_spot_hit_gate().model):
             names.append("vote_spot_gate")
         return names
+
+    def recovery_abstained(self) -> bool:
+        """Whether every recovered or spotted arc is priced out (dev tuning abstained from recovery)."""
+        return float(self.oov_lm_score) <= NO_RECOVERY_LM_SCORE
 
     def lattice_fields(self) -> dict:
         """The options lattice rescoring itself reads (the second recogniser's ``transcript_*`` and

@@ -266,10 +266,11 @@ def test_the_fusion_refuses_a_ctc_checkpoint_other_than_the_one_it_was_tuned_wit
     (out / "best.pt").write_bytes((out / "last.pt").read_bytes())  # a checkpoint that differs from best_loss.pt
     with pytest.raises(StageError, match="tuned with the CTC checkpoint .*best_loss.pt .* not .*ctc"):
         _ctc_fusion(rescorer, model_dir, str(out), None, None, "rescorer_ctc_fusion.json", "cpu", False)
-    _check_tuned_checkpoint(model_dir, "rescorer_ctc_fusion.json", out / "best_loss.pt", tuned)  # the same one: fine
-    _check_tuned_checkpoint(model_dir, "rescorer_ctc_fusion.json", out, None)  # nothing to compare: fine
-    (model_dir / "rescorer_ctc_fusion.json").write_text(json.dumps({"config": {}}))  # tuned before digests: fine
-    _check_tuned_checkpoint(model_dir, "rescorer_ctc_fusion.json", out, checkpoint_sha256(out))
+    saved = json.loads((model_dir / "rescorer_ctc_fusion.json").read_text())
+    _check_tuned_checkpoint("rescorer_ctc_fusion.json", saved, out / "best_loss.pt", tuned)  # the same one: fine
+    _check_tuned_checkpoint("rescorer_ctc_fusion.json", saved, out, None)  # nothing to compare: fine
+    # tuned before digests: fine
+    _check_tuned_checkpoint("rescorer_ctc_fusion.json", {"config": {}}, out, checkpoint_sha256(out))
 
 
 def test_attention_training_run_and_init_from_ctc(data_dir, tmp_path):

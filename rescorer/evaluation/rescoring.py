@@ -26,6 +26,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 import torch
 
 from rescorer.lattice.word_lattice import best_path_hypothesis
+from rescorer.rescore import NO_RECOVERY_LM_SCORE, NO_RECOVERY_MARGIN
 from rescorer.wer import align, compute_wer, edit_distance
 
 log = logging.getLogger(__name__)
@@ -207,11 +208,10 @@ def tune(
     return best[1], curve
 
 
-# an LM cost no recovered arc survives, and a margin no proposal clears (cosines differ by at most
-# 2; it also drops the words recovered in place of <unk>, which keep the decoder's <unk> LM score):
-# recovered lattices then decode as if nothing was added
-NO_RECOVERY_LM_SCORE = -1.0e4
-NO_RECOVERY_MARGIN = 1.0e4
+# NO_RECOVERY_LM_SCORE / NO_RECOVERY_MARGIN (rescorer.rescore): an LM cost no recovered arc
+# survives, and a margin no proposal clears (cosines differ by at most 2; it also drops the words
+# recovered in place of <unk>, which keep the decoder's <unk> LM score): recovered lattices then
+# decode as if nothing was added
 
 
 def recovery_off(config):

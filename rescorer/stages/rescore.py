@@ -19,7 +19,6 @@ from tqdm import tqdm
 
 from rescorer.corpora.text_sources import large_word_list
 from rescorer.decoding.transcript_vote import vote
-from rescorer.evaluation.rescoring import abstained as recovery_abstained
 from rescorer.formats.frames import batches_by_frames
 from rescorer.formats.transcripts import TranscriptError, read_transcripts
 from rescorer.formats.utterances import read_utterance_features
@@ -121,7 +120,7 @@ def rescore_lattices(
         raise StageError(str(e)) from e
     feats = read_utterance_features(features, expect=rescorer.feature_spec).by_id()
     cfg = rescorer.config
-    if recover_oov and recovery_abstained(cfg):  # every added word would be priced out: spare the search
+    if recover_oov and cfg.recovery_abstained():  # every added word would be priced out: spare the search
         log.warning("%s abstained from OOV recovery (on dev the added words did not help): rescoring without it, "
                     "as its output would be the same", config_name)
         recover_oov = False
@@ -263,39 +262,39 @@ def _ctc_fusion(rescorer, model_dir, ctc_model_dir, features, words, config_name
         posteriors = CtcPosteriors.from_dir(ctc_model_dir, device=device)
     except (FileNotFoundError, ValueError) as e:  # no checkpoint there, or a file that is not one
         raise StageError(str(e)) from e
-    _check_tuned_checkpoint(model_dir, config_name, ctc_model_dir, posteriors.model_sha256)
+    path = tuned_config_path(model_dir, config_name)
+    saved = json.loads(path.read_text()) if path.exists() else {}  # the file Rescorer.from_dir read its scales from
+    _check_tuned_checkpoint(path.name, saved, ctc_model_dir, posteriors.model_sha256)
     same_frames = posteriors.feature_spec == rescorer.feature_spec  # then the embedder's frames serve (read once)
     ctc_feats = None if same_frames else read_utterance_features(features, expect=posteriors.feature_spec).by_id()
-    spotting = _tuned_spotting(model_dir, config_name)
+    spotting = _tuned_spotting(path, saved)
     return CtcFusion(rescorer, posteriors, words, FusionConfig(spotting=spotting, norms=(rescorer.config.ctc_norm,))), ctc_feats
 
 
-def _check_tuned_checkpoint(model_dir, config_name: str, given, sha256: Optional[str]) -> None:
+def _check_tuned_checkpoint(config_name: str, saved: dict, given, sha256: Optional[str]) -> None:
     """The fusion's scales hold for the CTC checkpoint they were tuned with (``ctc_model_sha256`` in
-    the config file, where recorded): another one, e.g. the run's best.pt for a config tuned with its
-    best_loss.pt, is a StageError naming both, not a silent mismatch."""
-    path = tuned_config_path(model_dir, config_name)
-    doc = json.loads(path.read_text()) if path.exists() else {}
-    tuned = doc.get("ctc_model_sha256") if isinstance(doc, dict) else None
+    the config file ``saved``, where recorded): another one, e.g. the run's best.pt for a config tuned
+    with its best_loss.pt, is a StageError naming both, not a silent mismatch."""
+    tuned = saved.get("ctc_model_sha256") if isinstance(saved, dict) else None
     if tuned and sha256 and tuned != sha256:
-        raise StageError(f"{path.name} was tuned with the CTC checkpoint {doc.get('ctc_model_dir')} (sha256 {tuned[:12]}...), "
-                         f"not {given} (sha256 {sha256[:12]}...): pass that checkpoint to --ctc-model-dir, or tune "
-                         f"the fusion again with this one")
+        raise StageError(f"{config_name} was tuned with the CTC checkpoint {saved.get('ctc_model_dir')} (sha256 "
+                         f"{tuned[:12]}...), not {given} (sha256 {sha256[:12]}...): pass that checkpoint to "
+                         f"--ctc-model-dir, or tune the fusion again with this one")
 
 
-def _tuned_spotting(model_dir, config_name: str):
-    """The fusion's spotter settings saved beside its scales (``ctc_spotting``; the defaults
-    where an older file has none); a malformed entry is a StageError naming the file."""
+def _tuned_spotting(path, saved: dict):
+    """The fusion's spotter settings saved beside its scales (``ctc_spotting`` of the config file
+    ``saved``, read from ``path``; the defaults where an older file has none); a malformed entry is a
+    StageError naming the file."""
     from rescorer.decoding.word_spotting import SpottingConfig
 
-    path = tuned_config_path(model_dir, config_name)
-    saved = json.loads(path.read_text()).get("ctc_spotting") if path.exists() else None
-    if saved is None:
+    spotting = saved.get("ctc_spotting") if isinstance(saved, dict) else None
+    if spotting is None:
         return SpottingConfig()
     try:
-        if not isinstance(saved, dict) or not all(isinstance(v, (int, float)) for v in saved.values()):
-            raise ValueError(f"expected numbers by name, got {saved!r}")
-        return SpottingConfig(**saved)
+        if not isinstance(spotting, dict) or not all(isinstance(v, (int, float)) for v in spotting.values()):
+            raise ValueError(f"expected numbers by name, got {spotting!r}")
+        return SpottingConfig(**spotting)
     except (TypeError, ValueError) as e:
         raise StageError(f"{path}: ctc_spotting: {e}") from e
 
