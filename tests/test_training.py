@@ -322,3 +322,24 @@ def test_state_pooling_encoder_trains_on_a_20ms_frontend_and_records_it(tmp_path
         write_synthetic_word_segments(str(tmp_path / "fbank_dev.pt"), words, segments_per_word=2, seed=3, num_mel_bins=48)
         train(TrainConfig(train=str(tmp_path / "train.pt"), dev=str(tmp_path / "fbank_dev.pt"), out=str(tmp_path / "x"),
                           epochs=1, **{**TINY, "acoustic_encoder": "state_pooling", "channels": 64}))
+
+
+def test_acoustic_dropout_reaches_the_state_pooling_encoder_and_is_refused_elsewhere():
+    """--acoustic-dropout sets the state-pooling encoder's dropout (its constructor config, so
+    the checkpoint records it); out of [0, 1), or for the conv encoder (no dropout), it is an error."""
+    from torch import nn
+
+    from rescorer.formats.contract import FeatureSpec
+    from rescorer.training.train_embeddings import build_encoders
+
+    spec = FeatureSpec("whisper-0000abcd-L3", 48, 0.02)
+    base = dict(train="", dev="", out="", acoustic_encoder="state_pooling", channels=32)
+    acoustic, _ = build_encoders(TrainConfig(**base, acoustic_dropout=0.3), spec)
+    rates = [m.p for m in acoustic.modules() if isinstance(m, nn.Dropout)]
+    assert rates == [0.3, 0.3] and acoustic.config["dropout"] == 0.3
+    default, _ = build_encoders(TrainConfig(**base), spec)
+    assert default.config["dropout"] == 0.1  # what checkpoints before the option hold
+    with pytest.raises(ValueError, match=r"acoustic_dropout must be in \[0, 1\)"):
+        build_encoders(TrainConfig(**base, acoustic_dropout=1.0), spec)
+    with pytest.raises(ValueError, match="state_pooling option"):
+        build_encoders(TrainConfig(train="", dev="", out="", acoustic_dropout=0.3))

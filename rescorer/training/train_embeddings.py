@@ -141,6 +141,8 @@ class TrainConfig:
     input_layers: str = ""
     # state_pooling: the equal parts of a word's span pooled beside its whole (3: thirds)
     pooling_parts: int = PARTS
+    # state_pooling: dropout inside its frame and head layers (the encoder's default, 0.1)
+    acoustic_dropout: float = 0.1
     # fine-tuning: the spelling encoder's learning rate relative to the acoustic side's. Below 1
     # its space stays near the one learnt from many word types (unseen words keep their places)
     # while the acoustic side adapts; 0 freezes it (needs --init-from)
@@ -187,11 +189,15 @@ def acoustic_encoder_config(config: TrainConfig, spec: FeatureSpec) -> Dict[str,
     """Constructor arguments of the acoustic encoder the config names, for frames of ``spec``
     (the training segments' frontend, recorded so inference computes the same frontend)."""
     if config.acoustic_encoder == "state_pooling":
+        if not 0.0 <= config.acoustic_dropout < 1.0:
+            raise ValueError(f"acoustic_dropout must be in [0, 1), got {config.acoustic_dropout}")
         out = dict(feature_dim=spec.dim, frame_shift=spec.frame_shift, dim=config.dim, hidden=config.channels,
-                   max_frames=config.max_frames, feature_spec=spec.to_json())
+                   max_frames=config.max_frames, dropout=config.acoustic_dropout, feature_spec=spec.to_json())
         if config.pooling_parts != PARTS:  # thirds are not recorded (checkpoints before the option)
             out["parts"] = config.pooling_parts
         return out
+    if config.acoustic_dropout != TrainConfig.acoustic_dropout:
+        raise ValueError(f"acoustic_dropout is a state_pooling option; the {config.acoustic_encoder!r} encoder has no dropout")
     out: Dict[str, Any] = dict(num_mel_bins=spec.dim, dim=config.dim, channels=config.channels,
                                num_blocks=config.num_blocks, kernel_size=config.kernel_size, max_frames=config.max_frames)
     if spec != FBANK:
