@@ -3,15 +3,16 @@
 # and holds the stages every recipe shares). Recipes call the package only through
 # `rescorer <verb>` (the function below).
 # The recipe works in WORKDIR (default: its own directory): data/ and exp/ go there.
-# CONFIG (default: RECIPE_DIR/config.yaml) and other paths given relative are read from the
-# directory the recipe was started in.
+# CONFIG (default: RECIPE_DIR/$DEFAULT_CONFIG, which a recipe may set before sourcing this file;
+# else RECIPE_DIR/config.yaml) and other paths given relative are read from the directory the
+# recipe was started in.
 set -euo pipefail
 shopt -s inherit_errexit
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 CALLER_DIR="$(pwd)"
 # from_caller PATH: PATH as given by the user (relative to where the recipe was started)
 from_caller() { case "$1" in /*) echo "$1" ;; *) echo "$CALLER_DIR/$1" ;; esac; }
-CONFIG="$(from_caller "${CONFIG:-$RECIPE_DIR/config.yaml}")"
+CONFIG="$(from_caller "${CONFIG:-$RECIPE_DIR/${DEFAULT_CONFIG:-config.yaml}}")"
 [ -f "$CONFIG" ] || { echo "$0: no config file $CONFIG" >&2; exit 2; }
 WORKDIR="$(from_caller "${WORKDIR:-$RECIPE_DIR}")"
 mkdir -p "$WORKDIR"

@@ -293,6 +293,34 @@ def test_attention_training_run_and_init_from_ctc(data_dir, tmp_path):
     assert torch.allclose(m0.ctc_head.weight, ctc_model.ctc_head.weight, atol=1e-6)
 
 
+def test_init_from_a_run_of_another_frontend_is_refused_by_name(data_dir, tmp_path):
+    """Initialising from an ASR run trained on other frames (fbank here, 20 ms Whisper-like states
+    there) would copy only the weights whose shapes happen to match: it is an error naming the
+    checkpoint and both frontends, before any training."""
+    from dataclasses import replace
+
+    from rescorer.formats.contract import FeatureSpec, FeatureSpecError
+    from rescorer.formats.utterances import write_utterance_features
+
+    common = dict(epochs=1, stop_after_epoch=1, **TINY)
+    ctc_dir = train(AsrTrainConfig(model="ctc", train=str(data_dir / "train.pt"), dev=str(data_dir / "dev.pt"),
+                                   out=str(tmp_path / "fbank_ctc"), **common))
+    spec = FeatureSpec("whisper-0000abcd-L3", 80, 0.02)
+    for split in ("train", "dev"):
+        write_utterance_features(tmp_path / f"w_{split}.pt", replace(read_utterance_features(data_dir / f"{split}.pt"), spec=spec))
+    out = tmp_path / "whisper_ctc"
+    with pytest.raises(FeatureSpecError, match=r"init_from .*fbank_ctc.*: trained on 'fbank' frames \(80 values every "
+                                               r"10 ms\), but this run reads 'whisper-0000abcd-L3' frames \(80 every 20 ms\)"):
+        train(AsrTrainConfig(model="ctc", train=str(tmp_path / "w_train.pt"), dev=str(tmp_path / "w_dev.pt"),
+                             out=str(out), init_from=str(ctc_dir), **common))
+    assert not list(out.glob("*.pt"))  # refused before any training
+    # the same frontend still initialises
+    ok = train(AsrTrainConfig(model="ctc", train=str(tmp_path / "w_train.pt"), dev=str(tmp_path / "w_dev.pt"),
+                              out=str(tmp_path / "w0"), **common))
+    train(AsrTrainConfig(model="ctc", train=str(tmp_path / "w_train.pt"), dev=str(tmp_path / "w_dev.pt"),
+                         out=str(tmp_path / "w1"), init_from=str(ok), **common))
+
+
 def _states_equal(a, b):
     assert a["model"].keys() == b["model"].keys()
     for name in a["model"]:

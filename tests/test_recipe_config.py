@@ -130,3 +130,36 @@ def test_recipes_score_spellings_with_the_ctc_runs_best_loss_checkpoint_where_th
     assert r.returncode == 0 and r.stdout.split() == ["--ctc-model-dir=exp/ctc/best_loss.pt"]
     r = _ctc_scorer_args(tmp_path, ["--size=small", "--epochs=8"])  # an old scorer-training section
     assert r.returncode != 0 and "expected only 'checkpoint: best_loss'" in r.stderr
+
+
+@pytest.mark.parametrize("recipe", sorted(p.parent.name for p in (REPO / "recipes").glob("*/run.sh")))
+def test_every_recipe_runs_a_committed_config_by_default(recipe, tmp_path):
+    """The config a recipe reads without CONFIG (lib.sh's CONFIG line, with the DEFAULT_CONFIG its
+    run.sh sets before sourcing lib.sh) is a committed file with an embeddings section: renaming or
+    removing it would break the plain `bash recipes/<corpus>/run.sh`. speechocean762 defaults
+    to Whisper layers 3+4, whose CTC model learns from scratch (fbank.yaml's needs the
+    synthetic recipe's fbank model first)."""
+    import os
+    import subprocess
+    from pathlib import Path
+
+    import yaml
+
+    run_sh, lib = REPO / "recipes" / recipe / "run.sh", REPO / "recipes" / "lib.sh"
+    script = f"""
+set -euo pipefail
+CALLER_DIR="$PWD"
+from_caller() {{ case "$1" in /*) echo "$1" ;; *) echo "$CALLER_DIR/$1" ;; esac; }}
+RECIPE_DIR={run_sh.parent}
+eval "$(grep '^DEFAULT_CONFIG=' {run_sh} || true)"
+eval "$(grep '^CONFIG=' {lib})"
+echo "$CONFIG"
+"""
+    r = subprocess.run(["bash", "-c", script], cwd=tmp_path, capture_output=True, text=True,
+                       env={k: v for k, v in os.environ.items() if k != "CONFIG"})
+    assert r.returncode == 0, r.stderr
+    config = Path(r.stdout.strip())
+    assert config.parent == run_sh.parent and config.is_file(), config
+    assert isinstance((yaml.safe_load(config.read_text()) or {}).get("embeddings"), dict)
+    if recipe == "speechocean762":
+        assert config.name == "whisper_l34.yaml"

@@ -2,11 +2,13 @@
 # speechocean762 recipe (real non-native speech; ../shared/data/speechocean762 by default).
 #   bash recipes/speechocean762/run.sh [--stage N] [--stop-stage M] [-j J]
 #   SO762_DIR=/path/to/speechocean762 bash recipes/speechocean762/run.sh
+# Config: whisper_l34.yaml (Whisper layers 3+4, no pretraining run) unless CONFIG names another,
+# e.g. fbank.yaml (80-bin fbank; read its header first) or a whisper_wordrich*.yaml.
 # The corpus has train and dev only: rescoring scales are cross-validated over dev speakers
 # (tuned on one half, reported on the other, and the other way round).
 # Stages:
 #   0  manifests with word alignments, speaker-disjoint train/dev     -> data/speechocean762/manifests
-#   1  fbank features + word segments + ASR utterance export           -> data/speechocean762/segments, exp/asr_data
+#   1  features (by config) + word segments + ASR utterance export    -> data/speechocean762/segments, exp/asr_data
 #   2  corpus report                                                    -> exp/corpora.json
 #   3  LM (fortunes + train transcripts minus dev) and HLG graph        -> exp/lang
 #   4  train the embedder and the CTC model, then the attention model  -> exp/embeddings, exp/ctc, exp/attention
@@ -17,6 +19,7 @@
 #      and Whisper's list words spotted into the rescored best paths    -> exp/whisper, exp/wer.json
 #   8  WER table                                                        -> exp/wer.json (printed)
 RECIPE_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+DEFAULT_CONFIG=whisper_l34.yaml
 source "$RECIPE_DIR/../lib.sh"
 SO762_DIR="${SO762_DIR:-$REPO/../shared/data/speechocean762}"
 # POCKETSPHINX=0 leaves out the external decoder (stage 6 and its rescoring; its 500 dev

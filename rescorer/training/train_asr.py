@@ -65,7 +65,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from rescorer.formats.contract import FBANK, FeatureSpec, check_spec, same_frame_shift
+from rescorer.formats.contract import FBANK, FeatureSpec, FeatureSpecError, check_spec, same_frame_shift
 from rescorer.models.attention import DECODER_PRESETS, AttentionModel
 from rescorer.models.checkpoint import BEST, BEST_LOSS, LAST, asr_state, load_checkpoint, read_asr_checkpoint, save_checkpoint
 from rescorer.models.ctc import ENCODER_PRESETS, count_parameters, ctc_greedy_decode, ctc_loss
@@ -295,8 +295,21 @@ def evaluate(
 
 def init_from_checkpoint(model: nn.Module, source) -> Tuple[int, int]:
     """Copy every tensor of ``source``'s weights whose name and shape match (e.g. a CTC run's
-    encoder, CTC head and feature statistics into an attention model). Returns (copied, total)."""
-    _, ckpt = read_asr_checkpoint(source)
+    encoder, CTC head and feature statistics into an attention model). Returns (copied, total).
+
+    ``source`` must have been trained on the same frontend as ``model``: the weights that read
+    the frames of another one (say 80-bin fbank against Whisper states) do not match in shape
+    and would be skipped, so the start would be a partly random model, silently."""
+    path, ckpt = read_asr_checkpoint(source)
+    theirs = ckpt["model_config"].get("feature_spec")
+    mine = getattr(getattr(model, "encoder", None), "feature_spec", None)
+    src = FeatureSpec.from_json(theirs) if theirs else FBANK
+    dst = FeatureSpec.from_json(mine) if mine else FBANK
+    if (src.name, src.dim) != (dst.name, dst.dim) or not same_frame_shift(src.frame_shift, dst.frame_shift):
+        raise FeatureSpecError(
+            f"init_from {path}: trained on {src.name!r} frames ({src.dim} values every {src.frame_shift * 1000:g} ms), "
+            f"but this run reads {dst.name!r} frames ({dst.dim} every {dst.frame_shift * 1000:g} ms): initialise "
+            f"from a run of the same frontend")
     own = model.state_dict()
     matched = {k: v for k, v in ckpt["model"].items() if k in own and own[k].shape == v.shape}
     model.load_state_dict(matched, strict=False)
