@@ -157,6 +157,42 @@ def _split_voices(engine_name: str, voices: List[str], cfg: SyntheticConfig, rng
     return {"test": sorted(order[:n_test]), "dev": sorted(order[n_test : n_test + n_dev]), "train": sorted(order[n_test + n_dev :])}
 
 
+def plan_voices(cfg, voices_by_engine: Optional[Dict[str, List[str]]], rng: np.random.Generator) -> Dict[str, Dict[str, List[str]]]:
+    """Each engine's voices split between train, dev and test (disjoint), so that every planned
+    corpus holds voices out the same way; ``voices_by_engine`` None asks the installed engines."""
+    if voices_by_engine is None:
+        voices_by_engine = {e: get_engine(e).voices() for e in cfg.engines}
+    return {e: _split_voices(e, sorted(voices_by_engine[e]), cfg, rng) for e in cfg.engines}
+
+
+def plan_utterances(
+    prefix: str, split: str, sentences: Sequence[Sequence[str]], cfg, voices: Dict[str, Dict[str, List[str]]],
+    rng: np.random.Generator,
+) -> List[PlannedUtterance]:
+    """One planned utterance per sentence: an engine by ``cfg.engine_weights``, a voice of the
+    split, prosody, augmentation and a render seed, drawn from ``rng`` in that order (a plan is
+    reproducible from its seed)."""
+    weights = np.asarray(cfg.engine_weights) / sum(cfg.engine_weights)
+    utts: List[PlannedUtterance] = []
+    for i, words in enumerate(sentences):
+        engine = cfg.engines[int(rng.choice(len(cfg.engines), p=weights))]
+        voice = str(rng.choice(voices[engine][split]))
+        prosody = {
+            "rate": round(float(rng.uniform(0.8, 1.3)), 3),
+            "pitch": round(float(rng.uniform(0.7, 1.4)), 3),
+            "pitch_range": round(float(rng.uniform(0.5, 1.5)), 3),
+        }
+        spec = augment.draw_spec(rng, cfg.augment_prob) if cfg.augment_prob > 0 else augment.AugmentSpec()
+        vtag = "".join(c if c.isalnum() else "_" for c in voice)
+        utts.append(
+            PlannedUtterance(
+                id=f"{prefix}-{split}-{i:06d}-{engine}-{vtag}", split=split, words=list(words), engine=engine,
+                voice=voice, prosody=prosody, augment=spec.to_dict(), seed=int(rng.integers(2**31 - 1)),
+            )
+        )
+    return utts
+
+
 def make_plan(cfg: SyntheticConfig, voices_by_engine: Optional[Dict[str, List[str]]] = None) -> Plan:
     """Draw everything about the corpus from the seed; no audio is made here."""
     rng = np.random.default_rng(cfg.seed)
@@ -184,29 +220,10 @@ def make_plan(cfg: SyntheticConfig, voices_by_engine: Optional[Dict[str, List[st
     dev = _fill_to_rate(pools["dev"] + natural_oov[0::2], clean[:n_clean_dev], vocab, cfg.dev_utterances, cfg.oov_token_rate)
     test = _fill_to_rate(pools["test"] + natural_oov[1::2], clean[n_clean_dev:], vocab, cfg.test_utterances, cfg.oov_token_rate)
 
-    if voices_by_engine is None:
-        voices_by_engine = {e: get_engine(e).voices() for e in cfg.engines}
-    voices = {e: _split_voices(e, sorted(voices_by_engine[e]), cfg, rng) for e in cfg.engines}
-    weights = np.asarray(cfg.engine_weights) / sum(cfg.engine_weights)
-
+    voices = plan_voices(cfg, voices_by_engine, rng)
     utts: List[PlannedUtterance] = []
     for split, sents in (("train", train), ("dev", dev), ("test", test)):
-        for i, words in enumerate(sents):
-            engine = cfg.engines[int(rng.choice(len(cfg.engines), p=weights))]
-            voice = str(rng.choice(voices[engine][split]))
-            prosody = {
-                "rate": round(float(rng.uniform(0.8, 1.3)), 3),
-                "pitch": round(float(rng.uniform(0.7, 1.4)), 3),
-                "pitch_range": round(float(rng.uniform(0.5, 1.5)), 3),
-            }
-            spec = augment.draw_spec(rng, cfg.augment_prob) if cfg.augment_prob > 0 else augment.AugmentSpec()
-            vtag = "".join(c if c.isalnum() else "_" for c in voice)
-            utts.append(
-                PlannedUtterance(
-                    id=f"syn-{split}-{i:06d}-{engine}-{vtag}", split=split, words=list(words), engine=engine,
-                    voice=voice, prosody=prosody, augment=spec.to_dict(), seed=int(rng.integers(2**31 - 1)),
-                )
-            )
+        utts += plan_utterances("syn", split, sents, cfg, voices, rng)
     return Plan(cfg, utts, {"dev": sorted(held_dev), "test": sorted(held_test)}, voices)
 
 

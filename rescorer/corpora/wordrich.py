@@ -40,17 +40,16 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from rescorer.corpora import augment
 from rescorer.corpora.synthetic import (
     SPLITS,
     Plan,
     PlannedUtterance,
-    _split_voices,
     make_audio_and_manifests,
+    plan_utterances,
+    plan_voices,
     planned_corpus,
 )
 from rescorer.corpora.text_sources import TextSourceError, fortune_sentences
-from rescorer.corpora.tts import get_engine
 
 log = logging.getLogger(__name__)
 
@@ -277,29 +276,11 @@ def make_plan(cfg: WordRichConfig, voices_by_engine: Optional[Dict[str, List[str
         "test": sentences[cfg.train_fortunes + cfg.dev_fortunes : n_fortunes],
     }
 
-    if voices_by_engine is None:
-        voices_by_engine = {e: get_engine(e).voices() for e in cfg.engines}
-    voices = {e: _split_voices(e, sorted(voices_by_engine[e]), cfg, rng) for e in cfg.engines}
-    weights = np.asarray(cfg.engine_weights) / sum(cfg.engine_weights)
+    voices = plan_voices(cfg, voices_by_engine, rng)
     utts: List[PlannedUtterance] = []
     for split in SPLITS:
         texts = [_in_carrier(ws, cfg, rng) for ws in lists[split]] + [list(s) for s in fortunes[split]]
-        for i, words in enumerate(texts):
-            engine = cfg.engines[int(rng.choice(len(cfg.engines), p=weights))]
-            voice = str(rng.choice(voices[engine][split]))
-            prosody = {
-                "rate": round(float(rng.uniform(0.8, 1.3)), 3),
-                "pitch": round(float(rng.uniform(0.7, 1.4)), 3),
-                "pitch_range": round(float(rng.uniform(0.5, 1.5)), 3),
-            }
-            spec = augment.draw_spec(rng, cfg.augment_prob) if cfg.augment_prob > 0 else augment.AugmentSpec()
-            vtag = "".join(c if c.isalnum() else "_" for c in voice)
-            utts.append(
-                PlannedUtterance(
-                    id=f"wr-{split}-{i:06d}-{engine}-{vtag}", split=split, words=words, engine=engine, voice=voice,
-                    prosody=prosody, augment=spec.to_dict(), seed=int(rng.integers(2**31 - 1)),
-                )
-            )
+        utts += plan_utterances("wr", split, texts, cfg, voices, rng)
     return WordRichPlan(
         cfg, utts, {"dev": sorted(held_dev), "test": sorted(held_test)}, voices,
         train_types=train_types, eval_iv_types=sorted(set(eval_iv)),
