@@ -10,6 +10,7 @@ from torch import nn
 
 from rescorer.models import AcousticWordEncoder, LetterNgramEncoder
 from rescorer.models.checkpoint import (
+    ASR_FORMAT,
     EMBEDDER_FORMAT,
     CheckpointError,
     checkpoint_path,
@@ -26,7 +27,6 @@ from rescorer.models.registry import ACOUSTIC_ENCODERS, ASR_MODELS, UnknownModel
 from rescorer.training.train_embeddings import TrainConfig, build_encoders
 from conftest import TINY_EMBEDDER
 
-TORCH_2 = int(torch.__version__.split(".")[0]) >= 2
 
 
 def _small_pair():
@@ -173,13 +173,19 @@ class _Planted:
         return (os.mkdir, (self.marker,))
 
 
-@pytest.mark.skipif(not TORCH_2, reason="torch 1.13 reads checkpoints through the documented trusted path")
 def test_a_checkpoint_holding_code_is_refused_and_runs_nothing(tmp_path):
     marker = tmp_path / "ran"
     (tmp_path / "run").mkdir()
     torch.save({"format": EMBEDDER_FORMAT, "config": _Planted(marker)}, tmp_path / "run" / "best.pt")
     with pytest.raises(CheckpointError, match="refusing to unpickle"):
         load_embedder(tmp_path / "run")
+    # on torch 1.13 too: its weights-only loader refuses the file for a float or an object alike,
+    # and the fallback must not be full unpickling
+    torch.save({"format": ASR_FORMAT, "lr": 2e-3, "state": _Planted(marker)}, tmp_path / "run" / "last.pt")
+    with pytest.raises(CheckpointError, match=r"last.pt is not a checkpoint file: .*mkdir.*refusing to unpickle"):
+        load_asr_model(tmp_path / "run", "last")
+    with pytest.raises(CheckpointError, match="refusing to unpickle"):
+        load_checkpoint(tmp_path / "run" / "last.pt", map_location=torch.device("cpu"))
     assert not marker.exists()
     # plain data (what this project writes, floats included) loads without unpickling objects
     save_checkpoint({"lr": 2e-3, "history": [{"loss": 0.5}], "w": torch.ones(2)}, tmp_path / "plain.pt")

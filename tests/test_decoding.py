@@ -46,6 +46,18 @@ XYZ_SAT = list("_xyz|_sat|_")  # "xyz" is not in the LM (3 letters from any LM w
 AMBIG = ["_", {"c": 0.5, "m": 0.45}, "a", "t", "|", "_", "s", "a", "t", "|", "_"]
 
 
+class _Planted:
+    """Unpickling this runs code: it creates the marker directory."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import os
+
+        return (os.mkdir, (self.marker,))
+
+
 @pytest.fixture(scope="module")
 def lang(tmp_path_factory):
     if not HAVE_K2:
@@ -69,6 +81,25 @@ class TestLattices:
             assert (lang.dir / f).is_file(), f
         assert lang.words["<eps>"] == 0 and lang.words["<unk>"] == 1 and "#0" in lang.words
         assert lang.tokens["#0"] == len(TOKENS) and lang.tokens["<blk>"] == 0
+
+    def test_a_crafted_hlg_is_refused_and_runs_nothing(self, lang, tmp_path):
+        import shutil
+
+        import k2
+
+        from rescorer.decoding.graphs import load_lang_dir
+        from rescorer.formats import UnsafeFileError
+
+        assert isinstance(lang.HLG.aux_labels, k2.RaggedTensor)  # the one object a genuine HLG.pt holds
+        d = tmp_path / "lang"
+        shutil.copytree(lang.dir, d)
+        marker = tmp_path / "ran"
+        d_hlg = torch.load(d / "HLG.pt")
+        d_hlg["labels_version"] = _Planted(marker)
+        torch.save(d_hlg, d / "HLG.pt")
+        with pytest.raises(UnsafeFileError, match=r"HLG.pt is not a HLG graph file: .*mkdir.*refusing to unpickle"):
+            load_lang_dir(d)
+        assert not marker.exists()
 
     def test_hlg_1best_and_frames(self, lang):
         lp, lens = batch(CAT_SAT)

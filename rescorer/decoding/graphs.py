@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
+from rescorer.formats.tagged import load_plain
 from rescorer.decoding import lexicon as lex
 from rescorer.decoding import lm as lmmod
 from rescorer.tokens import TOKENS
@@ -155,7 +156,6 @@ def build_lang_dir(
 
 def load_lang_dir(lang_dir) -> Lang:
     import k2
-    import torch
 
     d = Path(lang_dir)
     for f in ("words.txt", "tokens.txt", "HLG.pt"):
@@ -165,7 +165,9 @@ def load_lang_dir(lang_dir) -> Lang:
     tokens = lex.read_symbol_table(d / "tokens.txt")
     if [tokens.get(t) for t in TOKENS] != list(range(len(TOKENS))):
         raise ValueError(f"{d / 'tokens.txt'} does not match the ASR token set of rescorer.tokens")
-    HLG = k2.Fsa.from_dict(torch.load(d / "HLG.pt", map_location="cpu"))
+    # plain data only (a lang dir is handed around like a model): tensors, and k2's ragged
+    # aux_labels, whose unpickling only rebuilds its row splits and values
+    HLG = k2.Fsa.from_dict(load_plain(d / "HLG.pt", "HLG graph", allowed={("_k2.ragged", "RaggedTensor"): k2.RaggedTensor}))
     if not hasattr(HLG, "lm_scores"):
         HLG.lm_scores = HLG.scores.clone()
     cfg = json.loads((d / "lang.json").read_text()) if (d / "lang.json").is_file() else {}

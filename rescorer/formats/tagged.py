@@ -23,7 +23,7 @@ import pickle
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Collection, Dict, Optional
+from typing import Any, Collection, Dict, Mapping, Optional, Tuple
 
 import torch
 
@@ -60,9 +60,10 @@ class _PlainUnpickler(pickle.Unpickler):
     """Unpickles a ``torch.save`` archive's ``data.pkl`` resolving no global but tensor
     rebuilding (done here, not by torch) and ``OrderedDict``; storages come from the archive."""
 
-    def __init__(self, data, storage_bytes):
+    def __init__(self, data, storage_bytes, allowed: Optional[Mapping[Tuple[str, str], Any]] = None):
         super().__init__(data, encoding="utf-8")
         self._storage_bytes = storage_bytes
+        self._allowed = dict(allowed or {})
         self._storages: Dict[str, torch.Tensor] = {}
 
     def find_class(self, module, name):
@@ -72,6 +73,8 @@ class _PlainUnpickler(pickle.Unpickler):
             return _STORAGE_DTYPES[name]
         if (module, name) == ("collections", "OrderedDict"):
             return collections.OrderedDict
+        if (module, name) in self._allowed:
+            return self._allowed[(module, name)]
         raise _RefusedGlobal(module, name)
 
     def persistent_load(self, pid):
@@ -84,7 +87,7 @@ class _PlainUnpickler(pickle.Unpickler):
         return self._storages[key]
 
 
-def _load_archive_plainly(path: Path) -> Any:
+def _load_archive_plainly(path: Path, allowed: Optional[Mapping[Tuple[str, str], Any]] = None) -> Any:
     """Read a ``torch.save`` zip archive with ``_PlainUnpickler`` (little-endian archives only)."""
     with zipfile.ZipFile(path) as z:
         names = z.namelist()
@@ -94,11 +97,14 @@ def _load_archive_plainly(path: Path) -> Any:
         root = pkl[: -len("data.pkl")]
         if root + "byteorder" in names and z.read(root + "byteorder").strip() != b"little":
             raise pickle.UnpicklingError("a big-endian archive")
-        return _PlainUnpickler(io.BytesIO(z.read(pkl)), lambda key: z.read(f"{root}data/{key}")).load()
+        return _PlainUnpickler(io.BytesIO(z.read(pkl)), lambda key: z.read(f"{root}data/{key}"), allowed).load()
 
 
-def load_plain(path: PathLike, what: str) -> Any:
+def load_plain(path: PathLike, what: str, allowed: Optional[Mapping[Tuple[str, str], Any]] = None) -> Any:
     """``torch.load`` a file of plain data only; ``what`` names the expected format in errors.
+
+    ``allowed`` maps ``(module, name)`` globals the caller trusts (a class whose unpickling
+    only rebuilds data, e.g. k2's ``RaggedTensor``) to what stands for them.
 
     ``weights_only=True`` first; files it refuses are read by ``_PlainUnpickler``, which
     accepts Python floats (refused by torch 1.13's weights-only loader) and refuses every
@@ -115,7 +121,7 @@ def load_plain(path: PathLike, what: str) -> Any:
     except Exception as e:  # noqa: BLE001 - not a torch file at all
         raise FormatError(f"{path}: not a {what} file (unreadable as a torch file: {type(e).__name__}: {e})") from None
     try:
-        return _load_archive_plainly(path)
+        return _load_archive_plainly(path, allowed)
     except _RefusedGlobal as e:
         raise UnsafeFileError(
             f"{path} is not a {what} file: it holds objects that plain loading refuses ({e.qualname}); "

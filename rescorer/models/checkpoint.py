@@ -13,19 +13,17 @@ needs), and an ASR run selected by error rate also ``best_loss.pt`` (lowest dev 
 methods' spelling scorer); ``checkpoint_path`` picks one (``best`` falls back to ``last.pt``
 while no ``best.pt`` exists). Writes are atomic: a temporary file, fsync, then ``os.replace``.
 
-Trust: checkpoints hold configs with Python floats and optimizer states. torch >= 2 reads
-them with ``weights_only=True`` (plain data only; anything else is refused). torch 1.13's
-``weights_only`` refuses Python floats, so there they are read with full unpickling,
-which runs whatever code the file names: acceptable ONLY for checkpoints this project
-wrote itself. Never point these loaders at a checkpoint from elsewhere on torch 1.13.
-Files that users hand to the rescorer (lattices, features, segments) never take this path.
+Trust: a checkpoint is a model that users pass around, so reading one never runs code from it,
+on torch 1.13 as on 2.x: ``rescorer.formats.tagged.load_plain`` reads it as plain data
+(``weights_only=True``; on torch 1.13, whose weights-only loader refuses the Python floats of
+configs and optimizer states, an unpickler that rebuilds tensors itself and resolves no other
+global). A file holding any other object is a ``CheckpointError`` and nothing in it runs.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import pickle
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
 
@@ -33,6 +31,7 @@ import torch
 from torch import nn
 
 from rescorer.formats.contract import FBANK, FeatureSpec
+from rescorer.formats.tagged import FormatError, load_plain
 from rescorer.models.acoustic import AcousticWordEncoder
 from rescorer.models.attention import AttentionModel
 from rescorer.models.ctc import CtcModel
@@ -57,8 +56,6 @@ LEGACY_ACOUSTIC_TYPE = AcousticWordEncoder.model_type
 LEGACY_SPELLING_TYPE = LetterNgramEncoder.model_type
 # the classes above register themselves on import; named here so that loading finds them
 _BUILT_IN = (AcousticWordEncoder, LetterNgramEncoder, CtcModel, AttentionModel)
-
-_TORCH_MAJOR = int(torch.__version__.split(".")[0])
 
 
 class CheckpointError(ValueError):
@@ -115,26 +112,25 @@ def save_checkpoint(state: Dict[str, Any], path: PathLike) -> Path:
 
 
 def load_checkpoint(path: PathLike, map_location: Any = "cpu") -> Any:
-    """Read a checkpoint this project wrote (see the module docstring for the trust rule)."""
-    if _TORCH_MAJOR < 2:  # weights_only cannot read Python floats here: the trusted path
-        try:
-            return torch.load(str(path), map_location=map_location)
-        except (pickle.UnpicklingError, RuntimeError, EOFError) as e:  # not a torch file at all, or cut short
-            raise CheckpointError(f"{path}: not a checkpoint ({_first_line(e)})") from e
+    """Read a checkpoint as plain data (the module docstring's trust rule), its tensors moved
+    to ``map_location``; a file that is not one, or holds objects, is a ``CheckpointError``."""
     try:
-        return torch.load(str(path), map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise CheckpointError(
-            f"{path}: not a checkpoint of this project: it holds objects other than plain data, "
-            f"refusing to unpickle it ({_first_line(e)})"
-        ) from None
-    except (RuntimeError, EOFError) as e:  # not a torch file at all, or cut short
-        raise CheckpointError(f"{path}: not a checkpoint ({_first_line(e)})") from e
+        state = load_plain(path, "checkpoint")
+    except FormatError as e:  # UnsafeFileError included: refused, never unpickled
+        raise CheckpointError(str(e)) from None
+    return _to_device(state, map_location)
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
+def _to_device(obj: Any, map_location: Any) -> Any:
+    if map_location is None or str(map_location) == "cpu":
+        return obj  # plain loading gives CPU tensors
+    if isinstance(obj, torch.Tensor):
+        return obj.to(map_location)
+    if isinstance(obj, dict):
+        return type(obj)((k, _to_device(v, map_location)) for k, v in obj.items())
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_device(v, map_location) for v in obj)
+    return obj
 
 
 def _read(location: PathLike, which: str, fmt: str, kind: str, map_location: Any) -> Tuple[Path, Dict[str, Any]]:

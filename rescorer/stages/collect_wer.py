@@ -32,7 +32,7 @@ def _model_info(model_dir: str) -> dict:
     best = Path(model_dir) / BEST
     if best.exists():
         try:
-            ckpt = load_checkpoint(best)  # the project's own checkpoint: the trusted path
+            ckpt = load_checkpoint(best)
             state = ckpt.get("model") or ckpt.get("state_dict") or {}
             info["parameters"] = int(sum(v.numel() for v in state.values() if hasattr(v, "numel")))
         except Exception as e:  # the size is informative; a failure to read it is reported, not fatal
