@@ -103,3 +103,16 @@ def lhotse_or_k2_imported_by(*modules: str) -> str:
         [sys.executable, "-c", _IMPORT_CHECK, *modules], capture_output=True, text=True, check=True, timeout=120
     )
     return out.stdout.strip()
+
+
+class PlantedCode:
+    """Pickles as a call of ``os.mkdir(marker)``: what a crafted file would hold (unpickling it
+    runs code; the marker directory shows whether it ran)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import os
+
+        return (os.mkdir, (self.marker,))

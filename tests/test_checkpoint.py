@@ -1,8 +1,6 @@
 """Checkpoints of both model families: model types recorded and chosen through the
 registry, old embedder checkpoints, best/last lookup, refusal of foreign pickles."""
 
-import os
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -25,8 +23,7 @@ from rescorer.models.ctc import CtcModel
 from rescorer.models.interfaces import AcousticEncoder, SpellingEncoder
 from rescorer.models.registry import ACOUSTIC_ENCODERS, ASR_MODELS, UnknownModelTypeError
 from rescorer.training.train_embeddings import TrainConfig, build_encoders
-from conftest import TINY_EMBEDDER
-
+from conftest import TINY_EMBEDDER, PlantedCode
 
 
 def _small_pair():
@@ -163,25 +160,15 @@ def test_best_falls_back_to_last_and_missing_is_named(tmp_path):
     assert not any(p.name.startswith(".") for p in tmp_path.iterdir())  # no temporary left
 
 
-class _Planted:
-    """Unpickling this runs code: it creates the marker file."""
-
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (os.mkdir, (self.marker,))
-
-
 def test_a_checkpoint_holding_code_is_refused_and_runs_nothing(tmp_path):
     marker = tmp_path / "ran"
     (tmp_path / "run").mkdir()
-    torch.save({"format": EMBEDDER_FORMAT, "config": _Planted(marker)}, tmp_path / "run" / "best.pt")
+    torch.save({"format": EMBEDDER_FORMAT, "config": PlantedCode(marker)}, tmp_path / "run" / "best.pt")
     with pytest.raises(CheckpointError, match="refusing to unpickle"):
         load_embedder(tmp_path / "run")
     # on torch 1.13 too: its weights-only loader refuses the file for a float or an object alike,
     # and the fallback must not be full unpickling
-    torch.save({"format": ASR_FORMAT, "lr": 2e-3, "state": _Planted(marker)}, tmp_path / "run" / "last.pt")
+    torch.save({"format": ASR_FORMAT, "lr": 2e-3, "state": PlantedCode(marker)}, tmp_path / "run" / "last.pt")
     with pytest.raises(CheckpointError, match=r"last.pt is not a checkpoint file: .*mkdir.*refusing to unpickle"):
         load_asr_model(tmp_path / "run", "last")
     with pytest.raises(CheckpointError, match="refusing to unpickle"):

@@ -13,7 +13,7 @@ from rescorer.decoding import decode as D
 from rescorer.models.ctc import ctc_greedy_decode
 from rescorer.tokens import TOKEN_ID, TOKENS
 
-from conftest import HAVE_K2
+from conftest import HAVE_K2, PlantedCode
 
 HAVE_WORD_LATTICE = importlib.util.find_spec("rescorer.lattice") is not None
 
@@ -44,18 +44,6 @@ def batch(*specs):
 CAT_SAT = list("_cat|_sat|_")
 XYZ_SAT = list("_xyz|_sat|_")  # "xyz" is not in the LM (3 letters from any LM word)
 AMBIG = ["_", {"c": 0.5, "m": 0.45}, "a", "t", "|", "_", "s", "a", "t", "|", "_"]
-
-
-class _Planted:
-    """Unpickling this runs code: it creates the marker directory."""
-
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        import os
-
-        return (os.mkdir, (self.marker,))
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +83,7 @@ class TestLattices:
         shutil.copytree(lang.dir, d)
         marker = tmp_path / "ran"
         d_hlg = torch.load(d / "HLG.pt")
-        d_hlg["labels_version"] = _Planted(marker)
+        d_hlg["labels_version"] = PlantedCode(marker)
         torch.save(d_hlg, d / "HLG.pt")
         with pytest.raises(UnsafeFileError, match=r"HLG.pt is not a HLG graph file: .*mkdir.*refusing to unpickle"):
             load_lang_dir(d)

@@ -35,9 +35,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-from rescorer.formats.tagged import load_plain
 from rescorer.decoding import lexicon as lex
 from rescorer.decoding import lm as lmmod
+from rescorer.formats.tagged import load_plain
 from rescorer.tokens import TOKENS
 
 log = logging.getLogger(__name__)
