@@ -490,15 +490,18 @@ def rescore_cmd(model_dir, lattices, features, out, recover_oov, word_list, word
 @click.option("--beam-size", type=int, default=5, show_default=True)
 @click.option("--threads", type=int, default=2, show_default=True)
 @click.option("--max-utterances", type=int, default=0, show_default=True, help="The first N cuts by id (0: all).")
+@click.option("--prompt-list", type=click.Path(exists=True, dir_okay=False),
+              help="A word list (one word per line) given to Whisper as its previous text for every cut, to bias "
+                   "it toward those names and terms; it must fit Whisper's prompt (223 tokens, some 100 words).")
 @click.option("--no-progress", is_flag=True)
-def transcribe_cmd(cuts, out, whisper_model, beam_size, threads, max_utterances, no_progress):
+def transcribe_cmd(cuts, out, whisper_model, beam_size, threads, max_utterances, prompt_list, no_progress):
     """Whisper's 1-best of every cut in CUTS (a lhotse manifest) into OUT (a transcript file;
     resumable), for rescorer tune's awe_whisper_* methods."""
     from rescorer.stages.transcribe import transcribe
 
     with _stage_errors():
         transcribe(cuts, out, whisper_model=whisper_model, beam_size=beam_size, threads=threads,
-                   max_utterances=max_utterances, progress=not no_progress, echo=click.echo)
+                   max_utterances=max_utterances, progress=not no_progress, echo=click.echo, prompt_list=prompt_list)
 
 
 @main.command("tune")

@@ -46,6 +46,20 @@ def test_numbers_whisper_writes_in_digits_come_back_as_words_with_their_confiden
 
 
 @needs_model
+def test_a_prompt_of_names_biases_whisper_toward_them(scorer):
+    # how Whisper's users bias it toward a name it cannot spell unaided: the name as previous text
+    enc = scorer.encode(flite_audio("the patient took azithromycin twice"))
+    assert "azithromycin" not in scorer.transcribe(enc, beam_size=2)  # unaided: "the thromise"
+    assert "azithromycin" in scorer.transcribe(enc, beam_size=2, prompt=["siobhan", "azithromycin", "carpet"])
+    prefix = scorer.prompt_tokens(["azithromycin"])
+    start = list(scorer.start_sequence)
+    assert prefix[0] == scorer.tokenizer.token_to_id("<|startofprev|>") and prefix[-len(start):] == start
+    assert scorer.prompt_tokens([]) == start
+    long = scorer.prompt_tokens(["word"] * 400)  # cut to Whisper's cap, the last words kept
+    assert len(long) == 1 + 223 + len(start) and long[-len(start) - 1] == scorer.tokens("word")[0]
+
+
+@needs_model
 def test_bad_audio_is_a_named_error(scorer):
     with pytest.raises(ValueError, match="16000 Hz"):
         scorer.encode(np.zeros(8000, dtype=np.float32), sampling_rate=8000)
@@ -114,6 +128,38 @@ def test_rescorer_transcribe_writes_and_resumes(tmp_path):
     assert r.exit_code != 0 and "cut u1" in r.output
     assert list(read_transcripts(out2).words) == ["u0"]
     assert json.loads(out2.read_text().splitlines()[0])["format"] == "rescorer-transcripts"
+
+
+@needs_model
+def test_rescorer_transcribe_with_a_prompt_list(tmp_path):
+    from click.testing import CliRunner
+
+    from rescorer.cli import main
+    from rescorer.formats.transcripts import read_transcripts
+
+    if shutil.which("flite") is None:
+        pytest.skip("flite not installed")
+    cuts = _cuts(tmp_path, ["the patient took azithromycin twice"])
+    names = tmp_path / "names.txt"
+    names.write_text("azithromycin\nsiobhan\ntromso\n")
+    out = tmp_path / "t.jsonl"
+    r = CliRunner().invoke(main, ["transcribe", str(cuts), str(out), "--beam-size", "2", "--prompt-list", str(names),
+                                  "--no-progress"])
+    assert r.exit_code == 0, r.output
+    t = read_transcripts(out)
+    assert "azithromycin" in t.words["u0"] and t.meta["prompt"]["words"] == 3 and len(t.meta["prompt"]["sha256"]) == 64
+    assert all(0.0 < c <= 1.0 for c in t.confidences["u0"])
+    # the same file under another prompt, or none, would mix two decodings: refused
+    names.write_text("azithromycin\nsiobhan\n")
+    r = CliRunner().invoke(main, ["transcribe", str(cuts), str(out), "--beam-size", "2", "--prompt-list", str(names),
+                                  "--no-progress"])
+    assert r.exit_code != 0 and "was written with" in r.output
+    # a list Whisper's prompt cannot hold is named, not silently cut
+    many = tmp_path / "many.txt"
+    many.write_text("\n".join(f"word{chr(97 + i % 26)}{chr(97 + i // 26 % 26)}" for i in range(300)) + "\n")
+    r = CliRunner().invoke(main, ["transcribe", str(cuts), str(tmp_path / "t3.jsonl"), "--prompt-list", str(many),
+                                  "--no-progress"])
+    assert r.exit_code != 0 and "more than Whisper's prompt holds (223)" in r.output, r.output
 
 
 def test_a_looping_beam_falls_back_to_sampling_as_whisper_does():

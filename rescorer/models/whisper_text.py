@@ -39,6 +39,7 @@ SPACE_MARK = "\u0120"  # byte-level BPE's mark of a token that starts with a spa
 COMPRESSION_RATIO_THRESHOLD = 2.4  # Whisper's test of a looping transcript
 FALLBACK_TEMPERATURES = (0.2, 0.4, 0.6, 0.8, 1.0)
 FALLBACK_BEST_OF = 5
+MAX_PROMPT_TOKENS = 223  # Whisper's cap on previous text: half its 448-token context, less <|startofprev|>
 # what a transcript file records of the decoding beside the beam (formats.transcripts' header)
 DECODING = f"beam, then temperatures {FALLBACK_TEMPERATURES} x best of {FALLBACK_BEST_OF} above compression ratio " \
            f"{COMPRESSION_RATIO_THRESHOLD}"
@@ -98,12 +99,26 @@ class WhisperTextScorer:
         mel = np.ascontiguousarray(mel.numpy()[None, :, :MAX_MEL_FRAMES], dtype=np.float32)
         return np.array(self.model.encode(self._ct2.StorageView.from_array(mel)))
 
-    def _best_tokens(self, enc, beam_size: int, max_length: int) -> List[int]:
+    def prompt_tokens(self, words: Sequence[str]) -> List[int]:
+        """The decoder's prefix for a prompt of ``words`` (Whisper's "previous text", the way
+        its users bias it toward names and terms): ``<|startofprev|>``, the words joined by
+        ", ", then the start sequence; kept to the last ``MAX_PROMPT_TOKENS`` text tokens, as
+        Whisper does. No words: the start sequence alone."""
+        if not words:
+            return list(self.start_sequence)
+        prev = self.tokenizer.token_to_id("<|startofprev|>")
+        if prev is None:
+            raise WhisperModelError(f"{self.model_dir}'s tokenizer has no <|startofprev|>: it cannot take a prompt")
+        return [prev] + self.tokens(", ".join(words))[-MAX_PROMPT_TOKENS:] + list(self.start_sequence)
+
+    def _best_tokens(self, enc, beam_size: int, max_length: int, prompt: Sequence[str] = ()) -> List[int]:
         """The beam's text tokens, or a sampled fallback's where the beam's text loops (module
         docstring): the first attempt whose compression ratio is at most the threshold, else
-        the one with the lowest ratio."""
+        the one with the lowest ratio. ``prompt``: words as Whisper's previous text."""
+        prefix = self.prompt_tokens(prompt)
+
         def attempt(**sampling) -> Tuple[float, List[int]]:  # (compression ratio, text tokens) of the best hypothesis
-            res = self.model.generate(enc, [self.start_sequence], max_length=int(max_length), suppress_blank=True,
+            res = self.model.generate(enc, [prefix], max_length=int(max_length), suppress_blank=True,
                                       **sampling)[0]
             k = int(np.argmax(res.scores)) if len(res.sequences_ids) > 1 else 0
             ids = [i for i in res.sequences_ids[k] if i < self.eot]  # text tokens only
@@ -121,25 +136,28 @@ class WhisperTextScorer:
             best = min(best, tried)
         return best[1]
 
-    def transcribe(self, encoded: np.ndarray, beam_size: int = 5, max_length: int = 224) -> List[str]:
+    def transcribe(self, encoded: np.ndarray, beam_size: int = 5, max_length: int = 224,
+                   prompt: Sequence[str] = ()) -> List[str]:
         """Whisper's 1-best for one encoded utterance, as normalised words (``text.words_of``:
-        lower case, punctuation dropped, non-words such as digits left out)."""
+        lower case, punctuation dropped, non-words such as digits left out); ``prompt``: words
+        given as Whisper's previous text (``prompt_tokens``)."""
         enc = self._ct2.StorageView.from_array(np.ascontiguousarray(encoded))
-        return words_of(self.tokenizer.decode(self._best_tokens(enc, beam_size, max_length)))
+        return words_of(self.tokenizer.decode(self._best_tokens(enc, beam_size, max_length, prompt)))
 
-    def transcribe_with_confidence(self, encoded: np.ndarray, beam_size: int = 5,
-                                   max_length: int = 224) -> Tuple[List[str], List[float]]:
+    def transcribe_with_confidence(self, encoded: np.ndarray, beam_size: int = 5, max_length: int = 224,
+                                   prompt: Sequence[str] = ()) -> Tuple[List[str], List[float]]:
         """``transcribe``'s words and each word's confidence: the least probability, teacher-forced
         over the 1-best, of the tokens that spell it (the tokens of the written word it comes
         from, e.g. "Anne's," for "anne's"). Why the least: a word is as doubtful as its most
         doubtful piece, and a misheard name is usually one unlikely token among likely ones.
-        Confidences are NaN where the written words do not map onto the normalised ones."""
+        Confidences are NaN where the written words do not map onto the normalised ones.
+        ``prompt``: as for ``transcribe``; the confidences are taken under the same prompt."""
         enc = self._ct2.StorageView.from_array(np.ascontiguousarray(encoded))
-        ids = self._best_tokens(enc, beam_size, max_length)
+        ids = self._best_tokens(enc, beam_size, max_length, prompt)
         words = words_of(self.tokenizer.decode(ids))
         if not ids:
             return words, [float("nan")] * len(words)
-        probs = np.asarray(self.model.align(enc, self.start_sequence, [ids], [MAX_MEL_FRAMES])[0].text_token_probs,
+        probs = np.asarray(self.model.align(enc, self.prompt_tokens(prompt), [ids], [MAX_MEL_FRAMES])[0].text_token_probs,
                            dtype=np.float64)
         groups: List[List[int]] = []  # token positions of each written word (a new one at each leading space)
         for k, i in enumerate(ids):

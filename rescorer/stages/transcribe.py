@@ -2,7 +2,7 @@
 confidence (``WhisperTextScorer.transcribe_with_confidence``), as a transcript file
 (``formats.transcripts``), for the second-recogniser methods of ``rescorer tune``.
 
-Resumable: utterances already in the output (written with the same model and beam) are
+Resumable: utterances already in the output (written with the same model, beam and prompt) are
 skipped, and each one is flushed as soon as it is done, so an interrupted run loses at
 most the utterance in hand. A cut whose audio cannot be read or is longer than Whisper's
 30 s window is an error naming the cut; what was written before it is kept.
@@ -10,6 +10,7 @@ most the utterance in hand. A cut whose audio cannot be read or is longer than W
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from typing import Callable, Optional
@@ -20,8 +21,13 @@ log = logging.getLogger(__name__)
 
 
 def transcribe(cuts_path: str, out: str, whisper_model: Optional[str] = None, beam_size: int = 5, threads: int = 2,
-               max_utterances: int = 0, progress: bool = True, echo: Callable[[str], None] = print) -> dict:
-    """Transcribe the cuts of ``cuts_path`` into ``out``; returns a summary."""
+               max_utterances: int = 0, progress: bool = True, echo: Callable[[str], None] = print,
+               prompt_list: Optional[str] = None) -> dict:
+    """Transcribe the cuts of ``cuts_path`` into ``out``; returns a summary. ``prompt_list``: a
+    word list (``formats.word_list``) given to Whisper as its previous text for every cut, the
+    way its users bias it toward names and terms (``WhisperTextScorer.prompt_tokens``); a list
+    longer than Whisper's prompt holds is an error, not silently cut. The header records its
+    size and digest, so a file is never resumed under another prompt."""
     from lhotse import load_manifest
     from tqdm import tqdm
 
@@ -44,6 +50,9 @@ def transcribe(cuts_path: str, out: str, whisper_model: Optional[str] = None, be
         cuts = cuts[:max_utterances]
     meta = {"recogniser": "whisper", "model_sha256": file_sha256(model_dir / "model.bin"), "beam_size": int(beam_size),
             "compute_type": "int8", "word_confidence": "min_token_prob", "decoding": DECODING}
+    prompt = _prompt_words(scorer, prompt_list) if prompt_list else []
+    if prompt:  # only then: files written without a prompt keep their header
+        meta["prompt"] = {"words": len(prompt), "sha256": hashlib.sha256("\n".join(prompt).encode()).hexdigest()}
     try:
         writer = TranscriptWriter(out, meta)
     except TranscriptError as e:
@@ -65,7 +74,7 @@ def transcribe(cuts_path: str, out: str, whisper_model: Optional[str] = None, be
             t0 = time.perf_counter()
             try:
                 words, confidences = scorer.transcribe_with_confidence(scorer.encode(samples, c.sampling_rate),
-                                                                       beam_size=beam_size)
+                                                                       beam_size=beam_size, prompt=prompt)
             except ValueError as e:
                 raise StageError(f"cut {c.id}: {e}") from e
             writer.add(c.id, words, seconds=time.perf_counter() - t0, confidences=confidences)
@@ -76,3 +85,20 @@ def transcribe(cuts_path: str, out: str, whisper_model: Optional[str] = None, be
     echo(f"{out}: {len(todo)} utterance(s) transcribed in {wall:.1f} s"
          + (f" (RTF {summary['real_time_factor']})" if audio_seconds else ""))
     return summary
+
+
+def _prompt_words(scorer, path: str) -> list:
+    """The words of the prompt list at ``path``, in its order; StageError where it cannot be read
+    or does not fit Whisper's prompt."""
+    from rescorer.formats.word_list import WordListError, read_word_list
+    from rescorer.models.whisper_text import MAX_PROMPT_TOKENS
+
+    try:
+        words = list(read_word_list(path))
+    except (OSError, WordListError) as e:
+        raise StageError(f"--prompt-list {path}: {e}") from e
+    n = len(scorer.tokens(", ".join(words)))
+    if n > MAX_PROMPT_TOKENS:
+        raise StageError(f"--prompt-list {path}: its {len(words)} words take {n} tokens, more than Whisper's prompt "
+                         f"holds ({MAX_PROMPT_TOKENS}): give the few dozen names that matter most")
+    return words

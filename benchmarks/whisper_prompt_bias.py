@@ -1,0 +1,153 @@
+#!/usr/bin/env python
+"""Whisper biased toward list words by its prompt (previous text), the way its users bias it
+toward names: which list words come out right and wrong, by where the prompt's words come from.
+
+    python benchmarks/whisper_prompt_bias.py --workdir /path/to/speechocean762_run \\
+        --corpus speechocean762_dev/whisper_l34 --out results/whisper_prompt_bias.json
+
+For every dev utterance (``--cuts``, the recipe's dev manifest) Whisper transcribes once per
+prompt source (``WhisperTextScorer.transcribe(prompt=...)``, beam ``--beam-size``):
+``none``; ``random``: ``--words`` words of the context list at random; ``oracle``: the
+utterance's own context-list words from its reference, filled up with random list words (a bound:
+what biasing would give if the candidates were right); ``embedder``: the ``--words`` list words the
+embedder (``exp/embeddings``) ranks highest by their best cosine over the spans of the decoder's
+lattice arcs (``exp/decode_dev_ctc/word_lattices.pt``), no reference used. Counted per source:
+the list words of at least ``--min-letters`` letters in the transcript, right or wrong against the
+reference (as multisets), those not in the unprompted transcript (``new_right``, ``new_wrong``), and
+the reference tokens whose word the prompt held. Why: a context list's words are what a user would
+prompt Whisper with; this says whether any candidate source here is pure enough to pay.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import platform
+import random
+import shlex
+import sys
+from collections import Counter
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SOURCES = ("none", "random", "oracle", "embedder")
+
+
+def embedder_candidates(rescorer, feats, record, words, vocab_emb, k: int):
+    """The ``k`` list words with the highest best cosine over the lattice's distinct arc spans."""
+    import torch
+    import torch.nn.functional as F
+
+    n = int(feats.shape[0])
+    r = record.frame_shift / rescorer.frame_shift
+    spans = sorted({(int(round(a * r)), min(n, int(round(b * r))))
+                    for a, b in zip(record.start_frame.tolist(), record.end_frame.tolist())})
+    spans = [(a, b) for a, b in spans if b > a]
+    if not spans:
+        return []
+    audio = F.normalize(rescorer.span_embeddings(feats, spans).float().cpu(), dim=-1)
+    best = (audio @ vocab_emb.T).max(0).values
+    return [words[j] for j in torch.topk(best, min(k, len(words))).indices.tolist()]
+
+
+def count(hyp, ref, base, list_words, min_letters: int) -> dict:
+    ref_c = Counter(ref)
+    got = Counter(w for w in hyp if w in list_words and len(w) >= min_letters)
+    had = Counter(w for w in base if w in list_words and len(w) >= min_letters)
+    out = Counter()
+    for w, n in got.items():
+        right = min(n, ref_c.get(w, 0))
+        out["right"] += right
+        out["wrong"] += n - right
+        new = max(0, n - had.get(w, 0))  # the copies the prompt added
+        new_right = max(0, min(new, right - min(had.get(w, 0), ref_c.get(w, 0))))
+        out["new_right"] += new_right
+        out["new_wrong"] += new - new_right
+    return dict(out)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--workdir", required=True, help="a speechocean762 recipe run (exp/ with the embedder, lattices, lists)")
+    p.add_argument("--corpus", required=True, help="the entry name in --out")
+    p.add_argument("--cuts", default="data/speechocean762/manifests/speechocean762_cuts_dev.jsonl.gz")
+    p.add_argument("--context-list", default="exp/word_lists/context_dev.txt")
+    p.add_argument("--sources", default=",".join(SOURCES))
+    p.add_argument("--words", type=int, default=20, help="prompt words per utterance")
+    p.add_argument("--min-letters", type=int, default=4, help="list words counted (the recipes' oov_min_letters)")
+    p.add_argument("--beam-size", type=int, default=5)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--max-utterances", type=int, default=0, help="0: all")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=str(REPO / "results" / "whisper_prompt_bias.json"))
+    a = p.parse_args(argv)
+    out_path = Path(a.out).resolve()
+    command = shlex.join(["python", "benchmarks/whisper_prompt_bias.py"] + (argv or sys.argv[1:]))
+    os.chdir(a.workdir)
+    import torch
+    import torch.nn.functional as F
+    from lhotse import load_manifest
+    from tqdm import tqdm
+
+    from rescorer.formats.utterances import read_utterance_features
+    from rescorer.formats.word_lattices import read_word_lattices
+    from rescorer.formats.word_list import read_word_list
+    from rescorer.models.whisper_text import WhisperTextScorer
+    from rescorer.rescore import Rescorer
+    from rescorer.text import words_of
+
+    sources = [x for x in a.sources.split(",") if x]
+    unknown = set(sources) - set(SOURCES)
+    if unknown or "none" not in sources:
+        p.error(f"--sources: from {', '.join(SOURCES)}, with none (the new words are counted against it); got {a.sources}")
+    torch.set_num_threads(a.threads)
+    list_words = list(read_word_list(a.context_list))
+    in_list = set(list_words)
+    cuts = list(load_manifest(a.cuts))
+    if a.max_utterances:
+        cuts = cuts[:a.max_utterances]
+    scorer = WhisperTextScorer(None, threads=a.threads)
+    rng = random.Random(a.seed)
+    if "embedder" in sources:
+        rescorer = Rescorer.from_dir("exp/embeddings")
+        feats = read_utterance_features("exp/asr_data/dev.pt", expect=None).by_id()
+        lattices = {r.utterance_id: r for r in read_word_lattices("exp/decode_dev_ctc/word_lattices.pt").records}
+        vocab_emb = F.normalize(rescorer.spelling_embeddings(list_words).float().cpu(), dim=-1)
+    totals = {s: Counter() for s in sources}
+    for c in tqdm(cuts, desc="prompted transcripts"):
+        ref = words_of(" ".join(s.text or "" for s in c.supervisions))
+        audio = c.load_audio()
+        enc = scorer.encode(audio.mean(axis=0) if audio.ndim == 2 else audio.reshape(-1), c.sampling_rate)
+        own = [w for w in ref if w in in_list]
+        prompts = {"none": [], "random": rng.sample(list_words, a.words),
+                   "oracle": own[:a.words] + rng.sample(list_words, max(0, a.words - len(own)))}
+        if "embedder" in sources:
+            rec = lattices.get(c.id)
+            prompts["embedder"] = embedder_candidates(rescorer, feats[c.id], rec, list_words, vocab_emb, a.words) \
+                if rec is not None and c.id in feats else []
+        hyps = {}
+        for s in sources:
+            words = list(prompts[s])
+            rng.shuffle(words)
+            hyps[s] = scorer.transcribe(enc, beam_size=a.beam_size, prompt=words)
+            totals[s].update(count(hyps[s], ref, hyps["none"], in_list, a.min_letters))
+            totals[s]["prompted_reference_tokens"] += sum(1 for w in ref if w in set(words))
+        totals["none"]["reference_list_tokens"] += len(own)
+    result = {s: dict(sorted(t.items())) for s, t in totals.items()}
+    doc = json.loads(out_path.read_text()) if out_path.exists() else {}
+    doc[a.corpus] = {
+        "sources": result, "utterances": len(cuts), "prompt_words": a.words, "min_letters": a.min_letters,
+        "beam_size": a.beam_size, "context_list": a.context_list, "context_list_size": len(list_words),
+        "command": command, "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "date": _dt.date.today().isoformat(),
+    }
+    out_path.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    for s, t in result.items():
+        print(s, t)
+    print(f"wrote {out_path}")
+
+
+if __name__ == "__main__":
+    main()
