@@ -40,11 +40,11 @@ def embedder_candidates(rescorer, feats, record, words, vocab_emb, k: int):
     import torch
     import torch.nn.functional as F
 
-    n = int(feats.shape[0])
-    r = record.frame_shift / rescorer.frame_shift
-    spans = sorted({(int(round(a * r)), min(n, int(round(b * r))))
-                    for a, b in zip(record.start_frame.tolist(), record.end_frame.tolist())})
-    spans = [(a, b) for a, b in spans if b > a]
+    from rescorer.rescore import spans_in_feature_frames
+
+    s, e = spans_in_feature_frames(record.start_frame, record.end_frame, record.frame_shift, int(feats.shape[0]),
+                                   rescorer.frame_shift)
+    spans = sorted({(a, b) for a, b in zip(s.tolist(), e.tolist()) if b > a})
     if not spans:
         return []
     audio = F.normalize(rescorer.span_embeddings(feats, spans).float().cpu(), dim=-1)
@@ -133,7 +133,8 @@ def main(argv=None) -> None:
             rng.shuffle(words)
             hyps[s] = scorer.transcribe(enc, beam_size=a.beam_size, prompt=words)
             totals[s].update(count(hyps[s], ref, hyps["none"], in_list, a.min_letters))
-            totals[s]["prompted_reference_tokens"] += sum(1 for w in ref if w in set(words))
+            prompted = set(words)
+            totals[s]["prompted_reference_tokens"] += sum(1 for w in ref if w in prompted)
         totals["none"]["reference_list_tokens"] += len(own)
     result = {s: dict(sorted(t.items())) for s, t in totals.items()}
     doc = json.loads(out_path.read_text()) if out_path.exists() else {}

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import zlib
 from pathlib import Path
-from typing import List, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -99,23 +99,29 @@ class WhisperTextScorer:
         mel = np.ascontiguousarray(mel.numpy()[None, :, :MAX_MEL_FRAMES], dtype=np.float32)
         return np.array(self.model.encode(self._ct2.StorageView.from_array(mel)))
 
-    def prompt_tokens(self, words: Sequence[str]) -> List[int]:
+    def prompt_tokens(self, words: Sequence[str], cut: bool = True) -> List[int]:
         """The decoder's prefix for a prompt of ``words`` (Whisper's "previous text", the way
         its users bias it toward names and terms): ``<|startofprev|>``, the words joined by
         ", ", then the start sequence; kept to the last ``MAX_PROMPT_TOKENS`` text tokens, as
-        Whisper does. No words: the start sequence alone."""
+        Whisper does (``cut``; else a longer prompt is a ValueError naming its size). No words:
+        the start sequence alone."""
         if not words:
             return list(self.start_sequence)
         prev = self.tokenizer.token_to_id("<|startofprev|>")
         if prev is None:
             raise WhisperModelError(f"{self.model_dir}'s tokenizer has no <|startofprev|>: it cannot take a prompt")
-        return [prev] + self.tokens(", ".join(words))[-MAX_PROMPT_TOKENS:] + list(self.start_sequence)
+        text = self.tokens(", ".join(words))
+        if len(text) > MAX_PROMPT_TOKENS and not cut:
+            raise ValueError(f"{len(words)} words take {len(text)} tokens, more than Whisper's prompt holds "
+                             f"({MAX_PROMPT_TOKENS})")
+        return [prev] + text[-MAX_PROMPT_TOKENS:] + list(self.start_sequence)
 
-    def _best_tokens(self, enc, beam_size: int, max_length: int, prompt: Sequence[str] = ()) -> List[int]:
+    def _best_tokens(self, enc, beam_size: int, max_length: int, prefix: Optional[List[int]] = None) -> List[int]:
         """The beam's text tokens, or a sampled fallback's where the beam's text loops (module
         docstring): the first attempt whose compression ratio is at most the threshold, else
-        the one with the lowest ratio. ``prompt``: words as Whisper's previous text."""
-        prefix = self.prompt_tokens(prompt)
+        the one with the lowest ratio. ``prefix``: the decoder's (``prompt_tokens``; default:
+        the start sequence)."""
+        prefix = list(self.start_sequence) if prefix is None else prefix
 
         def attempt(**sampling) -> Tuple[float, List[int]]:  # (compression ratio, text tokens) of the best hypothesis
             res = self.model.generate(enc, [prefix], max_length=int(max_length), suppress_blank=True,
@@ -142,7 +148,7 @@ class WhisperTextScorer:
         lower case, punctuation dropped, non-words such as digits left out); ``prompt``: words
         given as Whisper's previous text (``prompt_tokens``)."""
         enc = self._ct2.StorageView.from_array(np.ascontiguousarray(encoded))
-        return words_of(self.tokenizer.decode(self._best_tokens(enc, beam_size, max_length, prompt)))
+        return words_of(self.tokenizer.decode(self._best_tokens(enc, beam_size, max_length, self.prompt_tokens(prompt))))
 
     def transcribe_with_confidence(self, encoded: np.ndarray, beam_size: int = 5, max_length: int = 224,
                                    prompt: Sequence[str] = ()) -> Tuple[List[str], List[float]]:
@@ -153,11 +159,12 @@ class WhisperTextScorer:
         Confidences are NaN where the written words do not map onto the normalised ones.
         ``prompt``: as for ``transcribe``; the confidences are taken under the same prompt."""
         enc = self._ct2.StorageView.from_array(np.ascontiguousarray(encoded))
-        ids = self._best_tokens(enc, beam_size, max_length, prompt)
+        prefix = self.prompt_tokens(prompt)
+        ids = self._best_tokens(enc, beam_size, max_length, prefix)
         words = words_of(self.tokenizer.decode(ids))
         if not ids:
             return words, [float("nan")] * len(words)
-        probs = np.asarray(self.model.align(enc, self.prompt_tokens(prompt), [ids], [MAX_MEL_FRAMES])[0].text_token_probs,
+        probs = np.asarray(self.model.align(enc, prefix, [ids], [MAX_MEL_FRAMES])[0].text_token_probs,
                            dtype=np.float64)
         groups: List[List[int]] = []  # token positions of each written word (a new one at each leading space)
         for k, i in enumerate(ids):

@@ -89,16 +89,15 @@ def transcribe(cuts_path: str, out: str, whisper_model: Optional[str] = None, be
 
 def _prompt_words(scorer, path: str) -> list:
     """The words of the prompt list at ``path``, in its order; StageError where it cannot be read
-    or does not fit Whisper's prompt."""
+    or does not fit Whisper's prompt (``WhisperTextScorer.prompt_tokens``)."""
     from rescorer.formats.word_list import WordListError, read_word_list
-    from rescorer.models.whisper_text import MAX_PROMPT_TOKENS
 
     try:
         words = list(read_word_list(path))
-    except (OSError, WordListError) as e:
+        scorer.prompt_tokens(words, cut=False)
+    except ValueError as e:  # WordListError is one
+        raise StageError(f"--prompt-list {path}: {e}" + ("" if isinstance(e, WordListError) else
+                                                          ": give the few dozen names that matter most")) from e
+    except OSError as e:
         raise StageError(f"--prompt-list {path}: {e}") from e
-    n = len(scorer.tokens(", ".join(words)))
-    if n > MAX_PROMPT_TOKENS:
-        raise StageError(f"--prompt-list {path}: its {len(words)} words take {n} tokens, more than Whisper's prompt "
-                         f"holds ({MAX_PROMPT_TOKENS}): give the few dozen names that matter most")
     return words
