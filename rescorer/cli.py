@@ -630,6 +630,9 @@ def transcribe_cmd(cuts, out, whisper_model, beam_size, threads, max_utterances,
 @click.option("--hit-model-hits", type=click.Choice(("all_lists", "own")), default="all_lists", show_default=True,
               help="The Whisper methods: the dev hits a list's hit model is fitted on: all_lists, its own and the other "
                    "list's of this run (a context list's few dozen hits alone fit a model that ranks worse), or own.")
+@click.option("--hit-model-form", type=click.Choice(("linear", "quadratic")), default="linear", show_default=True,
+              help="The Whisper methods: the hit model's form: linear, or quadratic, which also weighs every product of "
+                   "two pieces of evidence (a stronger penalty holds those weights near zero unless dev agrees).")
 @click.option("--whisper-vote-confidences", default="0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9", show_default=True,
               help="whisper_lattice_vote: Whisper's word confidence below which the lattice's word may replace it, "
                    "tuned on dev.")

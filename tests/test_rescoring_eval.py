@@ -339,6 +339,8 @@ def test_tune_settings_check_the_sign_test_level():
     assert s.keep_rule() == {"oov_max_sign_p": 0.05} and "sign test p <= 0.05" in s.abstain_reason()
     with pytest.raises(StageError, match="hit_model_hits must be one of all_lists, own, not 'every'"):
         TuneSettings(**base, hit_model_hits="every")
+    with pytest.raises(StageError, match="hit_model_form must be one of linear, quadratic, not 'cubic'"):
+        TuneSettings(**base, hit_model_form="cubic")
     with pytest.raises(StageError, match="margin on --oov-min-precision: give the target"):
         TuneSettings(**base, oov_min_precision_z=1.0)
     with pytest.raises(StageError, match="standard errors >= 0"):

@@ -372,6 +372,14 @@ def test_rescorer_tune_spots_whisper_list_words_tuned_on_dev(tmp_path, monkeypat
     assert no_lm["transcript_hit_lm"] is None
     assert json.loads(out.read_text())["corpora"]["toy"]["awe_whisper_context_list"]["hit_model_hits"] == "all_lists"
     assert "lm_gain" not in (no_lm["transcript_hit_model"] or {}).get("features", [])
+    r = CliRunner().invoke(main, args + ["--methods", "awe_rescore,awe_whisper_context_list", "--dev-transcripts",
+                                         str(tmp_path / "dev_conf.jsonl"), "--hit-lm", "none", "--hit-model-form",
+                                         "quadratic", "--whisper-probability-gates", "0.5,0.9"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(out.read_text())["corpora"]["toy"]["awe_whisper_context_list"]["hit_model_form"] == "quadratic"
+    r = CliRunner().invoke(main, args + ["--methods", "awe_rescore,awe_whisper_context_list", "--dev-transcripts",
+                                         str(tmp_path / "dev_conf.jsonl"), "--hit-model-form", "cubic"])
+    assert r.exit_code != 0 and "'cubic' is not one of 'linear', 'quadratic'" in r.output
     rescore = ["rescore", "--model-dir", str(model), "--lattices", str(tmp_path / "dev_lattices.pt"), "--features",
                str(tmp_path / "dev.pt"), "--device", "cpu", "--transcripts", str(tmp_path / "dev_conf.jsonl")]
     r = CliRunner().invoke(main, rescore + ["--out", str(tmp_path / "r0")])
@@ -610,6 +618,67 @@ def test_a_lists_hit_model_is_fitted_on_the_other_lists_hits_too_each_shared_hit
     moved = {"r1": SpottedUtterance(_hyp(["a", "cap", "sat"]), spotted["r1"].hits, [0.9], [0.3])}
     with pytest.raises(ValueError, match="r1 lie on another path"):
         fit_hit_model(context, refs, pool=[moved])
+
+
+def _agreeing_hits():
+    """160 utterances, one "zebra" hit each over "cap": right where the cosine and the confidence
+    agree (both high or both low), wrong where they disagree. No weighted sum of the two parts
+    them; their product does."""
+    from rescorer.decoding.transcript_spotting import TranscriptHit
+    from rescorer.transcript_hits import SpottedUtterance
+
+    spotted, refs = {}, {}
+    for i in range(160):
+        c, q = 0.2 + 0.6 * (i % 2) + 0.01 * (i % 7), 0.2 + 0.6 * ((i // 2) % 2) + 0.01 * (i % 5)
+        u = f"u{i:03d}"
+        spotted[u] = SpottedUtterance(_hyp(["the", "cap", "sat"]), [TranscriptHit("zebra", 0.2, 0.4, 1, 2)], [c], [q])
+        refs[u] = ["the", "zebra" if (c > 0.5) == (q > 0.5) else "cap", "sat"]
+    return spotted, refs
+
+
+def test_a_quadratic_hit_model_weighs_one_piece_of_evidence_by_another():
+    from rescorer.evaluation.transcript_spotting import QUADRATIC_L2, fit_hit_model, hit_labels
+    from rescorer.metrics import roc_auc
+    from rescorer.rescore import RescoreConfig
+    from rescorer.transcript_hits import HitModel, feature_pairs
+
+    spotted, refs = _agreeing_hits()
+    x, y = hit_labels(spotted, refs)
+    linear = fit_hit_model(spotted, refs)
+    quadratic = fit_hit_model(spotted, refs, form="quadratic")
+    assert linear.form == "linear" and not linear.pair_weights and "pair_weights" not in linear.to_dict()
+    assert quadratic.form == "quadratic" and len(quadratic.pair_weights) == 3  # cosine², cosine x confidence, confidence²
+    assert roc_auc([linear.probability(f) for f in x], y) < 0.6  # a weighted sum cannot part them
+    assert roc_auc([quadratic.probability(f) for f in x], y) == 1.0  # the product can, under the default penalty
+    assert all((quadratic.probability(f) > 0.5) == right for f, right in zip(x, y))  # a gate at 0.5 parts them
+    # the penalty is the form's own unless asked: a far stronger one holds every weight near zero
+    assert QUADRATIC_L2 > 1
+    held = fit_hit_model(spotted, refs, l2=1e6, form="quadratic")
+    assert all(abs(held.probability(f) - 0.5) < 0.01 for f in x)
+    # z = (x - mean) / scale; logit = bias + weights . z + pair_weights . (z_i z_j, i <= j)
+    f = x[0]
+    z = [(f[{"confidence": 0, "cosine": 1}[n]] - m) / s for n, m, s in zip(quadratic.features, quadratic.mean, quadratic.scale)]
+    logit = (quadratic.bias + sum(w * v for w, v in zip(quadratic.weights, z))
+             + sum(w * z[i] * z[j] for w, (i, j) in zip(quadratic.pair_weights, feature_pairs(2))))
+    assert quadratic.probability(f) == pytest.approx(1 / (1 + math.exp(-logit)))
+    # it travels as JSON with the tuned config, and the gate reads it at inference
+    d = json.loads(json.dumps(quadratic.to_dict()))
+    back = HitModel.from_dict(d)
+    assert back.form == "quadratic" and back.probability(f) == pytest.approx(quadratic.probability(f), abs=1e-5)
+    gate = RescoreConfig(transcript_min_probability=0.5, transcript_hit_model=d, transcript_hit_lm=None).transcript_gate()
+    right = next(u for u in sorted(refs) if "zebra" in refs[u])
+    wrong = next(u for u in sorted(refs) if "zebra" not in refs[u])
+    assert spotted[right].words(gate) == ["the", "zebra", "sat"] and spotted[wrong].words(gate) == ["the", "cap", "sat"]
+    with pytest.raises(ValueError, match="pair_weights: expected 3 finite numbers"):
+        HitModel.from_dict({**d, "pair_weights": d["pair_weights"][:2]})
+    with pytest.raises(ValueError, match="pair_weights: expected 3 finite numbers"):
+        HitModel.from_dict({**d, "pair_weights": [1.0, float("nan"), 0.0]})
+    with pytest.raises(ValueError, match="pair_weights: expected a list"):
+        HitModel.from_dict({**d, "pair_weights": "1,2,3"})
+    with pytest.raises(ValueError, match="expected keys features, weights, bias, mean, scale"):
+        HitModel.from_dict({**d, "pairs": [1.0]})
+    with pytest.raises(ValueError, match="hit model form 'cubic'"):
+        fit_hit_model(spotted, refs, form="cubic")
 
 
 def test_a_hit_model_travels_as_json_and_a_malformed_one_is_named():

@@ -20,8 +20,15 @@ import torch
 
 from rescorer.evaluation.rescoring import added_counts, choose_recovery
 from rescorer.metrics import NoPositivePairsError, average_precision, roc_auc
-from rescorer.transcript_hits import HIT_FEATURES, HitGate, HitModel, SpottedUtterance
+from rescorer.transcript_hits import HIT_FEATURES, HIT_MODEL_FORMS, HitGate, HitModel, SpottedUtterance, feature_pairs
 from rescorer.wer import compute_wer
+
+
+LINEAR_L2 = 1.0
+# the quadratic form's penalty: on speechocean762 dev's pooled hits (2- and 5-fold over speakers),
+# 10, 30 and 100 gave the context list's held-out precision-0.8 point within a word or two of each
+# other; 30 sits in the middle (README, "A second-order hit model")
+QUADRATIC_L2 = 30.0
 
 
 def hit_labels(spotted: Dict[str, SpottedUtterance], refs: Dict[str, List[str]],
@@ -49,15 +56,24 @@ def hit_labels(spotted: Dict[str, SpottedUtterance], refs: Dict[str, List[str]],
 
 
 def fit_hit_model(spotted: Dict[str, SpottedUtterance], refs: Dict[str, List[str]],
-                  l2: float = 1.0, pool: Sequence[Dict[str, SpottedUtterance]] = ()) -> Optional[HitModel]:
+                  l2: Optional[float] = None, pool: Sequence[Dict[str, SpottedUtterance]] = (),
+                  form: str = "linear") -> Optional[HitModel]:
     """A logistic ``HitModel`` of dev's hits being right (L2 penalty ``l2`` on the weights of the
     standardised features, as one more example's worth of evidence: small dev sets stay stable);
-    None where dev has no right hit or no wrong one, or no feature that varies. ``pool``: other
+    None where dev has no right hit or no wrong one, or no feature that varies. ``form``:
+    ``"linear"``, or ``"quadratic"``, which also weighs every product of two features (squares
+    included: 28 more weights for seven features), under a stronger default penalty
+    (``QUADRATIC_L2``) that holds those weights near zero unless a few hundred dev hits agree on
+    them. ``pool``: other
     word lists' hits on the same paths, fitted on too (``hit_labels``): what a hit's evidence
     says of it does not depend on which list made it a hit, and a context list's few dozen dev
     hits fit a model that ranks its held-out hits worse than one fitted on the large list's
     hundreds as well (``results/recovery_precision_target.json``); the gate's threshold is still
     tuned on the list's own hits, which carry its prior."""
+    if form not in HIT_MODEL_FORMS:
+        raise ValueError(f"hit model form {form!r}: expected one of {', '.join(HIT_MODEL_FORMS)}")
+    if l2 is None:
+        l2 = QUADRATIC_L2 if form == "quadratic" else LINEAR_L2
     x, y = hit_labels(spotted, refs, pool)
     if not x or all(y) or not any(y):
         return None
@@ -73,6 +89,9 @@ def fit_hit_model(spotted: Dict[str, SpottedUtterance], refs: Dict[str, List[str
     mean = X.mean(0)
     scale = X.std(0, unbiased=False)
     Z = (X - mean) / scale
+    pairs = feature_pairs(Z.shape[1]) if form == "quadratic" else []
+    if pairs:
+        Z = torch.cat([Z, torch.stack([Z[:, i] * Z[:, j] for i, j in pairs], 1)], 1)
     w = torch.zeros(Z.shape[1], dtype=torch.float64, requires_grad=True)
     b = torch.zeros((), dtype=torch.float64, requires_grad=True)
     opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=200, line_search_fn="strong_wolfe")
@@ -84,7 +103,9 @@ def fit_hit_model(spotted: Dict[str, SpottedUtterance], refs: Dict[str, List[str
         return v
 
     opt.step(loss)
-    return HitModel(tuple(w.detach().tolist()), float(b.detach()), tuple(mean.tolist()), tuple(scale.tolist()), names)
+    w = w.detach().tolist()
+    n = len(names)
+    return HitModel(tuple(w[:n]), float(b.detach()), tuple(mean.tolist()), tuple(scale.tolist()), names, tuple(w[n:]))
 
 
 def tune_gate(spotted: Dict[str, SpottedUtterance], refs: Dict[str, List[str]], gates: Sequence[Optional[float]],

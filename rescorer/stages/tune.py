@@ -67,6 +67,7 @@ from rescorer.second_pass import AttentionScorer, attention_candidates, pick_bes
 from rescorer.stages import StageError
 from rescorer.stages.tune_ctc import CTC_METHODS, ctc_methods, fusion_config
 from rescorer.stages.tune_whisper import VOTE_METHODS, WHISPER_METHODS, whisper_methods
+from rescorer.transcript_hits import HIT_MODEL_FORMS
 from rescorer.wer import compute_wer
 
 log = logging.getLogger(__name__)
@@ -162,6 +163,9 @@ class TuneSettings:
     # the dev hits a list's hit model is fitted on: "all_lists", its own and the other lists' of the
     # same run on the same paths (evaluation.transcript_spotting.fit_hit_model), or "own"
     hit_model_hits: str = "all_lists"
+    # that model's form (transcript_hits.HIT_MODEL_FORMS): "linear", or "quadratic", which also weighs
+    # the products of two pieces of evidence
+    hit_model_form: str = "linear"
     # whisper_lattice_vote (decoding.transcript_vote): the lattice's word replaces Whisper's where
     # Whisper's confidence is below one of these and the lattice's posterior at least one of those;
     # and Whisper's word facing nothing on the path is dropped below one of the last (None: never)
@@ -194,6 +198,8 @@ class TuneSettings:
             raise StageError(f"cross-validation needs at least 2 folds, not {self.folds}")
         if self.hit_model_hits not in HIT_MODEL_HITS:
             raise StageError(f"hit_model_hits must be one of {', '.join(HIT_MODEL_HITS)}, not {self.hit_model_hits!r}")
+        if self.hit_model_form not in HIT_MODEL_FORMS:
+            raise StageError(f"hit_model_form must be one of {', '.join(HIT_MODEL_FORMS)}, not {self.hit_model_form!r}")
         if self.folds != 2 and not self.cross_validate:
             raise StageError("--folds is the number of speaker folds of --cross-validate: add it, or leave --folds out")
         unknown = [m for m in self.methods if m not in METHODS]

@@ -19,7 +19,8 @@ chose per fold, so the hits land on exactly the hypotheses that method reports:
 The gate on the hits, a least embedder cosine (``--whisper-gates``) and a least Whisper word
 confidence (``--whisper-confidence-gates``, from the transcripts), or a least probability of being
 right (``--whisper-probability-gates``) by a model of all the evidence fitted on the fold's dev
-hits (of every list this run spots: ``--hit-model-hits``, ``evaluation.transcript_spotting.fit_hit_model``),
+hits (of every list this run spots: ``--hit-model-hits``; linear or quadratic: ``--hit-model-form``;
+``evaluation.transcript_spotting.fit_hit_model``),
 is tuned on dev and kept only where dev shows a gain (or ``--oov-min-precision`` is met), else
 the method abstains. ``heldout_hit_evidence`` ranks the held-out hits by each piece of
 evidence and by the model fitted on the other speakers. Rows count
@@ -146,7 +147,7 @@ def whisper_methods(s, rescorer, train_vocab, lists: Dict[str, dict], awe_config
         for k, (tune_lats, eval_lats) in enumerate(folds):
             spotted = dev_spots[method][k]
             pool = [dev_spots[m][k] for m in wanted if m != method] if s.hit_model_hits == "all_lists" else []
-            model = fit_hit_model(spotted, dev_refs, pool=pool) if prob_gates else None
+            model = fit_hit_model(spotted, dev_refs, pool=pool, form=s.hit_model_form) if prob_gates else None
             gate, curve = tune_gate(spotted, dev_refs, gates, train_vocab, s.oov_min_precision, s.oov_max_sign_p,
                                     conf_gates, prob_gates, model, s.oov_min_precision_z)
             curves[f"{method}_fold{k}"] = curve
@@ -172,7 +173,8 @@ def whisper_methods(s, rescorer, train_vocab, lists: Dict[str, dict], awe_config
         without += [[] for _ in missing]
         total = awe_seconds + transcribe_seconds + seconds
         extra = {"scales": chosen, "word_list": lst["dev_name"], "word_list_size": len(lst["dev"]), **meta,
-                 "hits_added": hits, **({"hit_model_hits": s.hit_model_hits} if prob_gates else {}),
+                 "hits_added": hits,
+                 **({"hit_model_hits": s.hit_model_hits, "hit_model_form": s.hit_model_form} if prob_gates else {}),
                  "dev_hit_evidence": hit_evidence(dev_spotted, dev_refs),
                  "heldout_hit_evidence": hit_evidence(eval_spotted, test_refs, models if prob_gates else None),
                  "spotting_seconds": round(seconds, 2), **cost, "rescoring_seconds": round(total, 2),
