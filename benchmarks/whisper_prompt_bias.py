@@ -11,7 +11,9 @@ prompt source (``WhisperTextScorer.transcribe(prompt=...)``, beam ``--beam-size`
 utterance's own context-list words from its reference, filled up with random list words (a bound:
 what biasing would give if the candidates were right); ``embedder``: the ``--words`` list words the
 embedder (``exp/embeddings``) ranks highest by their best cosine over the spans of the decoder's
-lattice arcs (``exp/decode_dev_ctc/word_lattices.pt``), no reference used. Counted per source:
+lattice arcs (``exp/decode_dev_ctc/word_lattices.pt``), no reference used; ``margin``: at most
+``--margin-words`` list words whose cosine on some arc span beats the arc words' own on it by
+``--margin`` (fewer, purer candidates; often none). Counted per source:
 the list words of at least ``--min-letters`` letters in the transcript, right or wrong against the
 reference (as multisets), those not in the unprompted transcript (``new_right``, ``new_wrong``), and
 the reference tokens whose word the prompt held. Why: a context list's words are what a user would
@@ -32,7 +34,7 @@ from collections import Counter
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-SOURCES = ("none", "random", "oracle", "embedder")
+SOURCES = ("none", "random", "oracle", "embedder", "margin")
 
 
 def embedder_candidates(rescorer, feats, record, words, vocab_emb, k: int):
@@ -50,6 +52,37 @@ def embedder_candidates(rescorer, feats, record, words, vocab_emb, k: int):
     audio = F.normalize(rescorer.span_embeddings(feats, spans).float().cpu(), dim=-1)
     best = (audio @ vocab_emb.T).max(0).values
     return [words[j] for j in torch.topk(best, min(k, len(words))).indices.tolist()]
+
+
+def margin_candidates(rescorer, feats, record, id2word, words, vocab_emb, k: int, margin: float):
+    """At most ``k`` list words, each beating the lattice's own words on some arc span: its cosine with
+    the span's audio at least ``margin`` above the best of the arc words' on that span; ranked by
+    that lead (the evidence `awe_rescore_oov_recovery`'s margin gate reads)."""
+    import torch
+    import torch.nn.functional as F
+
+    from rescorer.rescore import spans_in_feature_frames
+    from rescorer.text import is_word
+
+    s, e = spans_in_feature_frames(record.start_frame, record.end_frame, record.frame_shift, int(feats.shape[0]),
+                                   rescorer.frame_shift)
+    own = {}
+    for a, b, label in zip(s.tolist(), e.tolist(), record.arcs[:, 2].tolist()):
+        w = id2word.get(label)
+        if b > a and w is not None and is_word(w):
+            own.setdefault((a, b), set()).add(w)
+    spans = sorted(own)
+    if not spans:
+        return []
+    audio = F.normalize(rescorer.span_embeddings(feats, spans).float().cpu(), dim=-1)
+    arc_words = sorted({w for ws in own.values() for w in ws})
+    arc_emb = F.normalize(rescorer.spelling_embeddings(arc_words).float().cpu(), dim=-1)
+    index = {w: i for i, w in enumerate(arc_words)}
+    arc_cos = audio @ arc_emb.T
+    rival = torch.stack([arc_cos[i, [index[w] for w in own[sp]]].max() for i, sp in enumerate(spans)])
+    lead = ((audio @ vocab_emb.T) - rival[:, None]).max(0).values
+    order = torch.argsort(lead, descending=True)[:k].tolist()
+    return [words[j] for j in order if float(lead[j]) >= margin]
 
 
 def count(hyp, ref, base, list_words, min_letters: int) -> dict:
@@ -77,6 +110,8 @@ def main(argv=None) -> None:
     p.add_argument("--sources", default=",".join(SOURCES))
     p.add_argument("--words", type=int, default=20, help="prompt words per utterance")
     p.add_argument("--min-letters", type=int, default=4, help="list words counted (the recipes' oov_min_letters)")
+    p.add_argument("--margin-words", type=int, default=3, help="the margin source's most prompt words")
+    p.add_argument("--margin", type=float, default=0.1, help="... and the least lead over the arc words' cosine")
     p.add_argument("--beam-size", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--max-utterances", type=int, default=0, help="0: all")
@@ -110,10 +145,12 @@ def main(argv=None) -> None:
         cuts = cuts[:a.max_utterances]
     scorer = WhisperTextScorer(None, threads=a.threads)
     rng = random.Random(a.seed)
-    if "embedder" in sources:
+    if "embedder" in sources or "margin" in sources:
         rescorer = Rescorer.from_dir("exp/embeddings")
         feats = read_utterance_features("exp/asr_data/dev.pt", expect=None).by_id()
-        lattices = {r.utterance_id: r for r in read_word_lattices("exp/decode_dev_ctc/word_lattices.pt").records}
+        shard = read_word_lattices("exp/decode_dev_ctc/word_lattices.pt")
+        lattices = {r.utterance_id: r for r in shard.records}
+        id2word = {i: w for w, i in shard.words}
         vocab_emb = F.normalize(rescorer.spelling_embeddings(list_words).float().cpu(), dim=-1)
     totals = {s: Counter() for s in sources}
     for c in tqdm(cuts, desc="prompted transcripts"):
@@ -127,6 +164,11 @@ def main(argv=None) -> None:
             rec = lattices.get(c.id)
             prompts["embedder"] = embedder_candidates(rescorer, feats[c.id], rec, list_words, vocab_emb, a.words) \
                 if rec is not None and c.id in feats else []
+        if "margin" in sources:
+            rec = lattices.get(c.id)
+            prompts["margin"] = margin_candidates(rescorer, feats[c.id], rec, id2word, list_words, vocab_emb,
+                                                  a.margin_words, a.margin) if rec is not None and c.id in feats else []
+            totals["margin"]["prompt_words"] += len(prompts["margin"])
         hyps = {}
         for s in sources:
             words = list(prompts[s])
@@ -141,6 +183,7 @@ def main(argv=None) -> None:
     doc[a.corpus] = {
         "sources": result, "utterances": len(cuts), "prompt_words": a.words, "min_letters": a.min_letters,
         "beam_size": a.beam_size, "context_list": a.context_list, "context_list_size": len(list_words),
+        **({"margin_words": a.margin_words, "margin": a.margin} if "margin" in sources else {}),
         "command": command, "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "date": _dt.date.today().isoformat(),
     }
