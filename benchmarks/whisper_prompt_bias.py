@@ -37,19 +37,31 @@ REPO = Path(__file__).resolve().parents[1]
 SOURCES = ("none", "random", "oracle", "embedder", "margin")
 
 
-def embedder_candidates(rescorer, feats, record, words, vocab_emb, k: int):
-    """The ``k`` list words with the highest best cosine over the lattice's distinct arc spans."""
-    import torch
-    import torch.nn.functional as F
-
+def arc_spans(rescorer, feats, record):
+    """Each arc's (start, end) in the embedder's feature frames (``rescore.spans_in_feature_frames``,
+    the spans rescoring embeds)."""
     from rescorer.rescore import spans_in_feature_frames
 
     s, e = spans_in_feature_frames(record.start_frame, record.end_frame, record.frame_shift, int(feats.shape[0]),
                                    rescorer.frame_shift)
-    spans = sorted({(a, b) for a, b in zip(s.tolist(), e.tolist()) if b > a})
+    return list(zip(s.tolist(), e.tolist()))
+
+
+def span_audio(rescorer, feats, spans):
+    """The spans' unit-length audio embeddings."""
+    import torch.nn.functional as F
+
+    return F.normalize(rescorer.span_embeddings(feats, spans).float().cpu(), dim=-1)
+
+
+def embedder_candidates(rescorer, feats, record, words, vocab_emb, k: int):
+    """The ``k`` list words with the highest best cosine over the lattice's distinct arc spans."""
+    import torch
+
+    spans = sorted({(a, b) for a, b in arc_spans(rescorer, feats, record) if b > a})
     if not spans:
         return []
-    audio = F.normalize(rescorer.span_embeddings(feats, spans).float().cpu(), dim=-1)
+    audio = span_audio(rescorer, feats, spans)
     best = (audio @ vocab_emb.T).max(0).values
     return [words[j] for j in torch.topk(best, min(k, len(words))).indices.tolist()]
 
@@ -61,20 +73,17 @@ def margin_candidates(rescorer, feats, record, id2word, words, vocab_emb, k: int
     import torch
     import torch.nn.functional as F
 
-    from rescorer.rescore import spans_in_feature_frames
     from rescorer.text import is_word
 
-    s, e = spans_in_feature_frames(record.start_frame, record.end_frame, record.frame_shift, int(feats.shape[0]),
-                                   rescorer.frame_shift)
     own = {}
-    for a, b, label in zip(s.tolist(), e.tolist(), record.arcs[:, 2].tolist()):
+    for (a, b), label in zip(arc_spans(rescorer, feats, record), record.arcs[:, 2].tolist()):
         w = id2word.get(label)
         if b > a and w is not None and is_word(w):
             own.setdefault((a, b), set()).add(w)
     spans = sorted(own)
     if not spans:
         return []
-    audio = F.normalize(rescorer.span_embeddings(feats, spans).float().cpu(), dim=-1)
+    audio = span_audio(rescorer, feats, spans)
     arc_words = sorted({w for ws in own.values() for w in ws})
     arc_emb = F.normalize(rescorer.spelling_embeddings(arc_words).float().cpu(), dim=-1)
     index = {w: i for i, w in enumerate(arc_words)}

@@ -25,6 +25,7 @@ gate may instead ask for a least probability that a hit is right.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import os
@@ -123,10 +124,12 @@ def hit_features(hit: TranscriptHit, hyp: Sequence[WordSpan], cosine: float, con
             float(gain) if math.isfinite(gain) else 0.0, float(sum(c.isalpha() for c in hit.word)))
 
 
-def feature_pairs(n: int) -> List[Tuple[int, int]]:
+@functools.lru_cache(maxsize=None)
+def feature_pairs(n: int) -> Tuple[Tuple[int, int], ...]:
     """The products a quadratic ``HitModel`` weighs, in its ``pair_weights`` order: every pair
-    (i, j), i <= j, of its n standardised features (squares included)."""
-    return list(itertools.combinations_with_replacement(range(n), 2))
+    (i, j), i <= j, of its n standardised features (squares included). Cached: a gate asks for
+    every hit's probability at every grid point."""
+    return tuple(itertools.combinations_with_replacement(range(n), 2))
 
 
 HIT_MODEL_FORMS = ("linear", "quadratic")

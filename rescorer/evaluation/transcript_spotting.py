@@ -25,9 +25,8 @@ from rescorer.wer import compute_wer
 
 
 LINEAR_L2 = 1.0
-# the quadratic form's penalty: on speechocean762 dev's pooled hits (2- and 5-fold over speakers),
-# 10, 30 and 100 gave the context list's held-out precision-0.8 point within a word or two of each
-# other; 30 sits in the middle (README, "A second-order hit model")
+# the quadratic form's penalty: the middle of 10, 30 and 100, tried on speechocean762 dev in probes
+# (README, "A second-order hit model")
 QUADRATIC_L2 = 30.0
 
 
