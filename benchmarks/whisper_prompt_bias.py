@@ -13,7 +13,10 @@ what biasing would give if the candidates were right); ``embedder``: the ``--wor
 embedder (``exp/embeddings``) ranks highest by their best cosine over the spans of the decoder's
 lattice arcs (``exp/decode_dev_ctc/word_lattices.pt``), no reference used; ``margin``: at most
 ``--margin-words`` list words whose cosine on some arc span beats the arc words' own on it by
-``--margin`` (fewer, purer candidates; often none). Counted per source:
+``--margin`` (fewer, purer candidates; often none); ``ctc``: at most ``--words`` list words the
+CTC word spotter (``decoding.word_spotting.spot``, ``SpottingConfig()``) finds over the decoder's
+CTC log-probs (``--ctc-log-probs``), best spotting score first (the CTC-WS anchor's hits, no
+reference used). Counted per source:
 the list words of at least ``--min-letters`` letters in the transcript, right or wrong against the
 reference (as multisets), those not in the unprompted transcript (``new_right``, ``new_wrong``), and
 the reference tokens whose word the prompt held. Why: a context list's words are what a user would
@@ -34,7 +37,7 @@ from collections import Counter
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-SOURCES = ("none", "random", "oracle", "embedder", "margin")
+SOURCES = ("none", "random", "oracle", "embedder", "margin", "ctc")
 
 
 def arc_spans(rescorer, feats, record):
@@ -94,6 +97,17 @@ def margin_candidates(rescorer, feats, record, id2word, words, vocab_emb, k: int
     return [words[j] for j in order if float(lead[j]) >= margin]
 
 
+def ctc_candidates(log_probs, trie, k: int):
+    """At most ``k`` list words the CTC word spotter finds in the utterance (its non-overlapping hits,
+    ``SpottingConfig()``), each word once, by its best hit's score."""
+    from rescorer.decoding.word_spotting import spot
+
+    best = {}
+    for h in spot(log_probs, trie):
+        best[h.word] = max(best.get(h.word, float("-inf")), h.score)
+    return sorted(best, key=lambda w: (-best[w], w))[:k]
+
+
 def count(hyp, ref, base, list_words, min_letters: int) -> dict:
     ref_c = Counter(ref)
     got = Counter(w for w in hyp if w in list_words and len(w) >= min_letters)
@@ -121,6 +135,8 @@ def main(argv=None) -> None:
     p.add_argument("--min-letters", type=int, default=4, help="list words counted (the recipes' oov_min_letters)")
     p.add_argument("--margin-words", type=int, default=3, help="the margin source's most prompt words")
     p.add_argument("--margin", type=float, default=0.1, help="... and the least lead over the arc words' cosine")
+    p.add_argument("--ctc-log-probs", default="exp/decode_dev_ctc/ctc_log_probs.pt",
+                   help="the ctc source's log-probs (the decoder's, rescorer decode)")
     p.add_argument("--beam-size", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--max-utterances", type=int, default=0, help="0: all")
@@ -161,6 +177,15 @@ def main(argv=None) -> None:
         lattices = {r.utterance_id: r for r in shard.records}
         id2word = {i: w for w, i in shard.words}
         vocab_emb = F.normalize(rescorer.spelling_embeddings(list_words).float().cpu(), dim=-1)
+    if "ctc" in sources:
+        from rescorer.decoding.word_spotting import SpellingTrie
+        from rescorer.formats.ctc_log_probs import read_ctc_log_probs
+
+        try:
+            ctc = read_ctc_log_probs(a.ctc_log_probs).log_probs
+            trie = SpellingTrie(list_words)
+        except (OSError, ValueError) as e:  # a missing or malformed file; a word the CTC tokens cannot spell
+            p.error(f"the ctc source: {e}")
     totals = {s: Counter() for s in sources}
     for c in tqdm(cuts, desc="prompted transcripts"):
         ref = words_of(" ".join(s.text or "" for s in c.supervisions))
@@ -178,6 +203,9 @@ def main(argv=None) -> None:
             prompts["margin"] = margin_candidates(rescorer, feats[c.id], rec, id2word, list_words, vocab_emb,
                                                   a.margin_words, a.margin) if rec is not None and c.id in feats else []
             totals["margin"]["prompt_words"] += len(prompts["margin"])
+        if "ctc" in sources:
+            prompts["ctc"] = ctc_candidates(ctc[c.id], trie, a.words) if c.id in ctc else []
+            totals["ctc"]["prompt_words"] += len(prompts["ctc"])
         hyps = {}
         for s in sources:
             words = list(prompts[s])
@@ -193,6 +221,7 @@ def main(argv=None) -> None:
         "sources": result, "utterances": len(cuts), "prompt_words": a.words, "min_letters": a.min_letters,
         "beam_size": a.beam_size, "context_list": a.context_list, "context_list_size": len(list_words),
         **({"margin_words": a.margin_words, "margin": a.margin} if "margin" in sources else {}),
+        **({"ctc_log_probs": a.ctc_log_probs} if "ctc" in sources else {}),
         "command": command, "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "date": _dt.date.today().isoformat(),
     }

@@ -48,6 +48,18 @@ def test_every_verb_answers_help_with_its_real_options():
     assert "--cross-validate" in r.output and "--save-config" in r.output
 
 
+def test_the_tune_verbs_hit_model_choices_are_the_librarys():
+    # the CLI lists them as literals (importing the constants would load torch at start-up):
+    # a form or a hit pool the library gains must reach the command line too
+    pytest.importorskip("torch")
+    from rescorer.stages.tune import HIT_MODEL_HITS
+    from rescorer.transcript_hits import HIT_MODEL_FORMS
+
+    options = {o.name: o for o in main.commands["tune"].params}
+    assert tuple(options["hit_model_form"].type.choices) == tuple(HIT_MODEL_FORMS)
+    assert tuple(options["hit_model_hits"].type.choices) == tuple(HIT_MODEL_HITS)
+
+
 def test_a_pass_through_verb_returns_its_programs_exit_status(tmp_path):
     # graphs refuses a call without an LM source: argparse's error, exit status 2
     r = CliRunner().invoke(main, ["graphs", "--out", str(tmp_path / "lang")])

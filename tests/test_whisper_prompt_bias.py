@@ -55,3 +55,29 @@ def test_prompted_list_words_are_counted_right_wrong_and_new():
     assert c == {"right": 1, "wrong": 1, "new_right": 0, "new_wrong": 1}
     # words under the least letters are not counted
     assert script.count(["yak"], ["yak"], [], {"yak"}, 4) == {}
+
+
+def _planted(T, spelled):
+    """[T, 29] CTC log-probs: blank everywhere but the words of ``spelled`` ({word: first frame}),
+    one letter every other frame, then |."""
+    from rescorer.tokens import BLANK_ID, TOKEN_ID
+
+    lp = torch.full((T, 29), -9.0)
+    lp[:, BLANK_ID] = 0.0
+    for word, start in spelled.items():
+        for i, tok in enumerate(list(word) + ["|"]):
+            lp[start + 2 * i] = -9.0
+            lp[start + 2 * i, TOKEN_ID[tok]] = 0.0
+    return lp.log_softmax(1)
+
+
+def test_the_ctc_source_offers_the_spotted_list_words_best_first():
+    from rescorer.decoding.word_spotting import SpellingTrie
+
+    trie = SpellingTrie(["zebra", "yak", "ant", "koala"])
+    lp = _planted(60, {"yak": 2, "zebra": 20})
+    # both spoken list words, the longer first (the spotter's score adds a bonus per token);
+    # "ant" and "koala" were not said
+    assert script.ctc_candidates(lp, trie, 5) == ["zebra", "yak"]
+    assert script.ctc_candidates(lp, trie, 1) == ["zebra"]
+    assert script.ctc_candidates(_planted(60, {}), trie, 5) == []
