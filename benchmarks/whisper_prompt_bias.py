@@ -15,8 +15,8 @@ lattice arcs (``exp/decode_dev_ctc/word_lattices.pt``), no reference used; ``mar
 ``--margin-words`` list words whose cosine on some arc span beats the arc words' own on it by
 ``--margin`` (fewer, purer candidates; often none); ``ctc``: at most ``--words`` list words the
 CTC word spotter (``decoding.word_spotting.spot``, ``SpottingConfig()``) finds over the decoder's
-CTC log-probs (``--ctc-log-probs``), best spotting score first (the CTC-WS anchor's hits, no
-reference used). Counted per source:
+CTC log-probs (``--ctc-log-probs``), best spotting score first (the CTC-WS anchor's spotter, here
+on the decoder's own CTC model; no reference used). Counted per source:
 the list words of at least ``--min-letters`` letters in the transcript, right or wrong against the
 reference (as multisets), those not in the unprompted transcript (``new_right``, ``new_wrong``), and
 the reference tokens whose word the prompt held. Why: a context list's words are what a user would
