@@ -19,7 +19,8 @@ recipe's transcripts and its gate grids of embedder cosine x Whisper confidence)
 ``rescore_whisper_pocketsphinx``, the same on pocketsphinx's lattices of dev (speechocean762,
 ``--cross-validate``; rows ``pocketsphinx_awe_whisper_*``). Rows per target and method: ``wer``, ``oov_recall``, ``oov_precision``,
 ``oov_tokens_recovered``, ``oov_tokens_proposed``, ``iv_tokens_broken``, the folds where
-recovery abstained; with the command, machine and date. Dev tunes, test reports (or
+recovery abstained (Whisper's list words: also each fold's gate and ``heldout_hit_evidence``, how
+well each piece of evidence and the fitted hit model rank the held-out hits); with the command, machine and date. Dev tunes, test reports (or
 cross-validation over dev speakers with ``--cross-validate [--folds K]``, for corpora without a test split).
 """
 
@@ -40,7 +41,8 @@ from typing import Dict, List, Optional
 REPO = Path(__file__).resolve().parents[1]
 KEEP = ("wer", "oov_recall", "oov_precision", "oov_tokens_recovered", "oov_tokens_proposed", "oov_tokens",
         "iv_tokens_broken", "added_oov_recovered", "added_oov_proposed", "added_oov_precision", "added_iv_broken",
-        "word_list_size", "test_word_list_size")
+        "word_list_size", "test_word_list_size",
+        "heldout_hit_evidence")  # Whisper's list words: how well each piece of evidence, and the fitted hit model, rank held-out hits
 RECOVERY_METHODS = ("awe_rescore_oov_recovery", "awe_rescore_context_list", "ctc_word_spotting",
                     "lattice_ctc_word_spotting", "awe_ctc_rescore",
                     "awe_whisper_context_list", "awe_whisper_oov_recovery")

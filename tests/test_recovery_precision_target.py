@@ -83,14 +83,18 @@ def _one_section_at_0_8(tmp_path, monkeypatch, section, rows):
 def test_the_whisper_section_reads_the_transcripts_and_keeps_each_folds_gate(tmp_path, monkeypatch):
     gates = [{"gate": "abstained"}, {"gate": 0.2, "confidence_gate": 0.6},
              {"gate": None, "confidence_gate": None, "probability_gate": 0.7, "hit_model": {"weights": [1.0]}}]
+    evidence = {"hits": 9, "right": 6, "model_auc": 0.81, "cosine_auc": 0.7}
     flags, rows = _one_section_at_0_8(tmp_path, monkeypatch, "rescore_whisper", {"awe_whisper_context_list": {
-        "wer": 0.36, "oov_recall": 0.4, "scales": gates}})
+        "wer": 0.36, "oov_recall": 0.4, "scales": gates, "heldout_hit_evidence": evidence,
+        "dev_hit_evidence": {"hits": 20}}})
     assert "--from-rescore_whisper" in flags and "--dev-transcripts" in flags and "--test-transcripts" not in flags
     row = rows["awe_whisper_context_list"]
     assert row["folds_abstained"] == 1 and row["gates"] == [{"gate": "abstained", "confidence_gate": None},
                                                             {"gate": 0.2, "confidence_gate": 0.6},
                                                             {"gate": None, "confidence_gate": None, "probability_gate": 0.7}]
     assert row["folds"] == 3
+    # the held-out ranking of each piece of evidence and of the fitted model stays; dev's does not
+    assert row["heldout_hit_evidence"] == evidence and "dev_hit_evidence" not in row
 
 
 def test_the_pocketsphinx_whisper_section_reads_pocketsphinx_lattices_and_keeps_its_prefixed_rows(tmp_path, monkeypatch):
