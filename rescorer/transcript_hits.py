@@ -142,9 +142,10 @@ class HitModel:
     first five), z = (x - mean) / scale:
     sigmoid(bias + sum(weight * z) [+ sum over i <= j of pair_weight * z_i * z_j]). The second-order
     terms (``pair_weights``, empty for a linear model; ``feature_pairs`` gives their order) let one
-    piece of evidence count for more where another is high: on speechocean762 dev the cosine's
-    margin over the replaced words counts for more where the lattice was sure of those words, and
-    Whisper's confidence for more near its top.
+    piece of evidence count for more where another is high: on speechocean762 dev the fits weigh
+    the cosine's margin over the replaced words more where the lattice was sure of those words, and
+    Whisper's confidence more near its top, yet over many speaker splits they rank held-out hits
+    no better than the linear model (README, "A second-order hit model").
     Plain numbers, so it is kept as JSON in the tuned config (``to_dict`` / ``from_dict``, which
     refuses a model of features this version lacks)."""
     weights: Tuple[float, ...]
