@@ -343,3 +343,60 @@ def test_acoustic_dropout_reaches_the_state_pooling_encoder_and_is_refused_elsew
         build_encoders(TrainConfig(**base, acoustic_dropout=1.0), spec)
     with pytest.raises(ValueError, match="state_pooling option"):
         build_encoders(TrainConfig(train="", dev="", out="", acoustic_dropout=0.3))
+
+
+def test_epoch_average_is_the_running_mean_and_swaps_back():
+    from rescorer.training.common import EpochAverage
+
+    net = torch.nn.Linear(3, 2)
+    seen = []
+    avg = EpochAverage(net)
+    with torch.no_grad():
+        for k in range(4):
+            net.weight.fill_(float(k * k))
+            net.bias.fill_(-float(k))
+            seen.append({n: p.clone() for n, p in net.named_parameters()})
+            avg.add()
+    assert avg.count == 4
+    with avg.swapped_in():
+        assert torch.allclose(net.weight, torch.full((2, 3), (0 + 1 + 4 + 9) / 4))
+        assert torch.allclose(net.bias, torch.full((2,), -1.5))
+    assert torch.equal(net.weight, seen[-1]["weight"]) and torch.equal(net.bias, seen[-1]["bias"])  # training's weights back
+    other = EpochAverage(torch.nn.Linear(3, 2))
+    other.load_state_dict(avg.state_dict())
+    assert other.count == 4 and torch.equal(other.mean["weight"], avg.mean["weight"])
+    with pytest.raises(RuntimeError, match="before any epoch"):
+        with EpochAverage(net).swapped_in():
+            pass
+
+
+def test_average_weights_keeps_the_best_mean_of_epochs_and_resumes_identically(data_dir, tmp_path):
+    common = dict(TINY, train=str(data_dir / "small.pt"), dev=str(data_dir / "dev.pt"), epochs=3, hard_negatives=4,
+                  mining_pool=16, average_weights=True)
+    full = tmp_path / "full"
+    train(TrainConfig(out=str(full), **common))
+    log = [json.loads(line) for line in (full / "log.jsonl").read_text().splitlines()]
+    assert [r["averaged_epochs"] for r in log] == [1, 2, 3]
+    assert log[0]["dev_p@1"] == log[0]["dev_p@1_epoch"]  # the mean of one epoch is that epoch
+    # best.pt holds the mean of the first k epochs for the k of best dev P@1, and reproduces it
+    best = torch.load(full / "best.pt")
+    k = max(range(3), key=lambda i: (log[i]["dev_p@1"], -i))
+    assert best["averaged_epochs"] == k + 1 and best["dev_p@1"] == log[k]["dev_p@1"]
+    acoustic, letters, _ = load_embedder(str(full))
+    assert evaluate(acoustic, letters, load_word_segments(str(data_dir / "dev.pt")))[1] == log[k]["dev_p@1"]
+    # last.pt keeps the epoch's own weights (training goes on from them) and the running mean
+    last = torch.load(full / "last.pt")
+    mean = last["weights_average"]
+    assert mean["count"] == 3
+    name = next(n for n in last["acoustic"] if n.endswith("weight") and last["acoustic"][n].dim() > 1)
+    assert not torch.equal(mean["mean"]["acoustic." + name], last["acoustic"][name])
+    # interrupted after epoch 1 and resumed: the same mean, the same best.pt
+    part = tmp_path / "part"
+    train(TrainConfig(out=str(part), stop_after_epoch=1, **common))
+    with pytest.raises(ValueError, match="differs"):
+        train(TrainConfig(out=str(part), resume=True, **{**common, "average_weights": False}))
+    train(TrainConfig(out=str(part), resume=True, **common))
+    b = torch.load(part / "last.pt")["weights_average"]
+    assert b["count"] == 3 and all(torch.equal(b["mean"][n], mean["mean"][n]) for n in mean["mean"])
+    pb = torch.load(part / "best.pt")
+    assert all(torch.equal(pb["acoustic"][n], best["acoustic"][n]) for n in best["acoustic"])

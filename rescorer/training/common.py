@@ -2,8 +2,8 @@
 
 The end-of-epoch checkpoint, the AdamW parameter groups, the warmup + cosine LR factor,
 ``torchrun`` / DDP set-up, cross-rank sums, mixed-precision helpers across torch
-1.13-2.x, gradient clipping that accepts sparse gradients, the resume-compatibility check,
-and the seeded length-bucketed batch sampler sharded over ranks (base of the word-segment
+1.13-2.x, gradient clipping that accepts sparse gradients, the resume-compatibility check, the
+running mean of a model's weights over epochs, and the seeded length-bucketed batch sampler sharded over ranks (base of the word-segment
 and utterance samplers). Feature statistics and padded batch gathering live in
 ``rescorer.formats.frames`` (evaluation uses them too and must not import training).
 Checkpoint files themselves are written and read by ``rescorer.models.checkpoint``.
@@ -33,6 +33,52 @@ def save_epoch(out: Path, last_path: Path, state: Dict[str, Any], record: Dict[s
     save_checkpoint(state, last_path)
     with open(out / "log.jsonl", "a") as f:
         f.write(json.dumps(record) + "\n")
+
+
+class EpochAverage:
+    """The running mean of a module's floating-point weights over the epochs ``add``-ed
+    (icefall's model averaging, taken once per epoch). ``swapped_in()`` puts the mean in the
+    module's place, to evaluate and save it, and restores the weights training goes on from;
+    ``state_dict`` / ``load_state_dict`` carry it through ``last.pt`` so a resumed run averages
+    the same epochs. Why: on a small corpus dev accuracy peaks early while the training loss
+    falls toward zero, and the mean of the epochs so far generalises better than any one."""
+
+    def __init__(self, module: torch.nn.Module):
+        self.module = module
+        self.count = 0
+        self.mean: Optional[Dict[str, torch.Tensor]] = None
+
+    @torch.no_grad()
+    def add(self) -> None:
+        """Fold the module's current weights into the mean."""
+        weights = self.module.state_dict()
+        self.count += 1
+        if self.mean is None:
+            self.mean = {k: v.detach().clone() for k, v in weights.items() if v.is_floating_point()}
+            return
+        for k, m in self.mean.items():
+            m.add_(weights[k].detach().to(m.dtype) - m, alpha=1.0 / self.count)
+
+    @contextlib.contextmanager
+    def swapped_in(self) -> Iterator[None]:
+        if self.mean is None:
+            raise RuntimeError("EpochAverage.swapped_in before any epoch was added")
+        weights = self.module.state_dict()
+        kept = {k: weights[k].detach().clone() for k in self.mean}
+        self.module.load_state_dict(self.mean, strict=False)
+        try:
+            yield
+        finally:
+            self.module.load_state_dict(kept, strict=False)
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {"count": self.count, "mean": self.mean}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        mean = state["mean"]
+        device = next(iter(self.module.state_dict().values())).device
+        self.count = int(state["count"])
+        self.mean = None if mean is None else {k: v.to(device) for k, v in mean.items()}
 
 
 def grad_scaler(enabled: bool):
