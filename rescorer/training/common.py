@@ -3,8 +3,8 @@
 The end-of-epoch checkpoint, the AdamW parameter groups, the warmup + cosine LR factor,
 ``torchrun`` / DDP set-up, cross-rank sums, mixed-precision helpers across torch
 1.13-2.x, gradient clipping that accepts sparse gradients, the resume-compatibility check, the
-running mean of a model's weights over epochs, and the seeded length-bucketed batch sampler sharded over ranks (base of the word-segment
-and utterance samplers). Feature statistics and padded batch gathering live in
+running mean of a model's weights over epochs, and the seeded length-bucketed batch sampler
+sharded over ranks (base of the word-segment and utterance samplers). Feature statistics and padded batch gathering live in
 ``rescorer.formats.frames`` (evaluation uses them too and must not import training).
 Checkpoint files themselves are written and read by ``rescorer.models.checkpoint``.
 """

@@ -28,9 +28,10 @@ writes ``last.pt`` (everything needed to resume: weights, optimizer, LR schedule
 scaler, sampler and RNG states, history) and, when dev P@1 improved, ``best.pt``
 (weights and configs only). With ``--average-weights`` the dev P@1 and ``best.pt`` are those
 of the running mean of the weights over the epochs so far (``training.common.EpochAverage``,
-kept in ``last.pt``); training itself goes on from each epoch's own weights. Writes are atomic (temporary file, then ``os.replace``),
-so an interruption leaves the previous checkpoint intact and ``--resume`` loses at most
-the epoch in progress. One JSON line per epoch goes to ``log.jsonl``.
+kept in ``last.pt``); training itself goes on from each epoch's own weights. Writes are atomic
+(temporary file, then ``os.replace``), so an interruption leaves the previous checkpoint
+intact and ``--resume`` loses at most the epoch in progress. One JSON line per epoch goes to
+``log.jsonl``.
 
 Determinism: the model has no dropout; batch order and negative mining are seeded from
 (seed, epoch, step), so on CPU a resumed run ends with the same weights as an
@@ -469,7 +470,8 @@ def _train(config: TrainConfig, rank: int, world: int, device: torch.device, out
                     if p[1] > best_p1:  # written before the weights are swapped back (the state holds them)
                         save_checkpoint({**mean_state, "epoch": epoch + 1, "dev_p@1": p[1]}, out / BEST)
                 record["averaged_epochs"] = average.count
-                averaged = f" (mean of epochs {epoch + 2 - average.count}-{epoch + 1}; this epoch's {record['dev_p@1_epoch']:.4f})"
+                averaged = (f" (mean of epochs {epoch + 2 - average.count}-{epoch + 1}; "
+                            f"this epoch's {record['dev_p@1_epoch']:.4f})")
             record["dev_p@1"], record["dev_p@10"] = p[1], p[10]
             improved = p[1] > best_p1
             best_p1 = max(best_p1, p[1])
