@@ -465,10 +465,9 @@ def _train(config: TrainConfig, rank: int, world: int, device: torch.device, out
                 average.add()
                 with average.swapped_in():
                     p = evaluate(model.acoustic, model.letters, dev_data, config.eval_batch_size)
-                    mean_state = _checkpoint_weights(model, config, init_vocabulary)
-                    mean_state = {**mean_state, "averaged_epochs": average.count}
                     if p[1] > best_p1:  # written before the weights are swapped back (the state holds them)
-                        save_checkpoint({**mean_state, "epoch": epoch + 1, "dev_p@1": p[1]}, out / BEST)
+                        save_checkpoint({**_checkpoint_weights(model, config, init_vocabulary), "epoch": epoch + 1,
+                                         "dev_p@1": p[1], "averaged_epochs": average.count}, out / BEST)
                 record["averaged_epochs"] = average.count
                 averaged = (f" (mean of epochs {epoch + 2 - average.count}-{epoch + 1}; "
                             f"this epoch's {record['dev_p@1_epoch']:.4f})")
